@@ -1,0 +1,54 @@
+"""Subcommands, one module each: `register(subparsers)` adds its parser and sets `handler`.
+
+Modules here import only the standard library at the top; heavy imports go inside the
+handler so `posdiag --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import pkgutil
+from collections.abc import Iterator
+
+from agent.config import Config
+
+
+def register_all(sub: argparse._SubParsersAction) -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        importlib.import_module(f"{__name__}.{info.name}").register(sub)
+
+
+def add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="PATH", help="config file (default: $POSDIAG_CONFIG, else /etc/posdiag/posdiag.toml)"
+    )
+
+
+def add_simulate_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--simulate",
+        metavar="FAULTS",
+        help="run against the built-in simulated terminal: 'healthy' or a comma list of finding ids "
+        "to inject, e.g. printer.paper_out,network.dns_failed ('posdiag simulate' lists them)",
+    )
+
+
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+
+
+@contextlib.contextmanager
+def configured(args: argparse.Namespace) -> Iterator[Config]:
+    """The effective config; with --simulate, emulators run until the block ends."""
+    from agent import config
+
+    faults = getattr(args, "simulate", None)
+    if not faults:
+        yield config.load(args.config)
+        return
+    from probes.emulators import SimulatedTerminal
+
+    with SimulatedTerminal.from_spec(faults) as terminal:
+        yield config.load(args.config, terminal.overrides)

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import argparse
+
+from agent.commands import add_config_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "config",
+        help="show the effective config or check a config file",
+        description="'config show' prints the effective configuration (defaults merged with your file); "
+        "'config check PATH' validates a file and names the key at fault (exit 2).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print the effective config as TOML")
+    add_config_arg(show)
+    show.set_defaults(handler=handle_show)
+    check = actions.add_parser("check", help="validate a config file")
+    check.add_argument("path", help="the TOML file to check")
+    check.set_defaults(handler=handle_check)
+
+
+def handle_show(args: argparse.Namespace) -> int:
+    from agent import config
+
+    print(config.dump(config.load(args.config).data), end="")
+    return 0
+
+
+def handle_check(args: argparse.Namespace) -> int:
+    from agent import config
+
+    loaded = config.load(args.path)
+    print(f"{loaded.source}: ok")
+    return 0

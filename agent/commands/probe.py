@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "probe",
+        help="probe the terminal's devices and links",
+        description="Run every enabled probe at once, each under its own timeout, and report what it found. "
+        "Exit 0 when nothing failed, 1 when a finding of severity fail exists, 2 on usage or config errors.",
+    )
+    parser.add_argument("--only", metavar="NAME,...", help="run only these probes (comma list)")
+    add_json_arg(parser)
+    add_simulate_arg(parser)
+    add_config_arg(parser)
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from agent import render
+    from agent.runner import run_probes
+
+    only = args.only.split(",") if args.only else None
+    with configured(args) as config:
+        progress = None if args.json else render.Progress(sys.stderr)
+        sweep = run_probes(config, only, on_result=progress)
+        if progress:
+            progress.clear()
+    if args.json:
+        print(json.dumps(sweep.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(render.sweep_table(sweep, config.section("terminal").lang))
+    return 1 if sweep.has_failure() else 0

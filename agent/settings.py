@@ -1,0 +1,53 @@
+"""Typed shape of every config section other than [probes.*].
+
+Values live in config/posdiag.toml (every default in that one file); these classes say
+only what each key must be. `bounded` attaches the range or choices the loader checks.
+A new section is one class here and one entry in SECTIONS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def bounded(lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    return field(metadata={"lo": lo, "hi": hi, "choices": choices})
+
+
+@dataclass(frozen=True)
+class TerminalSettings:
+    id: str
+    serial: str
+    model: str
+    firmware: str
+    app_version: str
+    lang: str = bounded(choices=("zh", "en"))
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Roots the probes read the kernel's view from (psutil's PROCFS_PATH idea)."""
+
+    sysfs_root: str
+    procfs_root: str
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    deadline_seconds: float = bounded(0.1, 600)
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Keys every [probes.NAME] section has; a probe's own settings extend this."""
+
+    enabled: bool
+    timeout_seconds: float = bounded(0.05, 300)
+
+
+SECTIONS: dict[str, type] = {
+    "terminal": TerminalSettings,
+    "host": HostSettings,
+    "runner": RunnerSettings,
+}

@@ -1,0 +1,1 @@
+"""Packaged configuration and knowledge base (data only)."""

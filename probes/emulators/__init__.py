@@ -1,0 +1,79 @@
+"""The simulated terminal: emulated devices the probes talk to through their real code.
+
+Each module here is one emulator and declares:
+    FAULTS: frozenset[str]       the finding ids it can be told to produce
+    def start(faults: frozenset[str], workdir: Path) -> ContextManager[dict]
+        starts the device (a pty, a sysfs tree, a loopback server) with those of the
+        requested faults that are its own, and yields config overrides that point the
+        probes at it; leaving the context stops it and removes what it made.
+
+Emulators never touch the real machine's devices and send traffic only to loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import pkgutil
+import shutil
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from agent.config import merge
+from agent.errors import UsageError
+
+
+def emulator_modules() -> list[ModuleType]:
+    return [
+        importlib.import_module(f"{__name__}.{info.name}")
+        for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name)
+        if not info.name.startswith("_")
+    ]
+
+
+def known_faults() -> set[str]:
+    return {fault for module in emulator_modules() for fault in module.FAULTS}
+
+
+def parse_faults(spec: str) -> frozenset[str]:
+    names = {part.strip() for part in spec.split(",") if part.strip()}
+    names.discard("healthy")
+    unknown = names - known_faults()
+    if unknown:
+        raise UsageError(
+            f"unknown fault {', '.join(sorted(unknown))}; 'healthy' or any of: {', '.join(sorted(known_faults()))}"
+        )
+    return frozenset(names)
+
+
+class SimulatedTerminal:
+    """Context manager: all emulators up, `overrides` ready to merge into the config."""
+
+    def __init__(self, faults: frozenset[str]) -> None:
+        self.faults = faults
+        self.overrides: dict[str, Any] = {}
+        self._stack = contextlib.ExitStack()
+        self.workdir: Path | None = None
+
+    @classmethod
+    def from_spec(cls, spec: str) -> SimulatedTerminal:
+        return cls(parse_faults(spec))
+
+    def __enter__(self) -> SimulatedTerminal:
+        try:
+            self.workdir = Path(tempfile.mkdtemp(prefix="posdiag-sim-"))
+            self._stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
+            for module in emulator_modules():
+                area = self.workdir / module.__name__.rsplit(".", 1)[1]
+                area.mkdir()
+                overrides = self._stack.enter_context(module.start(self.faults & module.FAULTS, area))
+                self.overrides = merge(self.overrides, overrides)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
