@@ -31,7 +31,7 @@ def add_simulate_arg(parser: argparse.ArgumentParser) -> None:
         "--simulate",
         metavar="FAULTS",
         help="run against the built-in simulated terminal: 'healthy' or a comma list of finding ids "
-        "to inject, e.g. printer.paper_out,network.dns_failed ('posdiag simulate' lists them)",
+        "to inject, e.g. printer.paper_out,network.dns_failed (an unknown name lists the known ones)",
     )
 
 
