@@ -141,6 +141,9 @@ def convert(cls: type, raw: Any, keypath: str, origin: typing.Callable[[str], st
     for name, fld in fields.items():
         path = f"{keypath}.{name}"
         if name not in raw:
+            if fld.default is not dataclasses.MISSING:
+                values[name] = fld.default
+                continue
             raise ConfigError(origin(keypath), path, "missing key")
         values[name] = check_value(hints[name], raw[name], path, origin, fld.metadata)
     return cls(**values)

@@ -6,6 +6,8 @@ A probe module declares:
     FINDINGS: tuple[str, ...]      every finding id it can report
     def run(settings, ctx: ProbeContext) -> Observation
 
+Helper modules that are not probes start with an underscore (probes/_sysfs.py).
+
 A probe never raises on purpose: a missing device, a permission error, garbage on the
 line become a status and findings. Every blocking call it makes is bounded by
 ctx.remaining(), because the runner cannot kill a thread.
@@ -51,6 +53,8 @@ def probe_modules() -> dict[str, ModuleType]:
             if info.ispkg or info.name.startswith("_"):
                 continue
             module = importlib.import_module(f"{__name__}.{info.name}")
+            if not hasattr(module, "NAME"):
+                raise TypeError(f"{module.__name__} declares no NAME: helper modules in probes/ start with '_'")
             found[module.NAME] = module
         _modules = dict(sorted(found.items()))
     return _modules

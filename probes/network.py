@@ -1,0 +1,223 @@
+"""Links, route, DNS, TCP, TLS and clock towards the configured payment hosts.
+
+Each host is checked in order DNS -> TCP connect -> TLS handshake; a failing step ends
+that host's checks (its later steps cannot be judged). getaddrinfo has no timeout of its
+own (DOMAIN.md section 6), so it runs in a daemon thread that is abandoned on timeout.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from agent.model import Finding, MetricValue, Observation
+from agent.settings import ProbeSettings, bounded
+from probes import ProbeContext
+from probes._sysfs import read_text
+
+NAME = "network"
+FINDINGS = (
+    "network.link_down",
+    "network.no_route",
+    "network.dns_failed",
+    "network.connect_refused",
+    "network.connect_timeout",
+    "network.tls_failed",
+    "network.cert_expired",
+    "network.cert_expiring",
+    "network.clock_skew",
+    "network.high_latency",
+    "network.weak_signal",
+)
+# OpenSSL X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED
+CERT_NOT_YET_VALID, CERT_HAS_EXPIRED = 9, 10
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    host: str
+    port: int = bounded(1, 65535)
+    tls: bool = field(default=False)
+    ca_file: str = field(default="")
+    server_name: str = field(default="")
+
+
+@dataclass(frozen=True)
+class NetworkSettings(ProbeSettings):
+    interfaces: list[str]
+    hosts: list[Endpoint]
+    clock_reference: str
+    clock_reference_ca_file: str
+    dns_timeout_seconds: float = bounded(0.05, 60)
+    connect_timeout_seconds: float = bounded(0.05, 60)
+    high_latency_ms: float = bounded(1, 60000)
+    cert_expiring_days: int = bounded(0, 3650)
+    clock_skew_seconds: float = bounded(1, 86400)
+    weak_signal_dbm: float = bounded(-130, 0)
+
+
+SETTINGS = NetworkSettings
+
+
+def run(settings: NetworkSettings, ctx: ProbeContext) -> Observation:
+    findings: list[Finding] = []
+    metrics: dict[str, MetricValue] = {}
+    findings += check_links(settings, ctx, metrics)
+    if not has_default_route(ctx):
+        findings.append(Finding.fail("network.no_route", "no default route"))
+    findings += check_wireless(settings, ctx, metrics)
+    for endpoint in settings.hosts:
+        findings += check_endpoint(endpoint, settings, ctx, metrics)
+    if settings.clock_reference:
+        findings += check_clock(settings, ctx, metrics)
+    return Observation(findings, metrics)
+
+
+def check_links(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> list[Finding]:
+    net = ctx.sys("class", "net")
+    names = s.interfaces
+    if not names and net.is_dir():
+        names = sorted(p.name for p in net.iterdir() if p.name != "lo")
+    up = [n for n in names if read_text(net / n / "operstate") in {"up", "unknown"} and read_text(net / n / "carrier") != "0"]
+    metrics["interfaces_up"] = len(up)
+    if names and not up:
+        return [Finding.fail("network.link_down", f"no link up on {', '.join(names)}", interfaces=list(names))]
+    down = [n for n in s.interfaces if n not in up]
+    if down:
+        return [Finding.warn("network.link_down", f"link down on {', '.join(down)}", interfaces=down)]
+    return []
+
+
+def has_default_route(ctx: ProbeContext) -> bool:
+    """A default route in /proc/net/route (destination 00000000) or /proc/net/ipv6_route (::/0)."""
+    for line in (read_text(ctx.proc("net", "route")) or "").splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[1] == "00000000" and int(fields[3], 16) & 0x1:
+            return True
+    for line in (read_text(ctx.proc("net", "ipv6_route")) or "").splitlines():
+        fields = line.split()
+        if len(fields) >= 10 and fields[0] == "0" * 32 and fields[1] == "00" and fields[9] != "lo":
+            return True
+    return False
+
+
+def check_wireless(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> list[Finding]:
+    """/proc/net/wireless: iface: status link level noise ... (two header lines)."""
+    found = []
+    for line in (read_text(ctx.proc("net", "wireless")) or "").splitlines()[2:]:
+        iface, _, rest = line.partition(":")
+        fields = rest.split()
+        if len(fields) < 3:
+            continue
+        try:
+            level = float(fields[2].rstrip("."))
+        except ValueError:
+            continue
+        metrics[f"wifi_level_dbm[{iface.strip()}]"] = level
+        if level < s.weak_signal_dbm:
+            found.append(Finding.warn("network.weak_signal", f"Wi-Fi {iface.strip()} signal {level:.0f} dBm", level_dbm=level))
+    return found
+
+
+def resolve(host: str, port: int, timeout: float) -> list[str] | None:
+    """Addresses of `host`, or None when resolution failed or did not finish in time."""
+    box: dict[str, list[str]] = {}
+
+    def work() -> None:
+        try:
+            box["addrs"] = [ai[4][0] for ai in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+        except OSError:
+            pass
+
+    worker = threading.Thread(target=work, name=f"dns-{host}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return box.get("addrs")
+
+
+def check_endpoint(e: Endpoint, s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> list[Finding]:
+    t0 = time.monotonic()
+    addrs = resolve(e.host, e.port, min(s.dns_timeout_seconds, ctx.remaining()))
+    if not addrs:
+        return [Finding.fail("network.dns_failed", f"cannot resolve {e.host} ({e.name})", host=e.host)]
+    metrics[f"dns_ms[{e.name}]"] = round((time.monotonic() - t0) * 1000, 1)
+    t1 = time.monotonic()
+    try:
+        sock = socket.create_connection((addrs[0], e.port), timeout=min(s.connect_timeout_seconds, ctx.remaining()))
+    except ConnectionRefusedError:
+        return [Finding.fail("network.connect_refused", f"{e.name} {e.host}:{e.port} refused the connection", host=e.host, port=e.port)]
+    except TimeoutError:
+        return [Finding.fail("network.connect_timeout", f"{e.name} {e.host}:{e.port} did not answer the connection", host=e.host, port=e.port)]
+    except OSError as exc:
+        return [Finding.fail("network.connect_timeout", f"{e.name} {e.host}:{e.port} unreachable: {exc.strerror}", host=e.host, port=e.port)]
+    found: list[Finding] = []
+    with sock:
+        if e.tls:
+            found += handshake(sock, e, s, ctx, metrics)
+        latency = (time.monotonic() - t1) * 1000
+    metrics[f"latency_ms[{e.name}]"] = round(latency, 1)
+    if latency > s.high_latency_ms and not any(f.severity == "fail" for f in found):
+        found.append(Finding.warn("network.high_latency", f"{e.name} answered in {latency:.0f} ms", host=e.host, latency_ms=round(latency, 1)))
+    return found
+
+
+def handshake(sock: socket.socket, e: Endpoint, s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> list[Finding]:
+    context = ssl.create_default_context(cafile=e.ca_file or None)
+    sock.settimeout(min(s.connect_timeout_seconds, ctx.remaining()))
+    try:
+        with context.wrap_socket(sock, server_hostname=e.server_name or e.host) as tls:
+            cert = tls.getpeercert()
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code == CERT_HAS_EXPIRED:
+            return [Finding.fail("network.cert_expired", f"{e.name} certificate has expired (or the clock is wrong)", host=e.host)]
+        if exc.verify_code == CERT_NOT_YET_VALID:
+            return [Finding.fail("network.clock_skew", f"{e.name} certificate is not yet valid: the terminal clock is likely behind", host=e.host)]
+        return [Finding.fail("network.tls_failed", f"{e.name} certificate not trusted: {exc.verify_message}", host=e.host)]
+    except (ssl.SSLError, OSError) as exc:
+        return [Finding.fail("network.tls_failed", f"{e.name} TLS handshake failed: {exc}", host=e.host)]
+    not_after = ssl.cert_time_to_seconds(cert["notAfter"])
+    days = (not_after - time.time()) / 86400
+    metrics[f"cert_days_left[{e.name}]"] = round(days, 1)
+    if days < s.cert_expiring_days:
+        return [Finding.warn("network.cert_expiring", f"{e.name} certificate expires in {days:.1f} days", host=e.host, days_left=round(days, 1))]
+    return []
+
+
+def check_clock(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> list[Finding]:
+    url = urllib.parse.urlsplit(s.clock_reference)
+    timeout = min(s.connect_timeout_seconds, ctx.remaining())
+    if url.scheme == "https":
+        tls_context = ssl.create_default_context(cafile=s.clock_reference_ca_file or None)
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(url.hostname or "", url.port, timeout=timeout, context=tls_context)
+    else:
+        conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=timeout)
+    try:
+        t0 = time.time()
+        conn.request("HEAD", url.path or "/")
+        date = conn.getresponse().getheader("Date")
+        t1 = time.time()
+    except (OSError, http.client.HTTPException):
+        return []  # the reference being unreachable is not a clock finding; the host checks say why
+    finally:
+        conn.close()
+    if not date:
+        return []
+    try:
+        reference = email.utils.parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return []
+    offset = (t0 + t1) / 2 - reference
+    metrics["clock_offset_s"] = round(offset, 1)
+    if abs(offset) > s.clock_skew_seconds:
+        ahead = "ahead of" if offset > 0 else "behind"
+        stamp = datetime.fromtimestamp(reference, UTC).isoformat(timespec="seconds")
+        return [Finding.warn("network.clock_skew", f"terminal clock is {abs(offset):.0f} s {ahead} the reference ({stamp})", offset_s=round(offset, 1))]
+    return []
