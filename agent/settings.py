@@ -46,8 +46,17 @@ class ProbeSettings:
     timeout_seconds: float = bounded(0.05, 300)
 
 
+@dataclass(frozen=True)
+class KnowledgeSettings:
+    """Error-code knowledge base: the packaged tables plus an operator's own (vendor codes)."""
+
+    extra_paths: list[str]
+    scheme_order: list[str]
+
+
 SECTIONS: dict[str, type] = {
     "terminal": TerminalSettings,
     "host": HostSettings,
     "runner": RunnerSettings,
+    "knowledge": KnowledgeSettings,
 }
