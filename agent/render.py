@@ -43,20 +43,25 @@ class Progress:
 
 
 def sweep_table(sweep: Sweep, lang: str = "en") -> str:
+    """One row per probe, its findings indented under it, then its metrics."""
     words = STATUS_WORDS.get(lang, STATUS_WORDS["en"])
     head = HEADERS.get(lang, HEADERS["en"])
-    rows = [head]
-    for r in sweep.results:
-        rows.append((r.name, words[r.status], f"{r.duration_ms:.0f} ms", str(len(r.findings))))
+    rows = [head] + [
+        (r.name, words[r.status], f"{r.duration_ms:.0f} ms", str(len(r.findings))) for r in sweep.results
+    ]
     widths = [max(display_width(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(pad(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    for r in sweep.results:
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(pad(cell, w) for cell, w in zip(row, widths, strict=True)).rstrip()
+
+    lines = [line(head), "  ".join("-" * w for w in widths)]
+    for row, r in zip(rows[1:], sweep.results, strict=True):
+        lines.append(line(row))
         for f in r.findings:
-            lines.append(f"  {f.severity.value.upper():4}  {f.id}: {f.detail}")
-        metrics = ", ".join(f"{k}={v}" for k, v in r.metrics.items())
-        if metrics:
-            lines.append(f"        {r.name} · {metrics}")
+            mark = "✗" if f.severity == "fail" else "!"
+            lines.append(f"    {mark} {f.id}: {f.detail}")
+        if r.metrics:
+            lines.append("      " + ", ".join(f"{k}={v}" for k, v in r.metrics.items()))
     lines.append(f"sweep {sweep.wall_ms:.0f} ms")
     return "\n".join(lines)
 

@@ -37,9 +37,9 @@ PRE_EOL_WARNING, PRE_EOL_URGENT = 0x02, 0x03
 class StorageSettings(ProbeSettings):
     mounts: list[str]
     scratch_dir: str
-    disk_low_pct: float = bounded(1, 100)
-    disk_full_pct: float = bounded(1, 100)
-    inodes_exhausted_pct: float = bounded(1, 100)
+    disk_low_pct: float = bounded(0, 100)
+    disk_full_pct: float = bounded(0, 100)
+    inodes_exhausted_pct: float = bounded(0, 100)
     write_test_count: int = bounded(0, 100)
     write_test_bytes: int = bounded(1, 16 * 1024 * 1024)
     slow_write_ms: float = bounded(0, 60000)

@@ -1,0 +1,206 @@
+"""Loopback servers standing in for the acquirer host: a TLS endpoint with a CA made at
+run time, and an HTTP server whose Date header is the reference clock.
+
+Faults are produced the way a real network produces them: a name under .invalid (RFC 2606,
+never resolves), a bound port that does not listen (refused), a listener whose accept
+queue is full (SYNs dropped: connect timeout), a certificate from another CA, an expired
+or nearly expired certificate, a slow handshake, a Date header ten minutes off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.server
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+FAULTS = frozenset(
+    {
+        "network.dns_failed",
+        "network.connect_refused",
+        "network.connect_timeout",
+        "network.tls_failed",
+        "network.cert_expired",
+        "network.cert_expiring",
+        "network.clock_skew",
+        "network.high_latency",
+    }
+)
+HOST = "localhost"
+UNRESOLVABLE = "acquirer.posdiag.invalid"
+CLOCK_OFFSET_S = -600
+SLOW_HANDSHAKE_S = 0.4
+HIGH_LATENCY_MS = 250.0
+CONNECT_TIMEOUT_S = 1.0
+
+
+def make_ca(common_name: str) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def issue(ca: tuple[Any, Any], not_after: dt.datetime) -> tuple[bytes, bytes]:
+    """A server certificate for localhost signed by `ca`, as PEM (cert, key)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(min(dt.datetime.now(dt.UTC), not_after) - dt.timedelta(days=1))
+        .not_valid_after(not_after)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def pem(cert: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+class TlsEndpoint:
+    """Accepts TLS connections on loopback, completes the handshake, then closes."""
+
+    def __init__(self, context: ssl.SSLContext, handshake_delay_s: float) -> None:
+        self.context = context
+        self.delay = handshake_delay_s
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.serve, name="acquirer-tls", daemon=True)
+
+    def serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self.greet, args=(conn,), daemon=True).start()
+
+    def greet(self, conn: socket.socket) -> None:
+        with conn:
+            time.sleep(self.delay)
+            conn.settimeout(2.0)
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, OSError):
+                pass
+
+    def __enter__(self) -> TlsEndpoint:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.sock.close()
+        self.thread.join(1.0)
+
+
+def clock_server(offset_s: float) -> http.server.ThreadingHTTPServer:
+    class DateHandler(http.server.BaseHTTPRequestHandler):
+        def date_time_string(self, timestamp: float | None = None) -> str:
+            return super().date_time_string(time.time() + offset_s)
+
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    return http.server.ThreadingHTTPServer(("127.0.0.1", 0), DateHandler)
+
+
+@contextlib.contextmanager
+def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
+    now = dt.datetime.now(dt.UTC)
+    trusted = make_ca("posdiag simulated acquirer CA")
+    signer = make_ca("some other CA") if "network.tls_failed" in faults else trusted
+    not_after = now + dt.timedelta(days=400)
+    if "network.cert_expired" in faults:
+        not_after = now - dt.timedelta(days=2)
+    elif "network.cert_expiring" in faults:
+        not_after = now + dt.timedelta(days=5)
+    cert_pem, key_pem = issue(signer, not_after)
+    (workdir / "ca.pem").write_bytes(pem(trusted[0]))
+    (workdir / "server.pem").write_bytes(cert_pem + key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(workdir / "server.pem")
+    delay = SLOW_HANDSHAKE_S if "network.high_latency" in faults else 0.0
+    network: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        endpoint = stack.enter_context(TlsEndpoint(context, delay))
+        port = endpoint.port
+        if "network.connect_refused" in faults:
+            closed = stack.enter_context(socket.socket())
+            closed.bind(("127.0.0.1", 0))  # bound, never listening: the kernel answers RST
+            port = closed.getsockname()[1]
+        elif "network.connect_timeout" in faults:
+            full = stack.enter_context(socket.create_server(("127.0.0.1", 0), backlog=0))
+            filler = stack.enter_context(socket.create_connection(full.getsockname()))
+            del filler
+            port = full.getsockname()[1]
+            network["connect_timeout_seconds"] = CONNECT_TIMEOUT_S
+        clock = clock_server(CLOCK_OFFSET_S if "network.clock_skew" in faults else 0.0)
+        stack.callback(clock.server_close)
+        stack.callback(clock.shutdown)
+        threading.Thread(target=clock.serve_forever, args=(0.1,), name="acquirer-clock", daemon=True).start()
+        host = UNRESOLVABLE if "network.dns_failed" in faults else HOST
+        network.update(
+            {
+                "hosts": [
+                    {"name": "acquirer", "host": host, "port": port, "tls": True, "ca_file": str(workdir / "ca.pem"), "server_name": HOST}
+                ],
+                "clock_reference": f"http://127.0.0.1:{clock.server_address[1]}/",
+                "high_latency_ms": HIGH_LATENCY_MS,
+            }
+        )
+        yield {"probes": {"network": network}}
