@@ -67,10 +67,50 @@ class ServerSettings:
     stats_days: int = bounded(1, 366)
 
 
+@dataclass(frozen=True)
+class LogsSettings:
+    """Log files whose redacted tails go into a bundle."""
+
+    files: list[str]
+    lines: int = bounded(0, 100000)
+    file_max_kib: int = bounded(1, 65536)
+    total_max_kib: int = bounded(1, 262144)
+
+
+@dataclass(frozen=True)
+class BundleSettings:
+    max_kib: int = bounded(8, 1 << 20)
+    history_entries: int = bounded(0, 10000)
+    events_entries: int = bounded(0, 10000)
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    dir: str
+    max_mib: float = bounded(0.1, 100000)
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    server_url: str
+    token: str
+    ca_file: str
+    connect_timeout_seconds: float = bounded(0.1, 120)
+    read_timeout_seconds: float = bounded(0.1, 600)
+    max_attempts: int = bounded(1, 100)
+    backoff_initial_seconds: float = bounded(0, 3600)
+    backoff_max_seconds: float = bounded(0, 86400)
+    retry_after_max_seconds: float = bounded(0, 86400)
+
+
 SECTIONS: dict[str, type] = {
     "terminal": TerminalSettings,
     "host": HostSettings,
     "runner": RunnerSettings,
     "server": ServerSettings,
     "knowledge": KnowledgeSettings,
+    "logs": LogsSettings,
+    "bundle": BundleSettings,
+    "outbox": OutboxSettings,
+    "upload": UploadSettings,
 }
