@@ -1,0 +1,106 @@
+"""A serial line opened with pyserial's serial_for_url, read against a deadline.
+
+This is the one place where pyserial's (and the OS's) errors are translated:
+
+    DeviceError
+    └── LineError       .kind: "absent" (no such port), "denied" (cannot be opened: EACCES/EPERM),
+                        "lost" (an error after opening: unplugged, pty closed, I/O error)
+
+The module name starts with "_" so the probe scanner does not take it for a probe.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Literal, TypeVar
+
+import serial
+
+from agent.errors import DeviceError
+
+T = TypeVar("T")
+LineErrorKind = Literal["absent", "denied", "lost"]
+
+DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+
+class LineError(DeviceError):
+    def __init__(self, kind: LineErrorKind, message: str) -> None:
+        self.kind: LineErrorKind = kind
+        super().__init__(message)
+
+
+def error_errno(exc: BaseException) -> int | None:
+    """pyserial keeps the errno on the exception for device files but only on the cause for URLs."""
+    for candidate in (exc, exc.__cause__, exc.__context__):
+        code = getattr(candidate, "errno", None)
+        if isinstance(code, int):
+            return code
+    return None
+
+
+def open_error(url: str, exc: BaseException) -> LineError:
+    code = error_errno(exc)
+    if code in DENIED_ERRNOS:
+        return LineError("denied", f"cannot open {url}: permission denied ({errno.errorcode[code]})")
+    # ENOENT, ENODEV, ENXIO, a refused socket, a bad URL, EIO from a dead pty, "not a tty":
+    # in every case there is no usable device at that address.
+    return LineError("absent", f"cannot open {url}: {exc}")
+
+
+class Line:
+    """An open port; every read and write is bounded by an absolute time.monotonic() deadline."""
+
+    def __init__(self, url: str, baud_rate: int, rtscts: bool, xonxoff: bool) -> None:
+        self.url = url
+        try:
+            self._port = serial.serial_for_url(
+                url, baudrate=baud_rate, rtscts=rtscts, xonxoff=xonxoff, timeout=0, write_timeout=0.5
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise open_error(url, exc) from exc
+
+    def __enter__(self) -> Line:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self._port.close()
+        except (serial.SerialException, OSError):
+            pass  # closing a port whose device vanished: nothing left to release
+
+    def discard_input(self) -> None:
+        """Drop bytes that arrived before our question (a previous reply, line noise)."""
+        self._call(self._port.reset_input_buffer)
+
+    def write(self, data: bytes, deadline: float) -> None:
+        self._port.write_timeout = max(0.01, deadline - time.monotonic())
+        try:
+            self._port.write(data)
+            self._port.flush()
+        except serial.SerialTimeoutException as exc:
+            raise LineError("lost", f"write to {self.url} did not complete (flow control held?)") from exc
+        except (serial.SerialException, OSError) as exc:
+            raise LineError("lost", f"write to {self.url} failed: {exc}") from exc
+
+    def read(self, size: int, deadline: float) -> bytes:
+        """Up to `size` bytes; fewer (maybe none) when the deadline passes first."""
+        self._port.timeout = max(0.0, deadline - time.monotonic())
+        return self._call(self._port.read, size)
+
+    def read_available(self, limit: int) -> bytes:
+        """Whatever is already waiting, without waiting for more."""
+        self._port.timeout = 0
+        return self._call(self._port.read, limit)
+
+    def _call(self, fn: Callable[..., T], *args: int) -> T:
+        try:
+            return fn(*args)
+        except (serial.SerialException, OSError) as exc:
+            raise LineError("lost", f"{self.url}: connection lost ({exc})") from exc

@@ -1,0 +1,114 @@
+"""Card reader: USB presence by VID:PID, then a status exchange on its serial line.
+
+Either check runs only when configured (usb_vid/usb_pid, port); with neither the probe is
+skipped. The serial check goes through a driver (probes._reader_drivers); the reference
+driver speaks the framed protocol of DESIGN.md. A missing USB device ends the probe: its
+serial line (usually a ttyACM of the same device) cannot answer either.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from agent.model import Finding, MetricValue, Observation, Status
+from agent.settings import ProbeSettings, bounded
+from probes import ProbeContext
+from probes._reader_drivers import DRIVERS, BadFrame, NoReply, ReaderStatus
+from probes._serial_line import Line, LineError
+from probes._usb_presence import find_device, parse_id
+
+NAME = "card_reader"
+FINDINGS = (
+    "reader.absent",
+    "reader.permission_denied",
+    "reader.no_response",
+    "reader.bad_frame",
+    "reader.tamper",
+    "reader.slot_fault",
+)
+SLOT_NAMES = {"ic": "IC (chip)", "magstripe": "magstripe", "contactless": "contactless"}
+
+
+@dataclass(frozen=True)
+class CardReaderSettings(ProbeSettings):
+    driver: str = bounded(choices=tuple(DRIVERS))
+    port: str  # a device path or pyserial URL; empty: no serial check
+    baud_rate: int = bounded(50, 4_000_000)
+    rtscts: bool
+    xonxoff: bool
+    read_timeout_seconds: float = bounded(0.01, 30)
+    usb_vid: str  # hex; empty: no USB presence check
+    usb_pid: str
+    usb_lookup: str = bounded(choices=("auto", "sysfs"))
+
+
+
+SETTINGS = CardReaderSettings
+
+def run(settings: CardReaderSettings, ctx: ProbeContext) -> Observation:
+    if not settings.port and not settings.usb_vid:
+        return Observation(status=Status.SKIPPED, metrics={"reason": "no reader port or USB id configured"})
+    metrics: dict[str, MetricValue] = {}
+    if settings.usb_vid:
+        absent = check_usb(settings, ctx, metrics)
+        if absent is not None:
+            return absent
+    if not settings.port:
+        return Observation(metrics=metrics)
+    deadline = time.monotonic() + max(0.01, min(settings.read_timeout_seconds, ctx.remaining(0.0) - 0.05))
+    return check_line(settings, deadline, metrics)
+
+
+def check_usb(settings: CardReaderSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> Observation | None:
+    try:
+        vid, pid = parse_id(settings.usb_vid), parse_id(settings.usb_pid)
+    except ValueError:
+        reason = f"usb_vid/usb_pid must be hex ids, got {settings.usb_vid!r}:{settings.usb_pid!r}"
+        return Observation(status=Status.ERROR, metrics={"reason": reason})
+    match = find_device(vid, pid, settings.usb_lookup, ctx.sys())
+    usb_id = f"{vid:04x}:{pid:04x}"
+    if match is None:
+        finding = Finding.fail("reader.absent", f"no USB device {usb_id} attached", usb_id=usb_id)
+        return Observation([finding], status=Status.ABSENT)
+    metrics.update(usb_id=usb_id, usb_lookup=match.method, usb_device=match.where)
+    if match.driver:
+        metrics["usb_driver"] = match.driver
+    return None
+
+
+def check_line(settings: CardReaderSettings, deadline: float, metrics: dict[str, MetricValue]) -> Observation:
+    driver = DRIVERS[settings.driver]
+    try:
+        with Line(settings.port, settings.baud_rate, settings.rtscts, settings.xonxoff) as line:
+            t0 = time.monotonic()
+            status = driver.status(line, deadline)
+    except LineError as exc:
+        return line_failure(exc, settings.port)
+    except NoReply:
+        detail = f"no reply to a status request within {settings.read_timeout_seconds:g} s on {settings.port}"
+        return Observation([Finding.fail("reader.no_response", detail, port=settings.port)], metrics)
+    except BadFrame as exc:
+        finding = Finding.fail("reader.bad_frame", f"malformed reply: {exc}", port=settings.port, head=exc.head.hex(" "))
+        return Observation([finding], metrics)
+    metrics.update(latency_ms=round((time.monotonic() - t0) * 1000, 1), firmware_version=status.firmware)
+    metrics["card_present"] = int(status.card_present)
+    return Observation(status_findings(status), metrics)
+
+
+def status_findings(status: ReaderStatus) -> list[Finding]:
+    found = []
+    if status.tamper:
+        found.append(Finding.fail("reader.tamper", "reader reports tamper: keys are likely erased"))
+    if status.slot_faults:
+        names = ", ".join(SLOT_NAMES[s] for s in status.slot_faults)
+        found.append(Finding.fail("reader.slot_fault", f"reader slot fault: {names}", slots=list(status.slot_faults)))
+    return found
+
+
+def line_failure(exc: LineError, port: str) -> Observation:
+    if exc.kind == "absent":
+        return Observation([Finding.fail("reader.absent", str(exc), port=port)], status=Status.ABSENT)
+    if exc.kind == "denied":
+        return Observation([Finding.fail("reader.permission_denied", str(exc), port=port)])
+    return Observation([Finding.fail("reader.no_response", str(exc), port=port)])
