@@ -15,6 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Exit 0 when nothing failed, 1 when a finding of severity fail exists, 2 on usage or config errors.",
     )
     parser.add_argument("--only", metavar="NAME,...", help="run only these probes (comma list)")
+    parser.add_argument(
+        "--print-test", action="store_true", help="also print a short test page on the receipt printer if it is ready"
+    )
     add_json_arg(parser)
     add_simulate_arg(parser)
     add_config_arg(parser)
@@ -31,6 +34,12 @@ def handle(args: argparse.Namespace) -> int:
         sweep = run_probes(config, only, on_result=progress)
         if progress:
             progress.clear()
+        if getattr(args, "print_test", False):
+            from probes.printer import print_test_page
+
+            terminal = config.section("terminal")
+            lines = ["posdiag test page", f"terminal {terminal.id}", sweep.started_at]
+            print(print_test_page(config.probes["printer"], lines), file=sys.stderr)
     if args.json:
         print(json.dumps(sweep.to_dict(), ensure_ascii=False, indent=2))
     else:
