@@ -1,0 +1,77 @@
+"""Every fault the simulated terminal knows produces exactly its finding through the
+probes' real code paths; a healthy terminal produces none."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from agent import config
+from agent.errors import UsageError
+from agent.model import Status
+from agent.runner import run_probes
+from probes.emulators import SimulatedTerminal, known_faults, parse_faults
+from tests.conftest import run_cli
+
+
+def sweep_for(spec: str):
+    with SimulatedTerminal.from_spec(spec) as terminal:
+        return run_probes(config.load(None, terminal.overrides)), terminal.workdir
+
+
+def test_healthy_terminal_is_all_ok():
+    sweep, _ = sweep_for("healthy")
+    assert {r.name: r.status for r in sweep.results} == {r.name: Status.OK for r in sweep.results}
+    assert not sweep.findings()
+
+
+@pytest.mark.parametrize("fault", sorted(known_faults()))
+def test_each_fault_produces_its_finding(fault):
+    sweep, _ = sweep_for(fault)
+    ids = {f.id for f in sweep.findings()}
+    assert fault in ids
+    probe = fault.split(".")[0].replace("reader", "card_reader")
+    unrelated = {i for i in ids if not i.startswith(fault.split(".")[0] + ".")}
+    assert not unrelated, f"{fault} also produced {unrelated} (probe {probe})"
+
+
+def test_faults_combine():
+    sweep, _ = sweep_for("power.battery_low,network.dns_failed,storage.emmc_eol")
+    assert {"power.battery_low", "network.dns_failed", "storage.emmc_eol"} <= {f.id for f in sweep.findings()}
+
+
+def test_emulators_clean_up_after_themselves():
+    _, workdir = sweep_for("storage.readonly")
+    assert workdir is not None and not Path(workdir).exists()
+
+
+def test_unknown_fault_lists_the_known_ones():
+    with pytest.raises(UsageError) as err:
+        parse_faults("printer.on_fire")
+    assert "printer.on_fire" in str(err.value) and "network.dns_failed" in str(err.value)
+
+
+def test_cli_simulated_sweep_json_shape_and_exit_codes():
+    result = run_cli("probe", "--simulate", "healthy", "--json", "--only", "power,storage,network,system")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert {p["name"]: p["status"] for p in doc["probes"]} == dict.fromkeys(["network", "power", "storage", "system"], "ok")
+    assert doc["sweep"]["wall_ms"] > 0 and doc["sweep"]["started_at"]
+    failing = run_cli("probe", "--simulate", "storage.readonly", "--json", "--only", "storage")
+    assert failing.returncode == 1
+    assert json.loads(failing.stdout)["probes"][0]["findings"][0]["id"] == "storage.readonly"
+    warning_only = run_cli("probe", "--simulate", "power.battery_low", "--json", "--only", "power")
+    assert warning_only.returncode == 0
+
+
+def test_cli_unknown_fault_is_usage_error_and_leaves_no_temp_dirs():
+    before = set(os.listdir("/tmp"))
+    result = run_cli("probe", "--simulate", "nosuch.fault")
+    assert result.returncode == 2 and "unknown fault nosuch.fault" in result.stderr
+    assert not {d for d in set(os.listdir("/tmp")) - before if d.startswith("posdiag-sim-")}
+
+
+def test_cli_table_for_people():
+    result = run_cli("probe", "--simulate", "printer.paper_out" if "printer.paper_out" in known_faults() else "power.battery_low")
+    assert "sweep" in result.stdout and "检测项" in result.stdout
