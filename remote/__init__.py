@@ -1,0 +1,1 @@
+"""Upload client and support server."""

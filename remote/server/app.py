@@ -1,0 +1,74 @@
+"""create_app(): one FastAPI app serving the API, the pages, /healthz and /metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
+
+from agent.settings import ServerSettings
+from remote.server import api, web
+from remote.server.ingest import IngestError
+from remote.server.models import ErrorBody, Health
+from remote.server.service import Service
+
+
+def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI:
+    service = Service(db_url, Path(data_dir), settings)
+    app = FastAPI(
+        title="posdiag support server",
+        version="1",
+        description="Bundle ingest from terminals, search for support, probe requests. "
+        "Errors are JSON {error, detail}.",
+    )
+    app.state.service = service
+    app.router.add_event_handler("shutdown", service.close)
+
+    @app.exception_handler(api.ApiError)
+    async def _api_error(_: Request, exc: api.ApiError) -> JSONResponse:
+        return api.error_response(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(IngestError)
+    async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
+        return api.error_response(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return api.error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return api.error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.get("/healthz", response_model=Health, tags=["ops"], responses={503: {"model": ErrorBody}})
+    async def healthz() -> object:
+        def ping() -> None:
+            with service.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+
+        try:
+            await run_in_threadpool(ping)
+        except sa.exc.SQLAlchemyError:
+            return api.error_response(503, "database_unavailable", "the database does not answer")
+        return Health(status="ok", database=service.engine.dialect.name)
+
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format 0.0.4"}},
+    )
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(api.router)
+    app.include_router(web.router)
+    return app

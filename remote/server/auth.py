@@ -1,0 +1,101 @@
+"""Secrets and their checks, standard library only.
+
+- Terminal tokens: `pdt_` + 32 random bytes; the server keeps SHA-256(token) only. Its raw
+  digest is also the HMAC key the terminal signs manifest.json with.
+- Passwords: scrypt (n=2^14, r=8, p=1, 16-byte salt), stored as `scrypt$n$r$p$salt$hash`.
+- Sessions: a cookie `payload.mac`, payload = base64url JSON {user, exp, nonce}, mac =
+  HMAC-SHA256 under the server secret (shared through the database by every server).
+- CSRF: a signed double submit. A `posdiag_csrf` cookie holds a random nonce; a form carries
+  HMAC(secret, "csrf:" + nonce). A foreign site can neither read the cookie nor forge the MAC.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+ROLES = ("support", "technician", "admin")
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+
+
+def new_terminal_token() -> str:
+    return "pdt_" + secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def manifest_signature(token_sha256_hex: str, manifest: bytes) -> str:
+    return hmac.new(bytes.fromhex(token_sha256_hex), manifest, hashlib.sha256).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            password.encode("utf-8"), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), maxmem=64 * 1024 * 1024
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+@dataclass(frozen=True)
+class Session:
+    user: str
+    expires: float
+
+
+class Signer:
+    def __init__(self, secret: bytes) -> None:
+        self.secret = secret
+
+    def _mac(self, text: str) -> str:
+        return hmac.new(self.secret, text.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def session_cookie(self, user: str, lifetime_seconds: float) -> str:
+        body = {"user": user, "exp": time.time() + lifetime_seconds, "nonce": secrets.token_hex(8)}
+        payload = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
+        return f"{payload}.{self._mac('session:' + payload)}"
+
+    def read_session(self, cookie: str | None) -> Session | None:
+        if not cookie or cookie.count(".") != 1:
+            return None
+        payload, mac = cookie.split(".")
+        try:
+            if not hmac.compare_digest(mac, self._mac("session:" + payload)):
+                return None
+            body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            session = Session(user=str(body["user"]), expires=float(body["exp"]))
+        except (ValueError, KeyError, TypeError, UnicodeError):
+            return None
+        return session if session.expires > time.time() else None
+
+    def csrf_token(self, nonce: str) -> str:
+        return self._mac("csrf:" + nonce)
+
+    def check_csrf(self, nonce: str | None, token: str | None) -> bool:
+        if not nonce or not token:
+            return False
+        try:
+            return hmac.compare_digest(self.csrf_token(nonce), token)
+        except (TypeError, UnicodeError):
+            return False
+
+
+def new_nonce() -> str:
+    return secrets.token_hex(16)

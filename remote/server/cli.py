@@ -1,0 +1,184 @@
+"""`posdiag-support`: run the support server and manage its terminals and users.
+
+  posdiag-support serve [--db URL] [--data DIR] [--host H] [--port P] [--workers N]
+  posdiag-support terminals add ID | list | revoke ID
+  posdiag-support users add NAME --role support|technician|admin [--password P]
+
+--db defaults to SQLite in the data directory; postgresql://user@host/db for PostgreSQL.
+Without --password the password is asked for on a terminal, or read as one line of stdin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+import tomllib
+from pathlib import Path
+
+DEFAULT_DATA = "/var/lib/posdiag-support"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="posdiag-support", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--db", default=os.environ.get("POSDIAG_SUPPORT_DB"), help="database URL (default: SQLite in --data)")
+    parser.add_argument("--data", default=os.environ.get("POSDIAG_SUPPORT_DATA", DEFAULT_DATA), help="blob and SQLite directory")
+    parser.add_argument("--config", metavar="PATH", help="posdiag.toml whose [server] section overrides the defaults")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL or SQLite)")
+    serve.set_defaults(handler=cmd_serve)
+
+    term = sub.add_parser("terminals", help="enrol, list and revoke terminals").add_subparsers(dest="action", required=True)
+    add = term.add_parser("add", help="enrol a terminal and print its token once")
+    add.add_argument("id")
+    add.set_defaults(handler=cmd_terminal_add)
+    term.add_parser("list", help="enrolled terminals").set_defaults(handler=cmd_terminal_list)
+    revoke = term.add_parser("revoke", help="revoke a terminal's token")
+    revoke.add_argument("id")
+    revoke.set_defaults(handler=cmd_terminal_revoke)
+
+    users = sub.add_parser("users", help="support users").add_subparsers(dest="action", required=True)
+    uadd = users.add_parser("add", help="add a user")
+    uadd.add_argument("name")
+    uadd.add_argument("--role", required=True, choices=("support", "technician", "admin"))
+    uadd.add_argument("--password", help="(visible in the process list; prefer the prompt or stdin)")
+    uadd.set_defaults(handler=cmd_user_add)
+    return parser
+
+
+def server_settings(path: str | None):  # -> ServerSettings
+    """The [server] section: packaged defaults, then the operator file's keys.
+
+    Read on its own (not through agent.config.load) so that the server does not import the
+    terminal's probe modules."""
+    from agent import config
+    from agent.settings import ServerSettings
+
+    data = tomllib.loads(config.packaged_default_text()).get("server", {})
+    chosen = config.resolve_path(path)
+    if chosen is not None:
+        data = config.merge(data, config.read_toml(chosen).get("server", {}))
+    source = str(chosen) if chosen else "packaged posdiag.toml"
+    return config.convert(ServerSettings, data, "server", lambda _key: source)
+
+
+def db_url(args: argparse.Namespace) -> str:
+    if args.db:
+        return args.db
+    Path(args.data).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(args.data).resolve() / 'posdiag-support.db'}"
+
+
+def engine(args: argparse.Namespace):  # -> Engine
+    from remote.server import db
+
+    eng = db.make_engine(db_url(args))
+    db.create_schema(eng)
+    return eng
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    os.environ["POSDIAG_SUPPORT_DB"] = db_url(args)
+    os.environ["POSDIAG_SUPPORT_DATA"] = str(Path(args.data).resolve())
+    if args.config:
+        os.environ["POSDIAG_SUPPORT_CONFIG"] = args.config
+    server_settings(args.config)  # fail here, not in every worker
+    engine(args).dispose()  # create the schema once before workers start
+    print(f"posdiag-support: serving on http://{args.host}:{args.port}/", file=sys.stderr)
+    uvicorn.run(
+        "remote.server.cli:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=False,
+    )
+    return 0
+
+
+def app_from_env():  # -> FastAPI; uvicorn's factory, also in each worker process
+    from remote.server.app import create_app
+
+    return create_app(
+        os.environ["POSDIAG_SUPPORT_DB"],
+        Path(os.environ["POSDIAG_SUPPORT_DATA"]),
+        server_settings(os.environ.get("POSDIAG_SUPPORT_CONFIG")),
+    )
+
+
+def cmd_terminal_add(args: argparse.Namespace) -> int:
+    from remote.server import store
+
+    token = store.add_terminal(engine(args), args.id)
+    print(token)
+    print(f"terminal {args.id} enrolled; the token above is shown only this once", file=sys.stderr)
+    return 0
+
+
+def cmd_terminal_list(args: argparse.Namespace) -> int:
+    from remote.server import store
+
+    rows = store.list_terminals(engine(args))
+    print(f"{'TERMINAL':<24} {'STATE':<8} {'BUNDLES':>7}  LAST UPLOAD")
+    for r in rows:
+        state = "revoked" if r["revoked_at"] else "active"
+        print(f"{r['id']:<24} {state:<8} {r['bundles']:>7}  {r['last_seen_at'] or 'never'}")
+    return 0
+
+
+def cmd_terminal_revoke(args: argparse.Namespace) -> int:
+    from remote.server import store
+
+    store.revoke_terminal(engine(args), args.id)
+    print(f"terminal {args.id}: token revoked", file=sys.stderr)
+    return 0
+
+
+def read_password(given: str | None) -> str:
+    if given is not None:
+        return given
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            raise SystemExit("posdiag-support: passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from remote.server import store
+
+    store.add_user(engine(args), args.name, args.role, read_password(args.password))
+    print(f"user {args.name} ({args.role}) added", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from agent.errors import PosdiagError
+    from remote.server.store import StoreError
+
+    try:
+        return int(args.handler(args))
+    except (PosdiagError, StoreError, SQLAlchemyError) as exc:
+        print(f"posdiag-support: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,149 @@
+"""One schema for SQLite and PostgreSQL, created on start.
+
+Times are stored as fixed-width UTC ISO-8601 strings (`2026-01-02T03:04:05.000000Z`): they
+sort as text the same way on both databases and `substr(t, 1, 10)` is the day.
+`schema_version` records what has been applied, so a later release has a place to migrate from.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+SCHEMA_VERSION = 1
+TIME = sa.String(27)
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("applied_at", TIME, nullable=False),
+)
+
+server_keys = sa.Table(
+    "server_keys",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+)
+
+terminals = sa.Table(
+    "terminals",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Column("revoked_at", TIME),
+    sa.Column("last_seen_at", TIME),
+)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("password_hash", sa.String(256), nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
+)
+
+bundles = sa.Table(
+    "bundles",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("terminal_id", sa.String(128), nullable=False),
+    sa.Column("serial", sa.String(128), nullable=False),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("firmware", sa.String(128), nullable=False),
+    sa.Column("app_version", sa.String(128), nullable=False),
+    sa.Column("agent_version", sa.String(64), nullable=False),
+    sa.Column("trigger_kind", sa.String(16), nullable=False),
+    sa.Column("code", sa.String(64)),
+    sa.Column("scheme", sa.String(32)),
+    sa.Column("command_id", sa.String(36)),
+    sa.Column("top_cause", sa.String(128)),
+    sa.Column("top_category", sa.String(32)),
+    sa.Column("top_confidence", sa.Float),
+    sa.Column("verdict", sa.String(16)),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Column("received_at", TIME, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Index("ix_bundles_created", "created_at", "id"),
+    sa.Index("ix_bundles_terminal", "terminal_id", "created_at"),
+    sa.Index("ix_bundles_code", "code", "created_at"),
+    sa.Index("ix_bundles_cause", "top_cause", "created_at"),
+    sa.Index("ix_bundles_category", "top_category", "created_at"),
+)
+
+commands = sa.Table(
+    "commands",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("terminal_id", sa.String(128), nullable=False),
+    sa.Column("probes", sa.Text),  # JSON list of probe names; NULL: all probes
+    sa.Column("code", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),  # queued | delivered | done
+    sa.Column("requested_by", sa.String(128), nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Column("delivered_at", TIME),
+    sa.Column("done_at", TIME),
+    sa.Column("bundle_id", sa.String(36)),
+    sa.Index("ix_commands_terminal", "terminal_id", "status", "created_at"),
+)
+
+
+def now() -> str:
+    return stamp(datetime.now(UTC))
+
+
+def stamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> datetime:
+    """ISO-8601 with a zone (Z or an offset) to an aware datetime; ValueError otherwise."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError("time without a zone")
+    return moment
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `sqlite:///path` or `postgresql://...` (driven by psycopg 3)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers run beside the one writer; NORMAL sync in WAL mode is crash-safe
+    # (a power cut may lose the last commits, never corrupt); busy_timeout queues writers
+    # of several worker processes instead of failing them.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def create_schema(engine: Engine) -> None:
+    """Idempotent: several servers may start at once on one PostgreSQL."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Serialise concurrent create_all of several servers starting together.
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263001)"))
+        metadata.create_all(conn)
+        have = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
+        if have is None:
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=now()))
+        elif have > SCHEMA_VERSION:
+            raise RuntimeError(f"database schema {have} is newer than this server ({SCHEMA_VERSION})")

@@ -1,0 +1,124 @@
+"""Shapes of the JSON the API answers with; they are what the OpenAPI document shows."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, StringConstraints
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="short machine code, e.g. bad_signature")
+    detail: str = Field(description="what was wrong, for a person")
+
+
+class BundleRecord(BaseModel):
+    id: str
+    terminal_id: str
+    serial: str
+    model: str
+    firmware: str
+    app_version: str
+    agent_version: str
+    trigger_kind: str
+    code: str | None
+    scheme: str | None
+    command_id: str | None
+    top_cause: str | None
+    top_category: str | None
+    top_confidence: float | None
+    verdict: str | None
+    created_at: str
+    received_at: str
+    sha256: str
+    size: int
+
+
+class BundleList(BaseModel):
+    items: list[BundleRecord]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page; null on the last")
+
+
+class BundleDetail(BaseModel):
+    record: BundleRecord
+    manifest: dict[str, Any]
+    diagnosis: dict[str, Any]
+    probes: Any
+    system: Any
+    logs: dict[str, str]
+
+
+class Count(BaseModel):
+    key: str | None
+    count: int
+
+
+class DayCount(BaseModel):
+    day: str
+    category: str | None
+    count: int
+
+
+class Stats(BaseModel):
+    since: str
+    until: str
+    total: int
+    by_code: list[Count]
+    by_cause: list[Count]
+    by_category: list[Count]
+    by_model: list[Count]
+    by_firmware: list[Count]
+    by_verdict: list[Count]
+    top_terminals: list[Count]
+    per_day: list[DayCount]
+
+
+ProbeName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+
+
+class CommandRequest(BaseModel):
+    probes: list[ProbeName] | None = Field(
+        default=None, max_length=32, description="probe names to run; null or absent: all probes"
+    )
+    code: str | None = Field(default=None, max_length=64, description="error code to diagnose with")
+
+
+class Command(BaseModel):
+    id: str
+    terminal_id: str
+    probes: list[str] | None
+    code: str | None
+    status: Literal["queued", "delivered", "done"]
+    requested_by: str
+    created_at: str
+    delivered_at: str | None
+    done_at: str | None
+    bundle_id: str | None
+
+
+class NextCommand(BaseModel):
+    command_id: str
+    probes: list[str] | None
+    code: str | None
+
+
+class Terminal(BaseModel):
+    id: str
+    created_at: str
+    revoked_at: str | None
+    last_seen_at: str | None
+    bundles: int
+
+
+class TerminalCreate(BaseModel):
+    id: str = Field(min_length=1, max_length=128)
+
+
+class TerminalEnrolled(BaseModel):
+    id: str
+    token: str = Field(description="shown once; the server keeps only its SHA-256")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: str

@@ -1,0 +1,117 @@
+"""The server's state and the operations the API and the pages share (sync; run in threads)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from agent.settings import ServerSettings
+from remote.server import auth, db, ingest, store
+from remote.server.blobs import BlobStore
+from remote.server.metrics import Metrics
+
+BASIC_CACHE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+
+
+class Service:
+    def __init__(self, db_url: str, data_dir: Path, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.engine: Engine = db.make_engine(db_url)
+        db.create_schema(self.engine)
+        self.blobs = BlobStore(data_dir / "blobs")
+        self.metrics = Metrics()
+        self.signer = auth.Signer(store.server_secret(self.engine))
+        self._basic_cache: dict[str, tuple[float, User]] = {}
+        self._cache_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- who is asking ------------------------------------------------------------------
+
+    def user_by_password(self, name: str, password: str) -> User | None:
+        """scrypt is slow on purpose; a verified pair is remembered for a minute (keyed by
+        a salted hash, never the password) so HTTP basic clients do not pay it per request."""
+        key = hashlib.sha256(self.signer.secret + f"{name}\x00{password}".encode()).hexdigest()
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._basic_cache.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        row = store.get_user(self.engine, name)
+        if row is None or not auth.check_password(password, row["password_hash"]):
+            return None
+        user = User(row["name"], row["role"])
+        with self._cache_lock:
+            if len(self._basic_cache) > 1000:
+                self._basic_cache.clear()
+            self._basic_cache[key] = (now + BASIC_CACHE_SECONDS, user)
+        return user
+
+    def user_by_session(self, cookie: str | None) -> User | None:
+        session = self.signer.read_session(cookie)
+        if session is None:
+            return None
+        row = store.get_user(self.engine, session.user)
+        return User(row["name"], row["role"]) if row else None
+
+    # -- ingest -------------------------------------------------------------------------
+
+    def ingest(self, body: bytes, terminal: dict[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        s = self.settings
+        bundle = ingest.validate(body, terminal["token_sha256"], terminal["id"], s.max_members, s.max_unpacked_bytes)
+        if idempotency_key and idempotency_key.strip().lower() != bundle.id:
+            raise ingest.IngestError(422, "idempotency_key_mismatch", "Idempotency-Key differs from the manifest's bundle_id")
+        existing = store.get_bundle(self.engine, bundle.id)
+        if existing is None:
+            digest = self.blobs.put(body)
+            existing, new = store.insert_bundle(self.engine, bundle.index(), digest, len(body))
+        else:
+            new = False
+        if existing["terminal_id"] != terminal["id"]:
+            raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
+        return existing, new
+
+    # -- reading a stored bundle ----------------------------------------------------------
+
+    def members(self, record: dict[str, Any]) -> dict[str, bytes]:
+        body = self.blobs.get(record["sha256"])
+        return dict(ingest.unpack(body, self.settings.max_members, self.settings.max_unpacked_bytes))
+
+    def detail(self, record: dict[str, Any]) -> dict[str, Any]:
+        files = self.members(record)
+        logs = {
+            name.removeprefix("logs/"): data.decode("utf-8", "replace")
+            for name, data in files.items()
+            if name.startswith("logs/")
+        }
+        return {
+            "record": record,
+            "manifest": _json(files.get(ingest.FIRST), {}),
+            "diagnosis": _json(files.get("diagnosis.json"), {}),
+            "probes": _json(files.get("probes.json"), None),
+            "system": _json(files.get("system.json"), None),
+            "logs": logs,
+        }
+
+
+def _json(data: bytes | None, default: Any) -> Any:
+    if data is None:
+        return default
+    try:
+        return json.loads(data)
+    except ValueError:
+        return default

@@ -1,0 +1,366 @@
+"""Every read and write of the database. Functions take the engine; rows come back as dicts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from remote.server import auth, db
+from remote.server.db import bundles, commands, server_keys, terminals, users
+
+
+class StoreError(Exception):
+    """A request the data does not allow (unknown name, duplicate); `code` is short."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def server_secret(engine: Engine) -> bytes:
+    """The signing key for sessions and CSRF, created once and shared by every server."""
+    query = sa.select(server_keys.c.value).where(server_keys.c.name == "session")
+    with engine.begin() as conn:
+        value = conn.execute(query).scalar()
+    if value is None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(server_keys.insert().values(name="session", value=secrets.token_hex(32)))
+        except IntegrityError:
+            pass  # another server created it first
+        with engine.begin() as conn:
+            value = conn.execute(query).scalar_one()
+    return bytes.fromhex(value)
+
+
+# -- terminals ----------------------------------------------------------------------------
+
+
+def add_terminal(engine: Engine, terminal_id: str) -> str:
+    """Enrol (or re-enrol a revoked) terminal; the token is returned once and not kept."""
+    if not terminal_id or len(terminal_id) > 128 or not terminal_id.isprintable():
+        raise StoreError("bad_terminal_id", "a terminal id is 1-128 printable characters")
+    token = auth.new_terminal_token()
+    digest = auth.token_digest(token)
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(terminals).where(terminals.c.id == terminal_id)).mappings().first()
+        if row is None:
+            try:
+                conn.execute(terminals.insert().values(id=terminal_id, token_sha256=digest, created_at=db.now()))
+            except IntegrityError:
+                raise StoreError("terminal_exists", f"terminal {terminal_id!r} is already enrolled") from None
+        elif row["revoked_at"] is None:
+            raise StoreError("terminal_exists", f"terminal {terminal_id!r} is already enrolled; revoke it first")
+        else:
+            conn.execute(
+                terminals.update()
+                .where(terminals.c.id == terminal_id)
+                .values(token_sha256=digest, revoked_at=None, created_at=db.now())
+            )
+    return token
+
+
+def revoke_terminal(engine: Engine, terminal_id: str) -> None:
+    with engine.begin() as conn:
+        done = conn.execute(
+            terminals.update()
+            .where(terminals.c.id == terminal_id, terminals.c.revoked_at.is_(None))
+            .values(revoked_at=db.now())
+        ).rowcount
+    if not done:
+        raise StoreError("no_terminal", f"no enrolled terminal {terminal_id!r}")
+
+
+def list_terminals(engine: Engine) -> list[dict[str, Any]]:
+    counts = (
+        sa.select(bundles.c.terminal_id, sa.func.count().label("bundles"))
+        .group_by(bundles.c.terminal_id)
+        .subquery()
+    )
+    query = (
+        sa.select(
+            terminals.c.id,
+            terminals.c.created_at,
+            terminals.c.revoked_at,
+            terminals.c.last_seen_at,
+            sa.func.coalesce(counts.c.bundles, 0).label("bundles"),
+        )
+        .select_from(terminals.outerjoin(counts, counts.c.terminal_id == terminals.c.id))
+        .order_by(terminals.c.id)
+    )
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def get_terminal(engine: Engine, terminal_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(terminals).where(terminals.c.id == terminal_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def terminal_for_token(engine: Engine, token: str) -> dict[str, Any] | None:
+    """The active terminal the bearer token belongs to, or None."""
+    digest = auth.token_digest(token)
+    query = sa.select(terminals.c.id, terminals.c.token_sha256).where(
+        terminals.c.token_sha256 == digest, terminals.c.revoked_at.is_(None)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
+    return dict(row) if row else None
+
+
+# -- users --------------------------------------------------------------------------------
+
+
+def add_user(engine: Engine, name: str, role: str, password: str) -> None:
+    if role not in auth.ROLES:
+        raise StoreError("bad_role", f"role must be one of {', '.join(auth.ROLES)}")
+    if not name or len(name) > 128 or not name.isprintable() or ":" in name:
+        raise StoreError("bad_name", "a user name is 1-128 printable characters without ':'")
+    if len(password) < 8:
+        raise StoreError("weak_password", "a password has at least 8 characters")
+    values = {"name": name, "role": role, "password_hash": auth.hash_password(password), "created_at": db.now()}
+    try:
+        with engine.begin() as conn:
+            conn.execute(users.insert().values(**values))
+    except IntegrityError:
+        raise StoreError("user_exists", f"user {name!r} exists") from None
+
+
+def get_user(engine: Engine, name: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(users).where(users.c.name == name)).mappings().first()
+    return dict(row) if row else None
+
+
+# -- bundles ------------------------------------------------------------------------------
+
+
+def insert_bundle(engine: Engine, index: dict[str, Any], digest: str, size: int) -> tuple[dict[str, Any], bool]:
+    """Store one bundle row; (record, True) if new, (stored record, False) if its id exists.
+
+    The primary key decides under concurrency: of two servers inserting the same id at
+    once, one commits and the other gets an IntegrityError and reads the winner's row.
+    A probe request the bundle answers is closed in the same transaction.
+    """
+    row = dict(index, sha256=digest, size=size, received_at=db.now())
+    try:
+        with engine.begin() as conn:
+            conn.execute(bundles.insert().values(**row))
+            if row["command_id"]:
+                conn.execute(
+                    commands.update()
+                    .where(
+                        commands.c.id == row["command_id"],
+                        commands.c.terminal_id == row["terminal_id"],
+                        commands.c.status != "done",
+                    )
+                    .values(status="done", done_at=row["received_at"], bundle_id=row["id"])
+                )
+            conn.execute(
+                terminals.update()
+                .where(terminals.c.id == row["terminal_id"])
+                .values(last_seen_at=row["received_at"])
+            )
+    except IntegrityError:
+        existing = get_bundle(engine, row["id"])
+        if existing is None:
+            raise
+        return existing, False
+    return row, True
+
+
+def get_bundle(engine: Engine, bundle_id: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(bundles).where(bundles.c.id == bundle_id.lower())).mappings().first()
+    return dict(row) if row else None
+
+
+@dataclass(frozen=True)
+class BundleFilter:
+    terminal: str | None = None
+    code: str | None = None
+    cause: str | None = None
+    category: str | None = None
+    model: str | None = None
+    firmware: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def clauses(self) -> list[Any]:
+        out: list[Any] = []
+        for column, value in (
+            (bundles.c.terminal_id, self.terminal),
+            (bundles.c.code, self.code),
+            (bundles.c.top_cause, self.cause),
+            (bundles.c.top_category, self.category),
+            (bundles.c.model, self.model),
+            (bundles.c.firmware, self.firmware),
+        ):
+            if value:
+                out.append(column == value)
+        if self.since:
+            out.append(bundles.c.created_at >= self.since)
+        if self.until:
+            out.append(bundles.c.created_at < self.until)
+        return out
+
+
+def encode_cursor(row: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps([row["created_at"], row["id"]]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        created, bundle_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(created, str) or not isinstance(bundle_id, str):
+            raise TypeError
+    except (ValueError, TypeError, UnicodeError):
+        raise StoreError("bad_cursor", "cursor is not one this server issued") from None
+    return created, bundle_id
+
+
+def list_bundles(
+    engine: Engine, flt: BundleFilter, limit: int, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first; the cursor resumes after the last row of the previous page."""
+    query = sa.select(bundles).where(*flt.clauses())
+    if cursor:
+        created, bundle_id = decode_cursor(cursor)
+        query = query.where(
+            sa.or_(
+                bundles.c.created_at < created,
+                sa.and_(bundles.c.created_at == created, bundles.c.id < bundle_id),
+            )
+        )
+    query = query.order_by(bundles.c.created_at.desc(), bundles.c.id.desc()).limit(limit + 1)
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1]) if more and rows else None
+
+
+def _counts(conn: sa.Connection, column: Any, where: list[Any], limit: int) -> list[dict[str, Any]]:
+    count = sa.func.count().label("count")
+    query = (
+        sa.select(column.label("key"), count)
+        .where(*where)
+        .group_by(column)
+        .order_by(count.desc(), column)
+        .limit(limit)
+    )
+    return [{"key": r.key, "count": r.count} for r in conn.execute(query)]
+
+
+def stats(engine: Engine, since: str, until: str, top: int = 10) -> dict[str, Any]:
+    where = [bundles.c.created_at >= since, bundles.c.created_at < until]
+    day = sa.func.substr(bundles.c.created_at, 1, 10)
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(bundles).where(*where)).scalar_one()
+        per_day = conn.execute(
+            sa.select(day.label("day"), bundles.c.top_category, sa.func.count().label("count"))
+            .where(*where)
+            .group_by(day, bundles.c.top_category)
+            .order_by(day, bundles.c.top_category)
+        ).all()
+        return {
+            "since": since,
+            "until": until,
+            "total": total,
+            "by_code": _counts(conn, bundles.c.code, where, top),
+            "by_cause": _counts(conn, bundles.c.top_cause, where, top),
+            "by_category": _counts(conn, bundles.c.top_category, where, top),
+            "by_model": _counts(conn, bundles.c.model, where, top),
+            "by_firmware": _counts(conn, bundles.c.firmware, where, top),
+            "by_verdict": _counts(conn, bundles.c.verdict, where, top),
+            "top_terminals": _counts(conn, bundles.c.terminal_id, where, top),
+            "per_day": [{"day": r.day, "category": r.top_category, "count": r.count} for r in per_day],
+        }
+
+
+def window(days: int, until: datetime | None = None) -> tuple[str, str]:
+    end = until or datetime.now(UTC)
+    return db.stamp(end - timedelta(days=days)), db.stamp(end)
+
+
+# -- commands (probe requests) -------------------------------------------------------------
+
+
+def add_command(engine: Engine, terminal_id: str, probes: list[str] | None, code: str | None, by: str) -> dict[str, Any]:
+    if get_terminal(engine, terminal_id) is None:
+        raise StoreError("no_terminal", f"no terminal {terminal_id!r}")
+    row = {
+        "id": str(uuid.uuid4()),
+        "terminal_id": terminal_id,
+        "probes": None if probes is None else json.dumps(probes),
+        "code": code,
+        "status": "queued",
+        "requested_by": by,
+        "created_at": db.now(),
+        "delivered_at": None,
+        "done_at": None,
+        "bundle_id": None,
+    }
+    with engine.begin() as conn:
+        conn.execute(commands.insert().values(**row))
+    return command_view(row)
+
+
+def next_command(engine: Engine, terminal_id: str, redeliver_seconds: float) -> dict[str, Any] | None:
+    """Hand out the oldest open request: queued, or delivered long ago and never answered.
+
+    The conditional UPDATE makes a hand-out atomic when two polls race.
+    """
+    stale = db.stamp(datetime.now(UTC) - timedelta(seconds=redeliver_seconds))
+    open_ = sa.or_(
+        commands.c.status == "queued",
+        sa.and_(commands.c.status == "delivered", commands.c.delivered_at < stale),
+    )
+    for _ in range(5):
+        with engine.begin() as conn:
+            row = (
+                conn.execute(
+                    sa.select(commands)
+                    .where(commands.c.terminal_id == terminal_id, open_)
+                    .order_by(commands.c.created_at, commands.c.id)
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            taken = conn.execute(
+                commands.update()
+                .where(commands.c.id == row["id"], open_)
+                .values(status="delivered", delivered_at=db.now())
+            ).rowcount
+        if taken:
+            return command_view(dict(row, status="delivered"))
+    return None
+
+
+def list_commands(engine: Engine, terminal_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    query = (
+        sa.select(commands)
+        .where(commands.c.terminal_id == terminal_id)
+        .order_by(commands.c.created_at.desc(), commands.c.id.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [command_view(dict(r)) for r in conn.execute(query).mappings()]
+
+
+def command_view(row: dict[str, Any]) -> dict[str, Any]:
+    return dict(row, probes=None if row["probes"] is None else json.loads(row["probes"]))
