@@ -1,0 +1,230 @@
+"""Upload bundles from the outbox to the support server, in order, each exactly once.
+
+POST {server}/api/v1/bundles with the raw .tar.gz, `Authorization: Bearer <token>` and the
+bundle id as `Idempotency-Key`; the server stores a bundle once and answers 200 when it
+already has it, so sending again after a lost answer is safe. How answers are treated:
+
+    UploadError
+    ├── Retryable     408, 429, 5xx, connection refused/reset/cut, timeouts: tenacity retries
+    │                 with full-jitter exponential backoff, at least Retry-After when given,
+    │                 up to max_attempts per bundle per flush; then the bundle waits in the
+    │                 outbox for the next flush
+    ├── Refused       any other 4xx (bad signature, too large, malformed, terminal mismatch):
+    │                 retrying cannot help, the bundle goes to the dead-letter folder
+    └── Halt          401 (token unknown or revoked) and 3xx (wrong server_url): a fault of
+                      the terminal's set-up, not of the bundle, so the flush stops and every
+                      bundle stays where it is until the set-up is fixed
+
+requests' own exceptions are translated into these in one place (`post`).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+import tenacity
+
+from agent.outbox import Entry, Outbox
+
+PATH = "/api/v1/bundles"
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+class UploadError(Exception):
+    def __init__(self, message: str, status: int | None = None, answer: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.answer = answer or {}
+
+
+class Retryable(UploadError):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+class Refused(UploadError):
+    pass
+
+
+class Halt(UploadError):
+    pass
+
+
+@dataclass(frozen=True)
+class Delivered:
+    bundle_id: str
+    status: int
+    attempts: int
+
+
+@dataclass
+class FlushReport:
+    sent: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    remaining: int = 0
+    stopped: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "duplicates": self.duplicates,
+            "dead": self.dead,
+            "remaining": self.remaining,
+            "stopped": self.stopped,
+        }
+
+
+Progress = Callable[[Entry, str], None]
+
+
+class Client:
+    def __init__(
+        self,
+        settings: Any,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not settings.server_url:
+            raise Halt("no [upload] server_url configured")
+        self.settings = settings
+        self.url = settings.server_url.rstrip("/") + PATH
+        self.session = session or requests.Session()
+        self.sleep = sleep
+
+    def send(self, data: bytes, bundle_id: str) -> Delivered:
+        """Upload one bundle, retrying what is worth retrying; raises UploadError subclasses."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.settings.max_attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(Retryable),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                status = self.post(data, bundle_id)
+        return Delivered(bundle_id, status, attempt.retry_state.attempt_number)
+
+    def post(self, data: bytes, bundle_id: str) -> int:
+        headers = {
+            "Authorization": f"Bearer {self.settings.token}",
+            "Content-Type": "application/gzip",
+            "Idempotency-Key": bundle_id,
+        }
+        try:
+            response = self.session.post(
+                self.url,
+                data=data,
+                headers=headers,
+                timeout=(self.settings.connect_timeout_seconds, self.settings.read_timeout_seconds),
+                verify=self.settings.ca_file or True,
+                allow_redirects=False,
+            )
+        except requests.exceptions.RequestException as exc:
+            raise Retryable(f"{type(exc).__name__}: {short(exc)}") from exc
+        with response:
+            return classify(response)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        backoff = tenacity.wait_random_exponential(
+            multiplier=self.settings.backoff_initial_seconds, max=self.settings.backoff_max_seconds
+        )(state)
+        exc = state.outcome.exception() if state.outcome else None
+        after = getattr(exc, "retry_after", None)
+        if after is None:
+            return backoff
+        # Honour the server, plus a little jitter so a fleet told "30 s" does not come back at once.
+        return min(after, self.settings.retry_after_max_seconds) + random.uniform(0, min(1.0, after / 10))
+
+
+def classify(response: requests.Response) -> int:
+    status = response.status_code
+    if 200 <= status < 300:
+        return status
+    answer = answer_json(response)
+    message = f"HTTP {status}: {answer.get('error', '')} {answer.get('detail', '')}".strip()
+    if status in (408, 429) or status >= 500:
+        raise Retryable(message, status, parse_retry_after(response.headers.get("Retry-After")))
+    if status == 401 or 300 <= status < 400:
+        raise Halt(message, status, answer)
+    raise Refused(message, status, answer)
+
+
+def answer_json(response: requests.Response) -> dict[str, Any]:
+    try:
+        value = json.loads(response.content[:MAX_ANSWER_BYTES] or b"{}")
+    except (ValueError, requests.exceptions.RequestException):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds from now: either delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def flush(outbox: Outbox, client: Client, progress: Progress | None = None) -> FlushReport:
+    """Upload every waiting bundle, oldest first. A bundle leaves the outbox only after the
+    server confirmed it; a bundle that keeps failing ends this run (later ones would too)."""
+    report = FlushReport()
+    with outbox.flushing():
+        for entry in outbox.entries():
+            try:
+                data = entry.path.read_bytes()
+            except FileNotFoundError:  # evicted meanwhile
+                continue
+            note = progress or (lambda e, s: None)
+            note(entry, "sending")
+            try:
+                delivered = client.send(data, entry.bundle_id)
+            except Refused as exc:
+                outbox.dead_letter(entry, refusal(exc, entry))
+                report.dead.append(entry.bundle_id)
+                note(entry, f"refused, moved to dead/: {exc}")
+                continue
+            except (Retryable, Halt) as exc:
+                report.stopped = str(exc)
+                note(entry, f"kept for later: {exc}")
+                break
+            outbox.remove(entry)
+            (report.duplicates if delivered.status == 200 else report.sent).append(entry.bundle_id)
+            note(entry, "already on the server" if delivered.status == 200 else "delivered")
+    report.remaining = len(outbox.entries())
+    return report
+
+
+def refusal(exc: UploadError, entry: Entry) -> dict[str, Any]:
+    return {
+        "bundle_id": entry.bundle_id,
+        "status": exc.status,
+        "error": exc.answer.get("error", ""),
+        "detail": exc.answer.get("detail", ""),
+        "message": str(exc),
+        "refused_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
