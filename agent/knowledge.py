@@ -156,23 +156,34 @@ def expand(paths: Iterable[str | Path]) -> list[Path]:
 
 
 @functools.lru_cache(maxsize=8)
-def load(extra_paths: tuple[str, ...] = (), scheme_order: tuple[str, ...] = ()) -> KnowledgeBase:
-    """The checked knowledge base; `scheme_order` is checked against the schemes it defines."""
+def load(extra_paths: tuple[str, ...] = ()) -> KnowledgeBase:
+    """The checked knowledge base: the packaged files, then the operator's."""
     builder = _Builder()
     for path in expand([packaged_dir()]):
         builder.add_file(path, replace=False)
     for path in expand(extra_paths):
         builder.add_file(path, replace=True)
-    kb = builder.finish()
-    for i, scheme in enumerate(scheme_order):
-        if scheme not in kb.schemes:
-            raise ConfigError("config", f"knowledge.scheme_order[{i}]", f"unknown scheme {scheme!r}; known: {', '.join(kb.schemes)}")
-    return kb
+    return builder.finish()
 
 
 def load_for(config: Any) -> KnowledgeBase:
+    """The knowledge base a config names, with its scheme_order checked against it."""
     settings = config.section("knowledge")
-    return load(tuple(settings.extra_paths), tuple(settings.scheme_order))
+    kb = load(tuple(settings.extra_paths))
+    for i, scheme in enumerate(settings.scheme_order):
+        if scheme not in kb.schemes:
+            raise ConfigError(
+                config.source, f"knowledge.scheme_order[{i}]", f"unknown scheme {scheme!r}; known: {', '.join(kb.schemes)}"
+            )
+    return kb
+
+
+def finding_title(finding_id: str, lang: str) -> str:
+    """A finding's title in `lang` from the packaged knowledge base (the id when it has none)."""
+    try:
+        return load().finding_title(finding_id, lang)
+    except ConfigError:
+        return finding_id
 
 
 _ENTRY_TABLES = ("codes", "causes", "findings", "categories", "dispatch")
@@ -363,7 +374,15 @@ def _verdict(name: str, value: Any, src: str) -> Verdict:
     rank = table["rank"]
     if isinstance(rank, bool) or not isinstance(rank, int):
         raise ConfigError(src, f"{key}.rank", f"expected an integer, got {rank!r}")
-    return Verdict(name, rank, _text(table["reason"], src, f"{key}.reason"), _text(table["escalated"], src, f"{key}.escalated"))
+    texts = {}
+    for part in ("reason", "escalated"):
+        text = _text(table[part], src, f"{key}.{part}")
+        try:
+            text.format(cause=text, finding=text)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(src, f"{key}.{part}", f"bad template ({exc!r}); use {{cause}} and {{finding}}") from None
+        texts[part] = text
+    return Verdict(name, rank, texts["reason"], texts["escalated"])
 
 
 def _engine_number(engine: dict[str, tuple[str, Any]], name: str) -> float:

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "diagnose",
+        help="explain an error code in the light of what the probes find",
+        description="Run every enabled probe, look the code up in the knowledge base and rank its likely causes "
+        "with the evidence for and against each, what to do, and whether anyone needs to be sent. "
+        "An unknown code is still diagnosed from the findings alone. Exit 0 when a diagnosis was made, "
+        "2 on usage or config errors.",
+    )
+    parser.add_argument("--code", required=True, help="the code the terminal showed: 51, A0, E3, 3000, ConnectError, ...")
+    parser.add_argument("--scheme", help="look the code up only in this scheme (iso8583, cup, terminal, exception, ...)")
+    parser.add_argument("--lang", choices=("zh", "en"), help="language of the readable output (default: terminal.lang)")
+    parser.add_argument(
+        "--role", choices=("merchant", "technician", "support"), default="technician", help="whose actions to show"
+    )
+    parser.add_argument("--only", metavar="NAME,...", help="run only these probes (comma list)")
+    parser.add_argument("--print", dest="print_receipt", action="store_true", help="also print a summary on the receipt printer")
+    parser.add_argument("--bundle-id", help="with --print: the bundle id to print as a QR code")
+    add_json_arg(parser)
+    add_simulate_arg(parser)
+    add_config_arg(parser)
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from agent import render
+    from agent.diagnosis import diagnose
+
+    only = args.only.split(",") if args.only else None
+    with configured(args) as config:
+        progress = None if args.json else render.Progress(sys.stderr)
+        diagnosis = diagnose(config, args.code, args.scheme, only, on_result=progress)
+        if progress:
+            progress.clear()
+        lang = args.lang or config.section("terminal").lang
+        if args.print_receipt:
+            from agent.receipt import print_summary
+
+            print(print_summary(config, diagnosis, lang, args.role, args.bundle_id), file=sys.stderr)
+    if args.json:
+        print(json.dumps(diagnosis.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        from agent.explain import diagnosis_text
+
+        print(diagnosis_text(diagnosis, lang, args.role))
+    return 0

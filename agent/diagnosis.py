@@ -1,0 +1,101 @@
+"""A diagnosis: the error looked up, the probe sweep, and the correlation of the two.
+
+`Diagnosis.to_dict()` is the document `diagnose --json` prints, a bundle stores as
+diagnosis.json and the support server indexes (error.code, error.scheme, causes[0].id,
+causes[0].category, dispatch.verdict): keep its keys stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from agent.config import Config
+from agent.correlate import Correlation, RankedCause, correlate
+from agent.errors import UsageError
+from agent.knowledge import ROLES, KnowledgeBase, Text, load_for
+from agent.model import Sweep
+from agent.runner import Progress, run_probes
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: str
+    scheme: str | None
+    known: bool
+    meaning: Text | None
+    host_answer: bool | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "scheme": self.scheme,
+            "known": self.known,
+            "meaning": self.meaning.to_dict() if self.meaning else None,
+            "host_answer": self.host_answer,
+        }
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    error: ErrorInfo
+    sweep: Sweep
+    correlation: Correlation
+
+    @property
+    def top(self) -> RankedCause:
+        return self.correlation.causes[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        swept = self.sweep.to_dict()
+        return {
+            "error": self.error.to_dict(),
+            "probes": swept["probes"],
+            "sweep": swept["sweep"],
+            "causes": [cause_dict(rc) for rc in self.correlation.causes],
+            "other_findings": [asdict(f) for f in self.correlation.other_findings],
+            "dispatch": self.correlation.dispatch.to_dict(),
+        }
+
+
+def cause_dict(rc: RankedCause) -> dict[str, Any]:
+    return {
+        "id": rc.cause.id,
+        "category": rc.cause.category,
+        "title": rc.cause.title.to_dict(),
+        "confidence": round(rc.confidence, 4),
+        "evidence_for": [e.to_dict() for e in rc.evidence_for],
+        "evidence_against": [e.to_dict() for e in rc.evidence_against],
+        "actions": {role: [a.to_dict() for a in rc.cause.actions[role]] for role in ROLES},
+    }
+
+
+def explain(kb: KnowledgeBase, code: str, scheme: str | None, order: Iterable[str], sweep: Sweep) -> Diagnosis:
+    """Look the code up and correlate it with a sweep already made (no I/O)."""
+    if scheme is not None and scheme not in kb.schemes:
+        raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
+    entry = kb.lookup(code, scheme, order)
+    if entry is None:
+        error = ErrorInfo(code.strip(), None, False, None, None)
+    else:
+        error = ErrorInfo(entry.code, entry.scheme, True, entry.meaning, entry.host_answer)
+    return Diagnosis(error, sweep, correlate(kb, entry, sweep.results))
+
+
+def diagnose(
+    config: Config,
+    code: str,
+    scheme: str | None = None,
+    only: Iterable[str] | None = None,
+    on_result: Progress | None = None,
+) -> Diagnosis:
+    """Run the probes and correlate: the whole of `posdiag diagnose`, without the CLI."""
+    if not code.strip():
+        raise UsageError("the error code is empty")
+    kb = load_for(config)
+    order = config.section("knowledge").scheme_order
+    if scheme is not None and scheme not in kb.schemes:
+        raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
+    sweep = run_probes(config, only, on_result=on_result)
+    return explain(kb, code, scheme, order, sweep)

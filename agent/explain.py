@@ -1,0 +1,87 @@
+"""A diagnosis as text for a person, in Chinese or English, with one role's actions."""
+
+from __future__ import annotations
+
+from agent.correlate import Evidence, RankedCause
+from agent.diagnosis import Diagnosis
+from agent.knowledge import finding_title
+
+# Evidence and actions are shown for the top cause and for any other at least this likely;
+# the rest are named with their confidence.
+DETAILED_CONFIDENCE = 0.10
+LABELS = {
+    "en": {
+        "error": "Error",
+        "unknown": "not in the knowledge base: the causes below come from the findings alone",
+        "host": "answer from the host (the host was reached)",
+        "local": "local failure (no answer from the host)",
+        "causes": "Likely causes",
+        "for": "for",
+        "against": "against",
+        "todo": "what to do",
+        "other": "Other findings (not the cause of this code)",
+        "dispatch": "Dispatch",
+        "verdicts": {"none": "none", "remote": "remote", "onsite": "on site"},
+        "roles": {"merchant": "merchant", "technician": "technician", "support": "support"},
+    },
+    "zh": {
+        "error": "错误码",
+        "unknown": "知识库中没有此码：以下原因仅根据检测结果推断",
+        "host": "主机应答（当时与主机的通讯正常）",
+        "local": "本地失败（未收到主机应答）",
+        "causes": "可能原因",
+        "for": "支持",
+        "against": "反对",
+        "todo": "处理建议",
+        "other": "其他发现（与此错误码无关）",
+        "dispatch": "派单建议",
+        "verdicts": {"none": "无需派人", "remote": "远程处理", "onsite": "现场处理"},
+        "roles": {"merchant": "商户", "technician": "技术员", "support": "客服"},
+    },
+}
+
+
+def diagnosis_text(diagnosis: Diagnosis, lang: str, role: str) -> str:
+    words = LABELS.get(lang, LABELS["en"])
+    lines = header(diagnosis, lang, words)
+    lines.append("")
+    lines.append(f"{words['causes']}:")
+    for i, rc in enumerate(diagnosis.correlation.causes, 1):
+        lines.extend(cause_lines(i, rc, lang, role, words, detailed=i == 1 or rc.confidence >= DETAILED_CONFIDENCE))
+    others = diagnosis.correlation.other_findings
+    if others:
+        lines.append("")
+        lines.append(f"{words['other']}:")
+        for f in others:
+            lines.append(f"  {'✗' if f.severity == 'fail' else '!'} {f.id} {finding_title(f.id, lang)}: {f.detail}")
+    dispatch = diagnosis.correlation.dispatch
+    lines.append("")
+    lines.append(f"{words['dispatch']}: {words['verdicts'][dispatch.verdict]} — {dispatch.reason.get(lang)}")
+    return "\n".join(lines)
+
+
+def header(diagnosis: Diagnosis, lang: str, words: dict) -> list[str]:
+    error = diagnosis.error
+    if not error.known or error.meaning is None:
+        return [f"{words['error']} {error.code}: {words['unknown']}"]
+    side = words["host"] if error.host_answer else words["local"]
+    return [f"{words['error']} {error.code} ({error.scheme}): {error.meaning.get(lang)}", f"  {side}"]
+
+
+def cause_lines(i: int, rc: RankedCause, lang: str, role: str, words: dict, detailed: bool) -> list[str]:
+    lines = [f"{i:2}. {rc.confidence * 100:3.0f}%  {rc.cause.title.get(lang)}  [{rc.cause.id}]"]
+    if not detailed:
+        return lines
+    for label, items in ((words["for"], rc.evidence_for), (words["against"], rc.evidence_against)):
+        for e in items:
+            lines.append(f"        {label}: {evidence_text(e, lang)}")
+    lines.append(f"        {words['todo']} ({words['roles'][role]}):")
+    for n, action in enumerate(rc.cause.actions[role], 1):
+        lines.append(f"          {n}) {action.get(lang)}")
+    return lines
+
+
+def evidence_text(e: Evidence, lang: str) -> str:
+    if e.finding is None:
+        return e.detail
+    return f"{e.finding} {finding_title(e.finding, lang)} ({e.detail})"
