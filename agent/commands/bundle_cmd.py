@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agent.commands import add_config_arg, add_json_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "bundle",
+        help="inspect or verify a diagnosis bundle",
+        description="'bundle inspect PATH' prints a bundle's manifest and diagnosis; 'bundle verify PATH' checks "
+        "the archive, every member's size and SHA-256 and the signature (exit 0 intact, 1 not).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    inspect = actions.add_parser("inspect", help="print the manifest and the diagnosis")
+    inspect.add_argument("path", help="a .tar.gz bundle")
+    add_json_arg(inspect)
+    inspect.set_defaults(handler=handle_inspect)
+    verify = actions.add_parser("verify", help="check hashes and signature")
+    verify.add_argument("path", help="a .tar.gz bundle")
+    verify.add_argument("--token", help="the terminal token it was signed with (default: [upload] token)")
+    add_config_arg(verify)
+    verify.set_defaults(handler=handle_verify)
+
+
+def read_file(path: str) -> bytes:
+    from agent.errors import UsageError
+
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def handle_inspect(args: argparse.Namespace) -> int:
+    from agent import bundle
+
+    try:
+        manifest, members = bundle.read(read_file(args.path))
+    except bundle.BundleError as exc:
+        print(f"posdiag: {args.path}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        diagnosis = json.loads(members.get("diagnosis.json", b"null"))
+    except ValueError:
+        diagnosis = None
+    if args.json:
+        print(json.dumps({"manifest": manifest, "diagnosis": diagnosis}, ensure_ascii=False, indent=2))
+        return 0
+    print(summary(manifest))
+    print("\ndiagnosis.json:")
+    print(json.dumps(diagnosis, ensure_ascii=False, indent=2))
+    return 0
+
+
+def summary(manifest: dict) -> str:
+    trigger = manifest.get("trigger") or {}
+    terminal = manifest.get("terminal") or {}
+    lines = [
+        f"bundle     {manifest.get('bundle_id')}  ({manifest.get('schema')})",
+        f"terminal   {terminal.get('id')}  serial {terminal.get('serial') or '-'}  model {terminal.get('model') or '-'}",
+        f"created    {manifest.get('created_at')}  agent {manifest.get('agent_version')}",
+        f"trigger    {trigger.get('kind')}  code {trigger.get('code') or '-'}  scheme {trigger.get('scheme') or '-'}",
+        "files",
+    ]
+    for entry in manifest.get("files", []):
+        cut = "  (truncated)" if (manifest.get("truncated") or {}).get(entry.get("path")) else ""
+        lines.append(f"  {entry.get('size', 0):>8}  {entry.get('sha256', '')[:12]}  {entry.get('path')}{cut}")
+    redaction = ", ".join(f"{k} {v}" for k, v in (manifest.get("redaction") or {}).items())
+    lines.append(f"redacted   {redaction or 'nothing'}")
+    lines.append(f"evicted    {manifest.get('evicted', 0)} earlier bundle(s) dropped by the outbox cap")
+    return "\n".join(lines)
+
+
+def handle_verify(args: argparse.Namespace) -> int:
+    from agent import bundle
+    from agent.errors import UsageError
+
+    token = args.token
+    if token is None:
+        from agent import config
+
+        token = config.load(args.config).section("upload").token
+    if not token:
+        raise UsageError("no token to check the signature with: pass --token or set [upload] token")
+    problems = bundle.verify(read_file(args.path), token)
+    if problems:
+        for problem in problems:
+            print(f"FAIL {args.path}: {problem}")
+        return 1
+    print(f"ok {args.path}: every member matches its hash, signature valid")
+    return 0

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from agent.commands import add_config_arg, add_json_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "outbox",
+        help="list or upload the bundles waiting in the outbox",
+        description="'outbox list' shows bundles waiting for upload and those the server refused (dead/); "
+        "'outbox flush' uploads the waiting ones in order (exit 0 when none is left, 1 otherwise).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="bundles waiting and refused")
+    add_json_arg(listing)
+    add_config_arg(listing)
+    listing.set_defaults(handler=handle_list)
+    flush = actions.add_parser("flush", help="upload the waiting bundles now (progress on stderr)")
+    add_json_arg(flush)
+    add_config_arg(flush)
+    flush.set_defaults(handler=handle_flush)
+
+
+def open_outbox(args: argparse.Namespace):  # -> agent.outbox.Outbox
+    from agent import config
+    from agent.errors import ConfigError
+    from agent.outbox import Outbox
+
+    loaded = config.load(args.config)
+    try:
+        return loaded, Outbox.from_config(loaded)
+    except OSError as exc:
+        raise ConfigError(loaded.source, "outbox.dir", f"cannot use {exc.filename}: {exc.strerror}") from None
+
+
+def handle_list(args: argparse.Namespace) -> int:
+    _, outbox = open_outbox(args)
+    waiting, dead = outbox.entries(), outbox.dead_entries()
+    if args.json:
+        doc = {
+            "dir": str(outbox.root),
+            "waiting": [entry_dict(e) for e in waiting],
+            "dead": [dict(entry_dict(e), reason=reason(e)) for e in dead],
+            "evicted_unreported": outbox.pending_evicted(),
+        }
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+        return 0
+    print(f"outbox {outbox.root}: {len(waiting)} waiting, {len(dead)} refused")
+    for label, entries in (("waiting", waiting), ("refused", dead)):
+        for e in entries:
+            why = f"  HTTP {reason(e).get('status')}: {reason(e).get('error') or reason(e).get('message')}" if label == "refused" else ""
+            print(f"  {label:8} {e.created_at().strftime('%Y-%m-%d %H:%M:%S')}Z  {e.size:>8} B  {e.bundle_id}{why}")
+    evicted = outbox.pending_evicted()
+    if evicted:
+        print(f"  {evicted} bundle(s) evicted by the size cap, to be reported in the next manifest")
+    return 0
+
+
+def entry_dict(entry) -> dict:
+    return {"bundle_id": entry.bundle_id, "file": entry.name, "size": entry.size, "created_at": entry.stamp}
+
+
+def reason(entry) -> dict:
+    path = entry.path.with_name(entry.name.removesuffix(".tar.gz") + ".reason.json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def handle_flush(args: argparse.Namespace) -> int:
+    from agent.errors import ConfigError, UsageError
+    from agent.outbox import OutboxBusy
+    from remote.client import Client, flush
+
+    loaded, outbox = open_outbox(args)
+    settings = loaded.section("upload")
+    if not settings.server_url:
+        raise ConfigError(loaded.source, "upload.server_url", "empty: no server to upload to")
+    total = len(outbox.entries())
+
+    def progress(entry, state: str) -> None:
+        print(f"[{total - len(outbox.entries()) + (state == 'sending')}/{total}] {entry.bundle_id}: {state}", file=sys.stderr)
+
+    try:
+        report = flush(outbox, Client(settings), progress)
+    except OutboxBusy as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(
+            f"sent {len(report.sent)}, already on the server {len(report.duplicates)}, refused {len(report.dead)}, "
+            f"waiting {report.remaining}" + (f" (stopped: {report.stopped})" if report.stopped else "")
+        )
+    return 0 if report.remaining == 0 and not report.dead else 1
