@@ -1,24 +1,45 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from agent.commands import add_config_arg
+from agent.commands import add_config_arg, configured
+
+DEMO_CODE = "3000"
+DEMO_FAULTS = "printer.paper_out"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
         help="show posdiag at work on the built-in simulated terminal",
-        description="Runs a probe sweep of the simulated terminal with a printer and a network fault.",
+        description=f"Diagnoses the generic terminal code {DEMO_CODE} on a simulated terminal whose printer "
+        f"is out of paper ({DEMO_FAULTS}): the probes run their real code against emulated devices, "
+        "the knowledge base ranks the causes, and the diagnosis is printed.",
     )
+    parser.add_argument("--lang", choices=("zh", "en"), help="language of the output (default: terminal.lang)")
     add_config_arg(parser)
-    parser.set_defaults(handler=handle, simulate="printer.paper_out,network.dns_failed")
+    parser.set_defaults(handler=handle, simulate=DEMO_FAULTS)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from agent.commands import probe
+    from agent import render
 
-    args.only = None
-    args.json = False
-    probe.handle(args)
+    with configured(args) as config:
+        lang = args.lang or config.section("terminal").lang
+        print(f"$ posdiag diagnose --code {DEMO_CODE} --simulate {DEMO_FAULTS}\n", file=sys.stderr)
+        diagnosis = run_diagnosis(config, render.Progress(sys.stderr))
+    from agent.explain import diagnosis_text
+
+    print(diagnosis_text(diagnosis, lang, "technician"))
     return 0
+
+
+def run_diagnosis(config, progress=None):  # noqa: ANN001, ANN201 - heavy types imported lazily
+    """The demo's one step: diagnose the demo code on the configured (simulated) terminal."""
+    from agent.diagnosis import diagnose
+
+    diagnosis = diagnose(config, DEMO_CODE, on_result=progress)
+    if progress is not None:
+        progress.clear()
+    return diagnosis

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import argparse
+import json
+
+from agent.commands import add_config_arg, add_json_arg
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "codes",
+        help="look up error codes in the knowledge base (no probing)",
+        description="'codes show CODE' prints what a code means and its candidate causes in every scheme "
+        "that has it (or only --scheme); 'codes search TEXT' finds codes whose meaning, in Chinese or "
+        "English, contains TEXT. Exit 1 when nothing matched.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="what a code means and its candidate causes")
+    show.add_argument("code")
+    show.add_argument("--scheme", help="only this scheme")
+    show.add_argument("--lang", choices=("zh", "en"), help="language (default: terminal.lang)")
+    add_json_arg(show)
+    add_config_arg(show)
+    show.set_defaults(handler=handle_show)
+    search = actions.add_parser("search", help="codes whose meaning contains TEXT (zh or en)")
+    search.add_argument("text")
+    search.add_argument("--lang", choices=("zh", "en"), help="language (default: terminal.lang)")
+    add_json_arg(search)
+    add_config_arg(search)
+    search.set_defaults(handler=handle_search)
+
+
+def handle_show(args: argparse.Namespace) -> int:
+    from agent import config
+    from agent.errors import UsageError
+    from agent.knowledge import load_for
+
+    cfg = config.load(args.config)
+    kb = load_for(cfg)
+    if args.scheme and args.scheme not in kb.schemes:
+        raise UsageError(f"unknown scheme {args.scheme!r}; known schemes: {', '.join(kb.schemes)}")
+    found = [c for c in kb.lookup_all(args.code) if not args.scheme or c.scheme == args.scheme]
+    order = cfg.section("knowledge").scheme_order
+    found.sort(key=lambda c: order.index(c.scheme) if c.scheme in order else len(order))
+    lang = args.lang or cfg.section("terminal").lang
+    if args.json:
+        print(json.dumps([code_dict(kb, c) for c in found], ensure_ascii=False, indent=2))
+    elif not found:
+        print(f"{args.code}: not in the knowledge base" if lang == "en" else f"{args.code}：知识库中没有此码")
+    for code in [] if args.json else found:
+        print(code_text(kb, code, lang))
+    return 0 if found else 1
+
+
+def handle_search(args: argparse.Namespace) -> int:
+    from agent import config
+    from agent.knowledge import load_for
+
+    cfg = config.load(args.config)
+    kb = load_for(cfg)
+    found = kb.search(args.text)
+    lang = args.lang or cfg.section("terminal").lang
+    if args.json:
+        print(json.dumps([code_dict(kb, c) for c in found], ensure_ascii=False, indent=2))
+    width = max((len(c.code) for c in found), default=0)
+    for code in [] if args.json else found:
+        print(f"{code.scheme:9}  {code.code:{width}}  {code.meaning.get(lang)}")
+    return 0 if found else 1
+
+
+def code_dict(kb, code) -> dict:  # noqa: ANN001 - KnowledgeBase and Code are imported lazily
+    return {
+        "code": code.code,
+        "scheme": code.scheme,
+        "meaning": code.meaning.to_dict(),
+        "host_answer": code.host_answer,
+        "open": code.open,
+        "causes": [
+            {"id": cid, "category": kb.causes[cid].category, "title": kb.causes[cid].title.to_dict(), "prior": prior}
+            for cid, prior in sorted(code.causes.items(), key=lambda item: (-item[1], item[0]))
+        ],
+    }
+
+
+def code_text(kb, code, lang: str) -> str:  # noqa: ANN001
+    zh = lang == "zh"
+    side = ("主机应答" if zh else "answer from the host") if code.host_answer else ("本地失败" if zh else "local failure")
+    lines = [f"{code.code} ({code.scheme}): {code.meaning.get(lang)}", f"  {side}"]
+    if code.open:
+        lines.append("  通用错误码：由检测结果判断原因" if zh else "  generic code: the probes decide the cause")
+    lines.append("  候选原因:" if zh else "  candidate causes:")
+    total = sum(code.causes.values()) or 1.0
+    for cid, prior in sorted(code.causes.items(), key=lambda item: (-item[1], item[0])):
+        lines.append(f"    {prior / total * 100:3.0f}%  {kb.causes[cid].title.get(lang)}  [{cid}]")
+    return "\n".join(lines)
