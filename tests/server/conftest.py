@@ -19,12 +19,11 @@ import pytest
 import requests
 
 from remote.server import store
+from server_bundles import PASSWORD
 from remote.server.app import create_app
-from remote.server.cli import server_settings
 from remote.server.service import Service
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-PASSWORD = "correct horse battery"
 
 
 def pg_reachable() -> str | None:
@@ -80,6 +79,17 @@ class RunningServer:
         return requests.post(self.url + path, auth=(user, PASSWORD), timeout=30, **kw)
 
 
+def default_settings():
+    """The packaged [server] defaults, never the machine's /etc file."""
+    import tomllib
+
+    from agent import config
+    from agent.settings import ServerSettings
+
+    data = tomllib.loads(config.packaged_default_text())["server"]
+    return config.convert(ServerSettings, data, "server", lambda _key: "packaged posdiag.toml")
+
+
 def free_socket() -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -90,7 +100,7 @@ def free_socket() -> socket.socket:
 def start_server(db_url: str, data_dir: Path, backend: str, settings=None) -> Iterator[RunningServer]:
     import uvicorn
 
-    app = create_app(db_url, data_dir, settings or server_settings(None))
+    app = create_app(db_url, data_dir, settings or default_settings())
     service: Service = app.state.service
     for role in ("support", "technician", "admin"):
         store.add_user(service.engine, role, role, PASSWORD)

@@ -15,6 +15,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+PASSWORD = "correct horse battery"  # every test user's
+
 
 def sign(token: str, manifest: bytes) -> bytes:
     key = hashlib.sha256(token.encode()).digest()

@@ -1,0 +1,142 @@
+"""Who may do what: terminal tokens, user roles, passwords, sessions; and the CLI."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from server_bundles import PASSWORD
+from remote.server import auth
+
+CLI = Path(sys.executable).parent / "posdiag-support"
+
+
+def test_password_hash_is_salted_scrypt_and_checks():
+    one, two = auth.hash_password("hunter22!"), auth.hash_password("hunter22!")
+    assert one != two and one.startswith("scrypt$16384$8$1$")
+    assert auth.check_password("hunter22!", one)
+    assert not auth.check_password("hunter23!", one)
+    assert not auth.check_password("x", "garbage")
+
+
+def test_session_cookie_is_signed_and_expires():
+    signer = auth.Signer(b"k" * 32)
+    cookie = signer.session_cookie("alice", 60)
+    assert signer.read_session(cookie).user == "alice"
+    payload, mac = cookie.split(".")
+    forged = auth.Signer(b"x" * 32).session_cookie("admin", 60)
+    assert signer.read_session(forged) is None
+    assert signer.read_session(payload[:-2] + "AA." + mac) is None
+    assert signer.read_session(signer.session_cookie("alice", -1)) is None
+    assert signer.read_session("é.ü") is None and signer.read_session(None) is None
+
+
+def test_terminal_token_reads_nothing_but_its_queue(server):
+    tid, token = server.terminal()
+    bearer = {"Authorization": f"Bearer {token}"}
+    for path in ("/api/v1/bundles", "/api/v1/stats", "/api/v1/terminals", f"/api/v1/terminals/{tid}/commands"):
+        response = requests.get(server.url + path, headers=bearer, timeout=10)
+        assert response.status_code == 401, path
+    response = requests.post(server.url + f"/api/v1/terminals/{tid}/commands", json={}, headers=bearer, timeout=10)
+    assert response.status_code == 401
+    assert requests.get(server.url + f"/api/v1/terminals/{tid}/commands/next", headers=bearer, timeout=10).status_code in (200, 204)
+
+
+def test_users_cannot_poll_a_terminals_queue(server):
+    tid, _ = server.terminal()
+    response = server.get(f"/api/v1/terminals/{tid}/commands/next")
+    assert response.status_code == 401
+
+
+def test_wrong_password_and_unknown_user_are_401(server):
+    assert requests.get(server.url + "/api/v1/bundles", auth=("support", "wrong"), timeout=10).status_code == 401
+    assert requests.get(server.url + "/api/v1/bundles", auth=("nobody", PASSWORD), timeout=10).status_code == 401
+    response = requests.get(server.url + "/api/v1/bundles", timeout=10)
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Basic"
+
+
+@pytest.mark.parametrize("role", ["support", "technician", "admin"])
+def test_every_role_reads_and_requests_probes(server, role):
+    tid, _ = server.terminal()
+    assert server.get("/api/v1/bundles", user=role).status_code == 200
+    assert server.post(f"/api/v1/terminals/{tid}/commands", user=role, json={"probes": ["printer"]}).status_code == 201
+
+
+@pytest.mark.parametrize("role", ["support", "technician"])
+def test_only_admin_enrols_and_revokes(server, role):
+    name = f"E-{uuid.uuid4().hex[:8]}"
+    assert server.post("/api/v1/terminals", user=role, json={"id": name}).status_code == 403
+    enrolled = server.post("/api/v1/terminals", user="admin", json={"id": name})
+    assert enrolled.status_code == 201 and enrolled.json()["token"].startswith("pdt_")
+    assert server.post("/api/v1/terminals", user="admin", json={"id": name}).status_code == 409
+    assert requests.delete(server.url + f"/api/v1/terminals/{name}", auth=(role, PASSWORD), timeout=10).status_code == 403
+    assert requests.delete(server.url + f"/api/v1/terminals/{name}", auth=("admin", PASSWORD), timeout=10).status_code == 204
+    token = enrolled.json()["token"]
+    polled = requests.get(server.url + f"/api/v1/terminals/{name}/commands/next", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert polled.status_code == 401
+
+
+def test_session_cookie_reads_the_api_but_never_changes_anything(server):
+    from remote.server.api import SESSION_COOKIE
+
+    tid, _ = server.terminal()
+    cookie = {SESSION_COOKIE: server.service.signer.session_cookie("support", 600)}
+    assert requests.get(server.url + "/api/v1/bundles", cookies=cookie, timeout=10).status_code == 200
+    posted = requests.post(server.url + f"/api/v1/terminals/{tid}/commands", json={}, cookies=cookie, timeout=10)
+    assert posted.status_code == 401
+
+
+def run(data: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(CLI), "--data", str(data), *args], capture_output=True, text=True, input=input, timeout=60
+    )
+
+
+def test_cli_terminals_and_users(tmp_path):
+    added = run(tmp_path, "terminals", "add", "T-cli")
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    assert token.startswith("pdt_") and "shown only this once" in added.stderr
+    assert token not in (tmp_path / "posdiag-support.db").read_bytes().decode("latin-1")
+    assert run(tmp_path, "terminals", "add", "T-cli").returncode == 2
+    listed = run(tmp_path, "terminals", "list")
+    assert "T-cli" in listed.stdout and "active" in listed.stdout
+    assert run(tmp_path, "terminals", "revoke", "T-cli").returncode == 0
+    assert "revoked" in run(tmp_path, "terminals", "list").stdout
+    assert run(tmp_path, "terminals", "revoke", "T-nope").returncode == 2
+    assert run(tmp_path, "users", "add", "ann", "--role", "technician", input="long enough pw\n").returncode == 0
+    assert run(tmp_path, "users", "add", "bob", "--role", "support", input="short\n").returncode == 2
+    assert run(tmp_path, "users", "add", "cy", "--role", "king", "--password", "whatever12").returncode == 2
+
+
+def test_cli_serve_answers_and_stops(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(CLI), "--data", str(tmp_path), "serve", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+                time.sleep(0.1)
+        assert health.json() == {"status": "ok", "database": "sqlite"}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0  # uvicorn shuts down gracefully on Ctrl-C
+    assert "Traceback" not in proc.stderr.read()
