@@ -89,13 +89,15 @@ def diagnose(
     scheme: str | None = None,
     only: Iterable[str] | None = None,
     on_result: Progress | None = None,
+    skip: dict[str, str] | None = None,
 ) -> Diagnosis:
-    """Run the probes and correlate: the whole of `posdiag diagnose`, without the CLI."""
+    """Run the probes and correlate: the whole of `posdiag diagnose`, without the CLI.
+    `skip` names probes that must not run now, with the reason (see agent.runner)."""
     if not code.strip():
         raise UsageError("the error code is empty")
     kb = load_for(config)
     order = config.section("knowledge").scheme_order
     if scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
-    sweep = run_probes(config, only, on_result=on_result)
+    sweep = run_probes(config, only, on_result=on_result, skip=skip)
     return explain(kb, code, scheme, order, sweep)
