@@ -1,0 +1,126 @@
+"""Web pages over real HTTP: sign-in, CSRF, escaping of terminal data, the chart, the forms."""
+
+from __future__ import annotations
+
+import re
+
+import requests
+
+from server_bundles import PASSWORD, make_bundle
+
+XSS = '<script>alert("x")</script>'
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def signed_in(server, user: str = "support") -> requests.Session:
+    session = requests.Session()
+    page = session.get(server.url + "/login", timeout=10)
+    done = session.post(
+        server.url + "/login",
+        data={"csrf": csrf_of(page.text), "name": user, "password": PASSWORD, "next": "/bundles"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert done.status_code == 303 and done.headers["location"] == "/bundles"
+    cookie = next(c for c in session.cookies if c.name == "posdiag_session")
+    assert cookie.has_nonstandard_attr("HttpOnly")
+    return session
+
+
+def test_pages_need_a_sign_in(server):
+    for path in ("/", "/bundles", "/terminals", "/terminals/x", "/bundles/x"):
+        response = requests.get(server.url + path, allow_redirects=False, timeout=10)
+        assert response.status_code == 303 and response.headers["location"].startswith("/login?next="), path
+
+
+def test_sign_in_rejects_a_wrong_password_and_a_missing_csrf_token(server):
+    session = requests.Session()
+    page = session.get(server.url + "/login", timeout=10)
+    wrong = session.post(server.url + "/login", data={"csrf": csrf_of(page.text), "name": "support", "password": "nope"}, timeout=10)
+    assert wrong.status_code == 401 and "Wrong name or password" in wrong.text
+    forged = requests.post(server.url + "/login", data={"csrf": "0" * 64, "name": "support", "password": PASSWORD}, timeout=10)
+    assert forged.status_code == 403
+
+
+def test_next_never_leaves_the_site(server):
+    session = requests.Session()
+    page = session.get(server.url + "/login", timeout=10)
+    done = session.post(
+        server.url + "/login",
+        data={"csrf": csrf_of(page.text), "name": "support", "password": PASSWORD, "next": "//evil.example/"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert done.headers["location"] == "/"
+
+
+def test_terminal_data_is_escaped_everywhere(server):
+    tid, token = server.terminal("X")
+    bundle_id, body = make_bundle(token, tid, code="E3", cause=XSS, category="printer", model=XSS, log_text=XSS)
+    assert server.upload(token, body, bundle_id).status_code == 201
+    session = signed_in(server)
+    for path in ("/", f"/bundles?terminal={tid}", f"/bundles/{bundle_id}", f"/terminals/{tid}"):
+        html = session.get(server.url + path, timeout=10).text
+        assert XSS not in html, path
+        assert "&lt;script&gt;" in html, path
+
+
+def test_overview_draws_a_chart_and_counts(server):
+    tid, token = server.terminal()
+    bundle_id, body = make_bundle(token, tid, category="printer")
+    server.upload(token, body, bundle_id)
+    html = signed_in(server).get(server.url + "/", timeout=10).text
+    assert '<svg id="chart"' in html and "<rect" in html and "printer" in html
+    assert re.search(r'id="total">\d+<', html)
+    assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_bundle_page_shows_diagnosis_probes_logs_and_download(server):
+    tid, token = server.terminal()
+    bundle_id, body = make_bundle(token, tid, code="E3", log_text="printer: paper end at 12:00\n")
+    server.upload(token, body, bundle_id)
+    session = signed_in(server)
+    html = session.get(f"{server.url}/bundles/{bundle_id}", timeout=10).text
+    for text in ("Cause printer.paper_out", "70%", "Load paper", "Check the sensor", "printer.paper_out: paper end",
+                 "printer: paper end at 12:00", f"/api/v1/bundles/{bundle_id}/download", "onsite"):
+        assert text in html, text
+    assert session.get(f"{server.url}/api/v1/bundles/{bundle_id}/download", timeout=10).content == body
+
+
+def test_bundle_list_filters_and_pages(server):
+    tid, token = server.terminal()
+    for _ in range(3):
+        bundle_id, body = make_bundle(token, tid, code="96")
+        server.upload(token, body, bundle_id)
+    session = signed_in(server)
+    html = session.get(server.url + "/bundles", params={"terminal": tid, "code": "96"}, timeout=10).text
+    assert html.count(f'href="/terminals/{tid}"') == 3
+    bad = session.get(server.url + "/bundles", params={"since": "tuesday"}, timeout=10)
+    assert bad.status_code == 200 and "not a date" in bad.text
+
+
+def test_request_probes_form_queues_a_command_and_needs_csrf(server):
+    tid, _ = server.terminal()
+    session = signed_in(server, "technician")
+    page = session.get(f"{server.url}/terminals/{tid}", timeout=10)
+    done = session.post(
+        f"{server.url}/terminals/{tid}/probes",
+        data={"csrf": csrf_of(page.text), "probe": ["printer", "power", "bogus"], "code": "E3"},
+        timeout=10,
+    )
+    assert done.status_code == 200 and 'id="requested"' in done.text
+    commands = server.get(f"/api/v1/terminals/{tid}/commands").json()
+    assert [(c["probes"], c["code"], c["requested_by"]) for c in commands] == [(["printer", "power"], "E3", "technician")]
+    refused = session.post(f"{server.url}/terminals/{tid}/probes", data={"csrf": "f" * 64}, timeout=10)
+    assert refused.status_code == 403
+    assert len(server.get(f"/api/v1/terminals/{tid}/commands").json()) == 1
+
+
+def test_sign_out(server):
+    session = signed_in(server)
+    page = session.get(server.url + "/", timeout=10)
+    session.post(server.url + "/logout", data={"csrf": csrf_of(page.text)}, timeout=10)
+    assert session.get(server.url + "/", allow_redirects=False, timeout=10).status_code == 303
