@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from agent.knowledge import finding_title
 from agent.model import ProbeResult, Status, Sweep
 
 STATUS_WORDS = {
@@ -59,7 +60,7 @@ def sweep_table(sweep: Sweep, lang: str = "en") -> str:
         lines.append(line(row))
         for f in r.findings:
             mark = "✗" if f.severity == "fail" else "!"
-            lines.append(f"    {mark} {f.id}: {f.detail}")
+            lines.append(f"    {mark} {f.id} ({finding_title(f.id, lang)}): {f.detail}")
         if r.metrics:
             lines.append("      " + ", ".join(f"{k}={v}" for k, v in r.metrics.items()))
     lines.append(f"sweep {sweep.wall_ms:.0f} ms")
