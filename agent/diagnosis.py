@@ -71,13 +71,14 @@ def cause_dict(rc: RankedCause) -> dict[str, Any]:
     }
 
 
-def explain(kb: KnowledgeBase, code: str, scheme: str | None, order: Iterable[str], sweep: Sweep) -> Diagnosis:
-    """Look the code up and correlate it with a sweep already made (no I/O)."""
+def explain(kb: KnowledgeBase, code: str | None, scheme: str | None, order: Iterable[str], sweep: Sweep) -> Diagnosis:
+    """Look the code up and correlate it with a sweep already made (no I/O). No code (a
+    probe request from support) is judged from the findings alone, like an unknown one."""
     if scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
-    entry = kb.lookup(code, scheme, order)
+    entry = kb.lookup(code, scheme, order) if code else None
     if entry is None:
-        error = ErrorInfo(code.strip(), None, False, None, None)
+        error = ErrorInfo((code or "").strip(), None, False, None, None)
     else:
         error = ErrorInfo(entry.code, entry.scheme, True, entry.meaning, entry.host_answer)
     return Diagnosis(error, sweep, correlate(kb, entry, sweep.results))
@@ -85,7 +86,7 @@ def explain(kb: KnowledgeBase, code: str, scheme: str | None, order: Iterable[st
 
 def diagnose(
     config: Config,
-    code: str,
+    code: str | None,
     scheme: str | None = None,
     only: Iterable[str] | None = None,
     on_result: Progress | None = None,
@@ -93,7 +94,7 @@ def diagnose(
 ) -> Diagnosis:
     """Run the probes and correlate: the whole of `posdiag diagnose`, without the CLI.
     `skip` names probes that must not run now, with the reason (see agent.runner)."""
-    if not code.strip():
+    if code is not None and not code.strip():
         raise UsageError("the error code is empty")
     kb = load_for(config)
     order = config.section("knowledge").scheme_order

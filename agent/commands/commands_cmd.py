@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import argparse
+import json
+
+from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "commands",
+        help="take and run probe requests from the support server",
+        description="'commands poll' asks the support server ([upload] server_url, token) for this terminal's "
+        "next probe request, runs it, and uploads the bundle, which names the request so the server closes it. "
+        "The agent (posdiag run) does this on its own every [daemon] command_poll_seconds.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    poll = actions.add_parser("poll", help="run one poll cycle")
+    add_json_arg(poll)
+    add_simulate_arg(poll)
+    add_config_arg(poll)
+    poll.set_defaults(handler=handle_poll)
+
+
+def handle_poll(args: argparse.Namespace) -> int:
+    from agent.commands.bundle_cmd import upload_now
+    from agent.errors import UsageError
+    from agent.outbox import Outbox
+    from remote.commands import PollError, execute, fetch_next
+
+    with configured(args) as config:
+        if not config.section("upload").server_url:
+            raise UsageError("no [upload] server_url configured: nowhere to poll")
+        try:
+            command = fetch_next(config)
+        except PollError as exc:
+            print(f"posdiag: {exc}")
+            return 1
+        if command is None:
+            print(json.dumps({"command": None}) if args.json else "no probe request waiting")
+            return 0
+        outbox = Outbox.from_config(config)
+        outcome = execute(config, outbox, command, [])
+        upload_now(config, outbox, outcome.bundle_id)
+    result = {"command": command, "bundle_id": outcome.bundle_id}
+    print(json.dumps(result) if args.json else f"probe request {command['command_id']} done: bundle {outcome.bundle_id}")
+    return 0
