@@ -1,0 +1,216 @@
+"""The knowledge base as shipped, and its schema check (errors name file and key)."""
+
+from pathlib import Path
+
+import pytest
+
+from agent import config, knowledge
+from agent.errors import ConfigError
+from agent.knowledge import CATEGORIES, ROLES, RUNNER_FINDINGS
+from probes import all_finding_ids
+
+ORDER = ("iso8583", "cup", "terminal", "exception")
+ISSUE_CODES = (
+    "00 01 03 04 05 06 12 13 14 15 19 21 25 30 33 34 38 39 40 41 43 51 54 55 57 58 59 61 62 63 "
+    "64 65 75 76 77 90 91 92 94 96 97 98 99 A0"
+).split()
+TERMINAL_CODES = ("E3", "3000", "1", "2", "3", "4")
+EXCEPTIONS = ("ConnectError", "TransactionFailed", "DuplicateTransactionError", "CommunicationError", "DataTransferError")
+
+
+@pytest.fixture(scope="module")
+def kb():
+    return knowledge.load()
+
+
+def has_text(text) -> bool:
+    return bool(text.zh.strip()) and bool(text.en.strip()) and text.zh != text.en
+
+
+@pytest.mark.parametrize("code", ISSUE_CODES)
+def test_every_response_code_of_the_issue_is_covered(kb, code):
+    found = kb.lookup(code, None, ORDER)
+    assert found is not None and found.scheme in ("iso8583", "cup")
+    assert found.host_answer
+
+
+@pytest.mark.parametrize(("scheme", "code"), [("terminal", c) for c in TERMINAL_CODES] + [("exception", c) for c in EXCEPTIONS])
+def test_terminal_codes_and_exceptions_are_covered_and_local(kb, scheme, code):
+    found = kb.lookup(code, None, ORDER)
+    assert found is not None and found.scheme == scheme
+    assert not found.host_answer
+
+
+def test_generic_codes_are_open(kb):
+    assert kb.lookup("E3", None, ORDER).open
+    assert kb.lookup("3000", None, ORDER).open
+
+
+def test_every_code_and_cause_has_both_languages_and_an_action_per_role(kb):
+    for code in kb.codes.values():
+        assert has_text(code.meaning), code.code
+        assert code.causes or code.open, code.code
+    for cause in kb.causes.values():
+        assert has_text(cause.title), cause.id
+        assert cause.category in CATEGORIES
+        for role in ROLES:
+            assert cause.actions[role], (cause.id, role)
+            for action in cause.actions[role]:
+                assert action.zh.strip() and action.en.strip(), (cause.id, role)
+
+
+def test_every_probe_finding_has_a_title_in_both_languages(kb):
+    for fid in sorted(all_finding_ids() | RUNNER_FINDINGS):
+        assert fid in kb.findings, f"{fid} has no title in config/knowledge/findings.toml"
+        assert has_text(kb.findings[fid]), fid
+
+
+def test_every_finding_has_a_cause_it_supports(kb):
+    supported = {fid for cause in kb.causes.values() for fid in cause.support}
+    assert all_finding_ids() - supported == set()
+
+
+def test_finding_title_helper_falls_back_to_the_id():
+    assert knowledge.finding_title("printer.paper_out", "zh") == "打印纸用完"
+    assert knowledge.finding_title("printer.paper_out", "en") == "paper out"
+    assert knowledge.finding_title("vendor.thing", "en") == "vendor.thing"
+
+
+def test_standard_meaning_of_03_leads_and_the_popular_reading_stays_lower(kb):
+    code = kb.lookup("03", None, ORDER)
+    assert code.scheme == "iso8583"
+    assert (code.meaning.en, code.meaning.zh) == ("invalid merchant", "无效商户")
+    ranked = sorted(code.causes.items(), key=lambda item: -item[1])
+    assert kb.causes[ranked[0][0]].category == "merchant"
+    assert "card.insufficient_funds" in code.causes and "card.invalid_number" in code.causes
+    assert max(code.causes["card.insufficient_funds"], code.causes["card.invalid_number"]) < ranked[0][1]
+
+
+def test_cup_codes_are_found_after_iso_and_by_scheme(kb):
+    assert kb.lookup("A0", None, ORDER).scheme == "cup"
+    assert kb.lookup("12", None, ORDER).scheme == "iso8583"
+    assert kb.lookup("12", "cup", ORDER).meaning.zh == "无效的关联交易"
+    assert kb.lookup("51", "terminal", ORDER) is None
+
+
+def test_lookup_ignores_case_and_spaces(kb):
+    assert kb.lookup(" a0 ", None, ORDER).code == "A0"
+    assert kb.lookup("communicationerror", None, ORDER).code == "CommunicationError"
+
+
+def test_search_matches_either_language(kb):
+    assert {(c.scheme, c.code) for c in kb.search("签到")} >= {("cup", "A0"), ("cup", "99")}
+    assert ("iso8583", "51") in {(c.scheme, c.code) for c in kb.search("INSUFFICIENT")}
+    assert kb.search("no such words anywhere") == []
+
+
+# --- the schema check -------------------------------------------------------------------
+
+GOOD_CAUSE = """
+[causes."printer.vendor_jam"]
+category = "printer"
+dispatch = "onsite"
+title = { zh = "卡纸", en = "paper jam" }
+support = { "printer.offline" = 1.0 }
+actions.merchant = [{ zh = "清除卡纸", en = "Clear the jam" }]
+actions.technician = [{ zh = "清除卡纸", en = "Clear the jam" }]
+actions.support = [{ zh = "指导商户", en = "Guide the merchant" }]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "vendor.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (GOOD_CAUSE.replace(', en = "paper jam"', ""), "causes.printer.vendor_jam.title.en"),
+        (GOOD_CAUSE.replace('"printer.offline"', '"printer.on_fire"'), "causes.printer.vendor_jam.support.printer.on_fire"),
+        (GOOD_CAUSE.replace('"printer.offline" = 1.0', '"printer.offline" = "big"'), "causes.printer.vendor_jam.support.printer.offline"),
+        (GOOD_CAUSE.replace('dispatch = "onsite"', 'dispatch = "maybe"'), "causes.printer.vendor_jam.dispatch"),
+        (GOOD_CAUSE.replace('category = "printer"', 'category = "reader"'), "causes.printer.vendor_jam"),
+        (GOOD_CAUSE.replace('actions.support = [{ zh = "指导商户", en = "Guide the merchant" }]', "actions.support = []"), "causes.printer.vendor_jam.actions.support"),
+        (GOOD_CAUSE + "colour = 3\n", "causes.printer.vendor_jam.colour"),
+        ('scheme = "vendor"\n[codes.P9]\nmeaning = { zh = "纸", en = "paper" }\nhost_answer = false\ncauses = { "printer.nope" = 1 }\n', "codes.P9.causes.printer.nope"),
+        ('scheme = "vendor"\n[codes.P9]\nmeaning = { zh = "纸", en = "paper" }\nhost_answer = "no"\ncauses = {}\n', "codes.P9.host_answer"),
+        ('scheme = "vendor"\n[codes.P9]\nmeaning = { zh = "纸", en = "paper" }\nhost_answer = true\nopen = true\ncauses = {}\n', "codes.P9.open"),
+        ('[codes.P9]\nmeaning = { zh = "纸", en = "paper" }\nhost_answer = false\ncauses = {}\n', "scheme"),
+        ('[dispatch.onsite]\nrank = 2\nreason = { zh = "{oops}", en = "x" }\nescalated = { zh = "x", en = "x" }\n', "dispatch.onsite.reason"),
+        ("[engine]\nopen_prior = 0\n", "engine.open_prior"),
+        ("[widgets]\n", "widgets"),
+    ],
+)
+def test_a_malformed_file_is_named_with_the_key(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        knowledge.load((str(path),))
+    assert caught.value.source == str(path)
+    assert caught.value.key == key
+    assert str(path) in str(caught.value) and key in str(caught.value)
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = write(tmp_path, "[causes\n")
+    with pytest.raises(ConfigError, match="not valid TOML") as caught:
+        knowledge.load((str(path),))
+    assert caught.value.source == str(path)
+
+
+def test_a_missing_extra_path_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        knowledge.load((str(tmp_path / "absent.toml"),))
+
+
+VENDOR_TABLE = 'scheme = "vendor"\n' + GOOD_CAUSE + """
+
+[codes.P9]
+meaning = { zh = "打印机卡纸", en = "printer jammed" }
+host_answer = false
+causes = { "printer.vendor_jam" = 0.7, "printer.mechanism_fault" = 0.3 }
+"""
+REPLACED_51 = """
+scheme = "iso8583"
+
+[codes."51"]
+meaning = { zh = "余额不足（本行）", en = "insufficient funds (our wording)" }
+host_answer = true
+causes = { "card.insufficient_funds" = 1.0 }
+"""
+
+
+def test_an_operator_adds_a_vendor_table_and_replaces_a_code(tmp_path):
+    tables = tmp_path / "knowledge.d"
+    tables.mkdir()
+    write(tables, VENDOR_TABLE, "a_vendor.toml")
+    write(tables, REPLACED_51, "b_ours.toml")
+    conf = write(
+        tmp_path,
+        f'[knowledge]\nextra_paths = ["{tables}"]\nscheme_order = ["iso8583", "cup", "vendor"]\n',
+        "posdiag.toml",
+    )
+    kb = knowledge.load_for(config.load(str(conf)))
+    order = config.load(str(conf)).section("knowledge").scheme_order
+    assert kb.lookup("p9", None, order).causes["printer.vendor_jam"] == 0.7
+    assert kb.lookup("51", None, order).meaning.en == "insufficient funds (our wording)"
+    assert kb.lookup("E3", None, order) is None  # terminal is not in this operator's order
+
+
+def test_scheme_order_naming_an_unknown_scheme_is_a_config_error(tmp_path):
+    conf = write(tmp_path, '[knowledge]\nscheme_order = ["iso8583", "visa"]\n', "posdiag.toml")
+    with pytest.raises(ConfigError) as caught:
+        knowledge.load_for(config.load(str(conf)))
+    assert caught.value.key == "knowledge.scheme_order[1]"
+    assert caught.value.source == str(conf)
+
+
+def test_an_entry_defined_twice_in_the_packaged_set_names_both_files(tmp_path):
+    first, second = write(tmp_path, GOOD_CAUSE, "one.toml"), write(tmp_path, GOOD_CAUSE, "two.toml")
+    builder = knowledge._Builder()
+    builder.add_file(first, replace=False)
+    with pytest.raises(ConfigError, match="defined twice") as caught:
+        builder.add_file(second, replace=False)
+    assert caught.value.source == str(second) and str(first) in str(caught.value)
+    assert caught.value.key == "causes.printer.vendor_jam"
