@@ -1,0 +1,121 @@
+"""Start a real support server (uvicorn on a loopback port) for tests; fresh PostgreSQL databases."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from remote.server import store
+from remote.server.app import create_app
+from remote.server.service import Service
+from server_bundles import PASSWORD
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pg_reachable() -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return None
+    except Exception as exc:  # any failure to connect means: no PostgreSQL here
+        return f"PostgreSQL at 127.0.0.1:5432 (user postgres, db test) unreachable: {exc}"
+
+
+@contextlib.contextmanager
+def fresh_pg_database() -> Iterator[str]:
+    """A new database; its URL. Dropped at the end."""
+    reason = pg_reachable()
+    if reason:
+        pytest.skip(reason)
+    import psycopg
+
+    name = f"posdiag_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class RunningServer:
+    url: str
+    service: Service
+    backend: str
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def terminal(self, prefix: str = "T") -> tuple[str, str]:
+        """A newly enrolled terminal: (id, token)."""
+        terminal_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        token = store.add_terminal(self.service.engine, terminal_id)
+        self.tokens[terminal_id] = token
+        return terminal_id, token
+
+    def upload(self, token: str, body: bytes, bundle_id: str | None = None, **kw) -> requests.Response:
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"}
+        if bundle_id:
+            headers["Idempotency-Key"] = bundle_id
+        return requests.post(f"{self.url}/api/v1/bundles", data=body, headers=headers, timeout=30, **kw)
+
+    def get(self, path: str, user: str = "support", **kw) -> requests.Response:
+        return requests.get(self.url + path, auth=(user, PASSWORD), timeout=30, **kw)
+
+    def post(self, path: str, user: str = "support", **kw) -> requests.Response:
+        return requests.post(self.url + path, auth=(user, PASSWORD), timeout=30, **kw)
+
+
+def default_settings():
+    """The packaged [server] defaults, never the machine's /etc file."""
+    import tomllib
+
+    from agent import config
+    from agent.settings import ServerSettings
+
+    data = tomllib.loads(config.packaged_default_text())["server"]
+    return config.convert(ServerSettings, data, "server", lambda _key: "packaged posdiag.toml")
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def start_server(db_url: str, data_dir: Path, backend: str, settings=None) -> Iterator[RunningServer]:
+    import uvicorn
+
+    app = create_app(db_url, data_dir, settings or default_settings())
+    service: Service = app.state.service
+    for role in ("support", "technician", "admin"):
+        store.add_user(service.engine, role, role, PASSWORD)
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield RunningServer(f"http://127.0.0.1:{port}", service, backend)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+        service.close()
