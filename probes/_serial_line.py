@@ -12,6 +12,7 @@ The module name starts with "_" so the probe scanner does not take it for a prob
 from __future__ import annotations
 
 import errno
+import termios
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -25,6 +26,8 @@ T = TypeVar("T")
 LineErrorKind = Literal["absent", "denied", "lost"]
 
 DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+# termios.error is not an OSError; pyserial lets it through from tcflush/tcdrain on a dead pty.
+PORT_ERRORS = (serial.SerialException, OSError, termios.error)
 
 
 class LineError(DeviceError):
@@ -60,7 +63,7 @@ class Line:
             self._port = serial.serial_for_url(
                 url, baudrate=baud_rate, rtscts=rtscts, xonxoff=xonxoff, timeout=0, write_timeout=0.5
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (*PORT_ERRORS, ValueError) as exc:
             raise open_error(url, exc) from exc
 
     def __enter__(self) -> Line:
@@ -72,7 +75,7 @@ class Line:
     def close(self) -> None:
         try:
             self._port.close()
-        except (serial.SerialException, OSError):
+        except PORT_ERRORS:
             pass  # closing a port whose device vanished: nothing left to release
 
     def discard_input(self) -> None:
@@ -80,27 +83,29 @@ class Line:
         self._call(self._port.reset_input_buffer)
 
     def write(self, data: bytes, deadline: float) -> None:
-        self._port.write_timeout = max(0.01, deadline - time.monotonic())
+        # No flush(): tcdrain has no timeout and would hang while flow control holds the line.
         try:
+            self._port.write_timeout = max(0.01, deadline - time.monotonic())
             self._port.write(data)
-            self._port.flush()
         except serial.SerialTimeoutException as exc:
             raise LineError("lost", f"write to {self.url} did not complete (flow control held?)") from exc
-        except (serial.SerialException, OSError) as exc:
-            raise LineError("lost", f"write to {self.url} failed: {exc}") from exc
+        except PORT_ERRORS as exc:
+            raise LineError("lost", f"write to {self.url} failed: connection lost ({exc})") from exc
 
     def read(self, size: int, deadline: float) -> bytes:
         """Up to `size` bytes; fewer (maybe none) when the deadline passes first."""
-        self._port.timeout = max(0.0, deadline - time.monotonic())
-        return self._call(self._port.read, size)
+        return self._call(self._read, size, max(0.0, deadline - time.monotonic()))
 
     def read_available(self, limit: int) -> bytes:
         """Whatever is already waiting, without waiting for more."""
-        self._port.timeout = 0
-        return self._call(self._port.read, limit)
+        return self._call(self._read, limit, 0.0)
 
-    def _call(self, fn: Callable[..., T], *args: int) -> T:
+    def _read(self, size: int, timeout: float) -> bytes:
+        self._port.timeout = timeout  # the setter reconfigures the port: it can fail on a dead line too
+        return self._port.read(size)
+
+    def _call(self, fn: Callable[..., T], *args: float) -> T:
         try:
             return fn(*args)
-        except (serial.SerialException, OSError) as exc:
+        except PORT_ERRORS as exc:
             raise LineError("lost", f"{self.url}: connection lost ({exc})") from exc
