@@ -103,6 +103,36 @@ class UploadSettings:
     retry_after_max_seconds: float = bounded(0, 86400)
 
 
+@dataclass(frozen=True)
+class LogSource:
+    """A payment-app log file; each pattern has a named group `code` (and may have `scheme`)."""
+
+    path: str
+    patterns: list[str]
+    scheme: str = field(default="")
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    state_dir: str
+    log_sources: list[LogSource]
+    last_error_file: str
+    listen: str
+    busy_lock_files: list[str]
+    settle_seconds: float = bounded(0, 60)
+    max_wait_seconds: float = bounded(0, 600)
+    debounce_seconds: float = bounded(0, 86400)
+    max_diagnoses_per_hour: int = bounded(0, 3600)
+    reply_timeout_seconds: float = bounded(0, 120)
+    snapshot_interval_seconds: float = bounded(1, 86400)
+    history_snapshots: int = bounded(1, 100000)
+    command_poll_seconds: float = bounded(1, 86400)
+    upload_retry_seconds: float = bounded(1, 86400)
+    file_poll_seconds: float = bounded(0.1, 3600)
+    nice: int = bounded(0, 19)
+    log_level: str = bounded(choices=("debug", "info", "warning", "error"))
+
+
 SECTIONS: dict[str, type] = {
     "terminal": TerminalSettings,
     "host": HostSettings,
@@ -113,4 +143,5 @@ SECTIONS: dict[str, type] = {
     "bundle": BundleSettings,
     "outbox": OutboxSettings,
     "upload": UploadSettings,
+    "daemon": DaemonSettings,
 }

@@ -1,0 +1,305 @@
+"""`posdiag run`: the agent that checks the terminal right after an error, unattended.
+
+Threads, each blocking on something (no busy polling):
+    main      signals (SIGTERM stops within 2 s, SIGHUP reloads), health snapshots
+    watcher   inotify on the log and last-error files' directories -> events
+    socket    the local event socket -> events (answers with the diagnosis summary)
+    worker    events -> Gate (debounce, hourly cap) -> pipeline (probes, bundle, outbox);
+              also runs probe requests from the support server, one job at a time so
+              two diagnoses never share a device
+    uploader  flushes the outbox after each bundle and on a timer, then polls for
+              probe requests
+
+A crash at any point loses nothing that was diagnosed: bundles are in the outbox before
+a log offset is committed, and redone work yields the same bundle id.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import bundle, pipeline
+from agent.config import Config
+from agent.errors import ConfigError
+from agent.history import HistoryRing, snapshot
+from agent.local_socket import LocalSocket
+from agent.outbox import Outbox, OutboxBusy
+from agent.sources import ErrorEvent, LastErrorFile, LogFollower
+from agent.state import StateFile
+from agent.triggers import Gate, Group
+from agent.watch import DirectoryWatcher
+
+log = logging.getLogger("posdiag")
+STOP_GRACE_S = 1.5
+
+
+class JournalFormatter(logging.Formatter):
+    """`<N>` syslog priority prefixes, which journald reads from stderr; no timestamps
+    (journald adds them)."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITY.get(record.levelno, 6)}>{record.name}: {super().format(record)}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class Sources:
+    """The file sources of one config, their saved positions, and the watcher thread."""
+
+    def __init__(self, config: Config, state: StateFile, submit: Any) -> None:
+        settings = config.section("daemon")
+        self.state = state
+        self.submit = submit
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        saved = state.load()
+        self.followers: list[Any] = []
+        for source in settings.log_sources:
+            patterns = [re.compile(p) for p in source.patterns]
+            path = Path(source.path)
+            self.followers.append(LogFollower(path, patterns, source.scheme or None, saved.get(f"log:{path}", {}), self.save))
+        if settings.last_error_file:
+            path = Path(settings.last_error_file)
+            self.followers.append(LastErrorFile(path, saved.get(f"file:{path}", {})))
+        directories = [f.path.parent for f in self.followers]
+        self.watcher = DirectoryWatcher(directories, settings.file_poll_seconds)
+        self.poll_s = settings.file_poll_seconds
+        self.thread = threading.Thread(target=self.loop, name="watcher", daemon=True)
+
+    def save(self) -> None:
+        with self.lock:
+            positions = {f.key: f.position() for f in self.followers if f.position() is not None}
+            self.state.save(positions)
+
+    def loop(self) -> None:
+        first = True
+        while not self.stop.is_set():
+            for follower in self.followers:
+                for event in follower.poll(first=first):
+                    self.submit(event)
+            if first:
+                self.save()
+            first = False
+            self.watcher.wait(self.poll_s)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.watcher.interrupt()
+        self.thread.join(0.5)
+        self.watcher.close()
+        for follower in self.followers:
+            if isinstance(follower, LogFollower):
+                follower.close()
+
+
+class Daemon:
+    def __init__(self, load: Any) -> None:
+        """`load()` returns a fresh Config (re-run on SIGHUP)."""
+        self.load = load
+        self.config: Config = load()
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.kick = threading.Event()
+        self.jobs: queue.Queue[Any] = queue.Queue()
+        self.sources: Sources | None = None
+        self.socket: LocalSocket | None = None
+        self.worker = threading.Thread(target=self.work, name="worker", daemon=True)
+        self.uploader = threading.Thread(target=self.upload_loop, name="uploader", daemon=True)
+        self.reload_requested = False
+        self._apply(self.config)
+
+    def _apply(self, config: Config) -> None:
+        settings = config.section("daemon")
+        state_dir = Path(settings.state_dir)
+        self.outbox = Outbox.from_config(config)
+        self.history = HistoryRing(state_dir / "history.jsonl", settings.history_snapshots)
+        self.gate = Gate(settings.settle_seconds, settings.max_wait_seconds, settings.debounce_seconds, settings.max_diagnoses_per_hour)
+        self.sources = Sources(config, StateFile(state_dir / "sources.json"), self.jobs.put)
+        self.socket = LocalSocket(settings.listen, self.jobs.put, settings.reply_timeout_seconds) if settings.listen else None
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        self._start_sources()
+        self.worker.start()
+        self.uploader.start()
+        self.kick.set()  # the outbox may hold bundles from before a restart
+        log.info("posdiag agent running for terminal %s", self.config.section("terminal").id)
+        next_snapshot = time.monotonic()
+        while not self.stop.is_set():
+            if self.reload_requested:
+                self.reload_requested = False
+                self.reload()
+            if time.monotonic() >= next_snapshot:
+                self.take_snapshot()
+                next_snapshot = time.monotonic() + self.config.section("daemon").snapshot_interval_seconds
+            self.wake.wait(max(0.0, next_snapshot - time.monotonic()))
+            self.wake.clear()
+        self._stop_sources()
+        self.jobs.put(None)
+        self.worker.join(STOP_GRACE_S)
+        log.info("posdiag agent stopped")
+        return 0
+
+    def _on_stop(self, *_: Any) -> None:
+        self.stop.set()
+        self.kick.set()
+        self.wake.set()
+
+    def _on_reload(self, *_: Any) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    def _start_sources(self) -> None:
+        if self.sources:
+            self.sources.start()
+        if self.socket:
+            self.socket.start()
+
+    def _stop_sources(self) -> None:
+        if self.sources:
+            self.sources.close()
+        if self.socket:
+            self.socket.close()
+
+    def reload(self) -> None:
+        try:
+            config = self.load()
+        except ConfigError as exc:
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return
+        self._stop_sources()
+        self.config = config
+        self._apply(config)
+        self._start_sources()
+        log.info("config reloaded")
+
+    def take_snapshot(self) -> None:
+        try:
+            self.history.append(snapshot(self.config))
+        except OSError as exc:
+            log.warning("health snapshot not written: %s", exc)
+
+    def work(self) -> None:
+        while True:
+            hint = self.gate.wait_hint()
+            try:
+                job = self.jobs.get(timeout=hint)
+            except queue.Empty:
+                job = False
+            if job is None:
+                return
+            if isinstance(job, ErrorEvent):
+                self.gate.add(job)
+            elif isinstance(job, dict):
+                self.run_command(job)
+            for group in self.gate.due():
+                self.diagnose_group(group)
+
+    def diagnose_group(self, group: Group) -> None:
+        first = group.events[0]
+        trigger = bundle.Trigger("error", group.code, group.scheme, None, len(group.events))
+        try:
+            outcome = pipeline.run(
+                self.config, self.outbox, trigger, first.id, [e.record() for e in group.events], self.history.read()
+            )
+        except Exception as exc:  # the agent keeps running; the events stay uncommitted and are redone
+            log.error("diagnosis of code %s failed: %s: %s", group.code, type(exc).__name__, exc)
+            self._reply(group.events, {"error": f"diagnosis failed: {type(exc).__name__}"})
+            return
+        for event in group.events:
+            event.done()
+        summary = outcome.summary(len(group.events))
+        top = summary["top_cause"]
+        log.info(
+            "code %s x%d: %s (%s), dispatch %s, bundle %s",
+            group.code, len(group.events), top["id"] if top else "no cause", f"{top['confidence']:.0%}" if top else "-",
+            summary["dispatch"]["verdict"], outcome.bundle_id,
+        )
+        self._reply(group.events, {"diagnosis": summary})
+        self.kick.set()
+
+    @staticmethod
+    def _reply(events: list[ErrorEvent], answer: dict[str, Any]) -> None:
+        for event in events:
+            if event.reply:
+                event.reply(answer)
+
+    def run_command(self, command: dict[str, Any]) -> None:
+        from remote.commands import execute
+
+        try:
+            outcome = execute(self.config, self.outbox, command, self.history.read())
+        except Exception as exc:
+            log.error("probe request %s failed: %s: %s", command.get("command_id"), type(exc).__name__, exc)
+            return
+        log.info("probe request %s done, bundle %s", command.get("command_id"), outcome.bundle_id)
+        self.kick.set()
+
+    def upload_loop(self) -> None:
+        settings = self.config.section("daemon")
+        next_poll = time.monotonic()
+        while not self.stop.is_set():
+            self.kick.wait(min(settings.upload_retry_seconds, max(0.0, next_poll - time.monotonic())))
+            kicked = self.kick.is_set()
+            self.kick.clear()
+            if self.stop.is_set():
+                return
+            self.flush()
+            if kicked or time.monotonic() >= next_poll:
+                self.poll_commands()
+                next_poll = time.monotonic() + settings.command_poll_seconds
+            settings = self.config.section("daemon")
+
+    def flush(self) -> None:
+        from remote.client import Client, Halt, flush
+
+        if not self.outbox.entries() or not self.config.section("upload").server_url:
+            return
+        try:
+            report = flush(self.outbox, Client(self.config.section("upload")))
+        except (OutboxBusy, Halt) as exc:
+            log.info("upload postponed: %s", exc)
+            return
+        if report.sent or report.duplicates:
+            log.info("uploaded %d bundle(s), %d already on the server", len(report.sent), len(report.duplicates))
+        if report.stopped:
+            log.warning("upload stopped, %d bundle(s) waiting: %s", report.remaining, report.stopped)
+
+    def poll_commands(self) -> None:
+        if not self.config.section("upload").server_url:
+            return
+        from remote.commands import fetch_next
+
+        try:
+            command = fetch_next(self.config)
+        except Exception as exc:  # the server being away is normal on a cellular link
+            log.info("probe requests not polled: %s", exc)
+            return
+        if command:
+            log.info("probe request %s received", command.get("command_id"))
+            self.jobs.put(command)
+
+
+def run(load: Any) -> int:
+    return Daemon(load).run()

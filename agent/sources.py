@@ -1,0 +1,266 @@
+"""Where error events come from: the payment app's log files, a last-error file the
+firmware rewrites, and a local socket the payment app writes to.
+
+An event's id is derived from where it came from (file, inode, byte offset), so the same
+line read again after a crash gives the same id, and the bundle made for it the same
+bundle id: the server stores it once. A log follower commits its offset only when every
+event before it has been diagnosed (or dropped on purpose), see OffsetLedger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from agent.redact import Redactor
+
+log = logging.getLogger("posdiag.sources")
+
+EVENT_NAMESPACE = uuid.UUID("5d0c7f5e-4f0a-4b7e-9a57-6f1d1b8e2c10")
+MAX_LINE_BYTES = 8192
+MAX_READ_BYTES = 1 << 20
+MAX_CODE_LENGTH = 64
+SCHEMES = ("iso8583", "cup", "terminal", "exception")
+
+
+@dataclass
+class ErrorEvent:
+    id: str
+    code: str
+    scheme: str | None
+    source: str
+    at: str
+    context: dict[str, Any] = field(default_factory=dict)
+    done: Callable[[], None] = field(default=lambda: None, repr=False)
+    reply: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        """The event as it goes into a bundle's events.jsonl (context already redacted)."""
+        return {"id": self.id, "code": self.code, "scheme": self.scheme, "source": self.source, "at": self.at, "context": self.context}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def event_id(*parts: object) -> str:
+    return str(uuid.uuid5(EVENT_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+
+
+def parse_event_document(doc: Any) -> tuple[str, str | None, dict[str, Any]]:
+    """(code, scheme, context) from `{"code": ..., "scheme": ..., "context": {...}}`;
+    ValueError says what is wrong."""
+    if not isinstance(doc, dict):
+        raise ValueError("expected a JSON object")
+    code = doc.get("code")
+    if not isinstance(code, str | int) or isinstance(code, bool) or not str(code).strip():
+        raise ValueError("'code' must be a non-empty string")
+    code = str(code).strip()
+    if len(code) > MAX_CODE_LENGTH or not code.isprintable():
+        raise ValueError(f"'code' must be at most {MAX_CODE_LENGTH} printable characters")
+    scheme = doc.get("scheme")
+    if scheme is not None and scheme not in SCHEMES:
+        raise ValueError(f"'scheme' must be one of {', '.join(SCHEMES)} or null")
+    context = doc.get("context", {})
+    if not isinstance(context, dict):
+        raise ValueError("'context' must be an object")
+    return code, scheme, Redactor().data(context)
+
+
+def decode_line(raw: bytes) -> str:
+    """Payment apps in China often log in GB18030; try UTF-8 first."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("gb18030", errors="replace")
+
+
+class OffsetLedger:
+    """Offsets of a file's events in order; the committed offset only moves past an event
+    once it and every event before it is done."""
+
+    def __init__(self, inode: int, offset: int) -> None:
+        self.inode, self.committed = inode, offset
+        self.pending: dict[int, bool] = {}
+
+    def add(self, end: int) -> None:
+        self.pending[end] = False
+
+    def done(self, end: int) -> bool:
+        """Mark one event done; True when the committed offset moved."""
+        if end not in self.pending:
+            return False
+        self.pending[end] = True
+        moved = False
+        for offset in sorted(self.pending):
+            if not self.pending[offset]:
+                break
+            del self.pending[offset]
+            self.committed, moved = offset, True
+        return moved
+
+
+class LogFollower:
+    """Follows one log file across rotation (rename + new file) and truncation.
+
+    `patterns` are regular expressions with a named group `code` and optionally
+    `scheme`; the first that matches a line makes it an event.
+    """
+
+    def __init__(self, path: Path, patterns: list[re.Pattern[str]], scheme: str | None, saved: dict[str, Any], on_commit: Callable[[], None]) -> None:
+        self.path = path
+        self.patterns = patterns
+        self.scheme = scheme
+        self.on_commit = on_commit
+        self.fh: Any = None
+        self.ledger: OffsetLedger | None = None
+        self.offset = 0
+        self.buffer = b""
+        self.saved = saved
+
+    @property
+    def key(self) -> str:
+        return f"log:{self.path}"
+
+    def position(self) -> dict[str, int] | None:
+        if self.ledger is None:
+            return None
+        return {"inode": self.ledger.inode, "offset": self.ledger.committed}
+
+    def _open(self, start_at_end: bool) -> bool:
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - kept open to follow across rotation
+        except OSError:
+            return False
+        st = os.fstat(fh.fileno())
+        if self.saved and self.saved.get("inode") == st.st_ino and self.saved.get("offset", 0) <= st.st_size:
+            offset = int(self.saved["offset"])
+        elif self.saved:
+            offset = 0  # rotated while we were down: the new file is all unread
+        else:
+            offset = st.st_size if start_at_end else 0
+        self.saved = {}
+        fh.seek(offset)
+        self.fh, self.offset, self.buffer = fh, offset, b""
+        self.ledger = OffsetLedger(st.st_ino, offset)
+        return True
+
+    def poll(self, first: bool = False) -> list[ErrorEvent]:
+        if self.fh is None and not self._open(start_at_end=first):
+            return []
+        events = self._read()
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return events
+        current = os.fstat(self.fh.fileno())
+        if st.st_ino != current.st_ino:
+            events += self._read()  # the rest of the rotated file, then the new one
+            self.fh.close()
+            self.fh = None
+            if self._open(start_at_end=False):
+                events += self._read()
+        elif st.st_size < self.offset:
+            log.info("%s was truncated; reading from the start", self.path)
+            self.fh.seek(0)
+            self.offset, self.buffer = 0, b""
+            self.ledger = OffsetLedger(current.st_ino, 0)
+            events += self._read()
+        return events
+
+    def _read(self) -> list[ErrorEvent]:
+        assert self.fh is not None and self.ledger is not None
+        chunk = self.fh.read(MAX_READ_BYTES)
+        if not chunk:
+            return []
+        data = self.buffer + chunk
+        start = self.offset - len(self.buffer)
+        events = []
+        lines = data.split(b"\n")
+        self.buffer = lines.pop()
+        if len(self.buffer) > MAX_LINE_BYTES:
+            self.buffer = b""  # an endless line is dropped, not kept in memory
+        position = start
+        ledger, inode = self.ledger, self.ledger.inode
+        for raw in lines:
+            end = position + len(raw) + 1
+            event = self._match(decode_line(raw[:MAX_LINE_BYTES]), inode, position, end)
+            if event is not None:
+                ledger.add(end)
+                event.done = self._done_callback(ledger, end)
+                events.append(event)
+            position = end
+        self.offset = start + len(data) - len(self.buffer)
+        if not events and not ledger.pending:
+            ledger.committed = self.offset - len(self.buffer)
+        return events
+
+    def _done_callback(self, ledger: OffsetLedger, end: int) -> Callable[[], None]:
+        def done() -> None:
+            if ledger.done(end):
+                self.on_commit()
+
+        return done
+
+    def _match(self, line: str, inode: int, start: int, end: int) -> ErrorEvent | None:
+        for pattern in self.patterns:
+            m = pattern.search(line)
+            if m and m.groupdict().get("code"):
+                groups = m.groupdict()
+                scheme = groups.get("scheme") or self.scheme
+                return ErrorEvent(
+                    id=event_id(self.path, inode, start),
+                    code=m.group("code").strip(),
+                    scheme=scheme if scheme in SCHEMES else None,
+                    source=self.key,
+                    at=now_iso(),
+                    context={"line": Redactor().text(line.strip())[:512], "offset": start},
+                )
+        return None
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+class LastErrorFile:
+    """A JSON file the firmware rewrites with its last error; read when it changes."""
+
+    def __init__(self, path: Path, saved: dict[str, Any]) -> None:
+        self.path = path
+        self.seen = saved.get("digest")
+
+    @property
+    def key(self) -> str:
+        return f"file:{self.path}"
+
+    def position(self) -> dict[str, Any]:
+        return {"digest": self.seen}
+
+    def poll(self, first: bool = False) -> list[ErrorEvent]:
+        try:
+            raw = self.path.read_bytes()[: MAX_READ_BYTES]
+        except OSError:
+            return []
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest == self.seen:
+            return []
+        fresh_start = first and self.seen is None  # an error from before posdiag ever ran
+        self.seen = digest
+        if fresh_start or not raw:
+            return []
+        try:
+            code, scheme, context = parse_event_document(json.loads(raw.decode("utf-8")))
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("ignored %s: %s", self.path, exc)
+            return []
+        return [ErrorEvent(event_id(self.path, digest), code, scheme, self.key, now_iso(), context)]
