@@ -462,3 +462,26 @@ def first_text(*paths: Path) -> str:
         if text:
             return text
     return ""
+
+
+def diagnosis_input(
+    config: Any,
+    diagnosis: dict[str, Any],
+    trigger: Trigger,
+    evicted: int = 0,
+    history: list[dict[str, Any]] | None = None,
+    events: list[dict[str, Any]] | None = None,
+) -> BundleInput:
+    """Everything a bundle for one diagnosis needs, from the config and the OS."""
+    host = config.section("host")
+    return BundleInput(
+        terminal=terminal_identity(config.section("terminal"), host),
+        trigger=trigger,
+        diagnosis=diagnosis,
+        probes={"probes": diagnosis.get("probes", []), "sweep": diagnosis.get("sweep", {})},
+        system=system_facts(host),
+        history=history or [],
+        events=events or [],
+        logs=list(config.section("logs").files),
+        evicted=evicted,
+    )

@@ -40,11 +40,12 @@ ISO_DROP = frozenset({35, 36, 45, 52, 55})
 ISO_KIND = {35: "track", 36: "track", 45: "track", 52: "pin_block", 55: "track"}
 _ISO_NUM = r"0{0,2}(?P<n>2|35|36|45|52|55)"
 ISO_FIELD = re.compile(
-    r"(?P<head>(?:(?<![A-Za-z0-9_])(?:field|fld|de|bit|f)[ \t#]?|域[ \t]?)"
+    r"(?P<head>(?:(?<![A-Za-z0-9_])(?:(?:field|fld|bit)[ \t#]?|de|f)|域[ \t]?)"
     + r"\[?" + _ISO_NUM + r"\]?(?![0-9])[ \t]*(?:[:=][ \t]*|[ \t]))"
     r"(?P<v>[^\r\n\"]*)",
     re.IGNORECASE,
 )
+FIELD2_PAN = re.compile(r"[0-9](?:[ \-]?[0-9]){9,18}")
 ISO_BRACKET = re.compile(r"(?P<head>\[" + _ISO_NUM + r"\][ \t]*[:=][ \t]*)(?P<v>[^\r\n\"]*)")
 ISO_JPOS = re.compile(r"(?P<head><field\s+id=\"" + _ISO_NUM + r"\"\s+value=\")(?P<v>[^\"]*)")
 
@@ -66,6 +67,12 @@ BEARER = re.compile(r"(?<![A-Za-z])(?P<k>Bearer|Basic)[ \t]+(?P<v>[A-Za-z0-9._~+
 BEARER_WORDS = frozenset({"Bearer", "Basic"})
 CVV_WORD = re.compile(r"(?<![A-Za-z0-9])(?P<k>(?i:cvv2?|cvc2?|cvn2?))[ \t]+(?P<v>\d{3,4})(?![0-9])")
 
+# Numbers labelled as merchant/terminal ids, amounts, trace numbers (or ISO 8583 fields 4, 11,
+# 37, 41, 42) are left alone even when Luhn-valid: a PAN is never logged under these names.
+PUBLIC_NUMBER = re.compile(
+    r"(?i:(?<![A-Za-z])(?:mid|tid|merchant[ _-]?(?:id|no)|terminal[ _-]?(?:id|no)|rrn|stan|trace(?:[ _-]?no)?|batch(?:[ _-]?no)?"
+    r"|amount|amt|(?:f|field|de|bit)[ #]?0{0,2}(?:4|11|37|41|42)))[\"']?[ \t]*[=:][ \t]*[\"']?$"
+)
 DIGIT_RUN = re.compile(r"[0-9]+(?:[ \-][0-9]+)*")
 
 _WORD_SPLIT = re.compile(r"[_.\-]+|(?<=[a-z0-9])(?=[A-Z])")
@@ -170,11 +177,12 @@ class Redactor:
     def _iso(self, m: re.Match[str]) -> str:
         number, value = int(m["n"]), m["v"]
         if number == 2:
-            digits = re.sub(r"[^0-9]", "", value)
-            if len(digits) < 10:
+            run = FIELD2_PAN.search(value)
+            if not run:
                 return m[0]
             self.counts["pan"] += 1
-            return m["head"] + mask_pan(digits)
+            digits = run[0].replace(" ", "").replace("-", "")
+            return m["head"] + value[: run.start()] + mask_pan(digits) + value[run.end() :]
         if not value.strip() or value == MASK:
             return m[0]
         self.counts[ISO_KIND[number]] += 1
@@ -226,7 +234,7 @@ class Redactor:
 
     def _digit_run(self, m: re.Match[str]) -> str:
         run = m[0]
-        if len(run) < 13:
+        if len(run) < 13 or PUBLIC_NUMBER.search(m.string, max(0, m.start() - 24), m.start()):
             return run
         groups = re.split(r"([ \-])", run)
         digits, seps = groups[0::2], groups[1::2]

@@ -94,3 +94,50 @@ def handle_verify(args: argparse.Namespace) -> int:
         return 1
     print(f"ok {args.path}: every member matches its hash, signature valid")
     return 0
+
+
+def deliver(config, diagnosis: dict, args: argparse.Namespace) -> str:
+    """`diagnose --bundle PATH` / `--upload`: build the bundle, write it and/or send it through
+    the outbox; returns the bundle id. An upload that fails leaves the bundle in the outbox
+    (reported on stderr) and does not change diagnose's exit code."""
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from agent import bundle
+    from agent.outbox import Outbox, write_atomic
+
+    error = diagnosis.get("error") or {}
+    trigger = bundle.Trigger("manual", error.get("code"), error.get("scheme") or args.scheme)
+    event = {"at": bundle.iso_utc(datetime.now(UTC)), "code": error.get("code"), "scheme": trigger.scheme, "source": "cli"}
+    token = config.section("upload").token
+    if not token:
+        print("posdiag: warning: no [upload] token, the bundle's signature cannot be checked", file=sys.stderr)
+    outbox = Outbox.from_config(config) if args.upload else None
+    evicted = outbox.pending_evicted() if outbox else 0
+    inp = bundle.diagnosis_input(config, diagnosis, trigger, evicted=evicted, events=[event])
+    built = bundle.build(inp, bundle.Limits.from_config(config), token)
+    if args.bundle:
+        write_atomic(Path(args.bundle), built.data)
+        print(f"bundle {built.bundle_id} written to {args.bundle} ({len(built.data)} bytes)", file=sys.stderr)
+    if outbox:
+        outbox.put(built.data, built.bundle_id, reported_evicted=evicted)
+        upload_now(config, outbox, built.bundle_id)
+    return built.bundle_id
+
+
+def upload_now(config, outbox, bundle_id: str) -> None:
+    from agent.outbox import OutboxBusy
+    from remote.client import Client, flush
+
+    if not config.section("upload").server_url:
+        print(f"bundle {bundle_id} kept in the outbox: no [upload] server_url", file=sys.stderr)
+        return
+    try:
+        report = flush(outbox, Client(config.section("upload")), lambda e, s: print(f"{e.bundle_id}: {s}", file=sys.stderr))
+    except OutboxBusy:
+        print(f"bundle {bundle_id} queued: another process is uploading the outbox", file=sys.stderr)
+        return
+    if bundle_id in report.sent or bundle_id in report.duplicates:
+        print(f"bundle {bundle_id} uploaded", file=sys.stderr)
+    else:
+        print(f"bundle {bundle_id} not uploaded yet ({report.stopped or 'refused'}); kept in {outbox.root}", file=sys.stderr)

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--only", metavar="NAME,...", help="run only these probes (comma list)")
     parser.add_argument("--print", dest="print_receipt", action="store_true", help="also print a summary on the receipt printer")
     parser.add_argument("--bundle-id", help="with --print: the bundle id to print as a QR code")
+    parser.add_argument("--bundle", metavar="PATH", help="also write a diagnosis bundle (.tar.gz) to PATH")
+    parser.add_argument("--upload", action="store_true", help="also put a bundle into the outbox and upload it now")
     add_json_arg(parser)
     add_simulate_arg(parser)
     add_config_arg(parser)
@@ -41,6 +43,10 @@ def handle(args: argparse.Namespace) -> int:
         diagnosis = diagnose(config, args.code, args.scheme, only, on_result=progress)
         if progress:
             progress.clear()
+        if args.bundle or args.upload:
+            from agent.commands.bundle_cmd import deliver
+
+            args.bundle_id = deliver(config, diagnosis.to_dict(), args)
         lang = args.lang or config.section("terminal").lang
         if args.print_receipt:
             from agent.receipt import print_summary
