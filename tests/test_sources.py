@@ -1,0 +1,159 @@
+import json
+import re
+import socket
+import threading
+
+from agent.local_socket import LocalSocket
+from agent.sources import LastErrorFile, LogFollower, OffsetLedger, parse_event_document
+
+PATTERN = [re.compile(r"(?:response code|应答码)[:=]\s*(?P<code>[0-9A-Z]{2})"), re.compile(r"错误码[:：]\s*(?P<code>\w+)")]
+
+
+def follower(path, saved=None, commits=None):
+    return LogFollower(path, PATTERN, "iso8583", saved or {}, lambda: commits.append(1) if commits is not None else None)
+
+
+def append(path, text, encoding="utf-8"):
+    with path.open("ab") as fh:
+        fh.write(text.encode(encoding))
+
+
+def test_first_start_skips_history_then_follows_new_lines(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("old response code: 05\n")
+    f = follower(log)
+    assert f.poll(first=True) == []
+    append(log, "txn ok\nresponse code: 51 amount 100\n")
+    events = f.poll()
+    assert [(e.code, e.scheme) for e in events] == [("51", "iso8583")]
+    assert "amount 100" in events[0].context["line"]
+
+
+def test_partial_line_waits_for_its_end(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    f = follower(log)
+    f.poll(first=True)
+    append(log, "response co")
+    assert f.poll() == []
+    append(log, "de: 96\n")
+    assert [e.code for e in f.poll()] == ["96"]
+
+
+def test_rotation_reads_the_rest_of_the_old_file_then_the_new_one(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    f = follower(log)
+    f.poll(first=True)
+    append(log, "response code: 14\n")
+    log.rename(tmp_path / "app.log.1")
+    log.write_text("错误码: E3\n")
+    assert [e.code for e in f.poll()] == ["14", "E3"]
+
+
+def test_truncation_starts_over(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("x" * 100 + "\n")
+    f = follower(log)
+    f.poll(first=True)
+    log.write_text("response code: 55\n")  # copytruncate, then a short new line
+    assert [e.code for e in f.poll()] == ["55"]
+
+
+def test_gb18030_logs_and_card_data_redacted_in_context(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    f = follower(log)
+    f.poll(first=True)
+    append(log, "应答码=05 卡号 4111111111111111\n", encoding="gb18030")
+    (event,) = f.poll()
+    assert event.code == "05"
+    assert "4111111111111111" not in json.dumps(event.record(), ensure_ascii=False)
+    assert "411111" in event.context["line"]
+
+
+def test_offsets_commit_only_past_done_events_and_resume_after_restart(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    commits = []
+    f = follower(log, commits=commits)
+    f.poll(first=True)
+    append(log, "response code: 51\nresponse code: 96\n")
+    first, second = f.poll()
+    second.done()
+    assert f.position()["offset"] == 0 and not commits  # the earlier event is not done yet
+    first.done()
+    assert f.position()["offset"] == log.stat().st_size and commits
+    # a restart before anything was done re-reads the same events with the same ids
+    append(log, "response code: 30\n")
+    again = follower(log, saved=f.position())
+    (redo,) = again.poll(first=True)
+    assert redo.code == "30"
+    assert follower(log, saved=f.position()).poll(first=True)[0].id == redo.id
+
+
+def test_ledger_moves_in_order():
+    ledger = OffsetLedger(1, 0)
+    for end in (10, 20, 30):
+        ledger.add(end)
+    assert not ledger.done(20) and ledger.committed == 0
+    assert ledger.done(10) and ledger.committed == 20
+    assert ledger.done(30) and ledger.committed == 30
+
+
+def test_last_error_file(tmp_path):
+    path = tmp_path / "last_error.json"
+    path.write_text(json.dumps({"code": "E3"}))
+    source = LastErrorFile(path, {})
+    assert source.poll(first=True) == []  # from before the agent ran
+    path.write_text(json.dumps({"code": "3000", "scheme": "terminal", "context": {"password": "hunter2"}}))
+    (event,) = source.poll()
+    assert (event.code, event.scheme) == ("3000", "terminal")
+    assert "hunter2" not in json.dumps(event.record())
+    assert source.poll() == []
+    path.write_text("{broken")
+    assert source.poll() == []
+
+
+def test_event_documents_are_validated():
+    for bad, why in [([], "object"), ({}, "'code'"), ({"code": ""}, "'code'"), ({"code": "51", "scheme": "visa"}, "'scheme'"),
+                     ({"code": "x" * 65}, "at most"), ({"code": "51", "context": []}, "'context'")]:
+        try:
+            parse_event_document(bad)
+        except ValueError as exc:
+            assert why in str(exc)
+        else:
+            raise AssertionError(f"{bad!r} accepted")
+    assert parse_event_document({"code": 51})[0] == "51"
+
+
+def ask(address, payload: bytes) -> dict:
+    with socket.create_connection(address, timeout=5) as conn:
+        conn.sendall(payload)
+        return json.loads(conn.makefile().readline())
+
+
+def test_local_socket_answers_with_the_summary_and_refuses_garbage():
+    def submit(event):
+        threading.Timer(0.05, event.reply, args=({"diagnosis": {"code": event.code}},)).start()
+
+    server = LocalSocket("127.0.0.1:0", submit, reply_timeout_s=2)
+    server.start()
+    try:
+        good = ask(server.address, b'{"code": "51", "scheme": "iso8583"}\n')
+        assert good["ok"] and good["diagnosis"] == {"code": "51"}
+        bad = ask(server.address, b"{nope\n")
+        assert not bad["ok"] and "malformed" in bad["error"]
+        huge = ask(server.address, b"[" + b" " * 70000 + b"\n")
+        assert not huge["ok"]
+    finally:
+        server.close()
+
+
+def test_local_socket_listens_on_loopback_only():
+    try:
+        LocalSocket("0.0.0.0:0", lambda e: None, 1)
+    except ValueError as exc:
+        assert "loopback only" in str(exc)
+    else:
+        raise AssertionError("bound a public address")
