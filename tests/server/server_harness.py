@@ -95,12 +95,14 @@ def free_socket() -> socket.socket:
     return sock
 
 
-def start_server(db_url: str, data_dir: Path, backend: str, settings=None) -> Iterator[RunningServer]:
+def start_server(
+    db_url: str, data_dir: Path, backend: str, settings=None, users: bool = True
+) -> Iterator[RunningServer]:
     import uvicorn
 
     app = create_app(db_url, data_dir, settings or default_settings())
     service: Service = app.state.service
-    for role in ("support", "technician", "admin"):
+    for role in ("support", "technician", "admin") if users else ():
         store.add_user(service.engine, role, role, PASSWORD)
     sock = free_socket()
     port = sock.getsockname()[1]
