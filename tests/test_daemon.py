@@ -1,0 +1,226 @@
+"""End to end: `posdiag run` on the simulated terminal against a real support server."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "server"))
+from server_harness import start_server  # noqa: E402
+
+from agent import bundle  # noqa: E402
+from tests.conftest import POSDIAG  # noqa: E402
+
+PATTERN = r"(?:response code|应答码)[:=]\s*(?P<code>[0-9A-Z]{2})"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("support")
+    gen = start_server(f"sqlite:///{data}/support.db", data / "blobs", "sqlite")
+    yield next(gen)
+    next(gen, None)
+
+
+class Agent:
+    def __init__(self, server, workdir: Path, **daemon):
+        self.server = server
+        self.workdir = workdir
+        self.terminal, self.token = server.terminal("D")
+        self.log = workdir / "logs" / "app.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.write_text("")
+        self.config = workdir / "agent.toml"
+        self.daemon = {"command_poll_seconds": 60.0, **daemon}
+        self.write_config()
+        self.proc: subprocess.Popen | None = None
+        self.stderr = workdir / "agent.log"
+
+    def write_config(self, extra: str = "") -> None:
+        daemon = "\n".join(f"{k} = {json.dumps(v)}" for k, v in self.daemon.items())
+        self.config.write_text(
+            f"""
+[terminal]
+id = "{self.terminal}"
+model = "SIM-POS"
+[upload]
+server_url = "{self.server.url}"
+token = "{self.token}"
+backoff_initial_seconds = 0.1
+backoff_max_seconds = 0.5
+[outbox]
+dir = "{self.workdir / 'outbox'}"
+[logs]
+files = ["{self.log}"]
+[daemon]
+state_dir = "{self.workdir / 'state'}"
+{daemon}
+[[daemon.log_sources]]
+path = "{self.log}"
+patterns = ['{PATTERN}']
+scheme = "iso8583"
+{extra}
+"""
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(POSDIAG), "run", "--config", str(self.config), "--simulate", "healthy"],
+            stderr=self.stderr.open("ab"),
+        )
+        deadline = time.monotonic() + 15
+        while "agent running" not in self.stderr.read_text(errors="replace"):
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.stderr.read_text()
+            time.sleep(0.05)
+        time.sleep(0.2)
+
+    def stop(self, sig=signal.SIGTERM) -> float:
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(10)
+        return time.monotonic() - t0
+
+    def write(self, *lines: str) -> None:
+        with self.log.open("a", encoding="utf-8") as fh:
+            fh.writelines(line + "\n" for line in lines)
+
+    def bundles(self) -> list[dict]:
+        answer = self.server.get(f"/api/v1/bundles?terminal={self.terminal}&limit=500")
+        assert answer.status_code == 200, answer.text
+        return answer.json()["items"]
+
+    def wait_for(self, count: int, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.bundles()
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def detail(self, bundle_id: str) -> dict:
+        return self.server.get(f"/api/v1/bundles/{bundle_id}").json()
+
+    def events_of(self, bundle_id: str) -> list[dict]:
+        raw = self.server.get(f"/api/v1/bundles/{bundle_id}/download").content
+        _, members = bundle.read(raw)
+        return [json.loads(line) for line in members["events.jsonl"].decode().splitlines() if line]
+
+
+@pytest.fixture
+def agent(server, tmp_path):
+    made = []
+
+    def make(**daemon):
+        a = Agent(server, tmp_path / f"a{len(made)}", **daemon)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        if a.proc and a.proc.poll() is None:
+            a.proc.kill()
+            a.proc.wait()
+
+
+def test_log_line_to_stored_bundle_within_3s_and_across_rotation(agent):
+    a = agent()
+    a.start()
+    t0 = time.monotonic()
+    a.write("2026-11-23 10:00:01 txn 000123 response code: 51 amount 12.00 card 4111111111111111")
+    (first,) = a.wait_for(1, 3.0)
+    assert time.monotonic() - t0 < 3.0
+    assert (first["code"], first["top_category"], first["verdict"]) == ("51", "card", "none")
+    assert first["trigger_kind"] == "error"
+    a.log.rename(a.log.with_suffix(".log.1"))
+    a.log.write_text("")
+    a.write("txn 000124 response code: 96")
+    found = a.wait_for(2, 3.0)
+    assert sorted(b["code"] for b in found) == ["51", "96"]
+    detail = a.detail(first["id"])
+    assert "4111111111111111" not in json.dumps(detail)
+    assert a.stop() < 2.0
+
+
+def test_burst_of_100_identical_lines_is_one_bundle_counting_100(agent):
+    a = agent()
+    a.start()
+    for i in range(100):
+        a.write(f"txn {i:06d} response code: 91")
+        time.sleep(0.008)
+    (only,) = a.wait_for(1, 5.0)
+    time.sleep(1.0)
+    assert len(a.bundles()) == 1
+    assert a.detail(only["id"])["manifest"]["trigger"]["events"] == 100
+    assert len(a.events_of(only["id"])) == 50  # the bundle keeps the newest [bundle] events_entries
+
+
+def test_probe_request_is_executed_and_its_bundle_names_the_command(agent, server):
+    a = agent(command_poll_seconds=1.0)
+    a.start()
+    made = server.post(f"/api/v1/terminals/{a.terminal}/commands", json={"probes": ["power", "storage"], "code": None})
+    assert made.status_code == 201, made.text
+    command_id = made.json()["id"]
+    (found,) = a.wait_for(1, 6.0)
+    assert found["command_id"] == command_id and found["trigger_kind"] == "remote"
+    assert {p["name"] for p in a.detail(found["id"])["probes"]["probes"]} == {"power", "storage"}
+    commands = server.get(f"/api/v1/terminals/{a.terminal}/commands").json()
+    assert commands[0]["status"] == "done" and commands[0]["bundle_id"] == found["id"]
+
+
+def test_bad_config_on_sighup_is_refused_and_the_agent_keeps_working(agent):
+    a = agent()
+    a.start()
+    good = a.config.read_text()
+    a.config.write_text("[daemon\nthis is not toml")
+    a.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert "config reload refused" in a.stderr.read_text()
+    a.config.write_text(good)
+    a.write("response code: 05")
+    assert [b["code"] for b in a.wait_for(1, 3.0)] == ["05"]
+    assert a.proc.poll() is None
+
+
+def test_busy_devices_are_skipped_while_the_payment_app_holds_them(agent, tmp_path):
+    lock = tmp_path / "LCK..ttyS1"
+    lock.write_text(f"{os.getpid()}\n")
+    a = agent(busy_lock_files=[str(lock)])
+    a.start()
+    a.write("response code: 55")
+    (found,) = a.wait_for(1, 3.0)
+    statuses = {p["name"]: p["status"] for p in a.detail(found["id"])["probes"]["probes"]}
+    assert statuses["printer"] == statuses["card_reader"] == "skipped"
+    assert statuses["power"] == "ok"
+
+
+def test_sigkill_during_a_burst_loses_nothing_and_duplicates_nothing(agent):
+    a = agent(settle_seconds=0.2, max_wait_seconds=0.5, debounce_seconds=0.0)
+    codes = [f"{c}" for c in ("03", "05", "12", "13", "14", "30", "51", "54", "55", "57", "58", "61", "91", "94", "96")]
+    rng = random.Random(7)
+    a.start()
+    for n, code in enumerate(codes):
+        a.write(*[f"txn {n}-{i} response code: {code}" for i in range(3)])
+        time.sleep(rng.uniform(0.05, 0.5))
+        if n % 3 == 2:
+            a.stop(signal.SIGKILL)
+            a.start()
+    found = a.wait_for(len(codes), 15.0)
+    time.sleep(1.5)
+    found = a.bundles()
+    a.stop()
+    ids = [b["id"] for b in found]
+    assert len(ids) == len(set(ids))
+    assert {b["code"] for b in found} == set(codes), "a diagnosed event was lost"
+    seen: dict[str, str] = {}
+    for b in found:
+        for ev in a.events_of(b["id"]):
+            assert ev["id"] not in seen, f"event {ev['id']} in two bundles"
+            seen[ev["id"]] = b["id"]
+    diagnosed = {line.rsplit("bundle ", 1)[1].strip() for line in a.stderr.read_text().splitlines() if "dispatch" in line}
+    assert diagnosed == set(ids)
