@@ -89,7 +89,8 @@ def check_line(settings: CardReaderSettings, deadline: float, metrics: dict[str,
         detail = f"no reply to a status request within {settings.read_timeout_seconds:g} s on {settings.port}"
         return Observation([Finding.fail("reader.no_response", detail, port=settings.port)], metrics)
     except BadFrame as exc:
-        finding = Finding.fail("reader.bad_frame", f"malformed reply: {exc}", port=settings.port, head=exc.head.hex(" "))
+        head = exc.head.hex(" ")
+        finding = Finding.fail("reader.bad_frame", f"malformed reply: {exc}", port=settings.port, head=head)
         return Observation([finding], metrics)
     metrics.update(latency_ms=round((time.monotonic() - t0) * 1000, 1), firmware_version=status.firmware)
     metrics["card_present"] = int(status.card_present)

@@ -4,6 +4,9 @@ Each status byte is shaped 0xx1xx10 (bits 1 and 4 set, 0 and 7 clear); a byte th
 or more than one byte, is printer.bad_reply. Bit meanings: ../shared/DOMAIN.md section 2
 (Epson ESC/POS reference, "DLE EOT"). The probe only asks; it never prints or feeds paper.
 
+Other code talks to the printer through open_printer(settings) (write, DLE EOT query),
+ready_to_print(settings) and print_test_page(settings, lines).
+
 printer.offline is reported only when no more specific fail finding explains why the printer
 is offline (cover open, paper out, cutter error, unrecoverable error): one finding per root,
 the offline state travels in the finding's data.
@@ -33,7 +36,6 @@ FINDINGS = (
     "printer.cutter_error",
     "printer.unrecoverable",
 )
-__all__ = ["open_printer", "ready_to_print", "print_test_page", "run"]
 
 FIXED_MASK, FIXED_BITS = 0x93, 0x12  # bits 7, 4, 1, 0 must read 0, 1, 1, 0
 # usblp LPGETSTATUS port status bits (<linux/lp.h>: LP_POUTPA, LP_PSELECD, LP_PERRORP).

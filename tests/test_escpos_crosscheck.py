@@ -48,7 +48,10 @@ def test_escpos_reads_the_paper_state_the_emulator_was_given(paper):
     assert ours == {"fine": [], "near_end": ["printer.paper_near_end"], "out": ["printer.paper_out"]}[paper]
 
 
-@pytest.mark.parametrize(("state", "online"), [(PrinterState(), True), (PrinterState(offline=True), False), (PrinterState(cover_open=True), False)])
+@pytest.mark.parametrize(
+    ("state", "online"),
+    [(PrinterState(), True), (PrinterState(offline=True), False), (PrinterState(cover_open=True), False)],
+)
 def test_escpos_reads_the_online_state(state, online):
     with PrinterEmulator(state) as device:
         client = escpos_printer(device.path)

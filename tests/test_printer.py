@@ -47,7 +47,8 @@ def test_all_clear_is_no_finding():
 
 @pytest.mark.parametrize(
     ("byte", "valid"),
-    [(0x12, True), (0x7E, True), (0x1A, True), (0x13, False), (0x10, False), (0x02, False), (0x92, False), (0xFF, False), (0x00, False)],
+    [(0x12, True), (0x7E, True), (0x1A, True), (0x13, False), (0x10, False), (0x02, False), (0x92, False)]
+    + [(0xFF, False), (0x00, False)],
 )
 def test_fixed_bits_are_checked(byte, valid):
     assert valid_status_byte(byte) is valid
@@ -80,7 +81,10 @@ def test_fixed_bits_are_checked(byte, valid):
         (dict(paper=0x40), ["printer.paper_out"]),
         (dict(prn=0x08, off=0x20, paper=0x6C), ["printer.paper_out"]),
         # several at once: each root once, offline folded into them
-        (dict(prn=0x08, off=0x04 | 0x40, err=0x08, paper=0x0C), ["printer.cover_open", "printer.paper_near_end", "printer.cutter_error"]),
+        (
+            dict(prn=0x08, off=0x04 | 0x40, err=0x08, paper=0x0C),
+            ["printer.cover_open", "printer.paper_near_end", "printer.cutter_error"],
+        ),
         (dict(prn=0x08, paper=0x0C), ["printer.paper_near_end", "printer.offline"]),
     ],
 )
@@ -229,7 +233,9 @@ class UnidirectionalUsbLp:
         return self.status
 
 
-@pytest.mark.parametrize(("value", "expected"), [(0x18, []), (0x38, ["printer.paper_out"]), (0x10, ["printer.offline"])])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(0x18, []), (0x38, ["printer.paper_out"]), (0x10, ["printer.offline"])]
+)
 def test_usblp_falls_back_to_port_status(value, expected):
     observation = printer.observe(UnidirectionalUsbLp(value), settings_for("/dev/usb/lp0"), time.monotonic() + 1)
     assert ids(observation) == expected and observation.metrics["port_status"] == value
