@@ -2,8 +2,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING, Any
 
 from agent.commands import add_config_arg, add_json_arg
+
+if TYPE_CHECKING:
+    from agent.knowledge import Code, KnowledgeBase
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +72,7 @@ def handle_search(args: argparse.Namespace) -> int:
     return 0 if found else 1
 
 
-def code_dict(kb, code) -> dict:  # noqa: ANN001 - KnowledgeBase and Code are imported lazily
+def code_dict(kb: KnowledgeBase, code: Code) -> dict[str, Any]:
     return {
         "code": code.code,
         "scheme": code.scheme,
@@ -82,7 +86,7 @@ def code_dict(kb, code) -> dict:  # noqa: ANN001 - KnowledgeBase and Code are im
     }
 
 
-def code_text(kb, code, lang: str) -> str:  # noqa: ANN001
+def code_text(kb: KnowledgeBase, code: Code, lang: str) -> str:
     zh = lang == "zh"
     side = ("主机应答" if zh else "answer from the host") if code.host_answer else ("本地失败" if zh else "local failure")
     lines = [f"{code.code} ({code.scheme}): {code.meaning.get(lang)}", f"  {side}"]

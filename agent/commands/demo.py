@@ -2,8 +2,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from agent.commands import add_config_arg, configured
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.diagnosis import Diagnosis
+    from agent.render import Progress
 
 DEMO_CODE = "3000"
 DEMO_FAULTS = "printer.paper_out"
@@ -35,7 +41,7 @@ def handle(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_diagnosis(config, progress=None):  # noqa: ANN001, ANN201 - heavy types imported lazily
+def run_diagnosis(config: Config, progress: Progress | None = None) -> Diagnosis:
     """The demo's one step: diagnose the demo code on the configured (simulated) terminal."""
     from agent.diagnosis import diagnose
 
