@@ -237,6 +237,10 @@ class _Builder:
         for name in VERDICTS:
             if name not in verdicts:
                 raise ConfigError(str(packaged_dir()), f"dispatch.{name}", "missing dispatch verdict")
+        ranks = [v.rank for v in verdicts.values()]
+        if len(set(ranks)) != len(ranks):
+            src = self.raw["dispatch"]["onsite"][0]
+            raise ConfigError(src, "dispatch", f"each verdict needs its own rank, got {ranks}")
         known_findings = set(findings) | _probe_finding_ids()
         causes = {n: _cause(n, v, s, known_findings) for s, (n, v) in self.raw["causes"].values()}
         codes = {}

@@ -140,6 +140,7 @@ def write(tmp_path: Path, text: str, name: str = "vendor.toml") -> Path:
         ('[codes.P9]\nmeaning = { zh = "纸", en = "paper" }\nhost_answer = false\ncauses = {}\n', "scheme"),
         ('[dispatch.onsite]\nrank = 2\nreason = { zh = "{oops}", en = "x" }\nescalated = { zh = "x", en = "x" }\n', "dispatch.onsite.reason"),
         ("[engine]\nopen_prior = 0\n", "engine.open_prior"),
+        ('[dispatch.onsite]\nrank = 1\nreason = { zh = "x", en = "y" }\nescalated = { zh = "x", en = "y" }\n', "dispatch"),
         ("[widgets]\n", "widgets"),
     ],
 )
