@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from agent.errors import UsageError
+
 # <linux/fs.h>: FS_IOC_GETFLAGS / FS_IOC_SETFLAGS and the immutable attribute (chattr +i).
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
 TICK_S = 0.01
@@ -123,14 +125,18 @@ def forbidden_port(workdir: Path) -> Iterator[str]:
     Mode 000 stops an ordinary user (EACCES). Root ignores modes, so as root the file is also
     made immutable (chattr +i), which makes the kernel refuse a read-write open with EPERM even
     to root (needs CAP_LINUX_IMMUTABLE and a filesystem with the attribute: ext4, tmpfs >= 6.0).
-    The flag is cleared on leaving so the work area can be removed.
+    The flag is cleared on leaving (Ctrl-C included) so the work area can be removed; only a
+    SIGKILL in between leaves the file behind (`chattr -i` it by hand).
     """
     path = workdir / "ttyLOCKED0"
     path.touch(mode=0o000)
     path.chmod(0o000)
     immutable = os.geteuid() == 0
     if immutable:
-        set_immutable(path, True)
+        try:
+            set_immutable(path, True)
+        except OSError as exc:
+            raise UsageError(f"cannot simulate a port root may not open here (chattr +i on {path}: {exc})") from exc
     try:
         yield str(path)
     finally:
