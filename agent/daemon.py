@@ -125,6 +125,7 @@ class Daemon:
         self.worker = threading.Thread(target=self.work, name="worker", daemon=True)
         self.uploader = threading.Thread(target=self.upload_loop, name="uploader", daemon=True)
         self.reload_requested = False
+        self.retries: list[tuple[float, Group]] = []
         self._apply(self.config)
 
     def _apply(self, config: Config) -> None:
@@ -202,9 +203,9 @@ class Daemon:
 
     def work(self) -> None:
         while True:
-            hint = self.gate.wait_hint()
+            waits = [w for w in (self.gate.wait_hint(), self._retry_hint()) if w is not None]
             try:
-                job = self.jobs.get(timeout=hint)
+                job = self.jobs.get(timeout=min(waits) if waits else None)
             except queue.Empty:
                 job = False
             if job is None:
@@ -213,19 +214,37 @@ class Daemon:
                 self.gate.add(job)
             elif isinstance(job, dict):
                 self.run_command(job)
-            for group in self.gate.due():
+            for group in self.gate.due() + self._retries_due():
                 self.diagnose_group(group)
 
+    def _retry_hint(self) -> float | None:
+        if not self.retries:
+            return None
+        return max(0.0, min(at for at, _ in self.retries) - time.monotonic())
+
+    def _retries_due(self) -> list[Group]:
+        now = time.monotonic()
+        due = [g for at, g in self.retries if at <= now]
+        self.retries = [(at, g) for at, g in self.retries if at > now]
+        return due
+
     def diagnose_group(self, group: Group) -> None:
+        """Diagnose, bundle and store one group. When that fails (a full or read-only disk,
+        say) the group is tried again after `upload_retry_seconds`; its events stay
+        uncommitted meanwhile, so even a restart does not lose them."""
         first = group.events[0]
         trigger = bundle.Trigger("error", group.code, group.scheme, None, len(group.events))
         try:
             outcome = pipeline.run(
                 self.config, self.outbox, trigger, first.id, [e.record() for e in group.events], self.history.read()
             )
-        except Exception as exc:  # the agent keeps running; the events stay uncommitted and are redone
-            log.error("diagnosis of code %s failed: %s: %s", group.code, type(exc).__name__, exc)
+        except Exception as exc:  # the agent keeps running
+            retry_s = self.config.section("daemon").upload_retry_seconds
+            log.error("diagnosis of code %s failed, retrying in %.0f s: %s: %s", group.code, retry_s, type(exc).__name__, exc)
             self._reply(group.events, {"error": f"diagnosis failed: {type(exc).__name__}"})
+            for event in group.events:
+                event.reply = None
+            self.retries.append((time.monotonic() + retry_s, group))
             return
         for event in group.events:
             event.done()

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import run_cli
+from tests.conftest import run_cli
 
 from agent import bundle
 from agent.bundle import BundleInput, Limits, Trigger

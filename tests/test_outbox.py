@@ -8,7 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli
 from uploadserver import UploadServer
 
 from agent import bundle

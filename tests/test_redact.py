@@ -2,7 +2,7 @@ import re
 import time
 
 import pytest
-from conftest import run_cli
+from tests.conftest import run_cli
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 

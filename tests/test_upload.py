@@ -1,0 +1,238 @@
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+from tests.conftest import ROOT
+from uploadserver import UploadServer, free_port
+
+from agent import bundle
+from agent.outbox import Outbox
+from remote.client import Client, Halt, flush, parse_retry_after
+
+TOKEN = "upload-token"
+
+
+def upload_settings(url: str, **over) -> SimpleNamespace:
+    values = dict(
+        server_url=url,
+        token=TOKEN,
+        ca_file="",
+        connect_timeout_seconds=0.5,
+        read_timeout_seconds=1.0,
+        max_attempts=8,
+        backoff_initial_seconds=0.02,
+        backoff_max_seconds=0.1,
+        retry_after_max_seconds=5.0,
+    )
+    values.update(over)
+    return SimpleNamespace(**values)
+
+
+def fill(outbox: Outbox, count: int, token: str = TOKEN) -> list[str]:
+    ids = []
+    for n in range(count):
+        inp = bundle.BundleInput({"id": "T-1"}, bundle.Trigger("scheduled"), {"n": n}, {}, {})
+        built = bundle.build(inp, bundle.Limits(), token)
+        outbox.put(built.data, built.bundle_id)
+        ids.append(built.bundle_id)
+    return ids
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    return Outbox(tmp_path / "outbox", 1 << 30)
+
+
+def test_delivers_in_order_exactly_once_with_the_agreed_headers(outbox):
+    ids = fill(outbox, 4)
+    with UploadServer(TOKEN) as server:
+        report = flush(outbox, Client(upload_settings(server.url)))
+    assert report.sent == ids and report.remaining == 0 and not report.stopped
+    assert server.store_order == ids
+    assert outbox.entries() == []
+    headers = server.seen[0]
+    assert headers["Authorization"] == f"Bearer {TOKEN}"
+    assert headers["Content-Type"] == "application/gzip"
+    assert headers["Idempotency-Key"] == ids[0]
+
+
+def test_server_down_then_up(outbox):
+    ids = fill(outbox, 3)
+    port = free_port()
+    settings = upload_settings(f"http://127.0.0.1:{port}", max_attempts=3)
+    report = flush(outbox, Client(settings))
+    assert report.sent == [] and report.remaining == 3 and "ConnectionError" in report.stopped
+    with UploadServer(TOKEN, port=port) as server:
+        report = flush(outbox, Client(settings))
+    assert report.sent == ids and server.store_order == ids
+
+
+def test_server_comes_up_while_retrying(outbox):
+    ids = fill(outbox, 2)
+    port = free_port()
+    server = UploadServer(TOKEN, port=port)
+    threading.Timer(0.4, server.start).start()
+    try:
+        report = flush(outbox, Client(upload_settings(server.url, max_attempts=40)))
+    finally:
+        server.stop()
+    assert report.sent == ids and server.store_order == ids
+
+
+def test_5xx_burst(outbox):
+    ids = fill(outbox, 3)
+    with UploadServer(TOKEN) as server:
+        server.faults.extend(["500", "502", "503", "504", "500", "408"])
+        report = flush(outbox, Client(upload_settings(server.url)))
+    assert report.sent == ids and server.store_order == ids
+    assert server.requests == 3 + 6
+
+
+def test_retry_after_is_honoured_in_seconds_and_as_a_date(outbox):
+    ids = fill(outbox, 2)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    with UploadServer(TOKEN) as server:
+        server.faults.extend(["429:1", "", "429:date:2"])
+        report = flush(outbox, Client(upload_settings(server.url), sleep=sleep))
+    assert report.sent == ids
+    assert len(slept) == 2
+    assert 1.0 <= slept[0] <= 1.2  # the server's word, plus at most a tenth of it as jitter
+    assert 0.9 <= slept[1] <= 2.3  # an HTTP date has whole seconds
+
+
+def test_retry_after_is_capped(outbox):
+    fill(outbox, 1)
+    slept: list[float] = []
+    with UploadServer(TOKEN) as server:
+        server.faults.append("429:3600")
+        flush(outbox, Client(upload_settings(server.url, retry_after_max_seconds=0.2), sleep=slept.append))
+    assert slept and slept[0] <= 0.2 + 1.0
+
+
+def test_connection_cut_mid_body_and_lost_answer(outbox):
+    ids = fill(outbox, 3)
+    with UploadServer(TOKEN) as server:
+        server.faults.extend(["cut-body", "", "cut-after-store"])
+        report = flush(outbox, Client(upload_settings(server.url)))
+    assert server.store_order == ids
+    assert report.duplicates == [ids[1]]  # stored, answer lost, sent again: the server said 200
+    assert sorted(report.sent + report.duplicates) == sorted(ids)
+    assert server.answers.count((ids[1], 200)) == 1
+
+
+def test_slow_answer_times_out_and_is_not_stored_twice(outbox):
+    ids = fill(outbox, 1)
+    with UploadServer(TOKEN) as server:
+        server.faults.append("slow:1.5")
+        report = flush(outbox, Client(upload_settings(server.url, read_timeout_seconds=0.5)))
+    assert report.duplicates == ids and server.store_order == ids
+
+
+def test_refused_bundles_go_to_dead_letter_and_the_rest_goes_on(outbox):
+    bad = fill(outbox, 1, token="someone-else")
+    good = fill(outbox, 2)
+    with UploadServer(TOKEN) as server:
+        report = flush(outbox, Client(upload_settings(server.url)))
+    assert report.dead == bad and report.sent == good
+    assert server.store_order == good
+    dead = outbox.dead_entries()
+    assert [d.bundle_id for d in dead] == bad
+    reason = json.loads(dead[0].path.with_name(dead[0].name[:-7] + ".reason.json").read_text())
+    assert reason["status"] == 422 and reason["error"] == "bad_bundle" and "signature" in reason["detail"]
+
+
+def test_too_large_is_dead_lettered(outbox):
+    fill(outbox, 1)
+    with UploadServer(TOKEN) as server:
+        server.max_bytes = 100
+        report = flush(outbox, Client(upload_settings(server.url)))
+    assert len(report.dead) == 1 and json.loads(next(outbox.dead.glob("*.json")).read_text())["status"] == 413
+
+
+def test_revoked_token_halts_and_keeps_every_bundle(outbox):
+    ids = fill(outbox, 2)
+    with UploadServer("the-new-token") as server:
+        report = flush(outbox, Client(upload_settings(server.url)))
+    assert report.remaining == 2 and report.dead == [] and "401" in report.stopped
+    assert server.requests == 1  # not retried: waiting will not make the token valid
+    assert [e.bundle_id for e in outbox.entries()] == ids
+
+
+def test_no_server_configured():
+    with pytest.raises(Halt):
+        Client(upload_settings(""))
+
+
+def test_parse_retry_after():
+    now = datetime(2026, 11, 23, 8, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("Mon, 23 Nov 2026 08:00:30 GMT", now) == 30.0
+    assert parse_retry_after("Mon, 23 Nov 2026 07:00:00 GMT", now) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {root!r})
+from types import SimpleNamespace
+from agent.outbox import Outbox
+from remote.client import Client, flush
+settings = SimpleNamespace(server_url={url!r}, token={token!r}, ca_file="", connect_timeout_seconds=0.5,
+    read_timeout_seconds=2.0, max_attempts=5, backoff_initial_seconds=0.02, backoff_max_seconds=0.1,
+    retry_after_max_seconds=1.0)
+report = flush(Outbox({path!r}, 1 << 30), Client(settings))
+print(report.remaining, flush=True)
+"""
+PHASES = ("headers", "body", "stored", "answered")
+
+
+def test_sigkill_at_many_points_loses_nothing_and_stores_nothing_twice(tmp_path):
+    """A real uploader process is killed at every phase of an exchange (from the server's
+    side, so the point is exact) and at random moments on its own side (reading, unlinking)."""
+    outbox = Outbox(tmp_path / "outbox", 1 << 30)
+    ids = fill(outbox, 24)
+    target: dict = {"pid": None, "at": None}
+
+    def hook(phase: str, number: int) -> None:
+        if target["pid"] and target["at"] == (number, phase):
+            os.kill(target["pid"], signal.SIGKILL)
+
+    rng = random.Random(5)
+    killed = 0
+    with UploadServer(TOKEN) as server:
+        server.hook = hook
+        script = DRIVER.format(root=str(ROOT), url=server.url, token=TOKEN, path=str(outbox.root))
+        plan = [("hook", i) for i in range(12)] + [("timer", i) for i in range(6)]
+        for kind, i in plan:
+            proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+            if kind == "hook":
+                target.update(pid=proc.pid, at=(server.requests + 1 + i % 3, PHASES[i % 4]))
+            else:
+                threading.Timer(rng.uniform(0.2, 0.6), lambda p=proc: p.poll() is None and p.kill()).start()
+            proc.wait(timeout=30)
+            target.update(pid=None, at=None)
+            killed += proc.returncode == -signal.SIGKILL
+        server.hook = None
+        for _ in range(3):
+            finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+            if finished.stdout.strip() == "0":
+                break
+    print("killed", killed, "dups", server.duplicates(), "requests", server.requests)
+    assert killed >= 12
+    assert outbox.entries() == [] and not list(outbox.root.glob(".tmp-*"))
+    assert server.store_order == ids  # every bundle, once, in creation order
+    assert server.duplicates() <= killed  # a resend only where a kill cut an exchange short
