@@ -18,6 +18,7 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from agent.errors import UsageError
 
@@ -41,7 +42,7 @@ class PtyDevice:
         self._hang_up = False
         self._thread = threading.Thread(target=self._loop, name=f"emulator-{self.path}", daemon=True)
 
-    def __enter__(self) -> PtyDevice:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
