@@ -186,11 +186,32 @@ def test_parse_retry_after():
 
 
 DRIVER = """
-import sys
+import os, signal, sys
 sys.path.insert(0, {root!r})
 from types import SimpleNamespace
 from agent.outbox import Outbox
 from remote.client import Client, flush
+
+# KILL_AT=point:n makes this process SIGKILL itself at the n-th time it reaches `point`:
+# post (bundle read, nothing sent yet), remove (server confirmed, file not yet unlinked),
+# removed (file unlinked, next bundle not started). Only the moment is arranged; the kill is real.
+point, _, count = os.environ.get("KILL_AT", "none:0").partition(":")
+calls = {{}}
+
+def deadly(name, fn, after=False):
+    def wrapped(*args, **kwargs):
+        calls[name] = calls.get(name, 0) + 1
+        hit = point == name and calls[name] == int(count)
+        if hit and not after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = fn(*args, **kwargs)
+        if hit and after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+    return wrapped
+
+Client.post = deadly("post", Client.post)
+Outbox.remove = deadly("remove", deadly("removed", Outbox.remove, after=True))
 settings = SimpleNamespace(server_url={url!r}, token={token!r}, ca_file="", connect_timeout_seconds=0.5,
     read_timeout_seconds=2.0, max_attempts=5, backoff_initial_seconds=0.02, backoff_max_seconds=0.1,
     retry_after_max_seconds=1.0)
@@ -201,38 +222,43 @@ PHASES = ("headers", "body", "stored", "answered")
 
 
 def test_sigkill_at_many_points_loses_nothing_and_stores_nothing_twice(tmp_path):
-    """A real uploader process is killed at every phase of an exchange (from the server's
-    side, so the point is exact) and at random moments on its own side (reading, unlinking)."""
+    """A real uploader process is SIGKILLed at every phase of an exchange as the server sees
+    it, at exact points of its own loop, and at random moments during a run."""
     outbox = Outbox(tmp_path / "outbox", 1 << 30)
     ids = fill(outbox, 24)
-    target: dict = {"pid": None, "at": None}
+    target: dict = {"pid": None, "at": None, "random": False}
+    rng = random.Random(5)
 
     def hook(phase: str, number: int) -> None:
         if target["pid"] and target["at"] == (number, phase):
             os.kill(target["pid"], signal.SIGKILL)
+        if target["pid"] and target["random"] and phase == "headers":
+            target["random"] = False
+            threading.Timer(rng.uniform(0, 0.03), os.kill, (target["pid"], signal.SIGKILL)).start()
 
-    rng = random.Random(5)
     killed = 0
     with UploadServer(TOKEN) as server:
         server.hook = hook
         script = DRIVER.format(root=str(ROOT), url=server.url, token=TOKEN, path=str(outbox.root))
-        plan = [("hook", i) for i in range(12)] + [("timer", i) for i in range(6)]
+        plan = [("random", i) for i in range(4)] + [("server", i) for i in range(12)] + [("self", i) for i in range(9)]
         for kind, i in plan:
-            proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
-            if kind == "hook":
+            env = dict(os.environ)
+            if kind == "self":
+                env["KILL_AT"] = f"{('post', 'remove', 'removed')[i % 3]}:{1 + i // 3}"
+            proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+            if kind == "server":
                 target.update(pid=proc.pid, at=(server.requests + 1 + i % 3, PHASES[i % 4]))
-            else:
-                threading.Timer(rng.uniform(0.2, 0.6), lambda p=proc: p.poll() is None and p.kill()).start()
+            elif kind == "random":
+                target.update(pid=proc.pid, random=True)
             proc.wait(timeout=30)
-            target.update(pid=None, at=None)
+            target.update(pid=None, at=None, random=False)
             killed += proc.returncode == -signal.SIGKILL
         server.hook = None
         for _ in range(3):
             finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
             if finished.stdout.strip() == "0":
                 break
-    print("killed", killed, "dups", server.duplicates(), "requests", server.requests)
-    assert killed >= 12
+    assert killed >= 21  # the random kills may come after a run has finished
     assert outbox.entries() == [] and not list(outbox.root.glob(".tmp-*"))
     assert server.store_order == ids  # every bundle, once, in creation order
     assert server.duplicates() <= killed  # a resend only where a kill cut an exchange short

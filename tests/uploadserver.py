@@ -4,7 +4,7 @@ It answers like the real server (201 stored, 200 already had it, 401 bad token, 
 large, 422 bad signature or malformed bundle), records every bundle it stored and every
 answer it gave, and can misbehave on purpose: queue actions in `faults`, one per request:
 
-    "500", "503", "408"      answer that status
+    "500", "503", "408", ...  answer that status
     "429:N"                  429 with Retry-After: N (seconds); "429:date:N" as an HTTP date
     "cut-body"               read half the body, then drop the connection without answering
     "cut-after-store"        store the bundle, then drop the connection without answering
@@ -41,6 +41,7 @@ class UploadServer:
         self.stored: dict[str, bytes] = {}
         self.store_order: list[str] = []
         self.answers: list[tuple[str, int]] = []
+        self.seen: list[dict[str, str]] = []
         self.requests = 0
         self.lock = threading.Lock()
         self.httpd: ThreadingHTTPServer | None = None
@@ -99,10 +100,16 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def handle(self) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # clients that die on purpose
+            super().handle()
+
     def do_POST(self) -> None:
         server = self.owner
         fault = server._next_fault()
         number = server.requests
+        with server.lock:
+            server.seen.append(dict(self.headers))
         server._call("headers", number)
         if self.path != "/api/v1/bundles":
             return self.answer(404, {"error": "not_found", "detail": self.path})
@@ -116,8 +123,10 @@ class Handler(BaseHTTPRequestHandler):
             self.rfile.read(length // 2)
             return self.drop()
         body = self.rfile.read(length)
+        if len(body) < length:  # the client went away mid-body
+            return self.drop()
         server._call("body", number)
-        if fault in ("500", "503", "408"):
+        if fault.isdigit():
             return self.answer(int(fault), {"error": "unavailable", "detail": "fault injected"})
         if fault.startswith("429:"):
             return self.answer(429, {"error": "slow_down", "detail": "fault injected"}, retry_after(fault))
