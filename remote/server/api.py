@@ -91,7 +91,7 @@ def _basic(request: Request) -> tuple[str, str] | None:
 
 async def terminal_auth(request: Request, _: Any = Depends(bearer_scheme)) -> dict[str, Any]:
     token = _bearer(request)
-    found = await run_in_threadpool(store.terminal_for_token, service(request).engine, token) if token else None
+    found = await run_in_threadpool(service(request).terminal_for_token, token) if token else None
     if found is None:
         raise ApiError(401, "bad_token", "missing, unknown or revoked terminal token", {"WWW-Authenticate": "Bearer"})
     return found

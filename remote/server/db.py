@@ -39,7 +39,6 @@ terminals = sa.Table(
     sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", TIME, nullable=False),
     sa.Column("revoked_at", TIME),
-    sa.Column("last_seen_at", TIME),
 )
 
 users = sa.Table(

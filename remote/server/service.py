@@ -18,6 +18,7 @@ from remote.server.blobs import BlobStore
 from remote.server.metrics import Metrics
 
 BASIC_CACHE_SECONDS = 60.0
+TOKEN_CACHE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Service:
         self.metrics = Metrics()
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
+        self._token_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._cache_lock = threading.Lock()
 
     def close(self) -> None:
@@ -61,6 +63,23 @@ class Service:
             self._basic_cache[key] = (now + BASIC_CACHE_SECONDS, user)
         return user
 
+    def terminal_for_token(self, token: str) -> dict[str, Any] | None:
+        """The active terminal of a bearer token. A match is kept for a few seconds (so a
+        revocation takes effect within TOKEN_CACHE_SECONDS) to spare a query per upload."""
+        key = auth.token_digest(token)
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._token_cache.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        found = store.terminal_for_token(self.engine, token)
+        if found is not None:
+            with self._cache_lock:
+                if len(self._token_cache) > 10000:
+                    self._token_cache.clear()
+                self._token_cache[key] = (now + TOKEN_CACHE_SECONDS, found)
+        return found
+
     def user_by_session(self, cookie: str | None) -> User | None:
         session = self.signer.read_session(cookie)
         if session is None:
@@ -75,12 +94,8 @@ class Service:
         bundle = ingest.validate(body, terminal["token_sha256"], terminal["id"], s.max_members, s.max_unpacked_bytes)
         if idempotency_key and idempotency_key.strip().lower() != bundle.id:
             raise ingest.IngestError(422, "idempotency_key_mismatch", "Idempotency-Key differs from the manifest's bundle_id")
-        existing = store.get_bundle(self.engine, bundle.id)
-        if existing is None:
-            digest = self.blobs.put(body)
-            existing, new = store.insert_bundle(self.engine, bundle.index(), digest, len(body))
-        else:
-            new = False
+        digest = self.blobs.put(body)  # same bytes again: already there, a no-op
+        existing, new = store.insert_bundle(self.engine, bundle.index(), digest, len(body))
         if existing["terminal_id"] != terminal["id"]:
             raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
         return existing, new

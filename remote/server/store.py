@@ -81,9 +81,15 @@ def revoke_terminal(engine: Engine, terminal_id: str) -> None:
         raise StoreError("no_terminal", f"no enrolled terminal {terminal_id!r}")
 
 
-def list_terminals(engine: Engine) -> list[dict[str, Any]]:
+def list_terminals(engine: Engine, terminal_id: str | None = None) -> list[dict[str, Any]]:
+    """Terminals with their bundle count and last upload (from the bundles, so that an
+    upload writes one row only)."""
     counts = (
-        sa.select(bundles.c.terminal_id, sa.func.count().label("bundles"))
+        sa.select(
+            bundles.c.terminal_id,
+            sa.func.count().label("bundles"),
+            sa.func.max(bundles.c.received_at).label("last_seen_at"),
+        )
         .group_by(bundles.c.terminal_id)
         .subquery()
     )
@@ -92,20 +98,21 @@ def list_terminals(engine: Engine) -> list[dict[str, Any]]:
             terminals.c.id,
             terminals.c.created_at,
             terminals.c.revoked_at,
-            terminals.c.last_seen_at,
+            counts.c.last_seen_at,
             sa.func.coalesce(counts.c.bundles, 0).label("bundles"),
         )
         .select_from(terminals.outerjoin(counts, counts.c.terminal_id == terminals.c.id))
         .order_by(terminals.c.id)
     )
+    if terminal_id is not None:
+        query = query.where(terminals.c.id == terminal_id)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def get_terminal(engine: Engine, terminal_id: str) -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(terminals).where(terminals.c.id == terminal_id)).mappings().first()
-    return dict(row) if row else None
+    found = list_terminals(engine, terminal_id)
+    return found[0] if found else None
 
 
 def terminal_for_token(engine: Engine, token: str) -> dict[str, Any] | None:
@@ -167,11 +174,6 @@ def insert_bundle(engine: Engine, index: dict[str, Any], digest: str, size: int)
                     )
                     .values(status="done", done_at=row["received_at"], bundle_id=row["id"])
                 )
-            conn.execute(
-                terminals.update()
-                .where(terminals.c.id == row["terminal_id"])
-                .values(last_seen_at=row["received_at"])
-            )
     except IntegrityError:
         existing = get_bundle(engine, row["id"])
         if existing is None:
