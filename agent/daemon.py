@@ -69,11 +69,12 @@ class Sources:
         self.stop = threading.Event()
         self.lock = threading.Lock()
         saved = state.load()
+        self.saved_positions: dict[str, Any] = {}
         self.followers: list[Any] = []
         for source in settings.log_sources:
             patterns = [re.compile(p) for p in source.patterns]
             path = Path(source.path)
-            self.followers.append(LogFollower(path, patterns, source.scheme or None, saved.get(f"log:{path}", {}), self.save))
+            self.followers.append(LogFollower(path, patterns, source.scheme or None, saved.get(f"log:{path}", {})))
         if settings.last_error_file:
             path = Path(settings.last_error_file)
             self.followers.append(LastErrorFile(path, saved.get(f"file:{path}", {})))
@@ -83,9 +84,13 @@ class Sources:
         self.thread = threading.Thread(target=self.loop, name="watcher", daemon=True)
 
     def save(self) -> None:
+        """Persist the followers' committed positions (when they moved). The worker calls
+        this after a whole group is in the outbox, so a group commits all or nothing."""
         with self.lock:
             positions = {f.key: f.position() for f in self.followers if f.position() is not None}
-            self.state.save(positions)
+            if positions != self.saved_positions:
+                self.state.save(positions)
+                self.saved_positions = positions
 
     def loop(self) -> None:
         first = True
@@ -216,6 +221,8 @@ class Daemon:
                 self.run_command(job)
             for group in self.gate.due() + self._retries_due():
                 self.diagnose_group(group)
+            if self.sources:
+                self.sources.save()
 
     def _retry_hint(self) -> float | None:
         if not self.retries:

@@ -9,11 +9,13 @@ event before it has been diagnosed (or dropped on purpose), see OffsetLedger.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -85,27 +87,34 @@ def decode_line(raw: bytes) -> str:
 
 class OffsetLedger:
     """Offsets of a file's events in order; the committed offset only moves past an event
-    once it and every event before it is done."""
+    once it and every event before it is done. The watcher thread adds, the worker marks
+    done: a lock keeps them apart."""
 
     def __init__(self, inode: int, offset: int) -> None:
         self.inode, self.committed = inode, offset
         self.pending: dict[int, bool] = {}
+        self.lock = threading.Lock()
 
     def add(self, end: int) -> None:
-        self.pending[end] = False
+        with self.lock:
+            self.pending[end] = False
 
-    def done(self, end: int) -> bool:
-        """Mark one event done; True when the committed offset moved."""
-        if end not in self.pending:
-            return False
-        self.pending[end] = True
-        moved = False
-        for offset in sorted(self.pending):
-            if not self.pending[offset]:
-                break
-            del self.pending[offset]
-            self.committed, moved = offset, True
-        return moved
+    def done(self, end: int) -> None:
+        with self.lock:
+            if end not in self.pending:
+                return
+            self.pending[end] = True
+            for offset in sorted(self.pending):
+                if not self.pending[offset]:
+                    break
+                del self.pending[offset]
+                self.committed = offset
+
+    def skip_to(self, offset: int) -> None:
+        """Lines without events up to `offset` need no work: commit them when nothing waits."""
+        with self.lock:
+            if not self.pending:
+                self.committed = offset
 
 
 class LogFollower:
@@ -115,11 +124,10 @@ class LogFollower:
     `scheme`; the first that matches a line makes it an event.
     """
 
-    def __init__(self, path: Path, patterns: list[re.Pattern[str]], scheme: str | None, saved: dict[str, Any], on_commit: Callable[[], None]) -> None:
+    def __init__(self, path: Path, patterns: list[re.Pattern[str]], scheme: str | None, saved: dict[str, Any]) -> None:
         self.path = path
         self.patterns = patterns
         self.scheme = scheme
-        self.on_commit = on_commit
         self.fh: Any = None
         self.ledger: OffsetLedger | None = None
         self.offset = 0
@@ -195,20 +203,13 @@ class LogFollower:
             event = self._match(decode_line(raw[:MAX_LINE_BYTES]), inode, position, end)
             if event is not None:
                 ledger.add(end)
-                event.done = self._done_callback(ledger, end)
+                event.done = functools.partial(ledger.done, end)
                 events.append(event)
             position = end
         self.offset = start + len(data) - len(self.buffer)
-        if not events and not ledger.pending:
-            ledger.committed = self.offset - len(self.buffer)
+        if not events:
+            ledger.skip_to(self.offset)
         return events
-
-    def _done_callback(self, ledger: OffsetLedger, end: int) -> Callable[[], None]:
-        def done() -> None:
-            if ledger.done(end):
-                self.on_commit()
-
-        return done
 
     def _match(self, line: str, inode: int, start: int, end: int) -> ErrorEvent | None:
         for pattern in self.patterns:

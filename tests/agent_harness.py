@@ -1,0 +1,133 @@
+"""A real `posdiag run` subprocess on the simulated terminal, uploading to a real support
+server (tests/server/server_harness.py), for end-to-end and reliability tests."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "server"))
+from server_harness import start_server  # noqa: E402
+
+from agent import bundle  # noqa: E402
+from tests.conftest import POSDIAG  # noqa: E402
+
+PATTERN = r"(?:response code|应答码)[:=]\s*(?P<code>[0-9A-Z]{2})"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("support")
+    gen = start_server(f"sqlite:///{data}/support.db", data / "blobs", "sqlite")
+    yield next(gen)
+    next(gen, None)
+
+
+class Agent:
+    def __init__(self, server, workdir: Path, env: dict | None = None, **daemon):
+        self.server = server
+        self.workdir = workdir
+        self.terminal, self.token = server.terminal("D")
+        self.log = workdir / "logs" / "app.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.write_text("")
+        self.config = workdir / "agent.toml"
+        self.outbox = workdir / "outbox"
+        self.daemon = {"command_poll_seconds": 60.0, **daemon}
+        self.write_config()
+        self.proc: subprocess.Popen | None = None
+        self.stderr = workdir / "agent.log"
+        self.env = env
+
+    def write_config(self, extra: str = "") -> None:
+        daemon = "\n".join(f"{k} = {json.dumps(v)}" for k, v in self.daemon.items())
+        self.config.write_text(
+            f"""
+[terminal]
+id = "{self.terminal}"
+model = "SIM-POS"
+[upload]
+server_url = "{self.server.url}"
+token = "{self.token}"
+backoff_initial_seconds = 0.1
+backoff_max_seconds = 0.5
+[outbox]
+dir = "{self.outbox}"
+[logs]
+files = ["{self.log}"]
+[daemon]
+state_dir = "{self.workdir / 'state'}"
+{daemon}
+[[daemon.log_sources]]
+path = "{self.log}"
+patterns = ['{PATTERN}']
+scheme = "iso8583"
+{extra}
+"""
+        )
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(POSDIAG), "run", "--config", str(self.config), "--simulate", "healthy"],
+            stderr=self.stderr.open("ab"),
+            env={**os.environ, **(self.env or {})},
+        )
+        deadline = time.monotonic() + 15
+        while "agent running" not in self.stderr.read_text(errors="replace"):
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.stderr.read_text()
+            time.sleep(0.05)
+        time.sleep(0.2)
+
+    def stop(self, sig=signal.SIGTERM) -> float:
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(10)
+        return time.monotonic() - t0
+
+    def write(self, *lines: str) -> None:
+        with self.log.open("a", encoding="utf-8") as fh:
+            fh.writelines(line + "\n" for line in lines)
+
+    def bundles(self) -> list[dict]:
+        answer = self.server.get(f"/api/v1/bundles?terminal={self.terminal}&limit=500")
+        assert answer.status_code == 200, answer.text
+        return answer.json()["items"]
+
+    def wait_for(self, count: int, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.bundles()
+            if len(found) >= count or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def detail(self, bundle_id: str) -> dict:
+        return self.server.get(f"/api/v1/bundles/{bundle_id}").json()
+
+    def events_of(self, bundle_id: str) -> list[dict]:
+        raw = self.server.get(f"/api/v1/bundles/{bundle_id}/download").content
+        _, members = bundle.read(raw)
+        return [json.loads(line) for line in members["events.jsonl"].decode().splitlines() if line]
+
+
+@pytest.fixture
+def agent(server, tmp_path):
+    made = []
+
+    def make(env=None, **daemon):
+        a = Agent(server, tmp_path / f"a{len(made)}", env, **daemon)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        if a.proc and a.proc.poll() is None:
+            a.proc.kill()
+            a.proc.wait()
+
+
