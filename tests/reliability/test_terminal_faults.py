@@ -1,0 +1,144 @@
+"""Terminal-side faults: a full or read-only disk under the outbox, the wall clock jumping,
+devices vanishing mid-sweep, and a support server with the wrong certificate.
+
+Expected everywhere: a clear finding or log line, no crash, no loss, no duplicate.
+Disk faults mount a small tmpfs (root only: skipped otherwise); clock jumps use
+libfaketime (Debian package faketime) on the agent process only.
+"""
+
+import contextlib
+import glob
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import config
+from agent.model import Status
+from agent.runner import run_probes
+from probes.emulators import SimulatedTerminal
+from tests.agent_harness import agent, server  # noqa: F401 - fixtures
+
+LIBFAKETIME = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), None)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_kib: int):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs to fill or freeze a filesystem needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 4096):
+                pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def wait_for_text(path: Path, text: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_disk_full_under_the_outbox_is_logged_retried_and_loses_nothing(agent):
+    a = agent(upload_retry_seconds=1.0)
+    with tmpfs(a.outbox, 256):
+        (a.outbox / "dead").mkdir()
+        filler = fill(a.outbox)
+        a.start()
+        a.write("txn 1 response code: 96")
+        assert wait_for_text(a.stderr, "failed, retrying", 5.0), a.stderr.read_text()
+        assert "No space left on device" in a.stderr.read_text()
+        assert a.proc.poll() is None
+        assert not [p for p in a.outbox.iterdir() if p.name.startswith(".tmp")], "a half-written bundle was left"
+        filler.unlink()
+        found = a.wait_for(1, 6.0)
+        time.sleep(1.0)
+        assert [b["code"] for b in a.bundles()] == ["96"] == [b["code"] for b in found]
+        a.stop()
+
+
+def test_read_only_outbox_is_logged_and_recovers_when_writable_again(agent):
+    a = agent(upload_retry_seconds=1.0)
+    with tmpfs(a.outbox, 1024):
+        (a.outbox / "dead").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(a.outbox)], check=True)
+        a.start()
+        a.write("txn 2 response code: 05")
+        assert wait_for_text(a.stderr, "Read-only file system", 5.0), a.stderr.read_text()
+        assert a.proc.poll() is None
+        subprocess.run(["mount", "-o", "remount,rw", str(a.outbox)], check=True)
+        assert [b["code"] for b in a.wait_for(1, 6.0)] == ["05"]
+        a.stop()
+
+
+@pytest.mark.skipif(LIBFAKETIME is None, reason="libfaketime not installed (Debian package faketime)")
+def test_wall_clock_jumping_back_and_forward_loses_and_duplicates_nothing(agent, tmp_path):
+    offset = tmp_path / "faketime"
+    offset.write_text("+0d\n")
+    env = {
+        "LD_PRELOAD": LIBFAKETIME,
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # an NTP step moves the wall clock only
+    }
+    a = agent(env=env, settle_seconds=0.2, max_wait_seconds=0.5)
+    a.start()
+    codes = []
+    for jump, code in (("+0d", "51"), ("-3d", "05"), ("+400d", "96"), ("-1y", "14"), ("+0d", "55")):
+        offset.write_text(jump + "\n")
+        a.write(f"txn response code: {code}")
+        codes.append(code)
+        time.sleep(0.6)
+    found = a.wait_for(len(codes), 8.0)
+    time.sleep(1.0)
+    assert sorted(b["code"] for b in a.bundles()) == sorted(codes) == sorted(b["code"] for b in found)
+    assert a.proc.poll() is None
+    assert a.stop() < 2.0
+
+
+def test_devices_vanishing_mid_sweep_become_findings_and_the_next_sweep_works():
+    results = {}
+    with SimulatedTerminal.from_spec("network.high_latency") as terminal:
+        cfg = config.load(None, terminal.overrides)
+        worker = threading.Thread(target=lambda: results.update(sweep=run_probes(cfg)))
+        worker.start()
+        time.sleep(0.1)  # the TLS handshake is held back 0.4 s: pull everything away meanwhile
+        shutil.rmtree(terminal.overrides["host"]["sysfs_root"])
+        shutil.rmtree(terminal.overrides["host"]["procfs_root"])
+    worker.join(10)
+    sweep = results["sweep"]
+    statuses = {r.name: r.status for r in sweep.results}
+    assert Status.ERROR not in statuses.values() and Status.TIMEOUT not in statuses.values(), statuses
+    with SimulatedTerminal.from_spec("healthy") as terminal:
+        again = run_probes(config.load(None, terminal.overrides))
+    assert {r.status for r in again.results} == {Status.OK}
+
+
+def test_each_probe_with_its_device_gone_before_the_sweep():
+    with SimulatedTerminal.from_spec("healthy") as terminal:
+        cfg = config.load(None, terminal.overrides)
+    sweep = run_probes(cfg)  # every emulator stopped and its files removed
+    statuses = {r.name: r.status for r in sweep.results}
+    assert Status.ERROR not in statuses.values() and Status.TIMEOUT not in statuses.values(), statuses
+    ids = {f.id for f in sweep.findings()}
+    assert {"printer.absent", "reader.absent", "network.connect_refused"} <= ids, ids
