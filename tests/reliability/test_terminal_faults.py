@@ -142,3 +142,101 @@ def test_each_probe_with_its_device_gone_before_the_sweep():
     assert Status.ERROR not in statuses.values() and Status.TIMEOUT not in statuses.values(), statuses
     ids = {f.id for f in sweep.findings()}
     assert {"printer.absent", "reader.absent", "network.connect_refused"} <= ids, ids
+
+
+class TlsUploadServer:
+    """The tests' upload server behind TLS with a certificate of our choosing."""
+
+    def __init__(self, token: str, cert_and_key: Path) -> None:
+        import ssl
+        from http.server import ThreadingHTTPServer
+
+        from uploadserver import Handler, UploadServer
+
+        self.inner = UploadServer(token)
+        handler = type("Handler", (Handler,), {"owner": self.inner})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_and_key)
+        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = f"https://localhost:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def pki(tmp_path):
+    import datetime as dt
+
+    from probes.emulators.acquirer import issue, make_ca, pem
+
+    trusted, stranger = make_ca("posdiag test CA"), make_ca("a stranger's CA")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    files = {}
+    for name, ca in (("good", trusted), ("wrong", stranger)):
+        cert, key = issue(ca, later)
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_bytes(cert + key)
+    files["ca"] = tmp_path / "ca.pem"
+    files["ca"].write_bytes(pem(trusted[0]))
+    return files
+
+
+def test_server_with_a_wrong_certificate_keeps_bundles_and_says_why(tmp_path, pki):
+    from types import SimpleNamespace
+
+    from agent import bundle
+    from agent.outbox import Outbox
+    from remote.client import Client, flush
+
+    outbox = Outbox(tmp_path / "outbox", 1 << 20)
+    built = bundle.build(bundle.BundleInput({"id": "T-1"}, bundle.Trigger("manual"), {}, {}, {}), bundle.Limits(), "tok")
+    outbox.put(built.data, built.bundle_id)
+
+    def settings(url):
+        return SimpleNamespace(
+            server_url=url, token="tok", ca_file=str(pki["ca"]), connect_timeout_seconds=1.0, read_timeout_seconds=2.0,
+            max_attempts=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.02, retry_after_max_seconds=1.0,
+        )
+
+    impostor = TlsUploadServer("tok", pki["wrong"])
+    try:
+        report = flush(outbox, Client(settings(impostor.url)))
+    finally:
+        impostor.close()
+    assert report.stopped and "certificate" in report.stopped.lower(), report.stopped
+    assert [e.bundle_id for e in outbox.entries()] == [built.bundle_id] and not outbox.dead_entries()
+    assert impostor.inner.stored == {}
+
+    genuine = TlsUploadServer("tok", pki["good"])
+    try:
+        report = flush(outbox, Client(settings(genuine.url)))
+    finally:
+        genuine.close()
+    assert report.sent == [built.bundle_id] and list(genuine.inner.stored) == [built.bundle_id]
+    assert outbox.entries() == []
+
+
+def test_plain_http_answering_an_https_url_is_a_tls_error_not_a_crash(tmp_path):
+    from types import SimpleNamespace
+
+    from agent import bundle
+    from agent.outbox import Outbox
+    from remote.client import Client, flush
+    from uploadserver import UploadServer
+
+    outbox = Outbox(tmp_path / "outbox", 1 << 20)
+    built = bundle.build(bundle.BundleInput({"id": "T-1"}, bundle.Trigger("manual"), {}, {}, {}), bundle.Limits(), "tok")
+    outbox.put(built.data, built.bundle_id)
+    with UploadServer("tok") as plain:
+        settings = SimpleNamespace(
+            server_url=plain.url.replace("http://", "https://"), token="tok", ca_file="", connect_timeout_seconds=1.0,
+            read_timeout_seconds=1.0, max_attempts=2, backoff_initial_seconds=0.01, backoff_max_seconds=0.02,
+            retry_after_max_seconds=1.0,
+        )
+        report = flush(outbox, Client(settings))
+    assert report.stopped and ("ssl" in report.stopped.lower() or "tls" in report.stopped.lower()), report.stopped
+    assert len(outbox.entries()) == 1
