@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -181,7 +182,7 @@ def check_value(
             fail(range_text("an integer", meta))
         return check_range(value, path, origin, meta, "an integer")
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not finite(value):
             fail(range_text("a number", meta))
         return check_range(float(value), path, origin, meta, "a number")
     if hint is str:
@@ -192,6 +193,14 @@ def check_value(
             fail(f"one of {', '.join(choices)}")
         return value
     raise TypeError(f"unsupported config type {hint!r} at {path}")
+
+
+def finite(value: float) -> bool:
+    """TOML has nan and inf (and ints of any size); no bound check can catch nan."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_range(value: float, path: str, origin: typing.Callable[[str], str], meta: typing.Mapping[str, Any], kind: str) -> Any:
