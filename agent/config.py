@@ -91,7 +91,7 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
     def origin(keypath: str) -> str:
         for name, layer in reversed(layers):
             node: Any = layer
-            for part in keypath.split("."):
+            for part in keypath.split("[", 1)[0].split("."):  # a list item comes from the layer that set the list
                 if not isinstance(node, dict) or part not in node:
                     node = None
                     break
@@ -168,7 +168,8 @@ def check_value(
     if typing.get_origin(hint) is list:
         if not isinstance(value, list):
             fail("a list")
-        return [check_value(args[0], item, f"{path}[{i}]", origin, {}) for i, item in enumerate(value)]
+        item_meta = {"check": meta["check"]} if "check" in meta else {}
+        return [check_value(args[0], item, f"{path}[{i}]", origin, item_meta) for i, item in enumerate(value)]
     if typing.get_origin(hint) is dict:
         if not isinstance(value, dict):
             fail("a table")
@@ -191,6 +192,9 @@ def check_value(
         choices = meta.get("choices") or ()
         if choices and value not in choices:
             fail(f"one of {', '.join(choices)}")
+        problem = meta["check"](value) if "check" in meta else None
+        if problem:
+            raise ConfigError(origin(path), path, problem)
         return value
     raise TypeError(f"unsupported config type {hint!r} at {path}")
 

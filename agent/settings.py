@@ -7,6 +7,7 @@ A new section is one class here and one entry in SECTIONS.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,12 +104,23 @@ class UploadSettings:
     retry_after_max_seconds: float = bounded(0, 86400)
 
 
+def log_pattern_problem(pattern: str) -> str | None:
+    """Why a log pattern cannot work, None when it compiles and has a named group `code`."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        return f"not a valid regular expression ({exc})"
+    if "code" not in compiled.groupindex:
+        return "the pattern has no named group `code`, e.g. (?P<code>[0-9A-Z]{2})"
+    return None
+
+
 @dataclass(frozen=True)
 class LogSource:
     """A payment-app log file; each pattern has a named group `code` (and may have `scheme`)."""
 
     path: str
-    patterns: list[str]
+    patterns: list[str] = field(metadata={"check": log_pattern_problem})
     scheme: str = field(default="")
 
 
