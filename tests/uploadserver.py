@@ -96,6 +96,7 @@ class UploadServer:
 class Handler(BaseHTTPRequestHandler):
     owner: UploadServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def log_message(self, *args: object) -> None:
         pass
