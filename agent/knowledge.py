@@ -20,6 +20,7 @@ error names the file and the key (agent.errors.ConfigError).
 from __future__ import annotations
 
 import functools
+import math
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -284,11 +285,19 @@ def _text(value: Any, src: str, key: str) -> Text:
 
 
 def _number(value: Any, src: str, key: str, lo: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(src, key, f"expected a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+        raise ConfigError(src, key, f"expected a finite number, got {value!r}")
     if lo is not None and value < lo:
         raise ConfigError(src, key, f"expected a number of at least {lo:g}, got {value!r}")
     return float(value)
+
+
+def _finite(value: float) -> bool:
+    """TOML has nan and inf; nan passes every `<` check and would poison the ranking."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _weights(value: Any, src: str, key: str, known_findings: set[str]) -> dict[str, float]:
