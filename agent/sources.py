@@ -206,9 +206,9 @@ class LogFollower:
                 event.done = functools.partial(ledger.done, end)
                 events.append(event)
             position = end
-        self.offset = start + len(data) - len(self.buffer)
+        self.offset = start + len(data)  # where the file was read to; the buffer ends here
         if not events:
-            ledger.skip_to(self.offset)
+            ledger.skip_to(self.offset - len(self.buffer))
         return events
 
     def _match(self, line: str, inode: int, start: int, end: int) -> ErrorEvent | None:
