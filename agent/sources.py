@@ -17,10 +17,11 @@ import os
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from agent.redact import Redactor
 
@@ -57,6 +58,18 @@ def event_id(*parts: object) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, "\x1f".join(str(p) for p in parts)))
 
 
+def parse_event_bytes(raw: bytes) -> tuple[str, str | None, dict[str, Any]]:
+    """parse_event_document over the raw JSON of one event; ValueError says what is wrong."""
+    try:
+        return parse_event_document(json.loads(raw.decode("utf-8")))
+    except RecursionError:  # json and the redactor recurse: `[[[[...` would kill the reading thread
+        raise ValueError("JSON nested too deeply") from None
+
+
+def valid_code(code: str) -> bool:
+    return bool(code) and len(code) <= MAX_CODE_LENGTH and code.isprintable()
+
+
 def parse_event_document(doc: Any) -> tuple[str, str | None, dict[str, Any]]:
     """(code, scheme, context) from `{"code": ..., "scheme": ..., "context": {...}}`;
     ValueError says what is wrong."""
@@ -66,7 +79,7 @@ def parse_event_document(doc: Any) -> tuple[str, str | None, dict[str, Any]]:
     if not isinstance(code, str | int) or isinstance(code, bool) or not str(code).strip():
         raise ValueError("'code' must be a non-empty string")
     code = str(code).strip()
-    if len(code) > MAX_CODE_LENGTH or not code.isprintable():
+    if not valid_code(code):
         raise ValueError(f"'code' must be at most {MAX_CODE_LENGTH} printable characters")
     scheme = doc.get("scheme")
     if scheme is not None and scheme not in SCHEMES:
@@ -214,12 +227,12 @@ class LogFollower:
     def _match(self, line: str, inode: int, start: int, end: int) -> ErrorEvent | None:
         for pattern in self.patterns:
             m = pattern.search(line)
-            if m and m.groupdict().get("code"):
-                groups = m.groupdict()
-                scheme = groups.get("scheme") or self.scheme
+            code = (m.groupdict().get("code") or "").strip() if m else ""
+            if valid_code(code):  # the same rule as for socket events: no empty or runaway codes
+                scheme = m.groupdict().get("scheme") or self.scheme
                 return ErrorEvent(
                     id=event_id(self.path, inode, start),
-                    code=m.group("code").strip(),
+                    code=code,
                     scheme=scheme if scheme in SCHEMES else None,
                     source=self.key,
                     at=now_iso(),
@@ -260,8 +273,8 @@ class LastErrorFile:
         if fresh_start or not raw:
             return []
         try:
-            code, scheme, context = parse_event_document(json.loads(raw.decode("utf-8")))
-        except (ValueError, UnicodeDecodeError) as exc:
+            code, scheme, context = parse_event_bytes(raw)
+        except ValueError as exc:
             log.warning("ignored %s: %s", self.path, exc)
             return []
         return [ErrorEvent(event_id(self.path, digest), code, scheme, self.key, now_iso(), context)]

@@ -36,6 +36,8 @@ FINDINGS = (
     "network.high_latency",
     "network.weak_signal",
 )
+# What the interfaces, routes and radio say, as opposed to what talking to a host says.
+LINK_FINDINGS = ("network.link_down", "network.no_route", "network.weak_signal")
 # OpenSSL X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED
 CERT_NOT_YET_VALID, CERT_HAS_EXPIRED = 9, 10
 

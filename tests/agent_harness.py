@@ -5,27 +5,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "server"))
-from server_harness import start_server  # noqa: E402
-
-from agent import bundle  # noqa: E402
-from tests.conftest import POSDIAG  # noqa: E402
+from agent import bundle
+from tests.conftest import POSDIAG
 
 PATTERN = r"(?:response code|应答码)[:=]\s*(?P<code>[0-9A-Z]{2})"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("support")
-    gen = start_server(f"sqlite:///{data}/support.db", data / "blobs", "sqlite")
-    yield next(gen)
-    next(gen, None)
 
 
 class Agent:
@@ -113,21 +99,3 @@ scheme = "iso8583"
         raw = self.server.get(f"/api/v1/bundles/{bundle_id}/download").content
         _, members = bundle.read(raw)
         return [json.loads(line) for line in members["events.jsonl"].decode().splitlines() if line]
-
-
-@pytest.fixture
-def agent(server, tmp_path):
-    made = []
-
-    def make(env=None, **daemon):
-        a = Agent(server, tmp_path / f"a{len(made)}", env, **daemon)
-        made.append(a)
-        return a
-
-    yield make
-    for a in made:
-        if a.proc and a.proc.poll() is None:
-            a.proc.kill()
-            a.proc.wait()
-
-

@@ -22,3 +22,34 @@ def run_cli(*args: str, timeout: float = 60, input: str | None = None, env: dict
     return subprocess.run(
         [str(POSDIAG), *args], capture_output=True, text=True, timeout=timeout, input=input, env=full_env, cwd=ROOT
     )
+
+
+@pytest.fixture(scope="module")
+def support_server(tmp_path_factory):
+    """A real support server (uvicorn, SQLite) on a loopback port, one per test module."""
+    sys.path.insert(0, str(ROOT / "tests" / "server"))
+    from server_harness import start_server
+
+    data = tmp_path_factory.mktemp("support")
+    running = start_server(f"sqlite:///{data}/support.db", data / "blobs", "sqlite")
+    yield next(running)
+    next(running, None)
+
+
+@pytest.fixture
+def agent(support_server, tmp_path):
+    """Makes `posdiag run` agents (tests.agent_harness.Agent) enrolled at the support server;
+    any still running at the end is killed."""
+    from tests.agent_harness import Agent
+
+    made = []
+
+    def make(env=None, **daemon):
+        made.append(Agent(support_server, tmp_path / f"a{len(made)}", env, **daemon))
+        return made[-1]
+
+    yield make
+    for a in made:
+        if a.proc and a.proc.poll() is None:
+            a.proc.kill()
+            a.proc.wait()

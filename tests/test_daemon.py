@@ -6,7 +6,6 @@ import random
 import signal
 import time
 
-from tests.agent_harness import agent, server  # noqa: F401 - fixtures
 
 
 def test_log_line_to_stored_bundle_within_3s_and_across_rotation(agent):
@@ -41,16 +40,16 @@ def test_burst_of_100_identical_lines_is_one_bundle_counting_100(agent):
     assert len(a.events_of(only["id"])) == 50  # the bundle keeps the newest [bundle] events_entries
 
 
-def test_probe_request_is_executed_and_its_bundle_names_the_command(agent, server):
+def test_probe_request_is_executed_and_its_bundle_names_the_command(agent, support_server):
     a = agent(command_poll_seconds=1.0)
     a.start()
-    made = server.post(f"/api/v1/terminals/{a.terminal}/commands", json={"probes": ["power", "storage"], "code": None})
+    made = support_server.post(f"/api/v1/terminals/{a.terminal}/commands", json={"probes": ["power", "storage"], "code": None})
     assert made.status_code == 201, made.text
     command_id = made.json()["id"]
     (found,) = a.wait_for(1, 6.0)
     assert found["command_id"] == command_id and found["trigger_kind"] == "remote"
     assert {p["name"] for p in a.detail(found["id"])["probes"]["probes"]} == {"power", "storage"}
-    commands = server.get(f"/api/v1/terminals/{a.terminal}/commands").json()
+    commands = support_server.get(f"/api/v1/terminals/{a.terminal}/commands").json()
     assert commands[0]["status"] == "done" and commands[0]["bundle_id"] == found["id"]
 
 

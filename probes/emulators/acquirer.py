@@ -20,18 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-FAULTS = frozenset(
-    {
-        "network.dns_failed",
-        "network.connect_refused",
-        "network.connect_timeout",
-        "network.tls_failed",
-        "network.cert_expired",
-        "network.cert_expiring",
-        "network.clock_skew",
-        "network.high_latency",
-    }
-)
+from probes import network
+
+FAULTS = frozenset(network.FINDINGS) - frozenset(network.LINK_FINDINGS)
 HOST = "localhost"
 UNRESOLVABLE = "acquirer.posdiag.invalid"
 CLOCK_OFFSET_S = -600

@@ -17,18 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from probes import card_reader
 from probes.emulators._pty import PtyDevice, forbidden_port, missing_port
 
-FAULTS = frozenset(
-    {
-        "reader.absent",
-        "reader.permission_denied",
-        "reader.no_response",
-        "reader.bad_frame",
-        "reader.tamper",
-        "reader.slot_fault",
-    }
-)
+FAULTS = frozenset(card_reader.FINDINGS)
 FIRMWARE = "RDR-2.4.1"
 SLOT_BITS = {"ic": 0x04, "magstripe": 0x08, "contactless": 0x10}
 # "silent" never answers, "bad_lrc" spoils the checksum, "half" sends half a frame then

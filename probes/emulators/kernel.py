@@ -15,32 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-FAULTS = frozenset(
-    {
-        "power.battery_low",
-        "power.battery_critical",
-        "power.battery_unhealthy",
-        "power.overheat",
-        "power.not_charging",
-        "power.no_battery",
-        "storage.disk_low",
-        "storage.disk_full",
-        "storage.inodes_exhausted",
-        "storage.readonly",
-        "storage.write_failed",
-        "storage.slow",
-        "storage.emmc_wear",
-        "storage.emmc_eol",
-        "network.link_down",
-        "network.no_route",
-        "network.weak_signal",
-        "system.memory_low",
-        "system.recent_reboot",
-        "system.clock_unset",
-        "system.overheat",
-        "system.app_not_running",
-    }
-)
+from probes import network, power, storage, system
+
+FAULTS = frozenset(power.FINDINGS + storage.FINDINGS + system.FINDINGS + network.LINK_FINDINGS)
 APP = "payapp"
 APP_PID = 4242
 THRESHOLD_FAULTS = {

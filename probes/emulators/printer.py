@@ -17,22 +17,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from probes import printer
 from probes.emulators._pty import PtyDevice, forbidden_port, missing_port
 
-FAULTS = frozenset(
-    {
-        "printer.absent",
-        "printer.permission_denied",
-        "printer.no_response",
-        "printer.bad_reply",
-        "printer.offline",
-        "printer.cover_open",
-        "printer.paper_out",
-        "printer.paper_near_end",
-        "printer.cutter_error",
-        "printer.unrecoverable",
-    }
-)
+FAULTS = frozenset(printer.FINDINGS)
 BASE = 0x12
 Paper = Literal["fine", "near_end", "out"]
 # Line behaviour beside a healthy status: "silent" never answers, "garbage" answers 0xFF,

@@ -21,7 +21,6 @@ from agent import config
 from agent.model import Status
 from agent.runner import run_probes
 from probes.emulators import SimulatedTerminal
-from tests.agent_harness import agent, server  # noqa: F401 - fixtures
 
 LIBFAKETIME = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), None)
 
