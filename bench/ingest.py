@@ -3,6 +3,7 @@ loopback to a real `posdiag-support serve` (uvicorn, several workers), on SQLite
 PostgreSQL. Prints bundles/s, p50/p99 latency and stored vs sent.
 
     .venv/bin/python bench/ingest.py [--terminals 50] [--bundles 20] [--workers 2] [--db sqlite,postgresql]
+        [--client-processes 4]
 
 PostgreSQL: a fresh database on 127.0.0.1:5432 (user postgres), dropped afterwards; skipped
 with a note when that server does not answer.
@@ -11,6 +12,7 @@ with a note when that server does not answer.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import socket
 import statistics
 import subprocess
@@ -61,56 +63,69 @@ def drop_pg(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def run_one(label: str, url: str, data: Path, terminals: int, per_terminal: int, workers: int) -> None:
+def client(base: str, fleet: list[tuple[str, str]], per_terminal: int, barrier, results) -> None:  # noqa: ANN001
+    """One client process: a thread per terminal, each uploading its bundles one after another."""
+    work = {tid: [make_bundle(token, tid, code=str(50 + j % 40)) for j in range(per_terminal)] for tid, token in fleet}
+    latencies: list[float] = []
+    failures: list[int] = []
+    lock = threading.Lock()
+    ready = threading.Barrier(len(fleet) + 1)
+
+    def terminal(tid: str, token: str) -> None:
+        session = requests.Session()
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"}
+        ready.wait()
+        for bundle_id, body in work[tid]:
+            t0 = time.monotonic()
+            response = session.post(
+                f"{base}/api/v1/bundles", data=body, headers=dict(headers, **{"Idempotency-Key": bundle_id}), timeout=60
+            )
+            with lock:
+                latencies.append(time.monotonic() - t0)
+                if response.status_code != 201:
+                    failures.append(response.status_code)
+
+    threads = [threading.Thread(target=terminal, args=pair) for pair in fleet]
+    for t in threads:
+        t.start()
+    barrier.wait()  # every process has built its bundles
+    started = time.monotonic()
+    ready.wait()
+    for t in threads:
+        t.join()
+    results.put((started, time.monotonic(), latencies, failures))
+
+
+def run_one(label: str, url: str, data: Path, terminals: int, per_terminal: int, workers: int, procs: int) -> None:
     engine = db.make_engine(url)
     db.create_schema(engine)
     fleet = [(f"BENCH-{i:03d}", store.add_terminal(engine, f"BENCH-{i:03d}")) for i in range(terminals)]
-    work = {tid: [make_bundle(token, tid, code=str(50 + j % 40)) for j in range(per_terminal)] for tid, token in fleet}
-    tokens = dict(fleet)
     port = free_port()
     server = subprocess.Popen(
         [str(CLI), "--db", url, "--data", str(data), "serve", "--port", str(port), "--workers", str(workers)],
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
+    ctx = multiprocessing.get_context("fork")
     try:
         wait_up(base, server)
-        latencies: list[float] = []
-        failures: list[int] = []
-        lock = threading.Lock()
-        start = threading.Barrier(terminals + 1)
-
-        def terminal(tid: str) -> None:
-            session = requests.Session()
-            headers = {"Authorization": f"Bearer {tokens[tid]}", "Content-Type": "application/gzip"}
-            start.wait()
-            for bundle_id, body in work[tid]:
-                t0 = time.perf_counter()
-                response = session.post(
-                    f"{base}/api/v1/bundles", data=body, headers=dict(headers, **{"Idempotency-Key": bundle_id}), timeout=60
-                )
-                took = time.perf_counter() - t0
-                with lock:
-                    latencies.append(took)
-                    if response.status_code != 201:
-                        failures.append(response.status_code)
-
-        threads = [threading.Thread(target=terminal, args=(tid,)) for tid in tokens]
-        for t in threads:
-            t.start()
-        start.wait()
-        t0 = time.perf_counter()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+        barrier, results = ctx.Barrier(procs), ctx.Queue()
+        clients = [ctx.Process(target=client, args=(base, fleet[i::procs], per_terminal, barrier, results)) for i in range(procs)]
+        for c in clients:
+            c.start()
+        parts = [results.get(timeout=600) for _ in clients]
+        for c in clients:
+            c.join()
     finally:
         server.terminate()
         server.wait(30)
+    wall = max(p[1] for p in parts) - min(p[0] for p in parts)
+    latencies = sorted(x for p in parts for x in p[2])
+    failures = [x for p in parts for x in p[3]]
     sent = terminals * per_terminal
     with engine.connect() as conn:
         stored = conn.execute(sa.select(sa.func.count()).select_from(db.bundles)).scalar_one()
     engine.dispose()
-    latencies.sort()
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     print(
         f"{label:<11} {terminals} terminals x {per_terminal} bundles, {workers} workers: "
@@ -139,18 +154,19 @@ def main() -> int:
     parser.add_argument("--bundles", type=int, default=20, help="per terminal")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--db", default="sqlite,postgresql")
+    parser.add_argument("--client-processes", type=int, default=4, help="the terminals are shared out among these")
     args = parser.parse_args()
     for kind in args.db.split(","):
         with tempfile.TemporaryDirectory(prefix="posdiag-bench-") as tmp:
             data = Path(tmp) / "data"
             if kind == "sqlite":
                 data.mkdir()
-                run_one("sqlite", f"sqlite:///{data / 'bench.db'}", data, args.terminals, args.bundles, args.workers)
+                run_one("sqlite", f"sqlite:///{data / 'bench.db'}", data, args.terminals, args.bundles, args.workers, args.client_processes)
             elif kind == "postgresql":
                 made = pg_database()
                 if made:
                     try:
-                        run_one("postgresql", made[1], data, args.terminals, args.bundles, args.workers)
+                        run_one("postgresql", made[1], data, args.terminals, args.bundles, args.workers, args.client_processes)
                     finally:
                         drop_pg(made[0])
             else:

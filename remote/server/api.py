@@ -154,17 +154,22 @@ UPLOAD_BODY = {
 )
 async def upload(
     request: Request,
-    terminal: Annotated[dict[str, Any], Depends(terminal_auth)],
+    _: Annotated[Any, Depends(bearer_scheme)],
     idempotency_key: Annotated[str | None, Header(max_length=64, description="the bundle_id")] = None,
 ) -> Response:
     srv = service(request)
     started = time.perf_counter()
     try:
+        token = _bearer(request)
+        terminal = await run_in_threadpool(srv.terminal_for_token, token) if token else None
+        if terminal is None:
+            raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
         body = await read_capped(request, srv.settings.max_bundle_bytes)
         record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
     except IngestError as exc:
         srv.metrics.reject(exc.code, time.perf_counter() - started)
-        return error_response(exc.status, exc.code, exc.detail)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.code, exc.detail, headers)
     srv.metrics.accepted(new, time.perf_counter() - started)
     return JSONResponse(BundleRecord(**record).model_dump(), status_code=201 if new else 200)
 

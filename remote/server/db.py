@@ -7,6 +7,9 @@ sort as text the same way on both databases and `substr(t, 1, 10)` is the day.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -132,6 +135,25 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+_SQLITE_WRITERS: dict[int, threading.Lock] = {}
+
+
+@contextlib.contextmanager
+def writing(engine: Engine) -> Iterator[sa.Connection]:
+    """engine.begin(), with SQLite writers of this process taking turns on a lock first.
+
+    SQLite admits one writer; others wait in its busy handler, which sleeps in growing
+    steps and makes the tail latency long. Threads queue on a lock instead, so only the
+    workers of other processes ever meet the busy handler."""
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            yield conn
+        return
+    lock = _SQLITE_WRITERS.setdefault(id(engine), threading.Lock())
+    with lock, engine.begin() as conn:
+        yield conn
 
 
 def create_schema(engine: Engine) -> None:

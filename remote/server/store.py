@@ -162,7 +162,7 @@ def insert_bundle(engine: Engine, index: dict[str, Any], digest: str, size: int)
     """
     row = dict(index, sha256=digest, size=size, received_at=db.now())
     try:
-        with engine.begin() as conn:
+        with db.writing(engine) as conn:
             conn.execute(bundles.insert().values(**row))
             if row["command_id"]:
                 conn.execute(

@@ -380,5 +380,8 @@ def test_metrics_count_received_rejected_and_latency(server):
 
     assert value('posdiag_bundles_received_total{outcome="new"}', text) == value('posdiag_bundles_received_total{outcome="new"}', before) + 1
     assert value('posdiag_bundles_rejected_total{reason="not_tar"}', text) >= 1
-    assert value("posdiag_ingest_seconds_count", text) == value("posdiag_ingest_seconds_count", before) + 2
+    server.upload("pdt_wrong", body, bundle_id)
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    assert value('posdiag_bundles_rejected_total{reason="bad_token"}', text) >= 1
+    assert value("posdiag_ingest_seconds_count", text) == value("posdiag_ingest_seconds_count", before) + 3
     assert '# TYPE posdiag_ingest_seconds histogram' in text and 'le="+Inf"' in text
