@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.sources import ErrorEvent, event_id, now_iso, parse_event_document
+from agent.sources import ErrorEvent, event_id, now_iso, parse_event_bytes
 
 log = logging.getLogger("posdiag.socket")
 MAX_REQUEST_BYTES = 64 * 1024
@@ -78,10 +78,10 @@ class LocalSocket:
             conn.settimeout(READ_TIMEOUT_S)
             try:
                 raw = read_request(conn)
-                code, scheme, context = parse_event_document(json.loads(raw.decode("utf-8")))
+                code, scheme, context = parse_event_bytes(raw)
             except TimeoutError:
                 return send(conn, {"ok": False, "error": "no complete request within 2 s"})
-            except (ValueError, UnicodeDecodeError) as exc:
+            except ValueError as exc:
                 log.warning("dropped a malformed event from the socket: %s", exc)
                 return send(conn, {"ok": False, "error": f"malformed event: {exc}"})
             except OSError:
