@@ -371,7 +371,7 @@ def read(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
         raise BundleError("manifest.json is not the first member")
     try:
         manifest = json.loads(members[0][1])
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # `[[[[...` exceeds json's recursion limit
         raise BundleError(f"manifest.json is not JSON ({exc})") from None
     return manifest, dict(members)
 
@@ -396,7 +396,7 @@ def verify(data: bytes, token: str) -> list[str]:
     try:
         manifest = json.loads(manifest_bytes)
         listed = {f["path"]: f for f in manifest["files"]}
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         return [*problems, f"manifest.json is malformed ({exc})"]
     if manifest.get("schema") != SCHEMA:
         problems.append(f"schema is {manifest.get('schema')!r}, expected {SCHEMA!r}")
