@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import pkgutil
 from collections.abc import Iterator
+from typing import Any
 
 from agent.config import Config
 
@@ -33,6 +34,31 @@ def add_simulate_arg(parser: argparse.ArgumentParser) -> None:
         help="run against the built-in simulated terminal: 'healthy' or a comma list of finding ids "
         "to inject, e.g. printer.paper_out,network.dns_failed (an unknown name lists the known ones)",
     )
+
+
+def add_only_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--only", metavar="NAME,...", help="run only these probes (comma list)")
+
+
+def only_probes(args: argparse.Namespace) -> list[str] | None:
+    return args.only.split(",") if args.only else None
+
+
+@contextlib.contextmanager
+def progress_line(args: argparse.Namespace) -> Iterator[Any]:
+    """A live progress line on stderr for people; nothing with --json."""
+    if args.json:
+        yield None
+        return
+    import sys
+
+    from agent.render import Progress
+
+    progress = Progress(sys.stderr)
+    try:
+        yield progress
+    finally:
+        progress.clear()
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:

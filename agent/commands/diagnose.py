@@ -4,7 +4,15 @@ import argparse
 import json
 import sys
 
-from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured
+from agent.commands import (
+    add_config_arg,
+    add_json_arg,
+    add_only_arg,
+    add_simulate_arg,
+    configured,
+    only_probes,
+    progress_line,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--role", choices=("merchant", "technician", "support"), default="technician", help="whose actions to show"
     )
-    parser.add_argument("--only", metavar="NAME,...", help="run only these probes (comma list)")
+    add_only_arg(parser)
     parser.add_argument("--print", dest="print_receipt", action="store_true", help="also print a summary on the receipt printer")
     parser.add_argument("--bundle-id", help="with --print: the bundle id to print as a QR code")
     parser.add_argument("--bundle", metavar="PATH", help="also write a diagnosis bundle (.tar.gz) to PATH")
@@ -34,15 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from agent import render
     from agent.diagnosis import diagnose
 
-    only = args.only.split(",") if args.only else None
     with configured(args) as config:
-        progress = None if args.json else render.Progress(sys.stderr)
-        diagnosis = diagnose(config, args.code, args.scheme, only, on_result=progress)
-        if progress:
-            progress.clear()
+        with progress_line(args) as progress:
+            diagnosis = diagnose(config, args.code, args.scheme, only_probes(args), on_result=progress)
         if args.bundle or args.upload:
             from agent.commands.bundle_cmd import deliver
 

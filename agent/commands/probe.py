@@ -4,7 +4,15 @@ import argparse
 import json
 import sys
 
-from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured
+from agent.commands import (
+    add_config_arg,
+    add_json_arg,
+    add_only_arg,
+    add_simulate_arg,
+    configured,
+    only_probes,
+    progress_line,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run every enabled probe at once, each under its own timeout, and report what it found. "
         "Exit 0 when nothing failed, 1 when a finding of severity fail exists, 2 on usage or config errors.",
     )
-    parser.add_argument("--only", metavar="NAME,...", help="run only these probes (comma list)")
+    add_only_arg(parser)
     parser.add_argument(
         "--print-test", action="store_true", help="also print a short test page on the receipt printer if it is ready"
     )
@@ -28,12 +36,9 @@ def handle(args: argparse.Namespace) -> int:
     from agent import render
     from agent.runner import run_probes
 
-    only = args.only.split(",") if args.only else None
     with configured(args) as config:
-        progress = None if args.json else render.Progress(sys.stderr)
-        sweep = run_probes(config, only, on_result=progress)
-        if progress:
-            progress.clear()
+        with progress_line(args) as progress:
+            sweep = run_probes(config, only_probes(args), on_result=progress)
         if getattr(args, "print_test", False):
             from probes.printer import print_test_page
 
