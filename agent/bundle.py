@@ -409,8 +409,8 @@ def verify(data: bytes, token: str) -> list[str]:
             problems.append(f"{path}: size {len(body)} differs from the manifest's {entry.get('size')}")
         if hashlib.sha256(body).hexdigest() != entry.get("sha256"):
             problems.append(f"{path}: sha256 differs from the manifest")
-    signature = content.get(SIGNATURE, b"").decode("ascii", errors="replace").strip()
-    if not hmac.compare_digest(signature, sign(manifest_bytes, token)):
+    signature = content.get(SIGNATURE, b"").strip()  # bytes: compare_digest refuses non-ASCII str
+    if not hmac.compare_digest(signature, sign(manifest_bytes, token).encode("ascii")):
         problems.append("signature does not match (wrong token, or the manifest was altered)")
     if not problems and gzip_bytes(raw) != data:
         problems.append(
