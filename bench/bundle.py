@@ -12,19 +12,15 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from _util import ROOT, median_ms, row
+from _util import median_ms, row
 
-import sys  # noqa: E402  (after _util, which puts the checkout on sys.path)
-
-sys.path.insert(0, str(ROOT / "tests"))
-from uploadserver import UploadServer  # noqa: E402
-
-from agent import bundle, config  # noqa: E402
-from agent.diagnosis import diagnose  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from agent.redact import Redactor  # noqa: E402
-from probes.emulators import SimulatedTerminal  # noqa: E402
-from remote.client import Client, flush  # noqa: E402
+from agent import bundle, config
+from agent.diagnosis import diagnose
+from agent.outbox import Outbox
+from agent.redact import Redactor
+from probes.emulators import SimulatedTerminal
+from remote.client import Client, flush
+from tests.uploadserver import UploadServer
 
 TOKEN = "bench-token"
 BUILDS = 30

@@ -12,10 +12,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tests.conftest import run_cli
 
 from agent import bundle
 from agent.bundle import BundleInput, Limits, Trigger
+from tests.conftest import run_cli
 
 TOKEN = "terminal-token-T0001"
 FORBIDDEN = [
@@ -50,16 +50,16 @@ def card_log(path: Path, lines: int, tag: str = "app") -> Path:
 
 
 def make_input(tmp_path: Path, logs: int = 2, lines: int = 1000, **over) -> BundleInput:
-    fields = dict(
-        terminal={"id": "T-0001", "serial": "SN1", "model": "A920", "firmware": "1.2", "app_version": "5.0"},
-        trigger=Trigger("error", "03", "iso8583"),
-        diagnosis={"error": {"code": "03", "detail": "card 4111111111111111"}, "causes": [], "dispatch": {"verdict": "remote"}},
-        probes={"probes": [{"name": "network", "status": "fail", "findings": [{"detail": "token=abcdef"}]}]},
-        system={"kernel": "5.10", "wifi": {"psk": "hunter2"}},
-        history=[{"at": f"2026-11-23T08:{i:02d}:00Z", "battery_pct": 80 - i} for i in range(10)],
-        events=[{"at": "2026-11-23T08:10:00Z", "code": "03", "line": "declined card 4111111111111111"}],
-        logs=[card_log(tmp_path / f"log{n}.log", lines, f"app{n}") for n in range(logs)],
-    )
+    fields = {
+        "terminal": {"id": "T-0001", "serial": "SN1", "model": "A920", "firmware": "1.2", "app_version": "5.0"},
+        "trigger": Trigger("error", "03", "iso8583"),
+        "diagnosis": {"error": {"code": "03", "detail": "card 4111111111111111"}, "causes": [], "dispatch": {"verdict": "remote"}},
+        "probes": {"probes": [{"name": "network", "status": "fail", "findings": [{"detail": "token=abcdef"}]}]},
+        "system": {"kernel": "5.10", "wifi": {"psk": "hunter2"}},
+        "history": [{"at": f"2026-11-23T08:{i:02d}:00Z", "battery_pct": 80 - i} for i in range(10)],
+        "events": [{"at": "2026-11-23T08:10:00Z", "code": "03", "line": "declined card 4111111111111111"}],
+        "logs": [card_log(tmp_path / f"log{n}.log", lines, f"app{n}") for n in range(logs)],
+    }
     fields.update(over)
     return BundleInput(**fields)
 

@@ -8,11 +8,10 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from tests.conftest import ROOT, run_cli
-from uploadserver import UploadServer
-
 from agent import bundle
 from agent.outbox import Outbox
+from tests.conftest import ROOT, run_cli
+from tests.uploadserver import UploadServer
 
 TOKEN = "outbox-token"
 
@@ -51,7 +50,7 @@ def test_clock_going_back_keeps_order(tmp_path):
 
 def test_temp_files_ignored_and_cleaned_unless_writer_lives(tmp_path):
     outbox = Outbox(tmp_path, 1 << 30)
-    dead_writer = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_writer = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     stale = tmp_path / f".tmp-{dead_writer.stdout.strip()}-abc"
     stale.write_bytes(b"half a bundle")
     live = tmp_path / f".tmp-{os.getpid()}-def"

@@ -2,11 +2,11 @@ import re
 import time
 
 import pytest
-from tests.conftest import run_cli
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from agent.redact import Redactor, looks_like_pan, luhn_ok, redact_text, secret_kind
+from tests.conftest import run_cli
 
 
 def luhn_complete(body: str) -> str:
@@ -116,6 +116,23 @@ def test_text_without_card_data_is_unchanged(pairs):
     # (spaces are allowed between a PAN's groups), so here words separate them.
     text = " ".join(f"{word} {number}" for word, number in pairs)
     assert redact_text(text)[0] == text
+
+
+SECRET_KEYS = ["password", "PASSWORD", "api_key", "apiKey", "x-api-key", "wifi.psk", "pinBlock", "pin", "cvv2", "CVC",
+               "track2", "sessionToken", "client_secret", "passwd", "masterKey"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.sampled_from(SECRET_KEYS),
+    value=st.from_regex(r"[A-Za-z0-9+/]{4,24}", fullmatch=True),
+    shape=st.sampled_from(["{k}={v}", "{k}: {v}", '{{"{k}":"{v}"}}', '{{"{k}": "{v}", "n": 1}}', "<{k}>{v}</{k}>", "a=1 {k}='{v}' b=2"]),
+)
+def test_secret_values_never_survive(key, value, shape):
+    value = "Q" + value  # never a substring of the key or the shape
+    out, counts = redact_text("log " + shape.format(k=key, v=value) + " end")
+    assert value not in out
+    assert sum(counts.values()) >= 1
 
 
 @pytest.mark.parametrize(

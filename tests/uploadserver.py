@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 from agent import bundle
 
@@ -66,7 +67,7 @@ class UploadServer:
             self.httpd.server_close()
             self.httpd = None
 
-    def __enter__(self) -> UploadServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
