@@ -69,6 +69,12 @@ def valid_code(code: str) -> bool:
     return bool(code) and len(code) <= MAX_CODE_LENGTH and code.isprintable()
 
 
+def clean_code(code: str) -> str:
+    """The code without card data: apps have put a PAN or track where the code goes, and the
+    code reaches the agent's log, the socket answer and the bundle manifest."""
+    return Redactor().text(code)
+
+
 def parse_event_document(doc: Any) -> tuple[str, str | None, dict[str, Any]]:
     """(code, scheme, context) from `{"code": ..., "scheme": ..., "context": {...}}`;
     ValueError says what is wrong."""
@@ -86,7 +92,7 @@ def parse_event_document(doc: Any) -> tuple[str, str | None, dict[str, Any]]:
     context = doc.get("context", {})
     if not isinstance(context, dict):
         raise ValueError("'context' must be an object")
-    return code, scheme, Redactor().data(context)
+    return clean_code(code), scheme, Redactor().data(context)
 
 
 def decode_line(raw: bytes) -> str:
@@ -231,7 +237,7 @@ class LogFollower:
                 scheme = m.groupdict().get("scheme") or self.scheme
                 return ErrorEvent(
                     id=event_id(self.path, inode, start),
-                    code=code,
+                    code=clean_code(code),
                     scheme=scheme if scheme in SCHEMES else None,
                     source=self.key,
                     at=now_iso(),
