@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -279,3 +279,23 @@ def test_cli_diagnose_upload_goes_through_the_outbox(tmp_path):
     assert json.loads(content["diagnosis.json"]) == json.loads(done.stdout)
     assert manifest["trigger"]["kind"] == "manual" and manifest["trigger"]["code"] == "96"
     assert Outbox(tmp_path / "outbox", 1 << 30).entries() == []
+
+
+def test_tls_verified_against_the_configured_ca(outbox, tmp_path):
+    import ssl
+
+    from probes.emulators.acquirer import issue, make_ca, pem
+
+    ca = make_ca("posdiag test support CA")
+    cert, key = issue(ca, datetime.now(UTC) + timedelta(days=30))
+    (tmp_path / "server.pem").write_bytes(cert + key)
+    (tmp_path / "ca.pem").write_bytes(pem(ca[0]))
+    (tmp_path / "other-ca.pem").write_bytes(pem(make_ca("someone else")[0]))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.pem")
+    ids = fill(outbox, 2)
+    with UploadServer(TOKEN, tls=context) as server:
+        wrong = flush(outbox, Client(upload_settings(server.url, ca_file=str(tmp_path / "other-ca.pem"), max_attempts=2)))
+        assert wrong.sent == [] and wrong.remaining == 2 and "SSLError" in wrong.stopped
+        right = flush(outbox, Client(upload_settings(server.url, ca_file=str(tmp_path / "ca.pem"))))
+    assert right.sent == ids and server.store_order == ids

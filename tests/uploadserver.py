@@ -21,6 +21,7 @@ import contextlib
 import email.utils
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,8 +34,9 @@ Hook = Callable[[str, int], None]
 
 
 class UploadServer:
-    def __init__(self, token: str, port: int = 0, max_bytes: int = 8 << 20) -> None:
+    def __init__(self, token: str, port: int = 0, max_bytes: int = 8 << 20, tls: ssl.SSLContext | None = None) -> None:
         self.token = token
+        self.tls = tls
         self.port = port
         self.max_bytes = max_bytes
         self.faults: collections.deque[str] = collections.deque()
@@ -50,12 +52,14 @@ class UploadServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> UploadServer:
         handler = type("Handler", (Handler,), {"owner": self})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self.httpd.daemon_threads = True
+        if self.tls:
+            self.httpd.socket = self.tls.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
