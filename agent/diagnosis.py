@@ -16,6 +16,7 @@ from agent.correlate import Correlation, RankedCause, correlate
 from agent.errors import UsageError
 from agent.knowledge import ROLES, KnowledgeBase, Text, load_for
 from agent.model import Sweep
+from agent.redact import redact_text
 from agent.runner import Progress, run_probes
 
 
@@ -78,7 +79,8 @@ def explain(kb: KnowledgeBase, code: str | None, scheme: str | None, order: Iter
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
     entry = kb.lookup(code, scheme, order) if code else None
     if entry is None:
-        error = ErrorInfo((code or "").strip(), None, False, None, None)
+        # An unknown code is echoed in every output: a PAN typed or logged as the code is not.
+        error = ErrorInfo(redact_text((code or "").strip())[0], None, False, None, None)
     else:
         error = ErrorInfo(entry.code, entry.scheme, True, entry.meaning, entry.host_answer)
     return Diagnosis(error, sweep, correlate(kb, entry, sweep.results))
