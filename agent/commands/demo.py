@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from agent.commands import add_config_arg, configured
@@ -21,7 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="show posdiag at work on the built-in simulated terminal",
         description=f"Diagnoses the generic terminal code {DEMO_CODE} on a simulated terminal whose printer "
         f"is out of paper ({DEMO_FAULTS}): the probes run their real code against emulated devices, "
-        "the knowledge base ranks the causes, and the diagnosis is printed.",
+        "the knowledge base ranks the causes, and the diagnosis is printed, bundled and uploaded to a "
+        "support server started on loopback (SQLite in a temporary directory). It prints the bundle's "
+        "page and a sign-in, and serves until Ctrl-C when run from a terminal.",
     )
     parser.add_argument("--lang", choices=("zh", "en"), help="language of the output (default: terminal.lang)")
     add_config_arg(parser)
@@ -29,16 +33,60 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
     from agent import render
+    from remote.server.embedded import demo_server
 
-    with configured(args) as config:
-        lang = args.lang or config.section("terminal").lang
-        print(f"$ posdiag diagnose --code {DEMO_CODE} --simulate {DEMO_FAULTS}\n", file=sys.stderr)
-        diagnosis = run_diagnosis(config, render.Progress(sys.stderr))
-    from agent.explain import diagnosis_text
+    with tempfile.TemporaryDirectory(prefix="posdiag-demo-") as tmp, demo_server(Path(tmp)) as server:
+        with served_config(args, server, Path(tmp)) as config:
+            lang = args.lang or config.section("terminal").lang
+            print(f"$ posdiag diagnose --code {DEMO_CODE} --simulate {DEMO_FAULTS}\n", file=sys.stderr)
+            diagnosis = run_diagnosis(config, render.Progress(sys.stderr))
+            from agent.explain import diagnosis_text
 
-    print(diagnosis_text(diagnosis, lang, "technician"))
+            print(diagnosis_text(diagnosis, lang, "technician"))
+            bundle_id = upload(config, diagnosis)
+        print(f"\nbundle page: {server.url}/bundles/{bundle_id}\nsign in:     {server.user} / {server.password}")
+        if sys.stdout.isatty():  # someone can open the page; from a pipe or a test, stop here
+            wait_for_ctrl_c()
     return 0
+
+
+@contextlib.contextmanager
+def served_config(args: argparse.Namespace, server, workdir):  # noqa: ANN001, ANN201 - heavy types imported lazily
+    """The simulated terminal's config, enrolled at the demo's support server."""
+    from agent import config
+    from probes.emulators import SimulatedTerminal
+
+    with SimulatedTerminal.from_spec(args.simulate) as terminal:
+        yield config.load(args.config, config.merge(terminal.overrides, server.agent_overrides(workdir)))
+
+
+def upload(config, diagnosis) -> str:  # noqa: ANN001 - heavy types imported lazily
+    """Bundle the diagnosis, put it in the outbox and upload it, as the agent does."""
+    from agent import bundle
+    from agent.commands.bundle_cmd import upload_now
+    from agent.outbox import Outbox
+
+    doc = diagnosis.to_dict()
+    trigger = bundle.Trigger("error", DEMO_CODE, doc["error"]["scheme"])
+    inp = bundle.diagnosis_input(config, doc, trigger)
+    built = bundle.build(inp, bundle.Limits.from_config(config), config.section("upload").token)
+    outbox = Outbox.from_config(config)
+    outbox.put(built.data, built.bundle_id)
+    upload_now(config, outbox, built.bundle_id)
+    return built.bundle_id
+
+
+def wait_for_ctrl_c() -> None:
+    print("the support server runs until Ctrl-C", file=sys.stderr)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
 
 
 def run_diagnosis(config: Config, progress: Progress | None = None) -> Diagnosis:

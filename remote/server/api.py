@@ -89,7 +89,7 @@ def _basic(request: Request) -> tuple[str, str] | None:
     return (name, password) if sep else None
 
 
-async def terminal_auth(request: Request, _: Any = Depends(bearer_scheme)) -> dict[str, Any]:
+async def terminal_auth(request: Request, _: Annotated[Any, Depends(bearer_scheme)]) -> dict[str, Any]:
     token = _bearer(request)
     found = await run_in_threadpool(service(request).terminal_for_token, token) if token else None
     if found is None:
@@ -98,7 +98,7 @@ async def terminal_auth(request: Request, _: Any = Depends(bearer_scheme)) -> di
 
 
 async def user_auth(
-    request: Request, _b: Any = Depends(basic_scheme), _c: Any = Depends(cookie_scheme)
+    request: Request, _b: Annotated[Any, Depends(basic_scheme)], _c: Annotated[Any, Depends(cookie_scheme)]
 ) -> User:
     srv = service(request)
     pair = _basic(request)
@@ -113,7 +113,7 @@ async def user_auth(
 
 
 def role(*allowed: str) -> Any:
-    async def check(user: User = Depends(user_auth)) -> User:
+    async def check(user: Annotated[User, Depends(user_auth)]) -> User:
         if user.role not in allowed:
             raise ApiError(403, "forbidden", f"role {user.role} may not do this")
         return user

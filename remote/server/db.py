@@ -117,7 +117,7 @@ def parse_time(text: str) -> datetime:
 
 def make_engine(url: str) -> Engine:
     """An engine for `sqlite:///path` or `postgresql://...` (driven by psycopg 3)."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
+    if url.startswith(("postgresql://", "postgres://")):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})

@@ -39,9 +39,11 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):
         if "en" in value or "zh" in value:
             return " / ".join(str(value[k]) for k in ("en", "zh") if value.get(k))
-        if "id" in value:
-            rest = value.get("detail") or value.get("weight") or ""
-            return f"{value['id']} {rest}".strip()
+        key = value.get("id") or value.get("finding")
+        if key:
+            text = f"{key}: {value['detail']}" if value.get("detail") else str(key)
+            weight = value.get("weight")
+            return text + (f" (weight {weight:g})" if isinstance(weight, int | float) else "")
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 

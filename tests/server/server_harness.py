@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,22 +10,26 @@ from pathlib import Path
 
 import pytest
 import requests
+from server_bundles import PASSWORD
 
 from remote.server import store
 from remote.server.app import create_app
+from remote.server.embedded import serving
 from remote.server.service import Service
-from server_bundles import PASSWORD
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def pg_reachable() -> str | None:
+    """None when PostgreSQL answers, else why not (the skip reason)."""
     try:
         import psycopg
-
+    except ImportError as exc:
+        return f"psycopg is not installed: {exc}"
+    try:
         with psycopg.connect(PG_ADMIN, connect_timeout=3):
             return None
-    except Exception as exc:  # any failure to connect means: no PostgreSQL here
+    except psycopg.Error as exc:
         return f"PostgreSQL at 127.0.0.1:5432 (user postgres, db test) unreachable: {exc}"
 
 
@@ -88,36 +89,16 @@ def default_settings():
     return config.convert(ServerSettings, data, "server", lambda _key: "packaged posdiag.toml")
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 def start_server(
     db_url: str, data_dir: Path, backend: str, settings=None, users: bool = True
 ) -> Iterator[RunningServer]:
-    import uvicorn
-
+    """A generator: yields the running server once, stops it when resumed or closed."""
     app = create_app(db_url, data_dir, settings or default_settings())
     service: Service = app.state.service
     for role in ("support", "technician", "admin") if users else ():
         store.add_user(service.engine, role, role, PASSWORD)
-    sock = free_socket()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
     try:
-        yield RunningServer(f"http://127.0.0.1:{port}", service, backend)
+        with serving(app) as url:
+            yield RunningServer(url, service, backend)
     finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
         service.close()

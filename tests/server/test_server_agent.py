@@ -46,7 +46,7 @@ def test_commands_poll_runs_the_request_and_closes_it(server, tmp_path):
     )
     done = subprocess.run(
         [str(POSDIAG), "commands", "poll", "--json", "--simulate", "healthy", "--config", str(config)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     bundle_id = json.loads(done.stdout.strip().splitlines()[-1])["bundle_id"]
@@ -56,6 +56,6 @@ def test_commands_poll_runs_the_request_and_closes_it(server, tmp_path):
     assert (record["trigger_kind"], record["command_id"], record["code"]) == ("remote", command["id"], "E3")
     again = subprocess.run(
         [str(POSDIAG), "commands", "poll", "--json", "--simulate", "healthy", "--config", str(config)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert json.loads(again.stdout.strip().splitlines()[-1]) == {"command": None}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from server_bundles import PASSWORD
+
 from remote.server import auth
 
 CLI = Path(sys.executable).parent / "posdiag-support"
@@ -95,7 +95,7 @@ def test_session_cookie_reads_the_api_but_never_changes_anything(server):
 
 def run(data: Path, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(CLI), "--data", str(data), *args], capture_output=True, text=True, input=input, timeout=60
+        [str(CLI), "--data", str(data), *args], capture_output=True, text=True, input=input, timeout=60, check=False
     )
 
 

@@ -1,60 +1,40 @@
-"""A real browser (headless Debian chromium via Selenium) against the real server: sign in,
-find a bundle by its code, open it, see the top cause, request probes for its terminal.
+"""A real browser (headless Debian chromium via Selenium; the `browser` fixture is in
+conftest.py): sign in, find a bundle by its code, open it, see the top cause, request probes
+for its terminal. Once against the test server on SQLite and PostgreSQL, once against
+`posdiag demo` itself (run on a pty, as from a terminal, and stopped with Ctrl-C).
 Screenshots go to the test's tmp dir."""
 
 from __future__ import annotations
 
-import shutil
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-
+import requests
 from server_bundles import PASSWORD, make_bundle
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+POSDIAG = Path(sys.executable).parent / "posdiag"
 
 
-@pytest.fixture()
-def browser(tmp_path):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip(f"chromium or chromedriver not installed ({CHROMIUM}, {CHROMEDRIVER})")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'profile'}",
-    ):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.implicitly_wait(5)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def test_sign_in_find_open_and_request_probes(server, browser, tmp_path):
+def walk(browser, base: str, user: str, password: str, code: str, terminal_id: str, shots: Path) -> str:
+    """The support person's path through the pages; returns the top cause's text."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
-    tid, token = server.terminal("B")
-    code = f"Z{uuid.uuid4().hex[:5]}"
-    bundle_id, body = make_bundle(token, tid, code=code, cause="printer.paper_out", category="printer")
-    assert server.upload(token, body, bundle_id).status_code == 201
-    shots = tmp_path / "screenshots"
     shots.mkdir()
-
-    browser.get(server.url + "/")
+    browser.get(base + "/")
     assert "/login" in browser.current_url
-    browser.find_element(By.ID, "name").send_keys("technician")
-    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "name").send_keys(user)
+    browser.find_element(By.ID, "password").send_keys(password)
     browser.save_screenshot(str(shots / "1-sign-in.png"))
     browser.find_element(By.ID, "sign-in").click()
     assert browser.find_element(By.ID, "chart").is_displayed()
@@ -71,18 +51,78 @@ def test_sign_in_find_open_and_request_probes(server, browser, tmp_path):
     rows[0].find_element(By.CSS_SELECTOR, "td a").click()
     assert browser.find_element(By.ID, "code").text == code
     top = browser.find_element(By.ID, "top-cause").text
-    assert "Cause printer.paper_out" in top and "70%" in top and "Load paper" in top
     browser.save_screenshot(str(shots / "4-bundle.png"))
 
-    browser.find_element(By.LINK_TEXT, tid).click()
+    browser.find_element(By.LINK_TEXT, terminal_id).click()
     browser.find_element(By.CSS_SELECTOR, "input[name=probe][value=printer]").click()
     browser.find_element(By.ID, "probe-code").send_keys(code)
     browser.find_element(By.ID, "request-probes").click()
     assert "queued" in browser.find_element(By.ID, "requested").text
     browser.save_screenshot(str(shots / "5-requested.png"))
+    assert all((shots / f).stat().st_size > 1000 for f in ("1-sign-in.png", "4-bundle.png", "5-requested.png"))
+    return top
 
+
+def test_sign_in_find_open_and_request_probes(server, browser, tmp_path):
+    tid, token = server.terminal("B")
+    code = f"Z{uuid.uuid4().hex[:5]}"
+    bundle_id, body = make_bundle(token, tid, code=code, cause="printer.paper_out", category="printer")
+    assert server.upload(token, body, bundle_id).status_code == 201
+
+    top = walk(browser, server.url, "technician", PASSWORD, code, tid, tmp_path / "screenshots")
+    assert "Cause printer.paper_out" in top and "70%" in top and "Load paper" in top
     commands = server.get(f"/api/v1/terminals/{tid}/commands").json()
     assert [(c["probes"], c["code"], c["requested_by"], c["status"]) for c in commands] == [
         (["printer"], code, "technician", "queued")
     ]
-    assert all((shots / name).stat().st_size > 1000 for name in ("1-sign-in.png", "4-bundle.png", "5-requested.png"))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """`posdiag demo` with its stdout on a pty: it prints the bundle page and a sign-in, then
+    serves until Ctrl-C. Yields (url, user, password); the teardown checks the clean stop."""
+    main, side = pty.openpty()
+    proc = subprocess.Popen(
+        [str(POSDIAG), "demo", "--lang", "en"], stdout=side, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    os.close(side)
+    out = b""
+    deadline = time.monotonic() + 90
+    while not re.search(rb"sign in:\s+\S+ / \S+\r?\n", out):
+        assert time.monotonic() < deadline and proc.poll() is None, out.decode(errors="replace")
+        if select.select([main], [], [], 1)[0]:
+            out += os.read(main, 65536)
+    text = out.decode()
+    url = re.search(r"bundle page: (\S+)", text).group(1)
+    user, password = re.search(r"sign in:\s+(\S+) / (\S+)", text).groups()
+    try:
+        yield url, user, password, text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(20)
+        os.close(main)
+        err = proc.stderr.read().decode()
+    assert code == 0 and "stopped" in err and "Traceback" not in err, err
+
+
+def test_demo_prints_a_working_page_and_sign_in(demo):
+    url, user, password, text = demo
+    assert "Error 3000 (terminal)" in text and "printer.paper_out" in text
+    assert requests.get(url, allow_redirects=False, timeout=10).status_code == 303  # signed out: to /login
+    bundle_id = url.rsplit("/", 1)[1]
+    detail = requests.get(url.replace("/bundles/", "/api/v1/bundles/"), auth=(user, password), timeout=10).json()
+    assert detail["record"]["id"] == bundle_id
+    assert (detail["record"]["code"], detail["record"]["terminal_id"]) == ("3000", "DEMO-0001")
+    assert detail["diagnosis"]["causes"][0]["id"] == detail["record"]["top_cause"]
+
+
+def test_demo_bundle_in_a_browser(demo, browser, tmp_path):
+    url, user, password, _ = demo
+    base = url.split("/bundles/")[0]
+    top_id = requests.get(url.replace("/bundles/", "/api/v1/bundles/"), auth=(user, password), timeout=10).json()[
+        "record"
+    ]["top_cause"]
+    top = walk(browser, base, user, password, "3000", "DEMO-0001", tmp_path / "screenshots")
+    assert top_id in top and "%" in top
+    commands = requests.get(f"{base}/api/v1/terminals/DEMO-0001/commands", auth=(user, password), timeout=10).json()
+    assert [(c["probes"], c["code"], c["status"]) for c in commands] == [(["printer"], "3000", "queued")]

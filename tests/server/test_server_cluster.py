@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import sqlalchemy as sa
-
-from remote.server.db import bundles
 from server_bundles import make_bundle
 from server_harness import fresh_pg_database, start_server
+
+from remote.server.db import bundles
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -38,7 +38,7 @@ def test_same_bundle_to_two_servers_at_once_is_stored_once(pair):
         bundle_id, body = make_bundle(token, tid)
         barrier = threading.Barrier(16)
 
-        def send(i: int) -> int:
+        def send(i: int, token=token, body=body, bundle_id=bundle_id, barrier=barrier) -> int:
             barrier.wait()
             return (first if i % 2 else second).upload(token, body, bundle_id).status_code
 

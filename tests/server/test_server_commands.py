@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 import sqlalchemy as sa
+from server_bundles import make_bundle
 
 from remote.server.db import commands
-from server_bundles import make_bundle
 
 
 def poll(server, tid: str, token: str) -> requests.Response:

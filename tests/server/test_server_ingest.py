@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 import sqlalchemy as sa
-
 from server_bundles import make_bundle, sign, tar_gz
+
 from remote.server.db import bundles as bundles_table
 
 
@@ -88,7 +88,7 @@ def test_bundle_id_of_another_terminal_is_a_conflict(server):
 @pytest.mark.parametrize("token", [None, "pdt_nonsense", ""])
 def test_missing_or_unknown_token_is_401(server, token):
     tid, real = server.terminal()
-    bundle_id, body = make_bundle(real, tid)
+    _, body = make_bundle(real, tid)
     headers = {"Content-Type": "application/gzip"}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -175,7 +175,7 @@ def test_link_device_or_directory_member_is_400(server, kind):
 
 
 def test_too_many_members_is_400(server):
-    tid, token = server.terminal()
+    _, token = server.terminal()
     many = [(f"logs/{i}.log", b"") for i in range(server.service.settings.max_members + 1)]
     assert_error(server.upload(token, tar_gz(many)), 400, "too_many_members")
 
@@ -273,7 +273,7 @@ def raw_post(url: str, headers: dict[str, str], body: bytes, chunked: bool = Fal
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_ten_megabyte_body_over_the_cap_is_413(server, chunked):
-    tid, token = server.terminal()
+    _, token = server.terminal()
     body = bytes(10 * 1024 * 1024)
     assert len(body) > server.service.settings.max_bundle_bytes
     status, answer = raw_post(

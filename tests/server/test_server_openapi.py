@@ -9,15 +9,14 @@ import hypothesis
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
-from schemathesis.checks import not_a_server_error
 from schemathesis.checks import (
     content_type_conformance,
+    not_a_server_error,
     response_schema_conformance,
     status_code_conformance,
 )
-
-from server_harness import fresh_pg_database, start_server
 from server_bundles import PASSWORD
+from server_harness import fresh_pg_database, start_server
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES = 12
@@ -35,7 +34,7 @@ def fresh_server(request, tmp_path):
 
 def test_openapi_document_holds(fresh_server):
     srv = fresh_server
-    tid, token = srv.terminal()
+    _, token = srv.terminal()
     terminal_auth = {"Authorization": f"Bearer {token}"}
     user_auth = {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
     schema = schemathesis.openapi.from_url(srv.url + "/openapi.json")

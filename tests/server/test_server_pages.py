@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import requests
-
 from server_bundles import PASSWORD, make_bundle
 
 XSS = '<script>alert("x")</script>'

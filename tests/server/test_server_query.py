@@ -6,7 +6,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
 from server_bundles import make_bundle
 
 
@@ -108,7 +107,7 @@ def test_detail_and_download(server, fleet):
 
 
 def test_stats(server, fleet):
-    model, made, terminals = fleet
+    model, _, terminals = fleet
     stats = server.get("/api/v1/stats", params={"days": 30, "top": 100}).json()
     by = {name: {c["key"]: c["count"] for c in stats[name]} for name in stats if name.startswith("by_") or name == "top_terminals"}
     assert by["by_model"][model] == 7
