@@ -193,13 +193,13 @@ def flush(outbox: Outbox, client: Client, progress: Progress | None = None) -> F
     """Upload every waiting bundle, oldest first. A bundle leaves the outbox only after the
     server confirmed it; a bundle that keeps failing ends this run (later ones would too)."""
     report = FlushReport()
+    note: Progress = progress or (lambda entry, state: None)
     with outbox.flushing():
         for entry in outbox.entries():
             try:
                 data = entry.path.read_bytes()
             except FileNotFoundError:  # evicted meanwhile
                 continue
-            note = progress or (lambda e, s: None)
             note(entry, "sending")
             try:
                 delivered = client.send(data, entry.bundle_id)

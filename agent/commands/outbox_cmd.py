@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     flush.set_defaults(handler=handle_flush)
 
 
-def open_outbox(args: argparse.Namespace):  # -> agent.outbox.Outbox
+def open_outbox(args: argparse.Namespace):  # -> (Config, Outbox); typed imports stay out of cold start
     from agent import config
     from agent.errors import ConfigError
     from agent.outbox import Outbox
