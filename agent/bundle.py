@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.redact import Redactor
+from agent.redact import Redactor, redact_text
 
 SCHEMA = "posdiag.bundle/1"
 MANIFEST = "manifest.json"
@@ -224,7 +224,7 @@ def make_manifest(
         "created_at": iso_utc(now),
         "trigger": {
             "kind": inp.trigger.kind,
-            "code": inp.trigger.code,
+            "code": redact_text(inp.trigger.code)[0] if inp.trigger.code else inp.trigger.code,
             "scheme": inp.trigger.scheme,
             "command_id": inp.trigger.command_id,
             "events": inp.trigger.events,
