@@ -38,6 +38,7 @@ def handle_show(args: argparse.Namespace) -> int:
     from agent import config
     from agent.errors import UsageError
     from agent.knowledge import load_for
+    from agent.redact import redact_text
 
     cfg = config.load(args.config)
     kb = load_for(cfg)
@@ -50,7 +51,8 @@ def handle_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([code_dict(kb, c) for c in found], ensure_ascii=False, indent=2))
     elif not found:
-        print(f"{args.code}: not in the knowledge base" if lang == "en" else f"{args.code}：知识库中没有此码")
+        shown = redact_text(args.code)[0]  # a PAN looked up by mistake is not echoed
+        print(f"{shown}: not in the knowledge base" if lang == "en" else f"{shown}：知识库中没有此码")
     for code in [] if args.json else found:
         print(code_text(kb, code, lang))
     return 0 if found else 1
