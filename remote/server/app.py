@@ -25,6 +25,8 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
         version="1",
         description="Bundle ingest from terminals, search for support, probe requests. "
         "Errors are JSON {error, detail}.",
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN; the document itself is served
+        redoc_url=None,
     )
     app.state.service = service
     app.router.add_event_handler("shutdown", service.close)
