@@ -26,13 +26,32 @@ from agent.errors import ConfigError
 from agent.local_socket import MAX_REQUEST_BYTES, LocalSocket
 from agent.redact import Redactor
 from agent.settings import SECTIONS
-from agent.sources import MAX_CODE_LENGTH, MAX_LINE_BYTES, LogFollower, parse_event_document
+from agent.sources import (
+    MAX_CODE_LENGTH,
+    MAX_LINE_BYTES,
+    LogFollower,
+    parse_event_document,
+)
 from probes import printer
-from probes._reader_drivers import BadFrame, NoReply, ReaderStatus, parse_status, read_frame
+from probes._reader_drivers import (
+    BadFrame,
+    NoReply,
+    ReaderStatus,
+    parse_status,
+    read_frame,
+)
 from probes._serial_line import Line
 
-FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-FEW = settings(max_examples=60, deadline=3000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=150,
+    deadline=2000,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+FEW = settings(
+    max_examples=60,
+    deadline=3000,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 def toml_value(value) -> str:
@@ -40,18 +59,31 @@ def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+        return (
+            "nan"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else repr(value)
+        )
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return (
+        "{"
+        + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
+        + "}"
+    )
 
 
 def toml_document(tables: dict) -> str:
-    return "\n".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in tables.items()) + "\n"
+    return (
+        "\n".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in tables.items())
+        + "\n"
+    )
 
 
 scalars = st.one_of(
@@ -59,9 +91,26 @@ scalars = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63 - 1),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=30),
-    st.sampled_from(["", "unix:/tmp/x.sock", "127.0.0.1:0", "(?P<code>\\d+)", "zh", "serial", "{cause}"]),
+    st.sampled_from(
+        [
+            "",
+            "unix:/tmp/x.sock",
+            "127.0.0.1:0",
+            "(?P<code>\\d+)",
+            "zh",
+            "serial",
+            "{cause}",
+        ]
+    ),
 )
-json_like = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=12)
+json_like = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 def check_config_error(err: ConfigError, path: Path) -> None:
@@ -92,8 +141,16 @@ def known_keys() -> list[tuple[str, ...]]:
     import dataclasses
 
     base = config.load()
-    keys = [(name, f.name) for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
-    keys += [("probes", probe, f.name) for probe, s in base.probes.items() for f in dataclasses.fields(type(s))]
+    keys = [
+        (name, f.name)
+        for name, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+    ]
+    keys += [
+        ("probes", probe, f.name)
+        for probe, s in base.probes.items()
+        for f in dataclasses.fields(type(s))
+    ]
     return keys
 
 
@@ -114,14 +171,21 @@ def nest(pairs: list[tuple[tuple[str, ...], object]]) -> dict:
 
 
 log_source = st.fixed_dictionaries(
-    {"path": st.text(max_size=20), "patterns": st.lists(st.text(max_size=20) | st.just("x(?P<code>\\w+)"), max_size=3)},
+    {
+        "path": st.text(max_size=20),
+        "patterns": st.lists(
+            st.text(max_size=20) | st.just("x(?P<code>\\w+)"), max_size=3
+        ),
+    },
     optional={"scheme": st.text(max_size=10), "junk": scalars},
 )
 
 
 @FUZZ
 @given(
-    pairs=st.lists(st.tuples(st.sampled_from(KNOWN_KEYS), json_like), min_size=1, max_size=6),
+    pairs=st.lists(
+        st.tuples(st.sampled_from(KNOWN_KEYS), json_like), min_size=1, max_size=6
+    ),
     sources=st.none() | st.lists(log_source, max_size=2) | json_like,
 )
 def test_config_with_random_values_for_known_keys(tmp_path_factory, pairs, sources):
@@ -159,12 +223,19 @@ def assert_within_bounds(loaded: config.Config) -> None:
 
 @pytest.mark.parametrize(
     ("pattern", "problem"),
-    [("(?P<code>\\d+", "regular expression"), ("error (\\d+)", "code"), ("[", "regular expression"), ("(?P<cod>x)", "code")],
+    [
+        ("(?P<code>\\d+", "regular expression"),
+        ("error (\\d+)", "code"),
+        ("[", "regular expression"),
+        ("(?P<cod>x)", "code"),
+    ],
 )
 def test_a_log_pattern_that_cannot_work_is_refused_at_load(tmp_path, pattern, problem):
     path = tmp_path / "posdiag.toml"
     good = "rc=(?P<code>\\d\\d)"
-    path.write_text(f"[[daemon.log_sources]]\npath = '/var/log/app.log'\npatterns = ['{good}', '{pattern}']\n")
+    path.write_text(
+        f"[[daemon.log_sources]]\npath = '/var/log/app.log'\npatterns = ['{good}', '{pattern}']\n"
+    )
     with pytest.raises(ConfigError) as err:
         config.load(str(path))
     assert str(path) in str(err.value)
@@ -175,12 +246,29 @@ def test_a_log_pattern_that_cannot_work_is_refused_at_load(tmp_path, pattern, pr
 # ---------------------------------------------------------------- knowledge base
 
 
-KB_TOP = ["scheme", "engine", "codes", "causes", "findings", "categories", "dispatch", "junk"]
+KB_TOP = [
+    "scheme",
+    "engine",
+    "codes",
+    "causes",
+    "findings",
+    "categories",
+    "dispatch",
+    "junk",
+]
 text_table = st.fixed_dictionaries({"zh": scalars, "en": scalars})
 kb_entry = st.one_of(
     json_like,
     st.fixed_dictionaries(  # a code
-        {"meaning": text_table | json_like, "host_answer": st.booleans() | scalars, "causes": st.dictionaries(st.sampled_from(["printer.paper_out", "network.dns", "x"]), scalars, max_size=2)},
+        {
+            "meaning": text_table | json_like,
+            "host_answer": st.booleans() | scalars,
+            "causes": st.dictionaries(
+                st.sampled_from(["printer.paper_out", "network.dns", "x"]),
+                scalars,
+                max_size=2,
+            ),
+        },
         optional={"open": st.booleans()},
     ),
     st.fixed_dictionaries(  # a cause
@@ -188,17 +276,50 @@ kb_entry = st.one_of(
             "category": st.sampled_from(["printer", "network", "nonsense"]),
             "dispatch": st.sampled_from(["none", "remote", "onsite", "x"]),
             "title": text_table,
-            "actions": st.dictionaries(st.sampled_from(["merchant", "technician", "support"]), st.lists(text_table, max_size=2), max_size=3),
+            "actions": st.dictionaries(
+                st.sampled_from(["merchant", "technician", "support"]),
+                st.lists(text_table, max_size=2),
+                max_size=3,
+            ),
         },
-        optional={"support": st.dictionaries(st.sampled_from(["printer.paper_out", "nope"]), scalars, max_size=2)},
+        optional={
+            "support": st.dictionaries(
+                st.sampled_from(["printer.paper_out", "nope"]), scalars, max_size=2
+            )
+        },
     ),
-    st.fixed_dictionaries({"rank": scalars, "reason": text_table, "escalated": text_table}),  # a verdict
-    st.fixed_dictionaries({"title": text_table, "probes": st.lists(scalars, max_size=2), "ok_weight": scalars}),  # a category
+    st.fixed_dictionaries(
+        {"rank": scalars, "reason": text_table, "escalated": text_table}
+    ),  # a verdict
+    st.fixed_dictionaries(
+        {
+            "title": text_table,
+            "probes": st.lists(scalars, max_size=2),
+            "ok_weight": scalars,
+        }
+    ),  # a category
 )
-kb_names = st.sampled_from(["51", "E3", "printer.paper_out", "printer.mine", "onsite", "printer", "none", "x.y"]) | st.text(max_size=10)
+kb_names = st.sampled_from(
+    [
+        "51",
+        "E3",
+        "printer.paper_out",
+        "printer.mine",
+        "onsite",
+        "printer",
+        "none",
+        "x.y",
+    ]
+) | st.text(max_size=10)
 kb_document = st.dictionaries(
     st.sampled_from(KB_TOP),
-    st.one_of(st.dictionaries(kb_names, kb_entry, max_size=3), scalars, st.fixed_dictionaries({}, optional={"open_prior": scalars, "unexplained_cause": scalars})),
+    st.one_of(
+        st.dictionaries(kb_names, kb_entry, max_size=3),
+        scalars,
+        st.fixed_dictionaries(
+            {}, optional={"open_prior": scalars, "unexplained_cause": scalars}
+        ),
+    ),
     max_size=4,
 )
 
@@ -210,25 +331,42 @@ def load_extra(tmp_path_factory, text: str) -> None:
     try:
         kb = knowledge.load((str(path),))
     except ConfigError as err:
-        assert str(path) in str(err) or str(knowledge.packaged_dir()) in str(err), str(err)
+        assert str(path) in str(err) or str(knowledge.packaged_dir()) in str(err), str(
+            err
+        )
         return
     for code in kb.codes.values():
         assert all(math.isfinite(p) for p in code.causes.values()), code
     for cause in kb.causes.values():
-        assert all(math.isfinite(w) for w in [*cause.support.values(), *cause.weaken.values()]), cause
+        assert all(
+            math.isfinite(w) for w in [*cause.support.values(), *cause.weaken.values()]
+        ), cause
     assert math.isfinite(kb.open_prior)
 
 
 @FUZZ
 @given(text=st.text(max_size=300))
-@example(text='scheme = "v"\n[codes."x"]\nmeaning = {zh = "a", en = "b"}\nhost_answer = false\nopen = true\ncauses = {}\n')
+@example(
+    text='scheme = "v"\n[codes."x"]\nmeaning = {zh = "a", en = "b"}\nhost_answer = false\nopen = true\ncauses = {}\n'
+)
 def test_knowledge_file_with_arbitrary_text(tmp_path_factory, text):
     load_extra(tmp_path_factory, text)
 
 
 @FUZZ
 @given(doc=kb_document)
-@example(doc={"scheme": "v", "codes": {"x": {"meaning": {"zh": "a", "en": "b"}, "host_answer": False, "causes": {"printer.paper_out": math.nan}}}})
+@example(
+    doc={
+        "scheme": "v",
+        "codes": {
+            "x": {
+                "meaning": {"zh": "a", "en": "b"},
+                "host_answer": False,
+                "causes": {"printer.paper_out": math.nan},
+            }
+        },
+    }
+)
 @example(doc={"engine": {"open_prior": math.inf}})
 def test_knowledge_file_with_random_entries(tmp_path_factory, doc):
     load_extra(tmp_path_factory, toml_document(doc))
@@ -248,12 +386,24 @@ log_chunk = st.one_of(
     st.binary(max_size=300),
     st.text(max_size=200).map(lambda t: t.encode("utf-8")),
     st.text(max_size=100).map(lambda t: t.encode("gb18030")),
-    st.sampled_from([b"\xff\xfe\x00\x00", b"\x00" * 50, "应答码:51\n".encode("gb18030"), b"response code=05\n", b"ERR E3 cup\n", b"\r\n"]),
+    st.sampled_from(
+        [
+            b"\xff\xfe\x00\x00",
+            b"\x00" * 50,
+            "应答码:51\n".encode("gb18030"),
+            b"response code=05\n",
+            b"ERR E3 cup\n",
+            b"\r\n",
+        ]
+    ),
 )
 
 
 @FUZZ
-@given(chunks=st.lists(log_chunk, min_size=1, max_size=6), patterns=st.lists(st.sampled_from(OPERATOR_PATTERNS), min_size=1, max_size=3))
+@given(
+    chunks=st.lists(log_chunk, min_size=1, max_size=6),
+    patterns=st.lists(st.sampled_from(OPERATOR_PATTERNS), min_size=1, max_size=3),
+)
 def test_log_follower_survives_any_bytes(tmp_path_factory, chunks, patterns):
     path = tmp_path_factory.mktemp("log") / "app.log"
     path.write_bytes(b"")
@@ -271,7 +421,9 @@ def test_log_follower_survives_any_bytes(tmp_path_factory, chunks, patterns):
             json.dumps(event.record(), ensure_ascii=False)
             event.done()
         written = path.read_bytes()
-        for event in events:  # an event's offset (and so its id) is where its line starts
+        for (
+            event
+        ) in events:  # an event's offset (and so its id) is where its line starts
             start = event.context["offset"]
             assert start == 0 or written[start - 1 : start] == b"\n", (start, written)
         # Committed: past every event (all are done), at a line start, never past what was read.
@@ -285,13 +437,17 @@ def test_log_follower_survives_any_bytes(tmp_path_factory, chunks, patterns):
         follower.close()
 
 
-def test_a_huge_line_without_newline_is_dropped_and_following_lines_still_match(tmp_path):
+def test_a_huge_line_without_newline_is_dropped_and_following_lines_still_match(
+    tmp_path,
+):
     path = tmp_path / "app.log"
     path.write_bytes(b"")
     follower = LogFollower(path, [re.compile(OPERATOR_PATTERNS[0])], "iso8583", {})
     follower.poll(first=True)
     with path.open("ab") as fh:
-        fh.write(b"response code=91 " + b"\x00\xff" * (3 << 20))  # 6 MiB, no newline, over several reads
+        fh.write(
+            b"response code=91 " + b"\x00\xff" * (3 << 20)
+        )  # 6 MiB, no newline, over several reads
     t0 = time.monotonic()
     for _ in range(8):
         assert follower.poll() == []
@@ -354,7 +510,11 @@ requests_ = st.one_of(
     st.sampled_from(
         [
             b"[" * 60000 + b"\n",
-            b'{"code": "51", "context": ' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}\n",
+            b'{"code": "51", "context": '
+            + b'{"a":' * 5000
+            + b"1"
+            + b"}" * 5000
+            + b"}\n",
             b'{"code": "\xff\xfe"}\n',
             b"\n",
             b'{"code": "51"}' + b" " * (MAX_REQUEST_BYTES + 10),
@@ -380,7 +540,10 @@ def test_socket_answers_a_silent_client_after_its_read_timeout(event_socket):
     t0 = time.monotonic()
     lines = ask(event_socket.address, b'{"code": "51"', half_close=False)
     assert 1.5 < time.monotonic() - t0 < 6
-    assert json.loads(lines[0]) == {"ok": False, "error": "no complete request within 2 s"}
+    assert json.loads(lines[0]) == {
+        "ok": False,
+        "error": "no complete request within 2 s",
+    }
 
 
 # ---------------------------------------------------------------- ESC/POS status and reader frames
@@ -409,11 +572,16 @@ PRINTER_SETTINGS = config.load().probes["printer"]
 
 @FUZZ
 @given(
-    replies=st.lists(st.binary(max_size=3) | st.integers(0, 255).map(lambda b: bytes([b])), max_size=4),
+    replies=st.lists(
+        st.binary(max_size=3) | st.integers(0, 255).map(lambda b: bytes([b])),
+        max_size=4,
+    ),
     port_status=st.none() | st.integers(0, 255),
 )
 def test_printer_status_bytes_give_findings(replies, port_status):
-    observation = printer.observe(ScriptedPrinter(replies, port_status), PRINTER_SETTINGS, time.monotonic() + 1)
+    observation = printer.observe(
+        ScriptedPrinter(replies, port_status), PRINTER_SETTINGS, time.monotonic() + 1
+    )
     assert {f.id for f in observation.findings} <= set(printer.FINDINGS)
     json.dumps(observation.metrics)
 
@@ -437,7 +605,13 @@ def frame_like(body: bytes, length_delta: int, etx: int, lrc_flip: int) -> bytes
 
 reader_bytes = st.one_of(
     st.binary(max_size=300),
-    st.builds(frame_like, st.binary(min_size=0, max_size=40), st.integers(-2, 2) | st.just(0), st.sampled_from([3, 3, 3, 0]), st.sampled_from([0, 0, 1])),
+    st.builds(
+        frame_like,
+        st.binary(min_size=0, max_size=40),
+        st.integers(-2, 2) | st.just(0),
+        st.sampled_from([3, 3, 3, 0]),
+        st.sampled_from([0, 0, 1]),
+    ),
     st.builds(lambda b: frame_like(b"\x81" + b, 0, 3, 0), st.binary(max_size=20)),
 )
 
@@ -468,11 +642,15 @@ def test_reader_frames_decode_or_are_bad_frames(loop_line, data):
 
 
 @FUZZ
-@given(text=st.text(max_size=500) | st.text(alphabet="0123456789 -=^;?%B", max_size=500))
+@given(
+    text=st.text(max_size=500) | st.text(alphabet="0123456789 -=^;?%B", max_size=500)
+)
 def test_redaction_never_raises(text):
     redactor = Redactor()
     assert isinstance(redactor.text(text), str)
-    assert isinstance(redactor.data({"line": text, text: [text, 4111111111111111]}), dict)
+    assert isinstance(
+        redactor.data({"line": text, text: [text, 4111111111111111]}), dict
+    )
 
 
 ADVERSARIAL = {
@@ -505,9 +683,19 @@ NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
 def small_bundle() -> bytes:
-    manifest = {"schema": bundle.SCHEMA, "bundle_id": str(uuid.UUID(int=1)), "files": []}
+    manifest = {
+        "schema": bundle.SCHEMA,
+        "bundle_id": str(uuid.UUID(int=1)),
+        "files": [],
+    }
     body = b'{"ok": true}'
-    manifest["files"] = [{"path": "diagnosis.json", "size": len(body), "sha256": __import__("hashlib").sha256(body).hexdigest()}]
+    manifest["files"] = [
+        {
+            "path": "diagnosis.json",
+            "size": len(body),
+            "sha256": __import__("hashlib").sha256(body).hexdigest(),
+        }
+    ]
     return bundle.pack(manifest, {"diagnosis.json": body}, TOKEN, NOW)
 
 
@@ -534,18 +722,64 @@ def mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
 archives = st.one_of(
     st.binary(max_size=500),
     st.binary(max_size=2000).map(bundle.gzip_bytes),
-    st.builds(mutate, st.just(GOOD), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4), st.none() | st.integers(0, len(GOOD))),
-    st.builds(lambda raw, edits: bundle.gzip_bytes(mutate(raw, edits, None)), st.just(bundle.gunzip(GOOD)), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4)),
+    st.builds(
+        mutate,
+        st.just(GOOD),
+        st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=4),
+        st.none() | st.integers(0, len(GOOD)),
+    ),
+    st.builds(
+        lambda raw, edits: bundle.gzip_bytes(mutate(raw, edits, None)),
+        st.just(bundle.gunzip(GOOD)),
+        st.lists(
+            st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
+            min_size=1,
+            max_size=4,
+        ),
+    ),
     st.builds(
         lambda entries: bundle.gzip_bytes(tar_of(entries)),
-        st.lists(st.tuples(st.sampled_from(["manifest.json", "manifest.sig", "logs/a.log", "../x", "/etc/x"]), st.binary(max_size=50)), max_size=4),
+        st.lists(
+            st.tuples(
+                st.sampled_from(
+                    ["manifest.json", "manifest.sig", "logs/a.log", "../x", "/etc/x"]
+                ),
+                st.binary(max_size=50),
+            ),
+            max_size=4,
+        ),
     ),
-    st.builds(lambda m: bundle.pack(m, {}, TOKEN, NOW), st.dictionaries(st.sampled_from(["schema", "files", "bundle_id", "x"]), json_like, max_size=4)),
-    st.builds(lambda body: bundle.gzip_bytes(tar_of([("manifest.json", body), ("manifest.sig", b"00")])), st.binary(max_size=100) | json_like.map(lambda d: json.dumps(d).encode())),
+    st.builds(
+        lambda m: bundle.pack(m, {}, TOKEN, NOW),
+        st.dictionaries(
+            st.sampled_from(["schema", "files", "bundle_id", "x"]),
+            json_like,
+            max_size=4,
+        ),
+    ),
+    st.builds(
+        lambda body: bundle.gzip_bytes(
+            tar_of([("manifest.json", body), ("manifest.sig", b"00")])
+        ),
+        st.binary(max_size=100) | json_like.map(lambda d: json.dumps(d).encode()),
+    ),
     st.sampled_from(
         [
-            bundle.gzip_bytes(tar_of([("manifest.json", b"[" * 100000), ("manifest.sig", b"00")])),
-            bundle.gzip_bytes(tar_of([("manifest.json", b'{"files": [{"path": "a", "size": []}], "schema": 1}'), ("a", b"x"), ("manifest.sig", b"\xff")])),
+            bundle.gzip_bytes(
+                tar_of([("manifest.json", b"[" * 100000), ("manifest.sig", b"00")])
+            ),
+            bundle.gzip_bytes(
+                tar_of(
+                    [
+                        (
+                            "manifest.json",
+                            b'{"files": [{"path": "a", "size": []}], "schema": 1}',
+                        ),
+                        ("a", b"x"),
+                        ("manifest.sig", b"\xff"),
+                    ]
+                )
+            ),
         ]
     ),
 )
@@ -555,7 +789,9 @@ archives = st.one_of(
 @given(data=archives)
 def test_bundle_read_and_verify_on_random_and_mutated_archives(data):
     problems = bundle.verify(data, TOKEN)
-    assert isinstance(problems, list) and all(isinstance(p, str) and p for p in problems)
+    assert isinstance(problems, list) and all(
+        isinstance(p, str) and p for p in problems
+    )
     try:
         manifest, members = bundle.read(data)
     except bundle.BundleError as err:
@@ -568,5 +804,6 @@ def test_bundle_read_and_verify_on_random_and_mutated_archives(data):
 
 def test_the_untouched_bundle_verifies():
     assert bundle.verify(GOOD, TOKEN) == []
-    assert bundle.verify(GOOD, "other") == ["signature does not match (wrong token, or the manifest was altered)"]
-
+    assert bundle.verify(GOOD, "other") == [
+        "signature does not match (wrong token, or the manifest was altered)"
+    ]
