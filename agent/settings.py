@@ -7,6 +7,7 @@ A new section is one class here and one entry in SECTIONS.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,12 +125,30 @@ class LogSource:
     scheme: str = field(default="")
 
 
+def listen_problem(listen: str) -> str | None:
+    """Why the event socket cannot listen there; "" (off), unix:/path or loopback host:port work."""
+    if not listen:
+        return None
+    if listen.startswith("unix:"):
+        return None if listen[5:] else "expected a path after unix:, e.g. unix:/run/posdiag/events.sock"
+    host, _, port = listen.rpartition(":")
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return f"expected unix:/path or a loopback address and port such as 127.0.0.1:7878, got {listen!r}"
+    if not loopback:
+        return "the event socket listens on loopback only: it is not a network service"
+    if not port.isdigit() or int(port) > 65535:
+        return f"{port!r} is not a TCP port number"
+    return None
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     state_dir: str
     log_sources: list[LogSource]
     last_error_file: str
-    listen: str
+    listen: str = field(metadata={"check": listen_problem})
     busy_lock_files: list[str]
     settle_seconds: float = bounded(0, 60)
     max_wait_seconds: float = bounded(0, 600)
