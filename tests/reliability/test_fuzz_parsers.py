@@ -243,6 +243,23 @@ def test_a_log_pattern_that_cannot_work_is_refused_at_load(tmp_path, pattern, pr
     assert problem in err.value.problem
 
 
+@pytest.mark.parametrize("listen", ["0.0.0.0:7878", "localhost:7878", "127.0.0.1:99999", "127.0.0.1:x", "unix:", "7878"])
+def test_an_event_socket_address_that_cannot_work_is_refused_at_load(tmp_path, listen):
+    path = tmp_path / "posdiag.toml"
+    path.write_text(f'[daemon]\nlisten = "{listen}"\n')
+    with pytest.raises(ConfigError) as err:
+        config.load(str(path))
+    assert str(path) in str(err.value) and "daemon.listen" in str(err.value)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "[::1]:0", "unix:{tmp}/events.sock"])
+def test_an_event_socket_address_that_loads_also_binds(tmp_path, listen):
+    path = tmp_path / "posdiag.toml"
+    path.write_text(f'[daemon]\nlisten = "{listen.format(tmp=tmp_path)}"\n')
+    server = LocalSocket(config.load(str(path)).section("daemon").listen, lambda event: None, 1)
+    server.close()
+
+
 # ---------------------------------------------------------------- knowledge base
 
 
