@@ -86,7 +86,7 @@ def _basic(request: Request) -> tuple[str, str] | None:
         name, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
     except (binascii.Error, UnicodeError, ValueError):
         return None
-    return (name, password) if sep else None
+    return (name, password) if sep and "\x00" not in name + password else None
 
 
 async def terminal_auth(request: Request, _: Annotated[Any, Depends(bearer_scheme)]) -> dict[str, Any]:
@@ -294,7 +294,10 @@ def time_param(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         raise ApiError(422, "invalid_request", "times need a zone, e.g. 2026-01-02T00:00:00Z")
-    return db.stamp(value)
+    try:
+        return db.stamp(value)
+    except OverflowError:
+        raise ApiError(422, "invalid_request", "time out of range") from None
 
 
 @router.get("/bundles", response_model=BundleList, tags=["bundles"], responses=errors(400, 401, 422))

@@ -10,12 +10,27 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.settings import ServerSettings
 from remote.server import api, web
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
 from remote.server.service import Service
+
+
+class RefuseNul:
+    """PostgreSQL cannot store or compare a NUL character: a URL that carries one (%00 in
+    the path or the query) is refused before any handler sees it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (b"%00" in (scope.get("raw_path") or b"") or b"%00" in scope["query_string"]):
+            await api.error_response(422, "invalid_request", "a NUL character in the URL")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI:
@@ -71,6 +86,7 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.add_middleware(RefuseNul)
     app.include_router(api.router)
     app.include_router(web.router)
     return app

@@ -93,15 +93,15 @@ class Bundle:
         return {
             "id": self.id,
             "terminal_id": m.terminal.id,
-            "serial": m.terminal.serial,
-            "model": m.terminal.model,
-            "firmware": m.terminal.firmware,
-            "app_version": m.terminal.app_version,
-            "agent_version": m.agent_version,
+            "serial": clean(m.terminal.serial),
+            "model": clean(m.terminal.model),
+            "firmware": clean(m.terminal.firmware),
+            "app_version": clean(m.terminal.app_version),
+            "agent_version": clean(m.agent_version),
             "trigger_kind": trigger.kind,
-            "code": _text(error.get("code"), 64) or trigger.code,
-            "scheme": _text(error.get("scheme"), 32) or trigger.scheme,
-            "command_id": (trigger.command_id or "").lower() or None,
+            "code": _text(error.get("code"), 64) or _text(trigger.code, 64),
+            "scheme": _text(error.get("scheme"), 32) or _text(trigger.scheme, 32),
+            "command_id": _text((trigger.command_id or "").lower(), 36),
             "top_cause": _text(top.get("id"), 128),
             "top_category": _text(top.get("category"), 32),
             "top_confidence": float(confidence) if isinstance(confidence, int | float) else None,
@@ -111,7 +111,13 @@ class Bundle:
 
 
 def _text(value: Any, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None
+    return (clean(value)[:limit] or None) if isinstance(value, str) else None
+
+
+def clean(text: str) -> str:
+    """A string either database stores: no NUL (PostgreSQL refuses it), no lone surrogate
+    (JSON allows `\\ud800`; UTF-8 does not)."""
+    return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
 
 
 class _CountingReader(io.RawIOBase):
@@ -198,7 +204,7 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, max_members: int,
         raw = json.loads(manifest_bytes)
         manifest = Manifest.model_validate(raw)
         created_at = db.stamp(db.parse_time(manifest.created_at))
-    except (ValueError, ValidationError) as exc:
+    except (ValueError, OverflowError, ValidationError) as exc:
         raise IngestError(422, "bad_manifest", _short(exc)) from None
     if manifest.terminal.id != terminal_id:
         raise IngestError(403, "wrong_terminal", "the manifest names another terminal than the token's")

@@ -80,7 +80,9 @@ class CommandRequest(BaseModel):
     probes: list[ProbeName] | None = Field(
         default=None, max_length=32, description="probe names to run; null or absent: all probes"
     )
-    code: str | None = Field(default=None, max_length=64, description="error code to diagnose with")
+    code: str | None = Field(
+        default=None, max_length=64, pattern=r"^[^\x00-\x1f]*$", description="error code to diagnose with"
+    )
 
 
 class Command(BaseModel):
@@ -111,7 +113,7 @@ class Terminal(BaseModel):
 
 
 class TerminalCreate(BaseModel):
-    id: str = Field(min_length=1, max_length=128)
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f/]+$")
 
 
 class TerminalEnrolled(BaseModel):

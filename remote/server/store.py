@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -16,6 +17,10 @@ from sqlalchemy.exc import IntegrityError
 
 from remote.server import auth, db
 from remote.server.db import bundles, commands, server_keys, terminals, users
+
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class StoreError(Exception):
@@ -225,7 +230,9 @@ def encode_cursor(row: dict[str, Any]) -> str:
 def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         created, bundle_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if not isinstance(created, str) or not isinstance(bundle_id, str):
+        if not (isinstance(created, str) and STAMP.fullmatch(created)):
+            raise TypeError
+        if not (isinstance(bundle_id, str) and UUID.fullmatch(bundle_id)):
             raise TypeError
     except (ValueError, TypeError, UnicodeError):
         raise StoreError("bad_cursor", "cursor is not one this server issued") from None

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from remote.server import auth, chart, db, store
 from remote.server.api import SESSION_COOKIE
+from remote.server.ingest import clean
 from remote.server.service import Service, User
 
 CSRF_COOKIE = "posdiag_csrf"
@@ -106,7 +107,7 @@ async def login(request: Request) -> Response:
     form = await form_checked(request)
     if form is None:
         return render(request, "login.html", status=403, next="/", error="The form expired; please try again.")
-    name, password = form.get("name", [""])[0], form.get("password", [""])[0]
+    name, password = clean(form.get("name", [""])[0]), form.get("password", [""])[0]
     target = _safe_next(form.get("next", ["/"])[0])
     srv = service(request)
     user = await run_in_threadpool(srv.user_by_password, name, password)
@@ -183,9 +184,9 @@ def _day(text: str, next_day: bool = False) -> str | None:
         return None
     try:
         day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
-    except ValueError:
+        return db.stamp(day + timedelta(days=1) if next_day else day)
+    except (ValueError, OverflowError):
         raise ValueError(f"not a date (YYYY-MM-DD): {text[:40]}") from None
-    return db.stamp(day + timedelta(days=1) if next_day else day)
 
 
 @router.get("/bundles/{bundle_id}")
@@ -244,7 +245,7 @@ async def request_probes(request: Request, terminal_id: str) -> Response:
     if form is None:
         return render(request, "error.html", status=403, user=user, message="The form expired; please try again.")
     chosen = [p for p in form.get("probe", []) if p in PROBE_NAMES]
-    code = (form.get("code", [""])[0] or "").strip()[:64] or None
+    code = clean(form.get("code", [""])[0] or "").strip()[:64] or None
     srv = service(request)
     try:
         command = await run_in_threadpool(

@@ -385,3 +385,13 @@ def test_metrics_count_received_rejected_and_latency(server):
     assert value('posdiag_bundles_rejected_total{reason="bad_token"}', text) >= 1
     assert value("posdiag_ingest_seconds_count", text) == value("posdiag_ingest_seconds_count", before) + 3
     assert '# TYPE posdiag_ingest_seconds histogram' in text and 'le="+Inf"' in text
+
+
+def test_nul_and_lone_surrogates_from_a_terminal_are_cleaned_not_a_500(server):
+    tid, token = server.terminal()
+    bundle_id, body = make_bundle(token, tid, model="A\x00B", cause="x\ud800y", code="5\x001")
+    response = server.upload(token, body, bundle_id)
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert (record["model"], record["top_cause"], record["code"]) == ("AB", "x?y", "51")
+    assert server.get(f"/bundles/{bundle_id}").status_code == 200

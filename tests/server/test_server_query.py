@@ -116,3 +116,29 @@ def test_stats(server, fleet):
     assert stats["total"] >= 7
     assert sum(d["count"] for d in stats["per_day"]) == stats["total"]
     assert server.get("/api/v1/stats", params={"days": 0}).status_code == 422
+
+
+def test_nul_in_urls_bodies_and_credentials_is_refused_not_a_500(server):
+    tid, _ = server.terminal()
+    for path in ("/api/v1/bundles?code=%00", "/api/v1/terminals/a%00b/commands", "/bundles?terminal=%00"):
+        response = server.get(path)
+        assert response.status_code == 422 and response.json()["error"] == "invalid_request", path
+    assert server.post(f"/api/v1/terminals/{tid}/commands", json={"code": "a\u0000"}).status_code == 422
+    assert server.post("/api/v1/terminals", user="admin", json={"id": "a\u0000"}).status_code == 422
+    import requests
+
+    assert requests.get(server.url + "/api/v1/bundles", auth=("a\x00b", "x"), timeout=10).status_code == 401
+
+
+def test_crafted_cursors_and_extreme_times_are_refused_not_a_500(server):
+    import base64
+    import json
+
+    for crafted in (["\u0000", "x"], ["2026-01-01T00:00:00.000000Z", "\u0000"], [1, 2], "x"):
+        cursor = base64.urlsafe_b64encode(json.dumps(crafted).encode()).decode()
+        assert server.get("/api/v1/bundles", params={"cursor": cursor}).status_code == 400
+    response = server.get("/api/v1/bundles", params={"since": "9999-12-31T23:59:59-10:00"})
+    assert response.status_code == 422
+    tid, token = server.terminal()
+    bundle_id, body = make_bundle(token, tid, created_at="9999-12-31T23:59:59-10:00")
+    assert server.upload(token, body, bundle_id).json()["error"] == "bad_manifest"
