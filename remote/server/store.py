@@ -18,7 +18,6 @@ from sqlalchemy.exc import IntegrityError
 from remote.server import auth, db
 from remote.server.db import bundles, commands, server_keys, terminals, users
 
-
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
