@@ -32,6 +32,8 @@ amount costs less than a leaked PAN.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 import string
 from collections import Counter
@@ -120,7 +122,8 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def looks_like_pan(digits: str) -> bool:
+def looks_like_pan(digits: str, luhn: bool | None = None) -> bool:
+    """`luhn`: the Luhn check's result when the caller already knows it (see pan_groups)."""
     n = len(digits)
     if not 13 <= n <= 19 or digits[0] == "0":
         return False
@@ -130,7 +133,7 @@ def looks_like_pan(digits: str) -> bool:
         return False
     if n == 14 and _is_timestamp(digits):
         return False
-    return luhn_ok(digits)
+    return luhn_ok(digits) if luhn is None else luhn
 
 
 def _is_timestamp(d: str) -> bool:
@@ -313,18 +316,46 @@ def pan_groups(groups: list[str]) -> set[int]:
     covered, and a covered stretch is masked as one: its first 6 and last 4 digits never
     reveal more of any PAN in it than that PAN's own first 6 and last 4.
     """
+    # Linear, and cheap per window, because a megabyte of "12 12 12 ..." is half a million
+    # groups and millions of windows: windows of 13-19 digits are found by bisection, their
+    # Luhn sums come from prefix sums, and a window inside a covered stretch is not checked.
     covered: set[int] = set()
+    joined = "".join(groups)
+    offsets = list(itertools.accumulate(map(len, groups), initial=0))  # group i is joined[offsets[i]:offsets[i + 1]]
+    shorts = list(itertools.accumulate((len(g) < 2 for g in groups), initial=0))  # groups of 1 digit before i
+    sums = luhn_prefix_sums(joined)
+    reach = -1  # the last group of the covered stretches so far
     for start in range(len(groups)):
-        total = 0
-        for end in range(start, len(groups)):
-            if end - 1 > start and len(groups[end - 1]) < 2:
+        a = offsets[start]
+        end = bisect.bisect_left(offsets, a + 13, start + 1) - 1
+        while end < len(groups) and offsets[end + 1] - a <= 19:
+            if end - 1 > start and shorts[end] > shorts[start + 1]:
                 break
-            total += len(groups[end])
-            if total > 19:
-                break
-            if total >= 13 and looks_like_pan("".join(groups[start : end + 1])):
+            b = offsets[end + 1]
+            luhn = (sums[b % 2][b] - sums[b % 2][a]) % 10 == 0
+            if end > reach and (luhn or joined.startswith("62", a)) and looks_like_pan(joined[a:b], luhn):
                 covered.update(range(start, end + 1))
+                reach = end
+            end += 1
     return covered
+
+
+DIGIT_VALUE = bytes.maketrans(b"0123456789", bytes(range(10)))
+DOUBLED_VALUE = bytes.maketrans(b"0123456789", bytes([0, 2, 4, 6, 8, 1, 3, 5, 7, 9]))  # 2d, digits summed
+
+
+def luhn_prefix_sums(digits: str) -> tuple[list[int], list[int]]:
+    """sums[p][i]: the Luhn sum of digits[:i] with the digits at positions of parity p doubled.
+    Luhn doubles every second digit from the right, so digits[a:b] passes Luhn when
+    sums[b % 2][b] - sums[b % 2][a] is a multiple of 10."""
+    raw = digits.encode("ascii")
+    plain, doubled = raw.translate(DIGIT_VALUE), raw.translate(DOUBLED_VALUE)
+    out = []
+    for parity in (0, 1):
+        weights = bytearray(plain)
+        weights[parity::2] = doubled[parity::2]
+        out.append(list(itertools.accumulate(weights, initial=0)))
+    return out[0], out[1]
 
 
 def redact_text(text: str) -> tuple[str, dict[str, int]]:
