@@ -70,6 +70,7 @@ KV_PLAIN = re.compile(
     r"(?<![A-Za-z0-9_.\-])(?P<k>" + _NAME + r")[ \t]*(?P<sep>[=:])(?!//)[ \t]*"
     r"(?P<v>\"[^\"\r\n]{0,4096}\"|'[^'\r\n]{0,4096}'|[^\s,;&\"'<>}\])]{1,4096})"
 )
+MAX_KV_DEPTH = 8
 BEARER = re.compile(r"(?<![A-Za-z])(?P<k>Bearer|Basic)[ \t]+(?P<v>[A-Za-z0-9._~+/=\-]{8,})")
 BEARER_WORDS = frozenset({"Bearer", "Basic"})
 CVV_WORD = re.compile(r"(?<![A-Za-z0-9])(?P<k>(?i:cvv2?|cvc2?|cvn2?))[ \t]+(?P<v>\d{3,4})(?![0-9])")
@@ -150,6 +151,7 @@ class Redactor:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter({kind: 0 for kind in KINDS})
+        self._kv_depth = 0
 
     def text(self, text: str) -> str:
         text = on_lines(text, ISO_HINT, self._iso_passes)
@@ -242,7 +244,14 @@ class Redactor:
         if masked is not None:
             return head + quote + masked + quote
         if "=" in raw or ":" in raw:  # a value may hide the next pair: cfg=password:x
-            return head + KV_PLAIN.sub(self._plain_kv, raw)
+            if self._kv_depth >= MAX_KV_DEPTH:  # a=a=a=...: no log nests pairs this deep; one recursion per level
+                self.counts["secret"] += 1
+                return head + MASK
+            self._kv_depth += 1
+            try:
+                return head + KV_PLAIN.sub(self._plain_kv, raw)
+            finally:
+                self._kv_depth -= 1
         return m[0]
 
     def _bearer(self, m: re.Match[str]) -> str:
