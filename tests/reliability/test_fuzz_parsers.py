@@ -670,6 +670,18 @@ def test_redaction_never_raises(text):
     )
 
 
+def test_a_line_of_chained_pairs_neither_exhausts_the_stack_nor_leaks(tmp_path):
+    line = "response code=05 token a" + "=a" * 3000 + " pwd=a=b=c=d=e=f=g=h=i=j=k=hunter2"
+    assert "hunter2" not in Redactor().text(line)
+    path = tmp_path / "app.log"
+    path.write_bytes(b"")
+    follower = LogFollower(path, [re.compile(OPERATOR_PATTERNS[0])], "iso8583", {})
+    follower.poll(first=True)
+    path.write_text(line + "\n")
+    assert [e.code for e in follower.poll()] == ["05"]  # the watcher thread polls: it must survive
+    follower.close()
+
+
 ADVERSARIAL = {
     "digit groups": "12 ",
     "dashed groups": "4111-1111 ",
