@@ -20,32 +20,52 @@ from pathlib import Path
 DEFAULT_DATA = "/var/lib/posdiag-support"
 
 
+def add_store_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--db, --data, --config: accepted before the subcommand and after it. On the
+    subcommands they default to SUPPRESS, so an option given earlier is not overwritten."""
+
+    def default(value: str | None) -> str | None:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--db", default=default(os.environ.get("POSDIAG_SUPPORT_DB")), help="database URL (default: SQLite in --data)"
+    )
+    parser.add_argument(
+        "--data",
+        default=default(os.environ.get("POSDIAG_SUPPORT_DATA", DEFAULT_DATA)),
+        help=f"blob and SQLite directory (default: {DEFAULT_DATA})",
+    )
+    parser.add_argument(
+        "--config", metavar="PATH", default=default(None), help="posdiag.toml whose [server] section overrides the defaults"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="posdiag-support", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--db", default=os.environ.get("POSDIAG_SUPPORT_DB"), help="database URL (default: SQLite in --data)")
-    parser.add_argument("--data", default=os.environ.get("POSDIAG_SUPPORT_DATA", DEFAULT_DATA), help="blob and SQLite directory")
-    parser.add_argument("--config", metavar="PATH", help="posdiag.toml whose [server] section overrides the defaults")
+    add_store_args(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    add_store_args(common, defaults=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve = sub.add_parser("serve", parents=[common], help="run the HTTP server")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL or SQLite)")
     serve.set_defaults(handler=cmd_serve)
 
     term = sub.add_parser("terminals", help="enrol, list and revoke terminals").add_subparsers(dest="action", required=True)
-    add = term.add_parser("add", help="enrol a terminal and print its token once")
+    add = term.add_parser("add", parents=[common], help="enrol a terminal and print its token once")
     add.add_argument("id")
     add.set_defaults(handler=cmd_terminal_add)
-    term.add_parser("list", help="enrolled terminals").set_defaults(handler=cmd_terminal_list)
-    revoke = term.add_parser("revoke", help="revoke a terminal's token")
+    term.add_parser("list", parents=[common], help="enrolled terminals").set_defaults(handler=cmd_terminal_list)
+    revoke = term.add_parser("revoke", parents=[common], help="revoke a terminal's token")
     revoke.add_argument("id")
     revoke.set_defaults(handler=cmd_terminal_revoke)
 
     users = sub.add_parser("users", help="support users").add_subparsers(dest="action", required=True)
-    uadd = users.add_parser("add", help="add a user")
+    uadd = users.add_parser("add", parents=[common], help="add a user")
     uadd.add_argument("name")
     uadd.add_argument("--role", required=True, choices=("support", "technician", "admin"))
     uadd.add_argument("--password", help="(visible in the process list; prefer the prompt or stdin)")

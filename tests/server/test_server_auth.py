@@ -106,7 +106,9 @@ def test_cli_terminals_and_users(tmp_path):
     assert token.startswith("pdt_") and "shown only this once" in added.stderr
     assert token not in (tmp_path / "posdiag-support.db").read_bytes().decode("latin-1")
     assert run(tmp_path, "terminals", "add", "T-cli").returncode == 2
-    listed = run(tmp_path, "terminals", "list")
+    listed = subprocess.run(
+        [str(CLI), "terminals", "list", "--data", str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert "T-cli" in listed.stdout and "active" in listed.stdout
     assert run(tmp_path, "terminals", "revoke", "T-cli").returncode == 0
     assert "revoked" in run(tmp_path, "terminals", "list").stdout
@@ -123,7 +125,7 @@ def test_cli_serve_answers_and_stops(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [str(CLI), "--data", str(tmp_path), "serve", "--port", str(port)],
+        [str(CLI), "serve", "--data", str(tmp_path), "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
