@@ -163,7 +163,7 @@ def classify(response: requests.Response) -> int:
 def answer_json(response: requests.Response) -> dict[str, Any]:
     try:
         value = json.loads(response.content[:MAX_ANSWER_BYTES] or b"{}")
-    except (ValueError, requests.exceptions.RequestException):
+    except (ValueError, RecursionError, requests.exceptions.RequestException):  # [[[[... is a RecursionError
         return {}
     return value if isinstance(value, dict) else {}
 
