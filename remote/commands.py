@@ -40,7 +40,7 @@ def fetch_next(config: Config, session: requests.Session | None = None) -> dict[
         raise PollError(f"server answered {response.status_code} to the poll")
     try:
         command = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # [[[[... is a RecursionError, not a decode error
         raise PollError("server answered the poll with something that is not JSON") from None
     if not isinstance(command, dict) or not isinstance(command.get("command_id"), str):
         raise PollError("server answered the poll without a command id")
