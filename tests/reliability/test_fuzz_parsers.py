@@ -6,12 +6,15 @@ answer; never another exception and never a hang. Examples are bounded (max_exam
 deadline) so the whole file stays well under a minute.
 """
 
+import dataclasses
+import http.server
 import io
 import json
 import math
 import re
 import socket
 import tarfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -243,7 +246,17 @@ def test_a_log_pattern_that_cannot_work_is_refused_at_load(tmp_path, pattern, pr
     assert problem in err.value.problem
 
 
-@pytest.mark.parametrize("listen", ["0.0.0.0:7878", "localhost:7878", "127.0.0.1:99999", "127.0.0.1:x", "unix:", "7878"])
+@pytest.mark.parametrize(
+    "listen",
+    [
+        "0.0.0.0:7878",
+        "localhost:7878",
+        "127.0.0.1:99999",
+        "127.0.0.1:x",
+        "unix:",
+        "7878",
+    ],
+)
 def test_an_event_socket_address_that_cannot_work_is_refused_at_load(tmp_path, listen):
     path = tmp_path / "posdiag.toml"
     path.write_text(f'[daemon]\nlisten = "{listen}"\n')
@@ -256,7 +269,9 @@ def test_an_event_socket_address_that_cannot_work_is_refused_at_load(tmp_path, l
 def test_an_event_socket_address_that_loads_also_binds(tmp_path, listen):
     path = tmp_path / "posdiag.toml"
     path.write_text(f'[daemon]\nlisten = "{listen.format(tmp=tmp_path)}"\n')
-    server = LocalSocket(config.load(str(path)).section("daemon").listen, lambda event: None, 1)
+    server = LocalSocket(
+        config.load(str(path)).section("daemon").listen, lambda event: None, 1
+    )
     server.close()
 
 
@@ -671,14 +686,18 @@ def test_redaction_never_raises(text):
 
 
 def test_a_line_of_chained_pairs_neither_exhausts_the_stack_nor_leaks(tmp_path):
-    line = "response code=05 token a" + "=a" * 3000 + " pwd=a=b=c=d=e=f=g=h=i=j=k=hunter2"
+    line = (
+        "response code=05 token a" + "=a" * 3000 + " pwd=a=b=c=d=e=f=g=h=i=j=k=hunter2"
+    )
     assert "hunter2" not in Redactor().text(line)
     path = tmp_path / "app.log"
     path.write_bytes(b"")
     follower = LogFollower(path, [re.compile(OPERATOR_PATTERNS[0])], "iso8583", {})
     follower.poll(first=True)
     path.write_text(line + "\n")
-    assert [e.code for e in follower.poll()] == ["05"]  # the watcher thread polls: it must survive
+    assert [e.code for e in follower.poll()] == [
+        "05"
+    ]  # the watcher thread polls: it must survive
     follower.close()
 
 
@@ -836,3 +855,113 @@ def test_the_untouched_bundle_verifies():
     assert bundle.verify(GOOD, "other") == [
         "signature does not match (wrong token, or the manifest was altered)"
     ]
+
+
+# ---------------------------------------------------------------- support-server answers
+
+
+class Answering(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the status, headers and body the test set on the server."""
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer()
+
+    def _answer(self) -> None:
+        status, headers, body = self.server.answer
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def answering_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answering)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def answering_config(server) -> config.Config:
+    loaded = config.load()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    upload = dataclasses.replace(
+        loaded.section("upload"),
+        server_url=url,
+        token="t",
+        max_attempts=1,
+        read_timeout_seconds=5.0,
+    )
+    return dataclasses.replace(loaded, sections={**loaded.sections, "upload": upload})
+
+
+answers = st.tuples(
+    st.sampled_from([200, 201, 204, 301, 400, 401, 404, 408, 413, 429, 500, 503, 599]),
+    st.lists(
+        st.tuples(
+            st.just("Retry-After"),
+            st.text(
+                alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF),
+                max_size=30,
+            )
+            | st.sampled_from(
+                [
+                    "\xb2",
+                    "1e9",
+                    "-5",
+                    "Wed, 21 Oct 2015 07:28:00 GMT",
+                    "99999999999999999999",
+                ]
+            ),
+        ),
+        max_size=1,
+    ),
+    st.binary(max_size=300)
+    | json_like.map(lambda d: json.dumps(d).encode())
+    | st.just(b"[" * 50000),
+)
+
+
+@FEW
+@given(answer=answers)
+@example(answer=(503, [("Retry-After", "\xb2")], b""))
+@example(answer=(400, [], b"[" * 50000))
+def test_upload_answers_are_classified(answering_server, answer):
+    from remote.client import Client, UploadError
+
+    answering_server.answer = answer
+    client = Client(
+        answering_config(answering_server).section("upload"), sleep=lambda s: None
+    )
+    try:
+        status = client.send(GOOD, "00000000-0000-0000-0000-000000000001").status
+    except UploadError as err:
+        assert err.status == answer[0]
+    else:
+        assert 200 <= status < 300
+
+
+@FEW
+@given(answer=answers)
+@example(answer=(200, [], b"[" * 50000))
+def test_poll_answers_give_a_command_none_or_a_poll_error(answering_server, answer):
+    from remote.commands import PollError, fetch_next
+
+    answering_server.answer = answer
+    try:
+        command = fetch_next(answering_config(answering_server))
+    except PollError as err:
+        assert str(err)
+    else:
+        assert command is None or isinstance(command["command_id"], str)
