@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import io
 import json
+import math
 import posixpath
 import tarfile
 import zlib
@@ -23,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from remote.server import auth, db
 
-SCHEMA = "posdiag.bundle/1"
 FIRST, LAST = "manifest.json", "manifest.sig"
 
 
@@ -108,6 +108,26 @@ class Bundle:
             "verdict": _text(dispatch.get("verdict"), 16),
             "created_at": self.created_at,
         }
+
+
+def strict_json(data: bytes) -> Any:
+    """JSON as RFC 8259 has it: no NaN or Infinity (Python's json takes them, and they could
+    not be answered back out as JSON), no nesting deep enough to exhaust the stack."""
+    try:
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -201,7 +221,7 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, max_members: int,
     files = dict(members)
     manifest_bytes = files[FIRST]
     try:
-        raw = json.loads(manifest_bytes)
+        raw = strict_json(manifest_bytes)
         manifest = Manifest.model_validate(raw)
         created_at = db.stamp(db.parse_time(manifest.created_at))
     except (ValueError, OverflowError, ValidationError) as exc:
@@ -212,12 +232,18 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, max_members: int,
     if not _same(files[LAST].strip(), expected):
         raise IngestError(422, "bad_signature", "manifest.sig does not match manifest.json and the terminal's token")
     _check_files(manifest, files)
-    try:
-        diagnosis = json.loads(files["diagnosis.json"])
-    except (KeyError, ValueError):
-        raise IngestError(422, "bad_diagnosis", "diagnosis.json is missing or not JSON") from None
+    if "diagnosis.json" not in files:
+        raise IngestError(422, "missing_member", "diagnosis.json is missing")
+    parsed = {}
+    for name in ("diagnosis.json", "probes.json", "system.json"):
+        if name in files:
+            try:
+                parsed[name] = strict_json(files[name])
+            except ValueError as exc:
+                raise IngestError(422, "bad_member", f"{name} is not JSON ({str(exc)[:100]})") from None
+    diagnosis = parsed["diagnosis.json"]
     if not isinstance(diagnosis, dict):
-        raise IngestError(422, "bad_diagnosis", "diagnosis.json is not a JSON object")
+        raise IngestError(422, "bad_member", "diagnosis.json is not a JSON object")
     return Bundle(manifest, raw, files, diagnosis, created_at)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from dataclasses import dataclass
@@ -127,6 +126,6 @@ def _json(data: bytes | None, default: Any) -> Any:
     if data is None:
         return default
     try:
-        return json.loads(data)
+        return ingest.strict_json(data)
     except ValueError:
         return default

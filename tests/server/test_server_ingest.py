@@ -395,3 +395,21 @@ def test_nul_and_lone_surrogates_from_a_terminal_are_cleaned_not_a_500(server):
     record = response.json()
     assert (record["model"], record["top_cause"], record["code"]) == ("AB", "x?y", "51")
     assert server.get(f"/bundles/{bundle_id}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "document",
+    [b'{"causes": [{"id": "x", "confidence": NaN}]}', b'{"x": 1e999}', b'{"x": -Infinity}', b"[" * 100000, b"[1, 2]"],
+    ids=["nan", "overflow", "infinity", "deep", "not-object"],
+)
+def test_diagnosis_that_is_not_strict_json_is_422(server, document):
+    tid, token = server.terminal()
+
+    def swap(m, inner):
+        out = [(n, document if n == "diagnosis.json" else d) for n, d in inner]
+        for entry in m["files"]:
+            if entry["path"] == "diagnosis.json":
+                entry["size"], entry["sha256"] = len(document), hashlib.sha256(document).hexdigest()
+        return out
+
+    assert_error(server.upload(token, _rebuild(token, tid, swap)), 422, "bad_member")
