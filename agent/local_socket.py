@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,15 @@ class LocalSocket:
 
 
 def read_request(conn: socket.socket) -> bytes:
+    """The request line; TimeoutError when it takes over READ_TIMEOUT_S in all (a client
+    trickling a byte at a time would otherwise hold its thread for hours)."""
+    deadline = time.monotonic() + READ_TIMEOUT_S
     data = b""
     while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        conn.settimeout(remaining)
         chunk = conn.recv(4096)
         if not chunk:
             break
