@@ -965,3 +965,31 @@ def test_poll_answers_give_a_command_none_or_a_poll_error(answering_server, answ
         assert str(err)
     else:
         assert command is None or isinstance(command["command_id"], str)
+
+
+def test_socket_answers_a_trickling_client_within_its_read_timeout(event_socket):
+    with socket.create_connection(event_socket.address, timeout=10) as conn:
+        t0 = time.monotonic()
+        answer = b""
+        for byte in b'{"code": "51", "context": {}}':
+            try:
+                conn.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.25)
+            conn.setblocking(False)
+            try:
+                answer += conn.recv(4096)
+            except BlockingIOError:
+                pass
+            conn.setblocking(True)
+            if answer:
+                break
+        conn.settimeout(5)
+        while not answer.endswith(b"\n"):
+            answer += conn.recv(4096)
+    assert time.monotonic() - t0 < 3.5
+    assert json.loads(answer) == {
+        "ok": False,
+        "error": "no complete request within 2 s",
+    }
