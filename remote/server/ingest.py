@@ -110,24 +110,21 @@ class Bundle:
         }
 
 
-def strict_json(data: bytes) -> Any:
-    """JSON as RFC 8259 has it: no NaN or Infinity (Python's json takes them, and they could
-    not be answered back out as JSON), no nesting deep enough to exhaust the stack."""
+def load_json(data: bytes) -> Any:
+    """JSON, with NaN, Infinity and numbers too big for a float read as null.
+
+    Python's json writes and reads those (agent.bundle uses it), but they are not JSON and
+    could not be answered back out as JSON: a sensor's NaN must not cost the bundle. Nesting
+    deep enough to exhaust the stack is refused."""
     try:
-        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
+        return json.loads(data, parse_constant=lambda _name: None, parse_float=_finite_or_none)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite(text: str) -> float:
+def _finite_or_none(text: str) -> float | None:
     value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:20]} is out of range")
-    return value
+    return value if math.isfinite(value) else None
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -221,7 +218,7 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, max_members: int,
     files = dict(members)
     manifest_bytes = files[FIRST]
     try:
-        raw = strict_json(manifest_bytes)
+        raw = load_json(manifest_bytes)
         manifest = Manifest.model_validate(raw)
         created_at = db.stamp(db.parse_time(manifest.created_at))
     except (ValueError, OverflowError, ValidationError) as exc:
@@ -238,7 +235,7 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, max_members: int,
     for name in ("diagnosis.json", "probes.json", "system.json"):
         if name in files:
             try:
-                parsed[name] = strict_json(files[name])
+                parsed[name] = load_json(files[name])
             except ValueError as exc:
                 raise IngestError(422, "bad_member", f"{name} is not JSON ({str(exc)[:100]})") from None
     diagnosis = parsed["diagnosis.json"]

@@ -126,6 +126,6 @@ def _json(data: bytes | None, default: Any) -> Any:
     if data is None:
         return default
     try:
-        return ingest.strict_json(data)
+        return ingest.load_json(data)
     except ValueError:
         return default

@@ -397,19 +397,28 @@ def test_nul_and_lone_surrogates_from_a_terminal_are_cleaned_not_a_500(server):
     assert server.get(f"/bundles/{bundle_id}").status_code == 200
 
 
-@pytest.mark.parametrize(
-    "document",
-    [b'{"causes": [{"id": "x", "confidence": NaN}]}', b'{"x": 1e999}', b'{"x": -Infinity}', b"[" * 100000, b"[1, 2]"],
-    ids=["nan", "overflow", "infinity", "deep", "not-object"],
-)
-def test_diagnosis_that_is_not_strict_json_is_422(server, document):
-    tid, token = server.terminal()
-
+def _with_diagnosis(document: bytes):
     def swap(m, inner):
-        out = [(n, document if n == "diagnosis.json" else d) for n, d in inner]
         for entry in m["files"]:
             if entry["path"] == "diagnosis.json":
                 entry["size"], entry["sha256"] = len(document), hashlib.sha256(document).hexdigest()
-        return out
+        return [(n, document if n == "diagnosis.json" else d) for n, d in inner]
 
-    assert_error(server.upload(token, _rebuild(token, tid, swap)), 422, "bad_member")
+    return swap
+
+
+@pytest.mark.parametrize("document", [b"[" * 100000, b"[1, 2]", b"{'a': 1}"], ids=["deep", "not-object", "not-json"])
+def test_diagnosis_that_is_not_a_json_object_is_422(server, document):
+    tid, token = server.terminal()
+    assert_error(server.upload(token, _rebuild(token, tid, _with_diagnosis(document))), 422, "bad_member")
+
+
+def test_nan_infinity_and_overflow_are_read_as_null(server):
+    """Python's json (which the agent uses) writes NaN; the bundle is kept, the value is null."""
+    tid, token = server.terminal()
+    document = b'{"causes": [{"id": "x.y", "category": "x", "confidence": NaN}], "t": -Infinity, "big": 1e999}'
+    response = server.upload(token, _rebuild(token, tid, _with_diagnosis(document)))
+    assert response.status_code == 201, response.text
+    assert response.json()["top_confidence"] is None
+    detail = server.get(f"/api/v1/bundles/{response.json()['id']}").json()
+    assert detail["diagnosis"] == {"causes": [{"id": "x.y", "category": "x", "confidence": None}], "t": None, "big": None}
