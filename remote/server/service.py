@@ -37,6 +37,7 @@ class Service:
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._token_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._cache_lock = threading.Lock()
+        self._decoy = auth.hash_password(auth.new_nonce())
 
     def close(self) -> None:
         self.engine.dispose()
@@ -53,7 +54,9 @@ class Service:
         if hit and hit[0] > now:
             return hit[1]
         row = store.get_user(self.engine, name)
-        if row is None or not auth.check_password(password, row["password_hash"]):
+        # An unknown name costs the same scrypt as a known one: timing does not tell names.
+        stored = row["password_hash"] if row else self._decoy
+        if not auth.check_password(password, stored) or row is None:
             return None
         user = User(row["name"], row["role"])
         with self._cache_lock:
