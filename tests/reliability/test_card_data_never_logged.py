@@ -101,6 +101,7 @@ def ask(path: Path, event: dict) -> str:
 
 def test_no_card_data_on_any_path(agent, support_server, tmp_path):
     a = agent(
+        log_level="debug",
         listen=f"unix:{tmp_path / 'events.sock'}",
         last_error_file=str(tmp_path / "last_error.json"),
         debounce_seconds=600.0,
@@ -155,13 +156,24 @@ def test_no_card_data_on_any_path(agent, support_server, tmp_path):
         ),
         ask(tmp_path / "events.sock", {"code": "6212 3456 7890 1234", "context": {}}),
     ]
-    for i, answer in enumerate(answers):
-        assert json.loads(answer)["ok"] is True, answer
+    refused = [
+        ask(
+            tmp_path / "events.sock",
+            {"code": "", "context": {"pan": "4111111111111111"}},
+        ),
+        ask(tmp_path / "events.sock", {"code": "05", "scheme": "4111111111111111"}),
+        ask(tmp_path / "events.sock", {"code": "4111111111111111" * 5}),
+    ]
+    for i, answer in enumerate(answers + refused):
+        assert json.loads(answer)["ok"] is (i < len(answers)), answer
         check(f"socket answer {i}", answer, problems)
 
     # 05 (log), three loose-pattern codes, E3 (last-error file), three socket codes.
     stored = a.wait_for(8, timeout=60)
     assert len(stored) >= 8, (len(stored), a.stderr.read_text())
+    last_error.write_text(
+        '{"code": "E3", "context": {"pan": "4111111111111111", "cvv": "123"'
+    )  # cut short
 
     cli = [
         run_cli(
@@ -235,6 +247,7 @@ def test_no_card_data_on_any_path(agent, support_server, tmp_path):
     assert len(stored) >= 9
     time.sleep(1)  # the agent logs the upload after the server answered
     a.stop()
+    assert f"ignored {last_error}" in a.stderr.read_text()
 
     for item in stored:
         bundle_id = item["bundle_id"] if "bundle_id" in item else item["id"]
