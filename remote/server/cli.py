@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.handler(args))
-    except (PosdiagError, StoreError, SQLAlchemyError) as exc:
+    except (PosdiagError, StoreError, SQLAlchemyError, OSError) as exc:
         print(f"posdiag-support: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
