@@ -57,7 +57,7 @@ class DemoServer:
     def agent_overrides(self, workdir: Path) -> dict[str, Any]:
         """Config for an agent enrolled here, with its outbox and state under `workdir`."""
         return {
-            "terminal": {"id": self.terminal_id},
+            "terminal": {"id": self.terminal_id, "model": "SIM-POS", "firmware": "sim-1.0"},
             "upload": {"server_url": self.url, "token": self.token},
             "outbox": {"dir": str(workdir / "outbox")},
             "daemon": {"state_dir": str(workdir / "state")},
