@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from remote.server import auth, db
 
 FIRST, LAST = "manifest.json", "manifest.sig"
+MAX_JSON_DEPTH = 64  # what the agent writes is a few levels deep; pages and redaction recurse
 
 
 class IngestError(Exception):
@@ -117,9 +118,22 @@ def load_json(data: bytes) -> Any:
     could not be answered back out as JSON: a sensor's NaN must not cost the bundle. Nesting
     deep enough to exhaust the stack is refused."""
     try:
-        return json.loads(data, parse_constant=lambda _name: None, parse_float=_finite_or_none)
+        value = json.loads(data, parse_constant=lambda _name: None, parse_float=_finite_or_none)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH}")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _finite_or_none(text: str) -> float | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from agent.redact import Redactor, redact_text
 from agent.settings import ServerSettings
 from remote.server import auth, db, ingest, store
 from remote.server.blobs import BlobStore
@@ -110,17 +111,20 @@ class Service:
 
     def detail(self, record: dict[str, Any]) -> dict[str, Any]:
         files = self.members(record)
+        # The terminal redacts before anything is written; redacting again here means a
+        # bundle from an agent that missed something still shows no card data to people.
         logs = {
-            name.removeprefix("logs/"): data.decode("utf-8", "replace")
+            name.removeprefix("logs/"): redact_text(data.decode("utf-8", "replace"))[0]
             for name, data in files.items()
             if name.startswith("logs/")
         }
+        again = Redactor()
         return {
             "record": record,
             "manifest": _json(files.get(ingest.FIRST), {}),
-            "diagnosis": _json(files.get("diagnosis.json"), {}),
-            "probes": _json(files.get("probes.json"), None),
-            "system": _json(files.get("system.json"), None),
+            "diagnosis": again.data(_json(files.get("diagnosis.json"), {})),
+            "probes": again.data(_json(files.get("probes.json"), None)),
+            "system": again.data(_json(files.get("system.json"), None)),
             "logs": logs,
         }
 

@@ -407,7 +407,11 @@ def _with_diagnosis(document: bytes):
     return swap
 
 
-@pytest.mark.parametrize("document", [b"[" * 100000, b"[1, 2]", b"{'a': 1}"], ids=["deep", "not-object", "not-json"])
+@pytest.mark.parametrize(
+    "document",
+    [b"[" * 100000, b'{"a": ' + b"[" * 65 + b"]" * 65 + b"}", b"[1, 2]", b"{'a': 1}"],
+    ids=["stack-deep", "deeper-than-64", "not-object", "not-json"],
+)
 def test_diagnosis_that_is_not_a_json_object_is_422(server, document):
     tid, token = server.terminal()
     assert_error(server.upload(token, _rebuild(token, tid, _with_diagnosis(document))), 422, "bad_member")

@@ -123,3 +123,23 @@ def test_sign_out(server):
     page = session.get(server.url + "/", timeout=10)
     session.post(server.url + "/logout", data={"csrf": csrf_of(page.text)}, timeout=10)
     assert session.get(server.url + "/", allow_redirects=False, timeout=10).status_code == 303
+
+
+def test_logs_are_redacted_again_on_the_way_out(server):
+    tid, token = server.terminal()
+    leaked = "12:00 card 4111111111111111 declined\n"
+    bundle_id, body = make_bundle(token, tid, log_text=leaked)
+    server.upload(token, body, bundle_id)
+    html = signed_in(server).get(f"{server.url}/bundles/{bundle_id}", timeout=10).text
+    assert "4111111111111111" not in html and "411111******1111" in html
+    assert "4111111111111111" not in server.get(f"/api/v1/bundles/{bundle_id}").text
+
+
+def test_diagnosis_and_probe_texts_are_redacted_again_on_the_way_out(server):
+    tid, token = server.terminal()
+    probes = [{"name": "card_reader", "status": "fail", "duration_ms": 1.0, "metrics": {},
+               "findings": [{"id": "reader.bad_frame", "severity": "fail", "detail": "echo 4111111111111111", "data": {}}]}]  # fmt: skip
+    bundle_id, body = make_bundle(token, tid, probes=probes)
+    server.upload(token, body, bundle_id)
+    assert "4111111111111111" not in server.get(f"/api/v1/bundles/{bundle_id}").text
+    assert "4111111111111111" not in signed_in(server).get(f"{server.url}/bundles/{bundle_id}", timeout=10).text
