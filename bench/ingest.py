@@ -29,9 +29,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "server"))
 
-from server_bundles import make_bundle  # noqa: E402
+from server_bundles import make_bundle
 
-from remote.server import db, store  # noqa: E402
+from remote.server import db, store
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 CLI = Path(sys.executable).parent / "posdiag-support"
@@ -44,16 +44,17 @@ def free_port() -> int:
 
 
 def pg_database() -> tuple[str, str] | None:
-    try:
-        import psycopg
+    """A fresh database (name, URL), or None with a note when PostgreSQL does not answer."""
+    import psycopg
 
-        name = f"posdiag_bench_{uuid.uuid4().hex[:8]}"
+    name = f"posdiag_bench_{uuid.uuid4().hex[:8]}"
+    try:
         with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
-    except Exception as exc:  # no PostgreSQL here: say so and go on with SQLite
+    except psycopg.Error as exc:
         print(f"postgresql: skipped ({exc})")
         return None
+    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
 
 
 def drop_pg(name: str) -> None:
@@ -63,7 +64,7 @@ def drop_pg(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def client(base: str, fleet: list[tuple[str, str]], per_terminal: int, barrier, results) -> None:  # noqa: ANN001
+def client(base: str, fleet: list[tuple[str, str]], per_terminal: int, barrier, results) -> None:
     """One client process: a thread per terminal, each uploading its bundles one after another."""
     work = {tid: [make_bundle(token, tid, code=str(50 + j % 40)) for j in range(per_terminal)] for tid, token in fleet}
     latencies: list[float] = []
