@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from server_bundles import PASSWORD
+from server_bundles import PASSWORD, make_bundle
 
 from remote.server import auth
 
@@ -118,26 +119,34 @@ def test_cli_terminals_and_users(tmp_path):
     assert run(tmp_path, "users", "add", "cy", "--role", "king", "--password", "whatever12").returncode == 2
 
 
-def test_cli_serve_answers_and_stops(tmp_path):
+def test_cli_serve_answers_takes_its_config_and_stops(tmp_path):
     import socket
 
+    token = run(tmp_path, "terminals", "add", "T-serve").stdout.strip()
+    config = tmp_path / "server.toml"
+    config.write_text("[server]\nmax_bundle_bytes = 4096\n")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [str(CLI), "serve", "--data", str(tmp_path), "--port", str(port)],
+        [str(CLI), "serve", "--data", str(tmp_path), "--port", str(port), "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                health = requests.get(f"{base}/healthz", timeout=2)
                 break
             except requests.ConnectionError:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
                 time.sleep(0.1)
         assert health.json() == {"status": "ok", "database": "sqlite"}
+        _, body = make_bundle(token, "T-serve", log_text=os.urandom(6000).hex())
+        assert len(body) > 4096
+        big = requests.post(f"{base}/api/v1/bundles", data=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert big.status_code == 413
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0  # uvicorn shuts down gracefully on Ctrl-C
