@@ -143,3 +143,22 @@ def test_diagnosis_and_probe_texts_are_redacted_again_on_the_way_out(server):
     server.upload(token, body, bundle_id)
     assert "4111111111111111" not in server.get(f"/api/v1/bundles/{bundle_id}").text
     assert "4111111111111111" not in signed_in(server).get(f"{server.url}/bundles/{bundle_id}", timeout=10).text
+
+
+def test_chart_stacks_categories_per_day_and_scales_to_the_busiest_day():
+    from datetime import date
+
+    from remote.server import chart
+
+    per_day = [
+        {"day": "2026-01-02", "category": "printer", "count": 3},
+        {"day": "2026-01-02", "category": None, "count": 1},
+        {"day": "2026-01-03", "category": "printer", "count": 2},
+    ]
+    drawn = chart.build(per_day, date(2026, 1, 1), 3)
+    assert [name for _, name in drawn.legend] == ["printer", "unknown"]
+    busiest = [b for b in drawn.bars if b.title.startswith("2026-01-02")]
+    assert len(busiest) == 2 and round(min(b.y for b in busiest), 1) == chart.TOP
+    assert round(sum(b.height for b in busiest), 1) == chart.HEIGHT - chart.BOTTOM - chart.TOP
+    assert not [b for b in drawn.bars if b.title.startswith("2026-01-01")]
+    assert [label for _, label in drawn.labels] == ["01-01", "01-02", "01-03"]
