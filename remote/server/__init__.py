@@ -1,12 +1,15 @@
 """The support server: bundle ingest, query API, probe requests and web pages.
 
-    app.py       create_app(): wires everything below into one FastAPI app
+    app.py       create_app(): the API, the pages, /healthz and /metrics in one FastAPI app
+    service.py   the server's state and the operations API and pages share
     db.py        the schema (SQLAlchemy Core, SQLite and PostgreSQL) and engine set-up
+    store.py     reads and writes of bundles, terminals, users and probe requests
     blobs.py     bundle files on disk, content-addressed by sha256
     auth.py      terminal tokens, user passwords (scrypt), signed session cookies, CSRF
-    ingest.py    validation of an uploaded bundle (size, tar safety, manifest, hashes, signature)
-    store.py     reads and writes of bundles, terminals, users and commands
-    api.py       /api/v1 (JSON), web.py the HTML pages, chart.py the SVG chart
+    ingest.py    checks of an uploaded bundle (size, tar safety, manifest, hashes, signature)
+    api.py       /api/v1 (JSON); models.py its response shapes
+    web.py       the HTML pages (templates/); chart.py the SVG chart's geometry
     metrics.py   Prometheus counters and the ingest latency histogram
+    embedded.py  the server in a thread on loopback (posdiag demo, tests)
     cli.py       posdiag-support
 """
