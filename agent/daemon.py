@@ -126,21 +126,30 @@ class Daemon:
         self.kick = threading.Event()
         self.jobs: queue.Queue[Any] = queue.Queue()
         self.sources: Sources | None = None
-        self.socket: LocalSocket | None = None
         self.worker = threading.Thread(target=self.work, name="worker", daemon=True)
         self.uploader = threading.Thread(target=self.upload_loop, name="uploader", daemon=True)
         self.reload_requested = False
         self.retries: list[tuple[float, Group]] = []
-        self._apply(self.config)
+        self.socket: LocalSocket | None = None
+        self._apply(self.config, self._socket_for(self.config))
 
-    def _apply(self, config: Config) -> None:
+    def _apply(self, config: Config, socket: LocalSocket | None) -> None:
         settings = config.section("daemon")
         state_dir = Path(settings.state_dir)
         self.outbox = Outbox.from_config(config)
         self.history = HistoryRing(state_dir / "history.jsonl", settings.history_snapshots)
         self.gate = Gate(settings.settle_seconds, settings.max_wait_seconds, settings.debounce_seconds, settings.max_diagnoses_per_hour)
         self.sources = Sources(config, StateFile(state_dir / "sources.json"), self.jobs.put)
-        self.socket = LocalSocket(settings.listen, self.jobs.put, settings.reply_timeout_seconds) if settings.listen else None
+        self.socket = socket
+
+    def _socket_for(self, config: Config) -> LocalSocket | None:
+        """The event socket `config` asks for: the running one when its address is
+        unchanged, else a newly bound one (OSError when it cannot be bound)."""
+        settings = config.section("daemon")
+        if self.socket is not None and self.socket.listen == settings.listen:
+            self.socket.reply_timeout_s = settings.reply_timeout_seconds
+            return self.socket
+        return LocalSocket(settings.listen, self.jobs.put, settings.reply_timeout_seconds) if settings.listen else None
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -189,15 +198,24 @@ class Daemon:
             self.socket.close()
 
     def reload(self) -> None:
+        """Apply a changed config; a config that does not validate, or whose event socket
+        cannot be bound, is refused and the running one kept."""
         try:
             config = self.load()
-        except ConfigError as exc:
+            socket = self._socket_for(config)
+        except (ConfigError, OSError) as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             return
-        self._stop_sources()
+        if self.sources:
+            self.sources.close()
+        if self.socket is not None and self.socket is not socket:
+            self.socket.close()
+        fresh = socket is not self.socket
         self.config = config
-        self._apply(config)
-        self._start_sources()
+        self._apply(config, socket)
+        self.sources.start()
+        if fresh and socket is not None:
+            socket.start()
         log.info("config reloaded")
 
     def take_snapshot(self) -> None:
@@ -291,10 +309,13 @@ class Daemon:
             self.kick.clear()
             if self.stop.is_set():
                 return
-            self.flush()
-            if kicked or time.monotonic() >= next_poll:
-                self.poll_commands()
-                next_poll = time.monotonic() + settings.command_poll_seconds
+            try:
+                self.flush()
+                if kicked or time.monotonic() >= next_poll:
+                    self.poll_commands()
+                    next_poll = time.monotonic() + settings.command_poll_seconds
+            except Exception as exc:  # a read-only outbox, say: the thread must outlive it
+                log.error("upload round failed, trying again later: %s: %s", type(exc).__name__, exc)
             settings = self.config.section("daemon")
 
     def flush(self) -> None:

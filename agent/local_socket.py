@@ -49,6 +49,7 @@ def bind(listen: str) -> socket.socket:
 
 class LocalSocket:
     def __init__(self, listen: str, submit: Callable[[ErrorEvent], None], reply_timeout_s: float) -> None:
+        self.listen = listen
         self.sock = bind(listen)
         self.submit = submit
         self.reply_timeout_s = reply_timeout_s

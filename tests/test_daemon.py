@@ -104,3 +104,25 @@ def test_sigkill_during_a_burst_loses_nothing_and_duplicates_nothing(agent):
             seen[ev["id"]] = b["id"]
     diagnosed = {line.rsplit("bundle ", 1)[1].strip() for line in a.stderr.read_text().splitlines() if "dispatch" in line}
     assert diagnosed == set(ids)
+
+
+def test_reload_to_a_socket_address_in_use_is_refused_and_the_old_socket_keeps_answering(agent):
+    import json as _json
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken, socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+        probe.close()
+        a = agent(listen=f"127.0.0.1:{free_port}", reply_timeout_seconds=5.0)
+        a.start()
+        a.daemon["listen"] = f"127.0.0.1:{taken.getsockname()[1]}"
+        a.write_config()
+        a.proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert "config reload refused" in a.stderr.read_text()
+        with socket.create_connection(("127.0.0.1", free_port), timeout=5) as conn:
+            conn.sendall(b'{"code": "51", "scheme": "iso8583"}\n')
+            answer = _json.loads(conn.makefile().readline())
+        assert answer["ok"] and answer["diagnosis"]["code"] == "51"
+        assert a.proc.poll() is None
