@@ -18,7 +18,6 @@ from remote.server.blobs import BlobStore
 from remote.server.metrics import Metrics
 
 BASIC_CACHE_SECONDS = 60.0
-TOKEN_CACHE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,6 @@ class Service:
         self.metrics = Metrics()
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
-        self._token_cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._cache_lock = threading.Lock()
         self._decoy = auth.hash_password(auth.new_nonce())
 
@@ -67,21 +65,10 @@ class Service:
         return user
 
     def terminal_for_token(self, token: str) -> dict[str, Any] | None:
-        """The active terminal of a bearer token. A match is kept for a few seconds (so a
-        revocation takes effect within TOKEN_CACHE_SECONDS) to spare a query per upload."""
-        key = auth.token_digest(token)
-        now = time.monotonic()
-        with self._cache_lock:
-            hit = self._token_cache.get(key)
-        if hit and hit[0] > now:
-            return hit[1]
-        found = store.terminal_for_token(self.engine, token)
-        if found is not None:
-            with self._cache_lock:
-                if len(self._token_cache) > 10000:
-                    self._token_cache.clear()
-                self._token_cache[key] = (now + TOKEN_CACHE_SECONDS, found)
-        return found
+        """The active terminal of a bearer token, asked of the database on every request
+        (one lookup on the unique token_sha256 index): a revocation, made on any server,
+        is refused from the next request on. No cache: a cached match outlived revocation."""
+        return store.terminal_for_token(self.engine, token)
 
     def user_by_session(self, cookie: str | None) -> User | None:
         session = self.signer.read_session(cookie)
