@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# `make soak` sets this: fuzz examples and kill rounds are multiplied by it.
+SOAK = max(1, int(os.environ.get("POSDIAG_SOAK", "1")))
 POSDIAG = Path(sys.executable).parent / "posdiag"
 
 

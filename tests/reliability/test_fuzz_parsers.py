@@ -44,14 +44,15 @@ from probes._reader_drivers import (
     read_frame,
 )
 from probes._serial_line import Line
+from tests.conftest import SOAK
 
 FUZZ = settings(
-    max_examples=150,
+    max_examples=150 * SOAK,
     deadline=2000,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 FEW = settings(
-    max_examples=60,
+    max_examples=60 * SOAK,
     deadline=3000,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
