@@ -35,6 +35,7 @@ class PtyDevice:
         os.set_blocking(self._master, False)
         self.path = os.ttyname(self._slave)
         self.received = bytearray()
+        self.line_fault: str | None = None
         self.stream_random = False
         self._out = bytearray()
         self._lock = threading.Lock()
@@ -62,6 +63,13 @@ class PtyDevice:
     def send(self, data: bytes) -> None:
         with self._lock:
             self._out += data
+
+    def set_line_fault(self, fault: str | None) -> None:
+        """Misbehave on the line from now on ("random" streams random bytes; the other
+        faults are the subclass's to act on), forgetting any queued output."""
+        self.line_fault = fault
+        self.stream_random = fault == "random"
+        self.clear_output()
 
     def clear_output(self) -> None:
         """Forget queued output (a huge reply still being written) so the next exchange is clean."""

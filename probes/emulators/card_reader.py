@@ -58,11 +58,6 @@ class ReaderEmulator(PtyDevice):
         self._inbox = bytearray()
         self.set_line_fault(line_fault)
 
-    def set_line_fault(self, fault: LineFault | None) -> None:
-        self.line_fault = fault
-        self.stream_random = fault == "random"
-        self.clear_output()
-
     def on_data(self, data: bytes) -> None:
         self._inbox += data
         while True:

@@ -70,11 +70,6 @@ class PrinterEmulator(PtyDevice):
         self._pending = b""
         self.set_line_fault(line_fault)
 
-    def set_line_fault(self, fault: LineFault | None) -> None:
-        self.line_fault = fault
-        self.stream_random = fault == "random"
-        self.clear_output()
-
     def on_data(self, data: bytes) -> None:
         buf = self._pending + data
         i = 0
