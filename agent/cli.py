@@ -17,10 +17,15 @@ posdiag probes a payment terminal's card reader, printer, power, storage and net
 explains an error code in the light of what it found, and sends a bundle to support.
 
 examples:
-  posdiag probe                                  probe everything, readable table
-  posdiag probe --simulate printer.paper_out     the same on a simulated terminal
-  posdiag probe --only power,storage --json      two probes, JSON for machines
-  posdiag config check /etc/posdiag/posdiag.toml validate a config file
+  posdiag diagnose --code 51                      explain response code 51 (zh; --lang en)
+  posdiag diagnose --code E3 --role merchant      what the merchant can do about E3
+  posdiag probe                                   probe everything, readable table
+  posdiag probe --only power,storage --json       two probes, JSON for machines
+  posdiag demo                                    all of it on the built-in simulated terminal
+  posdiag diagnose --code 3000 --simulate printer.paper_out
+  posdiag codes search 签到                        look codes up without probing
+  posdiag redact app.log > clean.log              remove card data before sharing a log
+  posdiag run                                     the agent (config/posdiag.service)
 """
 
 
