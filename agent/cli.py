@@ -23,7 +23,7 @@ examples:
   posdiag probe --only power,storage --json       two probes, JSON for machines
   posdiag demo                                    all of it on the built-in simulated terminal
   posdiag diagnose --code 3000 --simulate printer.paper_out
-  posdiag codes search 签到                        look codes up without probing
+  posdiag codes search 签到                      look codes up without probing
   posdiag redact app.log > clean.log              remove card data before sharing a log
   posdiag run                                     the agent (config/posdiag.service)
 """
