@@ -61,6 +61,10 @@ def progress_line(args: argparse.Namespace) -> Iterator[Any]:
         progress.clear()
 
 
+def add_lang_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lang", choices=("zh", "en"), help="language of the readable output (default: terminal.lang)")
+
+
 def add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
 

@@ -4,7 +4,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from agent.commands import add_config_arg, add_json_arg
+from agent.commands import add_config_arg, add_json_arg, add_lang_arg
 
 if TYPE_CHECKING:
     from agent.knowledge import Code, KnowledgeBase
@@ -22,13 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="what a code means and its candidate causes")
     show.add_argument("code")
     show.add_argument("--scheme", help="only this scheme")
-    show.add_argument("--lang", choices=("zh", "en"), help="language (default: terminal.lang)")
+    add_lang_arg(show)
     add_json_arg(show)
     add_config_arg(show)
     show.set_defaults(handler=handle_show)
     search = actions.add_parser("search", help="codes whose meaning contains TEXT (zh or en)")
     search.add_argument("text")
-    search.add_argument("--lang", choices=("zh", "en"), help="language (default: terminal.lang)")
+    add_lang_arg(search)
     add_json_arg(search)
     add_config_arg(search)
     search.set_defaults(handler=handle_search)

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from agent.commands import add_config_arg, configured
+from agent.commands import add_config_arg, add_lang_arg
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "support server started on loopback (SQLite in a temporary directory). It prints the bundle's "
         "page and a sign-in, and serves until Ctrl-C when run from a terminal.",
     )
-    parser.add_argument("--lang", choices=("zh", "en"), help="language of the output (default: terminal.lang)")
+    add_lang_arg(parser)
     add_config_arg(parser)
     parser.set_defaults(handler=handle, simulate=DEMO_FAULTS)
 

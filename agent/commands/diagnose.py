@@ -7,6 +7,7 @@ import sys
 from agent.commands import (
     add_config_arg,
     add_json_arg,
+    add_lang_arg,
     add_only_arg,
     add_simulate_arg,
     configured,
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--code", required=True, help="the code the terminal showed: 51, A0, E3, 3000, ConnectError, ...")
     parser.add_argument("--scheme", help="look the code up only in this scheme (iso8583, cup, terminal, exception, ...)")
-    parser.add_argument("--lang", choices=("zh", "en"), help="language of the readable output (default: terminal.lang)")
+    add_lang_arg(parser)
     parser.add_argument(
         "--role", choices=("merchant", "technician", "support"), default="technician", help="whose actions to show"
     )

@@ -7,6 +7,7 @@ import sys
 from agent.commands import (
     add_config_arg,
     add_json_arg,
+    add_lang_arg,
     add_only_arg,
     add_simulate_arg,
     configured,
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Exit 0 when nothing failed, 1 when a finding of severity fail exists, 2 on usage or config errors.",
     )
     add_only_arg(parser)
+    add_lang_arg(parser)
     parser.add_argument(
         "--print-test", action="store_true", help="also print a short test page on the receipt printer if it is ready"
     )
@@ -48,5 +50,5 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(sweep.to_dict(), ensure_ascii=False, indent=2))
     else:
-        print(render.sweep_table(sweep, config.section("terminal").lang))
+        print(render.sweep_table(sweep, args.lang or config.section("terminal").lang))
     return 1 if sweep.has_failure() else 0
