@@ -1,6 +1,6 @@
 """`posdiag-support`: run the support server and manage its terminals and users.
 
-  posdiag-support serve [--db URL] [--data DIR] [--host H] [--port P] [--workers N]
+  posdiag-support serve [--db URL] [--data DIR] [--host H] [--port P] [--workers N] [--access-log]
   posdiag-support terminals add ID | list | revoke ID
   posdiag-support users add NAME --role support|technician|admin [--password P]
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL or SQLite)")
+    serve.add_argument("--access-log", action="store_true", help="log every request to stdout (card data redacted)")
     serve.set_defaults(handler=cmd_serve)
 
     term = sub.add_parser("terminals", help="enrol, list and revoke terminals").add_subparsers(dest="action", required=True)
@@ -107,6 +108,8 @@ def engine(args: argparse.Namespace):  # -> Engine
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from remote.server.logs import log_config
+
     os.environ["POSDIAG_SUPPORT_DB"] = db_url(args)
     os.environ["POSDIAG_SUPPORT_DATA"] = str(Path(args.data).resolve())
     if args.config:
@@ -120,8 +123,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_level="warning",
-        access_log=False,
+        log_config=log_config(args.access_log),
+        log_level=None,
+        access_log=args.access_log,
     )
     return 0
 
