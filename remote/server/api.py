@@ -21,6 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
+from agent.redact import redact_text
 from remote.server import db, store
 from remote.server.ingest import IngestError
 from remote.server.models import (
@@ -57,7 +58,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    # A refusal may quote what it refused (a manifest's created_at, a path): mask card data in it.
+    return JSONResponse({"error": code, "detail": redact_text(detail)[0]}, status_code=status, headers=headers)
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
