@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agent.redact import redact_text
 from remote.server import auth, db
 
 FIRST, LAST = "manifest.json", "manifest.sig"
@@ -94,11 +95,11 @@ class Bundle:
         return {
             "id": self.id,
             "terminal_id": m.terminal.id,
-            "serial": clean(m.terminal.serial),
-            "model": clean(m.terminal.model),
-            "firmware": clean(m.terminal.firmware),
-            "app_version": clean(m.terminal.app_version),
-            "agent_version": clean(m.agent_version),
+            "serial": shown(m.terminal.serial),
+            "model": shown(m.terminal.model),
+            "firmware": shown(m.terminal.firmware),
+            "app_version": shown(m.terminal.app_version),
+            "agent_version": shown(m.agent_version),
             "trigger_kind": trigger.kind,
             "code": _text(error.get("code"), 64) or _text(trigger.code, 64),
             "scheme": _text(error.get("scheme"), 32) or _text(trigger.scheme, 32),
@@ -143,6 +144,12 @@ def _finite_or_none(text: str) -> float | None:
 
 def _text(value: Any, limit: int) -> str | None:
     return (clean(value)[:limit] or None) if isinstance(value, str) else None
+
+
+def shown(text: str) -> str:
+    """A free-text manifest field as the API and pages show it: cleaned, card data masked
+    (the agent redacts logs, not its configured model or firmware strings)."""
+    return redact_text(clean(text))[0]
 
 
 def clean(text: str) -> str:

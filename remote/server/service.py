@@ -108,12 +108,23 @@ class Service:
         again = Redactor()
         return {
             "record": record,
-            "manifest": _json(files.get(ingest.FIRST), {}),
+            "manifest": _manifest(files.get(ingest.FIRST)),
             "diagnosis": again.data(_json(files.get("diagnosis.json"), {})),
             "probes": again.data(_json(files.get("probes.json"), None)),
             "system": again.data(_json(files.get("system.json"), None)),
             "logs": logs,
         }
+
+
+def _manifest(data: bytes | None) -> Any:
+    """The manifest with its terminal's free text masked like the stored record (the rest
+    is ids, hashes and counts, which Redactor.data would take for secrets by their keys)."""
+    manifest = _json(data, {})
+    if isinstance(manifest, dict) and isinstance(manifest.get("terminal"), dict):
+        manifest["terminal"] = {
+            k: ingest.shown(v) if isinstance(v, str) else v for k, v in manifest["terminal"].items()
+        }
+    return manifest
 
 
 def _json(data: bytes | None, default: Any) -> Any:
