@@ -106,7 +106,7 @@ class Bundle:
             "command_id": _text((trigger.command_id or "").lower(), 36),
             "top_cause": _text(top.get("id"), 128),
             "top_category": _text(top.get("category"), 32),
-            "top_confidence": float(confidence) if isinstance(confidence, int | float) else None,
+            "top_confidence": _finite(confidence),
             "verdict": _text(dispatch.get("verdict"), 16),
             "created_at": self.created_at,
         }
@@ -135,6 +135,16 @@ def _depth(value: Any) -> int:
             deepest = max(deepest, level)
             stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
     return deepest
+
+
+def _finite(value: Any) -> float | None:
+    """A JSON number as a float column; None for other types and integers beyond a float."""
+    if not isinstance(value, int | float):
+        return None
+    try:
+        return _finite_or_none(str(float(value)))
+    except OverflowError:
+        return None
 
 
 def _finite_or_none(text: str) -> float | None:

@@ -7,6 +7,7 @@ form carries a CSRF token (see auth.py); the session cookie is HttpOnly and Same
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,35 @@ def _show(value: Any) -> str:
         key = value.get("id") or value.get("finding")
         if key:
             text = f"{key}: {value['detail']}" if value.get("detail") else str(key)
-            weight = value.get("weight")
-            return text + (f" (weight {weight:g})" if isinstance(weight, int | float) else "")
+            weight = _finite(value.get("weight"))
+            return text + (f" (weight {weight:g})" if weight is not None else "")
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
+def _finite(value: Any) -> float | None:
+    """A JSON number as a float; None for anything else, and for integers too big for one."""
+    if not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _percent(value: Any) -> str:
+    number = _finite(value)
+    return "" if number is None or not math.isfinite(number * 100) else f"{number * 100:.0f}%"
+
+
+def _items(value: Any) -> list[Any]:
+    """What a page loops over: a JSON list, or nothing (a terminal may send any shape)."""
+    return value if isinstance(value, list) else []
+
+
 templates.filters["show"] = _show
+templates.filters["percent"] = _percent
+templates.filters["items"] = _items
 templates.globals["qs"] = lambda **kw: urlencode({k: v for k, v in kw.items() if v})
 
 router = APIRouter(include_in_schema=False)
