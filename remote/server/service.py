@@ -108,12 +108,24 @@ class Service:
         again = Redactor()
         return {
             "record": record,
-            "manifest": _manifest(files.get(ingest.FIRST)),
-            "diagnosis": again.data(_json(files.get("diagnosis.json"), {})),
-            "probes": again.data(_json(files.get("probes.json"), None)),
-            "system": again.data(_json(files.get("system.json"), None)),
+            "manifest": _cleaned(_manifest(files.get(ingest.FIRST))),
+            "diagnosis": _cleaned(again.data(_json(files.get("diagnosis.json"), {}))),
+            "probes": _cleaned(again.data(_json(files.get("probes.json"), None))),
+            "system": _cleaned(again.data(_json(files.get("system.json"), None))),
             "logs": logs,
         }
+
+
+def _cleaned(value: Any) -> Any:
+    """Every string (keys too) without lone surrogates and NULs: JSON text may carry
+    `\\ud800`, which no UTF-8 answer can. Depth is bounded by ingest.MAX_JSON_DEPTH."""
+    if isinstance(value, str):
+        return ingest.clean(value)
+    if isinstance(value, dict):
+        return {ingest.clean(k) if isinstance(k, str) else k: _cleaned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v) for v in value]
+    return value
 
 
 def _manifest(data: bytes | None) -> Any:
