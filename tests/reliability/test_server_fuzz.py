@@ -235,13 +235,15 @@ ODD_SHAPES = [
     {"causes": [{"id": "x", "evidence_for": 5, "evidence_against": {"a": 1}, "actions": {"merchant": 3}}]},
     {"causes": [{"id": "x", "confidence": 10**400, "evidence_for": [{"id": "f", "weight": 10**400}]}]},
     {"causes": [{"id": "x", "confidence": -(10**30), "evidence_for": [{"id": "f", "weight": True}]}]},
+    {"causes": [{"id": "x\ud800", "title": {"en": "\udfff"}}], "\ud800": ["\ud800\x00"]},
 ]
 
 
-@pytest.mark.parametrize("fields", ODD_SHAPES, ids=["findings-bool", "lists-as-numbers", "huge-ints", "huge-negative"])
+@pytest.mark.parametrize("fields", ODD_SHAPES, ids=["findings-bool", "lists-as-numbers", "huge-ints", "huge-negative", "surrogates"])
 def test_odd_diagnosis_shapes_found_by_fuzzing_are_stored_and_shown(target, fields):
-    """Found by the fuzz above: a non-list where the page loops (500), and a JSON integer
-    too big for a float as a confidence or weight (OverflowError at ingest and on the page)."""
+    """Found by the fuzz above: a non-list where the page loops (500), a JSON integer too
+    big for a float as a confidence or weight (OverflowError at ingest and on the page), and
+    a lone surrogate in the JSON (the detail API could not encode its answer: 500)."""
     _server, tid, token, _api, _pages = target
     _, fresh = make_bundle(token, tid)
     with tarfile.open(fileobj=io.BytesIO(fresh), mode="r:gz") as tar:
@@ -250,3 +252,10 @@ def test_odd_diagnosis_shapes_found_by_fuzzing_are_stored_and_shown(target, fiel
     probes = {"probes": [{"name": "printer", "status": "fail", "findings": 7, "metrics": {"a": 10**400}}]}
     change = {"diagnosis.json": json.dumps(diagnosis).encode(), "probes.json": json.dumps(probes).encode()}
     assert post(target, rebuild(token, fresh, change=change)).status_code == 201
+
+
+def test_a_lone_surrogate_in_the_manifest_reads_back(target):
+    _server, tid, token, _api, _pages = target
+    _, fresh = make_bundle(token, tid)
+    extra = {"redaction": {"\ud800": "\udfff"}, "note": "a\ud800b"}
+    assert post(target, rebuild(token, fresh, manifest=extra)).status_code == 201
