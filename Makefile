@@ -23,5 +23,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
+# Longer than CI: fuzzing and kill rounds x20, then ten minutes of fleet load.
+soak: $(STAMP)
+	POSDIAG_SOAK=20 $(PY) -m pytest -q -p no:cacheprovider tests/reliability tests/test_daemon.py tests/test_upload.py tests/test_line_faults.py
+	$(PY) bench/load.py --terminals 200 --duration 600
+
 clean:
 	rm -rf $(VENV) build *.egg-info
