@@ -73,6 +73,7 @@ def terminal(tid: str, token: str, base: str, t0: float, end: float, args: argpa
                 ).status_code  # fmt: skip
             except requests.RequestException as exc:
                 status = type(exc).__name__
+                record("error", started, status, f"upload: {str(exc)[:160]}")
             record("upload", started, status, bundle_id)
             if isinstance(status, int) and 200 <= status < 300:
                 return
@@ -99,6 +100,7 @@ def terminal(tid: str, token: str, base: str, t0: float, end: float, args: argpa
                 status: object = answer.status_code
             except requests.RequestException as exc:
                 answer, status = None, type(exc).__name__
+                record("error", started, status, f"poll: {str(exc)[:160]}")
             record("poll", started, status)
             if answer is not None and answer.status_code == 200:
                 upload(answer.json()["command_id"])
@@ -224,6 +226,8 @@ def summarise(label: str, records: list, stored: list[str], requested: list[str]
         f"probe requests {summary['probes_requested']}, answered by a bundle {summary['probes_answered']}",
         flush=True,
     )
+    for what, count in Counter(r[4] for r in records if r[0] == "error").most_common(3):
+        print(f"    {count} x {what}")
     return summary
 
 
