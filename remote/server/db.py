@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 SCHEMA_VERSION = 1
+POOL_SIZE = 10  # PostgreSQL connections per server process
 TIME = sa.String(27)
 
 metadata = sa.MetaData()
@@ -126,7 +127,11 @@ def make_engine(url: str) -> Engine:
     # No pre-ping (a round trip per checkout, ~8 % of ingest throughput): after a database
     # restart the first statement of a worker fails, SQLAlchemy then drops the whole pool,
     # and the terminal's client retries the 5xx.
-    return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    # At most POOL_SIZE connections per worker process, no overflow: with 20 more allowed,
+    # two servers of two workers opened up to 120 under load, past PostgreSQL's default
+    # max_connections (100), and uploads failed with "too many clients" (500). A request
+    # now waits for a pooled connection instead.
+    return sa.create_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=60, pool_recycle=1800)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
