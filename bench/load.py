@@ -142,12 +142,13 @@ def run_config(label: str, url: str, data: Path, servers: int, args: argparse.Na
     tokens = [(f"LOAD-{i:04d}", store.add_terminal(engine, f"LOAD-{i:04d}")) for i in range(args.terminals)]
     ports = [free_port() for _ in range(servers)]
     bases = [f"http://127.0.0.1:{p}" for p in ports]
+    logs = [data / f"server-{p}.log" for p in ports]
     procs = [
         subprocess.Popen(
             [str(CLI), "--db", url, "--data", str(data), "serve", "--port", str(p), "--workers", str(args.workers)],
-            stderr=subprocess.DEVNULL,
+            stderr=log.open("wb"),
         )
-        for p in ports
+        for p, log in zip(ports, logs, strict=True)
     ]
     ctx = multiprocessing.get_context("fork")
     try:
@@ -184,7 +185,13 @@ def run_config(label: str, url: str, data: Path, servers: int, args: argparse.Na
             r[0] for r in conn.execute(sa.select(db.commands.c.status).where(db.commands.c.id.in_(requested)))
         ) if requested else Counter()  # fmt: skip
     engine.dispose()
-    return summarise(label, records, stored, requested, states, t0, args)
+    summary = summarise(label, records, stored, requested, states, t0, args)
+    problems = Counter(
+        line for log in logs for line in log.read_text(errors="replace").splitlines() if "Error" in line and "Traceback" not in line
+    )
+    for line, count in problems.most_common(3):
+        print(f"    server: {count} x {line[:200]}")
+    return summary
 
 
 def summarise(label: str, records: list, stored: list[str], requested: list[str], states: Counter, t0: float, args) -> dict:
