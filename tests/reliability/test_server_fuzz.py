@@ -27,10 +27,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from server_kit import PASSWORD, fresh_pg_database, make_bundle, rebuild, signed_in, start_server
 
+from tests.conftest import SOAK
+
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")  # reprs of 5000-char examples
 
 FUZZ = settings(
-    max_examples=30,
+    max_examples=30 * SOAK,  # make soak: POSDIAG_SOAK=20
     deadline=timedelta(seconds=10),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

@@ -28,8 +28,9 @@ from server_kit import Serve, fresh_pg_database, make_bundle, prepare
 
 from remote.client import Client, Retryable
 from remote.server import db
+from tests.conftest import SOAK
 
-pytestmark = pytest.mark.timeout(150)
+pytestmark = pytest.mark.timeout(150 * SOAK)  # make soak: POSDIAG_SOAK=20 kills twenty times as often
 
 
 def client_for(url: str, token: str) -> Client:
@@ -142,7 +143,7 @@ def test_sigkill_one_of_two_servers_on_postgresql_loses_and_duplicates_nothing(t
             for s in servers:
                 s.start()
             with Fleet(servers, tokens) as fleet:
-                for _ in range(4):
+                for _ in range(4 * SOAK):
                     time.sleep(rng.uniform(0.3, 1.2))
                     victim = rng.randrange(2)
                     fleet.kill_when_busy(victim)
@@ -176,7 +177,7 @@ def test_sigkill_sqlite_server_during_ingest_then_restart_on_the_same_data(tmp_p
     try:
         server.start()
         with Fleet([server], tokens) as fleet:
-            for _ in range(3):
+            for _ in range(3 * SOAK):
                 time.sleep(rng.uniform(0.4, 1.2))
                 fleet.kill_when_busy(0)
                 time.sleep(0.2)
