@@ -17,9 +17,19 @@ def bounded(lo: float | None = None, hi: float | None = None, choices: tuple[str
     return field(metadata={"lo": lo, "hi": hi, "choices": choices})
 
 
+TERMINAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def terminal_id_problem(value: str) -> str | None:
+    """Terminal ids travel in URL paths and file names: letters, digits and . _ : - only."""
+    if TERMINAL_ID.fullmatch(value):
+        return None
+    return "1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+
+
 @dataclass(frozen=True)
 class TerminalSettings:
-    id: str
+    id: str = field(metadata={"check": terminal_id_problem})
     serial: str
     model: str
     firmware: str

@@ -115,3 +115,9 @@ def test_cli_config_show_reflects_file(tmp_path):
     result = run_cli("config", "show", "--config", str(path))
     assert result.returncode == 0
     assert 'id = "SHOWN-1"' in result.stdout
+
+
+def test_terminal_id_must_be_safe_in_paths_and_urls(tmp_path):
+    with pytest.raises(ConfigError, match="terminal.id: .*letters, digits"):
+        config.load(str(write(tmp_path, "[terminal]\nid = 'shop/7'\n")))
+    assert config.load(str(write(tmp_path, "[terminal]\nid = 'PAX-A920:0001'\n"))).section("terminal").id == "PAX-A920:0001"

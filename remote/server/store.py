@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from agent.settings import terminal_id_problem
 from remote.server import auth, db
 from remote.server.db import bundles, commands, server_keys, terminals, users
 
@@ -52,8 +53,9 @@ def server_secret(engine: Engine) -> bytes:
 
 def add_terminal(engine: Engine, terminal_id: str) -> str:
     """Enrol (or re-enrol a revoked) terminal; the token is returned once and not kept."""
-    if not terminal_id or len(terminal_id) > 128 or not terminal_id.isprintable():
-        raise StoreError("bad_terminal_id", "a terminal id is 1-128 printable characters")
+    problem = terminal_id_problem(terminal_id)
+    if problem:
+        raise StoreError("bad_terminal_id", f"a terminal id is {problem}")
     token = auth.new_terminal_token()
     digest = auth.token_digest(token)
     with engine.begin() as conn:

@@ -151,3 +151,9 @@ def test_cli_serve_answers_takes_its_config_and_stops(tmp_path):
         proc.send_signal(signal.SIGINT)
         assert proc.wait(20) == 0  # uvicorn shuts down gracefully on Ctrl-C
     assert "Traceback" not in proc.stderr.read()
+
+
+@pytest.mark.parametrize("bad", ["shop/7", "../etc", "a b", "-lead", "x" * 65])
+def test_terminal_ids_unsafe_in_urls_or_paths_are_refused(server, bad):
+    answer = server.post("/api/v1/terminals", user="admin", json={"id": bad})
+    assert answer.status_code == 422 and answer.json()["error"] in ("bad_terminal_id", "invalid_request")
