@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,10 @@ class Sources:
 
 
 class Daemon:
-    def __init__(self, load: Any) -> None:
-        """`load()` returns a fresh Config (re-run on SIGHUP)."""
+    def __init__(self, config: Config, load: Callable[[], Config]) -> None:
+        """`load()` reads the config afresh (on SIGHUP)."""
         self.load = load
-        self.config: Config = load()
+        self.config = config
         self.stop = threading.Event()
         self.wake = threading.Event()
         self.kick = threading.Event()
@@ -348,5 +349,5 @@ class Daemon:
             self.jobs.put(command)
 
 
-def run(load: Any) -> int:
-    return Daemon(load).run()
+def run(config: Config, load: Callable[[], Config]) -> int:
+    return Daemon(config, load).run()

@@ -34,4 +34,4 @@ def handle(args: argparse.Namespace) -> int:
         settings = first.section("daemon")
         daemon.setup_logging(settings.log_level)
         priority.lower(settings.nice)
-        return daemon.run(lambda: config.load(args.config, overrides))
+        return daemon.run(first, lambda: config.load(args.config, overrides))
