@@ -30,7 +30,7 @@ from typing import Any
 from agent import bundle, pipeline
 from agent.config import Config
 from agent.errors import ConfigError
-from agent.history import HistoryRing, snapshot
+from agent.history import ring_for, snapshot
 from agent.local_socket import LocalSocket
 from agent.outbox import Outbox, OutboxBusy
 from agent.sources import ErrorEvent, LastErrorFile, LogFollower
@@ -138,7 +138,7 @@ class Daemon:
         settings = config.section("daemon")
         state_dir = Path(settings.state_dir)
         self.outbox = Outbox.from_config(config)
-        self.history = HistoryRing(state_dir / "history.jsonl", settings.history_snapshots)
+        self.history = ring_for(config)
         self.gate = Gate(settings.settle_seconds, settings.max_wait_seconds, settings.debounce_seconds, settings.max_diagnoses_per_hour)
         self.sources = Sources(config, StateFile(state_dir / "sources.json"), self.jobs.put)
         self.socket = socket

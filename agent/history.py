@@ -39,6 +39,12 @@ def snapshot(config: Config) -> dict[str, Any]:
     return snap
 
 
+def ring_for(config: Config) -> HistoryRing:
+    """The ring the agent keeps in its state directory (also read by `diagnose --bundle`)."""
+    settings = config.section("daemon")
+    return HistoryRing(Path(settings.state_dir) / "history.jsonl", settings.history_snapshots)
+
+
 class HistoryRing:
     """At most `capacity` snapshots in a JSON-lines file; rewritten atomically when it
     has grown half again past its capacity, so appends stay cheap."""

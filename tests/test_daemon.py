@@ -127,3 +127,24 @@ def test_reload_to_a_socket_address_in_use_is_refused_and_the_old_socket_keeps_a
             answer = _json.loads(conn.makefile().readline())
         assert answer["ok"] and answer["diagnosis"]["code"] == "51"
         assert a.proc.poll() is None
+
+
+def test_a_bundle_made_by_hand_carries_the_history_the_agent_recorded(agent, tmp_path):
+    import subprocess
+
+    from agent import bundle
+    from tests.conftest import POSDIAG
+
+    a = agent(snapshot_interval_seconds=1.0)
+    a.start()
+    time.sleep(2.5)
+    a.stop()
+    out = tmp_path / "manual.tar.gz"
+    done = subprocess.run(
+        [str(POSDIAG), "diagnose", "--code", "96", "--simulate", "healthy", "--config", str(a.config), "--bundle", str(out), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    _, members = bundle.read(out.read_bytes())
+    history = [json.loads(line) for line in members["history.jsonl"].decode().splitlines()]
+    assert len(history) >= 2 and all("battery_pct" in h for h in history)

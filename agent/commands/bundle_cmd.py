@@ -104,6 +104,7 @@ def deliver(config, diagnosis: dict, args: argparse.Namespace) -> str:
     from pathlib import Path
 
     from agent import bundle
+    from agent.history import ring_for
     from agent.outbox import Outbox, write_atomic
 
     error = diagnosis.get("error") or {}
@@ -114,7 +115,8 @@ def deliver(config, diagnosis: dict, args: argparse.Namespace) -> str:
         print("posdiag: warning: no [upload] token, the bundle's signature cannot be checked", file=sys.stderr)
     outbox = Outbox.from_config(config) if args.upload else None
     evicted = outbox.pending_evicted() if outbox else 0
-    inp = bundle.diagnosis_input(config, diagnosis, trigger, evicted=evicted, events=[event])
+    history = ring_for(config).read()  # what the agent recorded, when one runs on this terminal
+    inp = bundle.diagnosis_input(config, diagnosis, trigger, evicted=evicted, history=history, events=[event])
     built = bundle.build(inp, bundle.Limits.from_config(config), token)
     if args.bundle:
         write_atomic(Path(args.bundle), built.data)

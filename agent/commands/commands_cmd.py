@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle_poll(args: argparse.Namespace) -> int:
     from agent.commands.bundle_cmd import upload_now
     from agent.errors import UsageError
+    from agent.history import ring_for
     from agent.outbox import Outbox
     from remote.commands import PollError, execute, fetch_next
 
@@ -40,7 +41,7 @@ def handle_poll(args: argparse.Namespace) -> int:
             print(json.dumps({"command": None}) if args.json else "no probe request waiting")
             return 0
         outbox = Outbox.from_config(config)
-        outcome = execute(config, outbox, command, [])
+        outcome = execute(config, outbox, command, ring_for(config).read())
         upload_now(config, outbox, outcome.bundle_id)
     result = {"command": command, "bundle_id": outcome.bundle_id}
     print(json.dumps(result) if args.json else f"probe request {command['command_id']} done: bundle {outcome.bundle_id}")
