@@ -73,6 +73,12 @@ KV_PLAIN = re.compile(
 MAX_KV_DEPTH = 8
 BEARER = re.compile(r"(?<![A-Za-z])(?P<k>Bearer|Basic)[ \t]+(?P<v>[A-Za-z0-9._~+/=\-]{8,})")
 BEARER_WORDS = frozenset({"Bearer", "Basic"})
+# A PIN block (ISO 9564: 8 bytes, 16 hex digits, maybe grouped) after its name in prose:
+# "epb 1234567890ABCDEF", "PIN block: 1234 5678 90AB CDEF".
+PIN_BLOCK_WORD = re.compile(
+    r"(?<![A-Za-z0-9])(?P<k>(?i:epb|pin[ _-]?block))[ \t]*[:=]?[ \t]*"
+    r"(?P<v>[0-9A-Fa-f]{4}(?:[ \t-]?[0-9A-Fa-f]{4}){3})(?![0-9A-Za-z])"
+)
 CVV_WORD = re.compile(r"(?<![A-Za-z0-9])(?P<k>(?i:cvv2?|cvc2?|cvn2?))[ \t]+(?P<v>\d{3,4})(?![0-9])")
 
 # Numbers labelled as merchant/terminal ids, amounts, trace numbers (or ISO 8583 fields 4, 11,
@@ -170,6 +176,7 @@ class Redactor:
         line = KV_XML.sub(self._xml_kv, line)
         line = BEARER.sub(self._bearer, line)
         line = KV_PLAIN.sub(self._plain_kv, line)
+        line = PIN_BLOCK_WORD.sub(self._pin_block_word, line)
         return CVV_WORD.sub(self._cvv_word, line)
 
     def data(self, value: Any) -> Any:
@@ -260,19 +267,29 @@ class Redactor:
         self.counts["secret"] += 1
         return f"{m['k']} {MASK}"
 
+    def _pin_block_word(self, m: re.Match[str]) -> str:
+        self.counts["pin_block"] += 1
+        return f"{m['k']} {MASK}"
+
     def _cvv_word(self, m: re.Match[str]) -> str:
         self.counts["cvv"] += 1
         return f"{m['k']} {MASK}"
 
     def _digit_run(self, m: re.Match[str]) -> str:
-        run = m[0]
-        if PUBLIC_NUMBER.search(m.string, max(0, m.start() - 24), m.start()):
-            return run
-        groups = re.split(r"([ \-])", run)
+        groups = re.split(r"([ \-])", m[0])
         digits, seps = groups[0::2], groups[1::2]
+        if PUBLIC_NUMBER.search(m.string, max(0, m.start() - 24), m.start()):
+            # The label covers its own number only: a PAN written right after it
+            # ("tid=12345678 4111 1111 1111 1111") is still a PAN.
+            if len(digits) == 1:
+                return m[0]
+            return digits[0] + seps[0] + self._masked_groups(digits[1:], seps[1:])
+        return self._masked_groups(digits, seps)
+
+    def _masked_groups(self, digits: list[str], seps: list[str]) -> str:
         covered = pan_groups(digits)
         if not covered:
-            return run
+            return "".join(d + s for d, s in zip(digits, [*seps, ""], strict=True))
         out, i = [], 0
         while i < len(digits):
             if i not in covered:

@@ -251,3 +251,17 @@ def test_cli_files_and_stdin(tmp_path):
     assert "pan 1" in done.stderr and "cvv 1" in done.stderr
     piped = run_cli("redact", input='{"pan":"5500 0055 5555 5559"}\n')
     assert piped.stdout == '{"pan":"550000******5559"}\n'
+
+
+def test_a_label_exempts_its_own_number_not_a_pan_written_after_it():
+    for line in ("tid=12345678 4111111111111111", "amount=100 4111 1111 1111 1111", "mid: 123456789012345 4111-1111-1111-1111"):
+        cleaned = redact_text(line)[0]
+        assert "4111111111111111" not in cleaned.replace(" ", "").replace("-", ""), cleaned
+        assert "411111" in cleaned
+    assert redact_text("tid=12345678 amount=100.00 mid=123456789012345")[0] == "tid=12345678 amount=100.00 mid=123456789012345"
+
+
+def test_pin_blocks_named_in_prose():
+    for line in ("epb 1234567890ABCDEF", "PIN block: 1234 5678 90AB CDEF", "pin-block=1234-5678-90ab-cdef"):
+        cleaned, counts = redact_text(line)
+        assert "90AB" not in cleaned.upper() and counts["pin_block"] == 1, cleaned
