@@ -121,3 +121,10 @@ def test_terminal_id_must_be_safe_in_paths_and_urls(tmp_path):
     with pytest.raises(ConfigError, match="terminal.id: .*letters, digits"):
         config.load(str(write(tmp_path, "[terminal]\nid = 'shop/7'\n")))
     assert config.load(str(write(tmp_path, "[terminal]\nid = 'PAX-A920:0001'\n"))).section("terminal").id == "PAX-A920:0001"
+
+
+def test_config_show_masks_the_upload_token(tmp_path):
+    path = write(tmp_path, "[upload]\ntoken = 'pdt_supersecret123'\n")
+    shown = run_cli("config", "show", "--config", str(path)).stdout
+    assert "pdt_supersecret123" not in shown and 'token = "***"' in shown
+    assert 'token = ""' in run_cli("config", "show").stdout

@@ -24,8 +24,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def handle_show(args: argparse.Namespace) -> int:
     from agent import config
 
-    print(config.dump(config.load(args.config).data), end="")
+    print(config.dump(masked(config.load(args.config).data)), end="")
     return 0
+
+
+def masked(table: dict) -> dict:
+    """The config with secret-named values (the upload token, which is also the bundle
+    signing key) shown as *** when set."""
+    from agent.redact import MASK, secret_kind
+
+    return {
+        key: masked(value) if isinstance(value, dict) else MASK if value and secret_kind(key) else value
+        for key, value in table.items()
+    }
 
 
 def handle_check(args: argparse.Namespace) -> int:
