@@ -81,6 +81,8 @@ class Sources:
             self.followers.append(LastErrorFile(path, saved.get(f"file:{path}", {})))
         directories = [f.path.parent for f in self.followers]
         self.watcher = DirectoryWatcher(directories, settings.file_poll_seconds)
+        for directory in self.watcher.unwatched:
+            log.warning("%s does not exist (yet): its files are polled every %.0f s", directory, settings.file_poll_seconds)
         self.poll_s = settings.file_poll_seconds
         self.thread = threading.Thread(target=self.loop, name="watcher", daemon=True)
 
@@ -89,15 +91,25 @@ class Sources:
         this after a whole group is in the outbox, so a group commits all or nothing."""
         with self.lock:
             positions = {f.key: f.position() for f in self.followers if f.position() is not None}
-            if positions != self.saved_positions:
+            if positions == self.saved_positions:
+                return
+            try:
                 self.state.save(positions)
-                self.saved_positions = positions
+            except OSError as exc:  # a read-only or full state dir: tried again at the next save
+                log.error("log positions not saved in %s: %s", self.state.path.parent, exc)
+                return
+            self.saved_positions = positions
 
     def loop(self) -> None:
         first = True
         while not self.stop.is_set():
             for follower in self.followers:
-                for event in follower.poll(first=first):
+                try:
+                    events = follower.poll(first=first)
+                except Exception as exc:  # the watcher must outlive any one file
+                    log.error("reading %s failed: %s: %s", follower.path, type(exc).__name__, exc)
+                    continue
+                for event in events:
                     self.submit(event)
             if first:
                 self.save()
@@ -126,31 +138,43 @@ class Daemon:
         self.wake = threading.Event()
         self.kick = threading.Event()
         self.jobs: queue.Queue[Any] = queue.Queue()
-        self.sources: Sources | None = None
         self.worker = threading.Thread(target=self.work, name="worker", daemon=True)
         self.uploader = threading.Thread(target=self.upload_loop, name="uploader", daemon=True)
         self.reload_requested = False
         self.retries: list[tuple[float, Group]] = []
         self.socket: LocalSocket | None = None
-        self._apply(self.config, self._socket_for(self.config))
-
-    def _apply(self, config: Config, socket: LocalSocket | None) -> None:
         settings = config.section("daemon")
-        state_dir = Path(settings.state_dir)
-        self.outbox = Outbox.from_config(config)
-        self.history = ring_for(config)
         self.gate = Gate(settings.settle_seconds, settings.max_wait_seconds, settings.debounce_seconds, settings.max_diagnoses_per_hour)
-        self.sources = Sources(config, StateFile(state_dir / "sources.json"), self.jobs.put)
-        self.socket = socket
+        self._apply(config, *self._parts(config))
 
-    def _socket_for(self, config: Config) -> LocalSocket | None:
-        """The event socket `config` asks for: the running one when its address is
-        unchanged, else a newly bound one (OSError when it cannot be bound)."""
+    def _parts(self, config: Config) -> tuple[LocalSocket | None, Outbox, Sources]:
+        """What a config needs opened: the event socket (the running one when its address
+        is unchanged), the outbox and the file sources. OSError when one cannot be had."""
         settings = config.section("daemon")
-        if self.socket is not None and self.socket.listen == settings.listen:
-            self.socket.reply_timeout_s = settings.reply_timeout_seconds
-            return self.socket
-        return LocalSocket(settings.listen, self.jobs.put, settings.reply_timeout_seconds) if settings.listen else None
+        socket = self.socket
+        if socket is None or socket.listen != settings.listen:
+            socket = LocalSocket(settings.listen, self.jobs.put, settings.reply_timeout_seconds) if settings.listen else None
+        try:
+            outbox = Outbox.from_config(config)
+            sources = Sources(config, StateFile(Path(settings.state_dir) / "sources.json"), self.jobs.put)
+        except OSError:
+            if socket is not None and socket is not self.socket:
+                socket.close()
+            raise
+        return socket, outbox, sources
+
+    def _apply(self, config: Config, socket: LocalSocket | None, outbox: Outbox, sources: Sources) -> None:
+        settings = config.section("daemon")
+        self.config = config
+        self.outbox = outbox
+        self.sources = sources
+        self.socket = socket
+        self.history = ring_for(config)
+        if socket is not None:
+            socket.reply_timeout_s = settings.reply_timeout_seconds
+        # The gate keeps its open groups and its hourly count across a reload.
+        self.gate.settle_s, self.gate.max_wait_s = settings.settle_seconds, settings.max_wait_seconds
+        self.gate.debounce_s, self.gate.max_per_hour = settings.debounce_seconds, settings.max_diagnoses_per_hour
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -187,35 +211,34 @@ class Daemon:
         self.wake.set()
 
     def _start_sources(self) -> None:
-        if self.sources:
-            self.sources.start()
+        self.sources.start()
         if self.socket:
             self.socket.start()
 
     def _stop_sources(self) -> None:
-        if self.sources:
-            self.sources.close()
+        self.sources.close()
         if self.socket:
             self.socket.close()
 
     def reload(self) -> None:
-        """Apply a changed config; a config that does not validate, or whose event socket
-        cannot be bound, is refused and the running one kept."""
+        """Apply a changed config; one that does not validate, or whose socket, outbox or
+        state directory cannot be opened, is refused and the running one kept."""
         try:
             config = self.load()
-            socket = self._socket_for(config)
+            socket, outbox, sources = self._parts(config)
         except (ConfigError, OSError) as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             return
-        if self.sources:
-            self.sources.close()
-        if self.socket is not None and self.socket is not socket:
-            self.socket.close()
-        fresh = socket is not self.socket
-        self.config = config
-        self._apply(config, socket)
-        self.sources.start()
-        if fresh and socket is not None:
+        from agent import knowledge
+
+        knowledge.load.cache_clear()  # an operator's knowledge-base files may have changed too
+        old_sources, old_socket = self.sources, self.socket
+        old_sources.close()
+        if old_socket is not None and old_socket is not socket:
+            old_socket.close()
+        self._apply(config, socket, outbox, sources)
+        sources.start()
+        if socket is not None and socket is not old_socket:
             socket.start()
         log.info("config reloaded")
 
@@ -234,14 +257,19 @@ class Daemon:
                 job = False
             if job is None:
                 return
-            if isinstance(job, ErrorEvent):
-                self.gate.add(job)
-            elif isinstance(job, dict):
-                self.run_command(job)
-            for group in self.gate.due() + self._retries_due():
-                self.diagnose_group(group)
-            if self.sources:
-                self.sources.save()
+            try:
+                self._handle(job)
+            except Exception as exc:  # the worker must outlive any one job
+                log.error("worker: %s: %s", type(exc).__name__, exc)
+
+    def _handle(self, job: Any) -> None:
+        if isinstance(job, ErrorEvent):
+            self.gate.add(job)
+        elif isinstance(job, dict):
+            self.run_command(job)
+        for group in self.gate.due() + self._retries_due():
+            self.diagnose_group(group)
+        self.sources.save()
 
     def _retry_hint(self) -> float | None:
         if not self.retries:
@@ -348,6 +376,3 @@ class Daemon:
             log.info("probe request %s received", command.get("command_id"))
             self.jobs.put(command)
 
-
-def run(config: Config, load: Callable[[], Config]) -> int:
-    return Daemon(config, load).run()

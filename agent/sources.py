@@ -152,6 +152,8 @@ class LogFollower:
         self.offset = 0
         self.buffer = b""
         self.saved = saved
+        # Bumped at each truncation, so a new line at an old offset gets a new event id.
+        self.generation = saved.get("generation", 0) if isinstance(saved.get("generation"), int) else 0
 
     @property
     def key(self) -> str:
@@ -160,7 +162,7 @@ class LogFollower:
     def position(self) -> dict[str, int] | None:
         if self.ledger is None:
             return None
-        return {"inode": self.ledger.inode, "offset": self.ledger.committed}
+        return {"inode": self.ledger.inode, "offset": self.ledger.committed, "generation": self.generation}
 
     def _open(self, start_at_end: bool) -> bool:
         try:
@@ -171,7 +173,9 @@ class LogFollower:
         if self.saved and self.saved.get("inode") == st.st_ino and self.saved.get("offset", 0) <= st.st_size:
             offset = int(self.saved["offset"])
         elif self.saved:
-            offset = 0  # rotated while we were down: the new file is all unread
+            offset = 0  # rotated (or truncated) while we were down: the file is all unread
+            if self.saved.get("inode") == st.st_ino:
+                self.generation += 1
         else:
             offset = st.st_size if start_at_end else 0
         self.saved = {}
@@ -197,6 +201,7 @@ class LogFollower:
                 events += self._read()
         elif st.st_size < self.offset:
             log.info("%s was truncated; reading from the start", self.path)
+            self.generation += 1
             self.fh.seek(0)
             self.offset, self.buffer = 0, b""
             self.ledger = OffsetLedger(current.st_ino, 0)
@@ -237,7 +242,7 @@ class LogFollower:
             if valid_code(code):  # the same rule as for socket events: no empty or runaway codes
                 scheme = m.groupdict().get("scheme") or self.scheme
                 return ErrorEvent(
-                    id=event_id(self.path, inode, start),
+                    id=event_id(self.path, inode, self.generation, start),
                     code=clean_code(code),
                     scheme=scheme if scheme in SCHEMES else None,
                     source=self.key,
@@ -253,34 +258,45 @@ class LogFollower:
 
 
 class LastErrorFile:
-    """A JSON file the firmware rewrites with its last error; read when it changes."""
+    """A JSON file the firmware rewrites with its last error; read when it changes.
+
+    A change is a new content or a new modification time (the same error written again is
+    a second error). The state committed for a restart moves only once the event is done.
+    """
 
     def __init__(self, path: Path, saved: dict[str, Any]) -> None:
         self.path = path
-        self.seen = saved.get("digest")
+        self.committed = saved.get("version")
+        self.seen = self.committed
 
     @property
     def key(self) -> str:
         return f"file:{self.path}"
 
     def position(self) -> dict[str, Any]:
-        return {"digest": self.seen}
+        return {"version": self.committed}
 
     def poll(self, first: bool = False) -> list[ErrorEvent]:
         try:
-            raw = self.path.read_bytes()[: MAX_READ_BYTES]
+            with self.path.open("rb") as fh:
+                raw = fh.read(MAX_READ_BYTES)
+                mtime = os.fstat(fh.fileno()).st_mtime_ns
         except OSError:
             return []
-        digest = hashlib.sha256(raw).hexdigest()
-        if digest == self.seen:
+        version = f"{hashlib.sha256(raw).hexdigest()}:{mtime}"
+        if version == self.seen:
             return []
         fresh_start = first and self.seen is None  # an error from before posdiag ever ran
-        self.seen = digest
+        self.seen = version
         if fresh_start or not raw:
+            self.committed = version
             return []
         try:
             code, scheme, context = parse_event_bytes(raw)
         except ValueError as exc:
             log.warning("ignored %s: %s", self.path, exc)
+            self.committed = version
             return []
-        return [ErrorEvent(event_id(self.path, digest), code, scheme, self.key, now_iso(), context)]
+        event = ErrorEvent(event_id(self.path, version), code, scheme, self.key, now_iso(), context)
+        event.done = functools.partial(setattr, self, "committed", version)
+        return [event]

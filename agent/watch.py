@@ -30,6 +30,7 @@ class DirectoryWatcher:
         self.fd = -1
         self.libc = None
         self.wake_r, self.wake_w = os.pipe()
+        self.unwatched: list[Path] = []
         name = ctypes.util.find_library("c")
         try:
             libc = ctypes.CDLL(name, use_errno=True)
@@ -40,8 +41,10 @@ class DirectoryWatcher:
             return
         self.fd, self.libc = fd, libc
         for directory in {d.resolve() for d in directories}:
-            directory.mkdir(parents=True, exist_ok=True)
-            libc.inotify_add_watch(fd, os.fsencode(directory), WATCH_MASK)
+            # A directory that is not there yet (the payment app creates it) is not made
+            # here: its files are polled every `poll_seconds` until a restart or reload.
+            if libc.inotify_add_watch(fd, os.fsencode(directory), WATCH_MASK) < 0:
+                self.unwatched.append(directory)
 
     @property
     def uses_inotify(self) -> bool:
@@ -51,6 +54,8 @@ class DirectoryWatcher:
         if self.fd < 0:
             select.select([self.wake_r], [], [], min(timeout, self.poll_seconds))
             return True
+        if self.unwatched:
+            timeout = min(timeout, self.poll_seconds)
         ready, _, _ = select.select([self.fd, self.wake_r], [], [], timeout)
         if not ready:
             return False

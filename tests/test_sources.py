@@ -159,3 +159,44 @@ def test_local_socket_listens_on_loopback_only():
         assert "loopback only" in str(exc)
     else:
         raise AssertionError("bound a public address")
+
+
+def test_a_new_line_at_an_old_offset_after_truncation_is_a_new_event(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    f = follower(log)
+    f.poll(first=True)
+    append(log, "response code: 51\n")
+    (first,) = f.poll()
+    first.done()
+    log.write_text("")  # copytruncate
+    f.poll()
+    append(log, "response code: 05\n")
+    (second,) = f.poll()
+    assert second.code == "05" and second.id != first.id
+    second.done()
+    # the generation is part of the saved position, so a restart keeps ids apart too
+    assert f.position()["generation"] == 1
+    assert follower(log, saved=f.position()).generation == 1
+
+
+def test_last_error_rewritten_with_the_same_error_is_a_second_event_committed_when_done(tmp_path):
+    import os
+
+    path = tmp_path / "last_error.json"
+    path.write_text(json.dumps({"code": "E3"}))
+    source = LastErrorFile(path, {})
+    source.poll(first=True)
+    path.write_text(json.dumps({"code": "3000"}))
+    os.utime(path, ns=(1, 1_000_000_000))
+    (a,) = source.poll()
+    path.write_text(json.dumps({"code": "3000"}))
+    os.utime(path, ns=(1, 2_000_000_000))
+    (b,) = source.poll()
+    assert a.code == b.code == "3000" and a.id != b.id
+    committed = source.position()
+    b.done()
+    assert source.position() != committed
+    restarted = LastErrorFile(path, committed)  # a crash before b was done: b comes again
+    (again,) = restarted.poll(first=True)
+    assert again.id == b.id

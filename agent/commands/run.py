@@ -23,6 +23,7 @@ def handle(args: argparse.Namespace) -> int:
     import contextlib
 
     from agent import config, daemon, priority
+    from agent.errors import UsageError
 
     with contextlib.ExitStack() as stack:
         overrides = None
@@ -34,4 +35,8 @@ def handle(args: argparse.Namespace) -> int:
         settings = first.section("daemon")
         daemon.setup_logging(settings.log_level)
         priority.lower(settings.nice)
-        return daemon.run(first, lambda: config.load(args.config, overrides))
+        try:
+            agent = daemon.Daemon(first, lambda: config.load(args.config, overrides))
+        except OSError as exc:  # the event socket in use, an outbox or state dir that cannot be made
+            raise UsageError(f"cannot start the agent: {exc}") from None
+        return agent.run()
