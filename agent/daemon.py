@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import random
 import re
 import signal
 import sys
@@ -183,7 +184,6 @@ class Daemon:
         self._start_sources()
         self.worker.start()
         self.uploader.start()
-        self.kick.set()  # the outbox may hold bundles from before a restart
         log.info("posdiag agent running for terminal %s", self.config.section("terminal").id)
         next_snapshot = time.monotonic()
         while not self.stop.is_set():
@@ -295,7 +295,7 @@ class Daemon:
         except Exception as exc:  # the agent keeps running
             retry_s = self.config.section("daemon").upload_retry_seconds
             log.error("diagnosis of code %s failed, retrying in %.0f s: %s: %s", group.code, retry_s, type(exc).__name__, exc)
-            self._reply(group.events, {"error": f"diagnosis failed: {type(exc).__name__}"})
+            self._reply(group.events, {"ok": False, "error": f"diagnosis failed ({type(exc).__name__}), retrying in {retry_s:.0f} s"})
             for event in group.events:
                 event.reply = None
             self.retries.append((time.monotonic() + retry_s, group))
@@ -330,8 +330,11 @@ class Daemon:
         self.kick.set()
 
     def upload_loop(self) -> None:
+        """Flush and poll after each new bundle at once; otherwise every
+        `command_poll_seconds` (+-10 %), the first round after a random part of
+        `start_jitter_seconds`, so a fleet that reboots together does not call in at once."""
         settings = self.config.section("daemon")
-        next_poll = time.monotonic()
+        next_poll = time.monotonic() + random.uniform(0, settings.start_jitter_seconds)
         while not self.stop.is_set():
             self.kick.wait(min(settings.upload_retry_seconds, max(0.0, next_poll - time.monotonic())))
             kicked = self.kick.is_set()
@@ -342,7 +345,7 @@ class Daemon:
                 self.flush()
                 if kicked or time.monotonic() >= next_poll:
                     self.poll_commands()
-                    next_poll = time.monotonic() + settings.command_poll_seconds
+                    next_poll = time.monotonic() + settings.command_poll_seconds * random.uniform(0.9, 1.1)
             except Exception as exc:  # a read-only outbox, say: the thread must outlive it
                 log.error("upload round failed, trying again later: %s: %s", type(exc).__name__, exc)
             settings = self.config.section("daemon")

@@ -168,6 +168,7 @@ class DaemonSettings:
     snapshot_interval_seconds: float = bounded(1, 86400)
     history_snapshots: int = bounded(1, 100000)
     command_poll_seconds: float = bounded(1, 86400)
+    start_jitter_seconds: float = bounded(0, 3600)
     upload_retry_seconds: float = bounded(1, 86400)
     file_poll_seconds: float = bounded(0.1, 3600)
     nice: int = bounded(0, 19)

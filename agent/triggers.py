@@ -58,6 +58,8 @@ class Gate:
             recent.events.append(event)
             log.info("code %s repeated (%d within the debounce window)", event.code, len(recent.events))
             event.done()
+            if event.reply:
+                event.reply({"repeat": True, "repeat_of": recent.events[0].id, "events": len(recent.events)})
             return
         group = self.open.get(key)
         if group is None:
@@ -81,6 +83,8 @@ class Gate:
                 log.warning("hourly cap of %d diagnoses reached: code %s (%d events) not diagnosed", self.max_per_hour, group.code, len(group.events))
                 for event in group.events:
                     event.done()
+                    if event.reply:
+                        event.reply({"ok": False, "error": f"hourly cap of {self.max_per_hour} diagnoses reached"})
                 continue
             self.diagnosed.append(now)
             allowed.append(group)

@@ -24,7 +24,7 @@ class Agent:
         self.log.write_text("")
         self.config = workdir / "agent.toml"
         self.outbox = workdir / "outbox"
-        self.daemon = {"command_poll_seconds": 60.0, **daemon}
+        self.daemon = {"command_poll_seconds": 60.0, "start_jitter_seconds": 0.0, **daemon}
         self.write_config()
         self.proc: subprocess.Popen | None = None
         self.stderr = workdir / "agent.log"

@@ -80,3 +80,22 @@ def test_wait_hint():
     assert gate.wait_hint() is None
     gate.add(event("05"))
     assert gate.wait_hint() == 0.5
+
+
+def test_repeats_and_capped_events_are_answered_at_once():
+    clock, answers = Clock(), []
+    gate = Gate(0.0, 0.0, 60.0, max_per_hour=1, clock=clock)
+    first = event("51")
+    gate.add(first)
+    clock.now += 1
+    gate.due()
+    repeat = event("51", 1)
+    repeat.reply = answers.append
+    gate.add(repeat)
+    capped = event("96", 2)
+    capped.reply = answers.append
+    gate.add(capped)
+    clock.now += 1
+    assert gate.due() == []
+    assert answers[0] == {"repeat": True, "repeat_of": first.id, "events": 2}
+    assert answers[1]["ok"] is False and "hourly cap of 1" in answers[1]["error"]
