@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from agent.config import Config
 from agent.errors import UsageError
 from agent.model import Finding, Observation, ProbeResult, Status, Sweep
+from agent.redact import redact_text
 from probes import ProbeContext, probe_modules
 
 Progress = Callable[[ProbeResult, int, int], None]
@@ -91,7 +92,9 @@ def _run_one(name: str, settings: object, ctx: ProbeContext, done: queue.Queue[P
         findings, metrics = list(observation.findings), dict(observation.metrics)
     except Exception as exc:  # a probe must not raise; if one does, it is evidence, not a crash
         status = Status.ERROR
-        findings = [Finding.warn("probe.error", f"{name} probe failed: {type(exc).__name__}: {exc}", probe=name)]
+        # An exception's text can quote what a device or file said: it is cleaned like a log line.
+        detail = redact_text(f"{name} probe failed: {type(exc).__name__}: {exc}")[0]
+        findings = [Finding.warn("probe.error", detail, probe=name)]
         metrics = {}
     duration = (time.monotonic() - ctx.started) * 1000
     done.put(ProbeResult(name, status, findings, metrics, round(duration, 1)))

@@ -153,7 +153,7 @@ def check_endpoint(e: Endpoint, s: NetworkSettings, ctx: ProbeContext, metrics: 
     metrics[f"dns_ms[{e.name}]"] = round((time.monotonic() - t0) * 1000, 1)
     t1 = time.monotonic()
     try:
-        sock = socket.create_connection((addrs[0], e.port), timeout=min(s.connect_timeout_seconds, ctx.remaining()))
+        sock = connect_any(addrs, e.port, s, ctx)
     except ConnectionRefusedError:
         return [Finding.fail("network.connect_refused", f"{e.name} {e.host}:{e.port} refused the connection", host=e.host, port=e.port)]
     except TimeoutError:
@@ -169,6 +169,20 @@ def check_endpoint(e: Endpoint, s: NetworkSettings, ctx: ProbeContext, metrics: 
     if latency > s.high_latency_ms and not any(f.severity == "fail" for f in found):
         found.append(Finding.warn("network.high_latency", f"{e.name} answered in {latency:.0f} ms", host=e.host, latency_ms=round(latency, 1)))
     return found
+
+
+def connect_any(addrs: list[str], port: int, s: NetworkSettings, ctx: ProbeContext) -> socket.socket:
+    """A connection to the first address that takes one (a dual-stack host with a broken
+    IPv6 route still answers on IPv4); the last failure is raised when none does."""
+    failure: OSError = TimeoutError("no address")
+    for addr in dict.fromkeys(addrs):
+        if ctx.remaining(0) <= 0:
+            break
+        try:
+            return socket.create_connection((addr, port), timeout=min(s.connect_timeout_seconds, ctx.remaining()))
+        except OSError as exc:
+            failure = exc
+    raise failure
 
 
 def handshake(sock: socket.socket, e: Endpoint, s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> list[Finding]:
@@ -195,6 +209,9 @@ def handshake(sock: socket.socket, e: Endpoint, s: NetworkSettings, ctx: ProbeCo
 
 def check_clock(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> list[Finding]:
     url = urllib.parse.urlsplit(s.clock_reference)
+    # http.client resolves the name with no time limit: resolve it first, bounded.
+    if not resolve(url.hostname or "", url.port or 80, min(s.dns_timeout_seconds, ctx.remaining())):
+        return []  # unresolvable reference: not a clock finding; the host checks say why
     timeout = min(s.connect_timeout_seconds, ctx.remaining())
     if url.scheme == "https":
         tls_context = ssl.create_default_context(cafile=s.clock_reference_ca_file or None)

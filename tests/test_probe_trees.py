@@ -123,3 +123,29 @@ def test_system_on_this_host_never_raises():
     host_ctx = ProbeContext(HostSettings("/sys", "/proc"), 2.0)
     out = system.run(settings("system", app_process=f"no-such-app-{os.getpid()}"), host_ctx)
     assert "system.app_not_running" in ids(out)
+
+
+def test_connect_tries_every_address_of_a_host(tmp_path):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        # 127.0.0.2 refuses (nothing listens there), 127.0.0.1 answers: like a broken IPv6 route
+        sock = network.connect_any(["127.0.0.2", "127.0.0.1"], port, settings("network"), ctx(tmp_path))
+        assert sock.getpeername()[0] == "127.0.0.1"
+        sock.close()
+
+
+def test_probe_error_text_is_cleaned_of_card_data():
+    from agent.model import Observation
+    from agent.runner import run_probes
+    from tests import fakeprobes
+
+    def leaky() -> Observation:
+        raise ValueError("device echoed 4111111111111111")
+
+    module = fakeprobes.make("leaky", leaky)
+    with fakeprobes.registered(module) as sections:
+        sweep = run_probes(config.load(None, sections), ["leaky"])
+    detail = sweep.results[0].findings[0].detail
+    assert "4111111111111111" not in detail and "ValueError: device echoed 411111" in detail
