@@ -19,6 +19,7 @@ STATUS_WORDS = {
         Status.SKIPPED: "跳过",
     },
 }
+SWEEP_WORD = {"en": "sweep", "zh": "全部检测耗时"}
 HEADERS = {
     "en": ("probe", "status", "time", "findings"),
     "zh": ("检测项", "状态", "耗时", "发现"),
@@ -63,7 +64,7 @@ def sweep_table(sweep: Sweep, lang: str = "en") -> str:
             lines.append(f"    {mark} {f.id} ({finding_title(f.id, lang)}): {f.detail}")
         if r.metrics:
             lines.append("      " + ", ".join(f"{k}={v}" for k, v in r.metrics.items()))
-    lines.append(f"sweep {sweep.wall_ms:.0f} ms")
+    lines.append(f"{SWEEP_WORD.get(lang, 'sweep')} {sweep.wall_ms:.0f} ms")
     return "\n".join(lines)
 
 

@@ -31,17 +31,19 @@ def fetch_next(config: Config, session: requests.Session | None = None) -> dict[
             headers={"Authorization": f"Bearer {upload.token}"},
             timeout=(upload.connect_timeout_seconds, upload.read_timeout_seconds),
             verify=upload.ca_file or True,
+            allow_redirects=False,  # like uploads: the token goes to the configured server only
         )
     except requests.RequestException as exc:
         raise PollError(f"cannot reach {upload.server_url}: {type(exc).__name__}") from None
-    if response.status_code == 204:
-        return None
-    if response.status_code != 200:
-        raise PollError(f"server answered {response.status_code} to the poll")
-    try:
-        command = response.json()
-    except (ValueError, RecursionError):  # [[[[... is a RecursionError, not a decode error
-        raise PollError("server answered the poll with something that is not JSON") from None
+    with response:
+        if response.status_code == 204:
+            return None
+        if response.status_code != 200:
+            raise PollError(f"server answered {response.status_code} to the poll")
+        try:
+            command = response.json()
+        except (ValueError, RecursionError):  # [[[[... is a RecursionError, not a decode error
+            raise PollError("server answered the poll with something that is not JSON") from None
     if not isinstance(command, dict) or not isinstance(command.get("command_id"), str):
         raise PollError("server answered the poll without a command id")
     return command

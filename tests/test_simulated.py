@@ -74,4 +74,6 @@ def test_cli_unknown_fault_is_usage_error_and_leaves_no_temp_dirs():
 
 def test_cli_table_for_people():
     result = run_cli("probe", "--simulate", "printer.paper_out" if "printer.paper_out" in known_faults() else "power.battery_low")
-    assert "sweep" in result.stdout and "检测项" in result.stdout
+    assert "全部检测耗时" in result.stdout and "检测项" in result.stdout
+    english = run_cli("probe", "--simulate", "power.battery_low", "--only", "power", "--lang", "en")
+    assert "sweep" in english.stdout and "power.battery_low (battery low)" in english.stdout

@@ -141,5 +141,7 @@ def upload_now(config, outbox, bundle_id: str) -> None:
         return
     if bundle_id in report.sent or bundle_id in report.duplicates:
         print(f"bundle {bundle_id} uploaded", file=sys.stderr)
+    elif bundle_id in report.dead:
+        print(f"bundle {bundle_id} refused by the server; moved to {outbox.dead} with the reason", file=sys.stderr)
     else:
-        print(f"bundle {bundle_id} not uploaded yet ({report.stopped or 'refused'}); kept in {outbox.root}", file=sys.stderr)
+        print(f"bundle {bundle_id} not uploaded yet ({report.stopped}); kept in {outbox.root}", file=sys.stderr)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured
 
@@ -35,7 +36,7 @@ def handle_poll(args: argparse.Namespace) -> int:
         try:
             command = fetch_next(config)
         except PollError as exc:
-            print(f"posdiag: {exc}")
+            print(f"posdiag: {exc}", file=sys.stderr)
             return 1
         if command is None:
             print(json.dumps({"command": None}) if args.json else "no probe request waiting")
