@@ -64,9 +64,13 @@ def rss_mb(pid: int) -> float:
 
 def start_agent(config: Path, simulate: bool) -> subprocess.Popen:
     args = [str(BIN / "python"), str(BIN / "posdiag"), "run", "--config", str(config)]
-    proc = subprocess.Popen(args + (["--simulate", "healthy"] if simulate else []), stderr=subprocess.PIPE, text=True)
-    while "agent running" not in (proc.stderr.readline() or "agent running"):
-        pass
+    log = config.with_suffix(".log")
+    proc = subprocess.Popen(args + (["--simulate", "healthy"] if simulate else []), stderr=log.open("w"))
+    deadline = time.monotonic() + 30
+    while "agent running" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the agent did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
     return proc
 
 
@@ -97,6 +101,8 @@ def reaction(work: Path, config: Path, server) -> None:
         with log.open("a") as fh:
             fh.write(f"txn response code: {code}\n")
         while len(server.get("/api/v1/bundles?limit=500").json()["items"]) == before:
+            if time.monotonic() - t0 > 30:
+                raise SystemExit(f"no bundle for code {code} within 30 s")
             time.sleep(0.01)
         seconds.append(time.monotonic() - t0)
     proc.send_signal(signal.SIGTERM)
