@@ -15,6 +15,7 @@ from typing import Any
 from agent import bundle
 from agent.config import Config
 from agent.diagnosis import Diagnosis, diagnose
+from agent.history import ring_for
 from agent.outbox import Outbox
 
 SHARED_DEVICE_PROBES = ("printer", "card_reader")
@@ -59,6 +60,41 @@ def busy_devices(lock_files: list[str]) -> dict[str, str]:
     return {}
 
 
+def build_for(
+    config: Config,
+    diagnosis: dict[str, Any],
+    trigger: bundle.Trigger,
+    *,
+    evicted: int = 0,
+    bundle_id: str | None = None,
+    events: list[dict[str, Any]] | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> bundle.Bundle:
+    """The signed bundle for a diagnosis document; history defaults to the agent's ring."""
+    if history is None:
+        history = ring_for(config).read()
+    inp = bundle.diagnosis_input(config, diagnosis, trigger, evicted=evicted, history=history, events=events or [])
+    return bundle.build(inp, bundle.Limits.from_config(config), config.section("upload").token, bundle_id=bundle_id)
+
+
+def store(
+    config: Config,
+    outbox: Outbox,
+    diagnosis: dict[str, Any],
+    trigger: bundle.Trigger,
+    *,
+    bundle_id: str | None = None,
+    events: list[dict[str, Any]] | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> bundle.Bundle:
+    """Bundle a diagnosis into the outbox durably; its manifest reports the evictions the
+    outbox counted since the last bundle."""
+    evicted = outbox.pending_evicted()
+    built = build_for(config, diagnosis, trigger, evicted=evicted, bundle_id=bundle_id, events=events, history=history)
+    outbox.put(built.data, built.bundle_id, reported_evicted=evicted)
+    return built
+
+
 def run(
     config: Config,
     outbox: Outbox,
@@ -72,8 +108,5 @@ def run(
     diagnosis = diagnose(config, trigger.code, trigger.scheme, only, skip=skip)
     if any(entry.bundle_id == bundle_id for entry in outbox.entries()):
         return Outcome(diagnosis, bundle_id, stored=False)
-    evicted = outbox.pending_evicted()
-    inp = bundle.diagnosis_input(config, diagnosis.to_dict(), trigger, evicted=evicted, history=history, events=events)
-    built = bundle.build(inp, bundle.Limits.from_config(config), config.section("upload").token, bundle_id=bundle_id)
-    outbox.put(built.data, built.bundle_id, reported_evicted=evicted)
+    store(config, outbox, diagnosis.to_dict(), trigger, bundle_id=bundle_id, events=events, history=history)
     return Outcome(diagnosis, bundle_id, stored=True)

@@ -103,26 +103,23 @@ def deliver(config, diagnosis: dict, args: argparse.Namespace) -> str:
     from datetime import UTC, datetime
     from pathlib import Path
 
-    from agent import bundle
-    from agent.history import ring_for
+    from agent import bundle, pipeline
     from agent.outbox import Outbox, write_atomic
 
     error = diagnosis.get("error") or {}
     trigger = bundle.Trigger("manual", error.get("code"), error.get("scheme") or args.scheme)
     event = {"at": bundle.iso_utc(datetime.now(UTC)), "code": error.get("code"), "scheme": trigger.scheme, "source": "cli"}
-    token = config.section("upload").token
-    if not token:
+    if not config.section("upload").token:
         print("posdiag: warning: no [upload] token, the bundle's signature cannot be checked", file=sys.stderr)
     outbox = Outbox.from_config(config) if args.upload else None
-    evicted = outbox.pending_evicted() if outbox else 0
-    history = ring_for(config).read()  # what the agent recorded, when one runs on this terminal
-    inp = bundle.diagnosis_input(config, diagnosis, trigger, evicted=evicted, history=history, events=[event])
-    built = bundle.build(inp, bundle.Limits.from_config(config), token)
+    if outbox:
+        built = pipeline.store(config, outbox, diagnosis, trigger, events=[event])
+    else:
+        built = pipeline.build_for(config, diagnosis, trigger, events=[event])
     if args.bundle:
         write_atomic(Path(args.bundle), built.data)
         print(f"bundle {built.bundle_id} written to {args.bundle} ({len(built.data)} bytes)", file=sys.stderr)
     if outbox:
-        outbox.put(built.data, built.bundle_id, reported_evicted=evicted)
         upload_now(config, outbox, built.bundle_id)
     return built.bundle_id
 

@@ -66,16 +66,13 @@ def served_config(args: argparse.Namespace, server, workdir):  # noqa: ANN001, A
 
 def upload(config, diagnosis) -> str:  # noqa: ANN001 - heavy types imported lazily
     """Bundle the diagnosis, put it in the outbox and upload it, as the agent does."""
-    from agent import bundle
+    from agent import bundle, pipeline
     from agent.commands.bundle_cmd import upload_now
     from agent.outbox import Outbox
 
     doc = diagnosis.to_dict()
-    trigger = bundle.Trigger("error", DEMO_CODE, doc["error"]["scheme"])
-    inp = bundle.diagnosis_input(config, doc, trigger)
-    built = bundle.build(inp, bundle.Limits.from_config(config), config.section("upload").token)
     outbox = Outbox.from_config(config)
-    outbox.put(built.data, built.bundle_id)
+    built = pipeline.store(config, outbox, doc, bundle.Trigger("error", DEMO_CODE, doc["error"]["scheme"]))
     upload_now(config, outbox, built.bundle_id)
     return built.bundle_id
 
