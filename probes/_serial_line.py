@@ -21,6 +21,7 @@ from typing import Literal, TypeVar
 import serial
 
 from agent.errors import DeviceError
+from agent.model import Finding, Observation, Status
 
 T = TypeVar("T")
 LineErrorKind = Literal["absent", "denied", "lost"]
@@ -34,6 +35,16 @@ class LineError(DeviceError):
     def __init__(self, kind: LineErrorKind, message: str) -> None:
         self.kind: LineErrorKind = kind
         super().__init__(message)
+
+
+def as_observation(exc: LineError, prefix: str, port: str) -> Observation:
+    """A line error as the probe's finding: `<prefix>.absent` (status absent),
+    `.permission_denied` or `.no_response`."""
+    if exc.kind == "absent":
+        return Observation([Finding.fail(f"{prefix}.absent", str(exc), port=port)], status=Status.ABSENT)
+    if exc.kind == "denied":
+        return Observation([Finding.fail(f"{prefix}.permission_denied", str(exc), port=port)])
+    return Observation([Finding.fail(f"{prefix}.no_response", str(exc), port=port)])
 
 
 def error_errno(exc: BaseException) -> int | None:

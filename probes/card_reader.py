@@ -15,7 +15,7 @@ from agent.model import Finding, MetricValue, Observation, Status
 from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
 from probes._reader_drivers import DRIVERS, BadFrame, NoReply, ReaderStatus
-from probes._serial_line import Line, LineError
+from probes._serial_line import Line, LineError, as_observation
 from probes._usb_presence import find_device, parse_id
 
 NAME = "card_reader"
@@ -84,7 +84,7 @@ def check_line(settings: CardReaderSettings, deadline: float, metrics: dict[str,
             t0 = time.monotonic()
             status = driver.status(line, deadline)
     except LineError as exc:
-        return line_failure(exc, settings.port)
+        return as_observation(exc, "reader", settings.port)
     except NoReply:
         detail = f"no reply to a status request within {settings.read_timeout_seconds:g} s on {settings.port}"
         return Observation([Finding.fail("reader.no_response", detail, port=settings.port)], metrics)
@@ -105,11 +105,3 @@ def status_findings(status: ReaderStatus) -> list[Finding]:
         names = ", ".join(SLOT_NAMES[s] for s in status.slot_faults)
         found.append(Finding.fail("reader.slot_fault", f"reader slot fault: {names}", slots=list(status.slot_faults)))
     return found
-
-
-def line_failure(exc: LineError, port: str) -> Observation:
-    if exc.kind == "absent":
-        return Observation([Finding.fail("reader.absent", str(exc), port=port)], status=Status.ABSENT)
-    if exc.kind == "denied":
-        return Observation([Finding.fail("reader.permission_denied", str(exc), port=port)])
-    return Observation([Finding.fail("reader.no_response", str(exc), port=port)])

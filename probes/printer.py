@@ -21,7 +21,7 @@ from agent.model import Finding, Observation, Severity, Status
 from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
 from probes._escpos import PrinterLink, open_printer
-from probes._serial_line import LineError
+from probes._serial_line import LineError, as_observation
 
 NAME = "printer"
 FINDINGS = (
@@ -156,7 +156,7 @@ def check(settings: PrinterSettings, deadline: float) -> Observation:
         with open_printer(settings) as link:
             return observe(link, settings, deadline)
     except LineError as exc:
-        return line_failure(exc, settings.port)
+        return as_observation(exc, "printer", settings.port)
 
 
 def observe(link: PrinterLink, settings: PrinterSettings, deadline: float) -> Observation:
@@ -175,14 +175,6 @@ def observe(link: PrinterLink, settings: PrinterSettings, deadline: float) -> Ob
     drawer = int(bool(status.printer & 0x04))
     metrics = {"latency_ms": round(latency, 1), "status_bytes": status.hex(), "drawer_pin3": drawer}
     return Observation(decode(status), metrics)
-
-
-def line_failure(exc: LineError, port: str) -> Observation:
-    if exc.kind == "absent":
-        return Observation([Finding.fail("printer.absent", str(exc), port=port)], status=Status.ABSENT)
-    if exc.kind == "denied":
-        return Observation([Finding.fail("printer.permission_denied", str(exc), port=port)])
-    return Observation([Finding.fail("printer.no_response", str(exc), port=port)])
 
 
 def ready_to_print(settings: PrinterSettings, timeout_s: float = 2.0) -> tuple[bool, list[Finding]]:
