@@ -49,6 +49,7 @@ from typing import Any
 
 from agent import __version__
 from agent.redact import Redactor, redact_text
+from agent.sources import decode_log
 
 SCHEMA = "posdiag.bundle/1"
 MANIFEST = "manifest.json"
@@ -307,16 +308,6 @@ def read_tail(path: Path, lines: int, max_bytes: int) -> tuple[bytes, bool]:
         parts = parts[1:]  # the first piece may start mid-line
     kept = parts[-lines:]
     return b"\n".join(kept) + (b"\n" if kept else b""), cut
-
-
-def decode_log(raw: bytes) -> str:
-    """UTF-8, else GB18030 (Chinese payment apps often log in GBK), else UTF-8 with U+FFFD."""
-    for encoding in ("utf-8", "gb18030"):
-        try:
-            return raw.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-    return raw.decode("utf-8", errors="replace")
 
 
 def unique_name(path: Path, taken: set[str]) -> str:

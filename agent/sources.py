@@ -96,12 +96,14 @@ def parse_event_document(doc: Any) -> tuple[str, str | None, dict[str, Any]]:
     return clean_code(code), scheme, Redactor().data(context)
 
 
-def decode_line(raw: bytes) -> str:
-    """Payment apps in China often log in GB18030; try UTF-8 first."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("gb18030", errors="replace")
+def decode_log(raw: bytes) -> str:
+    """UTF-8, else GB18030 (Chinese payment apps often log in GBK), else UTF-8 with U+FFFD."""
+    for encoding in ("utf-8", "gb18030"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return raw.decode("utf-8", errors="replace")
 
 
 class OffsetLedger:
@@ -224,7 +226,7 @@ class LogFollower:
         ledger, inode = self.ledger, self.ledger.inode
         for raw in lines:
             end = position + len(raw) + 1
-            event = self._match(decode_line(raw[:MAX_LINE_BYTES]), inode, position, end)
+            event = self._match(decode_log(raw[:MAX_LINE_BYTES]), inode, position, end)
             if event is not None:
                 ledger.add(end)
                 event.done = functools.partial(ledger.done, end)
