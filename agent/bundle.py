@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.facts import iso_utc, system_facts, terminal_identity
+from agent.labels import labels_for, seen_in
 from agent.redact import Redactor, redact_text
 from agent.sources import decode_log
 
@@ -105,6 +107,7 @@ class BundleInput:
     events: list[dict[str, Any]] = field(default_factory=list)
     logs: list[str | Path] = field(default_factory=list)
     evicted: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ def make_manifest(
     return {
         "schema": SCHEMA,
         "bundle_id": bundle_id,
-        "terminal": {k: str(inp.terminal.get(k, "")) for k in terminal_keys},
+        "terminal": {**{k: str(inp.terminal.get(k, "")) for k in terminal_keys}, "labels": dict(inp.labels)},
         "agent_version": __version__,
         "created_at": iso_utc(now),
         "trigger": {
@@ -235,10 +238,6 @@ def make_manifest(
         "truncated": truncated,
         "evicted": inp.evicted,
     }
-
-
-def iso_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def dump_json(value: Any) -> bytes:
@@ -411,50 +410,6 @@ def verify(data: bytes, token: str) -> list[str]:
     return problems
 
 
-def terminal_identity(terminal: Any, host: Any) -> dict[str, str]:
-    """Terminal identity: config values first, the OS's own word where config leaves one empty."""
-    sysfs, procfs = Path(host.sysfs_root), Path(host.procfs_root)
-    found = {
-        "serial": first_text(sysfs / "class/dmi/id/product_serial", procfs / "device-tree/serial-number"),
-        "model": first_text(sysfs / "class/dmi/id/product_name", procfs / "device-tree/model"),
-        "firmware": first_text(sysfs / "class/dmi/id/bios_version", procfs / "sys/kernel/osrelease"),
-    }
-    identity = {"id": terminal.id, "app_version": terminal.app_version}
-    for key, value in found.items():
-        identity[key] = getattr(terminal, key) or value
-    return identity
-
-
-def system_facts(host: Any) -> dict[str, Any]:
-    """Small facts support asks for first: kernel, uptime, load, memory, the clock."""
-    procfs = Path(host.procfs_root)
-    facts: dict[str, Any] = {
-        "kernel": first_text(procfs / "sys/kernel/osrelease"),
-        "hostname": first_text(procfs / "sys/kernel/hostname"),
-        "clock_utc": iso_utc(datetime.now(UTC)),
-    }
-    uptime = first_text(procfs / "uptime").split()
-    facts["uptime_seconds"] = float(uptime[0]) if uptime else None
-    load = first_text(procfs / "loadavg").split()
-    facts["loadavg"] = [float(x) for x in load[:3]] if len(load) >= 3 else None
-    meminfo = first_text(procfs / "meminfo")
-    for key in ("MemTotal", "MemAvailable"):
-        match = re.search(rf"^{key}:\s+(\d+)", meminfo, re.MULTILINE)
-        facts[f"{key.lower()}_kib"] = int(match[1]) if match else None
-    return facts
-
-
-def first_text(*paths: Path) -> str:
-    for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace").strip("\x00 \n\t")
-        except OSError:
-            continue
-        if text:
-            return text
-    return ""
-
-
 def diagnosis_input(
     config: Any,
     diagnosis: dict[str, Any],
@@ -475,4 +430,5 @@ def diagnosis_input(
         events=events or [],
         logs=list(config.section("logs").files),
         evicted=evicted,
+        labels=labels_for(config, seen_in(diagnosis.get("probes", []))),
     )

@@ -9,14 +9,12 @@ settings classes; an error names the file the bad value came from and the key pa
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import tomllib
 import types
 import typing
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,11 @@ DEFAULT_NAME = "posdiag.toml"
 
 
 def packaged_default_text() -> str:
-    return resources.files("config").joinpath(DEFAULT_NAME).read_text(encoding="utf-8")
+    """The packaged defaults (read from the package directory, not through importlib.resources,
+    whose zip support the agent would carry in memory for nothing)."""
+    import config as packaged
+
+    return Path(packaged.__file__).with_name(DEFAULT_NAME).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ def build(merged: dict[str, Any], origin: typing.Callable[[str], str], source: s
 def check_keys(table: dict[str, Any], known: set[str], prefix: str, origin: typing.Callable[[str], str]) -> None:
     for key in table:
         if key not in known:
+            import difflib
+
             guess = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {guess[0]!r}?)" if guess else ""
             raise ConfigError(
@@ -173,7 +177,11 @@ def check_value(
     if typing.get_origin(hint) is dict:
         if not isinstance(value, dict):
             fail("a table")
-        return {str(k): check_value(args[1], v, f"{path}.{k}", origin, {}) for k, v in value.items()}
+        table = {str(k): check_value(args[1], v, f"{path}.{k}", origin, {}) for k, v in value.items()}
+        problem = meta["check"](table) if "check" in meta else None
+        if problem:
+            raise ConfigError(origin(path), path, problem)
+        return table
     if hint is bool:
         if not isinstance(value, bool):
             fail("true or false")
@@ -241,7 +249,7 @@ def dump(data: dict[str, Any]) -> str:
 
 def emit_table(table: dict[str, Any], prefix: list[str], lines: list[str]) -> None:
     scalars = {k: v for k, v in table.items() if not isinstance(v, dict) and not is_table_list(v)}
-    if prefix and scalars:
+    if prefix and (scalars or not table):  # an empty table keeps its header
         lines.append(f"\n[{'.'.join(prefix)}]")
     for key, value in scalars.items():
         lines.append(f"{key} = {toml_value(value)}")

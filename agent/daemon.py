@@ -8,10 +8,13 @@ Threads, each blocking on something (no busy polling):
               also runs probe requests from the support server, one job at a time so
               two diagnoses never share a device
     uploader  flushes the outbox after each bundle and on a timer, then polls for
-              probe requests
+              probe requests; sends the hourly heartbeat (which carries a poll due with it)
 
 A crash at any point loses nothing that was diagnosed: bundles are in the outbox before
 a log offset is committed, and redone work yields the same bundle id.
+
+What only a diagnosis or an upload needs (probes, knowledge base, bundle format, requests)
+is imported when the first one happens, so an agent that has seen no error stays small.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import bundle, pipeline
 from agent.config import Config
 from agent.errors import ConfigError
+from agent.heartbeat import Counters
 from agent.history import ring_for, snapshot
+from agent.incidents import IncidentMemory
 from agent.local_socket import LocalSocket
 from agent.outbox import Outbox, OutboxBusy
 from agent.sources import ErrorEvent, LastErrorFile, LogFollower
@@ -144,6 +148,8 @@ class Daemon:
         self.reload_requested = False
         self.retries: list[tuple[float, Group]] = []
         self.socket: LocalSocket | None = None
+        self.counters = Counters()
+        self.link: Any = None
         settings = config.section("daemon")
         self.gate = Gate(settings.settle_seconds, settings.max_wait_seconds, settings.debounce_seconds, settings.max_diagnoses_per_hour)
         self._apply(config, *self._parts(config))
@@ -171,6 +177,10 @@ class Daemon:
         self.sources = sources
         self.socket = socket
         self.history = ring_for(config)
+        self.incidents = IncidentMemory(settings.state_dir)
+        if self.link is not None:
+            self.link.close()
+        self.link = None  # reopened for the (maybe changed) [upload] section on the next exchange
         if socket is not None:
             socket.reply_timeout_s = settings.reply_timeout_seconds
         # The gate keeps its open groups and its hourly count across a reload.
@@ -264,6 +274,7 @@ class Daemon:
 
     def _handle(self, job: Any) -> None:
         if isinstance(job, ErrorEvent):
+            self.counters.errors += 1
             self.gate.add(job)
         elif isinstance(job, dict):
             self.run_command(job)
@@ -286,6 +297,8 @@ class Daemon:
         """Diagnose, bundle and store one group. When that fails (a full or read-only disk,
         say) the group is tried again after `upload_retry_seconds`; its events stay
         uncommitted meanwhile, so even a restart does not lose them."""
+        from agent import bundle, pipeline
+
         first = group.events[0]
         trigger = bundle.Trigger("error", group.code, group.scheme, None, len(group.events))
         try:
@@ -302,6 +315,7 @@ class Daemon:
             return
         for event in group.events:
             event.done()
+        self.counters.diagnoses += 1
         summary = outcome.summary(len(group.events))
         top = summary["top_cause"]
         log.info(
@@ -319,10 +333,10 @@ class Daemon:
                 event.reply(answer)
 
     def run_command(self, command: dict[str, Any]) -> None:
-        from remote.commands import execute
+        from agent.pipeline import run_command
 
         try:
-            outcome = execute(self.config, self.outbox, command, self.history.read())
+            outcome = run_command(self.config, self.outbox, command, self.history.read())
         except Exception as exc:
             log.error("probe request %s failed: %s: %s", command.get("command_id"), type(exc).__name__, exc)
             return
@@ -331,30 +345,39 @@ class Daemon:
 
     def upload_loop(self) -> None:
         """Flush and poll after each new bundle at once; otherwise every
-        `command_poll_seconds` (+-10 %), the first round after a random part of
-        `start_jitter_seconds`, so a fleet that reboots together does not call in at once."""
+        `command_poll_seconds` (+-10 %), and send a heartbeat every `heartbeat_seconds`
+        (+-10 %) that carries the poll with it. The first round comes after a random part
+        of `start_jitter_seconds`, so a fleet that reboots together does not call in at once."""
         settings = self.config.section("daemon")
         next_poll = time.monotonic() + random.uniform(0, settings.start_jitter_seconds)
+        next_heartbeat = next_poll
         while not self.stop.is_set():
-            self.kick.wait(min(settings.upload_retry_seconds, max(0.0, next_poll - time.monotonic())))
+            next_due = min(next_poll, next_heartbeat)
+            self.kick.wait(min(settings.upload_retry_seconds, max(0.0, next_due - time.monotonic())))
             kicked = self.kick.is_set()
             self.kick.clear()
             if self.stop.is_set():
                 return
             try:
                 self.flush()
-                if kicked or time.monotonic() >= next_poll:
+                now = time.monotonic()
+                if now >= next_heartbeat:
+                    if not self.heartbeat():
+                        self.poll_commands()
+                    next_heartbeat = now + settings.heartbeat_seconds * random.uniform(0.9, 1.1)
+                    next_poll = now + settings.command_poll_seconds * random.uniform(0.9, 1.1)
+                elif kicked or now >= next_poll:
                     self.poll_commands()
-                    next_poll = time.monotonic() + settings.command_poll_seconds * random.uniform(0.9, 1.1)
+                    next_poll = now + settings.command_poll_seconds * random.uniform(0.9, 1.1)
             except Exception as exc:  # a read-only outbox, say: the thread must outlive it
                 log.error("upload round failed, trying again later: %s: %s", type(exc).__name__, exc)
             settings = self.config.section("daemon")
 
     def flush(self) -> None:
-        from remote.client import Client, Halt, flush
-
         if not self.outbox.entries() or not self.config.section("upload").server_url:
             return
+        from remote.client import Client, Halt, flush
+
         try:
             report = flush(self.outbox, Client(self.config.section("upload")))
         except (OutboxBusy, Halt) as exc:
@@ -365,17 +388,49 @@ class Daemon:
         if report.stopped:
             log.warning("upload stopped, %d bundle(s) waiting: %s", report.remaining, report.stopped)
 
+    def _link(self) -> Any:
+        from remote.commands import link_for
+
+        if self.link is None:
+            self.link = link_for(self.config.section("upload"))
+        return self.link
+
     def poll_commands(self) -> None:
         if not self.config.section("upload").server_url:
             return
         from remote.commands import fetch_next
 
         try:
-            command = fetch_next(self.config)
+            reply = fetch_next(self._link(), self.config.section("terminal").id)
         except Exception as exc:  # the server being away is normal on a cellular link
             log.info("probe requests not polled: %s", exc)
             return
-        if command:
-            log.info("probe request %s received", command.get("command_id"))
-            self.jobs.put(command)
+        self._take(reply)
 
+    def heartbeat(self) -> bool:
+        """Send the health report, True when the server took it (and the poll it carries).
+        One that cannot be sent is dropped: the next supersedes it."""
+        if not self.config.section("upload").server_url:
+            return True
+        from agent.heartbeat import payload
+        from agent.labels import labels_for
+        from remote.commands import send_heartbeat
+
+        try:
+            body = payload(self.config, self.history.latest(), self.counters, self.outbox, labels_for(self.config))
+            reply = send_heartbeat(self._link(), body, poll=True)
+        except Exception as exc:
+            log.info("heartbeat not sent: %s", exc)
+            return False
+        self._take(reply)
+        return True
+
+    def _take(self, reply: Any) -> None:
+        if reply.incidents is not None:
+            try:
+                self.incidents.replace(reply.incidents)
+            except OSError as exc:
+                log.warning("fleet incidents not saved in %s: %s", self.config.section("daemon").state_dir, exc)
+        if reply.command:
+            log.info("probe request %s received", reply.command.get("command_id"))
+            self.jobs.put(reply.command)

@@ -8,12 +8,13 @@ causes[0].category, dispatch.verdict): keep its keys stable.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from agent.config import Config
 from agent.correlate import Correlation, RankedCause, correlate
 from agent.errors import UsageError
+from agent.incidents import IncidentMemory, advice
 from agent.knowledge import ROLES, KnowledgeBase, Text, load_for
 from agent.model import Sweep
 from agent.redact import redact_text
@@ -43,6 +44,7 @@ class Diagnosis:
     error: ErrorInfo
     sweep: Sweep
     correlation: Correlation
+    fleet: dict[str, Any] | None = None  # an open fleet incident that explains this terminal's error
 
     @property
     def top(self) -> RankedCause:
@@ -57,6 +59,7 @@ class Diagnosis:
             "causes": [cause_dict(rc) for rc in self.correlation.causes],
             "other_findings": [asdict(f) for f in self.correlation.other_findings],
             "dispatch": self.correlation.dispatch.to_dict(),
+            "fleet": self.fleet,
         }
 
 
@@ -103,4 +106,6 @@ def diagnose(
     if scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
     sweep = run_probes(config, only, on_result=on_result, skip=skip)
-    return explain(kb, code, scheme, order, sweep)
+    diagnosis = explain(kb, code, scheme, order, sweep)
+    incidents = IncidentMemory(config.section("daemon").state_dir).open()
+    return replace(diagnosis, fleet=advice(incidents, diagnosis.top.cause.category))

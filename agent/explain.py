@@ -21,6 +21,7 @@ LABELS = {
         "todo": "what to do",
         "other": "Other findings (not the cause of this code)",
         "dispatch": "Dispatch",
+        "fleet": "Fleet",
         "verdicts": {"none": "none", "remote": "remote", "onsite": "on site"},
         "roles": {"merchant": "merchant", "technician": "technician", "support": "support"},
     },
@@ -35,6 +36,7 @@ LABELS = {
         "todo": "处理建议",
         "other": "其他发现（与此错误码无关）",
         "dispatch": "派单建议",
+        "fleet": "机群",
         "verdicts": {"none": "无需派人", "remote": "远程处理", "onsite": "现场处理"},
         "roles": {"merchant": "商户", "technician": "技术员", "support": "客服"},
     },
@@ -57,6 +59,8 @@ def diagnosis_text(diagnosis: Diagnosis, lang: str, role: str) -> str:
     dispatch = diagnosis.correlation.dispatch
     lines.append("")
     lines.append(f"{words['dispatch']}: {words['verdicts'][dispatch.verdict]} — {dispatch.reason.get(lang)}")
+    if diagnosis.fleet:
+        lines.append(f"{words['fleet']}: {diagnosis.fleet['message'][lang if lang in ('zh', 'en') else 'en']}")
     return "\n".join(lines)
 
 

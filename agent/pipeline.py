@@ -8,6 +8,7 @@ so redoing the work after a crash stores the same bundle, not a second one.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from agent.history import ring_for
 from agent.outbox import Outbox
 
 SHARED_DEVICE_PROBES = ("printer", "card_reader")
+COMMAND_NAMESPACE = uuid.UUID("0b7c8a52-8d7e-4f57-b1a4-3c2f5e1e9a61")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Outcome:
             "meaning": doc["error"]["meaning"],
             "top_cause": None if top is None else {k: top[k] for k in ("id", "category", "title", "confidence")},
             "dispatch": doc["dispatch"],
+            "fleet": doc["fleet"],
         }
 
 
@@ -110,3 +113,14 @@ def run(
         return Outcome(diagnosis, bundle_id, stored=False)
     store(config, outbox, diagnosis.to_dict(), trigger, bundle_id=bundle_id, events=events, history=history)
     return Outcome(diagnosis, bundle_id, stored=True)
+
+
+def run_command(config: Config, outbox: Outbox, command: dict[str, Any], history: list[dict[str, Any]]) -> Outcome:
+    """Carry out a probe request from the support server: run the requested probes (all when
+    none are named), diagnose the code if one was given, and put the bundle, which names the
+    command, into the outbox. The bundle id derives from the command id, so a request
+    redelivered after a crash yields the same bundle and the server closes it once."""
+    command_id = command["command_id"]
+    trigger = bundle.Trigger("remote", command.get("code") or None, None, command_id, 1)
+    bundle_id = str(uuid.uuid5(COMMAND_NAMESPACE, command_id))
+    return run(config, outbox, trigger, bundle_id, [], history, only=command.get("probes") or None)

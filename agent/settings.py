@@ -27,6 +27,19 @@ def terminal_id_problem(value: str) -> str | None:
     return "1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
 
 
+LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def labels_problem(labels: dict[str, str]) -> str | None:
+    """Labels group terminals on the support server: short keys, short values."""
+    for key, value in labels.items():
+        if not LABEL_KEY.fullmatch(key):
+            return f"label {key!r}: keys are 1-32 lower-case letters, digits or '_', starting with a letter"
+        if not 0 < len(value) <= 64:
+            return f"label {key!r}: values are 1-64 characters"
+    return None
+
+
 @dataclass(frozen=True)
 class TerminalSettings:
     id: str = field(metadata={"check": terminal_id_problem})
@@ -35,6 +48,7 @@ class TerminalSettings:
     firmware: str
     app_version: str
     lang: str = bounded(choices=("zh", "en"))
+    labels: dict[str, str] = field(metadata={"check": labels_problem})
 
 
 @dataclass(frozen=True)
@@ -168,6 +182,7 @@ class DaemonSettings:
     snapshot_interval_seconds: float = bounded(1, 86400)
     history_snapshots: int = bounded(1, 100000)
     command_poll_seconds: float = bounded(1, 86400)
+    heartbeat_seconds: float = bounded(1, 86400)
     start_jitter_seconds: float = bounded(0, 3600)
     upload_retry_seconds: float = bounded(1, 86400)
     file_poll_seconds: float = bounded(0.1, 3600)

@@ -8,7 +8,6 @@ truncation are seen like any other write.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import select
 from collections.abc import Iterable
@@ -31,9 +30,8 @@ class DirectoryWatcher:
         self.libc = None
         self.wake_r, self.wake_w = os.pipe()
         self.unwatched: list[Path] = []
-        name = ctypes.util.find_library("c")
         try:
-            libc = ctypes.CDLL(name, use_errno=True)
+            libc = ctypes.CDLL(None, use_errno=True)  # the C library the interpreter runs on
             fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         except (OSError, AttributeError):
             return

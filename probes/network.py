@@ -73,8 +73,11 @@ def run(settings: NetworkSettings, ctx: ProbeContext) -> Observation:
     findings: list[Finding] = []
     metrics: dict[str, MetricValue] = {}
     findings += check_links(settings, ctx, metrics)
-    if not has_default_route(ctx):
+    iface = default_interface(ctx)
+    if iface is None:
         findings.append(Finding.fail("network.no_route", "no default route"))
+    else:
+        metrics["link"] = link_kind(ctx, iface)
     findings += check_wireless(settings, ctx, metrics)
     for endpoint in settings.hosts:
         findings += check_endpoint(endpoint, settings, ctx, metrics)
@@ -98,17 +101,33 @@ def check_links(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, Metric
     return []
 
 
-def has_default_route(ctx: ProbeContext) -> bool:
-    """A default route in /proc/net/route (destination 00000000) or /proc/net/ipv6_route (::/0)."""
+def default_interface(ctx: ProbeContext) -> str | None:
+    """The interface of the default route in /proc/net/route (destination 00000000, flag
+    RTF_UP) or /proc/net/ipv6_route (::/0), None when there is none."""
     for line in (read_text(ctx.proc("net", "route")) or "").splitlines()[1:]:
         fields = line.split()
         if len(fields) > 3 and fields[1] == "00000000" and int(fields[3], 16) & 0x1:
-            return True
+            return fields[0]
     for line in (read_text(ctx.proc("net", "ipv6_route")) or "").splitlines():
         fields = line.split()
         if len(fields) >= 10 and fields[0] == "0" * 32 and fields[1] == "00" and fields[9] != "lo":
-            return True
-    return False
+            return fields[9]
+    return None
+
+
+CELLULAR_PREFIXES = ("wwan", "rmnet", "ppp", "ccmni", "usb", "wwp")
+
+
+def link_kind(ctx: ProbeContext, iface: str) -> str:
+    """wifi, cellular or ethernet, from the interface's sysfs entry (a `wireless` directory
+    or DEVTYPE in its uevent) and, failing that, the names drivers give cellular links."""
+    base = ctx.sys("class", "net", iface)
+    uevent = read_text(base / "uevent") or ""
+    if (base / "wireless").is_dir() or "DEVTYPE=wlan" in uevent:
+        return "wifi"
+    if "DEVTYPE=wwan" in uevent or iface.startswith(CELLULAR_PREFIXES):
+        return "cellular"
+    return "ethernet"
 
 
 def check_wireless(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> list[Finding]:

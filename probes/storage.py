@@ -165,12 +165,22 @@ def parse_hex_bytes(text: str | None) -> list[int]:
         return []
 
 
+def life_used_level(device: Path) -> int:
+    """The worse of the two life_time estimates (JEDEC EXT_CSD DEVICE_LIFE_TIME_EST_TYP_A/B):
+    0x01 means 0-10 % of life used, ... 0x0A 90-100 %, 0x0B exceeded."""
+    return max(parse_hex_bytes(read_text(device / "life_time")), default=0)
+
+
+def life_used_pct(level: int) -> int:
+    """The upper end of the level's band, so a trend errs towards early warning."""
+    return min(100, 10 * level) if level else 0
+
+
 def check_emmc(ctx: ProbeContext, s: StorageSettings, metrics: dict[str, MetricValue]) -> list[Finding]:
     found = []
     for device in emmc_devices(ctx):
-        life = parse_hex_bytes(read_text(device / "life_time"))
         pre_eol = parse_hex_bytes(read_text(device / "pre_eol_info"))
-        worst = max(life, default=0)
+        worst = life_used_level(device)
         eol = pre_eol[0] if pre_eol else 0
         metrics["emmc_life_used_level"] = worst
         metrics["emmc_pre_eol"] = eol

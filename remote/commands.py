@@ -1,59 +1,68 @@
-"""The terminal's side of probe requests: take the next one from the support server and
-carry it out. The bundle id derives from the command id, so a request redelivered after
-a crash yields the same bundle and the server closes the command once."""
+"""The terminal's small exchanges with the support server: the next probe request, and the
+heartbeat (whose answer may carry the next probe request too, so a poll that falls due
+with a heartbeat costs no second exchange). Both tell the open fleet incidents that cover
+the terminal when the server knows of any."""
 
 from __future__ import annotations
 
-import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
-import requests
-
-from agent import bundle, pipeline
-from agent.config import Config
-from agent.outbox import Outbox
-
-COMMAND_NAMESPACE = uuid.UUID("0b7c8a52-8d7e-4f57-b1a4-3c2f5e1e9a61")
+from remote.link import Answer, Link, LinkError
 
 
 class PollError(Exception):
     pass
 
 
-def fetch_next(config: Config, session: requests.Session | None = None) -> dict[str, Any] | None:
-    """The next probe request for this terminal, or None when there is none."""
-    upload = config.section("upload")
-    terminal = config.section("terminal").id
-    url = f"{upload.server_url.rstrip('/')}/api/v1/terminals/{terminal}/commands/next"
+@dataclass(frozen=True)
+class Reply:
+    command: dict[str, Any] | None
+    incidents: list[dict[str, Any]] | None = field(default=None)  # None: the server did not say
+
+
+def link_for(upload: Any) -> Link:
+    """The link of an [upload] section (server_url, token, ca_file, timeouts)."""
     try:
-        response = (session or requests).get(
-            url,
-            headers={"Authorization": f"Bearer {upload.token}"},
-            timeout=(upload.connect_timeout_seconds, upload.read_timeout_seconds),
-            verify=upload.ca_file or True,
-            allow_redirects=False,  # like uploads: the token goes to the configured server only
-        )
-    except requests.RequestException as exc:
-        raise PollError(f"cannot reach {upload.server_url}: {type(exc).__name__}") from None
-    with response:
-        if response.status_code == 204:
-            return None
-        if response.status_code != 200:
-            raise PollError(f"server answered {response.status_code} to the poll")
-        try:
-            command = response.json()
-        except (ValueError, RecursionError):  # [[[[... is a RecursionError, not a decode error
-            raise PollError("server answered the poll with something that is not JSON") from None
+        return Link(upload.server_url, upload.token, upload.ca_file, upload.connect_timeout_seconds + upload.read_timeout_seconds)
+    except LinkError as exc:
+        raise PollError(str(exc)) from None
+
+
+def fetch_next(link: Link, terminal_id: str) -> Reply:
+    """The next probe request for this terminal (None when there is none)."""
+    answer = _exchange(link, "GET", f"/api/v1/terminals/{terminal_id}/commands/next", None, "the poll")
+    if answer.status == 204:
+        return Reply(None)
+    if answer.status != 200:
+        raise PollError(f"server answered {answer.status} to the poll")
+    body = answer.body if isinstance(answer.body, dict) else {}
+    return Reply(_command(body, "the poll"), _incidents(body))
+
+
+def send_heartbeat(link: Link, payload: dict[str, Any], poll: bool) -> Reply:
+    """Send one heartbeat; with `poll`, ask for the next probe request in the same exchange."""
+    answer = _exchange(link, "POST", "/api/v1/heartbeats" + ("?poll=1" if poll else ""), payload, "the heartbeat")
+    if answer.status not in (200, 202):
+        raise PollError(f"server answered {answer.status} to the heartbeat")
+    body = answer.body if isinstance(answer.body, dict) else {}
+    command = body.get("command")
+    return Reply(None if command is None else _command(command, "the heartbeat"), _incidents(body))
+
+
+def _exchange(link: Link, method: str, path: str, payload: Any, what: str) -> Answer:
+    try:
+        return link.exchange(method, path, payload)
+    except LinkError as exc:
+        raise PollError(f"{what}: {exc}") from None
+
+
+def _command(command: Any, what: str) -> dict[str, Any]:
     if not isinstance(command, dict) or not isinstance(command.get("command_id"), str):
-        raise PollError("server answered the poll without a command id")
+        raise PollError(f"server answered {what} without a command id")
     return command
 
 
-def execute(config: Config, outbox: Outbox, command: dict[str, Any], history: list[dict[str, Any]]) -> pipeline.Outcome:
-    """Run the requested probes (all when none are named), diagnose the code if one was
-    given, and put the bundle, which names the command, into the outbox."""
-    command_id = command["command_id"]
-    probes = command.get("probes") or None
-    trigger = bundle.Trigger("remote", command.get("code") or None, None, command_id, 1)
-    bundle_id = str(uuid.uuid5(COMMAND_NAMESPACE, command_id))
-    return pipeline.run(config, outbox, trigger, bundle_id, [], history, only=probes)
+def _incidents(body: dict[str, Any]) -> list[dict[str, Any]] | None:
+    incidents = body.get("incidents")
+    return [i for i in incidents if isinstance(i, dict)] if isinstance(incidents, list) else None

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent import bundle
+from agent import bundle, facts
 from agent.bundle import BundleInput, Limits, Trigger
 from tests.conftest import run_cli
 
@@ -90,7 +90,7 @@ def test_layout_manifest_and_signature(tmp_path):
     assert manifest["schema"] == "posdiag.bundle/1"
     assert uuid.UUID(manifest["bundle_id"]).version == 4
     assert manifest["created_at"] == "2026-11-23T08:15:00.123Z"
-    assert manifest["terminal"] == {"id": "T-0001", "serial": "SN1", "model": "A920", "firmware": "1.2", "app_version": "5.0"}
+    assert manifest["terminal"] == {"id": "T-0001", "serial": "SN1", "model": "A920", "firmware": "1.2", "app_version": "5.0", "labels": {}}
     assert manifest["trigger"] == {"kind": "error", "code": "03", "scheme": "iso8583", "command_id": None, "events": 1}
     assert set(manifest) == {
         "schema", "bundle_id", "terminal", "agent_version", "created_at", "trigger", "files", "redaction", "truncated", "evicted"
@@ -258,10 +258,10 @@ def test_terminal_identity_prefers_config_then_os(tmp_path):
     (tmp_path / "proc/sys/kernel/osrelease").write_text("5.10.0-pos\n")
     host = SimpleNamespace(sysfs_root=str(tmp_path / "sys"), procfs_root=str(tmp_path / "proc"))
     terminal = SimpleNamespace(id="T-9", serial="", model="M-CONFIG", firmware="", app_version="5.1")
-    assert bundle.terminal_identity(terminal, host) == {
+    assert facts.terminal_identity(terminal, host) == {
         "id": "T-9", "app_version": "5.1", "serial": "SN-OS-1", "model": "M-CONFIG", "firmware": "5.10.0-pos"
     }
-    assert bundle.system_facts(host)["kernel"] == "5.10.0-pos"
+    assert facts.system_facts(host)["kernel"] == "5.10.0-pos"
 
 
 def test_trigger_kind_is_checked(tmp_path):

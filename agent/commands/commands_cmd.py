@@ -28,13 +28,14 @@ def handle_poll(args: argparse.Namespace) -> int:
     from agent.errors import UsageError
     from agent.history import ring_for
     from agent.outbox import Outbox
-    from remote.commands import PollError, execute, fetch_next
+    from agent.pipeline import run_command
+    from remote.commands import PollError, fetch_next, link_for
 
     with configured(args) as config:
         if not config.section("upload").server_url:
             raise UsageError("no [upload] server_url configured: nowhere to poll")
         try:
-            command = fetch_next(config)
+            command = fetch_next(link_for(config.section("upload")), config.section("terminal").id).command
         except PollError as exc:
             print(f"posdiag: {exc}", file=sys.stderr)
             return 1
@@ -42,7 +43,7 @@ def handle_poll(args: argparse.Namespace) -> int:
             print(json.dumps({"command": None}) if args.json else "no probe request waiting")
             return 0
         outbox = Outbox.from_config(config)
-        outcome = execute(config, outbox, command, ring_for(config).read())
+        outcome = run_command(config, outbox, command, ring_for(config).read())
         upload_now(config, outbox, outcome.bundle_id)
     result = {"command": command, "bundle_id": outcome.bundle_id}
     print(json.dumps(result) if args.json else f"probe request {command['command_id']} done: bundle {outcome.bundle_id}")

@@ -965,11 +965,12 @@ def test_upload_answers_are_classified(answering_server, answer):
 @given(answer=answers)
 @example(answer=(200, [], b"[" * 50000))
 def test_poll_answers_give_a_command_none_or_a_poll_error(answering_server, answer):
-    from remote.commands import PollError, fetch_next
+    from remote.commands import PollError, fetch_next, link_for
 
     answering_server.answer = answer
+    config = answering_config(answering_server)
     try:
-        command = fetch_next(answering_config(answering_server))
+        command = fetch_next(link_for(config.section("upload")), config.section("terminal").id).command
     except PollError as err:
         assert str(err)
     else:

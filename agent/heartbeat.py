@@ -1,0 +1,64 @@
+"""The heartbeat: a small health report the agent sends every `heartbeat_seconds` (the
+contract of `POST /api/v1/heartbeats`, docs/fleet.md). Built from the newest health
+snapshot, so sending one reads no device and writes nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.facts import iso_utc, terminal_identity
+
+DIRECT = ("battery_pct", "battery_wear_ratio", "battery_cycle_count", "emmc_life_used_pct", "max_temp_c", "memory_available_mib")
+
+
+@dataclass
+class Counters:
+    """Since the agent started."""
+
+    errors: int = 0
+    diagnoses: int = 0
+
+
+def health(snap: dict[str, Any] | None) -> dict[str, Any]:
+    """The contract's health keys from a snapshot; a key the snapshot lacks is null. Free
+    space is the smallest of the watched mounts; signal the strongest radio seen."""
+    snap = snap or {}
+    out: dict[str, Any] = {key: snap.get(key) for key in DIRECT}
+    free = [v for k, v in snap.items() if k.startswith("free_mib") and isinstance(v, int | float)]
+    out["free_mib"] = min(free) if free else None
+    signal = [v for k, v in snap.items() if (k.startswith("wifi_level_dbm") or k == "rssi_dbm") and isinstance(v, int | float)]
+    out["signal_dbm"] = max(signal) if signal else None
+    return out
+
+
+def uptime_s(procfs_root: str) -> float | None:
+    try:
+        return round(float(Path(procfs_root, "uptime").read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def payload(config: Any, snap: dict[str, Any] | None, counters: Counters, outbox: Any, labels: dict[str, str]) -> dict[str, Any]:
+    host = config.section("host")
+    identity = terminal_identity(config.section("terminal"), host)
+    return {
+        "terminal_id": identity["id"],
+        "sent_at": iso_utc(datetime.now(UTC)),
+        "model": identity["model"],
+        "firmware": identity["firmware"],
+        "app_version": identity["app_version"],
+        "agent_version": __version__,
+        "labels": labels,
+        "health": health(snap),
+        "counters": {
+            "errors": counters.errors,
+            "diagnoses": counters.diagnoses,
+            "bundles_waiting": len(outbox.entries()),
+            "bundles_dead": len(outbox.dead_entries()),
+            "uptime_s": uptime_s(host.procfs_root),
+        },
+    }

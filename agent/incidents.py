@@ -1,0 +1,50 @@
+"""Fleet incidents the support server says cover this terminal (an acquirer host or a
+carrier outage), as told in the answers to heartbeats and polls. Kept in the state
+directory so `posdiag diagnose` on the same terminal knows them too."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.state import StateFile
+
+MAX_INCIDENTS = 20
+
+
+class IncidentMemory:
+    def __init__(self, state_dir: str | Path) -> None:
+        self.file = StateFile(Path(state_dir) / "incidents.json")
+
+    def replace(self, incidents: Any) -> None:
+        """Keep what the server said now (written only when it changed)."""
+        clean = [i for i in incidents if isinstance(i, dict) and isinstance(i.get("id"), str)][:MAX_INCIDENTS] if isinstance(incidents, list) else []
+        known = self.file.load()
+        value = {"incidents": clean}
+        if known.get("incidents") != clean:
+            self.file.save({**value, "told_at": datetime.now(UTC).isoformat(timespec="seconds")})
+
+    def open(self) -> list[dict[str, Any]]:
+        incidents = self.file.load().get("incidents")
+        return [i for i in incidents if isinstance(i, dict)] if isinstance(incidents, list) else []
+
+
+def advice(incidents: list[dict[str, Any]], top_category: str | None) -> dict[str, Any] | None:
+    """The first open incident whose categories include the diagnosis' own top cause's:
+    the fleet sees what this terminal sees, so nobody should be sent to it."""
+    if top_category is None:
+        return None
+    for incident in incidents:
+        categories = incident.get("categories") or []
+        if top_category in categories:
+            summary = incident.get("summary") if isinstance(incident.get("summary"), dict) else {}
+            return {
+                "incident_id": incident["id"],
+                "kind": incident.get("kind"),
+                "message": {
+                    "zh": f"{summary.get('zh') or '机群故障'}：正在发生，请勿派技术员上门",
+                    "en": f"{summary.get('en') or 'fleet outage'}: in progress, do not call a technician",
+                },
+            }
+    return None
