@@ -73,6 +73,7 @@ def sysfs_files(faults: frozenset[str]) -> dict[str, str]:
     for iface in ("eth0", "wlan0"):
         files[f"class/net/{iface}/operstate"] = link
         files[f"class/net/{iface}/carrier"] = "1" if link == "up" else "0"
+    files["class/net/wlan0/uevent"] = "DEVTYPE=wlan\nINTERFACE=wlan0"  # cfg80211 devices say so
     files["class/net/lo/operstate"] = "unknown"
     return files
 

@@ -1,0 +1,116 @@
+"""What the agent tells the fleet: heartbeat payloads, labels, and fleet incidents that
+change what a diagnosis advises."""
+
+import json
+
+import pytest
+
+from agent import config
+from agent.heartbeat import Counters, payload
+from agent.history import snapshot
+from agent.incidents import IncidentMemory, advice
+from agent.labels import labels_for, seen_in
+from agent.outbox import Outbox
+from probes.emulators import SimulatedTerminal
+
+HEALTH_KEYS = {
+    "battery_pct", "battery_wear_ratio", "battery_cycle_count", "emmc_life_used_pct",
+    "free_mib", "signal_dbm", "max_temp_c", "memory_available_mib",
+}
+COUNTER_KEYS = {"errors", "diagnoses", "bundles_waiting", "bundles_dead", "uptime_s"}
+
+
+@pytest.fixture
+def simulated(tmp_path):
+    with SimulatedTerminal.from_spec("healthy") as sim:
+        overrides = config.merge(sim.overrides, {
+            "terminal": {"id": "HB-1", "model": "A920", "firmware": "2.1", "app_version": "5.0",
+                         "labels": {"acquirer": "B", "region": "north"}},
+            "daemon": {"state_dir": str(tmp_path / "state")},
+            "outbox": {"dir": str(tmp_path / "outbox")},
+        })
+        yield config.load(overrides=overrides)
+
+
+def test_a_heartbeat_follows_the_contract_from_the_newest_snapshot(simulated):
+    snap = snapshot(simulated)
+    body = payload(simulated, snap, Counters(errors=3, diagnoses=2), Outbox.from_config(simulated), labels_for(simulated))
+    assert set(body) == {"terminal_id", "sent_at", "model", "firmware", "app_version", "agent_version", "labels", "health", "counters"}
+    assert (body["terminal_id"], body["model"], body["firmware"], body["app_version"]) == ("HB-1", "A920", "2.1", "5.0")
+    assert body["sent_at"].endswith("Z")
+    assert set(body["health"]) == HEALTH_KEYS and set(body["counters"]) == COUNTER_KEYS
+    health = body["health"]
+    # the simulated battery: 80 %, worn to charge_full / charge_full_design; eMMC level 2 -> 20 %
+    assert health["battery_pct"] == snap["battery_pct"] and 0 < health["battery_wear_ratio"] <= 1
+    assert health["emmc_life_used_pct"] == snap["emmc_life_used_pct"] > 0
+    assert health["signal_dbm"] == snap["wifi_level_dbm[wlan0]"]
+    assert health["free_mib"] > 0 and health["memory_available_mib"] > 0
+    assert body["counters"]["errors"] == 3 and body["counters"]["diagnoses"] == 2
+    assert body["counters"]["bundles_waiting"] == 0 and body["counters"]["uptime_s"] > 0
+    json.dumps(body)  # it travels as JSON
+
+
+def test_missing_health_is_null_not_absent(simulated):
+    body = payload(simulated, None, Counters(), Outbox.from_config(simulated), {})
+    assert set(body["health"]) == HEALTH_KEYS and all(v is None for v in body["health"].values())
+
+
+def test_labels_add_what_the_probes_saw_unless_the_operator_set_it(simulated, tmp_path):
+    seen = seen_in([
+        {"name": "network", "metrics": {"link": "cellular"}},
+        {"name": "modem", "metrics": {"operator": "China Mobile"}},
+    ])
+    assert seen == {"link": "cellular", "carrier": "China Mobile"}
+    labels = labels_for(simulated, seen)
+    assert labels == {"acquirer": "B", "region": "north", "link": "cellular", "carrier": "China Mobile"}
+    # remembered for the next heartbeat, which sees no probe results
+    assert labels_for(simulated) == labels
+    operator_says = config.load(overrides=config.merge(simulated.data, {"terminal": {"labels": {"link": "ethernet"}}}))
+    assert labels_for(operator_says)["link"] == "ethernet"
+
+
+def test_the_snapshot_names_the_link_of_the_default_route(simulated):
+    assert snapshot(simulated)["link"] == "wifi"  # the simulated terminal routes through wlan0
+
+
+OUTAGE = {
+    "id": "inc-7", "kind": "outage", "scope": {"acquirer": "B"}, "categories": ["host"],
+    "summary": {"zh": "收单机构 B 主机故障", "en": "acquirer B host outage"},
+}
+
+
+def test_an_open_outage_in_the_category_of_the_top_cause_advises_holding(tmp_path):
+    memory = IncidentMemory(tmp_path)
+    memory.replace([OUTAGE, "junk", {"no": "id"}])
+    assert memory.open() == [OUTAGE]
+    held = advice(memory.open(), "host")
+    assert held["incident_id"] == "inc-7"
+    assert held["message"]["en"] == "acquirer B host outage: in progress, do not call a technician"
+    assert "请勿派技术员" in held["message"]["zh"]
+    assert advice(memory.open(), "printer") is None  # a paper-out terminal still needs its paper
+    memory.replace([])
+    assert memory.open() == [] and advice(memory.open(), "host") is None
+
+
+def test_incidents_are_written_only_when_they_change(tmp_path):
+    memory = IncidentMemory(tmp_path)
+    memory.replace([OUTAGE])
+    stamp = (tmp_path / "incidents.json").stat().st_mtime_ns
+    memory.replace([OUTAGE])
+    assert (tmp_path / "incidents.json").stat().st_mtime_ns == stamp
+
+
+def test_diagnose_tells_the_technician_not_to_come_during_an_outage(tmp_path):
+    from tests.conftest import run_cli
+
+    state = tmp_path / "state"
+    IncidentMemory(state).replace([{**OUTAGE, "categories": ["host", "network"]}])
+    conf = tmp_path / "posdiag.toml"
+    conf.write_text(f'[terminal]\nid = "HB-2"\n[daemon]\nstate_dir = "{state}"\n')
+    shown = run_cli("diagnose", "--code", "96", "--simulate", "healthy", "--config", str(conf), "--lang", "en")
+    assert "acquirer B host outage: in progress, do not call a technician" in shown.stdout
+    doc = json.loads(run_cli("diagnose", "--code", "96", "--simulate", "healthy", "--config", str(conf), "--json").stdout)
+    assert doc["causes"][0]["category"] == "host" and doc["fleet"]["incident_id"] == "inc-7"
+    # a printer fault on the same terminal is its own: no fleet advice
+    paper = json.loads(run_cli("diagnose", "--code", "3000", "--simulate", "printer.paper_out", "--config", str(conf), "--json").stdout)
+    assert paper["causes"][0]["category"] == "printer" and paper["fleet"] is None
