@@ -20,15 +20,19 @@ from fastapi import FastAPI
 
 
 @contextlib.contextmanager
-def serving(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve `app` on a free port of `host` until the block ends; yields the base URL."""
+def serving(app: FastAPI, host: str = "127.0.0.1", tls: tuple[str, str] | None = None) -> Iterator[str]:
+    """Serve `app` on a free port of `host` until the block ends; yields the base URL.
+    `tls` is (certificate file, key file) to serve HTTPS."""
     import uvicorn
 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    certfile, keyfile = tls or (None, None)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", ssl_certfile=certfile, ssl_keyfile=keyfile)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="support-server")
     thread.start()
     deadline = time.monotonic() + 20
@@ -39,7 +43,7 @@ def serving(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
             raise RuntimeError("the support server did not start")
         time.sleep(0.02)
     try:
-        yield f"http://{host}:{port}"
+        yield f"{'https' if tls else 'http'}://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(15)
