@@ -14,7 +14,7 @@ import base64
 import binascii
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -312,13 +312,18 @@ async def list_bundles(
     category: Annotated[str | None, Query(max_length=32)] = None,
     model: Annotated[str | None, Query(max_length=128)] = None,
     firmware: Annotated[str | None, Query(max_length=128)] = None,
+    verdict: Annotated[
+        Literal["none", "merchant", "remote", "onsite"] | None, Query(description="the terminal's dispatch verdict")
+    ] = None,
     since: Annotated[datetime | None, Query(description="created at or after (ISO-8601 with zone)")] = None,
     until: Annotated[datetime | None, Query(description="created before (ISO-8601 with zone)")] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Any:
     srv = service(request)
-    flt = store.BundleFilter(terminal, code, cause, category, model, firmware, time_param(since), time_param(until))
+    flt = store.BundleFilter(
+        terminal, code, cause, category, model, firmware, verdict, since=time_param(since), until=time_param(until)
+    )
     try:
         rows, next_cursor = await run_in_threadpool(
             store.list_bundles, srv.engine, flt, limit or srv.settings.page_size, cursor

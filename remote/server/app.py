@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,6 +31,11 @@ class RefuseNul:
             await api.error_response(422, "invalid_request", "a NUL character in the URL")(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def wants_page(request: Request) -> bool:
+    """A browser asking for a page, not a client of the API."""
+    return not request.url.path.startswith("/api/") and "text/html" in request.headers.get("accept", "")
 
 
 def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI:
@@ -61,7 +66,9 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
         return api.error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code in (404, 405) and wants_page(request):
+            return await web.not_found_page(request, exc.status_code)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return api.error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 

@@ -3,6 +3,7 @@
   posdiag-support serve [--db URL] [--data DIR] [--host H] [--port P] [--workers N] [--access-log]
   posdiag-support terminals add ID | list | revoke ID
   posdiag-support users add NAME --role support|technician|admin [--password P]
+  posdiag-support users list | passwd NAME [--password P] | role NAME ROLE | remove NAME
 
 --db defaults to SQLite in the data directory; postgresql://user@host/db for PostgreSQL.
 Without --password the password is asked for on a terminal, or read as one line of stdin.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import socket
 import sys
 import tomllib
 from pathlib import Path
@@ -71,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     uadd.add_argument("--role", required=True, choices=("support", "technician", "admin"))
     uadd.add_argument("--password", help="(visible in the process list; prefer the prompt or stdin)")
     uadd.set_defaults(handler=cmd_user_add)
+    users.add_parser("list", parents=[common], help="users, roles and page languages").set_defaults(handler=cmd_user_list)
+    passwd = users.add_parser("passwd", parents=[common], help="set a user's password")
+    passwd.add_argument("name")
+    passwd.add_argument("--password", help="(visible in the process list; prefer the prompt or stdin)")
+    passwd.set_defaults(handler=cmd_user_passwd)
+    role = users.add_parser("role", parents=[common], help="change a user's role")
+    role.add_argument("name")
+    role.add_argument("role", choices=("support", "technician", "admin"))
+    role.set_defaults(handler=cmd_user_role)
+    remove = users.add_parser("remove", parents=[common], help="remove a user")
+    remove.add_argument("name")
+    remove.set_defaults(handler=cmd_user_remove)
     return parser
 
 
@@ -105,10 +119,35 @@ def engine(args: argparse.Namespace):  # -> Engine
     return eng
 
 
+DB_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def serve_problem(url: str, host: str, port: int) -> str | None:
+    """Why `serve` cannot start with this database URL and address, checked before anything
+    is printed or any worker starts; None when it can."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme not in DB_SCHEMES:
+        return f"unsupported database URL {url.split('://', 1)[0]}://...: use sqlite:///PATH or postgresql://USER@HOST/DB"
+    if not 1 <= port <= 65535:
+        return f"port {port} is out of range (1-65535)"
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from agent.errors import UsageError
     from remote.server.logs import log_config
+
+    problem = serve_problem(args.db or "sqlite://", args.host, args.port)
+    if problem:
+        raise UsageError(problem)
 
     os.environ["POSDIAG_SUPPORT_DB"] = db_url(args)
     os.environ["POSDIAG_SUPPORT_DATA"] = str(Path(args.data).resolve())
@@ -184,6 +223,42 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
     store.add_user(engine(args), args.name, args.role, read_password(args.password))
     print(f"user {args.name} ({args.role}) added", file=sys.stderr)
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    from remote.server import store
+
+    print(f"{'USER':<24} {'ROLE':<11} {'LANG':<5} CREATED")
+    for u in store.list_users(engine(args)):
+        print(f"{u['name']:<24} {u['role']:<11} {u['lang'] or '-':<5} {u['created_at'][:19]}")
+    return 0
+
+
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    from remote.server import store
+
+    eng = engine(args)
+    if store.get_user(eng, args.name) is None:
+        raise store.StoreError("no_user", f"no user {args.name!r}")
+    store.set_password(eng, args.name, read_password(args.password))
+    print(f"user {args.name}: password changed", file=sys.stderr)
+    return 0
+
+
+def cmd_user_role(args: argparse.Namespace) -> int:
+    from remote.server import store
+
+    store.set_role(engine(args), args.name, args.role)
+    print(f"user {args.name}: role {args.role}", file=sys.stderr)
+    return 0
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    from remote.server import store
+
+    store.remove_user(engine(args), args.name)
+    print(f"user {args.name} removed", file=sys.stderr)
     return 0
 
 

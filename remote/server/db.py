@@ -54,6 +54,14 @@ users = sa.Table(
     sa.Column("created_at", TIME, nullable=False),
 )
 
+# Per-user page settings; a table of its own so that adding one needs no change to `users`.
+user_prefs = sa.Table(
+    "user_prefs",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("lang", sa.String(8), nullable=False),
+)
+
 bundles = sa.Table(
     "bundles",
     metadata,

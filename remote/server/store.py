@@ -17,10 +17,11 @@ from sqlalchemy.exc import IntegrityError
 
 from agent.settings import terminal_id_problem
 from remote.server import auth, db
-from remote.server.db import bundles, commands, server_keys, terminals, users
+from remote.server.db import bundles, commands, server_keys, terminals, user_prefs, users
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+LANGS = ("zh", "en")
 
 
 class StoreError(Exception):
@@ -156,6 +157,56 @@ def get_user(engine: Engine, name: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def list_users(engine: Engine) -> list[dict[str, Any]]:
+    """Every user with role, creation time and page language (never the password hash)."""
+    query = (
+        sa.select(users.c.name, users.c.role, users.c.created_at, user_prefs.c.lang)
+        .select_from(users.outerjoin(user_prefs, user_prefs.c.name == users.c.name))
+        .order_by(users.c.name)
+    )
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def _change_user(engine: Engine, name: str, **values: Any) -> None:
+    with db.writing(engine) as conn:
+        if conn.execute(users.update().where(users.c.name == name).values(**values)).rowcount == 0:
+            raise StoreError("no_user", f"no user {name!r}")
+
+
+def set_password(engine: Engine, name: str, password: str) -> None:
+    if len(password) < 8:
+        raise StoreError("weak_password", "a password has at least 8 characters")
+    _change_user(engine, name, password_hash=auth.hash_password(password))
+
+
+def set_role(engine: Engine, name: str, role: str) -> None:
+    if role not in auth.ROLES:
+        raise StoreError("bad_role", f"role must be one of {', '.join(auth.ROLES)}")
+    _change_user(engine, name, role=role)
+
+
+def remove_user(engine: Engine, name: str) -> None:
+    with db.writing(engine) as conn:
+        conn.execute(user_prefs.delete().where(user_prefs.c.name == name))
+        if conn.execute(users.delete().where(users.c.name == name)).rowcount == 0:
+            raise StoreError("no_user", f"no user {name!r}")
+
+
+def user_lang(engine: Engine, name: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(user_prefs.c.lang).where(user_prefs.c.name == name)).scalar()
+
+
+def set_user_lang(engine: Engine, name: str, lang: str) -> None:
+    """The language a user reads the pages in, remembered across sessions and browsers."""
+    if lang not in LANGS:
+        raise StoreError("bad_lang", f"language must be one of {', '.join(LANGS)}")
+    with db.writing(engine) as conn:
+        if conn.execute(user_prefs.update().where(user_prefs.c.name == name).values(lang=lang)).rowcount == 0:
+            conn.execute(user_prefs.insert().values(name=name, lang=lang))
+
+
 # -- bundles ------------------------------------------------------------------------------
 
 
@@ -202,21 +253,26 @@ class BundleFilter:
     category: str | None = None
     model: str | None = None
     firmware: str | None = None
+    verdict: str | None = None
     since: str | None = None
     until: str | None = None
 
     def clauses(self) -> list[Any]:
+        """Exact matches, except model and firmware: case-insensitive prefixes ("a9" finds
+        A920 and A930), as support types them from a label or a complaint."""
         out: list[Any] = []
         for column, value in (
             (bundles.c.terminal_id, self.terminal),
             (bundles.c.code, self.code),
             (bundles.c.top_cause, self.cause),
             (bundles.c.top_category, self.category),
-            (bundles.c.model, self.model),
-            (bundles.c.firmware, self.firmware),
+            (bundles.c.verdict, self.verdict),
         ):
             if value:
                 out.append(column == value)
+        for column, value in ((bundles.c.model, self.model), (bundles.c.firmware, self.firmware)):
+            if value:
+                out.append(sa.func.lower(column).startswith(value.lower(), autoescape=True))
         if self.since:
             out.append(bundles.c.created_at >= self.since)
         if self.until:

@@ -1,13 +1,17 @@
-"""Server-rendered pages for support staff: Jinja2 with autoescape, no JavaScript.
+"""Server-rendered pages for support staff: Jinja2 with autoescape; the only script turns
+UTC times into the viewer's zone.
 
 Everything on a page that came from a terminal is escaped by the template engine. Every
 form carries a CSRF token (see auth.py); the session cookie is HttpOnly and SameSite=Lax.
+A page speaks one language (templates/words.toml): the user's choice, remembered in the
+database, else the browser's Accept-Language, else English.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,36 +21,76 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import pass_context
 
-from remote.server import auth, chart, db, store
+from remote.server import auth, chart, db, store, titles
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
 from remote.server.service import Service, User
 
 CSRF_COOKIE = "posdiag_csrf"
-FILTERS = ("terminal", "code", "cause", "category", "model", "firmware", "since", "until")
+FILTERS = ("terminal", "code", "cause", "category", "model", "firmware", "verdict", "since", "until")
+VERDICTS = ("none", "merchant", "remote", "onsite")
+TEMPLATES = Path(__file__).parent / "templates"
+WORDS = tomllib.loads((TEMPLATES / "words.toml").read_text(encoding="utf-8"))
 # The server does not import the terminal's probe code; these are the probes DESIGN.md names.
 PROBE_NAMES = ("card_reader", "printer", "power", "storage", "network", "system")
 
-templates = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=True,
-)
+templates = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
 
 
-def _show(value: Any) -> str:
-    """One evidence item or action, whatever shape the agent gave it, as plain text."""
+def lang_of(request: Request) -> str:
+    """The language of this request's page: set by page_user from the user's choice, else
+    the browser's first zh/en preference, else English."""
+    chosen = getattr(request.state, "lang", None)
+    if chosen in WORDS:
+        return chosen
+    for part in request.headers.get("accept-language", "").split(","):
+        tag = part.split(";")[0].strip().lower()[:2]
+        if tag in WORDS:
+            return tag
+    return "en"
+
+
+def _pick(value: dict[str, Any], lang: str) -> str:
+    """One language of a {zh, en} text; the other when it lacks this one."""
+    for key in (lang, "en", "zh"):
+        if value.get(key):
+            return str(value[key])
+    return ""
+
+
+@pass_context
+def _show(context: Any, value: Any) -> str:
+    """One evidence item, action or bilingual text, whatever shape the agent gave it, as
+    plain text in the page's language."""
+    lang = context.get("lang", "en")
     if isinstance(value, str):
         return value
     if isinstance(value, dict):
         if "en" in value or "zh" in value:
-            return " / ".join(str(value[k]) for k in ("en", "zh") if value.get(k))
+            return _pick(value, lang)
         key = value.get("id") or value.get("finding")
         if key:
-            text = f"{key}: {value['detail']}" if value.get("detail") else str(key)
+            title = value.get("title")
+            text = str(key) + (f" {_pick(title, lang)}" if isinstance(title, dict) else "")
+            text += f": {value['detail']}" if value.get("detail") else ""
             weight = _finite(value.get("weight"))
-            return text + (f" (weight {weight:g})" if weight is not None else "")
+            return text + (f" ({WORDS[lang]['weight']} {weight:+g})" if weight is not None else "")
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+@pass_context
+def _cause_title(context: Any, cause_id: Any) -> str:
+    title = titles.cause_titles().get(str(cause_id or ""))
+    return _pick(title, context.get("lang", "en")) if title else ""
+
+
+def _counts_text(value: Any) -> str:
+    """{"pan": 3, "track": 1} as "pan 3 · track 1"."""
+    if not isinstance(value, dict):
+        return ""
+    return " · ".join(f"{k} {v}" for k, v in sorted(value.items()) if isinstance(v, int) and v)
 
 
 def _finite(value: Any) -> float | None:
@@ -73,6 +117,8 @@ def _items(value: Any) -> list[Any]:
 templates.filters["show"] = _show
 templates.filters["percent"] = _percent
 templates.filters["items"] = _items
+templates.filters["cause_title"] = _cause_title
+templates.filters["counts"] = _counts_text
 templates.globals["qs"] = lambda **kw: urlencode({k: v for k, v in kw.items() if v})
 
 router = APIRouter(include_in_schema=False)
@@ -85,13 +131,19 @@ def service(request: Request) -> Service:
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     srv = service(request)
     nonce = request.cookies.get(CSRF_COOKIE) or auth.new_nonce()
+    lang = lang_of(request)
     html = templates.get_template(name).render(
-        csrf=srv.signer.csrf_token(nonce), path=request.url.path, user=context.pop("user", None), **context
-    )
+        csrf=srv.signer.csrf_token(nonce), path=request.url.path, user=context.pop("user", None),
+        lang=lang, t=WORDS[lang], here=_here(request), **context,
+    )  # fmt: skip
     response = HTMLResponse(html, status_code=status)
     if request.cookies.get(CSRF_COOKIE) != nonce:
         response.set_cookie(CSRF_COOKIE, nonce, httponly=True, samesite="lax", secure=_https(request))
     return response
+
+
+def _here(request: Request) -> str:
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
 
 
 def _https(request: Request) -> bool:
@@ -99,7 +151,12 @@ def _https(request: Request) -> bool:
 
 
 async def page_user(request: Request) -> User | None:
-    return await run_in_threadpool(service(request).user_by_session, request.cookies.get(SESSION_COOKIE))
+    """The signed-in user (None when nobody is); remembers the user's page language."""
+    srv = service(request)
+    user = await run_in_threadpool(srv.user_by_session, request.cookies.get(SESSION_COOKIE))
+    if user is not None:
+        request.state.lang = await run_in_threadpool(store.user_lang, srv.engine, user.name)
+    return user
 
 
 def to_login(request: Request) -> RedirectResponse:
@@ -130,13 +187,13 @@ async def login_page(request: Request, next: str = "/") -> Response:
 async def login(request: Request) -> Response:
     form = await form_checked(request)
     if form is None:
-        return render(request, "login.html", status=403, next="/", error="The form expired; please try again.")
+        return render(request, "login.html", status=403, next="/", error=WORDS[lang_of(request)]["form_expired"])
     name, password = clean(form.get("name", [""])[0]), form.get("password", [""])[0]
     target = _safe_next(form.get("next", ["/"])[0])
     srv = service(request)
     user = await run_in_threadpool(srv.user_by_password, name, password)
     if user is None:
-        return render(request, "login.html", status=401, next=target, error="Wrong name or password.")
+        return render(request, "login.html", status=401, next=target, error=WORDS[lang_of(request)]["wrong_login"])
     response = RedirectResponse(target, status_code=303)
     lifetime = srv.settings.session_hours * 3600
     response.set_cookie(
@@ -190,7 +247,8 @@ async def bundle_list(request: Request) -> Response:
     error = None
     try:
         flt = store.BundleFilter(
-            **{k: params[k] or None for k in FILTERS if k not in ("since", "until")},
+            **{k: params[k] or None for k in FILTERS if k not in ("since", "until", "verdict")},
+            verdict=params["verdict"] if params["verdict"] in VERDICTS else None,
             since=_day(params["since"]),
             until=_day(params["until"], next_day=True),
         )
@@ -199,7 +257,9 @@ async def bundle_list(request: Request) -> Response:
         )
     except (ValueError, store.StoreError) as exc:
         rows, next_cursor, error = [], None, str(getattr(exc, "detail", exc))
-    return render(request, "bundles.html", user=user, rows=rows, params=params, next_cursor=next_cursor, error=error)
+    return render(
+        request, "bundles.html", user=user, rows=rows, params=params, next_cursor=next_cursor, error=error, verdicts=VERDICTS
+    )
 
 
 def _day(text: str, next_day: bool = False) -> str | None:
@@ -255,7 +315,7 @@ async def terminal_page(request: Request, terminal_id: str, requested: str = "")
     )
     commands = await run_in_threadpool(store.list_commands, srv.engine, terminal_id)
     return render(
-        request, "terminal.html", user=user, t=terminal, rows=rows, commands=commands,
+        request, "terminal.html", user=user, term=terminal, rows=rows, commands=commands,
         probe_names=PROBE_NAMES, requested=requested,
     )  # fmt: skip
 
@@ -278,3 +338,76 @@ async def request_probes(request: Request, terminal_id: str) -> Response:
     except store.StoreError as exc:
         return render(request, "error.html", status=404, user=user, message=exc.detail)
     return RedirectResponse(f"/terminals/{quote(terminal_id, safe='')}?requested={command['id']}", status_code=303)
+
+
+@router.post("/lang")
+async def choose_language(request: Request) -> Response:
+    """The language switch in the page header: remembered for the user."""
+    user = await page_user(request)
+    if user is None:
+        return to_login(request)
+    form = await form_checked(request)
+    if form is None:
+        return render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)]["form_expired"])
+    lang = form.get("lang", [""])[0]
+    if lang in WORDS:
+        await run_in_threadpool(store.set_user_lang, service(request).engine, user.name, lang)
+    return RedirectResponse(_safe_next(form.get("next", ["/"])[0]), status_code=303)
+
+
+@router.get("/users")
+async def users_page(request: Request, done: str = "") -> Response:
+    user = await page_user(request)
+    if user is None:
+        return to_login(request)
+    words = WORDS[lang_of(request)]
+    if user.role != "admin":
+        return render(request, "error.html", status=403, user=user, message=words["admins_only"])
+    rows = await run_in_threadpool(store.list_users, service(request).engine)
+    return render(request, "users.html", user=user, rows=rows, roles=auth.ROLES, done=done[:200], error=None)
+
+
+@router.post("/users")
+async def change_users(request: Request) -> Response:
+    """Add a user, or change (role, password) or remove one; admins only."""
+    user = await page_user(request)
+    if user is None:
+        return to_login(request)
+    words = WORDS[lang_of(request)]
+    if user.role != "admin":
+        return render(request, "error.html", status=403, user=user, message=words["admins_only"])
+    form = await form_checked(request)
+    if form is None:
+        return render(request, "error.html", status=403, user=user, message=words["form_expired"])
+    field = {k: (v[0] if v else "") for k, v in form.items()}
+    name, action, engine = clean(field.get("name", "")).strip(), field.get("action", ""), service(request).engine
+    try:
+        if action == "add":
+            await run_in_threadpool(store.add_user, engine, name, field.get("role", ""), field.get("password", ""))
+            done = words["user_added"].format(name=name)
+        elif action == "remove":
+            if name == user.name:
+                raise store.StoreError("self", words["cannot_remove_self"])
+            await run_in_threadpool(store.remove_user, engine, name)
+            done = words["user_removed"].format(name=name)
+        else:
+            if field.get("role"):
+                await run_in_threadpool(store.set_role, engine, name, field["role"])
+            if field.get("password"):
+                await run_in_threadpool(store.set_password, engine, name, field["password"])
+            done = words["user_changed"].format(name=name)
+    except store.StoreError as exc:
+        rows = await run_in_threadpool(store.list_users, engine)
+        return render(request, "users.html", status=400, user=user, rows=rows, roles=auth.ROLES, done="", error=exc.detail)
+    return RedirectResponse(f"/users?{urlencode({'done': done})}", status_code=303)
+
+
+async def not_found_page(request: Request, status: int) -> Response:
+    """What a browser gets for an address that is no page (the API answers JSON)."""
+    user = await page_user(request)
+    return render(request, "error.html", status=status, user=user, message=WORDS[lang_of(request)]["no_page"])
+
+
+@router.get("/static/local-time.js")
+async def local_time_script() -> Response:
+    return Response((TEMPLATES / "local-time.js").read_bytes(), media_type="text/javascript")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,3 +158,42 @@ def test_cli_serve_answers_takes_its_config_and_stops(tmp_path):
 def test_terminal_ids_unsafe_in_urls_or_paths_are_refused(server, bad):
     answer = server.post("/api/v1/terminals", user="admin", json={"id": bad})
     assert answer.status_code == 422 and answer.json()["error"] in ("bad_terminal_id", "invalid_request")
+
+
+def test_cli_users_list_passwd_role_remove(tmp_path):
+    assert run(tmp_path, "users", "add", "ann", "--role", "technician", "--password", "first password").returncode == 0
+    listed = run(tmp_path, "users", "list")
+    assert re.search(r"^ann\s+technician\s+-\s+\d{4}-\d\d-\d\d", listed.stdout, re.M) and "hash" not in listed.stdout
+    assert run(tmp_path, "users", "passwd", "ann", input="second password\n").returncode == 0
+    from remote.server import auth, db, store
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'posdiag-support.db'}")
+    assert auth.check_password("second password", store.get_user(engine, "ann")["password_hash"])
+    assert run(tmp_path, "users", "role", "ann", "admin").returncode == 0
+    assert store.get_user(engine, "ann")["role"] == "admin"
+    missing = run(tmp_path, "users", "passwd", "nobody", "--password", "whatever123")
+    assert missing.returncode == 2 and missing.stderr.strip() == "posdiag-support: no user 'nobody'"
+    assert run(tmp_path, "users", "remove", "ann").returncode == 0
+    assert store.get_user(engine, "ann") is None
+    assert run(tmp_path, "users", "remove", "ann").returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--db", "mysql://u@h/db"], "unsupported database URL mysql://...: use sqlite:///PATH or postgresql://USER@HOST/DB"),
+        (["--port", "70000"], "port 70000 is out of range (1-65535)"),
+        (["--port", "BUSY"], "cannot listen on 127.0.0.1:BUSY: Address already in use"),
+    ],
+)
+def test_serve_refuses_what_cannot_work_in_one_line_before_serving(tmp_path, args, message):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        args = [a.replace("BUSY", port) for a in args]
+        done = subprocess.run([str(CLI), "serve", "--data", str(tmp_path), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == f"posdiag-support: {message.replace('BUSY', port)}\n"

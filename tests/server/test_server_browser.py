@@ -70,7 +70,7 @@ def test_sign_in_find_open_and_request_probes(server, browser, tmp_path):
     assert server.upload(token, body, bundle_id).status_code == 201
 
     top = walk(browser, server.url, "technician", PASSWORD, code, tid, tmp_path / "screenshots")
-    assert "Cause printer.paper_out" in top and "70%" in top and "Load paper" in top
+    assert "Cause printer.paper_out" in top and "70%" in top and "Check the sensor" in top  # the technician's actions
     commands = server.get(f"/api/v1/terminals/{tid}/commands").json()
     assert [(c["probes"], c["code"], c["requested_by"], c["status"]) for c in commands] == [
         (["printer"], code, "technician", "queued")
@@ -126,3 +126,45 @@ def test_demo_bundle_in_a_browser(demo, browser, tmp_path):
     assert top_id in top and "%" in top
     commands = requests.get(f"{base}/api/v1/terminals/DEMO-0001/commands", auth=(user, password), timeout=10).json()
     assert [(c["probes"], c["code"], c["status"]) for c in commands] == [(["printer"], "3000", "queued")]
+
+
+def real_bundle(terminal_id: str, token: str, code: str, faults: str) -> tuple[str, bytes]:
+    """A bundle the agent makes for `code` on the simulated terminal with `faults`."""
+    from agent import bundle, config, pipeline
+    from agent.diagnosis import diagnose
+    from probes.emulators import SimulatedTerminal
+
+    with SimulatedTerminal.from_spec(faults) as sim:
+        overrides = config.merge(sim.overrides, {"terminal": {"id": terminal_id, "model": "A920", "firmware": "2.1"}, "upload": {"token": token}})
+        conf = config.load(overrides=overrides)
+        doc = diagnose(conf, code).to_dict()
+    built = pipeline.build_for(conf, doc, bundle.Trigger("error", code, None, None, 1), history=[])
+    return built.bundle_id, built.data
+
+
+def test_the_bundle_page_in_chinese_and_in_english(server, browser, tmp_path):
+    """What support reads first, in each language, from a real diagnosis; screenshots are kept
+    in bench/out/pages/ to look at."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    tid, token = server.terminal("L")
+    bundle_id, body = real_bundle(tid, token, "3000", "printer.paper_out")
+    assert server.upload(token, body, bundle_id).status_code == 201
+    shots = Path(__file__).resolve().parents[2] / "bench" / "out" / "pages"
+    shots.mkdir(parents=True, exist_ok=True)
+    browser.get(server.url + f"/bundles/{bundle_id}")
+    browser.find_element(By.ID, "name").send_keys("support")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "sign-in").click()
+    seen = {}
+    for lang, button in (("zh", "lang-zh"), ("en", "lang-en")):
+        browser.find_element(By.ID, button).click()
+        WebDriverWait(browser, 10).until(lambda b, lang=lang: b.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang)
+        seen[lang] = browser.find_element(By.TAG_NAME, "main").text
+        browser.save_screenshot(str(shots / f"bundle-{lang}.png"))
+    assert "派单" in seen["zh"] and "打印纸" in seen["zh"] and "Dispatch" not in seen["zh"]
+    assert "Dispatch" in seen["en"] and "paper" in seen["en"] and "派单" not in seen["en"]
+    # times were turned into the browser's zone by the page's own script, UTC kept on hover
+    stamp = browser.find_element(By.CSS_SELECTOR, "time[datetime]")
+    assert "UTC" not in stamp.text and stamp.get_attribute("title").endswith(" UTC")

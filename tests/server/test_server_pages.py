@@ -73,8 +73,10 @@ def test_overview_draws_a_chart_and_counts(server):
     server.upload(token, body, bundle_id)
     html = signed_in(server).get(server.url + "/", timeout=10).text
     assert '<svg id="chart"' in html and "<rect" in html and "printer" in html
-    assert re.search(r'id="total">\d+<', html)
-    assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
+    assert re.search(r'id="total" href="/bundles">\d+<', html)
+    assert re.search(r'id="verdict-onsite" href="/bundles\?verdict=onsite">\d+<', html)  # every count is a link
+    assert re.findall(r"<script[^>]*>", html) == ['<script src="/static/local-time.js" defer>']  # our own, nothing else
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
 def test_bundle_page_shows_diagnosis_probes_logs_and_download(server):
@@ -83,9 +85,16 @@ def test_bundle_page_shows_diagnosis_probes_logs_and_download(server):
     server.upload(token, body, bundle_id)
     session = signed_in(server)
     html = session.get(f"{server.url}/bundles/{bundle_id}", timeout=10).text
-    for text in ("Cause printer.paper_out", "70%", "Load paper", "Check the sensor", "printer.paper_out: paper end",
-                 "printer: paper end at 12:00", f"/api/v1/bundles/{bundle_id}/download", "onsite"):
+    for text in ("Cause printer.paper_out", "70%", "Nothing remote", "Load paper", "printer.paper_out: paper end",
+                 "printer: paper end at 12:00", f"/api/v1/bundles/{bundle_id}/download", ">on site<"):
         assert text in html, text
+    assert "Check the sensor" not in html  # a support user sees support's and the merchant's actions
+    # what support acts on comes first: dispatch and the top cause before the probe table; lower causes folded
+    assert html.index('id="verdict"') < html.index('id="top-cause"') < html.index('id="probes"')
+    assert '<details id="other-causes">' in html and html.index("Card") > html.index('<details id="other-causes">')
+    assert "{" not in html.split('id="top-cause"')[1].split('id="probes"')[0]  # no raw JSON
+    technician = signed_in(server, "technician").get(f"{server.url}/bundles/{bundle_id}", timeout=10).text
+    assert "Check the sensor" in technician and "Nothing remote" not in technician
     assert session.get(f"{server.url}/api/v1/bundles/{bundle_id}/download", timeout=10).content == body
 
 
