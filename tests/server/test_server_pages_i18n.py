@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import requests
-from server_bundles import PASSWORD, make_bundle
+from server_bundles import make_bundle
 from test_server_pages import csrf_of, signed_in
 
 HAN = re.compile(r"[\u4e00-\u9fff]")
