@@ -21,7 +21,7 @@ LABELS = {
         "todo": "what to do",
         "other": "Other findings (not the cause of this code)",
         "dispatch": "Dispatch",
-        "verdicts": {"none": "none", "remote": "remote", "onsite": "on site"},
+        "verdicts": {"none": "none", "merchant": "merchant fixes it", "remote": "remote", "onsite": "on site"},
         "roles": {"merchant": "merchant", "technician": "technician", "support": "support"},
     },
     "zh": {
@@ -35,7 +35,7 @@ LABELS = {
         "todo": "处理建议",
         "other": "其他发现（与此错误码无关）",
         "dispatch": "派单建议",
-        "verdicts": {"none": "无需派人", "remote": "远程处理", "onsite": "现场处理"},
+        "verdicts": {"none": "无需派人", "merchant": "商户自行处理", "remote": "远程处理", "onsite": "现场处理"},
         "roles": {"merchant": "商户", "technician": "技术员", "support": "客服"},
     },
 }
