@@ -30,6 +30,7 @@ def test_03_on_a_healthy_terminal_is_an_invalid_merchant():
         "known": True,
         "meaning": {"zh": "无效商户", "en": "invalid merchant"},
         "host_answer": True,
+        "asked": None,
     }
     top = doc["causes"][0]
     assert set(top) == {"id", "category", "title", "confidence", "evidence_for", "evidence_against", "actions"}
@@ -43,7 +44,7 @@ def test_03_on_a_healthy_terminal_is_an_invalid_merchant():
 def test_3000_with_paper_out_is_the_printer():
     doc = diagnose_json("--code", "3000", "--simulate", "printer.paper_out")
     assert doc["causes"][0]["category"] == "printer"
-    assert doc["dispatch"]["verdict"] == "onsite"
+    assert doc["dispatch"]["verdict"] == "merchant"
 
 
 def test_communication_error_with_dns_failure_is_the_network():
@@ -67,8 +68,17 @@ def test_51_on_a_healthy_terminal_sends_no_one():
 
 def test_an_unknown_code_is_diagnosed_from_the_findings():
     doc = diagnose_json("--code", "XQ7", "--simulate", "reader.tamper")
-    assert doc["error"] == {"code": "XQ7", "scheme": None, "known": False, "meaning": None, "host_answer": None}
+    assert doc["error"] == {"code": "XQ7", "scheme": None, "known": False, "meaning": None, "host_answer": None, "asked": None}
     assert doc["causes"][0]["category"] == "reader"
+
+
+def test_an_explicit_scheme_that_does_not_know_the_code_says_so_and_names_who_does():
+    doc = diagnose_json("--code", "E3", "--scheme", "iso8583", "--simulate", "healthy")
+    assert doc["error"]["known"] is False
+    assert doc["error"]["asked"] == {"scheme": "iso8583", "strict": True, "known_in": ["terminal"]}
+    proc = run_cli("diagnose", "--code", "E3", "--scheme", "iso8583", "--simulate", "healthy", "--lang", "en")
+    assert "Error E3: not in scheme iso8583 (--scheme)" in proc.stdout
+    assert "known in: terminal" in proc.stdout
 
 
 def test_readable_output_in_english_for_the_merchant():
