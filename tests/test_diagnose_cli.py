@@ -200,3 +200,15 @@ def test_print_without_a_printer_probe_says_it_was_not_checked():
         cfg = printer_config(device)
         diagnosis = diagnose(cfg, "51", only=["power"])
         assert "not checked" in print_summary(cfg, diagnosis, "en", "merchant")
+
+
+def test_codes_show_says_which_scheme_answers_and_the_unionpay_preset_puts_cup_first():
+    default = run_cli("codes", "show", "22", "--lang", "en").stdout
+    assert default.index("22 (iso8583)") < default.index("← answers the bare code") < default.index("22 (cup)")
+    preset = run_cli("codes", "show", "22", "--config", "config/presets/unionpay.toml", "--lang", "zh").stdout
+    assert preset.startswith("22 (cup): 故障怀疑，关联交易错误")
+    assert preset.index("← 不指定码制时以此为准") < preset.index("22 (iso8583)")
+    shown = json.loads(run_cli("codes", "show", "22", "--json", "--config", "config/presets/unionpay.toml").stdout)
+    assert [(c["scheme"], c["answers"]) for c in shown] == [("cup", True), ("iso8583", False)]
+    doc = diagnose_json("--code", "22", "--config", "config/presets/unionpay.toml", "--simulate", "healthy")
+    assert doc["error"]["scheme"] == "cup" and doc["dispatch"]["verdict"] == "none"
