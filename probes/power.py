@@ -110,15 +110,10 @@ def expects_battery(settings: PowerSettings, ctx: ProbeContext, battery_supply_s
 
 
 def no_battery(settings: PowerSettings, what: str) -> Finding:
-    why = (
-        "battery_expected = true"
-        if settings.battery_expected is True
-        else "a battery supply exists or the model is in portable_models"
-    )
+    why = "battery_expected = true" if settings.battery_expected is True else "a battery supply exists or the model is portable"
     return Finding.fail(
         "power.no_battery",
-        f"{what}, and one is expected ({why}); a countertop terminal without a battery: "
-        'set [probes.power] battery_expected = false (or "auto" with the model not in portable_models)',
+        f"{what}, yet one is expected ({why}); a countertop terminal on mains: set [probes.power] battery_expected = false",
     )
 
 
