@@ -36,6 +36,7 @@ from remote.server.models import (
     Terminal,
     TerminalCreate,
     TerminalEnrolled,
+    Verdict,
 )
 from remote.server.service import Service, User
 
@@ -316,9 +317,12 @@ async def list_bundles(
     until: Annotated[datetime | None, Query(description="created before (ISO-8601 with zone)")] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    verdict: Annotated[Verdict | None, Query(description="dispatch verdict")] = None,
 ) -> Any:
     srv = service(request)
-    flt = store.BundleFilter(terminal, code, cause, category, model, firmware, time_param(since), time_param(until))
+    flt = store.BundleFilter(
+        terminal, code, cause, category, model, firmware, time_param(since), time_param(until), verdict=verdict
+    )
     try:
         rows, next_cursor = await run_in_threadpool(
             store.list_bundles, srv.engine, flt, limit or srv.settings.page_size, cursor

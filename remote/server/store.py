@@ -204,6 +204,7 @@ class BundleFilter:
     firmware: str | None = None
     since: str | None = None
     until: str | None = None
+    verdict: str | None = None
 
     def clauses(self) -> list[Any]:
         out: list[Any] = []
@@ -214,6 +215,7 @@ class BundleFilter:
             (bundles.c.top_category, self.category),
             (bundles.c.model, self.model),
             (bundles.c.firmware, self.firmware),
+            (bundles.c.verdict, self.verdict),
         ):
             if value:
                 out.append(column == value)
