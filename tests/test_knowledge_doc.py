@@ -63,3 +63,15 @@ def test_every_shell_example_runs_as_written(script):
         ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_running_agent_takes_a_log_sources_scheme_as_a_hint(agent):
+    a = agent()  # its log source names scheme = "iso8583" (tests/agent_harness.py)
+    a.start()
+    a.write("2026-11-30 10:00:01 txn 000125 response code: E3")
+    (found,) = a.wait_for(1, 5.0)
+    assert (found["code"], found["scheme"]) == ("E3", "terminal")
+    assert found["top_cause"] != "software.unexplained"
+    error = a.detail(found["id"])["diagnosis"]["error"]
+    assert error["asked"] == {"scheme": "iso8583", "strict": False, "known_in": []}
+    assert a.stop() < 2.0
