@@ -166,7 +166,12 @@ def check_value(
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return check_value(inner[0], value, path, origin, meta)
+        for alternative in inner[:-1]:  # bool | str: true, false or a word such as "auto"
+            try:
+                return check_value(alternative, value, path, origin, meta)
+            except ConfigError:
+                continue
+        return check_value(inner[-1], value, path, origin, meta)
     if dataclasses.is_dataclass(hint):
         return convert(hint, value, path, origin)
     if typing.get_origin(hint) is list:

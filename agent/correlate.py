@@ -17,11 +17,15 @@ Candidates are the code's listed causes. For an open (generic) code such as E3 o
 for an unknown code, every cause that a present finding supports joins them with prior
 engine.open_prior; when nothing at all is a candidate, engine.unexplained_cause is. A host
 answer (51) is never open: its causes stay card, issuer or host matters whatever the link
-does now. Findings that are evidence for or against no ranked cause are other findings.
+does now. A finding weakens a cause only when it supports another cause in the ranking: it
+then points at an alternative on the table (a dead link makes a host timeout less likely than
+the link). A finding that supports no ranked cause bears on none (a weak signal under a host's
+68, a link down under UnionPay's 98): it is an other finding, not evidence against.
 
-Dispatch: the top cause's class (none < remote < onsite by rank), raised when a failure
-elsewhere on the terminal (a fail finding that is not evidence for the top cause) points at
-a cause of a higher class: a decline on a terminal whose link is down still needs the link.
+Dispatch: the top cause's class (none < merchant < remote < onsite by rank), raised when any
+fail finding's own best cause has a higher class, whether or not that finding is also evidence
+for the top cause: a decline on a terminal whose link is down still needs the link, and a
+duplicate transmission on a read-only filesystem still needs the storage replaced.
 """
 
 from __future__ import annotations
@@ -74,7 +78,8 @@ def correlate(kb: KnowledgeBase, code: Code | None, results: list[ProbeResult]) 
     present = _present(results)
     ok_probes = {r.name for r in results if r.status is Status.OK}
     priors = _candidates(kb, code, present)
-    scored = [_score(kb, kb.causes[cid], prior, present, ok_probes) for cid, prior in priors.items()]
+    on_table = {fid for cid in priors for fid in kb.causes[cid].support if fid in present}
+    scored = [_score(kb, kb.causes[cid], prior, present, ok_probes, on_table) for cid, prior in priors.items()]
     scored.sort(key=lambda s: (-s[0], s[1].id))
     top_score = scored[0][0]
     total = sum(math.exp(s - top_score) for s, *_ in scored)
@@ -108,8 +113,14 @@ def _candidates(kb: KnowledgeBase, code: Code | None, present: dict[str, Any]) -
 
 
 def _score(
-    kb: KnowledgeBase, cause: Cause, prior: float, present: dict[str, tuple[str, Finding]], ok_probes: set[str]
+    kb: KnowledgeBase,
+    cause: Cause,
+    prior: float,
+    present: dict[str, tuple[str, Finding]],
+    ok_probes: set[str],
+    on_table: set[str],
 ) -> tuple[float, Cause, list[Evidence], list[Evidence]]:
+    """`on_table`: present findings that support some ranked cause; only they may weaken one."""
     score = math.log(prior)
     ev_for: list[Evidence] = []
     ev_against: list[Evidence] = []
@@ -119,7 +130,7 @@ def _score(
             score += weight
             ev_for.append(Evidence(probe, fid, finding.detail, weight))
     for fid, weight in cause.weaken.items():
-        if fid in present:
+        if fid in on_table:
             probe, finding = present[fid]
             score -= weight
             ev_against.append(Evidence(probe, fid, finding.detail, -weight))
@@ -136,11 +147,10 @@ def _score(
 def _dispatch(kb: KnowledgeBase, top: RankedCause, results: list[ProbeResult]) -> Dispatch:
     verdict = kb.verdicts[top.cause.dispatch]
     reason = verdict.reason.format(cause=top.cause.title)
-    explained = {e.finding for e in top.evidence_for}
     raised: list[tuple[int, str]] = []
     for result in results:
         for finding in result.findings:
-            if finding.severity is not Severity.FAIL or finding.id in explained:
+            if finding.severity is not Severity.FAIL:
                 continue
             cause = best_cause_for(kb, finding.id)
             if cause is not None and kb.verdicts[cause.dispatch].rank > verdict.rank:

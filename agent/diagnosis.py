@@ -3,6 +3,11 @@
 `Diagnosis.to_dict()` is the document `diagnose --json` prints, a bundle stores as
 diagnosis.json and the support server indexes (error.code, error.scheme, causes[0].id,
 causes[0].category, dispatch.verdict): keep its keys stable.
+
+A scheme named by a log source, an event or the socket is a hint: the code is looked up there
+first, then in scheme_order, and error.scheme says which scheme answered (error.asked keeps the
+hint). Only `--scheme` on the command line is strict: a code that scheme does not know is
+diagnosed as unknown, and the text says which schemes do know it.
 """
 
 from __future__ import annotations
@@ -16,18 +21,32 @@ from agent.correlate import Correlation, RankedCause, correlate
 from agent.errors import UsageError
 from agent.incidents import IncidentMemory, advice
 from agent.knowledge import ROLES, KnowledgeBase, Text, load_for
+from agent.merchant_fixes import review
 from agent.model import Sweep
 from agent.redact import redact_text
 from agent.runner import Progress, run_probes
 
 
 @dataclass(frozen=True)
+class AskedScheme:
+    """The scheme the caller named: a hint (log source, event, socket) or strict (--scheme)."""
+
+    scheme: str
+    strict: bool
+    known_in: tuple[str, ...] = ()  # strict and missed: the schemes that do know the code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "strict": self.strict, "known_in": list(self.known_in)}
+
+
+@dataclass(frozen=True)
 class ErrorInfo:
     code: str
-    scheme: str | None
+    scheme: str | None  # the scheme that answered
     known: bool
     meaning: Text | None
     host_answer: bool | None
+    asked: AskedScheme | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +55,7 @@ class ErrorInfo:
             "known": self.known,
             "meaning": self.meaning.to_dict() if self.meaning else None,
             "host_answer": self.host_answer,
+            "asked": self.asked.to_dict() if self.asked else None,
         }
 
 
@@ -75,17 +95,28 @@ def cause_dict(rc: RankedCause) -> dict[str, Any]:
     }
 
 
-def explain(kb: KnowledgeBase, code: str | None, scheme: str | None, order: Iterable[str], sweep: Sweep) -> Diagnosis:
+def explain(
+    kb: KnowledgeBase, code: str | None, scheme: str | None, order: Iterable[str], sweep: Sweep, strict: bool = False
+) -> Diagnosis:
     """Look the code up and correlate it with a sweep already made (no I/O). No code (a
-    probe request from support) is judged from the findings alone, like an unknown one."""
-    if scheme is not None and scheme not in kb.schemes:
+    probe request from support) is judged from the findings alone, like an unknown one.
+    `scheme` is a hint unless `strict` (see the module docstring)."""
+    if strict and scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
-    entry = kb.lookup(code, scheme, order) if code else None
+    order = list(order)
+    if strict and scheme is not None:
+        entry = kb.lookup(code, scheme, order) if code else None
+    else:
+        entry = kb.lookup(code, None, [scheme, *order] if scheme else order) if code else None
+    asked = None
+    if scheme is not None:
+        known_in = tuple(c.scheme for c in kb.lookup_all(code)) if strict and code and entry is None else ()
+        asked = AskedScheme(scheme, strict, known_in)
     if entry is None:
         # An unknown code is echoed in every output: a PAN typed or logged as the code is not.
-        error = ErrorInfo(redact_text((code or "").strip())[0], None, False, None, None)
+        error = ErrorInfo(redact_text((code or "").strip())[0], None, False, None, None, asked)
     else:
-        error = ErrorInfo(entry.code, entry.scheme, True, entry.meaning, entry.host_answer)
+        error = ErrorInfo(entry.code, entry.scheme, True, entry.meaning, entry.host_answer, asked)
     return Diagnosis(error, sweep, correlate(kb, entry, sweep.results))
 
 
@@ -96,16 +127,23 @@ def diagnose(
     only: Iterable[str] | None = None,
     on_result: Progress | None = None,
     skip: dict[str, str] | None = None,
+    strict_scheme: bool = False,
+    remember: bool = False,
 ) -> Diagnosis:
     """Run the probes and correlate: the whole of `posdiag diagnose`, without the CLI.
-    `skip` names probes that must not run now, with the reason (see agent.runner)."""
+    `skip` names probes that must not run now, with the reason (see agent.runner);
+    `strict_scheme` is `--scheme` on the command line (otherwise the scheme is a hint);
+    `remember`: this is the terminal itself (not a simulation), whose merchant fixes are
+    remembered and judged (agent.merchant_fixes)."""
     if code is not None and not code.strip():
         raise UsageError("the error code is empty")
     kb = load_for(config)
     order = config.section("knowledge").scheme_order
-    if scheme is not None and scheme not in kb.schemes:
+    if strict_scheme and scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
     sweep = run_probes(config, only, on_result=on_result, skip=skip)
-    diagnosis = explain(kb, code, scheme, order, sweep)
+    diagnosis = explain(kb, code, scheme, order, sweep, strict_scheme)
+    if remember:
+        diagnosis = replace(diagnosis, correlation=review(config, kb, diagnosis.correlation, sweep.results))
     incidents = IncidentMemory(config.section("daemon").state_dir).open()
     return replace(diagnosis, fleet=advice(incidents, diagnosis.top.cause.category))

@@ -13,6 +13,9 @@ LABELS = {
     "en": {
         "error": "Error",
         "unknown": "not in the knowledge base: the causes below come from the findings alone",
+        "not_in": "not in scheme {scheme} (--scheme): the causes below come from the findings alone",
+        "known_in": "known in: {schemes}",
+        "hinted": "not in {scheme}, the scheme the error named; {answered} answered (knowledge.scheme_order)",
         "host": "answer from the host (the host was reached)",
         "local": "local failure (no answer from the host)",
         "causes": "Likely causes",
@@ -22,12 +25,15 @@ LABELS = {
         "other": "Other findings (not the cause of this code)",
         "dispatch": "Dispatch",
         "fleet": "Fleet",
-        "verdicts": {"none": "none", "remote": "remote", "onsite": "on site"},
+        "verdicts": {"none": "none", "merchant": "merchant fixes it", "remote": "remote", "onsite": "on site"},
         "roles": {"merchant": "merchant", "technician": "technician", "support": "support"},
     },
     "zh": {
         "error": "错误码",
         "unknown": "知识库中没有此码：以下原因仅根据检测结果推断",
+        "not_in": "码制 {scheme}（--scheme）中没有此码：以下原因仅根据检测结果推断",
+        "known_in": "以下码制中有此码：{schemes}",
+        "hinted": "来源指定的码制 {scheme} 中没有此码，按 knowledge.scheme_order 在 {answered} 中找到",
         "host": "主机应答（当时与主机的通讯正常）",
         "local": "本地失败（未收到主机应答）",
         "causes": "可能原因",
@@ -37,7 +43,7 @@ LABELS = {
         "other": "其他发现（与此错误码无关）",
         "dispatch": "派单建议",
         "fleet": "机群",
-        "verdicts": {"none": "无需派人", "remote": "远程处理", "onsite": "现场处理"},
+        "verdicts": {"none": "无需派人", "merchant": "商户自行处理", "remote": "远程处理", "onsite": "现场处理"},
         "roles": {"merchant": "商户", "technician": "技术员", "support": "客服"},
     },
 }
@@ -65,11 +71,19 @@ def diagnosis_text(diagnosis: Diagnosis, lang: str, role: str) -> str:
 
 
 def header(diagnosis: Diagnosis, lang: str, words: dict) -> list[str]:
-    error = diagnosis.error
+    error, asked = diagnosis.error, diagnosis.error.asked
     if not error.known or error.meaning is None:
-        return [f"{words['error']} {error.code}: {words['unknown']}"]
+        if asked is None or not asked.strict:
+            return [f"{words['error']} {error.code}: {words['unknown']}"]
+        lines = [f"{words['error']} {error.code}: {words['not_in'].format(scheme=asked.scheme)}"]
+        if asked.known_in:
+            lines.append(f"  {words['known_in'].format(schemes=', '.join(asked.known_in))}")
+        return lines
     side = words["host"] if error.host_answer else words["local"]
-    return [f"{words['error']} {error.code} ({error.scheme}): {error.meaning.get(lang)}", f"  {side}"]
+    lines = [f"{words['error']} {error.code} ({error.scheme}): {error.meaning.get(lang)}", f"  {side}"]
+    if asked is not None and asked.scheme != error.scheme:
+        lines.append(f"  {words['hinted'].format(scheme=asked.scheme, answered=error.scheme)}")
+    return lines
 
 
 def cause_lines(i: int, rc: RankedCause, lang: str, role: str, words: dict, detailed: bool) -> list[str]:

@@ -9,7 +9,8 @@ Every file may hold any of these top-level keys, so an operator's vendor table i
                                  actions.{merchant,technician,support} = [{zh, en}, ...]
     [findings."printer.paper_out"]  zh, en  (the finding's title)
     [categories.printer]         title, probes (whose clean pass weakens causes of the category), ok_weight
-    [dispatch.onsite]            rank, reason, escalated  (templates with {cause} / {finding})
+    [dispatch.onsite]            rank, reason, escalated, unfixed (onsite only: a merchant fix that
+                                 did not hold)  (templates with {cause} / {finding})
     [engine]                     open_prior, unexplained_cause
 
 Packaged files are read in name order, then `knowledge.extra_paths`; an entry defined twice
@@ -32,7 +33,9 @@ from agent.errors import ConfigError
 
 LANGS = ("zh", "en")
 ROLES = ("merchant", "technician", "support")
-VERDICTS = ("none", "remote", "onsite")
+# Dispatch classes from least to most: nobody, the merchant at the counter, support remotely,
+# someone on site. The ranks in [dispatch.*] order them.
+VERDICTS = ("none", "merchant", "remote", "onsite")
 CATEGORIES = (
     "card", "merchant", "operator", "reader", "printer", "power",
     "storage", "network", "software", "host", "security", "transaction",
@@ -94,6 +97,7 @@ class Verdict:
     rank: int
     reason: Text
     escalated: Text
+    unfixed: Text | None = None  # onsite: the merchant was told how to fix it and it still fails
 
 
 @dataclass(frozen=True)
@@ -382,20 +386,22 @@ def _category(name: str, value: Any, src: str) -> Category:
 def _verdict(name: str, value: Any, src: str) -> Verdict:
     key = f"dispatch.{name}"
     table = _table(value, src, key)
-    _only(table, src, key, {"rank", "reason", "escalated"})
+    _only(table, src, key, {"rank", "reason", "escalated"}, {"unfixed"} if name == "onsite" else set())
     _choice(name, src, key, VERDICTS)
     rank = table["rank"]
     if isinstance(rank, bool) or not isinstance(rank, int):
         raise ConfigError(src, f"{key}.rank", f"expected an integer, got {rank!r}")
     texts = {}
-    for part in ("reason", "escalated"):
+    for part in ("reason", "escalated", "unfixed"):
+        if part not in table:
+            continue
         text = _text(table[part], src, f"{key}.{part}")
         try:
             text.format(cause=text, finding=text)
         except (KeyError, IndexError, ValueError) as exc:
             raise ConfigError(src, f"{key}.{part}", f"bad template ({exc!r}); use {{cause}} and {{finding}}") from None
         texts[part] = text
-    return Verdict(name, rank, texts["reason"], texts["escalated"])
+    return Verdict(name, rank, texts["reason"], texts["escalated"], texts.get("unfixed"))
 
 
 def _engine_number(engine: dict[str, tuple[str, Any]], name: str) -> float:

@@ -108,7 +108,7 @@ def run(
     only: list[str] | None = None,
 ) -> Outcome:
     skip = busy_devices(config.section("daemon").busy_lock_files)
-    diagnosis = diagnose(config, trigger.code, trigger.scheme, only, skip=skip)
+    diagnosis = diagnose(config, trigger.code, trigger.scheme, only, skip=skip, remember=True)
     if any(entry.bundle_id == bundle_id for entry in outbox.entries()):
         return Outcome(diagnosis, bundle_id, stored=False)
     store(config, outbox, diagnosis.to_dict(), trigger, bundle_id=bundle_id, events=events, history=history)

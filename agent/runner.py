@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
+from agent.bundle import terminal_identity
 from agent.config import Config
 from agent.errors import UsageError
 from agent.model import Finding, Observation, ProbeResult, Status, Sweep
@@ -48,13 +49,14 @@ def run_probes(
     done: queue.Queue[ProbeResult] = queue.Queue()
     pending: dict[str, float] = {}
     results: dict[str, ProbeResult] = {}
+    model = terminal_identity(config.section("terminal"), config.section("host"))["model"]
     for name in names:
         settings = config.probes[name]
         if name in skip or not settings.enabled:
             reason = skip.get(name, "disabled in config")
             results[name] = ProbeResult(name, Status.SKIPPED, [], {"reason": reason}, 0.0)
             continue
-        ctx = ProbeContext(config.section("host"), min(settings.timeout_seconds, deadline - t0))
+        ctx = ProbeContext(config.section("host"), min(settings.timeout_seconds, deadline - t0), model=model)
         pending[name] = ctx.started + ctx.timeout_s
         threading.Thread(target=_run_one, args=(name, settings, ctx, done), name=f"probe-{name}", daemon=True).start()
     total = len(names)

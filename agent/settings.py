@@ -190,6 +190,14 @@ class DaemonSettings:
     log_level: str = bounded(choices=("debug", "info", "warning", "error"))
 
 
+@dataclass(frozen=True)
+class DispatchSettings:
+    """How long a merchant verdict is remembered (agent/merchant_fixes.py)."""
+
+    merchant_fix_memory_hours: float = bounded(0, 24 * 30)
+    merchant_fix_grace_seconds: float = bounded(0, 86400)
+
+
 SECTIONS: dict[str, type] = {
     "terminal": TerminalSettings,
     "host": HostSettings,
@@ -201,4 +209,5 @@ SECTIONS: dict[str, type] = {
     "outbox": OutboxSettings,
     "upload": UploadSettings,
     "daemon": DaemonSettings,
+    "dispatch": DispatchSettings,
 }

@@ -30,6 +30,7 @@ class ProbeContext:
     host: HostSettings
     timeout_s: float
     started: float = field(default_factory=time.monotonic)
+    model: str = ""  # the terminal's model (config, else what the OS reports); "" when unknown
 
     def remaining(self, floor: float = 0.05) -> float:
         """Seconds left before the runner gives up on this probe (never below `floor`)."""

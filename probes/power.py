@@ -2,6 +2,11 @@
 
 psutil.sensors_battery only sees supplies named BAT* or containing "battery" (DOMAIN.md
 section 4), so sysfs is read directly and psutil is the fallback when the class is missing.
+
+A countertop terminal on mains has no battery, and "no battery" there is no fault. With
+battery_expected = "auto" (the default) a battery is expected only when the power_supply class
+has a Battery-type supply (the driver knows one belongs there, present or not) or the
+terminal's model is listed in portable_models; true and false decide outright.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ GOOD_HEALTH = {"Good", "Unknown"}
 
 @dataclass(frozen=True)
 class PowerSettings(ProbeSettings):
-    battery_expected: bool
+    battery_expected: bool | str = bounded(choices=("auto",))
+    portable_models: list[str]
     battery_low_pct: int = bounded(0, 100)
     battery_critical_pct: int = bounded(0, 100)
     overheat_c: float = bounded(20, 120)
@@ -85,15 +91,30 @@ def run(settings: PowerSettings, ctx: ProbeContext) -> Observation:
     metrics: dict[str, MetricValue] = {"external_power_online": int(external_online)}
     present = [b for b in batteries if b.present]
     if not present:
-        if not settings.battery_expected:
+        if not expects_battery(settings, ctx, battery_supply_seen=bool(batteries)):
             return Observation(metrics=metrics)
-        return Observation([Finding.fail("power.no_battery", "no battery present")], metrics)
+        return Observation([no_battery(settings, "no battery present")], metrics)
     findings: list[Finding] = []
     for battery in present:
         findings += judge(battery, external_online, settings)
     main = present[0]
     metrics.update(battery_metrics(main))
     return Observation(findings, metrics)
+
+
+def expects_battery(settings: PowerSettings, ctx: ProbeContext, battery_supply_seen: bool) -> bool:
+    if settings.battery_expected != "auto":
+        return bool(settings.battery_expected)
+    portable = {m.strip().casefold() for m in settings.portable_models}
+    return battery_supply_seen or (bool(ctx.model) and ctx.model.strip().casefold() in portable)
+
+
+def no_battery(settings: PowerSettings, what: str) -> Finding:
+    why = "battery_expected = true" if settings.battery_expected is True else "a battery supply exists or the model is portable"
+    return Finding.fail(
+        "power.no_battery",
+        f"{what}, yet one is expected ({why}); a countertop terminal on mains: set [probes.power] battery_expected = false",
+    )
 
 
 def judge(b: Battery, external_online: bool, s: PowerSettings) -> list[Finding]:
@@ -154,8 +175,8 @@ def from_psutil(settings: PowerSettings, ctx: ProbeContext) -> Observation:
 
     reading = psutil.sensors_battery()
     if reading is None:
-        if settings.battery_expected:
-            return Observation([Finding.fail("power.no_battery", "no battery reported by the OS")])
+        if expects_battery(settings, ctx, battery_supply_seen=False):
+            return Observation([no_battery(settings, "no battery reported by the OS")])
         return Observation(status=Status.OK)
     battery = Battery("battery", True, reading.percent, None, None, None, None, None, None)
     return Observation(judge(battery, bool(reading.power_plugged), settings), battery_metrics(battery))

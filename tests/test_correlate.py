@@ -50,7 +50,10 @@ PINNED = [
     ("51", ("network.dns_failed", "printer.paper_out"), "card.insufficient_funds"),
     ("55", (), "card.wrong_pin"),
     ("54", (), "card.expired"),
-    ("54", ("reader.slot_fault",), "reader.read_error"),
+    ("54", ("reader.slot_fault",), "card.expired"),  # a date read as past was read: the slot is an other finding
+    ("33", (), "card.pick_up"),
+    ("36", (), "card.pick_up"),
+    ("38", (), "card.pick_up"),
     ("14", (), "card.invalid_number"),
     ("14", ("reader.bad_frame",), "reader.read_error"),
     ("41", (), "card.lost_stolen"),
@@ -201,10 +204,16 @@ def test_a_generic_code_lets_the_probes_decide():
         ("03", (), "remote"),
         ("A0", (), "remote"),
         ("96", (), "remote"),
-        ("3000", ("printer.paper_out",), "onsite"),
+        ("3000", ("printer.paper_out",), "merchant"),  # the merchant loads a roll: no visit
+        ("3000", ("printer.cover_open",), "merchant"),
+        ("E3", ("power.battery_critical",), "merchant"),
+        ("3000", ("printer.cutter_error",), "onsite"),
         ("A0", ("reader.tamper",), "onsite"),
         ("CommunicationError", ("network.dns_failed",), "remote"),
-        ("51", ("network.link_down",), "onsite"),  # the decline needs no one, the dead link does
+        ("51", ("network.link_down",), "merchant"),  # the decline needs no one; the merchant reseats SIM or cable
+        ("51", ("storage.readonly",), "onsite"),
+        # the read-only filesystem is evidence for the top cause (state lost) and still needs hands
+        ("94", ("storage.readonly", "system.recent_reboot"), "onsite"),
         ("51", ("storage.disk_full",), "remote"),
         ("51", ("printer.paper_near_end",), "none"),  # a warning sends no one
     ],
@@ -214,8 +223,8 @@ def test_dispatch_verdict(code, faults, verdict):
 
 
 def test_an_escalated_dispatch_says_why_in_both_languages():
-    dispatch = run("51", "network.link_down").dispatch
-    assert "network link down" in dispatch.reason.en and "网络连接断开" in dispatch.reason.zh
+    dispatch = run("51", "storage.readonly").dispatch
+    assert "filesystem read-only" in dispatch.reason.en and "文件系统只读" in dispatch.reason.zh
     assert "insufficient funds" in dispatch.reason.en
 
 
@@ -231,5 +240,93 @@ def test_any_input_gives_a_well_formed_answer(code, faults):
     bearing = {e.finding for c in result.causes for e in (*c.evidence_for, *c.evidence_against)}
     for f in (f for r in terminal(*sorted(faults)) for f in r.findings):
         assert (f.id in bearing) != (f in result.other_findings)
-    assert result.dispatch.verdict in ("none", "remote", "onsite")
+    assert result.dispatch.verdict in ("none", "merchant", "remote", "onsite")
     assert result == run(code if code != "ZZ-unknown" else None, *sorted(faults))
+
+
+def cup(code: str, *faults: str):
+    return correlate(KB, KB.lookup(code, "cup", ORDER), terminal(*faults))
+
+
+def other_ids(result) -> list[str]:
+    return [f.id for f in result.other_findings]
+
+
+def evidence_ids(result) -> set[str]:
+    return {e.finding for c in result.causes for e in (*c.evidence_for, *c.evidence_against)}
+
+
+def test_a_local_slow_link_under_a_host_68_is_an_other_finding_not_evidence_against():
+    result = run("68", "network.high_latency", "network.weak_signal")
+    assert result.causes[0].cause.id == "host.timeout"
+    assert other_ids(result) == ["network.high_latency", "network.weak_signal"]
+    assert evidence_ids(result) <= {None}
+
+
+def test_unionpay_98_was_answered_so_a_link_down_now_is_an_other_finding():
+    result = cup("98", "network.link_down")
+    assert result.causes[0].cause.category == "host"
+    assert other_ids(result) == ["network.link_down"]
+
+
+def test_a_finding_still_weakens_a_cause_when_it_supports_a_ranked_alternative():
+    result = run("CommunicationError", "network.link_down")
+    timeout = next(c for c in result.causes if c.cause.id == "host.timeout")
+    assert [e.finding for e in timeout.evidence_against] == ["network.link_down"]
+
+
+def test_a_wrong_clock_does_not_outrank_sign_in_for_a_mac_error():
+    result = cup("A0", "network.clock_skew", "system.clock_unset")
+    assert result.causes[0].cause.id == "security.keys_out_of_sync"
+    assert all(c.cause.id != "software.clock_wrong" for c in result.causes)
+    assert other_ids(result) == ["network.clock_skew", "system.clock_unset"]
+    assert result.dispatch.verdict == "remote"
+
+
+def test_clock_findings_still_bear_on_certificates():
+    assert run("CommunicationError", "network.cert_expired", "system.clock_unset").causes[0].cause.id == "software.clock_wrong"
+
+
+@pytest.mark.parametrize("code", ["33", "54"])
+def test_a_slot_fault_is_not_why_a_card_is_expired(code):
+    result = run(code, "reader.slot_fault")
+    assert result.causes[0].cause.category == "card"
+    assert other_ids(result) == ["reader.slot_fault"]
+    assert result.dispatch.verdict == "onsite"  # the slot still needs repair, said as an escalation
+
+
+def test_unionpay_22_is_a_linked_transaction_error_for_the_operator():
+    result = cup("22")
+    assert result.causes[0].cause.id == "operator.wrong_original"
+    assert result.dispatch.verdict == "none"
+
+
+def test_iso_22_no_longer_leans_on_keys():
+    assert run("22").causes[0].cause.id != "security.keys_out_of_sync"
+
+
+def test_a_host_14_is_a_card_matter_with_the_reader_a_weak_prior():
+    causes = {c.cause.id: c.confidence for c in run("14").causes}
+    assert max(causes, key=causes.get) == "card.invalid_number"
+    assert causes["reader.read_error"] < 0.1
+
+
+@pytest.mark.parametrize(("code", "top"), [("08", "transaction.approved_with_id"), ("10", "transaction.partial_approval"), ("11", "transaction.approved")])
+def test_approvals_are_approvals_not_unexplained(code, top):
+    result = run(code)
+    assert result.causes[0].cause.id == top and result.dispatch.verdict == "none"
+
+
+def test_a_paper_roll_is_the_merchants_job_and_the_reason_says_no_one_is_sent():
+    dispatch = run("3000", "printer.paper_out").dispatch
+    assert dispatch.verdict == "merchant"
+    assert "no one is sent" in dispatch.reason.en and "无需派人" in dispatch.reason.zh
+
+
+def test_every_cause_class_matches_what_its_support_action_says():
+    for cause in KB.causes.values():
+        said = " ".join(a.en for a in cause.actions["support"]).lower()
+        if "no visit needed" in said:
+            assert cause.dispatch in ("none", "merchant"), cause.id
+        if said.startswith(("send a technician", "arrange a")):
+            assert cause.dispatch == "onsite", cause.id

@@ -30,6 +30,7 @@ def test_03_on_a_healthy_terminal_is_an_invalid_merchant():
         "known": True,
         "meaning": {"zh": "无效商户", "en": "invalid merchant"},
         "host_answer": True,
+        "asked": None,
     }
     top = doc["causes"][0]
     assert set(top) == {"id", "category", "title", "confidence", "evidence_for", "evidence_against", "actions"}
@@ -43,7 +44,7 @@ def test_03_on_a_healthy_terminal_is_an_invalid_merchant():
 def test_3000_with_paper_out_is_the_printer():
     doc = diagnose_json("--code", "3000", "--simulate", "printer.paper_out")
     assert doc["causes"][0]["category"] == "printer"
-    assert doc["dispatch"]["verdict"] == "onsite"
+    assert doc["dispatch"]["verdict"] == "merchant"
 
 
 def test_communication_error_with_dns_failure_is_the_network():
@@ -67,8 +68,17 @@ def test_51_on_a_healthy_terminal_sends_no_one():
 
 def test_an_unknown_code_is_diagnosed_from_the_findings():
     doc = diagnose_json("--code", "XQ7", "--simulate", "reader.tamper")
-    assert doc["error"] == {"code": "XQ7", "scheme": None, "known": False, "meaning": None, "host_answer": None}
+    assert doc["error"] == {"code": "XQ7", "scheme": None, "known": False, "meaning": None, "host_answer": None, "asked": None}
     assert doc["causes"][0]["category"] == "reader"
+
+
+def test_an_explicit_scheme_that_does_not_know_the_code_says_so_and_names_who_does():
+    doc = diagnose_json("--code", "E3", "--scheme", "iso8583", "--simulate", "healthy")
+    assert doc["error"]["known"] is False
+    assert doc["error"]["asked"] == {"scheme": "iso8583", "strict": True, "known_in": ["terminal"]}
+    proc = run_cli("diagnose", "--code", "E3", "--scheme", "iso8583", "--simulate", "healthy", "--lang", "en")
+    assert "Error E3: not in scheme iso8583 (--scheme)" in proc.stdout
+    assert "known in: terminal" in proc.stdout
 
 
 def test_readable_output_in_english_for_the_merchant():
@@ -190,3 +200,15 @@ def test_print_without_a_printer_probe_says_it_was_not_checked():
         cfg = printer_config(device)
         diagnosis = diagnose(cfg, "51", only=["power"])
         assert "not checked" in print_summary(cfg, diagnosis, "en", "merchant")
+
+
+def test_codes_show_says_which_scheme_answers_and_the_unionpay_preset_puts_cup_first():
+    default = run_cli("codes", "show", "22", "--lang", "en").stdout
+    assert default.index("22 (iso8583)") < default.index("← answers the bare code") < default.index("22 (cup)")
+    preset = run_cli("codes", "show", "22", "--config", "config/presets/unionpay.toml", "--lang", "zh").stdout
+    assert preset.startswith("22 (cup): 故障怀疑，关联交易错误")
+    assert preset.index("← 不指定码制时以此为准") < preset.index("22 (iso8583)")
+    shown = json.loads(run_cli("codes", "show", "22", "--json", "--config", "config/presets/unionpay.toml").stdout)
+    assert [(c["scheme"], c["answers"]) for c in shown] == [("cup", True), ("iso8583", False)]
+    doc = diagnose_json("--code", "22", "--config", "config/presets/unionpay.toml", "--simulate", "healthy")
+    assert doc["error"]["scheme"] == "cup" and doc["dispatch"]["verdict"] == "none"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from agent import config, knowledge
-from agent.errors import ConfigError
+from agent.errors import ConfigError, UsageError
 from agent.knowledge import CATEGORIES, ROLES, RUNNER_FINDINGS
 from probes import all_finding_ids
 
@@ -215,3 +215,84 @@ def test_an_entry_defined_twice_in_the_packaged_set_names_both_files(tmp_path):
         builder.add_file(second, replace=False)
     assert caught.value.source == str(second) and str(first) in str(caught.value)
     assert caught.value.key == "causes.printer.vendor_jam"
+
+
+# --- issue 11: UnionPay readings, approvals, pick-up codes, scheme hints ------------------
+
+@pytest.mark.parametrize(
+    ("scheme", "code", "zh"),
+    [
+        ("cup", "21", "卡未初始化或睡眠卡"),
+        ("cup", "22", "故障怀疑，关联交易错误"),
+        ("cup", "77", "需要向网络中心签到"),
+        ("cup", "79", "脱机交易对账不平"),
+        ("cup", "98", "发卡方超时"),
+        ("iso8583", "56", "无此卡记录"),
+        ("iso8583", "63", "交易失败，请联系发卡行"),
+        ("iso8583", "93", "交易违法，不能完成"),
+        ("iso8583", "95", "调节控制错"),
+        ("iso8583", "08", "凭身份证件承兑"),
+        ("iso8583", "10", "部分承兑"),
+        ("iso8583", "11", "重要人物批准（VIP）"),
+    ],
+)
+def test_unionpay_and_iso_readings_in_the_words_technicians_use(kb, scheme, code, zh):
+    found = kb.lookup(code, scheme, ORDER)
+    assert found is not None and zh in found.meaning.zh and found.host_answer
+
+
+@pytest.mark.parametrize("code", ["33", "36", "38"])
+def test_pick_up_codes_say_so_in_meaning_and_actions(kb, code):
+    found = kb.lookup(code, None, ORDER)
+    assert "没收卡" in found.meaning.zh and "pick up" in found.meaning.en
+    top = max(found.causes, key=found.causes.get)
+    merchant = " ".join(a.en for a in kb.causes[top].actions["merchant"])
+    assert "pick-up" in merchant and "Do not hand the card back" in merchant
+
+
+def test_33_and_54_no_longer_read_the_same(kb):
+    assert kb.lookup("33", None, ORDER).meaning != kb.lookup("54", None, ORDER).meaning
+
+
+def test_63_carries_the_issuer_refusal_reading(kb):
+    assert "card.issuer_declined" in kb.lookup("63", None, ORDER).causes
+
+
+def test_no_security_cause_takes_the_clock_as_evidence(kb):
+    clock = {"system.clock_unset", "network.clock_skew"}
+    for cause in kb.causes.values():
+        if cause.category == "security":
+            assert not clock & set(cause.support), cause.id
+    assert "software.clock_wrong" not in kb.lookup("A0", "cup", ORDER).causes
+
+
+def test_the_merchant_class_sits_between_none_and_remote(kb):
+    ranks = {v.id: v.rank for v in kb.verdicts.values()}
+    assert sorted(ranks, key=ranks.get) == ["none", "merchant", "remote", "onsite"]
+    assert kb.verdicts["onsite"].unfixed is not None
+    assert {kb.causes[c].dispatch for c in ("printer.paper_out", "printer.cover_open", "power.battery_low")} == {"merchant"}
+
+
+def hinted(kb, code, scheme, strict=False):
+    from agent.diagnosis import explain
+    from agent.model import Sweep
+
+    return explain(kb, code, scheme, ORDER, Sweep([], "2026-11-30T00:00:00+00:00", 1.0), strict)
+
+
+def test_a_hinted_scheme_without_the_code_falls_back_to_scheme_order_and_says_which_answered(kb):
+    from agent.explain import diagnosis_text
+
+    d = hinted(kb, "E3", "iso8583")
+    assert (d.error.known, d.error.scheme, d.error.asked.scheme, d.error.asked.strict) == (True, "terminal", "iso8583", False)
+    assert "not in iso8583, the scheme the error named; terminal answered" in diagnosis_text(d, "en", "technician")
+    assert "来源指定的码制 iso8583 中没有此码" in diagnosis_text(d, "zh", "technician")
+    assert hinted(kb, "22", "cup").error.scheme == "cup"  # a hint that knows the code answers first
+    assert hinted(kb, "51", "no-such-scheme").error.scheme == "iso8583"  # an unknown hint is only a hint
+
+
+def test_a_strict_scheme_without_the_code_says_so(kb):
+    d = hinted(kb, "3000", "iso8583", strict=True)
+    assert not d.error.known and d.error.asked.known_in == ("terminal",)
+    with pytest.raises(UsageError):
+        hinted(kb, "51", "no-such-scheme", strict=True)

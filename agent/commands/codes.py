@@ -47,15 +47,27 @@ def handle_show(args: argparse.Namespace) -> int:
     found = [c for c in kb.lookup_all(args.code) if not args.scheme or c.scheme == args.scheme]
     order = cfg.section("knowledge").scheme_order
     found.sort(key=lambda c: order.index(c.scheme) if c.scheme in order else len(order))
+    answering = kb.lookup(args.code, None, order)
     lang = args.lang or cfg.section("terminal").lang
     if args.json:
-        print(json.dumps([code_dict(kb, c) for c in found], ensure_ascii=False, indent=2))
+        shown = [{**code_dict(kb, c), "answers": c is answering} for c in found]
+        print(json.dumps(shown, ensure_ascii=False, indent=2))
     elif not found:
         shown = redact_text(args.code)[0]  # a PAN looked up by mistake is not echoed
         print(f"{shown}: not in the knowledge base" if lang == "en" else f"{shown}：知识库中没有此码")
     for code in [] if args.json else found:
         print(code_text(kb, code, lang))
+        if code is answering:
+            print(answers_line(order, lang))
     return 0 if found else 1
+
+
+def answers_line(order: list[str], lang: str) -> str:
+    """Which entry a bare code gets in `diagnose` and from the agent's sources."""
+    chain = " > ".join(order)
+    if lang == "zh":
+        return f"  ← 不指定码制时以此为准（knowledge.scheme_order: {chain}）"
+    return f"  ← answers the bare code (knowledge.scheme_order: {chain})"
 
 
 def handle_search(args: argparse.Namespace) -> int:

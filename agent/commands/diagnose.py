@@ -26,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "2 on usage or config errors.",
     )
     parser.add_argument("--code", required=True, help="the code the terminal showed: 51, A0, E3, 3000, ConnectError, ...")
-    parser.add_argument("--scheme", help="look the code up only in this scheme (iso8583, cup, terminal, exception, ...)")
+    parser.add_argument(
+        "--scheme",
+        help="look the code up only in this scheme (iso8583, cup, terminal, exception, ...); "
+        "without it, knowledge.scheme_order decides",
+    )
     add_lang_arg(parser)
     parser.add_argument(
         "--role", choices=("merchant", "technician", "support"), default="technician", help="whose actions to show"
@@ -47,7 +51,15 @@ def handle(args: argparse.Namespace) -> int:
 
     with configured(args) as config:
         with progress_line(args) as progress:
-            diagnosis = diagnose(config, args.code, args.scheme, only_probes(args), on_result=progress)
+            diagnosis = diagnose(
+                config,
+                args.code,
+                args.scheme,
+                only_probes(args),
+                on_result=progress,
+                strict_scheme=True,
+                remember=not args.simulate,
+            )
         if args.bundle or args.upload:
             from agent.commands.bundle_cmd import deliver
 

@@ -119,7 +119,6 @@ def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
     yield {
         "host": {"sysfs_root": str(sysfs), "procfs_root": str(procfs)},
         "probes": {
-            "power": {"battery_expected": True},
             "storage": storage,
             "network": {"interfaces": []},
             "system": {"app_process": APP},

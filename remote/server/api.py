@@ -14,7 +14,7 @@ import base64
 import binascii
 import time
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -36,6 +36,7 @@ from remote.server.models import (
     Terminal,
     TerminalCreate,
     TerminalEnrolled,
+    Verdict,
 )
 from remote.server.service import Service, User
 
@@ -312,13 +313,11 @@ async def list_bundles(
     category: Annotated[str | None, Query(max_length=32)] = None,
     model: Annotated[str | None, Query(max_length=128)] = None,
     firmware: Annotated[str | None, Query(max_length=128)] = None,
-    verdict: Annotated[
-        Literal["none", "merchant", "remote", "onsite"] | None, Query(description="the terminal's dispatch verdict")
-    ] = None,
     since: Annotated[datetime | None, Query(description="created at or after (ISO-8601 with zone)")] = None,
     until: Annotated[datetime | None, Query(description="created before (ISO-8601 with zone)")] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    verdict: Annotated[Verdict | None, Query(description="dispatch verdict")] = None,
 ) -> Any:
     srv = service(request)
     flt = store.BundleFilter(

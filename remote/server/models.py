@@ -6,6 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
+# Dispatch verdicts a bundle can carry: the agent's four (agent.knowledge.VERDICTS, none <
+# merchant < remote < onsite) and the server's fleet verdict `hold`.
+Verdict = Literal["none", "merchant", "remote", "onsite", "hold"]
+
 
 class ErrorBody(BaseModel):
     error: str = Field(description="short machine code, e.g. bad_signature")

@@ -1,0 +1,101 @@
+"""Merchant fixes the terminal remembers. A `merchant` verdict tells the merchant to fix a
+failure at the counter (paper roll, cover, charging, reseating a SIM or cable, a restart);
+when a later diagnosis of the same terminal still finds that failure, the fix did not hold
+and the verdict becomes `onsite`.
+
+The memory is a small JSON file in daemon.state_dir, {finding id: {"at": ISO time, "cause":
+cause id}}, kept [dispatch] merchant_fix_memory_hours. A failure is judged unfixed only after
+merchant_fix_grace_seconds, the time the merchant needs to act. A remembered failure that its
+probe, run again, no longer reports was fixed and is forgotten. The memory is best effort: a
+state directory that cannot be read or written leaves the verdict as the knowledge base gave it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config
+from agent.correlate import Correlation, Dispatch, best_cause_for
+from agent.knowledge import KnowledgeBase, Text
+from agent.model import ProbeResult, Severity, Status
+from agent.state import StateFile
+from probes import probe_modules
+
+FILE_NAME = "merchant_fixes.json"
+RAN = (Status.OK, Status.WARN, Status.FAIL)
+log = logging.getLogger(__name__)
+
+
+def review(
+    config: Config, kb: KnowledgeBase, correlation: Correlation, results: list[ProbeResult], now: datetime | None = None
+) -> Correlation:
+    """The correlation with its dispatch raised to onsite when a merchant fix did not hold;
+    remembers the failures a merchant verdict asks the merchant to fix."""
+    settings = config.section("dispatch")
+    state = StateFile(Path(config.section("daemon").state_dir) / FILE_NAME)
+    now = now or datetime.now(UTC)
+    before = state.load()
+    remembered = _current(before, results, now, timedelta(hours=settings.merchant_fix_memory_hours))
+    failing = sorted({f.id for r in results for f in r.findings if f.severity is Severity.FAIL})
+    grace = timedelta(seconds=settings.merchant_fix_grace_seconds)
+    unfixed = [fid for fid in failing if fid in remembered and now - _when(remembered[fid]) >= grace]
+    if unfixed and correlation.dispatch.verdict != "onsite":
+        correlation = replace(correlation, dispatch=_unfixed(kb, correlation, unfixed[0]))
+    if correlation.dispatch.verdict == "merchant":
+        for fid, cause_id in merchant_failures(kb, correlation, failing).items():
+            remembered.setdefault(fid, {"at": now.isoformat(timespec="seconds"), "cause": cause_id})
+    if remembered != before:
+        try:
+            state.save(remembered)
+        except OSError as exc:
+            log.warning("merchant fixes not remembered in %s: %s", state.path.parent, exc)
+    return correlation
+
+
+def merchant_failures(kb: KnowledgeBase, correlation: Correlation, failing: list[str]) -> dict[str, str]:
+    """Fail findings the merchant is asked to fix, with the cause that asks it."""
+    top = correlation.causes[0]
+    explained = {e.finding for e in top.evidence_for} if top.cause.dispatch == "merchant" else set()
+    asked: dict[str, str] = {}
+    for fid in failing:
+        best = best_cause_for(kb, fid)
+        if fid in explained:
+            asked[fid] = top.cause.id
+        elif best is not None and best.dispatch == "merchant":
+            asked[fid] = best.id
+    return asked
+
+
+def _current(saved: dict[str, Any], results: list[ProbeResult], now: datetime, keep: timedelta) -> dict[str, Any]:
+    """Entries still within the memory and not fixed: a probe that ran again without the finding
+    saw it fixed; a probe that did not run says nothing."""
+    reported = {f.id for r in results for f in r.findings}
+    ran = {r.name for r in results if r.status in RAN}
+    owner = {fid: name for name, module in probe_modules().items() for fid in module.FINDINGS}
+    current = {}
+    for fid, entry in saved.items():
+        if not isinstance(entry, dict) or now - _when(entry) > keep:
+            continue
+        if fid not in reported and owner.get(fid) in ran:
+            continue
+        current[fid] = entry
+    return current
+
+
+def _when(entry: dict[str, Any]) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(entry.get("at")))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _unfixed(kb: KnowledgeBase, correlation: Correlation, finding_id: str) -> Dispatch:
+    onsite = kb.verdicts["onsite"]
+    title = kb.findings.get(finding_id, Text(finding_id, finding_id))
+    template = onsite.unfixed or onsite.escalated
+    return Dispatch(onsite.id, template.format(cause=correlation.causes[0].cause.title, finding=title))
