@@ -34,7 +34,7 @@ class TerminalSettings:
     model: str
     firmware: str
     app_version: str
-    lang: str = bounded(choices=("zh", "en"))
+    lang: str = bounded(choices=("auto", "zh", "en"))
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from agent.commands import add_config_arg, add_json_arg, add_lang_arg
+from agent.commands import add_config_arg, add_json_arg, add_lang_arg, output_lang
 
 if TYPE_CHECKING:
     from agent.knowledge import Code, KnowledgeBase
@@ -47,7 +47,7 @@ def handle_show(args: argparse.Namespace) -> int:
     found = [c for c in kb.lookup_all(args.code) if not args.scheme or c.scheme == args.scheme]
     order = cfg.section("knowledge").scheme_order
     found.sort(key=lambda c: order.index(c.scheme) if c.scheme in order else len(order))
-    lang = args.lang or cfg.section("terminal").lang
+    lang = output_lang(args, cfg)
     if args.json:
         print(json.dumps([code_dict(kb, c) for c in found], ensure_ascii=False, indent=2))
     elif not found:
@@ -65,7 +65,7 @@ def handle_search(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     kb = load_for(cfg)
     found = kb.search(args.text)
-    lang = args.lang or cfg.section("terminal").lang
+    lang = output_lang(args, cfg)
     if args.json:
         print(json.dumps([code_dict(kb, c) for c in found], ensure_ascii=False, indent=2))
     width = max((len(c.code) for c in found), default=0)

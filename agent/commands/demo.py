@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from agent.commands import add_config_arg, add_lang_arg
+from agent.commands import add_config_arg, add_lang_arg, output_lang
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -37,13 +37,14 @@ def handle(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from agent import render
+    from agent.runner import select
     from remote.server.embedded import demo_server
 
     with tempfile.TemporaryDirectory(prefix="posdiag-demo-") as tmp, demo_server(Path(tmp)) as server:
         with served_config(args, server, Path(tmp)) as config:
-            lang = args.lang or config.section("terminal").lang
+            lang = output_lang(args, config)
             print(f"$ posdiag diagnose --code {DEMO_CODE} --simulate {DEMO_FAULTS}\n", file=sys.stderr)
-            diagnosis = run_diagnosis(config, render.Progress(sys.stderr))
+            diagnosis = run_diagnosis(config, render.Progress(sys.stderr, select(config, None), lang))
             from agent.explain import diagnosis_text
 
             print(diagnosis_text(diagnosis, lang, "technician"))

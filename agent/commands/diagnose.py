@@ -12,6 +12,7 @@ from agent.commands import (
     add_simulate_arg,
     configured,
     only_probes,
+    output_lang,
     progress_line,
 )
 
@@ -46,13 +47,13 @@ def handle(args: argparse.Namespace) -> int:
     from agent.diagnosis import diagnose
 
     with configured(args) as config:
-        with progress_line(args) as progress:
+        with progress_line(args, config) as progress:
             diagnosis = diagnose(config, args.code, args.scheme, only_probes(args), on_result=progress)
         if args.bundle or args.upload:
             from agent.commands.bundle_cmd import deliver
 
             args.bundle_id = deliver(config, diagnosis.to_dict(), args)
-        lang = args.lang or config.section("terminal").lang
+        lang = output_lang(args, config)
         if args.print_receipt:
             from agent.receipt import print_summary
 
