@@ -25,6 +25,9 @@ def test_healthy_terminal_is_all_ok():
     sweep, _ = sweep_for("healthy")
     assert {r.name: r.status for r in sweep.results} == {r.name: Status.OK for r in sweep.results}
     assert not sweep.findings()
+    keys = {key for r in sweep.results for key in r.metrics}  # plain names: no path or endpoint inside a key
+    assert {"latency_ms", "latency_endpoint", "wifi_level_dbm", "wifi_interface", "used_pct", "mount"} <= keys
+    assert not [key for key in keys if "[" in key or "/" in key]
 
 
 @pytest.mark.parametrize("fault", sorted(known_faults()))
