@@ -397,6 +397,9 @@ def test_cli_outbox_requeue(tmp_path):
         assert refused.returncode == 3 and "refused by the server" in refused.stderr
         box = Outbox(tmp_path / "outbox", 1 << 30)
         dead_id = box.dead_entries()[0].bundle_id
+        listing = run_cli("outbox", "list", "--config", config).stdout
+        assert "refused  " in listing and "HTTP 413: too_large" in listing
+        assert max(len(line) for line in listing.splitlines()) <= 80
         assert run_cli("outbox", "requeue", "--config", config).returncode == 2  # ID or --all is required
         assert run_cli("outbox", "requeue", "nosuch", "--config", config).returncode == 1
         moved = run_cli("outbox", "requeue", dead_id[:8], "--config", config)

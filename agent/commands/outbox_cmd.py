@@ -57,14 +57,18 @@ def handle_list(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
-    print(f"outbox {outbox.root}: {len(waiting)} waiting, {len(dead)} refused")
+    from agent.render import fit, screen_width
+
+    lines = [f"outbox {outbox.root}: {len(waiting)} waiting, {len(dead)} refused"]
     for label, entries in (("waiting", waiting), ("refused", dead)):
         for e in entries:
-            why = f"  HTTP {reason(e).get('status')}: {reason(e).get('error') or reason(e).get('message')}" if label == "refused" else ""
-            print(f"  {label:8} {e.created_at().strftime('%Y-%m-%d %H:%M:%S')}Z  {e.size:>8} B  {e.bundle_id}{why}")
+            lines.append(f"  {label:8} {e.created_at().strftime('%Y-%m-%d %H:%M:%S')}Z  {e.size:>8} B  {e.bundle_id}")
+            if label == "refused":
+                lines.append(f"    HTTP {reason(e).get('status')}: {reason(e).get('error') or reason(e).get('message')}")
     evicted = outbox.pending_evicted()
     if evicted:
-        print(f"  {evicted} bundle(s) evicted by the size cap, to be reported in the next manifest")
+        lines.append(f"  {evicted} bundle(s) evicted by the size cap, to be reported in the next manifest")
+    print("\n".join(fit(lines, screen_width())))
     return 0
 
 
