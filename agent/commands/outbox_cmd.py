@@ -59,10 +59,10 @@ def handle_list(args: argparse.Namespace) -> int:
         return 0
     from agent.render import fit, screen_width
 
-    lines = [f"outbox {outbox.root}: {len(waiting)} waiting, {len(dead)} refused"]
+    lines = [f"{len(waiting)} waiting, {len(dead)} refused in outbox {outbox.root}"]
     for label, entries in (("waiting", waiting), ("refused", dead)):
         for e in entries:
-            lines.append(f"  {label:8} {e.created_at().strftime('%Y-%m-%d %H:%M:%S')}Z  {e.size:>8} B  {e.bundle_id}")
+            lines.append(f"  {label:8} {e.created_at().strftime('%Y-%m-%d %H:%M')}Z {e.size:>7} B  {e.bundle_id}")
             if label == "refused":
                 lines.append(f"    HTTP {reason(e).get('status')}: {reason(e).get('error') or reason(e).get('message')}")
     evicted = outbox.pending_evicted()
