@@ -23,8 +23,8 @@ STATUS_WORDS = {
     },
 }
 WORDS = {
-    "en": {"sweep": "sweep", "running": "running", "reason": "why", "metrics": "figures"},
-    "zh": {"sweep": "全部检测耗时", "running": "检测中", "reason": "原因", "metrics": "数据"},
+    "en": {"sweep": "sweep", "reason": "why", "metrics": "figures"},
+    "zh": {"sweep": "全部检测耗时", "reason": "原因", "metrics": "数据"},
 }
 HEADERS = {
     "en": ("probe", "status", "time", "findings"),
@@ -46,8 +46,7 @@ class Progress:
         self.stream = stream
         self.live = stream.isatty()
         self.running = list(names)
-        self.words = WORDS.get(lang, WORDS["en"])
-        self.separator = "、" if lang == "zh" else ", "
+        self.lang = lang
 
     def __call__(self, result: ProbeResult, done: int, total: int) -> None:
         if result.name in self.running:
@@ -57,8 +56,9 @@ class Progress:
             self.stream.flush()
 
     def text(self, done: int, total: int) -> str:
-        colon = "：" if self.separator == "、" else ": "
-        return f"[{done}/{total}] {self.words['running']}{colon}{self.separator.join(self.running)}"
+        if self.lang == "zh":
+            return f"[{done}/{total}] 检测中：{'、'.join(self.running)}"
+        return f"[{done}/{total}] running: {', '.join(self.running)}"
 
     def clear(self) -> None:
         if self.live:

@@ -130,3 +130,8 @@ def test_progress_line_names_the_probes_still_running():
         assert f"[{i + 1}/{len(names)}]" in text
         assert len(shown.split(", ")) == len(names) - i - 1
     assert lines[-1][1].rstrip().endswith("running:")
+
+
+def test_progress_line_in_chinese():
+    with open(os.devnull, "w") as sink:
+        assert Progress(sink, ["network", "printer"], "zh").text(1, 3) == "[1/3] 检测中：network、printer"
