@@ -51,7 +51,9 @@ def handle_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"manifest": manifest, "diagnosis": diagnosis}, ensure_ascii=False, indent=2))
         return 0
-    print(summary(manifest))
+    from agent.render import fit, screen_width
+
+    print("\n".join(fit(summary(manifest).splitlines(), screen_width())))
     print("\ndiagnosis.json:")
     print(json.dumps(diagnosis, ensure_ascii=False, indent=2))
     return 0
