@@ -72,14 +72,14 @@ def _localized(value: Any) -> Any:
 
 
 def phrase(text: str, lang: str) -> str:
-    """A probe's short phrase (a reason for not running, a printer's offline cause) in `lang`;
-    a phrase with no Chinese form yet is shown as written."""
+    """A short English phrase (a probe's reason for not running, a printer's offline cause, an
+    upload's outcome) in `lang`; a phrase with no Chinese form yet is shown as written."""
     if lang != "zh":
         return text
     for english, chinese in zh_messages()["phrases"].items():
         match = _phrase_pattern(english).fullmatch(text)
-        if match:
-            return chinese.format(**match.groupdict())
+        if match:  # what a placeholder stands for may itself be a phrase: "upload failed: {why}"
+            return chinese.format(**{k: phrase(v, lang) for k, v in match.groupdict().items()})
     return text
 
 

@@ -382,6 +382,18 @@ def test_cli_diagnose_upload_prints_the_diagnosis_then_fails_in_one_line(tmp_pat
     assert "3 when --upload could not deliver the bundle" in " ".join(run_cli("diagnose", "--help").stdout.split())
 
 
+def test_cli_diagnose_upload_in_chinese(tmp_path):
+    port = free_port()
+    proc = run_cli(
+        "diagnose", "--code", "96", "--simulate", "healthy", "--upload", "--lang", "zh",
+        "--config", cli_config(tmp_path, f"http://127.0.0.1:{port}", max_attempts=2),
+    )
+    assert proc.returncode == 3 and proc.stdout.startswith("错误码 96")
+    retry, final = proc.stderr.splitlines()[-2:]
+    assert retry.startswith("上传 ") and f"第 1/2 次尝试失败：127.0.0.1:{port} 拒绝连接；" in retry
+    assert final.startswith(f"posdiag: 上传失败：127.0.0.1:{port} 拒绝连接；诊断包 ")
+
+
 def test_cli_diagnose_upload_with_a_revoked_token_says_so(tmp_path):
     with UploadServer("the-new-token") as server:
         proc = run_cli("diagnose", "--code", "96", "--simulate", "healthy", "--upload", "--json", "--config", cli_config(tmp_path, server.url))

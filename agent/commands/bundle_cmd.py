@@ -125,31 +125,35 @@ def deliver(config, diagnosis: dict, args: argparse.Namespace) -> str:
     return built.bundle_id
 
 
-def upload_now(config, outbox, bundle_id: str) -> bool:
+def upload_now(config, outbox, bundle_id: str, lang: str = "en") -> bool:
     """Upload the outbox now; retries are shown on stderr as they happen, then one line says
-    what became of `bundle_id`. True when it reached the server."""
+    what became of `bundle_id`, in `lang`. True when it reached the server."""
+    from agent.i18n import phrase
     from agent.outbox import OutboxBusy
     from remote.client import Client, flush
 
+    def say(text: str, prefix: str = "") -> None:
+        print(prefix + phrase(text, lang), file=sys.stderr, flush=True)
+
     if not config.section("upload").server_url:
-        print(f"posdiag: upload failed: no [upload] server_url; bundle {bundle_id} kept in {outbox.root}", file=sys.stderr)
+        say(f"upload failed: no [upload] server_url; bundle {bundle_id} kept in {outbox.root}", "posdiag: ")
         return False
 
     def progress(entry, state: str) -> None:
         if state.startswith("attempt "):
-            print(f"upload {entry.bundle_id[:8]}: {state}", file=sys.stderr, flush=True)
+            say(f"upload {entry.bundle_id[:8]}: {state}")
 
     try:
         report = flush(outbox, Client(config.section("upload")), progress)
     except OutboxBusy:
-        print(f"bundle {bundle_id} queued: another process is uploading the outbox", file=sys.stderr)
+        say(f"bundle {bundle_id} queued: another process is uploading the outbox")
         return False
     if bundle_id in report.sent or bundle_id in report.duplicates:
-        print(f"bundle {bundle_id} uploaded", file=sys.stderr)
+        say(f"bundle {bundle_id} uploaded")
         return True
     if bundle_id in report.dead:
-        print(f"posdiag: upload refused by the server; bundle {bundle_id} moved to {outbox.dead} with the reason", file=sys.stderr)
+        say(f"upload refused by the server; bundle {bundle_id} moved to {outbox.dead} with the reason", "posdiag: ")
     else:
         why = report.stopped or "an earlier bundle is still waiting"
-        print(f"posdiag: upload failed: {why}; bundle {bundle_id} kept in {outbox.root}", file=sys.stderr)
+        say(f"upload failed: {why}; bundle {bundle_id} kept in {outbox.root}", "posdiag: ")
     return False

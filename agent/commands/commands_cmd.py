@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured
+from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured, output_lang
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,7 @@ def handle_poll(args: argparse.Namespace) -> int:
             return 0
         outbox = Outbox.from_config(config)
         outcome = execute(config, outbox, command, ring_for(config).read())
-        uploaded = upload_now(config, outbox, outcome.bundle_id)
+        uploaded = upload_now(config, outbox, outcome.bundle_id, output_lang(args, config))
     result = {"command": command, "bundle_id": outcome.bundle_id, "uploaded": uploaded}
     print(json.dumps(result) if args.json else f"probe request {command['command_id']} done: bundle {outcome.bundle_id}")
     return 0 if uploaded else UPLOAD_FAILED

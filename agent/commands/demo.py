@@ -48,7 +48,7 @@ def handle(args: argparse.Namespace) -> int:
             from agent.explain import diagnosis_text
 
             print(diagnosis_text(diagnosis, lang, "technician"))
-            bundle_id = upload(config, diagnosis)
+            bundle_id = upload(config, diagnosis, lang)
         print(f"\nbundle page: {server.url}/bundles/{bundle_id}\nsign in:     {server.user} / {server.password}")
         if sys.stdout.isatty():  # someone can open the page; from a pipe or a test, stop here
             wait_for_ctrl_c()
@@ -65,7 +65,7 @@ def served_config(args: argparse.Namespace, server, workdir):  # noqa: ANN001, A
         yield config.load(args.config, config.merge(terminal.overrides, server.agent_overrides(workdir)))
 
 
-def upload(config, diagnosis) -> str:  # noqa: ANN001 - heavy types imported lazily
+def upload(config, diagnosis, lang: str) -> str:  # noqa: ANN001 - heavy types imported lazily
     """Bundle the diagnosis, put it in the outbox and upload it, as the agent does."""
     from agent import bundle, pipeline
     from agent.commands.bundle_cmd import upload_now
@@ -74,7 +74,7 @@ def upload(config, diagnosis) -> str:  # noqa: ANN001 - heavy types imported laz
     doc = diagnosis.to_dict()
     outbox = Outbox.from_config(config)
     built = pipeline.store(config, outbox, doc, bundle.Trigger("error", DEMO_CODE, doc["error"]["scheme"]))
-    upload_now(config, outbox, built.bundle_id)
+    upload_now(config, outbox, built.bundle_id, lang)
     return built.bundle_id
 
 

@@ -71,6 +71,6 @@ def handle(args: argparse.Namespace) -> int:
             from agent.commands.bundle_cmd import UPLOAD_FAILED, upload_now
             from agent.outbox import Outbox
 
-            if not upload_now(config, Outbox.from_config(config), args.bundle_id):
+            if not upload_now(config, Outbox.from_config(config), args.bundle_id, lang):
                 return UPLOAD_FAILED
     return 0
