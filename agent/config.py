@@ -3,7 +3,8 @@
 The packaged config/posdiag.toml holds every default. One operator file (from --config,
 else $POSDIAG_CONFIG, else /etc/posdiag/posdiag.toml when it exists) overrides it key by
 key, so a terminal's file names only what differs. Every key is checked against the typed
-settings classes; an error names the file the bad value came from and the key path.
+settings classes; an error names the file the bad value came from and the key path, and one
+pass reports every error of the file at once (ConfigErrors).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ConfigErrors
 from agent.settings import SECTIONS, ProbeSettings
 
 SYSTEM_CONFIG = Path("/etc/posdiag/posdiag.toml")
@@ -78,12 +79,26 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """The effective config: packaged defaults, the operator file, then overrides
     (the simulated terminal's device paths)."""
+    chosen = resolve_path(path)
+    operator = (str(chosen), read_toml(chosen)) if chosen is not None else None
+    return load_layers(operator, overrides)
+
+
+def load_text(text: str, name: str) -> Config:
+    """The effective config with `text` as the operator file (`config check -` reads stdin)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, "", f"not valid TOML ({exc})") from None
+    return load_layers((name, data), None)
+
+
+def load_layers(operator: tuple[str, dict[str, Any]] | None, overrides: dict[str, Any] | None) -> Config:
     default_name = f"packaged {DEFAULT_NAME}"
     data = tomllib.loads(packaged_default_text())
     layers = [(default_name, data)]
-    chosen = resolve_path(path)
-    if chosen is not None:
-        layers.append((str(chosen), read_toml(chosen)))
+    if operator is not None:
+        layers.append(operator)
     if overrides:
         layers.append(("--simulate", overrides))
     merged: dict[str, Any] = {}
@@ -102,60 +117,95 @@ def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Co
                 return name
         return layers[-1][0]
 
-    source = layers[1][0] if len(layers) > 1 and chosen is not None else default_name
+    source = layers[1][0] if operator is not None else default_name
     return build(merged, origin, source)
 
 
 def build(merged: dict[str, Any], origin: typing.Callable[[str], str], source: str) -> Config:
+    """Every section checked; all problems found are raised together."""
     from probes import probe_modules
 
+    problems: list[ConfigError] = []
     modules = probe_modules()
     known = set(SECTIONS) | {"probes"}
-    check_keys(merged, known, "", origin)
-    sections = {name: convert(cls, merged.get(name, {}), name, origin) for name, cls in SECTIONS.items()}
+    check_keys(merged, known, "", origin, problems)
+    sections = {name: convert(cls, merged.get(name, {}), name, origin, problems) for name, cls in SECTIONS.items()}
     probe_tables = merged.get("probes", {})
     if not isinstance(probe_tables, dict):
-        raise ConfigError(origin("probes"), "probes", "expected a table of probe sections")
-    check_keys(probe_tables, set(modules), "probes.", origin)
+        problems.append(ConfigError(origin("probes"), "probes", "expected a table of probe sections"))
+        probe_tables = {}
+    check_keys(probe_tables, set(modules), "probes.", origin, problems)
     probes = {
-        name: convert(module.SETTINGS, probe_tables.get(name, {}), f"probes.{name}", origin)
+        name: convert(module.SETTINGS, probe_tables.get(name, {}), f"probes.{name}", origin, problems)
         for name, module in modules.items()
     }
+    if problems:
+        raise ConfigErrors(problems)
     return Config(source=source, data=merged, sections=sections, probes=probes)
 
 
-def check_keys(table: dict[str, Any], known: set[str], prefix: str, origin: typing.Callable[[str], str]) -> None:
+def check_keys(
+    table: dict[str, Any],
+    known: set[str],
+    prefix: str,
+    origin: typing.Callable[[str], str],
+    problems: list[ConfigError] | None = None,
+) -> None:
+    """Unknown keys are errors; with `problems`, each is appended there instead of raised."""
     for key in table:
         if key not in known:
             import difflib
 
             guess = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-            raise ConfigError(
+            error = ConfigError(
                 origin(prefix + key), prefix + key, f"unknown key{hint}; expected one of: {', '.join(sorted(known))}"
             )
+            if problems is None:
+                raise error
+            problems.append(error)
 
 
-def convert(cls: type, raw: Any, keypath: str, origin: typing.Callable[[str], str]) -> Any:
+def convert(
+    cls: type, raw: Any, keypath: str, origin: typing.Callable[[str], str], problems: list[ConfigError] | None = None
+) -> Any:
+    """`raw` checked against the settings class `cls`. With `problems`, every bad key is
+    appended there (its default, or None, stands in) and checking goes on; else the first raises."""
     if not isinstance(raw, dict):
-        raise ConfigError(origin(keypath), keypath, f"expected a table, got {describe(raw)}")
+        error = ConfigError(origin(keypath), keypath, f"expected a table, got {describe(raw)}")
+        if problems is None:
+            raise error
+        problems.append(error)
+        raw = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    check_keys(raw, set(fields), keypath + ".", origin)
+    check_keys(raw, set(fields), keypath + ".", origin, problems)
     hints = typing.get_type_hints(cls)
     values = {}
     for name, fld in fields.items():
         path = f"{keypath}.{name}"
-        if name not in raw:
-            if fld.default is not dataclasses.MISSING:
-                values[name] = fld.default
+        default = None if fld.default is dataclasses.MISSING else fld.default
+        try:
+            if name not in raw:
+                if fld.default is dataclasses.MISSING:
+                    raise ConfigError(origin(keypath), path, "missing key")
+                values[name] = default
                 continue
-            raise ConfigError(origin(keypath), path, "missing key")
-        values[name] = check_value(hints[name], raw[name], path, origin, fld.metadata)
+            values[name] = check_value(hints[name], raw[name], path, origin, fld.metadata, problems)
+        except ConfigError as error:
+            if problems is None:
+                raise
+            problems.append(error)
+            values[name] = default
     return cls(**values)
 
 
 def check_value(
-    hint: Any, value: Any, path: str, origin: typing.Callable[[str], str], meta: typing.Mapping[str, Any]
+    hint: Any,
+    value: Any,
+    path: str,
+    origin: typing.Callable[[str], str],
+    meta: typing.Mapping[str, Any],
+    problems: list[ConfigError] | None = None,
 ) -> Any:
     def fail(expected: str) -> typing.NoReturn:
         raise ConfigError(origin(path), path, f"expected {expected}, got {describe(value)}")
@@ -171,14 +221,14 @@ def check_value(
                 return check_value(alternative, value, path, origin, meta)
             except ConfigError:
                 continue
-        return check_value(inner[-1], value, path, origin, meta)
+        return check_value(inner[-1], value, path, origin, meta, problems)
     if dataclasses.is_dataclass(hint):
-        return convert(hint, value, path, origin)
+        return convert(hint, value, path, origin, problems)
     if typing.get_origin(hint) is list:
         if not isinstance(value, list):
             fail("a list")
         item_meta = {"check": meta["check"]} if "check" in meta else {}
-        return [check_value(args[0], item, f"{path}[{i}]", origin, item_meta) for i, item in enumerate(value)]
+        return [check_value(args[0], item, f"{path}[{i}]", origin, item_meta, problems) for i, item in enumerate(value)]
     if typing.get_origin(hint) is dict:
         if not isinstance(value, dict):
             fail("a table")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from agent.correlate import Evidence, RankedCause
 from agent.diagnosis import Diagnosis
+from agent.i18n import finding_detail
 from agent.knowledge import finding_title
+from agent.model import Finding
+from agent.render import fit, screen_width
 
 # Evidence and actions are shown for the top cause and for any other at least this likely;
 # the rest are named with their confidence.
@@ -23,6 +26,7 @@ LABELS = {
         "against": "against",
         "todo": "what to do",
         "other": "Other findings (not the cause of this code)",
+        "probe_ok": "probe {probe} ok",
         "dispatch": "Dispatch",
         "fleet": "Fleet",
         "verdicts": {"none": "none", "merchant": "merchant fixes it", "remote": "remote", "onsite": "on site"},
@@ -41,6 +45,7 @@ LABELS = {
         "against": "反对",
         "todo": "处理建议",
         "other": "其他发现（与此错误码无关）",
+        "probe_ok": "{probe} 检测正常",
         "dispatch": "派单建议",
         "fleet": "机群",
         "verdicts": {"none": "无需派人", "merchant": "商户自行处理", "remote": "远程处理", "onsite": "现场处理"},
@@ -49,25 +54,27 @@ LABELS = {
 }
 
 
-def diagnosis_text(diagnosis: Diagnosis, lang: str, role: str) -> str:
+def diagnosis_text(diagnosis: Diagnosis, lang: str, role: str, width: int | None = None) -> str:
     words = LABELS.get(lang, LABELS["en"])
+    findings = {f.id: f for f in diagnosis.sweep.findings()}
     lines = header(diagnosis, lang, words)
     lines.append("")
     lines.append(f"{words['causes']}:")
     for i, rc in enumerate(diagnosis.correlation.causes, 1):
-        lines.extend(cause_lines(i, rc, lang, role, words, detailed=i == 1 or rc.confidence >= DETAILED_CONFIDENCE))
+        detailed = i == 1 or rc.confidence >= DETAILED_CONFIDENCE
+        lines.extend(cause_lines(i, rc, lang, role, words, findings, detailed=detailed))
     others = diagnosis.correlation.other_findings
     if others:
         lines.append("")
         lines.append(f"{words['other']}:")
         for f in others:
-            lines.append(f"  {'✗' if f.severity == 'fail' else '!'} {f.id} {finding_title(f.id, lang)}: {f.detail}")
+            lines.append(f"  {'✗' if f.severity == 'fail' else '!'} {f.id} {finding_title(f.id, lang)}: {finding_detail(f, lang)}")
     dispatch = diagnosis.correlation.dispatch
     lines.append("")
     lines.append(f"{words['dispatch']}: {words['verdicts'][dispatch.verdict]} — {dispatch.reason.get(lang)}")
     if diagnosis.fleet:
         lines.append(f"{words['fleet']}: {diagnosis.fleet['message'][lang if lang in ('zh', 'en') else 'en']}")
-    return "\n".join(lines)
+    return "\n".join(fit(lines, width or screen_width()))
 
 
 def header(diagnosis: Diagnosis, lang: str, words: dict) -> list[str]:
@@ -86,20 +93,24 @@ def header(diagnosis: Diagnosis, lang: str, words: dict) -> list[str]:
     return lines
 
 
-def cause_lines(i: int, rc: RankedCause, lang: str, role: str, words: dict, detailed: bool) -> list[str]:
+def cause_lines(
+    i: int, rc: RankedCause, lang: str, role: str, words: dict, findings: dict[str, Finding], detailed: bool
+) -> list[str]:
     lines = [f"{i:2}. {rc.confidence * 100:3.0f}%  {rc.cause.title.get(lang)}  [{rc.cause.id}]"]
     if not detailed:
         return lines
     for label, items in ((words["for"], rc.evidence_for), (words["against"], rc.evidence_against)):
         for e in items:
-            lines.append(f"        {label}: {evidence_text(e, lang)}")
+            lines.append(f"        {label}: {evidence_text(e, lang, words, findings)}")
     lines.append(f"        {words['todo']} ({words['roles'][role]}):")
     for n, action in enumerate(rc.cause.actions[role], 1):
         lines.append(f"          {n}) {action.get(lang)}")
     return lines
 
 
-def evidence_text(e: Evidence, lang: str) -> str:
+def evidence_text(e: Evidence, lang: str, words: dict, findings: dict[str, Finding]) -> str:
     if e.finding is None:
-        return e.detail
-    return f"{e.finding} {finding_title(e.finding, lang)} ({e.detail})"
+        return words["probe_ok"].format(probe=e.probe)
+    found = findings.get(e.finding)
+    detail = finding_detail(found, lang) if found is not None else e.detail
+    return f"{e.finding} {finding_title(e.finding, lang)} ({detail})"

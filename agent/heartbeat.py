@@ -12,7 +12,10 @@ from typing import Any
 from agent import __version__
 from agent.facts import iso_utc, terminal_identity
 
-DIRECT = ("battery_pct", "battery_wear_ratio", "battery_cycle_count", "emmc_life_used_pct", "max_temp_c", "memory_available_mib")
+DIRECT = (
+    "battery_pct", "battery_wear_ratio", "battery_cycle_count", "emmc_life_used_pct", "free_mib", "max_temp_c",
+    "memory_available_mib",
+)  # fmt: skip
 
 
 @dataclass
@@ -24,14 +27,11 @@ class Counters:
 
 
 def health(snap: dict[str, Any] | None) -> dict[str, Any]:
-    """The contract's health keys from a snapshot; a key the snapshot lacks is null. Free
-    space is the smallest of the watched mounts; signal the strongest radio seen."""
+    """The contract's health keys from a snapshot (free space is the fullest watched mount's,
+    signal the Wi-Fi level); a key the snapshot lacks is null."""
     snap = snap or {}
     out: dict[str, Any] = {key: snap.get(key) for key in DIRECT}
-    free = [v for k, v in snap.items() if k.startswith("free_mib") and isinstance(v, int | float)]
-    out["free_mib"] = min(free) if free else None
-    signal = [v for k, v in snap.items() if (k.startswith("wifi_level_dbm") or k == "rssi_dbm") and isinstance(v, int | float)]
-    out["signal_dbm"] = max(signal) if signal else None
+    out["signal_dbm"] = snap.get("wifi_level_dbm")
     return out
 
 

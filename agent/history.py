@@ -16,6 +16,7 @@ from typing import Any
 from agent.config import Config
 from agent.sources import now_iso
 from probes import ProbeContext, network, power, storage, system
+from probes._metrics import keep_worst
 
 
 def snapshot(config: Config) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def snapshot(config: Config) -> dict[str, Any]:
     system.check_thermal(config.probes["system"], ctx, metrics)
     system.check_memory(config.probes["system"], ctx, metrics)
     network.check_wireless(config.probes["network"], ctx, metrics)
-    snap.update({k: v for k, v in metrics.items() if k in {"max_temp_c", "memory_available_mib"} or k.startswith("wifi_level_dbm")})
+    snap.update({k: v for k, v in metrics.items() if k in {"max_temp_c", "memory_available_mib", "wifi_level_dbm", "wifi_interface"}})
     iface = network.default_interface(ctx)
     if iface is not None:
         snap["link"] = network.link_kind(ctx, iface)
@@ -44,7 +45,7 @@ def snapshot(config: Config) -> dict[str, Any]:
             usage = shutil.disk_usage(mount)
         except OSError:
             continue
-        snap[f"free_mib[{mount}]"] = round(usage.free / 2**20, 1)
+        keep_worst(snap, "free_mib", round(usage.free / 2**20, 1), "mount", mount, lowest=True)
     return {k: v for k, v in snap.items() if v is not None}
 
 

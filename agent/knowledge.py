@@ -126,13 +126,11 @@ class KnowledgeBase:
         key = fold(code)
         return [c for (_, k), c in sorted(self.codes.items()) if k == key]
 
-    def search(self, text: str) -> list[Code]:
-        needle = text.casefold().strip()
-        return [
-            c
-            for _, c in sorted(self.codes.items())
-            if needle in c.meaning.zh.casefold() or needle in c.meaning.en.casefold()
-        ]
+    def search(self, text: str, order: list[str] | None = None) -> list[Code]:
+        """Codes matching words, stems or a code prefix (agent/codesearch.py)."""
+        from agent.codesearch import search
+
+        return search(self, text, order)
 
     def finding_title(self, finding_id: str, lang: str) -> str:
         title = self.findings.get(finding_id)

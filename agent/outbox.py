@@ -6,6 +6,7 @@ Layout of the outbox directory:
     .tmp-<pid>-<random>               being written; never listed, removed once its writer is gone
     state.json                        {"evicted": n} bundles evicted and not yet reported in a manifest
     dead/<name>.tar.gz + .reason.json bundles the server refused for good, with its answer
+                                      (`posdiag outbox requeue` moves them back once fixed)
 
 A bundle appears only by rename(2) of a fully written and fsynced temp file, followed by
 an fsync of the directory, so after a crash a bundle is either whole or absent. The stamp
@@ -101,6 +102,17 @@ class Outbox:
         fsync_dir(self.dead)
         fsync_dir(self.root)
         return target
+
+    def requeue(self, entry: Entry) -> Entry:
+        """Move a refused bundle from dead/ back to the waiting ones (its name, and so its
+        place in the upload order, unchanged); its reason file goes."""
+        with self.locked():
+            target = self.root / entry.name
+            os.replace(entry.path, target)
+            (self.dead / (entry.name[: -len(SUFFIX)] + ".reason.json")).unlink(missing_ok=True)
+            fsync_dir(self.root)
+            fsync_dir(self.dead)
+        return Entry(target, entry.bundle_id, entry.stamp, entry.size)
 
     def clean_temp(self) -> int:
         """Remove temp files whose writer is gone (a live writer's file is left alone)."""

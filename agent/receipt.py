@@ -15,6 +15,7 @@ import time
 
 from agent.config import Config
 from agent.diagnosis import Diagnosis
+from agent.i18n import finding_detail, phrase
 from agent.knowledge import finding_title
 from agent.model import Severity, Status
 
@@ -76,11 +77,11 @@ def printer_problem(diagnosis: Diagnosis, lang: str) -> str | None:
     words = MESSAGES.get(lang, MESSAGES["en"])
     result = next((r for r in diagnosis.sweep.results if r.name == "printer"), None)
     if result is None or result.status in (Status.SKIPPED, Status.TIMEOUT, Status.ERROR):
-        why = "--only" if result is None else str(result.metrics.get("reason", result.status.value))
+        why = "--only" if result is None else phrase(str(result.metrics.get("reason", result.status.value)), lang)
         return words["skipped"].format(why=why)
     faults = [f for f in result.findings if f.severity is Severity.FAIL]
     if faults:
-        return words["fault"].format(faults="; ".join(f"{finding_title(f.id, lang)} ({f.detail})" for f in faults))
+        return words["fault"].format(faults="; ".join(f"{finding_title(f.id, lang)} ({finding_detail(f, lang)})" for f in faults))
     return None
 
 

@@ -1,9 +1,12 @@
-"""Readable output for people: a live progress line and tables."""
+"""Readable output for people: a live progress line, tables, and lines wrapped to the screen."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterable
 from typing import TextIO
 
+from agent.i18n import finding_detail, phrase
 from agent.knowledge import finding_title
 from agent.model import ProbeResult, Status, Sweep
 
@@ -19,24 +22,43 @@ STATUS_WORDS = {
         Status.SKIPPED: "跳过",
     },
 }
-SWEEP_WORD = {"en": "sweep", "zh": "全部检测耗时"}
+WORDS = {
+    "en": {"sweep": "sweep", "reason": "why", "metrics": "figures"},
+    "zh": {"sweep": "全部检测耗时", "reason": "原因", "metrics": "数据"},
+}
 HEADERS = {
     "en": ("probe", "status", "time", "findings"),
     "zh": ("检测项", "状态", "耗时", "发现"),
 }
+MIN_WIDTH = 40
+
+
+def screen_width() -> int:
+    """Columns to fit: $COLUMNS, else the terminal's, else 80 (a pipe or a file)."""
+    return max(MIN_WIDTH, shutil.get_terminal_size((80, 24)).columns)
 
 
 class Progress:
-    """One line, rewritten as each probe finishes; silent when not on a terminal."""
+    """One line naming the probes still running, rewritten as each finishes; silent when
+    not on a terminal."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, names: Iterable[str], lang: str = "en") -> None:
         self.stream = stream
         self.live = stream.isatty()
+        self.running = list(names)
+        self.lang = lang
 
     def __call__(self, result: ProbeResult, done: int, total: int) -> None:
+        if result.name in self.running:
+            self.running.remove(result.name)
         if self.live:
-            self.stream.write(f"\r\033[K[{done}/{total}] {result.name}: {result.status.value}")
+            self.stream.write("\r\033[K" + truncate(self.text(done, total), screen_width() - 1))
             self.stream.flush()
+
+    def text(self, done: int, total: int) -> str:
+        if self.lang == "zh":
+            return f"[{done}/{total}] 检测中：{'、'.join(self.running)}"
+        return f"[{done}/{total}] running: {', '.join(self.running)}"
 
     def clear(self) -> None:
         if self.live:
@@ -44,9 +66,11 @@ class Progress:
             self.stream.flush()
 
 
-def sweep_table(sweep: Sweep, lang: str = "en") -> str:
-    """One row per probe, its findings indented under it, then its metrics."""
+def sweep_table(sweep: Sweep, lang: str = "en", width: int | None = None) -> str:
+    """One row per probe, its findings indented under it, then its reason or figures."""
+    width = width or screen_width()
     words = STATUS_WORDS.get(lang, STATUS_WORDS["en"])
+    labels = WORDS.get(lang, WORDS["en"])
     head = HEADERS.get(lang, HEADERS["en"])
     rows = [head] + [
         (r.name, words[r.status], f"{r.duration_ms:.0f} ms", str(len(r.findings))) for r in sweep.results
@@ -61,11 +85,71 @@ def sweep_table(sweep: Sweep, lang: str = "en") -> str:
         lines.append(line(row))
         for f in r.findings:
             mark = "✗" if f.severity == "fail" else "!"
-            lines.append(f"    {mark} {f.id} ({finding_title(f.id, lang)}): {f.detail}")
-        if r.metrics:
-            lines.append("      " + ", ".join(f"{k}={v}" for k, v in r.metrics.items()))
-    lines.append(f"{SWEEP_WORD.get(lang, 'sweep')} {sweep.wall_ms:.0f} ms")
-    return "\n".join(lines)
+            lines.append(f"    {mark} {f.id} ({finding_title(f.id, lang)}): {finding_detail(f, lang)}")
+        metrics = dict(r.metrics)
+        reason = metrics.pop("reason", None)
+        if reason is not None:
+            lines.append(f"      {labels['reason']}: {phrase(str(reason), lang)}")
+        if metrics:
+            lines.append(f"      {labels['metrics']}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    lines.append(f"{labels['sweep']} {sweep.wall_ms:.0f} ms")
+    return "\n".join(fit(lines, width))
+
+
+def fit(lines: Iterable[str], width: int) -> list[str]:
+    """Each line wrapped to `width` columns; a continuation is indented 2 past its line."""
+    out: list[str] = []
+    for text in lines:
+        out.extend(wrap(text, width))
+    return out
+
+
+def wrap(text: str, width: int) -> list[str]:
+    if display_width(text) <= width:
+        return [text]
+    indent = " " * (len(text) - len(text.lstrip(" ")) + 2)
+    lines: list[str] = []
+    current = ""
+    for word in split_words(text):
+        if current.strip() and display_width(current + word.rstrip()) > width:
+            lines.append(current.rstrip())
+            current = indent + word.lstrip()
+        else:
+            current += word
+        while display_width(current.rstrip()) > width:  # a word longer than a line is cut
+            cut = cut_at(current, width)
+            lines.append(current[:cut])
+            current = indent + current[cut:]
+    if current.strip():
+        lines.append(current.rstrip())
+    return lines
+
+
+def split_words(text: str) -> list[str]:
+    """Break points: after a space, and between wide (CJK) characters."""
+    words: list[str] = []
+    current = ""
+    for ch in text:
+        current += ch
+        if ch == " " or display_width(ch) == 2:
+            words.append(current)
+            current = ""
+    if current:
+        words.append(current)
+    return words
+
+
+def cut_at(text: str, width: int) -> int:
+    used = 0
+    for i, ch in enumerate(text):
+        used += display_width(ch)
+        if used > width:
+            return max(i, 1)
+    return len(text)
+
+
+def truncate(text: str, width: int) -> str:
+    return text if display_width(text) <= width else text[: cut_at(text, width - 1)] + "…"
 
 
 def display_width(text: str) -> int:

@@ -47,7 +47,7 @@ class TerminalSettings:
     model: str
     firmware: str
     app_version: str
-    lang: str = bounded(choices=("zh", "en"))
+    lang: str = bounded(choices=("auto", "zh", "en"))
     labels: dict[str, str] = field(metadata={"check": labels_problem})
 
 

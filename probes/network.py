@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from agent.model import Finding, MetricValue, Observation
 from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
+from probes._metrics import keep_worst
 from probes._sysfs import read_text
 
 NAME = "network"
@@ -142,7 +143,7 @@ def check_wireless(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, Met
             level = float(fields[2].rstrip("."))
         except ValueError:
             continue
-        metrics[f"wifi_level_dbm[{iface.strip()}]"] = level
+        keep_worst(metrics, "wifi_level_dbm", level, "wifi_interface", iface.strip(), lowest=True)
         if level < s.weak_signal_dbm:
             found.append(Finding.warn("network.weak_signal", f"Wi-Fi {iface.strip()} signal {level:.0f} dBm", level_dbm=level))
     return found
@@ -169,7 +170,7 @@ def check_endpoint(e: Endpoint, s: NetworkSettings, ctx: ProbeContext, metrics: 
     addrs = resolve(e.host, e.port, min(s.dns_timeout_seconds, ctx.remaining()))
     if not addrs:
         return [Finding.fail("network.dns_failed", f"cannot resolve {e.host} ({e.name})", host=e.host)]
-    metrics[f"dns_ms[{e.name}]"] = round((time.monotonic() - t0) * 1000, 1)
+    keep_worst(metrics, "dns_ms", round((time.monotonic() - t0) * 1000, 1), "dns_endpoint", e.name)
     t1 = time.monotonic()
     try:
         sock = connect_any(addrs, e.port, s, ctx)
@@ -184,7 +185,7 @@ def check_endpoint(e: Endpoint, s: NetworkSettings, ctx: ProbeContext, metrics: 
         if e.tls:
             found += handshake(sock, e, s, ctx, metrics)
         latency = (time.monotonic() - t1) * 1000
-    metrics[f"latency_ms[{e.name}]"] = round(latency, 1)
+    keep_worst(metrics, "latency_ms", round(latency, 1), "latency_endpoint", e.name)
     if latency > s.high_latency_ms and not any(f.severity == "fail" for f in found):
         found.append(Finding.warn("network.high_latency", f"{e.name} answered in {latency:.0f} ms", host=e.host, latency_ms=round(latency, 1)))
     return found
@@ -220,7 +221,7 @@ def handshake(sock: socket.socket, e: Endpoint, s: NetworkSettings, ctx: ProbeCo
         return [Finding.fail("network.tls_failed", f"{e.name} TLS handshake failed: {exc}", host=e.host)]
     not_after = ssl.cert_time_to_seconds(cert["notAfter"])
     days = (not_after - time.time()) / 86400
-    metrics[f"cert_days_left[{e.name}]"] = round(days, 1)
+    keep_worst(metrics, "cert_days_left", round(days, 1), "cert_endpoint", e.name, lowest=True)
     if days < s.cert_expiring_days:
         return [Finding.warn("network.cert_expiring", f"{e.name} certificate expires in {days:.1f} days", host=e.host, days_left=round(days, 1))]
     return []

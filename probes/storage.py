@@ -53,37 +53,48 @@ def run(settings: StorageSettings, ctx: ProbeContext) -> Observation:
     findings: list[Finding] = []
     metrics: dict[str, MetricValue] = {}
     mount_table = read_mounts(ctx.proc("mounts"))
+    usage: list[dict[str, MetricValue]] = []
     for path in settings.mounts:
-        findings += check_space(path, settings, metrics)
+        findings += check_space(path, settings, usage)
         options = mount_options(mount_table, path)
         if options is not None and "ro" in options:
             findings.append(Finding.fail("storage.readonly", f"{path} is mounted read-only", mount=path))
+    if usage:  # plain metric names: the fullest mount's figures, the mount named as a field
+        metrics.update(max(usage, key=lambda u: u.get("used_pct", 0)))
     findings += write_test(Path(settings.scratch_dir), settings, ctx, metrics)
     findings += check_emmc(ctx, settings, metrics)
     return Observation(findings, metrics)
 
 
-def check_space(path: str, s: StorageSettings, metrics: dict[str, MetricValue]) -> list[Finding]:
+def check_space(path: str, s: StorageSettings, usage: list[dict[str, MetricValue]]) -> list[Finding]:
+    """Findings on one mount's space and inodes; its figures are appended to `usage`."""
     try:
         st = os.statvfs(path)
     except OSError as exc:
         return [Finding.warn("storage.write_failed", f"cannot stat {path}: {exc.strerror}", mount=path)]
     found = []
+    figures: dict[str, MetricValue] = {"mount": path}
     if st.f_blocks:
-        used_pct = 100.0 * (st.f_blocks - st.f_bfree) / (st.f_blocks - st.f_bfree + st.f_bavail)
-        metrics[f"used_pct[{path}]"] = round(used_pct, 1)
-        metrics[f"free_mib[{path}]"] = round(st.f_bavail * st.f_frsize / 2**20, 1)
+        used_pct = round(100.0 * (st.f_blocks - st.f_bfree) / (st.f_blocks - st.f_bfree + st.f_bavail), 1)
+        free_mib = round(st.f_bavail * st.f_frsize / 2**20, 1)
+        figures.update(used_pct=used_pct, free_mib=free_mib)
+        space = {"mount": path, "used_pct": used_pct, "free_mib": free_mib}
         if used_pct >= s.disk_full_pct:
-            found.append(Finding.fail("storage.disk_full", f"{path} is {used_pct:.1f} % full", mount=path, used_pct=round(used_pct, 1)))
+            detail = f"{path} is full: {used_pct:.1f} % used reaches disk_full_pct {s.disk_full_pct:g}, {free_mib:.1f} MiB free"
+            found.append(Finding.fail("storage.disk_full", detail, **space, limit_pct=s.disk_full_pct))
         elif used_pct >= s.disk_low_pct:
-            found.append(Finding.warn("storage.disk_low", f"{path} is {used_pct:.1f} % full", mount=path, used_pct=round(used_pct, 1)))
+            detail = f"{path} is low on space: {used_pct:.1f} % used reaches disk_low_pct {s.disk_low_pct:g}, {free_mib:.1f} MiB free"
+            found.append(Finding.warn("storage.disk_low", detail, **space, limit_pct=s.disk_low_pct))
     if st.f_files:
-        inode_pct = 100.0 * (st.f_files - st.f_ffree) / st.f_files
-        metrics[f"inodes_used_pct[{path}]"] = round(inode_pct, 1)
+        inode_pct = round(100.0 * (st.f_files - st.f_ffree) / st.f_files, 1)
+        figures["inodes_used_pct"] = inode_pct
         if inode_pct >= s.inodes_exhausted_pct:
             found.append(
-                Finding.fail("storage.inodes_exhausted", f"{path} uses {inode_pct:.1f} % of its inodes", mount=path)
+                Finding.fail(
+                    "storage.inodes_exhausted", f"{path} uses {inode_pct:.1f} % of its inodes", mount=path, inodes_used_pct=inode_pct
+                )
             )
+    usage.append(figures)
     return found
 
 
@@ -129,9 +140,9 @@ def write_test(scratch: Path, s: StorageSettings, ctx: ProbeContext, metrics: di
                 os.close(fd)
             latencies.append((time.monotonic() - t0) * 1000)
             if target.read_bytes() != payload:
-                return [Finding.fail("storage.write_failed", f"read-back of {scratch} differs from what was written")]
+                return [Finding.fail("storage.write_failed", f"read-back of {scratch} differs from what was written", dir=str(scratch))]
     except OSError as exc:
-        return [Finding.fail("storage.write_failed", f"cannot write in {scratch}: {exc.strerror}", errno=exc.errno)]
+        return [Finding.fail("storage.write_failed", f"cannot write in {scratch}: {exc.strerror}", dir=str(scratch), errno=exc.errno)]
     finally:
         try:
             target.unlink()

@@ -11,11 +11,14 @@ already has it, so sending again after a lost answer is safe. How answers are tr
     │                 outbox for the next flush
     ├── Refused       any other 4xx (bad signature, too large, malformed, terminal mismatch):
     │                 retrying cannot help, the bundle goes to the dead-letter folder
-    └── Halt          401 (token unknown or revoked) and 3xx (wrong server_url): a fault of
-                      the terminal's set-up, not of the bundle, so the flush stops and every
-                      bundle stays where it is until the set-up is fixed
+    └── Halt          401 (token unknown or revoked), 3xx, 404 and 405 (server_url does not
+                      name the upload service): a fault of the terminal's set-up, not of the
+                      bundle, so the flush stops and every bundle stays where it is until the
+                      set-up is fixed
 
-requests' own exceptions are translated into these in one place (`post`).
+requests' own exceptions are translated into these in one place (`post`, `transport_reason`),
+as one line a person can act on: "connection refused by host:port", "TLS: certificate verify
+failed: ...", never a repr of urllib3's exception chain.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from __future__ import annotations
 import email.utils
 import json
 import random
+import socket
+import ssl
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +42,12 @@ from agent.outbox import Entry, Outbox
 
 PATH = "/api/v1/bundles"
 MAX_ANSWER_BYTES = 64 * 1024
+SETUP_HINTS = {  # answers that say the terminal's set-up is wrong, and what to fix
+    401: "the server does not accept this terminal's token: check [upload] token",
+    404: "no upload service at this address: check [upload] server_url",
+    405: "this address does not take uploads: check [upload] server_url",
+}
+REDIRECT_HINT = "the server redirects to {location}: set [upload] server_url to the final address"
 
 
 class UploadError(Exception):
@@ -85,6 +97,7 @@ class FlushReport:
 
 
 Progress = Callable[[Entry, str], None]
+RetryNote = Callable[[str], None]
 
 
 class Client:
@@ -101,13 +114,15 @@ class Client:
         self.session = session or requests.Session()
         self.sleep = sleep
 
-    def send(self, data: bytes, bundle_id: str) -> Delivered:
-        """Upload one bundle, retrying what is worth retrying; raises UploadError subclasses."""
+    def send(self, data: bytes, bundle_id: str, on_retry: RetryNote | None = None) -> Delivered:
+        """Upload one bundle, retrying what is worth retrying; raises UploadError subclasses.
+        `on_retry` hears each failed attempt that will be retried, as it happens."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.max_attempts),
             wait=self._wait,
             retry=tenacity.retry_if_exception_type(Retryable),
             sleep=self.sleep,
+            before_sleep=self._retry_note(on_retry),
             reraise=True,
         )
         for attempt in retrying:
@@ -131,9 +146,18 @@ class Client:
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as exc:
-            raise Retryable(f"{type(exc).__name__}: {short(exc)}") from exc
+            raise Retryable(transport_reason(exc, self.url, self.settings)) from exc
         with response:
             return classify(response)
+
+    def _retry_note(self, on_retry: RetryNote | None) -> Callable[[tenacity.RetryCallState], None]:
+        def note(state: tenacity.RetryCallState) -> None:
+            if on_retry is None or state.outcome is None or state.next_action is None:
+                return
+            attempt, most = state.attempt_number, self.settings.max_attempts
+            on_retry(f"attempt {attempt}/{most} failed: {state.outcome.exception()}; retrying in {state.next_action.sleep:.1f} s")
+
+        return note
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         backoff = tenacity.wait_random_exponential(
@@ -155,9 +179,55 @@ def classify(response: requests.Response) -> int:
     message = f"HTTP {status}: {answer.get('error', '')} {answer.get('detail', '')}".strip()
     if status in (408, 429) or status >= 500:
         raise Retryable(message, status, parse_retry_after(response.headers.get("Retry-After")))
-    if status == 401 or 300 <= status < 400:
-        raise Halt(message, status, answer)
+    if status in SETUP_HINTS:
+        raise Halt(f"HTTP {status}: {SETUP_HINTS[status]}", status, answer)
+    if 300 <= status < 400:
+        location = response.headers.get("Location") or "another address"
+        raise Halt(f"HTTP {status}: {REDIRECT_HINT.format(location=location)}", status, answer)
     raise Refused(message, status, answer)
+
+
+def transport_reason(exc: requests.exceptions.RequestException, url: str, settings: Any) -> str:
+    """Why a request got no answer, in one line; the cause is looked for along the chain
+    requests and urllib3 build (MaxRetryError.reason, __cause__, __context__)."""
+    parts = urllib.parse.urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    chain = causes(exc)
+    verify = next((e for e in chain if isinstance(e, ssl.SSLCertVerificationError)), None)
+    if verify is not None:
+        return f"TLS: certificate of {where} not trusted ({verify.verify_message})"
+    if isinstance(exc, requests.exceptions.SSLError) or any(isinstance(e, ssl.SSLError) for e in chain):
+        return f"TLS handshake with {where} failed"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return f"no answer from {where} within {settings.connect_timeout_seconds:g} s (connect timeout)"
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return f"{where} did not answer within {settings.read_timeout_seconds:g} s (read timeout)"
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return f"cannot resolve {parts.hostname}"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain):
+        return f"connection refused by {where}"
+    if any(isinstance(e, ConnectionResetError | BrokenPipeError) for e in chain):
+        return f"connection to {where} reset"
+    if any(isinstance(e, OSError) and e.strerror for e in chain):
+        oserror = next(e for e in chain if isinstance(e, OSError) and e.strerror)
+        return f"cannot reach {where}: {oserror.strerror}"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return f"connection to {where} cut before the answer"
+    return f"request to {where} failed ({type(exc).__name__})"
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """exc and every exception it was raised from or wraps, once each."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop()
+        if any(current is s for s in seen) or len(seen) > 20:
+            continue
+        seen.append(current)
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        todo.extend(e for e in linked if isinstance(e, BaseException))
+    return seen
 
 
 def answer_json(response: requests.Response) -> dict[str, Any]:
@@ -184,11 +254,6 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
-def short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
 def flush(outbox: Outbox, client: Client, progress: Progress | None = None) -> FlushReport:
     """Upload every waiting bundle, oldest first. A bundle leaves the outbox only after the
     server confirmed it; a bundle that keeps failing ends this run (later ones would too)."""
@@ -202,7 +267,7 @@ def flush(outbox: Outbox, client: Client, progress: Progress | None = None) -> F
                 continue
             note(entry, "sending")
             try:
-                delivered = client.send(data, entry.bundle_id)
+                delivered = client.send(data, entry.bundle_id, lambda text, entry=entry: note(entry, text))
             except Refused as exc:
                 outbox.dead_letter(entry, refusal(exc, entry))
                 report.dead.append(entry.bundle_id)

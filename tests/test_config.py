@@ -63,7 +63,7 @@ def test_unknown_probe_section(tmp_path):
 
 
 def test_bad_choice_and_bad_list_item(tmp_path):
-    with pytest.raises(ConfigError, match="terminal.lang: expected one of zh, en"):
+    with pytest.raises(ConfigError, match="terminal.lang: expected one of auto, zh, en"):
         config.load(str(write(tmp_path, "[terminal]\nlang = 'fr'\n")))
     with pytest.raises(ConfigError, match=r"probes.storage.mounts\[1\]: expected a string"):
         config.load(str(write(tmp_path, "[probes.storage]\nmounts = ['/', 3]\n")))

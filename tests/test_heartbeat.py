@@ -43,7 +43,7 @@ def test_a_heartbeat_follows_the_contract_from_the_newest_snapshot(simulated):
     # the simulated battery: 80 %, worn to charge_full / charge_full_design; eMMC level 2 -> 20 %
     assert health["battery_pct"] == snap["battery_pct"] and 0 < health["battery_wear_ratio"] <= 1
     assert health["emmc_life_used_pct"] == snap["emmc_life_used_pct"] > 0
-    assert health["signal_dbm"] == snap["wifi_level_dbm[wlan0]"]
+    assert health["signal_dbm"] == snap["wifi_level_dbm"]
     assert health["free_mib"] > 0 and health["memory_available_mib"] > 0
     assert body["counters"]["errors"] == 3 and body["counters"]["diagnoses"] == 2
     assert body["counters"]["bundles_waiting"] == 0 and body["counters"]["uptime_s"] > 0

@@ -149,3 +149,19 @@ def test_probe_error_text_is_cleaned_of_card_data():
         sweep = run_probes(config.load(None, sections), ["leaky"])
     detail = sweep.results[0].findings[0].detail
     assert "4111111111111111" not in detail and "ValueError: device echoed 411111" in detail
+
+
+def test_storage_metrics_are_plain_names_with_the_mount_as_a_field(tmp_path):
+    """Keys never embed a path; the figures are the fullest mount's, which is named."""
+    tree(tmp_path, {"proc/mounts": ""})
+    mounts = ["/", str(tmp_path), "/dev"]
+    out = storage.run(settings("storage", mounts=mounts, write_test_count=0), ctx(tmp_path))
+    assert {"mount", "used_pct", "free_mib", "inodes_used_pct"} <= set(out.metrics)
+    assert all("[" not in key and "/" not in key for key in out.metrics)
+
+    def used(path):
+        st = os.statvfs(path)
+        return round(100.0 * (st.f_blocks - st.f_bfree) / (st.f_blocks - st.f_bfree + st.f_bavail), 1)
+
+    assert out.metrics["mount"] in mounts
+    assert out.metrics["used_pct"] == max(used(m) for m in mounts) == used(out.metrics["mount"])

@@ -9,6 +9,7 @@ import pytest
 
 from agent import config
 from agent.errors import UsageError
+from agent.i18n import zh_detail
 from agent.model import Status
 from agent.runner import run_probes
 from probes.emulators import SimulatedTerminal, known_faults, parse_faults
@@ -24,6 +25,9 @@ def test_healthy_terminal_is_all_ok():
     sweep, _ = sweep_for("healthy")
     assert {r.name: r.status for r in sweep.results} == {r.name: Status.OK for r in sweep.results}
     assert not sweep.findings()
+    keys = {key for r in sweep.results for key in r.metrics}  # plain names: no path or endpoint inside a key
+    assert {"latency_ms", "latency_endpoint", "wifi_level_dbm", "wifi_interface", "used_pct", "mount"} <= keys
+    assert not [key for key in keys if "[" in key or "/" in key]
 
 
 @pytest.mark.parametrize("fault", sorted(known_faults()))
@@ -34,6 +38,8 @@ def test_each_fault_produces_its_finding(fault):
     probe = fault.split(".")[0].replace("reader", "card_reader")
     unrelated = {i for i in ids if not i.startswith(fault.split(".")[0] + ".")}
     assert not unrelated, f"{fault} also produced {unrelated} (probe {probe})"
+    for finding in sweep.findings():  # shown in Chinese by its own template, not by its bare title
+        assert zh_detail(finding), f"no Chinese template of {finding.id} fits its data {finding.data}"
 
 
 def test_faults_combine():
@@ -73,7 +79,8 @@ def test_cli_unknown_fault_is_usage_error_and_leaves_no_temp_dirs():
 
 
 def test_cli_table_for_people():
-    result = run_cli("probe", "--simulate", "printer.paper_out" if "printer.paper_out" in known_faults() else "power.battery_low")
+    fault = "printer.paper_out" if "printer.paper_out" in known_faults() else "power.battery_low"
+    result = run_cli("probe", "--simulate", fault, env={"LC_ALL": "", "LC_MESSAGES": "", "LANG": "zh_CN.UTF-8"})
     assert "全部检测耗时" in result.stdout and "检测项" in result.stdout
     english = run_cli("probe", "--simulate", "power.battery_low", "--only", "power", "--lang", "en")
     assert "sweep" in english.stdout and "power.battery_low (battery low)" in english.stdout

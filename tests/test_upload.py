@@ -69,7 +69,7 @@ def test_server_down_then_up(outbox):
     port = free_port()
     settings = upload_settings(f"http://127.0.0.1:{port}", max_attempts=3)
     report = flush(outbox, Client(settings))
-    assert report.sent == [] and report.remaining == 3 and "ConnectionError" in report.stopped
+    assert report.sent == [] and report.remaining == 3 and report.stopped == f"connection refused by 127.0.0.1:{port}"
     with UploadServer(TOKEN, port=port) as server:
         report = flush(outbox, Client(settings))
     assert report.sent == ids and server.store_order == ids
@@ -169,6 +169,80 @@ def test_revoked_token_halts_and_keeps_every_bundle(outbox):
     assert report.remaining == 2 and report.dead == [] and "401" in report.stopped
     assert server.requests == 1  # not retried: waiting will not make the token valid
     assert [e.bundle_id for e in outbox.entries()] == ids
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_wrong_server_url_halts_and_keeps_every_bundle(outbox, status):
+    """404 (no such path) and 405 (a path that takes no POST) mean server_url is wrong: retrying or
+    dead-lettering would lose bundles that a corrected URL delivers."""
+    ids = fill(outbox, 2)
+    with UploadServer(TOKEN) as server, MethodNotAllowed() as other:
+        url = server.url + "/wrong" if status == 404 else other.url
+        report = flush(outbox, Client(upload_settings(url)))
+        assert report.remaining == 2 and report.dead == [] and report.stopped.startswith(f"HTTP {status}: ")
+        assert "server_url" in report.stopped
+        assert server.requests + other.requests == 1
+        assert [e.bundle_id for e in outbox.entries()] == ids
+        assert flush(outbox, Client(upload_settings(server.url))).sent == ids
+
+
+class MethodNotAllowed:
+    """A real HTTP server whose only resource takes GET, as a web server at a wrong URL does."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                owner.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(405)
+                self.send_header("Allow", "GET")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.requests = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
+
+    def __enter__(self):
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_retries_are_told_as_they_happen(outbox):
+    fill(outbox, 1)
+    port = free_port()
+    notes = []
+    report = flush(outbox, Client(upload_settings(f"http://127.0.0.1:{port}", max_attempts=3)), lambda e, s: notes.append(s))
+    retries = [n for n in notes if n.startswith("attempt ")]
+    assert retries == [
+        f"attempt 1/3 failed: connection refused by 127.0.0.1:{port}; retrying in " + retries[0].rsplit(" in ", 1)[1],
+        f"attempt 2/3 failed: connection refused by 127.0.0.1:{port}; retrying in " + retries[1].rsplit(" in ", 1)[1],
+    ]
+    assert report.stopped == f"connection refused by 127.0.0.1:{port}"
+
+
+def test_requeue_moves_refused_bundles_back(outbox):
+    ids = fill(outbox, 2)
+    with UploadServer(TOKEN) as server:
+        server.max_bytes = 100
+        assert flush(outbox, Client(upload_settings(server.url))).dead == ids
+        assert outbox.entries() == []
+        back = outbox.requeue(outbox.dead_entries()[0])
+        assert [e.bundle_id for e in outbox.entries()] == [ids[0]] == [back.bundle_id]
+        assert list(outbox.dead.glob("*.reason.json")) and len(list(outbox.dead.glob("*.reason.json"))) == 1
+        server.max_bytes = 8 << 20
+        assert flush(outbox, Client(upload_settings(server.url))).sent == [ids[0]]
 
 
 def test_no_server_configured():
@@ -281,6 +355,74 @@ def test_cli_diagnose_upload_goes_through_the_outbox(tmp_path):
     assert Outbox(tmp_path / "outbox", 1 << 30).entries() == []
 
 
+def cli_config(tmp_path, url: str, **upload) -> str:
+    path = tmp_path / "posdiag.toml"
+    extra = "".join(f"{k} = {v}\n" for k, v in upload.items())
+    path.write_text(
+        f'[outbox]\ndir = "{tmp_path / "outbox"}"\n'
+        f'[upload]\nserver_url = "{url}"\ntoken = "{TOKEN}"\nbackoff_initial_seconds = 0.05\n{extra}'
+    )
+    return str(path)
+
+
+def test_cli_diagnose_upload_prints_the_diagnosis_then_fails_in_one_line(tmp_path):
+    port = free_port()
+    proc = run_cli(
+        "diagnose", "--code", "96", "--simulate", "healthy", "--upload", "--lang", "en",
+        "--config", cli_config(tmp_path, f"http://127.0.0.1:{port}", max_attempts=3),
+    )
+    assert proc.returncode == 3
+    assert proc.stdout.startswith("Error 96") and "Dispatch:" in proc.stdout  # the diagnosis is whole
+    lines = proc.stderr.splitlines()
+    assert [line for line in lines if line.startswith("upload ") and "retrying in" in line][1].count("attempt 2/3") == 1
+    final = lines[-1]
+    assert final.startswith(f"posdiag: upload failed: connection refused by 127.0.0.1:{port}; bundle ")
+    assert "Traceback" not in proc.stderr and "HTTPConnectionPool" not in proc.stderr and "Errno" not in proc.stderr
+    assert len(Outbox(tmp_path / "outbox", 1 << 30).entries()) == 1
+    assert "3 when --upload could not deliver the bundle" in " ".join(run_cli("diagnose", "--help").stdout.split())
+
+
+def test_cli_diagnose_upload_in_chinese(tmp_path):
+    port = free_port()
+    proc = run_cli(
+        "diagnose", "--code", "96", "--simulate", "healthy", "--upload", "--lang", "zh",
+        "--config", cli_config(tmp_path, f"http://127.0.0.1:{port}", max_attempts=2),
+    )
+    assert proc.returncode == 3 and proc.stdout.startswith("错误码 96")
+    retry, final = proc.stderr.splitlines()[-2:]
+    assert retry.startswith("上传 ") and f"第 1/2 次尝试失败：127.0.0.1:{port} 拒绝连接；" in retry
+    assert final.startswith(f"posdiag: 上传失败：127.0.0.1:{port} 拒绝连接；诊断包 ")
+
+
+def test_cli_diagnose_upload_with_a_revoked_token_says_so(tmp_path):
+    with UploadServer("the-new-token") as server:
+        proc = run_cli("diagnose", "--code", "96", "--simulate", "healthy", "--upload", "--json", "--config", cli_config(tmp_path, server.url))
+    assert proc.returncode == 3 and json.loads(proc.stdout)["error"]["code"] == "96"
+    assert proc.stderr.splitlines()[-1].startswith("posdiag: upload failed: HTTP 401: the server does not accept this terminal's token")
+
+
+def test_cli_outbox_requeue(tmp_path):
+    with UploadServer(TOKEN) as server:
+        server.max_bytes = 100
+        config = cli_config(tmp_path, server.url)
+        refused = run_cli("diagnose", "--code", "96", "--simulate", "healthy", "--upload", "--config", config)
+        assert refused.returncode == 3 and "refused by the server" in refused.stderr
+        box = Outbox(tmp_path / "outbox", 1 << 30)
+        dead_id = box.dead_entries()[0].bundle_id
+        listing = run_cli("outbox", "list", "--config", config).stdout
+        assert "refused  " in listing and "HTTP 413: too_large" in listing
+        assert max(len(line) for line in listing.splitlines()) <= 80
+        assert run_cli("outbox", "requeue", "--config", config).returncode == 2  # ID or --all is required
+        assert run_cli("outbox", "requeue", "nosuch", "--config", config).returncode == 1
+        moved = run_cli("outbox", "requeue", dead_id[:8], "--config", config)
+        assert moved.returncode == 0 and moved.stdout == f"{dead_id} back in the outbox\n"
+        assert [e.bundle_id for e in box.entries()] == [dead_id] and box.dead_entries() == []
+        assert run_cli("outbox", "requeue", "--all", "--config", config).returncode == 1  # none left
+        server.max_bytes = 8 << 20
+        assert run_cli("outbox", "flush", "--config", config).returncode == 0
+    assert server.store_order == [dead_id]
+
+
 def test_tls_verified_against_the_configured_ca(outbox, tmp_path):
     import ssl
 
@@ -296,6 +438,6 @@ def test_tls_verified_against_the_configured_ca(outbox, tmp_path):
     ids = fill(outbox, 2)
     with UploadServer(TOKEN, tls=context) as server:
         wrong = flush(outbox, Client(upload_settings(server.url, ca_file=str(tmp_path / "other-ca.pem"), max_attempts=2)))
-        assert wrong.sent == [] and wrong.remaining == 2 and "SSLError" in wrong.stopped
+        assert wrong.sent == [] and wrong.remaining == 2 and wrong.stopped.startswith("TLS: certificate of 127.0.0.1:")
         right = flush(outbox, Client(upload_settings(server.url, ca_file=str(tmp_path / "ca.pem"))))
     assert right.sent == ids and server.store_order == ids

@@ -45,16 +45,17 @@ def only_probes(args: argparse.Namespace) -> list[str] | None:
 
 
 @contextlib.contextmanager
-def progress_line(args: argparse.Namespace) -> Iterator[Any]:
-    """A live progress line on stderr for people; nothing with --json."""
+def progress_line(args: argparse.Namespace, config: Config) -> Iterator[Any]:
+    """A live progress line on stderr naming the probes still running; nothing with --json."""
     if args.json:
         yield None
         return
     import sys
 
     from agent.render import Progress
+    from agent.runner import select
 
-    progress = Progress(sys.stderr)
+    progress = Progress(sys.stderr, select(config, only_probes(args)), output_lang(args, config))
     try:
         yield progress
     finally:
@@ -62,7 +63,15 @@ def progress_line(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def add_lang_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lang", choices=("zh", "en"), help="language of the readable output (default: terminal.lang)")
+    parser.add_argument(
+        "--lang", choices=("zh", "en"), help="language of the readable output (default: terminal.lang, else the locale)"
+    )
+
+
+def output_lang(args: argparse.Namespace, config: Config) -> str:
+    from agent.i18n import choose_lang
+
+    return choose_lang(getattr(args, "lang", None), config.section("terminal").lang)
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:

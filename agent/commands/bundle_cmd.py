@@ -51,7 +51,9 @@ def handle_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"manifest": manifest, "diagnosis": diagnosis}, ensure_ascii=False, indent=2))
         return 0
-    print(summary(manifest))
+    from agent.render import fit, screen_width
+
+    print("\n".join(fit(summary(manifest).splitlines(), screen_width())))
     print("\ndiagnosis.json:")
     print(json.dumps(diagnosis, ensure_ascii=False, indent=2))
     return 0
@@ -96,10 +98,12 @@ def handle_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+UPLOAD_FAILED = 3  # exit code: the diagnosis was made and shown, its bundle did not reach the server
+
+
 def deliver(config, diagnosis: dict, args: argparse.Namespace) -> str:
-    """`diagnose --bundle PATH` / `--upload`: build the bundle, write it and/or send it through
-    the outbox; returns the bundle id. An upload that fails leaves the bundle in the outbox
-    (reported on stderr) and does not change diagnose's exit code."""
+    """`diagnose --bundle PATH` / `--upload`: build the bundle and write it to PATH and/or put
+    it into the outbox (uploaded later by `upload_now`); returns the bundle id."""
     from datetime import UTC, datetime
     from pathlib import Path
 
@@ -111,34 +115,45 @@ def deliver(config, diagnosis: dict, args: argparse.Namespace) -> str:
     event = {"at": bundle.iso_utc(datetime.now(UTC)), "code": error.get("code"), "scheme": trigger.scheme, "source": "cli"}
     if not config.section("upload").token:
         print("posdiag: warning: no [upload] token, the bundle's signature cannot be checked", file=sys.stderr)
-    outbox = Outbox.from_config(config) if args.upload else None
-    if outbox:
-        built = pipeline.store(config, outbox, diagnosis, trigger, events=[event])
+    if args.upload:
+        built = pipeline.store(config, Outbox.from_config(config), diagnosis, trigger, events=[event])
     else:
         built = pipeline.build_for(config, diagnosis, trigger, events=[event])
     if args.bundle:
         write_atomic(Path(args.bundle), built.data)
         print(f"bundle {built.bundle_id} written to {args.bundle} ({len(built.data)} bytes)", file=sys.stderr)
-    if outbox:
-        upload_now(config, outbox, built.bundle_id)
     return built.bundle_id
 
 
-def upload_now(config, outbox, bundle_id: str) -> None:
+def upload_now(config, outbox, bundle_id: str, lang: str = "en") -> bool:
+    """Upload the outbox now; retries are shown on stderr as they happen, then one line says
+    what became of `bundle_id`, in `lang`. True when it reached the server."""
+    from agent.i18n import phrase
     from agent.outbox import OutboxBusy
     from remote.client import Client, flush
 
+    def say(text: str, prefix: str = "") -> None:
+        print(prefix + phrase(text, lang), file=sys.stderr, flush=True)
+
     if not config.section("upload").server_url:
-        print(f"bundle {bundle_id} kept in the outbox: no [upload] server_url", file=sys.stderr)
-        return
+        say(f"upload failed: no [upload] server_url; bundle {bundle_id} kept in {outbox.root}", "posdiag: ")
+        return False
+
+    def progress(entry, state: str) -> None:
+        if state.startswith("attempt "):
+            say(f"upload {entry.bundle_id[:8]}: {state}")
+
     try:
-        report = flush(outbox, Client(config.section("upload")), lambda e, s: print(f"{e.bundle_id}: {s}", file=sys.stderr))
+        report = flush(outbox, Client(config.section("upload")), progress)
     except OutboxBusy:
-        print(f"bundle {bundle_id} queued: another process is uploading the outbox", file=sys.stderr)
-        return
+        say(f"bundle {bundle_id} queued: another process is uploading the outbox")
+        return False
     if bundle_id in report.sent or bundle_id in report.duplicates:
-        print(f"bundle {bundle_id} uploaded", file=sys.stderr)
-    elif bundle_id in report.dead:
-        print(f"bundle {bundle_id} refused by the server; moved to {outbox.dead} with the reason", file=sys.stderr)
+        say(f"bundle {bundle_id} uploaded")
+        return True
+    if bundle_id in report.dead:
+        say(f"upload refused by the server; bundle {bundle_id} moved to {outbox.dead} with the reason", "posdiag: ")
     else:
-        print(f"bundle {bundle_id} not uploaded yet ({report.stopped}); kept in {outbox.root}", file=sys.stderr)
+        why = report.stopped or "an earlier bundle is still waiting"
+        say(f"upload failed: {why}; bundle {bundle_id} kept in {outbox.root}", "posdiag: ")
+    return False

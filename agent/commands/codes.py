@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
-from agent.commands import add_config_arg, add_json_arg, add_lang_arg
+from agent.commands import add_config_arg, add_json_arg, add_lang_arg, output_lang
 
 if TYPE_CHECKING:
     from agent.knowledge import Code, KnowledgeBase
@@ -15,8 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "codes",
         help="look up error codes in the knowledge base (no probing)",
         description="'codes show CODE' prints what a code means and its candidate causes in every scheme "
-        "that has it (or only --scheme); 'codes search TEXT' finds codes whose meaning, in Chinese or "
-        "English, contains TEXT. Exit 1 when nothing matched.",
+        "that has it (or only --scheme), first the one diagnose uses ([knowledge] scheme_order); "
+        "'codes search TEXT' finds codes by the start of the code, or by words of their meaning or their "
+        "causes in Chinese or English (stems: 'timeout' finds 'timed out'). Exit 1 when nothing matched "
+        "('no match' on stderr, with the codes you may have meant).",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="what a code means and its candidate causes")
@@ -26,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_arg(show)
     add_config_arg(show)
     show.set_defaults(handler=handle_show)
-    search = actions.add_parser("search", help="codes whose meaning contains TEXT (zh or en)")
-    search.add_argument("text")
+    search = actions.add_parser("search", help="codes by words (zh or en) or by the start of the code")
+    search.add_argument("text", nargs="+", metavar="TEXT")
     add_lang_arg(search)
     add_json_arg(search)
     add_config_arg(search)
@@ -48,13 +51,19 @@ def handle_show(args: argparse.Namespace) -> int:
     order = cfg.section("knowledge").scheme_order
     found.sort(key=lambda c: order.index(c.scheme) if c.scheme in order else len(order))
     answering = kb.lookup(args.code, None, order)
-    lang = args.lang or cfg.section("terminal").lang
+    lang = output_lang(args, cfg)
     if args.json:
         shown = [{**code_dict(kb, c), "answers": c is answering} for c in found]
         print(json.dumps(shown, ensure_ascii=False, indent=2))
-    elif not found:
+    if not found:
+        from agent.codesearch import suggestions
+
         shown = redact_text(args.code)[0]  # a PAN looked up by mistake is not echoed
-        print(f"{shown}: not in the knowledge base" if lang == "en" else f"{shown}：知识库中没有此码")
+        maybe = suggestions(kb, args.code)
+        message = f"{shown}: not in the knowledge base" if lang == "en" else f"{shown}：知识库中没有此码"
+        if maybe:
+            message += (f"; did you mean {' or '.join(maybe)}?" if lang == "en" else f"；是否要查 {'、'.join(maybe)}？")
+        print(message, file=sys.stderr)
     for code in [] if args.json else found:
         print(code_text(kb, code, lang))
         if code is answering:
@@ -74,15 +83,20 @@ def handle_search(args: argparse.Namespace) -> int:
     from agent import config
     from agent.knowledge import load_for
 
+    from agent.render import fit, screen_width
+
     cfg = config.load(args.config)
     kb = load_for(cfg)
-    found = kb.search(args.text)
-    lang = args.lang or cfg.section("terminal").lang
+    found = kb.search(" ".join(args.text), cfg.section("knowledge").scheme_order)
+    lang = output_lang(args, cfg)
     if args.json:
         print(json.dumps([code_dict(kb, c) for c in found], ensure_ascii=False, indent=2))
+    elif not found:
+        print("no match" if lang == "en" else "没有匹配的错误码", file=sys.stderr)
     width = max((len(c.code) for c in found), default=0)
-    for code in [] if args.json else found:
-        print(f"{code.scheme:9}  {code.code:{width}}  {code.meaning.get(lang)}")
+    rows = [f"{code.scheme:9}  {code.code:{width}}  {code.meaning.get(lang)}" for code in found]
+    for line in [] if args.json else fit(rows, screen_width()):
+        print(line)
     return 0 if found else 1
 
 
@@ -101,6 +115,8 @@ def code_dict(kb: KnowledgeBase, code: Code) -> dict[str, Any]:
 
 
 def code_text(kb: KnowledgeBase, code: Code, lang: str) -> str:
+    from agent.render import fit, screen_width
+
     zh = lang == "zh"
     side = ("主机应答" if zh else "answer from the host") if code.host_answer else ("本地失败" if zh else "local failure")
     lines = [f"{code.code} ({code.scheme}): {code.meaning.get(lang)}", f"  {side}"]
@@ -110,4 +126,4 @@ def code_text(kb: KnowledgeBase, code: Code, lang: str) -> str:
     total = sum(code.causes.values()) or 1.0
     for cid, prior in sorted(code.causes.items(), key=lambda item: (-item[1], item[0])):
         lines.append(f"    {prior / total * 100:3.0f}%  {kb.causes[cid].title.get(lang)}  [{cid}]")
-    return "\n".join(lines)
+    return "\n".join(fit(lines, screen_width()))

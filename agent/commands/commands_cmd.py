@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured
+from agent.commands import add_config_arg, add_json_arg, add_simulate_arg, configured, output_lang
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="take and run probe requests from the support server",
         description="'commands poll' asks the support server ([upload] server_url, token) for this terminal's "
         "next probe request, runs it, and uploads the bundle, which names the request so the server closes it. "
-        "The agent (posdiag run) does this on its own every [daemon] command_poll_seconds.",
+        "The agent (posdiag run) does this on its own every [daemon] command_poll_seconds. "
+        "Exit 0 done or nothing waiting, 1 the poll failed, 2 config errors, 3 the bundle was not uploaded.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     poll = actions.add_parser("poll", help="run one poll cycle")
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle_poll(args: argparse.Namespace) -> int:
-    from agent.commands.bundle_cmd import upload_now
+    from agent.commands.bundle_cmd import UPLOAD_FAILED, upload_now
     from agent.errors import UsageError
     from agent.history import ring_for
     from agent.outbox import Outbox
@@ -44,7 +45,7 @@ def handle_poll(args: argparse.Namespace) -> int:
             return 0
         outbox = Outbox.from_config(config)
         outcome = run_command(config, outbox, command, ring_for(config).read())
-        upload_now(config, outbox, outcome.bundle_id)
-    result = {"command": command, "bundle_id": outcome.bundle_id}
+        uploaded = upload_now(config, outbox, outcome.bundle_id, output_lang(args, config))
+    result = {"command": command, "bundle_id": outcome.bundle_id, "uploaded": uploaded}
     print(json.dumps(result) if args.json else f"probe request {command['command_id']} done: bundle {outcome.bundle_id}")
-    return 0
+    return 0 if uploaded else UPLOAD_FAILED

@@ -10,14 +10,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "config",
         help="show the effective config or check a config file",
         description="'config show' prints the effective configuration (defaults merged with your file); "
-        "'config check PATH' validates a file and names the key at fault (exit 2).",
+        "'config check PATH' validates a file ('-' reads stdin) and names every key at fault at once "
+        "(exit 0 valid, 2 not).",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     show = actions.add_parser("show", help="print the effective config as TOML")
     add_config_arg(show)
     show.set_defaults(handler=handle_show)
     check = actions.add_parser("check", help="validate a config file")
-    check.add_argument("path", help="the TOML file to check")
+    check.add_argument("path", help="the TOML file to check, or - for stdin")
     check.set_defaults(handler=handle_check)
 
 
@@ -42,6 +43,17 @@ def masked(table: dict) -> dict:
 def handle_check(args: argparse.Namespace) -> int:
     from agent import config
 
-    loaded = config.load(args.path)
+    if args.path == "-":
+        import sys
+
+        from agent.errors import ConfigError
+
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError("<stdin>", "", f"not UTF-8 (byte {exc.start})") from None
+        loaded = config.load_text(text, "<stdin>")
+    else:
+        loaded = config.load(args.path)
     print(f"{loaded.source}: ok")
     return 0

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from agent.commands import add_config_arg, add_lang_arg
+from agent.commands import add_config_arg, add_lang_arg, output_lang
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -37,17 +37,18 @@ def handle(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from agent import render
+    from agent.runner import select
     from remote.server.embedded import demo_server
 
     with tempfile.TemporaryDirectory(prefix="posdiag-demo-") as tmp, demo_server(Path(tmp)) as server:
         with served_config(args, server, Path(tmp)) as config:
-            lang = args.lang or config.section("terminal").lang
+            lang = output_lang(args, config)
             print(f"$ posdiag diagnose --code {DEMO_CODE} --simulate {DEMO_FAULTS}\n", file=sys.stderr)
-            diagnosis = run_diagnosis(config, render.Progress(sys.stderr))
+            diagnosis = run_diagnosis(config, render.Progress(sys.stderr, select(config, None), lang))
             from agent.explain import diagnosis_text
 
             print(diagnosis_text(diagnosis, lang, "technician"))
-            bundle_id = upload(config, diagnosis)
+            bundle_id = upload(config, diagnosis, lang)
         print(f"\nbundle page: {server.url}/bundles/{bundle_id}\nsign in:     {server.user} / {server.password}")
         if sys.stdout.isatty():  # someone can open the page; from a pipe or a test, stop here
             wait_for_ctrl_c()
@@ -64,7 +65,7 @@ def served_config(args: argparse.Namespace, server, workdir):  # noqa: ANN001, A
         yield config.load(args.config, config.merge(terminal.overrides, server.agent_overrides(workdir)))
 
 
-def upload(config, diagnosis) -> str:  # noqa: ANN001 - heavy types imported lazily
+def upload(config, diagnosis, lang: str) -> str:  # noqa: ANN001 - heavy types imported lazily
     """Bundle the diagnosis, put it in the outbox and upload it, as the agent does."""
     from agent import bundle, pipeline
     from agent.commands.bundle_cmd import upload_now
@@ -73,7 +74,7 @@ def upload(config, diagnosis) -> str:  # noqa: ANN001 - heavy types imported laz
     doc = diagnosis.to_dict()
     outbox = Outbox.from_config(config)
     built = pipeline.store(config, outbox, doc, bundle.Trigger("error", DEMO_CODE, doc["error"]["scheme"]))
-    upload_now(config, outbox, built.bundle_id)
+    upload_now(config, outbox, built.bundle_id, lang)
     return built.bundle_id
 
 

@@ -12,6 +12,7 @@ from agent.commands import (
     add_simulate_arg,
     configured,
     only_probes,
+    output_lang,
     progress_line,
 )
 
@@ -23,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run every enabled probe, look the code up in the knowledge base and rank its likely causes "
         "with the evidence for and against each, what to do, and whether anyone needs to be sent. "
         "An unknown code is still diagnosed from the findings alone. Exit 0 when a diagnosis was made, "
-        "2 on usage or config errors.",
+        "2 on usage or config errors, 3 when --upload could not deliver the bundle (the diagnosis is "
+        "printed first; the bundle stays in the outbox, or in dead/ if the server refused it).",
     )
     parser.add_argument("--code", required=True, help="the code the terminal showed: 51, A0, E3, 3000, ConnectError, ...")
     parser.add_argument(
@@ -39,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--print", dest="print_receipt", action="store_true", help="also print a summary on the receipt printer")
     parser.add_argument("--bundle-id", help="with --print: the bundle id to print as a QR code")
     parser.add_argument("--bundle", metavar="PATH", help="also write a diagnosis bundle (.tar.gz) to PATH")
-    parser.add_argument("--upload", action="store_true", help="also put a bundle into the outbox and upload it now")
+    parser.add_argument(
+        "--upload", action="store_true", help="after the diagnosis, put a bundle into the outbox and upload it (exit 3 if not)"
+    )
     add_json_arg(parser)
     add_simulate_arg(parser)
     add_config_arg(parser)
@@ -50,7 +54,7 @@ def handle(args: argparse.Namespace) -> int:
     from agent.diagnosis import diagnose
 
     with configured(args) as config:
-        with progress_line(args) as progress:
+        with progress_line(args, config) as progress:
             diagnosis = diagnose(
                 config,
                 args.code,
@@ -64,15 +68,21 @@ def handle(args: argparse.Namespace) -> int:
             from agent.commands.bundle_cmd import deliver
 
             args.bundle_id = deliver(config, diagnosis.to_dict(), args)
-        lang = args.lang or config.section("terminal").lang
+        lang = output_lang(args, config)
         if args.print_receipt:
             from agent.receipt import print_summary
 
             print(print_summary(config, diagnosis, lang, args.role, args.bundle_id), file=sys.stderr)
-    if args.json:
-        print(json.dumps(diagnosis.to_dict(), ensure_ascii=False, indent=2))
-    else:
-        from agent.explain import diagnosis_text
+        if args.json:
+            print(json.dumps(diagnosis.to_dict(), ensure_ascii=False, indent=2), flush=True)
+        else:
+            from agent.explain import diagnosis_text
 
-        print(diagnosis_text(diagnosis, lang, args.role))
+            print(diagnosis_text(diagnosis, lang, args.role), flush=True)
+        if args.upload:
+            from agent.commands.bundle_cmd import UPLOAD_FAILED, upload_now
+            from agent.outbox import Outbox
+
+            if not upload_now(config, Outbox.from_config(config), args.bundle_id, lang):
+                return UPLOAD_FAILED
     return 0

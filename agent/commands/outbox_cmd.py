@@ -12,7 +12,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "outbox",
         help="list or upload the bundles waiting in the outbox",
         description="'outbox list' shows bundles waiting for upload and those the server refused (dead/); "
-        "'outbox flush' uploads the waiting ones in order (exit 0 when none is left, 1 otherwise).",
+        "'outbox flush' uploads the waiting ones in order (exit 0 when none is left, 1 otherwise); "
+        "'outbox requeue ID' or '--all' moves refused bundles back to the waiting ones, e.g. after the "
+        "server's limit or the terminal's token was fixed (exit 1 when no refused bundle matched).",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="bundles waiting and refused")
@@ -23,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_arg(flush)
     add_config_arg(flush)
     flush.set_defaults(handler=handle_flush)
+    requeue = actions.add_parser("requeue", help="move refused bundles back for upload")
+    which = requeue.add_mutually_exclusive_group(required=True)
+    which.add_argument("bundle_id", nargs="?", metavar="ID", help="a refused bundle's id (a unique prefix will do)")
+    which.add_argument("--all", action="store_true", help="every refused bundle")
+    add_config_arg(requeue)
+    requeue.set_defaults(handler=handle_requeue)
 
 
 def open_outbox(args: argparse.Namespace):  # -> (Config, Outbox); typed imports stay out of cold start
@@ -49,14 +57,18 @@ def handle_list(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, ensure_ascii=False, indent=2))
         return 0
-    print(f"outbox {outbox.root}: {len(waiting)} waiting, {len(dead)} refused")
+    from agent.render import fit, screen_width
+
+    lines = [f"{len(waiting)} waiting, {len(dead)} refused in outbox {outbox.root}"]
     for label, entries in (("waiting", waiting), ("refused", dead)):
         for e in entries:
-            why = f"  HTTP {reason(e).get('status')}: {reason(e).get('error') or reason(e).get('message')}" if label == "refused" else ""
-            print(f"  {label:8} {e.created_at().strftime('%Y-%m-%d %H:%M:%S')}Z  {e.size:>8} B  {e.bundle_id}{why}")
+            lines.append(f"  {label:8} {e.created_at().strftime('%Y-%m-%d %H:%M')}Z {e.size:>7} B  {e.bundle_id}")
+            if label == "refused":
+                lines.append(f"    HTTP {reason(e).get('status')}: {reason(e).get('error') or reason(e).get('message')}")
     evicted = outbox.pending_evicted()
     if evicted:
-        print(f"  {evicted} bundle(s) evicted by the size cap, to be reported in the next manifest")
+        lines.append(f"  {evicted} bundle(s) evicted by the size cap, to be reported in the next manifest")
+    print("\n".join(fit(lines, screen_width())))
     return 0
 
 
@@ -98,3 +110,21 @@ def handle_flush(args: argparse.Namespace) -> int:
             f"waiting {report.remaining}" + (f" (stopped: {report.stopped})" if report.stopped else "")
         )
     return 0 if report.remaining == 0 and not report.dead else 1
+
+
+def handle_requeue(args: argparse.Namespace) -> int:
+    from agent.errors import UsageError
+
+    _, outbox = open_outbox(args)
+    dead = outbox.dead_entries()
+    chosen = dead if args.all else [e for e in dead if e.bundle_id.startswith(args.bundle_id)]
+    if not args.all and len(chosen) > 1:
+        raise UsageError(f"{args.bundle_id!r} names {len(chosen)} refused bundles: give more of the id")
+    if not chosen:
+        what = "no refused bundle" if args.all else f"no refused bundle {args.bundle_id}"
+        print(f"posdiag: {what} in {outbox.dead}", file=sys.stderr)
+        return 1
+    for entry in chosen:
+        outbox.requeue(entry)
+        print(f"{entry.bundle_id} back in the outbox")
+    return 0

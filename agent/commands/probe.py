@@ -12,6 +12,7 @@ from agent.commands import (
     add_simulate_arg,
     configured,
     only_probes,
+    output_lang,
     progress_line,
 )
 
@@ -39,7 +40,7 @@ def handle(args: argparse.Namespace) -> int:
     from agent.runner import run_probes
 
     with configured(args) as config:
-        with progress_line(args) as progress:
+        with progress_line(args, config) as progress:
             sweep = run_probes(config, only_probes(args), on_result=progress)
         if getattr(args, "print_test", False):
             from probes.printer import print_test_page
@@ -50,5 +51,5 @@ def handle(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(sweep.to_dict(), ensure_ascii=False, indent=2))
     else:
-        print(render.sweep_table(sweep, args.lang or config.section("terminal").lang))
+        print(render.sweep_table(sweep, output_lang(args, config)))
     return 1 if sweep.has_failure() else 0
