@@ -84,11 +84,12 @@ class ModemEmulator(PtyDevice):
         if fault == "no_final":
             self.send(out + body)
             return
+        full = body + b"\r\n" + final.encode() + b"\r\n"
         if fault == "hang_up":
-            self.send(out + body[: max(1, len(body) // 2)])
+            self.send(out + full[: len(full) // 2])
             self.hang_up()
             return
-        self.send(out + body + b"\r\n" + final.encode() + b"\r\n")
+        self.send(out + full)
         self.send(f"\r\n+CEREG: {self.state.reg_stat}\r\n".encode())
 
     def respond(self, cmd: str) -> tuple[list[str], str]:
