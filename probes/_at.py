@@ -74,8 +74,8 @@ def command(line: Line, text: str, deadline: float) -> Answer:
     line.write(text.encode("ascii") + b"\r", deadline)
     received = bytearray()
     while True:
-        chunk = line.read(256, min(deadline, time.monotonic() + 0.02))
-        received += chunk
+        first = line.read(1, deadline)  # wakes on the first byte, not on a fixed tick
+        received += first + (line.read_available(MAX_ANSWER) if first else b"")
         lines = split_lines(bytes(received))
         # A final code counts only once its line is complete (CR or LF after it).
         complete = lines if received[-1:] in (b"\r", b"\n") else lines[:-1]
