@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from probes._at import Answer, mask_digits
@@ -45,7 +45,6 @@ class ModemFacts:
     attached: bool | None = None  # packet domain attach (+CGATT)
     context_active: bool | None = None  # a PDP context is up (+CGACT)
     apn: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def fields(value: str) -> list[str]:
@@ -201,7 +200,6 @@ def from_mmcli(modem: dict[str, Any], signal: dict[str, Any], bearers: list[dict
         facts.sim, facts.sim_detail = "locked", str(lock or "locked").upper().replace("-", " ")
     elif state is not None:
         facts.sim = "ready"
-    facts.extra["state"] = str(state)
     facts.registration = MM_REGISTRATION.get(mm_value(modem, "modem", "3gpp", "registration-state") or "")
     facts.operator = mm_value(modem, "modem", "3gpp", "operator-name") or mm_value(modem, "modem", "3gpp", "operator-code")
     techs = mm_value(modem, "modem", "generic", "access-technologies") or []

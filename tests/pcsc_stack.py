@@ -111,12 +111,7 @@ class PcscStack:
         if self.card is None:
             return
         self.card.send_signal(signal.SIGCONT)
-        self.card.terminate()
-        try:
-            self.card.wait(5)
-        except subprocess.TimeoutExpired:
-            self.card.kill()
-            self.card.wait()
+        end(self.card)
         self.card = None
         wait_for(lambda: self.card_state() == "empty", 10, "the reader still reports a card")
 
@@ -135,17 +130,21 @@ class PcscStack:
             scard.SCardReleaseContext(ctx)
 
     def stop(self) -> None:
-        if self.card is not None:
-            self.card.kill()
-            self.card.wait()
-            self.card = None
-        if self.pcscd is not None and self.pcscd.poll() is None:
-            self.pcscd.terminate()
-            try:
-                self.pcscd.wait(5)
-            except subprocess.TimeoutExpired:
-                self.pcscd.kill()
-                self.pcscd.wait()
+        for proc in (self.card, self.pcscd):
+            if proc is not None:
+                proc.send_signal(signal.SIGCONT)
+                end(proc)
+        self.card = None
+
+
+def end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_for(condition, timeout_s: float, message: str) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from probes import modem
+from probes.emulators import with_faults
 from probes.emulators._pty import PtyDevice, missing_port
 
 FAULTS = frozenset(modem.FINDINGS)
@@ -125,13 +126,6 @@ class ModemEmulator(PtyDevice):
         return [], "ERROR"
 
 
-def state_for(faults: frozenset[str]) -> ModemState:
-    state = ModemState()
-    for fault in sorted(faults & STATE_FAULTS.keys()):
-        state = replace(state, **STATE_FAULTS[fault])
-    return state
-
-
 @contextlib.contextmanager
 def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
     def port(path: str) -> dict[str, Any]:
@@ -142,5 +136,5 @@ def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
         yield port(missing_port(workdir))
         return
     fault: LineFault | None = "silent" if "modem.no_response" in faults else None
-    with ModemEmulator(state_for(faults), fault) as device:
+    with ModemEmulator(with_faults(ModemState(), STATE_FAULTS, faults), fault) as device:
         yield port(device.path)
