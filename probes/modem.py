@@ -112,8 +112,8 @@ def over_at(settings: ModemSettings, deadline: float) -> Observation:
     except LineError as exc:
         return as_observation(exc, "modem", settings.port)
     except NoFinal as exc:
-        finding = Finding.fail("modem.no_response", f"{exc.describe()} on {settings.port}", port=settings.port, command=exc.command)
-        return Observation([finding], {"source": "at"})
+        detail = f"{exc.describe()} on {settings.port}"
+        return Observation([Finding.fail("modem.no_response", detail, port=settings.port, command=exc.command)], {"source": "at"})
     return judge(facts, settings, {"source": "at", "dialogue_ms": latency})
 
 
@@ -139,7 +139,8 @@ def judge(facts: ModemFacts, settings: ModemSettings, metrics: dict[str, MetricV
     metrics = {**metrics, **known_metrics(facts)}
     found = signal_findings(facts, settings)
     if facts.sim == "absent":
-        return Observation([Finding.fail("modem.sim_absent", f"no usable SIM card: {facts.sim_detail}", sim=facts.sim_detail), *found], metrics)
+        absent = Finding.fail("modem.sim_absent", f"no usable SIM card: {facts.sim_detail}", sim=facts.sim_detail)
+        return Observation([absent, *found], metrics)
     if facts.sim == "locked":
         detail = f"the SIM card is locked and waits for its {facts.sim_detail.replace('SIM ', '')}"
         return Observation([Finding.fail("modem.sim_locked", detail, sim=facts.sim_detail), *found], metrics)
@@ -148,7 +149,8 @@ def judge(facts: ModemFacts, settings: ModemSettings, metrics: dict[str, MetricV
         found += data_findings(facts)
     if settings.expected_apn and facts.apn is not None and facts.apn.casefold() != settings.expected_apn.casefold():
         shown = facts.apn or "(none)"
-        found.append(Finding.fail("modem.wrong_apn", f"APN is {shown!r}, expected {settings.expected_apn!r}", apn=facts.apn, expected=settings.expected_apn))
+        detail = f"APN is {shown!r}, expected {settings.expected_apn!r}"
+        found.append(Finding.fail("modem.wrong_apn", detail, apn=facts.apn, expected=settings.expected_apn))
     return Observation(found, metrics)
 
 
@@ -172,9 +174,11 @@ def registration_findings(facts: ModemFacts) -> list[Finding]:
     if reg == "denied":
         return [Finding.fail("modem.registration_denied", "the network refuses to register this SIM", registration=reg)]
     if reg == "roaming":
-        return [Finding.warn("modem.roaming", f"registered on a roaming network ({facts.operator or 'operator unknown'})", operator=facts.operator)]
+        detail = f"registered on a roaming network ({facts.operator or 'operator unknown'})"
+        return [Finding.warn("modem.roaming", detail, operator=facts.operator)]
     if reg is not None and reg not in REGISTERED:
-        return [Finding.fail("modem.not_registered", f"not registered on any network ({reg.replace('_', ' ')})", registration=reg)]
+        detail = f"not registered on any network ({reg.replace('_', ' ')})"
+        return [Finding.fail("modem.not_registered", detail, registration=reg)]
     return []
 
 
