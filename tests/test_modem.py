@@ -83,6 +83,17 @@ def test_unsolicited_line_inside_an_answer_is_not_taken_for_it():
     assert ids(observation) == ["modem.roaming"] and observation.metrics["registration"] == "roaming"
 
 
+def test_ate0_switches_echo_off_like_a_module():
+    with ModemEmulator() as device:
+        with serial.serial_for_url(device.path, timeout=0.2) as raw:
+            raw.write(b"ATE0\r")
+            assert raw.read(100) == b"ATE0\r\r\nOK\r\n\r\n+CEREG: 1\r\n"  # echoed: echo was still on
+            raw.write(b"AT+CSQ\r")
+            assert raw.read(100) == b"\r\n+CSQ: 22,99\r\n\r\nOK\r\n\r\n+CEREG: 1\r\n"
+        observation = probe(device.path)
+    assert observation.findings == [] and observation.metrics["rssi_dbm"] == -69.0
+
+
 @pytest.mark.parametrize(
     ("state", "expected"),
     [
