@@ -84,10 +84,10 @@ class PcscStack:
             f'FRIENDLYNAME "Virtual PCD"\nDEVICENAME /dev/null:{self.port}\nLIBPATH {VPCD_DRIVER}\nCHANNELID {self.port}\n'
         )
         inner = f"mkdir -p /run/pcscd && mount --bind {self.run_dir} /run/pcscd && exec pcscd --foreground --info -c {conf}"
-        log = open(self.workdir / "pcscd.log", "wb")  # noqa: SIM115 - kept open for the daemon's life
-        self.pcscd = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner], stdout=log, stderr=subprocess.STDOUT
-        )
+        with open(self.workdir / "pcscd.log", "wb") as log:  # the child keeps its own descriptor
+            self.pcscd = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner], stdout=log, stderr=subprocess.STDOUT
+            )
         wait_for(lambda: self.socket.exists(), 10, f"pcscd did not start: {self.log()}")
 
     def log(self) -> str:
