@@ -252,6 +252,11 @@ def test_no_modem_in_modemmanager_falls_back_to_the_at_port(tmp_path):
     assert observation.metrics["source"] == "at" and observation.findings == []
 
 
+def test_mmcli_source_with_no_modem_listed_is_absent(tmp_path):
+    observation = probe("", source="mmcli", mmcli=fake_mmcli(tmp_path, "modem-connected.json", listed=False))
+    assert observation.derived_status() is Status.ABSENT and ids(observation) == ["modem.absent"]
+
+
 def test_mmcli_source_without_modemmanager_is_no_response(tmp_path):
     observation = probe("", source="mmcli", mmcli=str(tmp_path / "not-installed"))
     assert ids(observation) == ["modem.no_response"] and "ModemManager is not installed" in observation.findings[0].detail
