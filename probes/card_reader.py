@@ -1,9 +1,11 @@
-"""Card reader: USB presence by VID:PID, then a status exchange on its serial line.
+"""Card reader: USB presence by VID:PID, then a status exchange on its serial line or,
+with driver "pcsc", through the PC/SC service (pcscd).
 
-Either check runs only when configured (usb_vid/usb_pid, port); with neither the probe is
-skipped. The serial check goes through a driver (probes._reader_drivers); the reference
-driver speaks the framed protocol of DESIGN.md. A missing USB device ends the probe: its
-serial line (usually a ttyACM of the same device) cannot answer either.
+Each check runs only when configured (usb_vid/usb_pid, port, driver "pcsc"); with none the
+probe is skipped. The serial check goes through a driver (probes._reader_drivers); the
+reference driver speaks the framed protocol of DESIGN.md. The PC/SC check (probes._pcsc)
+needs pyscard, the optional extra `posdiag[pcsc]`. A missing USB device ends the probe: its
+serial line (usually a ttyACM of the same device) or its PC/SC slot cannot answer either.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from agent.model import Finding, MetricValue, Observation, Status
 from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
+from probes import _pcsc
 from probes._reader_drivers import DRIVERS, BadFrame, NoReply, ReaderStatus
 from probes._serial_line import Line, LineError, as_observation
 from probes._usb_presence import find_device, parse_id
@@ -32,7 +35,7 @@ SLOT_NAMES = {"ic": "IC (chip)", "magstripe": "magstripe", "contactless": "conta
 
 @dataclass(frozen=True)
 class CardReaderSettings(ProbeSettings):
-    driver: str = bounded(choices=tuple(DRIVERS))
+    driver: str = bounded(choices=(*DRIVERS, "pcsc"))
     port: str  # a device path or pyserial URL; empty: no serial check
     baud_rate: int = bounded(50, 4_000_000)
     rtscts: bool
@@ -41,22 +44,26 @@ class CardReaderSettings(ProbeSettings):
     usb_vid: str  # hex; empty: no USB presence check
     usb_pid: str
     usb_lookup: str = bounded(choices=("auto", "sysfs"))
+    reader_name: str  # pcsc: a regular expression for the PC/SC reader name; empty: the first reader
 
 
 
 SETTINGS = CardReaderSettings
 
 def run(settings: CardReaderSettings, ctx: ProbeContext) -> Observation:
-    if not settings.port and not settings.usb_vid:
+    pcsc = settings.driver == "pcsc"
+    if not settings.port and not settings.usb_vid and not pcsc:
         return Observation(status=Status.SKIPPED, metrics={"reason": "no reader port or USB id configured"})
     metrics: dict[str, MetricValue] = {}
     if settings.usb_vid:
         absent = check_usb(settings, ctx, metrics)
         if absent is not None:
             return absent
+    deadline = time.monotonic() + max(0.01, min(settings.read_timeout_seconds, ctx.remaining(0.0) - 0.05))
+    if pcsc:
+        return check_pcsc(settings, deadline, metrics)
     if not settings.port:
         return Observation(metrics=metrics)
-    deadline = time.monotonic() + max(0.01, min(settings.read_timeout_seconds, ctx.remaining(0.0) - 0.05))
     return check_line(settings, deadline, metrics)
 
 
@@ -95,6 +102,40 @@ def check_line(settings: CardReaderSettings, deadline: float, metrics: dict[str,
     metrics.update(latency_ms=round((time.monotonic() - t0) * 1000, 1), firmware_version=status.firmware)
     metrics["card_present"] = int(status.card_present)
     return Observation(status_findings(status), metrics)
+
+
+def check_pcsc(settings: CardReaderSettings, deadline: float, metrics: dict[str, MetricValue]) -> Observation:
+    try:
+        report = _pcsc.check(settings.reader_name, deadline)
+    except ImportError:
+        reason = "driver pcsc needs pyscard: pip install 'posdiag[pcsc]'"
+        return Observation(status=Status.ERROR, metrics={**metrics, "reason": reason})
+    except _pcsc.PcscFailure as exc:
+        return pcsc_failure(exc, metrics)
+    return Observation(metrics={**metrics, **pcsc_metrics(report)})
+
+
+def pcsc_metrics(report: _pcsc.PcscReport) -> dict[str, MetricValue]:
+    metrics: dict[str, MetricValue] = {"reader": report.reader, "card_present": int(report.card_present)}
+    if report.busy:
+        metrics["card_busy"] = 1
+    if report.atr:
+        metrics.update(atr=report.atr, select_sw=report.select_sw, payment_application=report.application)
+        metrics["latency_ms"] = report.latency_ms
+    return metrics
+
+
+def pcsc_failure(exc: _pcsc.PcscFailure, metrics: dict[str, MetricValue]) -> Observation:
+    report = exc.report
+    if exc.kind == "no_service":
+        return Observation([Finding.fail("reader.no_response", str(exc), service="pcscd")], metrics)
+    if exc.kind == "no_reader":
+        finding = Finding.fail("reader.absent", str(exc), readers=report.readers)
+        return Observation([finding], metrics, status=Status.ABSENT)
+    slot = _pcsc.interface(report.reader)
+    detail = f"{SLOT_NAMES[slot]} interface: {exc}"
+    finding = Finding.fail("reader.slot_fault", detail, slots=[slot], reader=report.reader)
+    return Observation([finding], {**metrics, "reader": report.reader, "card_present": 1})
 
 
 def status_findings(status: ReaderStatus) -> list[Finding]:

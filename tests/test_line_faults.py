@@ -1,5 +1,6 @@
 """Faults on the line, played by the emulators on real ptys: a stream of random bytes, half a
-frame then silence, a huge reply, the device vanishing mid-read. Each ends as a finding
+frame then silence, a huge reply, an AT answer that never ends with OK, the device vanishing
+mid-read (the modem: halfway through an answer). Each ends as a finding
 within the probe's timeout (never as a runner timeout), and the next sweep works."""
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from agent import config
 from agent.model import Status
 from agent.runner import run_probes
 from probes.emulators.card_reader import ReaderEmulator
+from probes.emulators.modem import ModemEmulator
 from probes.emulators.printer import PrinterEmulator
 
-DEVICES = {"printer": PrinterEmulator, "card_reader": ReaderEmulator}
+DEVICES = {"printer": PrinterEmulator, "card_reader": ReaderEmulator, "modem": ModemEmulator}
+# The modem probe asks only the AT port, never the machine's ModemManager.
+SETTINGS = {"modem": {"source": "at"}}
 
 
 def sweep(name: str, port: str):
-    cfg = config.load(None, {"probes": {name: {"port": port}}})
+    cfg = config.load(None, {"probes": {name: {"port": port, **SETTINGS.get(name, {})}}})
     result = run_probes(cfg, [name]).results[0]
     return result, cfg.probes[name].timeout_seconds
 
@@ -33,6 +37,9 @@ CASES = [
     ("card_reader", "half", "reader.bad_frame"),
     ("card_reader", "huge", "reader.bad_frame"),
     ("card_reader", "hang_up", "reader.no_response"),
+    ("modem", "random", "modem.no_response"),
+    ("modem", "no_final", "modem.no_response"),
+    ("modem", "hang_up", "modem.no_response"),
 ]
 
 

@@ -13,16 +13,19 @@ Emulators never touch the real machine's devices and send traffic only to loopba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import pkgutil
 import shutil
 import tempfile
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.config import merge
 from agent.errors import UsageError
+
+T = TypeVar("T")
 
 
 def emulator_modules() -> list[ModuleType]:
@@ -46,6 +49,14 @@ def parse_faults(spec: str) -> frozenset[str]:
             f"unknown fault {', '.join(sorted(unknown))}; 'healthy' or any of: {', '.join(sorted(known_faults()))}"
         )
     return frozenset(names)
+
+
+def with_faults(default: T, overrides: dict[str, dict[str, Any]], faults: frozenset[str]) -> T:
+    """An emulator's device state (a frozen dataclass) with the fields each requested fault sets."""
+    state = default
+    for fault in sorted(faults & overrides.keys()):
+        state = dataclasses.replace(state, **overrides[fault])
+    return state
 
 
 class SimulatedTerminal:

@@ -92,6 +92,7 @@ class PtyDevice:
             if self.stream_random:
                 self._write_some(os.urandom(64))
         if self._hang_up:
+            self._transmit()  # what was sent before hanging up still goes out: a reply cut short
             self._close_fds()
 
     def _receive(self) -> None:

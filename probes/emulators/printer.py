@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from probes import printer
+from probes.emulators import with_faults
 from probes.emulators._pty import PtyDevice, forbidden_port, missing_port
 
 FAULTS = frozenset(printer.FINDINGS)
@@ -99,13 +100,6 @@ class PrinterEmulator(PtyDevice):
             self.send(bytes([self.state.status_byte(n)]))
 
 
-def state_for(faults: frozenset[str]) -> PrinterState:
-    state = PrinterState()
-    for fault in sorted(faults & STATE_FAULTS.keys()):
-        state = replace(state, **STATE_FAULTS[fault])
-    return state
-
-
 @contextlib.contextmanager
 def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
     def port(path: str) -> dict[str, Any]:
@@ -119,5 +113,5 @@ def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
             yield port(path)
         return
     line_fault = next((LINE_FAULTS[f] for f in sorted(faults & LINE_FAULTS.keys())), None)
-    with PrinterEmulator(state_for(faults), line_fault) as device:
+    with PrinterEmulator(with_faults(PrinterState(), STATE_FAULTS, faults), line_fault) as device:
         yield port(device.path)

@@ -1,0 +1,79 @@
+"""The modem's findings in the knowledge base: the network errors a cellular terminal shows
+(terminal code 3, ConnectError, CommunicationError, E3) put the cause the modem points at first,
+with the finding as evidence and the dispatch that fits who can fix it."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent import knowledge
+from agent.correlate import correlate
+from agent.model import Finding, ProbeResult, Status
+from probes import modem
+
+KB = knowledge.load()
+ORDER = ("iso8583", "cup", "terminal", "exception")
+PROBES = ("card_reader", "modem", "network", "power", "printer", "storage", "system")
+WARN = {"modem.roaming", "modem.weak_signal"}
+# finding -> (top cause, dispatch verdict)
+EXPECTED = {
+    "modem.absent": ("network.modem_fault", "onsite"),
+    "modem.no_response": ("network.modem_fault", "onsite"),
+    "modem.sim_absent": ("network.no_link", "onsite"),
+    "modem.sim_locked": ("network.no_link", "onsite"),
+    "modem.not_registered": ("network.no_link", "onsite"),
+    "modem.registration_denied": ("network.sim_account", "remote"),
+    "modem.roaming": ("network.sim_account", "remote"),
+    "modem.weak_signal": ("network.weak_signal", "onsite"),
+    "modem.no_data_session": ("network.data_session", "remote"),
+    "modem.wrong_apn": ("network.apn_wrong", "remote"),
+}
+
+
+def terminal(*faults: str) -> list[ProbeResult]:
+    results = []
+    for name in PROBES:
+        findings = [(Finding.warn if f in WARN else Finding.fail)(f, f"simulated {f}") for f in faults if f.startswith(f"{name}.")]
+        status = (Status.WARN if all(f.id in WARN for f in findings) else Status.FAIL) if findings else Status.OK
+        results.append(ProbeResult(name, status, findings, {}, 1.0))
+    return results
+
+
+def diagnose(code: str, *faults: str):
+    return correlate(KB, KB.lookup(code, None, ORDER), terminal(*faults))
+
+
+def test_every_modem_finding_is_pinned_here():
+    assert set(EXPECTED) == set(modem.FINDINGS)
+
+
+@pytest.mark.parametrize("code", ["3", "ConnectError", "CommunicationError", "E3"])
+@pytest.mark.parametrize("finding", sorted(EXPECTED))
+def test_network_errors_rank_the_modem_cause_first(code, finding):
+    result = diagnose(code, finding)
+    top = result.causes[0]
+    cause, verdict = EXPECTED[finding]
+    assert (top.cause.id, result.dispatch.verdict) == (cause, verdict)
+    assert top.cause.category == "network"
+    assert finding in [e.finding for e in top.evidence_for]
+
+
+def test_a_healthy_modem_leaves_the_other_network_causes_alone():
+    assert diagnose("3", "network.link_down").causes[0].cause.id == "network.no_link"
+    assert diagnose("ConnectError", "network.dns_failed").causes[0].cause.id == "network.dns"
+
+
+def test_a_host_answer_is_not_blamed_on_the_sim_but_the_sim_still_gets_someone_sent():
+    """51 came back from the issuer: the path worked then. The missing SIM is another fault."""
+    result = diagnose("51", "modem.sim_absent")
+    assert result.causes[0].cause.id == "card.insufficient_funds"
+    assert result.dispatch.verdict == "onsite"
+    assert "modem.sim_absent" in [f.id for f in result.other_findings]
+
+
+def test_new_causes_have_both_languages_for_every_role():
+    for cause_id in ("network.sim_account", "network.data_session", "network.apn_wrong", "network.modem_fault"):
+        cause = KB.causes[cause_id]
+        assert all(cause.actions[role] for role in knowledge.ROLES)
+        assert all(text.zh and text.en for texts in cause.actions.values() for text in texts)
+    assert all(KB.finding_title(f, "zh") != f for f in modem.FINDINGS)
