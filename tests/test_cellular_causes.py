@@ -15,16 +15,17 @@ KB = knowledge.load()
 ORDER = ("iso8583", "cup", "terminal", "exception")
 PROBES = ("card_reader", "modem", "network", "power", "printer", "storage", "system")
 WARN = {"modem.roaming", "modem.weak_signal"}
-# finding -> (top cause, dispatch verdict)
+# finding -> (top cause, dispatch verdict); reseating the SIM or moving the terminal is the
+# merchant's first step (a fix the probes still see failing later escalates to onsite)
 EXPECTED = {
     "modem.absent": ("network.modem_fault", "onsite"),
     "modem.no_response": ("network.modem_fault", "onsite"),
-    "modem.sim_absent": ("network.no_link", "onsite"),
-    "modem.sim_locked": ("network.no_link", "onsite"),
-    "modem.not_registered": ("network.no_link", "onsite"),
+    "modem.sim_absent": ("network.no_link", "merchant"),
+    "modem.sim_locked": ("network.no_link", "merchant"),
+    "modem.not_registered": ("network.no_link", "merchant"),
     "modem.registration_denied": ("network.sim_account", "remote"),
     "modem.roaming": ("network.sim_account", "remote"),
-    "modem.weak_signal": ("network.weak_signal", "onsite"),
+    "modem.weak_signal": ("network.weak_signal", "merchant"),
     "modem.no_data_session": ("network.data_session", "remote"),
     "modem.wrong_apn": ("network.apn_wrong", "remote"),
 }
@@ -63,11 +64,12 @@ def test_a_healthy_modem_leaves_the_other_network_causes_alone():
     assert diagnose("ConnectError", "network.dns_failed").causes[0].cause.id == "network.dns"
 
 
-def test_a_host_answer_is_not_blamed_on_the_sim_but_the_sim_still_gets_someone_sent():
-    """51 came back from the issuer: the path worked then. The missing SIM is another fault."""
+def test_a_host_answer_is_not_blamed_on_the_sim_but_the_sim_still_gets_fixed():
+    """51 came back from the issuer: the path worked then. The missing SIM is another fault,
+    which the merchant is told to reseat."""
     result = diagnose("51", "modem.sim_absent")
     assert result.causes[0].cause.id == "card.insufficient_funds"
-    assert result.dispatch.verdict == "onsite"
+    assert result.dispatch.verdict == "merchant"
     assert "modem.sim_absent" in [f.id for f in result.other_findings]
 
 

@@ -19,8 +19,9 @@ from tests.conftest import run_cli
 ZH_ENV = {"LC_ALL": "", "LC_MESSAGES": "", "LANG": "zh_CN.UTF-8"}
 EN_ENV = {"LC_ALL": "", "LC_MESSAGES": "", "LANG": "en_US.UTF-8"}
 # Identifiers (finding and cause ids, probe and scheme names, metric keys), paths, hosts,
-# units and acronyms are not English prose; anything else of 3+ Latin letters is.
-IDENTIFIER = re.compile(r"\[[^]]*\]|\b\w+(?:\.\w+)+\b|\S*/\S*|\w+=\S*")
+# units, acronyms and metric values (an operator name) are not English prose; anything
+# else of 3+ Latin letters is.
+IDENTIFIER = re.compile(r"\[[^]]*\]|\b\w+(?:\.\w+)+\b|\S*/\S*|\w+=[^,\n]*")
 NOT_PROSE = {"card_reader", "network", "power", "printer", "storage", "system", "modem", "terminal", "iso8583",
              "cup", "exception", "localhost", "ms", "mib", "dbm", "dle", "eot", "tls", "emmc", "rtc", "inode",
              "fsync", "wi", "fi", "usb", "sim", "mac", "pin", "ic", "app"}
