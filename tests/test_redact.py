@@ -456,7 +456,7 @@ def iso_message(pan: str, amount: str, stan: str) -> str:
        context=st.sampled_from(["{}", "send {}", "hex: {}", "<< {} >>"]))
 def test_raw_iso_message_in_hex(pan, amount, stan, context):
     out, _ = redact_text(context.format(iso_message(pan, amount, stan)))
-    assert pan not in out and pan[6:-4] not in out, out
+    assert_pan_hidden(out, pan)
 
 
 @settings(max_examples=300, deadline=None)
@@ -469,7 +469,7 @@ def test_pans_glued_to_other_digits(pan, data):
         "zeros": zeros + pan, "expiry": pan + expiry, "llvar": f"{len(pan):02d}" + pan, "zeros+expiry": zeros + pan + expiry,
     }[shape]
     out, counts = redact_text(data.draw(st.sampled_from(QUIET)).format(written))
-    assert pan not in out and pan[6:-4] not in out, out
+    assert_pan_hidden(out, pan)
     assert counts["pan"] >= 1
 
 
