@@ -88,6 +88,7 @@ def test_an_open_outage_in_the_category_of_the_top_cause_advises_holding(tmp_pat
     assert held["message"]["en"] == "acquirer B host outage: in progress, do not call a technician"
     assert "请勿派技术员" in held["message"]["zh"]
     assert advice(memory.open(), "printer") is None  # a paper-out terminal still needs its paper
+    assert advice([{**OUTAGE, "kind": "regression"}], "host") is None
     memory.replace([])
     assert memory.open() == [] and advice(memory.open(), "host") is None
 
