@@ -6,15 +6,16 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from agent.redact import Redactor, redact_text
 from agent.settings import ServerSettings
-from remote.server import auth, db, ingest, store
+from remote.server import auth, bundleview, db, ingest, store
 from remote.server.blobs import BlobStore
+from remote.server.budget import ByteBudget
 from remote.server.metrics import Metrics
 
 BASIC_CACHE_SECONDS = 60.0
@@ -33,6 +34,8 @@ class Service:
         db.create_schema(self.engine)
         self.blobs = BlobStore(data_dir / "blobs")
         self.metrics = Metrics()
+        self.limits = ingest.Limits.of(settings)
+        self.ingest_budget = ByteBudget(settings.ingest_memory_mib << 20)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()
@@ -81,68 +84,26 @@ class Service:
 
     def ingest(self, body: bytes, terminal: dict[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
         s = self.settings
-        bundle = ingest.validate(body, terminal["token_sha256"], terminal["id"], s.max_members, s.max_unpacked_bytes)
+        bundle = ingest.validate(body, terminal["token_sha256"], terminal["id"], self.limits)
         if idempotency_key and idempotency_key.strip().lower() != bundle.id:
             raise ingest.IngestError(422, "idempotency_key_mismatch", "Idempotency-Key differs from the manifest's bundle_id")
+        received = datetime.now(UTC)
+        index = dict(
+            bundle.index(),
+            clock_flag=ingest.clock_flag(bundle.created, received, s.clock_ahead_seconds, s.clock_behind_days),
+        )
+        view = bundleview.build(bundle.scan)
         digest = self.blobs.put(body)  # same bytes again: already there, a no-op
-        existing, new = store.insert_bundle(self.engine, bundle.index(), digest, len(body))
+        existing, new = store.insert_bundle(self.engine, index, digest, len(body), view, db.stamp(received))
         if existing["terminal_id"] != terminal["id"]:
             raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
         return existing, new
 
     # -- reading a stored bundle ----------------------------------------------------------
 
-    def members(self, record: dict[str, Any]) -> dict[str, bytes]:
-        body = self.blobs.get(record["sha256"])
-        return dict(ingest.unpack(body, self.settings.max_members, self.settings.max_unpacked_bytes))
-
     def detail(self, record: dict[str, Any]) -> dict[str, Any]:
-        files = self.members(record)
-        # The terminal redacts before anything is written; redacting again here means a
-        # bundle from an agent that missed something still shows no card data to people.
-        logs = {
-            name.removeprefix("logs/"): redact_text(data.decode("utf-8", "replace"))[0]
-            for name, data in files.items()
-            if name.startswith("logs/")
-        }
-        again = Redactor()
-        return {
-            "record": record,
-            "manifest": _cleaned(_manifest(files.get(ingest.FIRST))),
-            "diagnosis": _cleaned(again.data(_json(files.get("diagnosis.json"), {}))),
-            "probes": _cleaned(again.data(_json(files.get("probes.json"), None))),
-            "system": _cleaned(again.data(_json(files.get("system.json"), None))),
-            "logs": logs,
-        }
-
-
-def _cleaned(value: Any) -> Any:
-    """Every string (keys too) without lone surrogates and NULs: JSON text may carry
-    `\\ud800`, which no UTF-8 answer can. Depth is bounded by ingest.MAX_JSON_DEPTH."""
-    if isinstance(value, str):
-        return ingest.clean(value)
-    if isinstance(value, dict):
-        return {ingest.clean(k) if isinstance(k, str) else k: _cleaned(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cleaned(v) for v in value]
-    return value
-
-
-def _manifest(data: bytes | None) -> Any:
-    """The manifest with its terminal's free text masked like the stored record (the rest
-    is ids, hashes and counts, which Redactor.data would take for secrets by their keys)."""
-    manifest = _json(data, {})
-    if isinstance(manifest, dict) and isinstance(manifest.get("terminal"), dict):
-        manifest["terminal"] = {
-            k: ingest.shown(v) if isinstance(v, str) else v for k, v in manifest["terminal"].items()
-        }
-    return manifest
-
-
-def _json(data: bytes | None, default: Any) -> Any:
-    if data is None:
-        return default
-    try:
-        return ingest.load_json(data)
-    except ValueError:
-        return default
+        stored = store.bundle_view(self.engine, record["id"])
+        if stored is None:  # stored before views were kept: made once, now
+            stored = bundleview.build(ingest.scan(self.blobs.get(record["sha256"]), self.limits))
+            store.keep_bundle_view(self.engine, record["id"], stored)
+        return {"record": record, **bundleview.parse(stored)}

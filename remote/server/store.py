@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from agent.settings import terminal_id_problem
 from remote.server import auth, db
-from remote.server.db import bundles, commands, server_keys, terminals, users
+from remote.server.db import bundle_views, bundles, commands, server_keys, terminals, users
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -159,17 +159,21 @@ def get_user(engine: Engine, name: str) -> dict[str, Any] | None:
 # -- bundles ------------------------------------------------------------------------------
 
 
-def insert_bundle(engine: Engine, index: dict[str, Any], digest: str, size: int) -> tuple[dict[str, Any], bool]:
-    """Store one bundle row; (record, True) if new, (stored record, False) if its id exists.
+def insert_bundle(
+    engine: Engine, index: dict[str, Any], digest: str, size: int, view: str, received_at: str
+) -> tuple[dict[str, Any], bool]:
+    """Store one bundle row and its view (bundleview.py); (record, True) if new, (stored record,
+    False) if its id exists.
 
     The primary key decides under concurrency: of two servers inserting the same id at
     once, one commits and the other gets an IntegrityError and reads the winner's row.
     A probe request the bundle answers is closed in the same transaction.
     """
-    row = dict(index, sha256=digest, size=size, received_at=db.now())
+    row = dict(index, sha256=digest, size=size, received_at=received_at)
     try:
         with db.writing(engine) as conn:
             conn.execute(bundles.insert().values(**row))
+            conn.execute(bundle_views.insert().values(bundle_id=row["id"], view=view))
             if row["command_id"]:
                 conn.execute(
                     commands.update()
@@ -186,6 +190,20 @@ def insert_bundle(engine: Engine, index: dict[str, Any], digest: str, size: int)
             raise
         return existing, False
     return row, True
+
+
+def bundle_view(engine: Engine, bundle_id: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(bundle_views.c.view).where(bundle_views.c.bundle_id == bundle_id)).scalar()
+
+
+def keep_bundle_view(engine: Engine, bundle_id: str, view: str) -> None:
+    """For a bundle stored before views were kept: its view, made once on first reading."""
+    try:
+        with db.writing(engine) as conn:
+            conn.execute(bundle_views.insert().values(bundle_id=bundle_id, view=view))
+    except IntegrityError:
+        pass  # another reader made it first
 
 
 def get_bundle(engine: Engine, bundle_id: str) -> dict[str, Any] | None:
