@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
 from agent.redact import redact_text
-from remote.server import db, store
+from remote.server import db, signin, store
 from remote.server.ingest import IngestError
 from remote.server.models import (
     BundleDetail,
@@ -106,7 +106,10 @@ async def user_auth(
     pair = _basic(request)
     user = None
     if pair is not None:
-        user = await run_in_threadpool(srv.user_by_password, *pair)
+        try:
+            user = await signin.sign_in(srv, *pair, request.client.host if request.client else None)
+        except signin.Refused as exc:
+            raise ApiError(exc.status, exc.code, exc.detail, {"Retry-After": str(exc.retry_after)}) from None
     elif request.method in ("GET", "HEAD"):
         user = await run_in_threadpool(srv.user_by_session, request.cookies.get(SESSION_COOKIE))
     if user is None:

@@ -17,6 +17,7 @@ from remote.server import auth, bundleview, db, ingest, store
 from remote.server.blobs import BlobStore
 from remote.server.budget import ByteBudget
 from remote.server.metrics import Metrics
+from remote.server.signin import HashPool
 
 BASIC_CACHE_SECONDS = 60.0
 
@@ -40,21 +41,26 @@ class Service:
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()
         self._decoy = auth.hash_password(auth.new_nonce())
+        self.hash_pool = HashPool(settings.password_hash_workers, settings.password_hash_queue)
 
     def close(self) -> None:
+        self.hash_pool.close()
         self.engine.dispose()
 
     # -- who is asking ------------------------------------------------------------------
 
-    def user_by_password(self, name: str, password: str) -> User | None:
-        """scrypt is slow on purpose; a verified pair is remembered for a minute (keyed by
-        a salted hash, never the password) so HTTP basic clients do not pay it per request."""
-        key = hashlib.sha256(self.signer.secret + f"{name}\x00{password}".encode()).hexdigest()
-        now = time.monotonic()
+    def _cache_key(self, name: str, password: str) -> str:
+        return hashlib.sha256(self.signer.secret + f"{name}\x00{password}".encode()).hexdigest()
+
+    def cached_user(self, name: str, password: str) -> User | None:
+        """A pair verified within the last minute (keyed by a salted hash, never the
+        password), so HTTP basic clients do not pay scrypt per request."""
         with self._cache_lock:
-            hit = self._basic_cache.get(key)
-        if hit and hit[0] > now:
-            return hit[1]
+            hit = self._basic_cache.get(self._cache_key(name, password))
+        return hit[1] if hit and hit[0] > time.monotonic() else None
+
+    def verify_password(self, name: str, password: str) -> User | None:
+        """scrypt, slow on purpose: run it in signin's pool, never on the event loop."""
         row = store.get_user(self.engine, name)
         # An unknown name costs the same scrypt as a known one: timing does not tell names.
         stored = row["password_hash"] if row else self._decoy
@@ -64,8 +70,27 @@ class Service:
         with self._cache_lock:
             if len(self._basic_cache) > 1000:
                 self._basic_cache.clear()
-            self._basic_cache[key] = (now + BASIC_CACHE_SECONDS, user)
+            self._basic_cache[self._cache_key(name, password)] = (time.monotonic() + BASIC_CACHE_SECONDS, user)
         return user
+
+    def signin_keys(self, name: str, host: str | None) -> dict[str, int]:
+        """The failure counters an attempt is checked against, with their limits."""
+        s = self.settings
+        return {
+            f"user:{name[:128]}": s.signin_max_failures_per_user,
+            f"addr:{auth.address_key(host)}": s.signin_max_failures_per_address,
+        }
+
+    def signin_wait(self, name: str, host: str | None) -> float:
+        keys = self.signin_keys(name, host)
+        return store.signin_wait(self.engine, keys, self.settings.signin_window_seconds, datetime.now(UTC))
+
+    def signin_result(self, name: str, host: str | None, ok: bool) -> None:
+        keys, window, now = list(self.signin_keys(name, host)), self.settings.signin_window_seconds, datetime.now(UTC)
+        if ok:
+            store.signin_forget(self.engine, keys[:1], window, now)
+        else:
+            store.signin_failed(self.engine, keys, window, now)
 
     def terminal_for_token(self, token: str) -> dict[str, Any] | None:
         """The active terminal of a bearer token, asked of the database on every request
@@ -75,10 +100,16 @@ class Service:
 
     def user_by_session(self, cookie: str | None) -> User | None:
         session = self.signer.read_session(cookie)
-        if session is None:
+        if session is None or store.session_revoked(self.engine, session.sid):
             return None
         row = store.get_user(self.engine, session.user)
         return User(row["name"], row["role"]) if row else None
+
+    def sign_out(self, cookie: str | None) -> None:
+        """The session ends on every server now, not when its cookie would have expired."""
+        session = self.signer.read_session(cookie)
+        if session is not None:
+            store.revoke_session(self.engine, session.sid, datetime.fromtimestamp(session.expires, UTC))
 
     # -- ingest -------------------------------------------------------------------------
 

@@ -12,12 +12,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from agent.settings import terminal_id_problem
 from remote.server import auth, db
-from remote.server.db import bundle_views, bundles, commands, server_keys, terminals, users
+from remote.server.db import (
+    bundle_views,
+    bundles,
+    commands,
+    revoked_sessions,
+    server_keys,
+    signin_failures,
+    terminals,
+    users,
+)
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -154,6 +165,70 @@ def get_user(engine: Engine, name: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(sa.select(users).where(users.c.name == name)).mappings().first()
     return dict(row) if row else None
+
+
+# -- sign-in protection --------------------------------------------------------------------
+
+
+def signin_wait(engine: Engine, limits: dict[str, int], window: float, now: datetime) -> float:
+    """Seconds until every key in `limits` ({key: most failures}) may try again; 0: now."""
+    cutoff = db.stamp(now - timedelta(seconds=window))
+    query = sa.select(signin_failures).where(
+        signin_failures.c.key.in_(list(limits)), signin_failures.c.window_start >= cutoff
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    waits = [
+        (db.parse_time(r["window_start"]) + timedelta(seconds=window) - now).total_seconds()
+        for r in rows
+        if r["failures"] >= limits[r["key"]]
+    ]
+    return max(waits, default=0.0)
+
+
+def signin_failed(engine: Engine, keys: list[str], window: float, now: datetime) -> None:
+    """Count one failure for each key: one upsert each, atomic on both databases, so that
+    servers counting at once lose no count. A window that has run out starts again."""
+    stamp, cutoff = db.stamp(now), db.stamp(now - timedelta(seconds=window))
+    insert = (sa.dialects.postgresql if engine.dialect.name == "postgresql" else sa.dialects.sqlite).insert
+    expired = signin_failures.c.window_start < cutoff
+    with db.writing(engine) as conn:
+        for key in keys:
+            statement = insert(signin_failures).values(key=key, window_start=stamp, failures=1)
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[signin_failures.c.key],
+                    set_={
+                        "failures": sa.case((expired, 1), else_=signin_failures.c.failures + 1),
+                        "window_start": sa.case((expired, stamp), else_=signin_failures.c.window_start),
+                    },
+                )
+            )
+
+
+def signin_forget(engine: Engine, keys: list[str], window: float, now: datetime) -> None:
+    """Drop `keys` (a user who signed in) and every window that has run out."""
+    cutoff = db.stamp(now - timedelta(seconds=window))
+    with db.writing(engine) as conn:
+        conn.execute(
+            signin_failures.delete().where(
+                sa.or_(signin_failures.c.key.in_(keys), signin_failures.c.window_start < cutoff)
+            )
+        )
+
+
+def revoke_session(engine: Engine, sid: str, expires: datetime) -> None:
+    try:
+        with db.writing(engine) as conn:
+            conn.execute(revoked_sessions.delete().where(revoked_sessions.c.expires_at < db.now()))
+            conn.execute(revoked_sessions.insert().values(sid=sid, expires_at=db.stamp(expires)))
+    except IntegrityError:
+        pass  # signed out twice
+
+
+def session_revoked(engine: Engine, sid: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(revoked_sessions.c.sid).where(revoked_sessions.c.sid == sid)).first() is not None
 
 
 # -- bundles ------------------------------------------------------------------------------
