@@ -126,6 +126,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=log_config(args.access_log),
         log_level=None,
         access_log=args.access_log,
+        http="remote.server.connections:GuardedProtocol",  # header/body timeouts, connection caps
     )
     return 0
 

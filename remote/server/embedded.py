@@ -28,7 +28,10 @@ def serving(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    from remote.server.connections import GuardedProtocol
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http=GuardedProtocol)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="support-server")
     thread.start()
     deadline = time.monotonic() + 20
