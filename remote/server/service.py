@@ -40,6 +40,7 @@ class Service:
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()
+        self._blocked: dict[str, float] = {}  # signin key -> monotonic time until which it is refused
         self._decoy = auth.hash_password(auth.new_nonce())
         self.hash_pool = HashPool(settings.password_hash_workers, settings.password_hash_queue)
 
@@ -81,22 +82,28 @@ class Service:
             f"addr:{auth.address_key(host)}": s.signin_max_failures_per_address,
         }
 
-    def signin_wait(self, name: str, host: str | None) -> float:
-        keys = self.signin_keys(name, host)
-        return store.signin_wait(self.engine, keys, self.settings.signin_window_seconds, datetime.now(UTC))
+    def known_wait(self, name: str, host: str | None) -> float:
+        """Seconds this process already knows the attempt must wait (no database read): a
+        flood past its limit is refused at the cost of a dict lookup."""
+        now = time.monotonic()
+        with self._cache_lock:
+            return max((self._blocked.get(key, now) - now for key in self.signin_keys(name, host)), default=0.0)
 
-    def signin_result(self, name: str, host: str | None, ok: bool) -> None:
-        keys, window, now = list(self.signin_keys(name, host)), self.settings.signin_window_seconds, datetime.now(UTC)
-        if ok:
-            store.signin_forget(self.engine, keys[:1], window, now)
-        else:
-            store.signin_failed(self.engine, keys, window, now)
+    def signin_attempt(self, name: str, host: str | None) -> float:
+        """Count this attempt; seconds it must wait instead (0: check the password)."""
+        waits = store.signin_attempt(
+            self.engine, self.signin_keys(name, host), self.settings.signin_window_seconds, datetime.now(UTC)
+        )
+        with self._cache_lock:
+            if len(self._blocked) > 10000:
+                self._blocked.clear()
+            for key, wait in waits.items():  # re-read at least every 5 s: a success elsewhere clears a user
+                self._blocked[key] = time.monotonic() + min(wait, 5.0)
+        return max(waits.values(), default=0.0)
 
-    def terminal_for_token(self, token: str) -> dict[str, Any] | None:
-        """The active terminal of a bearer token, asked of the database on every request
-        (one lookup on the unique token_sha256 index): a revocation, made on any server,
-        is refused from the next request on. No cache: a cached match outlived revocation."""
-        return store.terminal_for_token(self.engine, token)
+    def signin_succeeded(self, name: str, host: str | None) -> None:
+        user_key, address_key = self.signin_keys(name, host)
+        store.signin_forget(self.engine, user_key, address_key, self.settings.signin_window_seconds, datetime.now(UTC))
 
     def user_by_session(self, cookie: str | None) -> User | None:
         session = self.signer.read_session(cookie)

@@ -1,11 +1,13 @@
 """Sign-in by password, limited before hashing and hashed off the event loop.
 
-An attempt goes: the minute-long cache of verified pairs (HTTP basic clients); the failure
-counts of its user name and its client address, kept in the database so every server shares
-them (429 with Retry-After when either is at its limit: no scrypt is spent); scrypt in a
-small thread pool of its own (503 with Retry-After when that pool's queue is full); then
-the count is raised, or the user's is cleared. A flood of wrong passwords thus costs one
-indexed read per attempt once it is over the limit, and never blocks the event loop.
+An attempt goes: the minute-long cache of verified pairs (HTTP basic clients); what this
+process already knows is refused (a key found over its limit, remembered up to 5 s); the
+attempt counted against its user name and its client address in the database, shared by
+every server (429 with Retry-After when either is past its limit: no scrypt is spent);
+scrypt in a small thread pool of its own (503 with Retry-After when that pool's queue is
+full); a success clears the user's count. A flood of wrong passwords thus costs a dict
+lookup and a one-second sleep per attempt once it is over the limit, and never blocks the
+event loop.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from fastapi.concurrency import run_in_threadpool
 
 if TYPE_CHECKING:
     from remote.server.service import Service, User
+
+REFUSAL_DELAY_SECONDS = 1.0
 
 
 class Refused(Exception):
@@ -54,9 +58,13 @@ async def sign_in(srv: Service, name: str, password: str, host: str | None) -> U
     cached = srv.cached_user(name, password)
     if cached is not None:
         return cached
-    wait = await run_in_threadpool(srv.signin_wait, name, host)
+    wait = srv.known_wait(name, host) or await run_in_threadpool(srv.signin_attempt, name, host)
     if wait > 0:
+        # Held before answering: a client that ignores Retry-After gets one answer per
+        # second per connection, and costs the server a sleeping coroutine, not CPU.
+        await asyncio.sleep(REFUSAL_DELAY_SECONDS)
         raise Refused(429, "too_many_attempts", "too many failed sign-ins; wait before trying again", wait)
     user = await srv.hash_pool.run(srv.verify_password, name, password)
-    await run_in_threadpool(srv.signin_result, name, host, user is not None)
+    if user is not None:
+        await run_in_threadpool(srv.signin_succeeded, name, host)
     return user

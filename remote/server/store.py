@@ -170,30 +170,19 @@ def get_user(engine: Engine, name: str) -> dict[str, Any] | None:
 # -- sign-in protection --------------------------------------------------------------------
 
 
-def signin_wait(engine: Engine, limits: dict[str, int], window: float, now: datetime) -> float:
-    """Seconds until every key in `limits` ({key: most failures}) may try again; 0: now."""
-    cutoff = db.stamp(now - timedelta(seconds=window))
-    query = sa.select(signin_failures).where(
-        signin_failures.c.key.in_(list(limits)), signin_failures.c.window_start >= cutoff
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(query).mappings().all()
-    waits = [
-        (db.parse_time(r["window_start"]) + timedelta(seconds=window) - now).total_seconds()
-        for r in rows
-        if r["failures"] >= limits[r["key"]]
-    ]
-    return max(waits, default=0.0)
+def signin_attempt(engine: Engine, limits: dict[str, int], window: float, now: datetime) -> dict[str, float]:
+    """Count one attempt against each key in `limits` ({key: most attempts}) and return
+    {key: seconds until it may try again} for the keys now past their limit (empty: go ahead).
 
-
-def signin_failed(engine: Engine, keys: list[str], window: float, now: datetime) -> None:
-    """Count one failure for each key: one upsert each, atomic on both databases, so that
-    servers counting at once lose no count. A window that has run out starts again."""
+    Counted before the password is checked, in one transaction of one upsert per key (atomic
+    on both databases), so that servers racing each other never let more than the limit
+    through; a success clears the user's count again (signin_forget). A window that has run
+    out starts again."""
     stamp, cutoff = db.stamp(now), db.stamp(now - timedelta(seconds=window))
     insert = (sa.dialects.postgresql if engine.dialect.name == "postgresql" else sa.dialects.sqlite).insert
     expired = signin_failures.c.window_start < cutoff
     with db.writing(engine) as conn:
-        for key in keys:
+        for key in sorted(limits):  # one order for every server: no deadlock between them
             statement = insert(signin_failures).values(key=key, window_start=stamp, failures=1)
             conn.execute(
                 statement.on_conflict_do_update(
@@ -204,16 +193,25 @@ def signin_failed(engine: Engine, keys: list[str], window: float, now: datetime)
                     },
                 )
             )
+        rows = conn.execute(sa.select(signin_failures).where(signin_failures.c.key.in_(list(limits)))).mappings().all()
+    return {
+        r["key"]: (db.parse_time(r["window_start"]) + timedelta(seconds=window) - now).total_seconds()
+        for r in rows
+        if r["failures"] > limits[r["key"]]
+    }
 
 
-def signin_forget(engine: Engine, keys: list[str], window: float, now: datetime) -> None:
-    """Drop `keys` (a user who signed in) and every window that has run out."""
+def signin_forget(engine: Engine, cleared: str, uncounted: str, window: float, now: datetime) -> None:
+    """After a success: drop the `cleared` key (the user), take the attempt back from the
+    `uncounted` one (the address), and drop every window that has run out."""
     cutoff = db.stamp(now - timedelta(seconds=window))
+    key = signin_failures.c.key
     with db.writing(engine) as conn:
+        conn.execute(signin_failures.delete().where(sa.or_(key == cleared, signin_failures.c.window_start < cutoff)))
         conn.execute(
-            signin_failures.delete().where(
-                sa.or_(signin_failures.c.key.in_(keys), signin_failures.c.window_start < cutoff)
-            )
+            signin_failures.update()
+            .where(key == uncounted, signin_failures.c.failures > 0)
+            .values(failures=signin_failures.c.failures - 1)
         )
 
 
