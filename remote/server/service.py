@@ -105,6 +105,12 @@ class Service:
         user_key, address_key = self.signin_keys(name, host)
         store.signin_forget(self.engine, user_key, address_key, self.settings.signin_window_seconds, datetime.now(UTC))
 
+    def terminal_for_token(self, token: str) -> dict[str, Any] | None:
+        """The active terminal of a bearer token, asked of the database on every request
+        (one lookup on the unique token_sha256 index): a revocation, made on any server,
+        is refused from the next request on. No cache: a cached match outlived revocation."""
+        return store.terminal_for_token(self.engine, token)
+
     def user_by_session(self, cookie: str | None) -> User | None:
         session = self.signer.read_session(cookie)
         if session is None or store.session_revoked(self.engine, session.sid):

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -37,9 +38,13 @@ def free_port() -> int:
 class Serve:
     """One `posdiag-support serve` process; restartable on the same port, database and data."""
 
-    def __init__(self, db_url: str, data: Path, logs: Path, access_log: bool = False, workers: int = 1) -> None:
+    def __init__(
+        self, db_url: str, data: Path, logs: Path, access_log: bool = False, workers: int = 1,
+        config: Path | None = None, files_limit: int | None = None,
+    ) -> None:  # fmt: skip
         self.db_url, self.data, self.logs = db_url, data, logs
         self.access_log, self.workers = access_log, workers
+        self.config, self.files_limit = config, files_limit
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -49,10 +54,19 @@ class Serve:
         self.starts += 1
         cmd = [str(SUPPORT), "--db", self.db_url, "--data", str(self.data), "serve", "--port", str(self.port)]
         cmd += ["--workers", str(self.workers)] + (["--access-log"] if self.access_log else [])
+        cmd += ["--config", str(self.config)] if self.config else []
         self.logs.mkdir(parents=True, exist_ok=True)
         out = open(self.logs / f"stdout-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115 (kept by the child)
         err = open(self.logs / f"stderr-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT)
+        limit = self.files_limit
+
+        def lower_files_limit() -> None:  # as `LimitNOFILE=` in a systemd unit would
+            if limit:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        self.proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT, preexec_fn=lower_files_limit
+        )
         out.close()
         err.close()
         deadline = time.monotonic() + timeout
