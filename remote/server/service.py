@@ -20,6 +20,7 @@ from remote.server.metrics import Metrics
 from remote.server.signin import HashPool
 
 BASIC_CACHE_SECONDS = 60.0
+VIEW_BUILDERS = 2  # bundle views redacted at once (each may take ~50 MB and seconds of CPU)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Service:
         self.metrics = Metrics()
         self.limits = ingest.Limits.of(settings)
         self.ingest_budget = ByteBudget(settings.ingest_memory_mib << 20)
+        self._view_builders = threading.BoundedSemaphore(VIEW_BUILDERS)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()
@@ -136,7 +138,8 @@ class Service:
             bundle.index(),
             clock_flag=ingest.clock_flag(bundle.created, received, s.clock_ahead_seconds, s.clock_behind_days),
         )
-        view = bundleview.build(bundle.scan)
+        with self._view_builders:  # redaction is CPU- and memory-hungry: a few at a time
+            view = bundleview.build(bundle.scan)
         digest = self.blobs.put(body)  # same bytes again: already there, a no-op
         existing, new = store.insert_bundle(self.engine, index, digest, len(body), view, db.stamp(received))
         if existing["terminal_id"] != terminal["id"]:

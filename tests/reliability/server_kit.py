@@ -14,9 +14,11 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +28,7 @@ from server_bundles import PASSWORD, make_bundle, sign, tar_gz  # noqa: E402
 from server_harness import fresh_pg_database, pg_reachable, start_server  # noqa: E402
 
 SUPPORT = Path(sys.executable).parent / "posdiag-support"
-__all__ = ["PASSWORD", "make_bundle", "fresh_pg_database", "pg_reachable", "start_server"]
+__all__ = ["PASSWORD", "make_bundle", "fresh_pg_database", "pg_reachable", "sign", "start_server"]
 
 
 def free_port() -> int:
@@ -98,6 +100,16 @@ class Serve:
 
     def output(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob(f"*-{self.port}-*.log")))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh database for a `Serve`: a SQLite file, then a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'support.db'}"
+        return
+    with fresh_pg_database() as url:
+        yield url
 
 
 def rebuild(token: str, body: bytes, change: dict[str, bytes] | None = None, manifest: dict[str, Any] | None = None) -> bytes:

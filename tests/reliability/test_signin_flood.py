@@ -18,9 +18,8 @@ import subprocess
 import sys
 import time
 
-import pytest
 import requests
-from server_kit import Serve, fresh_pg_database, prepare, signed_in
+from server_kit import Serve, db_url, prepare, signed_in  # noqa: F401 (db_url: a fixture)
 
 SIGNED_IN_P50_MS = 50.0
 FLOOD = """
@@ -41,15 +40,6 @@ stop.set()
 [t.join() for t in threads]
 print(json.dumps(counts))
 """
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'support.db'}"
-        return
-    with fresh_pg_database() as url:
-        yield url
 
 
 def test_a_wrong_password_flood_does_not_slow_a_signed_in_user(db_url, tmp_path):
