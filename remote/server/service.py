@@ -89,7 +89,7 @@ class Service:
         flood past its limit is refused at the cost of a dict lookup."""
         now = time.monotonic()
         with self._cache_lock:
-            return max((self._blocked.get(key, now) - now for key in self.signin_keys(name, host)), default=0.0)
+            return max([0.0] + [self._blocked.get(key, now) - now for key in self.signin_keys(name, host)])
 
     def signin_attempt(self, name: str, host: str | None) -> float:
         """Count this attempt; seconds it must wait instead (0: check the password)."""

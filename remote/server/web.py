@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from remote.server import chart, db, signin, store
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
+from remote.server.logs import redacted_path
 from remote.server.service import Service, User
 
 CSRF_COOKIE = "posdiag_csrf"
@@ -117,7 +118,8 @@ async def page_user(request: Request) -> User | None:
 
 
 def to_login(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    # A search for a PAN must not travel on in the redirect, the sign-in form or the history.
+    target = redacted_path(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
     return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
 
@@ -137,7 +139,7 @@ def _safe_next(target: str) -> str:
 
 @router.get("/login")
 async def login_page(request: Request, next: str = "/") -> Response:
-    return render(request, "login.html", next=_safe_next(next), error=None)
+    return render(request, "login.html", next=_safe_next(redacted_path(next)), error=None)
 
 
 @router.post("/login")
