@@ -15,8 +15,11 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from server_bundles import make_bundle, sign, tar_gz
 from test_server_ingest import assert_error, assert_serving, stored_count
+
+from remote.server.db import bundle_views
 
 PAN = "4111 1111 1111 1111"
 
@@ -136,3 +139,28 @@ def test_logs_are_redacted_at_ingest_and_a_huge_log_does_not_slow_its_views(serv
     print(f"\n{len(body) // 1024} KiB upload of {len(huge) >> 20} MiB log: ingest {ingest_s:.2f} s, views (ms) {[round(v * 1000) for v in views]}")
     assert max(views) < 1.0, views
     assert_serving(server)
+
+
+def test_a_bundle_stored_before_views_were_kept_gets_its_view_once(server):
+    tid, token = server.terminal()
+    bundle_id, body = make_bundle(token, tid, log_text=f"paid with {PAN}\n")
+    assert server.upload(token, body, bundle_id).status_code == 201
+    with server.service.engine.begin() as conn:  # as a database from before this release holds it
+        conn.execute(sa.delete(bundle_views).where(bundle_views.c.bundle_id == bundle_id))
+    first = server.get(f"/api/v1/bundles/{bundle_id}").json()
+    assert first["logs"]["payment.log"] == "paid with 411111******1111\n"
+    with server.service.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).where(bundle_views.c.bundle_id == bundle_id)).scalar() == 1
+    assert server.get(f"/api/v1/bundles/{bundle_id}").json()["logs"] == first["logs"]
+
+
+def test_a_database_made_before_clock_flag_gains_the_column_on_start(tmp_path):
+    from remote.server import db
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    db.create_schema(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE bundles DROP COLUMN clock_flag"))
+    db.create_schema(engine)
+    assert "clock_flag" in {c["name"] for c in sa.inspect(engine).get_columns("bundles")}
+    engine.dispose()
