@@ -104,6 +104,18 @@ def test_headers_must_be_complete_within_the_header_timeout(quick):
     served(server.url)
 
 
+def test_a_kept_alive_connections_next_request_has_the_same_header_deadline(quick):
+    server, _ = quick
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = b""
+    while b'"ok"' not in answer:
+        answer += sock.recv(4096)
+    sock.sendall(PARTIAL)  # uvicorn's keep-alive timer stops at this byte; ours starts
+    took = closed_within(sock, 6)
+    assert took is not None and took < 2.5, took
+
+
 def test_a_body_shorter_than_its_content_length_is_dropped_after_the_body_timeout(quick):
     server, token = quick
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
