@@ -103,6 +103,16 @@ class Service:
                 self._blocked[key] = time.monotonic() + min(wait, 5.0)
         return max(waits.values(), default=0.0)
 
+    def attempt(self, name: str, password: str, host: str | None) -> tuple[float, User | None]:
+        """(seconds to wait, None) past a limit, else (0, the user or None): run in signin's pool."""
+        wait = self.signin_attempt(name, host)
+        if wait > 0:
+            return wait, None
+        user = self.verify_password(name, password)
+        if user is not None:
+            self.signin_succeeded(name, host)
+        return 0.0, user
+
     def signin_succeeded(self, name: str, host: str | None) -> None:
         user_key, address_key = self.signin_keys(name, host)
         store.signin_forget(self.engine, user_key, address_key, self.settings.signin_window_seconds, datetime.now(UTC))
