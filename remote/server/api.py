@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
 from agent.redact import redact_text
-from remote.server import db, store
+from remote.server import db, signin, store
 from remote.server.ingest import IngestError
 from remote.server.models import (
     BundleDetail,
@@ -107,7 +107,10 @@ async def user_auth(
     pair = _basic(request)
     user = None
     if pair is not None:
-        user = await run_in_threadpool(srv.user_by_password, *pair)
+        try:
+            user = await signin.sign_in(srv, *pair, request.client.host if request.client else None)
+        except signin.Refused as exc:
+            raise ApiError(exc.status, exc.code, exc.detail, {"Retry-After": str(exc.retry_after)}) from None
     elif request.method in ("GET", "HEAD"):
         user = await run_in_threadpool(srv.user_by_session, request.cookies.get(SESSION_COOKIE))
     if user is None:
@@ -167,25 +170,36 @@ async def upload(
         terminal = await run_in_threadpool(srv.terminal_for_token, token) if token else None
         if terminal is None:
             raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
-        body = await read_capped(request, srv.settings.max_bundle_bytes)
-        record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
+        size = declared_length(request, srv.settings.max_bundle_bytes) or srv.settings.max_bundle_bytes
+        async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
+            body = await read_capped(request, srv.settings.max_bundle_bytes)
+            record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
     except IngestError as exc:
         srv.metrics.reject(exc.code, time.perf_counter() - started)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.retry_after:
+            headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status, exc.code, exc.detail, headers)
     srv.metrics.accepted(new, time.perf_counter() - started)
     return JSONResponse(BundleRecord(**record).model_dump(), status_code=201 if new else 200)
 
 
+def declared_length(request: Request, cap: int) -> int | None:
+    """Content-Length, if given: 400 when it is not a number, 413 (unread) when over `cap`."""
+    length = request.headers.get("content-length")
+    if length is None:
+        return None
+    if not length.isdigit():
+        raise IngestError(400, "bad_length", "Content-Length is not a number")
+    if int(length) > cap:
+        raise IngestError(413, "too_large", f"bundle over {cap} bytes")
+    return int(length)
+
+
 async def read_capped(request: Request, cap: int) -> bytes:
     """The body, refusing (413) by Content-Length before reading, or while streaming once
     more than `cap` bytes have come; at most one transport chunk past cap is ever read."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise IngestError(400, "bad_length", "Content-Length is not a number")
-        if int(length) > cap:
-            raise IngestError(413, "too_large", f"bundle over {cap} bytes")
+    declared_length(request, cap)
     parts: list[bytes] = []
     got = 0
     async for chunk in request.stream():

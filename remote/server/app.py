@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -10,6 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.settings import ServerSettings
@@ -17,6 +19,8 @@ from remote.server import api, web
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
 from remote.server.service import Service
+
+log = logging.getLogger("posdiag.support")
 
 
 class RefuseNul:
@@ -64,6 +68,13 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return api.error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        # Nobody is left to answer; one line, no traceback.
+        where = request.client.host if request.client else "?"
+        log.info("%s %s: the client went away before its request body was complete", where, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> Response:

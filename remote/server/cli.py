@@ -1,6 +1,7 @@
 """`posdiag-support`: run the support server and manage its terminals and users.
 
   posdiag-support serve [--db URL] [--data DIR] [--host H] [--port P] [--workers N] [--access-log]
+                        [--forwarded-allow-ips IPS]
   posdiag-support terminals add ID | list | revoke ID
   posdiag-support users add NAME --role support|technician|admin [--password P]
   posdiag-support users list | passwd NAME [--password P] | role NAME ROLE | remove NAME
@@ -56,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL or SQLite)")
     serve.add_argument("--access-log", action="store_true", help="log every request to stdout (card data redacted)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        metavar="IPS",
+        help="balancers whose X-Forwarded-For is the client address (default: 127.0.0.1)",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     term = sub.add_parser("terminals", help="enrol, list and revoke terminals").add_subparsers(dest="action", required=True)
@@ -165,6 +172,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_config=log_config(args.access_log),
         log_level=None,
         access_log=args.access_log,
+        http="remote.server.connections:GuardedProtocol",  # header/body timeouts, connection caps
+        proxy_headers=True,
+        forwarded_allow_ips=args.forwarded_allow_ips,  # sign-in limits count the client, not the balancer
     )
     return 0
 

@@ -36,6 +36,9 @@ class BundleRecord(BaseModel):
     received_at: str
     sha256: str
     size: int
+    clock_flag: str | None = Field(
+        default=None, description="ahead | behind: created_at was implausible at receipt (the terminal's clock)"
+    )
 
 
 class BundleList(BaseModel):
