@@ -133,6 +133,8 @@ class LogSource:
     path: str
     patterns: list[str] = field(metadata={"check": log_pattern_problem})
     scheme: str = field(default="")
+    # Globs (in the log's directory) of rotated copies beyond name.1, name-DATE and the like.
+    rotated: list[str] = field(default=())  # type: ignore[assignment]
 
 
 def listen_problem(listen: str) -> str | None:
