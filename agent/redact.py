@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+from os.path import commonprefix
 import functools
 import itertools
 import re
@@ -195,7 +196,10 @@ MASKED_RUN = re.compile(
     r"(?![0-9*X#])"
 )
 MASK_CHARS = frozenset("*X#")
-MASK_HINT = re.compile(r"[*X#](?<=[0-9][*X#])")
+WRAP_TAIL = re.compile(r"(?<![0-9])(?<![0-9][ \-])(?P<tail>[0-9](?:[ \-]?[0-9]){3,}+)(?P<nl>[ \t]*\r?)(?=\n(?P<next>[^\n]*))")
+WRAP_HEAD = re.compile(r"[ \t]*([0-9](?:[ \-]?[0-9])*+)")
+DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
+MASK_HINT = re.compile(r"[*X#](?<=[0-9][*X#])|[*X#](?<=[0-9][ \-][*X#])")
 LLVAR = re.compile(r"(?=(1[3-9]))")
 MONTHS = frozenset(f"{m:02d}" for m in range(1, 13))
 
@@ -347,7 +351,37 @@ class Redactor:
         text = on_lines(text, SECRET_HINT, self._secret_passes)
         if MASK_HINT.search(text):  # masks this redactor writes are right: only the input's are checked
             text = MASKED_RUN.sub(self._masked_run, text)
+        text = self._wrapped(text)
         return DIGIT_RUN.sub(self._digit_run, text)
+
+    def _wrapped(self, text: str) -> str:
+        """A PAN whose digits end one line and go on in the next after the same log prefix
+        (`12:00:01 I/pay: pan 41111111` / `12:00:01 I/pay: 11111111`); the prefixes are
+        compared with digits as 0, so a new timestamp is the same prefix."""
+        positions: list[int] = []
+        for m in WRAP_TAIL.finditer(text):
+            line_start = text.rfind("\n", 0, m.start()) + 1
+            first, second = text[line_start : m.start("nl")], m["next"]
+            k = len(commonprefix([first.translate(DIGITS_AS_ZERO), second.translate(DIGITS_AS_ZERO)]))
+            while k and second[k - 1].isdigit():
+                k -= 1
+            head = WRAP_HEAD.match(second, k) if k else None
+            if head is None:
+                continue
+            offset = m.end("nl") + 1 + head.start(1)  # where the next line's digits start in text
+            spans = [(g.start() + m.start(), g.end() + m.start()) for g in re.finditer(r"[0-9]+", m["tail"])]
+            boundary = len(spans)
+            spans += [(g.start() + offset, g.end() + offset) for g in re.finditer(r"[0-9]+", head[1])]
+            for i, j in covered_stretches([text[a:b] for a, b in spans]):
+                if i < boundary <= j - 1:
+                    self.counts["pan"] += 1
+                    positions += [p for a, b in spans[i:j] for p in range(a, b)][6:-4]
+        if not positions:
+            return text
+        chars = list(text)
+        for p in positions:
+            chars[p] = "*"
+        return "".join(chars)
 
     def _iso_passes(self, line: str) -> str:
         if "<" in line:
@@ -387,6 +421,10 @@ class Redactor:
                     out[self.text(key) if isinstance(key, str) else key] = self.data(item)
             return out
         if isinstance(value, list | tuple):
+            if value and all(isinstance(v, str) and "\n" not in v for v in value):  # lines: a PAN may wrap
+                lines = self.text("\n".join(value)).split("\n")
+                if len(lines) == len(value):
+                    return lines
             return [self.data(v) for v in value]
         if isinstance(value, str):
             return self.text(value)
