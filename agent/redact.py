@@ -196,7 +196,7 @@ MASKED_RUN = re.compile(
     r"(?![0-9*X#])"
 )
 MASK_CHARS = frozenset("*X#")
-WRAP_TAIL = re.compile(r"(?<![0-9])(?<![0-9][ \-])(?P<tail>[0-9](?:[ \-]?[0-9]){3,}+)(?P<nl>[ \t]*\r?)(?=\n(?P<next>[^\n]*))")
+WRAP_TAIL = re.compile(r"(?<![0-9])(?<![0-9][ \-])(?P<tail>[1-9](?:[ \-]?[0-9]){3,}+)(?P<nl>[ \t]*\r?)(?=\n(?P<next>[^\n]*))")
 WRAP_HEAD = re.compile(r"[ \t]*([0-9](?:[ \-]?[0-9])*+)")
 DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
 MASK_HINT = re.compile(r"[*X#](?<=[0-9][*X#])|[*X#](?<=[0-9][ \-][*X#])")
@@ -344,8 +344,11 @@ class Redactor:
         return self._passes(text)
 
     def _passes(self, text: str) -> str:
-        text = on_lines(text, ISO_HINT, self._iso_passes)
-        text = on_lines(text, EMV_HINT, self._emv_pass)
+        low = text.translate(ASCII_LOWER)
+        cleaned = on_lines(text, ISO_HINT, self._iso_passes, low)
+        if cleaned != text:  # the lowercased copy must have the text's offsets
+            text, low = cleaned, cleaned.translate(ASCII_LOWER)
+        text = on_lines(text, EMV_HINT, self._emv_pass, low)
         text = TRACK1.sub(self._track, text)
         text = TRACK2.sub(self._track2, text)
         text = on_lines(text, SECRET_HINT, self._secret_passes)
@@ -360,6 +363,8 @@ class Redactor:
         compared with digits as 0, so a new timestamp is the same prefix."""
         positions: list[int] = []
         for m in WRAP_TAIL.finditer(text):
+            if PUBLIC_NUMBER.search(text, max(0, m.start() - 24), m.start()):
+                continue
             line_start = text.rfind("\n", 0, m.start()) + 1
             first, second = text[line_start : m.start("nl")], m["next"]
             k = len(commonprefix([first.translate(DIGITS_AS_ZERO), second.translate(DIGITS_AS_ZERO)]))
@@ -653,11 +658,11 @@ def covered_stretches(groups: list[str]) -> list[tuple[int, int]]:
     return stretches
 
 
-def on_lines(text: str, hint: re.Pattern[str], fix: Callable[[str], str], gap: int = 64) -> str:
-    """`text` with `fix` applied to the lines in which `hint` occurs (in lowercased ASCII).
-    Hit lines less than `gap` characters apart are fixed as one block: fewer calls, and
-    `fix` is harmless on lines without a hit."""
-    low = text.translate(ASCII_LOWER)  # same length and offsets as text
+def on_lines(text: str, hint: re.Pattern[str], fix: Callable[[str], str], low: str | None = None, gap: int = 64) -> str:
+    """`text` with `fix` applied to the lines in which `hint` occurs in `low`, the text in
+    lowercased ASCII (made here when not given). Hit lines less than `gap` characters apart
+    are fixed as one block: fewer calls, and `fix` is harmless on lines without a hit."""
+    low = text.translate(ASCII_LOWER) if low is None else low  # same length and offsets as text
     pieces: list[str] = []
     done = block_start = block_end = 0
     found = False
