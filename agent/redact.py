@@ -96,11 +96,16 @@ EMV_SHAPES: dict[str, Callable[[str], bool]] = {
     "5A": lambda v: 12 <= len(v) <= 20 and v.rstrip("F").isdigit(),
     "57": lambda v: "D" in v and v.split("D", 1)[0].isdigit() and 12 <= len(v.split("D", 1)[0]) <= 19,
     "9F6B": lambda v: "D" in v and v.split("D", 1)[0].isdigit(),
-    "56": lambda v: "5E" in v,
-    "5F20": lambda v: len(v) >= 4 and all(0x20 <= int(v[i : i + 2], 16) < 0x7F for i in range(0, len(v), 2)),
-    "9F1F": lambda v: len(v) > 0,
-    "9F20": lambda v: len(v) > 0,
+    "56": lambda v: v.startswith("42") and v.count("5E") >= 2 and printable_hex(v),
+    "5F20": lambda v: len(v) >= 4 and printable_hex(v),
+    "9F1F": lambda v: len(v) >= 4 and printable_hex(v),
+    "9F20": lambda v: len(v) >= 4 and v.rstrip("F").isdigit(),
 }
+
+
+def printable_hex(value: str) -> bool:
+    """`value` (hex) is printable ASCII, as names and track 1 data are."""
+    return all(0x20 <= int(value[i : i + 2], 16) < 0x7F for i in range(0, len(value), 2))
 
 
 def tlv_card_spans(hexes: str) -> list[tuple[str, int, int]]:
