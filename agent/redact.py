@@ -66,10 +66,14 @@ ISO_KIND = {35: "track", 36: "track", 45: "track", 52: "pin_block", 55: "track"}
 _ISO_NUM = r"0{0,2}(?P<n>2|35|36|45|52|55)"
 _ISO_PREFIX = r"(?:field|fld|bit|de|f)"
 ISO_FIELD = re.compile(
-    r"(?P<head>(?:(?<![A-Za-z0-9_])(?:" + _ISO_PREFIX + r"[ \t#_.\-]?|p-)|域[ \t]?)"
+    r"(?P<head>(?:(?<![A-Za-z0-9_])(?:(?:field|fld|bit|de)[ \t#_.\-]?|p-)|域[ \t]?)"
     + r"\[?" + _ISO_NUM + r"\]?(?![0-9])[ \t]*(?:[:=][ \t]*|[ \t]))"
     r"(?P<v>[^\r\n\"<]*)",
     re.IGNORECASE,
+)
+# `F35=v`, `F2: v`: a bare F needs its `=` or `:` (`F2 00 57` is hex).
+ISO_F = re.compile(
+    r"(?P<head>(?<![A-Za-z0-9_])[Ff]\[?" + _ISO_NUM + r"\]?(?![0-9])[ \t]*[:=][ \t]*)(?P<v>[^\r\n\"<]*)"
 )
 FIELD2_PAN = re.compile(r"[0-9](?:[ \-]?[0-9]){9,18}")
 ISO_BRACKET = re.compile(r"(?P<head>\[" + _ISO_NUM + r"\](?:[ \t]*[:=][ \t]*|[ \t]+))(?P<v>[^\r\n\"]*)")
@@ -89,7 +93,7 @@ ISO_JSON = re.compile(
 # EMV BER-TLV tags whose values are card data; a value is read as `length` hex bytes,
 # glued or one space apart. `check` says whether a value really has the tag's shape.
 EMV_TAG = re.compile(r"(?P<tag>5[Aa]|57|56|5[Ff] ?20|9[Ff] ?1[Ff]|9[Ff] ?20|9[Ff] ?6[Bb]) ?(?P<len>[0-9A-Fa-f]{2})")
-EMV_HINT = re.compile(r"[59](?:(?<=5)(?:a ?0[6-9a]|7 ?(?:0[89a-f]|1[0-3])|6 ?[1-4][0-9a-f]|f ?20)|(?<=9)f ?(?:1f|20|6b))")
+EMV_HINT = re.compile(r"[59](?:(?<=5)(?:a ?0[6-9a]|7 ?(?:0[89a-f]|1[0-9a-f])|6 ?[1-4][0-9a-f]|f ?20)|(?<=9)f ?(?:1f|20|6b))")
 HEX = frozenset("0123456789abcdefABCDEF")
 HEX_RUN = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{2}(?: ?[0-9A-Fa-f]{2}){3,}+(?![0-9A-Za-z])")
 EMV_SHAPES: dict[str, Callable[[str], bool]] = {
@@ -401,6 +405,7 @@ class Redactor:
         if '"' in line:
             line = ISO_JSON.sub(self._iso, line)
         line = ISO_FIELD.sub(self._iso, line)
+        line = ISO_F.sub(self._iso, line)
         return ISO_BRACKET.sub(self._iso, line) if "[" in line else line
 
     def _secret_passes(self, line: str) -> str:
