@@ -321,7 +321,7 @@ def grouped(draw, pan: str, separators: list[str]) -> str:
     return sep.join(pieces)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(data=st.data())
 def test_pan_with_any_separator_is_masked(data):
     pan = data.draw(pans())
@@ -334,7 +334,7 @@ def test_pan_with_any_separator_is_masked(data):
 FULL_WIDTH = str.maketrans("0123456789 ", "０１２３４５６７８９\u3000")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.data())
 def test_full_width_digits_are_masked_in_the_original_text(data):
     pan = data.draw(pans())
@@ -395,7 +395,7 @@ EMV_CONTEXTS = [
 ]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(record=emv_records(), context=st.sampled_from(EMV_CONTEXTS))
 def test_emv_tlv_card_data_never_survives(record, context):
     body, secrets = record
@@ -433,7 +433,7 @@ def iso_field_values(draw) -> tuple[int, str, str]:
     return number, value, value
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(field=iso_field_values(), form=st.sampled_from(ISO_FORMS))
 def test_iso8583_fields_in_every_dump_form(field, form):
     number, value, secret = field
@@ -451,7 +451,7 @@ def iso_message(pan: str, amount: str, stan: str) -> str:
     return "0200" + "7224000000C00000" + pan_field + "000000" + amount + stan + "2512" + "051" + "3132333435363738"
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(pan=distinct_pans(), amount=st.from_regex(r"[0-9]{12}", fullmatch=True), stan=st.from_regex(r"[0-9]{6}", fullmatch=True),
        context=st.sampled_from(["{}", "send {}", "hex: {}", "<< {} >>"]))
 def test_raw_iso_message_in_hex(pan, amount, stan, context):
@@ -459,7 +459,7 @@ def test_raw_iso_message_in_hex(pan, amount, stan, context):
     assert_pan_hidden(out, pan)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(pan=distinct_pans(), data=st.data())
 def test_pans_glued_to_other_digits(pan, data):
     shape = data.draw(st.sampled_from(["zeros", "expiry", "llvar", "zeros+expiry"]))
@@ -473,7 +473,7 @@ def test_pans_glued_to_other_digits(pan, data):
     assert counts["pan"] >= 1
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(pan=distinct_pans(), data=st.data())
 def test_masks_that_show_too_much_are_masked_again(pan, data):
     head = data.draw(st.integers(6, min(12, len(pan) - 5)))
@@ -500,7 +500,7 @@ def tracks(draw) -> tuple[str, list[str]]:
     return f"%B{pan}^{name}^2512201{disc}?", [disc, name]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(track=tracks(), context=st.sampled_from(["{}", "swipe {} ok", "track2={}", "track1: {}", "[{}]", "data={} end"]))
 def test_tracks_with_masked_pan_lose_name_and_discretionary_data(track, context):
     text, secrets = track
@@ -516,7 +516,7 @@ CVV_WORDS = ["security code", "CID", "安全码", "card verification value", "CV
 BETWEEN = [" ", ": ", "=", "：", " is ", '": "', " = "]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(data=st.data())
 def test_pin_blocks_and_security_codes_under_any_name(data):
     if data.draw(st.booleans()):
@@ -536,7 +536,7 @@ def test_pin_blocks_and_security_codes_under_any_name(data):
     assert sum(counts.values()) >= 1
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(pan=pans(), data=st.data())
 def test_pan_split_over_two_lines(pan, data):
     cut = data.draw(st.integers(4, len(pan) - 4))
