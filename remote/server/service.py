@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from agent.redact import Redactor, redact_text
 from agent.settings import ServerSettings
 from remote.server import auth, db, ingest, store
-from remote.server.blobs import BlobStore
+from remote.server.blobs import BlobStore, open_store
 from remote.server.metrics import Metrics
 
 BASIC_CACHE_SECONDS = 60.0
@@ -31,8 +31,8 @@ class Service:
         self.settings = settings
         self.engine: Engine = db.make_engine(db_url)
         db.create_schema(self.engine)
-        self.blobs = BlobStore(data_dir / "blobs")
         self.metrics = Metrics()
+        self.blobs: BlobStore = open_blobs(settings, data_dir, self.metrics)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()
@@ -85,7 +85,7 @@ class Service:
         if idempotency_key and idempotency_key.strip().lower() != bundle.id:
             raise ingest.IngestError(422, "idempotency_key_mismatch", "Idempotency-Key differs from the manifest's bundle_id")
         digest = self.blobs.put(body)  # same bytes again: already there, a no-op
-        existing, new = store.insert_bundle(self.engine, bundle.index(), digest, len(body))
+        existing, new = store.insert_bundle(self.engine, bundle.index(), digest, len(body), lambda: self.blobs.put(body))
         if existing["terminal_id"] != terminal["id"]:
             raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
         return existing, new
@@ -114,6 +114,18 @@ class Service:
             "system": _cleaned(again.data(_json(files.get("system.json"), None))),
             "logs": logs,
         }
+
+
+def open_blobs(settings: ServerSettings, data_dir: Path, metrics: Metrics | None = None) -> BlobStore:
+    """The blob store [server.blobs] names (the CLI's --blobs lands there too)."""
+    b = settings.blobs
+    options = {
+        "endpoint_url": b.endpoint_url,
+        "region": b.region,
+        "access_key_id": b.access_key_id,
+        "secret_access_key": b.secret_access_key,
+    }
+    return open_store(b.url, data_dir, options, metrics)
 
 
 def _cleaned(value: Any) -> Any:
