@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest, values
 from prometheus_client.multiprocess import MultiProcessCollector
 
 disable_created_metrics()  # no `_created` twin per series: nothing here reads it
@@ -69,7 +69,7 @@ class Metrics:
 
     def render(self) -> str:
         path = os.environ.get(MULTIPROC_ENV)
-        if not path:
+        if not path or values.ValueClass is values.MutexValue:  # the variable came after import
             return generate_latest(self.registry).decode()
         merged = CollectorRegistry()
         MultiProcessCollector(merged, path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import signal
 import socket
@@ -37,9 +38,13 @@ def free_port() -> int:
 class Serve:
     """One `posdiag-support serve` process; restartable on the same port, database and data."""
 
-    def __init__(self, db_url: str, data: Path, logs: Path, access_log: bool = False, workers: int = 1) -> None:
+    def __init__(
+        self, db_url: str, data: Path, logs: Path, access_log: bool = False, workers: int = 1,
+        extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         self.db_url, self.data, self.logs = db_url, data, logs
         self.access_log, self.workers = access_log, workers
+        self.extra, self.env = list(extra), env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -48,11 +53,12 @@ class Serve:
     def start(self, timeout: float = 30) -> None:
         self.starts += 1
         cmd = [str(SUPPORT), "--db", self.db_url, "--data", str(self.data), "serve", "--port", str(self.port)]
-        cmd += ["--workers", str(self.workers)] + (["--access-log"] if self.access_log else [])
+        cmd += ["--workers", str(self.workers)] + (["--access-log"] if self.access_log else []) + self.extra
         self.logs.mkdir(parents=True, exist_ok=True)
         out = open(self.logs / f"stdout-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115 (kept by the child)
         err = open(self.logs / f"stderr-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT)
+        env = dict(os.environ, **self.env) if self.env else None
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT, env=env)
         out.close()
         err.close()
         deadline = time.monotonic() + timeout
