@@ -15,6 +15,7 @@ one, is not looking at the store the rows were written to (see cli `serve`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from remote.server.metrics import Metrics
 
 CHUNK = 64 * 1024
+log = logging.getLogger("posdiag.blobs")
 MARKER = ".posdiag-store"
 
 
@@ -96,6 +98,7 @@ class BlobStore:
             raise
         except Exception as exc:
             self._failed(op)
+            log.warning("%s blob store: %s failed: %s", self.kind, op, exc)
             raise BlobError(f"{self.kind} blob store: {op}: {exc}") from exc
         finally:
             if self.metrics is not None:

@@ -62,6 +62,7 @@ class SeaweedFS:
     data: Path
     ports: list[int]
     proc: subprocess.Popen | None = None
+    shared_bucket: str | None = None
 
     @property
     def endpoint(self) -> str:
@@ -71,7 +72,7 @@ class SeaweedFS:
         master, volume, filer, s3 = self.ports
         return [
             weed_binary() or "weed", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data}",
-            f"-master.port={master}", "-master.volumeSizeLimitMB=64", f"-volume.port={volume}", "-volume.max=20",
+            f"-master.port={master}", "-master.volumeSizeLimitMB=64", f"-volume.port={volume}", "-volume.max=200",
             "-volume.preStopSeconds=0", "-filer", f"-filer.port={filer}", "-s3", f"-s3.port={s3}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
@@ -132,9 +133,17 @@ class SeaweedFS:
         )  # fmt: skip
 
     def new_bucket(self) -> str:
+        """A bucket for a test's blobs. SeaweedFS makes a collection of volumes per bucket,
+        so tests share one bucket and keep apart by prefix (see s3_url)."""
         name = f"posdiag-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)
         return name
+
+    def s3_url(self) -> str:
+        """`s3://BUCKET/PREFIX` with a prefix no other test uses, in the session's bucket."""
+        if self.shared_bucket is None:
+            self.shared_bucket = self.new_bucket()
+        return f"s3://{self.shared_bucket}/{uuid.uuid4().hex[:12]}"
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables a server process reads its credentials from."""

@@ -108,13 +108,13 @@ def test_check_prints_what_it_found_and_fails_on_an_unreachable_store(tmp_path, 
     assert good.returncode == 0, good.stdout + good.stderr
     for what in ("config", "database", "schema", "bundles", "blob store", "blob write/read"):
         assert any(line.startswith(what) for line in good.stdout.splitlines()), good.stdout
-    bucket = seaweedfs.new_bucket()
-    s3 = support("--data", str(data), "check", "--json", "--blobs", f"s3://{bucket}/p", env=seaweedfs.env())
+    url = seaweedfs.s3_url()
+    s3 = support("--data", str(data), "check", "--json", "--blobs", url, env=seaweedfs.env())
     found = json.loads(s3.stdout)
     assert s3.returncode == 0 and found["ok"], s3.stdout
-    assert found["found"]["blob store"].startswith(f"s3 s3://{bucket}/p at {seaweedfs.endpoint}")
+    assert found["found"]["blob store"].startswith(f"s3 {url} at {seaweedfs.endpoint}")
     env = dict(seaweedfs.env(), AWS_ENDPOINT_URL_S3="http://127.0.0.1:9")
-    bad = support("--data", str(data), "check", "--blobs", f"s3://{bucket}", env=env)
+    bad = support("--data", str(data), "check", "--blobs", url, env=env)
     assert bad.returncode == 1 and "1 problem(s)" in bad.stdout
     assert "blob write/read  s3 blob store:" in bad.stdout
 
