@@ -72,7 +72,7 @@ class SeaweedFS:
         master, volume, filer, s3 = self.ports
         return [
             weed_binary() or "weed", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data}",
-            f"-master.port={master}", "-master.volumeSizeLimitMB=64", f"-volume.port={volume}", "-volume.max=200",
+            f"-master.port={master}", "-master.volumeSizeLimitMB=64", "-master.electionTimeout=1s", f"-volume.port={volume}", "-volume.max=200",
             "-volume.preStopSeconds=0", "-filer", f"-filer.port={filer}", "-s3", f"-s3.port={s3}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
