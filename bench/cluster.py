@@ -45,9 +45,10 @@ sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
-from ingest import CLI, drop_pg, free_port, pg_database, wait_up  # noqa: E402
+from ingest import drop_pg, pg_database  # noqa: E402
 from seaweed import running_seaweedfs, unavailable  # noqa: E402
 from server_bundles import PASSWORD, make_bundle  # noqa: E402
+from server_kit import Serve  # noqa: E402
 
 from remote.server import db, store  # noqa: E402
 
@@ -80,47 +81,17 @@ class Pinned:
             (self.group / "cpu.cfs_period_us").write_text("100000")
             (self.group / "cpu.cfs_quota_us").write_text(str(quota_pct * 1000))
 
-    def wrap(self, cmd: list[str]) -> list[str]:
+    def prefix(self) -> tuple[str, ...]:
+        """What runs the server's command inside the quota."""
         if self.how == "systemd":
-            return ["systemd-run", "--scope", "--quiet", "-p", f"CPUQuota={self.quota}%", *cmd]
+            return ("systemd-run", "--scope", "--quiet", "-p", f"CPUQuota={self.quota}%")
         # The shell joins the group, then becomes the server: no instant outside the quota.
-        return ["sh", "-c", f'echo $$ > {self.group}/cgroup.procs && exec "$@"', "sh", *cmd]
+        return ("sh", "-c", f'echo $$ > {self.group}/cgroup.procs && exec "$@"', "sh")
 
     def remove(self) -> None:
         if self.group is not None:
             with contextlib.suppress(OSError):
                 self.group.rmdir()
-
-
-class Server:
-    def __init__(self, url: str, blobs: str, env: dict[str, str], work: Path, pin: Pinned) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.cmd = pin.wrap([
-            str(CLI), "--db", url, "--data", str(work / f"data-{self.port}"), "--blobs", blobs,
-            "serve", "--port", str(self.port), "--workers", "1",
-        ])  # fmt: skip
-        self.env, self.work, self.pin = dict(os.environ, **env), work, pin
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.work / f"serve-{self.port}.log", "ab")  # noqa: SIM115 - kept by the child
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        log.close()
-        wait_up(self.base, self.proc)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 def client(bases: list[str], fleet: list[tuple[str, str]], count: int, duration: float, barrier, out) -> None:
@@ -166,15 +137,17 @@ def client(bases: list[str], fleet: list[tuple[str, str]], count: int, duration:
 
 
 @contextlib.contextmanager
-def cluster(count: int, how: str, quota: int, weed, work: Path) -> Iterator[tuple[str, list[Server]]]:
+def cluster(count: int, how: str, quota: int, weed, work: Path) -> Iterator[tuple[str, list[Serve]]]:
     made = pg_database()
     if made is None:
         raise SystemExit("cluster.py: PostgreSQL at 127.0.0.1:5432 does not answer")
     name, url = made
     pins = [Pinned(how, quota, f"posdiag-bench-{os.getpid()}-{count}-{i}") for i in range(count)]
-    servers = [Server(url, weed.s3_url() if i == 0 else "", weed.env(), work, pin) for i, pin in enumerate(pins)]
-    for s in servers[1:]:  # one store for all
-        s.cmd[s.cmd.index("--blobs") + 1] = servers[0].cmd[servers[0].cmd.index("--blobs") + 1]
+    blobs = ("--blobs", weed.s3_url())
+    servers = [
+        Serve(url, work / f"data-{count}-{i}", work / "logs", extra=blobs, env=weed.env(), prefix=pin.prefix())
+        for i, pin in enumerate(pins)
+    ]
     try:
         engine = db.make_engine(url)
         db.create_schema(engine)
@@ -209,7 +182,7 @@ def stored_ids(url: str) -> list[str]:
 def scale_run(count: int, args: argparse.Namespace, how: str, weed, work: Path) -> dict:
     with cluster(count, how, args.quota, weed, work) as (url, servers):
         fleet = enrol(url, args.terminals)
-        bases = [s.base for s in servers]
+        bases = [s.url for s in servers]
         ctx = multiprocessing.get_context("fork")
         out, barrier = ctx.Queue(), ctx.Barrier(args.client_processes)
         per = max(20, int(args.duration * 8))  # more than a terminal can send in the window
@@ -237,13 +210,10 @@ def scale_run(count: int, args: argparse.Namespace, how: str, weed, work: Path) 
 
 
 def fault_run(args: argparse.Namespace, how: str, weed, work: Path) -> None:
-    from server_kit import Serve  # noqa: F401 - Fleet's servers only need .url
     from test_server_kill import Fleet
 
     with cluster(3, how, args.quota, weed, work) as (url, servers):
         fleet_tokens = dict(enrol(url, 12))
-        for s in servers:
-            s.url = s.base
         with Fleet(servers, fleet_tokens) as fleet:
             time.sleep(3)
             fleet.kill_when_busy(1)
@@ -260,7 +230,7 @@ def fault_run(args: argparse.Namespace, how: str, weed, work: Path) -> None:
         engine.dispose()
         good = 0
         for n, (bundle_id, _digest) in enumerate(rows):
-            got = requests.get(f"{servers[n % 3].base}/api/v1/bundles/{bundle_id}/download",
+            got = requests.get(f"{servers[n % 3].url}/api/v1/bundles/{bundle_id}/download",
                                auth=("support", PASSWORD), timeout=30)  # fmt: skip
             good += got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == fleet.sent.get(bundle_id)
     ids = [r[0] for r in rows]

@@ -40,11 +40,13 @@ class Serve:
 
     def __init__(
         self, db_url: str, data: Path, logs: Path, access_log: bool = False, workers: int = 1,
-        extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+        extra: tuple[str, ...] = (), env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
+        """`extra`: more serve options; `env`: more variables; `prefix`: a command that runs
+        serve (bench/cluster.py's CPU quota)."""
         self.db_url, self.data, self.logs = db_url, data, logs
         self.access_log, self.workers = access_log, workers
-        self.extra, self.env = list(extra), env
+        self.extra, self.env, self.prefix = list(extra), env, list(prefix)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -52,7 +54,7 @@ class Serve:
 
     def start(self, timeout: float = 30) -> None:
         self.starts += 1
-        cmd = [str(SUPPORT), "--db", self.db_url, "--data", str(self.data), "serve", "--port", str(self.port)]
+        cmd = [*self.prefix, str(SUPPORT), "--db", self.db_url, "--data", str(self.data), "serve", "--port", str(self.port)]
         cmd += ["--workers", str(self.workers)] + (["--access-log"] if self.access_log else []) + self.extra
         self.logs.mkdir(parents=True, exist_ok=True)
         out = open(self.logs / f"stdout-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115 (kept by the child)
