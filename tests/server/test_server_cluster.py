@@ -1,5 +1,6 @@
-"""Two servers on one database (the load-balanced set-up): the same bundle sent to both at
-once is stored once, and a probe request is handed out once."""
+"""Several servers on one database (the load-balanced set-up): the same bundle sent to two
+at once is stored once, a probe request is handed out once, and three `serve` processes on
+PostgreSQL and SeaweedFS S3 lose and duplicate nothing when a server or the store is killed."""
 
 from __future__ import annotations
 
