@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -155,3 +156,40 @@ def test_serve_with_a_malformed_s3_url_is_a_one_line_error(tmp_path, bad):
     result = support("--data", str(tmp_path), "serve", "--blobs", bad, "--port", "0")
     assert result.returncode == 2 and "not an s3://BUCKET[/PREFIX] URL" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_two_servers_run_retention_in_the_background_and_count_each_removal_once(tmp_path):
+    with fresh_pg_database() as url:
+        tid, token = enrol(url)
+        config = tmp_path / "posdiag.toml"
+        config.write_text("[server.retention]\ndays = 30\ninterval_minutes = 0.05\n")
+        extra = ("--config", str(config), "--blobs", str(tmp_path / "blobs"))
+        servers = [Serve(url, tmp_path / f"d{i}", tmp_path / "logs", extra=extra) for i in range(2)]
+        try:
+            for s in servers:
+                s.start()
+            ids = [upload(servers[i % 2].url, token, tid) for i in range(6)]
+            engine = db.make_engine(url)
+            with engine.begin() as conn:
+                conn.execute(db.bundles.update().where(db.bundles.c.id.in_(ids[:4])).values(received_at="2020-01-01T00:00:00.000000Z"))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with engine.connect() as conn:
+                    left = conn.execute(sa.select(db.bundles.c.id)).scalars().all()
+                if len(left) == 2:
+                    break
+                time.sleep(0.5)
+            engine.dispose()
+            assert sorted(left) == sorted(ids[4:])
+            time.sleep(1)
+            removed = {"rows": 0.0, "blobs": 0.0}
+            for s in servers:
+                for line in requests.get(s.url + "/metrics", timeout=10).text.splitlines():
+                    for kind in removed:
+                        if line.startswith(f'posdiag_retention_removed_total{{kind="{kind}"}}'):
+                            removed[kind] += float(line.split()[-1])
+        finally:
+            for s in servers:
+                s.stop()
+    assert removed == {"rows": 4.0, "blobs": 4.0}
+    assert len(list((tmp_path / "blobs").glob("*/*"))) == 2
