@@ -105,15 +105,15 @@ def test_three_servers_on_postgresql_and_seaweedfs_survive_a_server_and_a_store_
 
         pollers = [threading.Thread(target=poll, args=(tid,)) for tid in tokens]
         try:
-            for s in servers:
-                s.start()
+            with ThreadPoolExecutor(3) as pool:
+                list(pool.map(lambda s: s.start(timeout=90), servers))
             for t in pollers:
                 t.start()
             with Fleet(servers, tokens) as fleet:
                 time.sleep(1.0)
                 fleet.kill_when_busy(1)
                 time.sleep(0.5)
-                servers[1].start()
+                servers[1].start(timeout=90)
                 time.sleep(1.0)
                 seaweedfs.kill()
                 time.sleep(1.0)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -166,8 +167,8 @@ def test_two_servers_run_retention_in_the_background_and_count_each_removal_once
         extra = ("--config", str(config), "--blobs", str(tmp_path / "blobs"))
         servers = [Serve(url, tmp_path / f"d{i}", tmp_path / "logs", extra=extra) for i in range(2)]
         try:
-            for s in servers:
-                s.start()
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda s: s.start(timeout=90), servers))
             ids = [upload(servers[i % 2].url, token, tid) for i in range(6)]
             engine = db.make_engine(url)
             with engine.begin() as conn:
