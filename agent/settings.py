@@ -81,6 +81,28 @@ class KnowledgeSettings:
 
 
 @dataclass(frozen=True)
+class BlobSettings:
+    """Where bundle files live. Empty strings: the directory DATA/blobs, and boto3's own
+    sources (AWS_* variables, ~/.aws) for whatever an S3 store needs."""
+
+    url: str
+    endpoint_url: str
+    region: str
+    access_key_id: str
+    secret_access_key: str
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long bundles are kept; 0 turns a limit off."""
+
+    days: int = bounded(0, 36500)
+    max_per_terminal: int = bounded(0, 10_000_000)
+    interval_minutes: float = bounded(0.05, 10080)
+    batch: int = bounded(1, 100000)
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """The support server (posdiag-support); terminals ignore this section."""
 
@@ -108,6 +130,8 @@ class ServerSettings:
     signin_max_failures_per_address: int = bounded(1, 1 << 20)
     password_hash_workers: int = bounded(1, 64)
     password_hash_queue: int = bounded(1, 10000)
+    blobs: BlobSettings
+    retention: RetentionSettings
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
 from agent.redact import redact_text
@@ -370,10 +370,11 @@ async def bundle_detail(request: Request, bundle_id: BundleId, user: Reader) -> 
 )
 async def download(request: Request, bundle_id: BundleId, user: Reader) -> Response:
     record = await _record(request, bundle_id)
-    body = await run_in_threadpool(service(request).blobs.get, record["sha256"])
+    chunks = await run_in_threadpool(service(request).blobs.stream, record["sha256"])
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in record["terminal_id"])
     name = f"posdiag-{safe}-{record['id']}.tar.gz"
-    return Response(body, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "Content-Length": str(record["size"])}
+    return StreamingResponse(iterate_in_threadpool(chunks), media_type="application/gzip", headers=headers)
 
 
 @router.get("/stats", response_model=Stats, tags=["bundles"], summary="Fleet counts over a window", responses=errors(401, 422))

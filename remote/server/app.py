@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.settings import ServerSettings
 from remote.server import api, web
+from remote.server.blobs import BlobError
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
 from remote.server.service import Service
@@ -62,6 +63,10 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     @app.exception_handler(IngestError)
     async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
         return api.error_response(exc.status, exc.code, exc.detail)
+
+    @app.exception_handler(BlobError)
+    async def _blob_error(_: Request, exc: BlobError) -> JSONResponse:
+        return api.error_response(503, "blob_store_unavailable", "the blob store failed; try again", {"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -90,6 +90,28 @@ bundles = sa.Table(
     sa.Index("ix_bundles_code", "code", "created_at"),
     sa.Index("ix_bundles_cause", "top_cause", "created_at"),
     sa.Index("ix_bundles_category", "top_category", "created_at"),
+    sa.Index("ix_bundles_sha256", "sha256"),
+    sa.Index("ix_bundles_received", "received_at"),
+)
+
+# Digests whose rows retention removed: `pending` until the blob is deleted (or found still
+# named), then `deleted` for a day, which tells an upload of the same bytes that began
+# before the deletion to write its blob again (remote/server/retention.py).
+blob_orphans = sa.Table(
+    "blob_orphans",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("since", TIME, nullable=False),
+)
+
+# Named leases with an expiry: one SQLite server, one retention pass (remote/server/leases.py).
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(256), nullable=False),
+    sa.Column("expires_at", TIME, nullable=False),
 )
 
 commands = sa.Table(
@@ -207,6 +229,8 @@ def create_schema(engine: Engine) -> None:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263001)"))
         metadata.create_all(conn)
         _add_missing_columns(conn)
+        for index in bundles.indexes:  # indexes added to a table an older release made
+            index.create(conn, checkfirst=True)
         have = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
         if have is None:
             conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=now()))

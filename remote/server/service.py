@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 
 from agent.settings import ServerSettings
 from remote.server import auth, bundleview, db, ingest, store
-from remote.server.blobs import BlobStore
+from remote.server.blobs import BlobStore, open_store
 from remote.server.budget import ByteBudget
 from remote.server.metrics import Metrics
 from remote.server.signin import HashPool
@@ -34,8 +34,8 @@ class Service:
         self.settings = settings
         self.engine: Engine = db.make_engine(db_url)
         db.create_schema(self.engine)
-        self.blobs = BlobStore(data_dir / "blobs")
         self.metrics = Metrics()
+        self.blobs: BlobStore = open_blobs(settings, data_dir, self.metrics)
         self.limits = ingest.Limits.of(settings)
         self.ingest_budget = ByteBudget(settings.ingest_memory_mib << 20)
         self._view_builders = threading.BoundedSemaphore(VIEW_BUILDERS)
@@ -151,7 +151,9 @@ class Service:
         with self._view_builders:  # redaction is CPU- and memory-hungry: a few at a time
             view = bundleview.build(bundle.scan)
         digest = self.blobs.put(body)  # same bytes again: already there, a no-op
-        existing, new = store.insert_bundle(self.engine, index, digest, len(body), view, db.stamp(received))
+        existing, new = store.insert_bundle(
+            self.engine, index, digest, len(body), view, db.stamp(received), lambda: self.blobs.put(body)
+        )
         if existing["terminal_id"] != terminal["id"]:
             raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
         return existing, new
@@ -164,3 +166,15 @@ class Service:
             stored = bundleview.build(ingest.scan(self.blobs.get(record["sha256"]), self.limits))
             store.keep_bundle_view(self.engine, record["id"], stored)
         return {"record": record, **bundleview.parse(stored)}
+
+
+def open_blobs(settings: ServerSettings, data_dir: Path, metrics: Metrics | None = None) -> BlobStore:
+    """The blob store [server.blobs] names (the CLI's --blobs lands there too)."""
+    b = settings.blobs
+    options = {
+        "endpoint_url": b.endpoint_url,
+        "region": b.region,
+        "access_key_id": b.access_key_id,
+        "secret_access_key": b.secret_access_key,
+    }
+    return open_store(b.url, data_dir, options, metrics)

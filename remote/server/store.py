@@ -7,6 +7,7 @@ import json
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from agent.settings import terminal_id_problem
-from remote.server import auth, db
+from remote.server import auth, db, retention
 from remote.server.db import (
     bundle_views,
     bundles,
@@ -285,20 +286,29 @@ def session_revoked(engine: Engine, sid: str) -> bool:
 
 
 def insert_bundle(
-    engine: Engine, index: dict[str, Any], digest: str, size: int, view: str, received_at: str
+    engine: Engine,
+    index: dict[str, Any],
+    digest: str,
+    size: int,
+    view: str,
+    received_at: str,
+    rewrite_blob: Callable[[], object],
 ) -> tuple[dict[str, Any], bool]:
     """Store one bundle row and its view (bundleview.py); (record, True) if new, (stored record,
     False) if its id exists.
 
     The primary key decides under concurrency: of two servers inserting the same id at
     once, one commits and the other gets an IntegrityError and reads the winner's row.
-    A probe request the bundle answers is closed in the same transaction.
+    A probe request the bundle answers is closed in the same transaction, and so is the
+    blob's claim against retention (`rewrite_blob` runs if retention deleted it meanwhile).
     """
     row = dict(index, sha256=digest, size=size, received_at=received_at)
     try:
         with db.writing(engine) as conn:
             conn.execute(bundles.insert().values(**row))
             conn.execute(bundle_views.insert().values(bundle_id=row["id"], view=view))
+            if retention.claim_blob(conn, digest):
+                rewrite_blob()
             if row["command_id"]:
                 conn.execute(
                     commands.update()

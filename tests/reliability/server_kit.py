@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import resource
 import signal
@@ -43,10 +44,14 @@ class Serve:
     def __init__(
         self, db_url: str, data: Path, logs: Path, access_log: bool = False, workers: int = 1,
         config: Path | None = None, files_limit: int | None = None,
+        extra: tuple[str, ...] = (), env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
+        """`extra`: more serve options; `env`: more variables; `prefix`: a command that runs
+        serve (bench/cluster.py's CPU quota); `files_limit` as `LimitNOFILE=` would set it."""
         self.db_url, self.data, self.logs = db_url, data, logs
         self.access_log, self.workers = access_log, workers
         self.config, self.files_limit = config, files_limit
+        self.extra, self.env, self.prefix = list(extra), env, list(prefix)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -54,12 +59,13 @@ class Serve:
 
     def start(self, timeout: float = 30) -> None:
         self.starts += 1
-        cmd = [str(SUPPORT), "--db", self.db_url, "--data", str(self.data), "serve", "--port", str(self.port)]
-        cmd += ["--workers", str(self.workers)] + (["--access-log"] if self.access_log else [])
+        cmd = [*self.prefix, str(SUPPORT), "--db", self.db_url, "--data", str(self.data), "serve", "--port", str(self.port)]
+        cmd += ["--workers", str(self.workers)] + (["--access-log"] if self.access_log else []) + self.extra
         cmd += ["--config", str(self.config)] if self.config else []
         self.logs.mkdir(parents=True, exist_ok=True)
         out = open(self.logs / f"stdout-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115 (kept by the child)
         err = open(self.logs / f"stderr-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115
+        env = dict(os.environ, **self.env) if self.env else None
         limit = self.files_limit
 
         def lower_files_limit() -> None:  # as `LimitNOFILE=` in a systemd unit would
@@ -67,7 +73,7 @@ class Serve:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
         self.proc = subprocess.Popen(
-            cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT, preexec_fn=lower_files_limit
+            cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT, env=env, preexec_fn=lower_files_limit
         )
         out.close()
         err.close()

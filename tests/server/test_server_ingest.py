@@ -53,7 +53,7 @@ def test_upload_is_stored_indexed_and_blob_is_content_addressed(server):
     assert record["trigger_kind"] == "error" and record["model"] == "A920" and record["firmware"] == "1.2.3"
     digest = hashlib.sha256(body).hexdigest()
     assert record["sha256"] == digest and record["size"] == len(body)
-    assert server.service.blobs.path(digest).read_bytes() == body
+    assert server.service.blobs.get(digest) == body
     assert stored_count(server, bundle_id) == 1
 
 
