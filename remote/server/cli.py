@@ -164,8 +164,8 @@ def serve_problem(url: str, host: str, port: int) -> str | None:
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in DB_SCHEMES:
         return f"unsupported database URL {url.split('://', 1)[0]}://...: use sqlite:///PATH or postgresql://USER@HOST/DB"
-    if not 1 <= port <= 65535:
-        return f"port {port} is out of range (1-65535)"
+    if not 0 <= port <= 65535:  # 0: any free port
+        return f"port {port} is out of range (0-65535)"
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from agent.settings import RetentionSettings
 from remote.server import db, leases
 from remote.server.blobs import BlobError, BlobStore
-from remote.server.db import blob_orphans, bundles
+from remote.server.db import blob_orphans, bundle_views, bundles
 from remote.server.metrics import Metrics
 
 LOCK = "retention"
@@ -122,7 +122,9 @@ def _remove_rows(engine: Engine, query: Any) -> tuple[int, int]:
     insert = (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(blob_orphans)
     since = db.now()
     with db.writing(engine) as conn:
-        removed = conn.execute(bundles.delete().where(bundles.c.id.in_([r.id for r in found]))).rowcount
+        ids = [r.id for r in found]
+        conn.execute(bundle_views.delete().where(bundle_views.c.bundle_id.in_(ids)))  # its redacted text goes too
+        removed = conn.execute(bundles.delete().where(bundles.c.id.in_(ids))).rowcount
         conn.execute(
             insert.on_conflict_do_update(index_elements=["sha256"], set_={"state": "pending", "since": since}),
             [{"sha256": d, "state": "pending", "since": since} for d in {r.sha256 for r in found}],

@@ -124,8 +124,9 @@ def test_retention_removes_exactly_the_expired_rows_and_blobs_while_uploads_run(
         assert done is not None and (done.by_age, done.by_count, done.blobs) == (5, 3, 8)
         left = rows(server)
         assert set(left) == {i for i, _ in kept + during} and during
-        for _, digest in expired:
+        for bundle_id, digest in expired:
             assert not server.service.blobs.exists(digest)
+            assert store.bundle_view(server.service.engine, bundle_id) is None  # its redacted view went too
         for bundle_id, digest in kept + during:
             assert server.get(f"/api/v1/bundles/{bundle_id}/download").content
             assert server.service.blobs.exists(digest)
@@ -150,7 +151,7 @@ def test_an_upload_that_found_its_blob_before_retention_deleted_it_writes_it_aga
         # ... and only then does the upload insert its row: the blob is written again first.
         index = {k: v for k, v in record.items() if k not in ("sha256", "size", "received_at")}
         written = []
-        store.insert_bundle(server.service.engine, index, record["sha256"], record["size"],
+        store.insert_bundle(server.service.engine, index, record["sha256"], record["size"], "{}", record["received_at"],
                             lambda: written.append(server.service.blobs.put(body)))  # fmt: skip
         assert written == [record["sha256"]]
         assert server.get(f"/api/v1/bundles/{bundle_id}/download").content == body
