@@ -197,12 +197,13 @@ def debian_root(cache: Path, arch: Arch, log: Path) -> Path:
         return root
     debs = cache / "debs" / arch.deb
     debs.mkdir(parents=True, exist_ok=True)
-    with step(f"{arch.name}: debootstrap {SUITE} {arch.deb} (first stage)"), fresh(root) as tmp:
-        run(
-            ["debootstrap", f"--arch={arch.deb}", "--foreign", "--variant=minbase", f"--cache-dir={debs}",
-             f"--include={','.join(ROOT_PACKAGES)}", SUITE, str(tmp), MIRROR],
-            log,
-        )  # fmt: skip
+    with fresh(root) as tmp:
+        with step(f"{arch.name}: debootstrap {SUITE} {arch.deb} (first stage)"):
+            run(
+                ["debootstrap", f"--arch={arch.deb}", "--foreign", "--variant=minbase", f"--cache-dir={debs}",
+                 f"--include={','.join(ROOT_PACKAGES)}", SUITE, str(tmp), MIRROR],
+                log,
+            )  # fmt: skip
         with step(f"{arch.name}: debootstrap second stage under qemu"):
             run(["chroot", str(tmp), "/debootstrap/debootstrap", "--second-stage"], log, env=CLEAN_ENV)
     return root
@@ -228,6 +229,7 @@ def freeze_in_root(cache: Path, arch: Arch, log: Path, out: Path) -> str:
         if not (root / venv.lstrip("/") / "bin/python").exists():
             with step(f"{arch.name}: build venv in the root"):
                 shutil.copytree(wheels, build / "wheels", dirs_exist_ok=True)
+                shutil.rmtree(root / (venv + ".partial").lstrip("/"), ignore_errors=True)
                 run([*chroot, "/usr/bin/python3", "-m", "venv", venv + ".partial"], log, env=CLEAN_ENV)
                 run([*chroot, venv + ".partial/bin/python", "-m", "pip", "install", "--quiet", "--no-index",
                      "--find-links", "/opt/build/wheels", *requirements()], log, env=CLEAN_ENV)  # fmt: skip
