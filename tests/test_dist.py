@@ -113,6 +113,8 @@ def test_x86_64_executable_runs_bare(dist, tmp_path):
     expired = bare_run([], str(program), "probe", "--simulate", "network.cert_expired", "--only", "network", "--json", home=str(bare / "home"))
     assert "network.cert_expired" in {f["id"] for p in json.loads(expired.stdout)["probes"] for f in p["findings"]}
     assert not any((bare / "home").iterdir())
+    demo = bare_run([], str(program), "demo", home=str(bare / "home"))
+    assert demo.returncode == 2 and "invalid choice: 'demo'" in demo.stderr  # the server is not in it
 
 
 @contextlib.contextmanager
