@@ -260,6 +260,7 @@ def executable(cache: Path, arch: Arch, log: Path) -> tuple[Path, str]:
             (tmp / "glibc").write_text(glibc)
     else:
         print(f"  {arch.name}: unchanged tree, executable from the cache ({done.name})")
+        os.utime(done)  # in use: prune keeps the newest
     return done / "posdiag", (done / "glibc").read_text().strip()
 
 
@@ -276,8 +277,21 @@ def package(cache: Path, frozen: Path, arch: Arch, version: str, glibc: str, out
     if not (done / name).exists():
         with step(f"{arch.name}: {name} (dpkg-deb, lintian)"), fresh(done) as tmp:
             build_deb(frozen, arch.deb, version, glibc, tmp, log)
+    os.utime(done)
     shutil.copy2(done / name, out / name)
     return out / name
+
+
+KEEP_BUILDS = 6  # per arch: the trees of a few branches stay cached side by side
+
+
+def prune(cache: Path) -> None:
+    """Drop all but the newest builds of each arch: every source change adds ~20 MB."""
+    for kind in ("artifacts", "debs-built"):
+        entries = sorted((cache / kind).glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for arch in {p.name.split("-", 1)[0] for p in entries}:
+            for stale in [p for p in entries if p.name.split("-", 1)[0] == arch][KEEP_BUILDS:]:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_deb:
             made.append(package(args.cache, frozen, arch, version, glibc, args.out, log))
         print(f"  {arch.name}: {time.monotonic() - started:.0f} s", flush=True)
+    prune(args.cache)
     print("artifacts:")
     too_big = []
     for path in made:
