@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.redact import Redactor
 
 log = logging.getLogger("posdiag.sources")
 
@@ -63,7 +62,7 @@ def terminal_identity_key(config: Any, state_dir: Path) -> str:
     hardware serial, and an instance id made at the first start and kept in the state
     directory. Terminals built from one image share the first (often still "UNSET"); the
     serial or, where the OS has none, the instance id sets them apart."""
-    from agent.bundle import terminal_identity
+    from agent.facts import terminal_identity
 
     terminal = terminal_identity(config.section("terminal"), config.section("host"))
     instance = state_dir / "instance-id"
@@ -98,6 +97,8 @@ def clean_code(code: str) -> str:
     code reaches the agent's log, the socket answer and the bundle manifest. Cut to
     MAX_CODE_LENGTH after redaction (a mask can be longer than what it hides), so the
     server, which refuses longer codes, never refuses the bundle."""
+    from agent.redact import Redactor  # on the first event: an idle agent need not hold its patterns
+
     return Redactor().text(code)[:MAX_CODE_LENGTH]
 
 
@@ -118,6 +119,8 @@ def parse_event_document(doc: Any) -> tuple[str, str | None, dict[str, Any]]:
     context = doc.get("context", {})
     if not isinstance(context, dict):
         raise ValueError("'context' must be an object")
+    from agent.redact import Redactor
+
     return clean_code(code), scheme, Redactor().data(context)
 
 
@@ -513,6 +516,8 @@ class LogFollower:
         """The lines redacted together with the line before them (a PAN may wrap)."""
         if not texts:
             return []
+        from agent.redact import Redactor
+
         cleaned = Redactor().text("\n".join([self.last_line, *texts])).split("\n")[1:]
         self.last_line = texts[-1]
         if len(cleaned) != len(texts):  # a redaction that joined lines: one by one instead
