@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
+from remote.server.fleet.models import FleetDispatch, IncidentNotice
+
 
 class ErrorBody(BaseModel):
     error: str = Field(description="short machine code, e.g. bad_signature")
@@ -32,6 +34,9 @@ class BundleRecord(BaseModel):
     received_at: str
     sha256: str
     size: int
+    fleet_dispatch: FleetDispatch | None = Field(
+        default=None, description="hold: inside a fleet outage's scope and span; the terminal's own verdict stays in verdict"
+    )
 
 
 class BundleList(BaseModel):
@@ -102,6 +107,9 @@ class NextCommand(BaseModel):
     command_id: str
     probes: list[str] | None
     code: str | None
+    incidents: list[IncidentNotice] = Field(
+        default_factory=list, description="open fleet incidents covering the terminal (also in X-Posdiag-Incidents)"
+    )
 
 
 class Terminal(BaseModel):

@@ -15,6 +15,7 @@ from agent.redact import Redactor, redact_text
 from agent.settings import ServerSettings
 from remote.server import auth, db, ingest, store
 from remote.server.blobs import BlobStore
+from remote.server.fleet.engine import Fleet
 from remote.server.metrics import Metrics
 
 BASIC_CACHE_SECONDS = 60.0
@@ -33,12 +34,14 @@ class Service:
         db.create_schema(self.engine)
         self.blobs = BlobStore(data_dir / "blobs")
         self.metrics = Metrics()
+        self.fleet = Fleet(self.engine, settings)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()
         self._decoy = auth.hash_password(auth.new_nonce())
 
     def close(self) -> None:
+        self.fleet.stop()
         self.engine.dispose()
 
     # -- who is asking ------------------------------------------------------------------
@@ -85,9 +88,13 @@ class Service:
         if idempotency_key and idempotency_key.strip().lower() != bundle.id:
             raise ingest.IngestError(422, "idempotency_key_mismatch", "Idempotency-Key differs from the manifest's bundle_id")
         digest = self.blobs.put(body)  # same bytes again: already there, a no-op
-        existing, new = store.insert_bundle(self.engine, bundle.index(), digest, len(body))
+        index = bundle.index()
+        index["created_at"], clamped = self.fleet.clamp(index["created_at"], db.now())
+        existing, new = store.insert_bundle(self.engine, index, digest, len(body))
         if existing["terminal_id"] != terminal["id"]:
             raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
+        if new:
+            self.fleet.on_bundle(bundle, existing, clamped)
         return existing, new
 
     # -- reading a stored bundle ----------------------------------------------------------

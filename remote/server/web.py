@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from remote.server import auth, chart, db, store
+from remote.server.fleet import inventory as fleet_inventory
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
 from remote.server.service import Service, User
@@ -85,6 +86,8 @@ def service(request: Request) -> Service:
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     srv = service(request)
     nonce = request.cookies.get(CSRF_COOKIE) or auth.new_nonce()
+    if context.get("user") is not None:
+        context.setdefault("open_outages", fleet_web.open_outages(srv))
     html = templates.get_template(name).render(
         csrf=srv.signer.csrf_token(nonce), path=request.url.path, user=context.pop("user", None), **context
     )
@@ -226,9 +229,10 @@ async def bundle_page(request: Request, bundle_id: str) -> Response:
     probes = detail["probes"]
     if isinstance(probes, dict):
         probes = probes.get("probes", [])
+    fleet = await run_in_threadpool(fleet_web.bundle_fleet, srv, record["id"])
     return render(
         request, "bundle.html", user=user, r=record, d=detail["diagnosis"], manifest=detail["manifest"],
-        probes=probes if isinstance(probes, list) else [], logs=detail["logs"],
+        probes=probes if isinstance(probes, list) else [], logs=detail["logs"], fleet=fleet,
     )  # fmt: skip
 
 
@@ -237,8 +241,18 @@ async def terminal_list(request: Request) -> Response:
     user = await page_user(request)
     if user is None:
         return to_login(request)
-    rows = await run_in_threadpool(store.list_terminals, service(request).engine)
-    return render(request, "terminals.html", user=user, rows=rows)
+    srv = service(request)
+    status = request.query_params.get("status") or None
+    status = status if status in ("ok", "missing", "at_risk") else None
+    try:
+        rows, next_cursor = await run_in_threadpool(
+            fleet_inventory.list_terminals, srv.engine, srv.settings.fleet, db.now(), status, {},
+            srv.settings.page_size, request.query_params.get("cursor") or None,
+        )  # fmt: skip
+    except ValueError:
+        rows, next_cursor = [], None
+    counts = await run_in_threadpool(fleet_inventory.status_counts, srv.engine, srv.settings.fleet, db.now())
+    return render(request, "terminals.html", user=user, rows=rows, status=status, counts=counts, next_cursor=next_cursor)
 
 
 @router.get("/terminals/{terminal_id}")
@@ -254,9 +268,10 @@ async def terminal_page(request: Request, terminal_id: str, requested: str = "")
         store.list_bundles, srv.engine, store.BundleFilter(terminal=terminal_id), srv.settings.page_size
     )
     commands = await run_in_threadpool(store.list_commands, srv.engine, terminal_id)
+    fleet = await run_in_threadpool(fleet_web.terminal_health, srv, terminal_id)
     return render(
         request, "terminal.html", user=user, t=terminal, rows=rows, commands=commands,
-        probe_names=PROBE_NAMES, requested=requested,
+        probe_names=PROBE_NAMES, requested=requested, **fleet,
     )  # fmt: skip
 
 
@@ -278,3 +293,6 @@ async def request_probes(request: Request, terminal_id: str) -> Response:
     except store.StoreError as exc:
         return render(request, "error.html", status=404, user=user, message=exc.detail)
     return RedirectResponse(f"/terminals/{quote(terminal_id, safe='')}?requested={command['id']}", status_code=303)
+
+
+from remote.server import fleet_web  # noqa: E402  (fleet_web builds on this module's helpers)
