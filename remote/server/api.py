@@ -244,7 +244,7 @@ async def next_command(
     headers = {"X-Posdiag-Incidents": fleet_incidents.header(notices)}
     if found is None:
         return Response(status_code=204, headers=headers)
-    answer = NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"], incidents=notices)
+    answer = NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"])
     return JSONResponse(answer.model_dump(), headers=headers)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from remote.server.fleet.models import FleetDispatch, IncidentNotice
+from remote.server.fleet.models import FleetDispatch
 
 
 class ErrorBody(BaseModel):
@@ -107,9 +107,6 @@ class NextCommand(BaseModel):
     command_id: str
     probes: list[str] | None
     code: str | None
-    incidents: list[IncidentNotice] = Field(
-        default_factory=list, description="open fleet incidents covering the terminal (also in X-Posdiag-Incidents)"
-    )
 
 
 class Terminal(BaseModel):
