@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -20,6 +21,11 @@ class Metrics:
         self._bucket_counts = [0] * len(BUCKETS)
         self._sum = 0.0
         self._count = 0
+        self._gauges: list[tuple[str, str, Callable[[], dict[str, float]]]] = []
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], dict[str, float]]) -> None:
+        """A gauge read at scrape time: `read` answers {label text: value}, e.g. {'kind="outage"': 2}."""
+        self._gauges.append((name, help_text, read))
 
     def accepted(self, new: bool, seconds: float) -> None:
         with self._lock:
@@ -61,4 +67,7 @@ class Metrics:
             lines.append(f'posdiag_ingest_seconds_bucket{{le="+Inf"}} {self._count}')
             lines.append(f"posdiag_ingest_seconds_sum {self._sum:.6f}")
             lines.append(f"posdiag_ingest_seconds_count {self._count}")
+        for name, help_text, read in self._gauges:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            lines += [f"{name}{{{labels}}} {value:g}" for labels, value in sorted(read().items())]
         return "\n".join(lines) + "\n"

@@ -35,6 +35,7 @@ class Service:
         self.blobs = BlobStore(data_dir / "blobs")
         self.metrics = Metrics()
         self.fleet = Fleet(self.engine, settings)
+        self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()

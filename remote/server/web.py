@@ -252,7 +252,7 @@ async def terminal_list(request: Request) -> Response:
     except ValueError:
         rows, next_cursor = [], None
     counts = await run_in_threadpool(fleet_inventory.status_counts, srv.engine, srv.settings.fleet, db.now())
-    return render(request, "terminals.html", user=user, rows=rows, status=status, counts=counts, next_cursor=next_cursor)
+    return render(request, "terminals.html", user=user, rows=rows, shown=status, counts=counts, next_cursor=next_cursor)
 
 
 @router.get("/terminals/{terminal_id}")

@@ -107,6 +107,7 @@ def test_outage_webhook_survives_a_restart_and_terminals_are_told(db_url, tmp_pa
     assert poll.status_code == 200 and poll.json()["probes"] == ["network"]
     assert json.loads(poll.headers["X-Posdiag-Incidents"])[0]["id"] == told["incidents"][0]["id"]
 
+    assert 'posdiag_fleet_incidents_open{kind="outage"} 1' in requests.get(f"{server.url}/metrics", timeout=30).text
     assert wait_for(lambda: receiver.refused >= 2)  # tried, refused, retried
     first.close()  # the server stops with the delivery still owed
     receiver.down = False

@@ -105,6 +105,14 @@ class Fleet:
         found = incidents.covering(self.engine, terminal_id, row["model"], row["firmware"], row["app_version"])
         return [incidents.notice(i) for i in found]
 
+    def open_counts(self) -> dict[str, float]:
+        """Open incidents by kind, for the Prometheus gauge (from the database: every
+        worker process reports the same)."""
+        table = incidents.incidents
+        with self.engine.connect() as conn:
+            rows = dict(conn.execute(sa.select(table.c.kind, sa.func.count()).where(table.c.status == "open").group_by(table.c.kind)).all())
+        return {f'kind="{kind}"': float(rows.get(kind, 0)) for kind in ("outage", "regression")}
+
     # -- detectors ------------------------------------------------------------------------
 
     def _announce(self, conn: sa.Connection, touched: list[tuple[str, bool]], event: str = "incident.opened") -> None:
