@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from remote.server.fleet import sql, timing
 from remote.server.fleet.schema import problem_counts, problem_hits, problems, terminal_labels
 
+BREAKDOWN_TOP = 10  # values shown per model, firmware and label breakdown
 FIELDS = ("scheme", "code", "scheme_code", "top_cause", "top_category", "fail_findings", "model", "firmware", "app_version")
 
 
@@ -87,7 +88,7 @@ def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, la
         },
     )  # fmt: skip
     counts = [("model", index["model"]), ("firmware", index["firmware"]), ("day", day)]
-    counts += [("label", f"{k}={v}") for k, v in sorted(labels.items())]
+    counts += [(f"label:{k}", v) for k, v in sorted(labels.items())]
     sql.add_counts(
         conn, problem_counts, ["problem_id", "dim", "key"],
         [{"problem_id": pid, "dim": dim, "key": key[:200], "count": 1} for dim, key in counts], "count",
@@ -154,27 +155,29 @@ def _items(conn: sa.Connection, ranked: list[Any], since: str | None, until: str
     if not ids:
         return []
     rows = {r["id"]: r for r in conn.execute(sa.select(problems).where(problems.c.id.in_(ids))).mappings()}
+    pc = problem_counts.c
+    place = sa.func.row_number().over(partition_by=(pc.problem_id, pc.dim), order_by=(pc.count.desc(), pc.key)).label("place")
+    ranked_counts = sa.select(pc.problem_id, pc.dim, pc.key, pc.count, place).where(pc.problem_id.in_(ids), pc.dim != "day").subquery()
     counts: dict[str, dict[str, list[tuple[str, int]]]] = {pid: {} for pid in ids}
-    for r in conn.execute(sa.select(problem_counts).where(problem_counts.c.problem_id.in_(ids))):
+    top = sa.select(ranked_counts).where(ranked_counts.c.place <= BREAKDOWN_TOP)
+    days = sa.select(pc.problem_id, pc.dim, pc.key, pc.count).where(pc.problem_id.in_(ids), pc.dim == "day")
+    if since:
+        days = days.where(pc.key >= since[:10])
+    if until:
+        days = days.where(pc.key <= until[:10])
+    for r in [*conn.execute(top), *conn.execute(days)]:
         counts[r.problem_id].setdefault(r.dim, []).append((r.key, r.count))
     out = []
     for r in ranked:
         p, c = rows[r.id], counts[r.id]
-        by_label: dict[str, list[dict[str, Any]]] = {}
-        for key, count in c.get("label", []):
-            name, _, value = key.partition("=")
-            by_label.setdefault(name, []).append({"key": value, "count": count})
+        by_label = {dim.removeprefix("label:"): _ranked(pairs) for dim, pairs in c.items() if dim.startswith("label:")}
         days = sorted(c.get("day", []))
-        if since:
-            days = [d for d in days if d[0] >= since[:10]]
-        if until:
-            days = [d for d in days if d[0] <= until[:10]]
         out.append({
             "id": p["id"], "signature": p["signature"], "code": p["code"], "scheme": p["scheme"], "top_cause": p["top_cause"],
             "first_seen": p["first_seen"], "last_seen": p["last_seen"], "bundles": int(r.bundles),
             "terminals_affected": int(r.terminals),
             "by_model": _ranked(c.get("model", [])), "by_firmware": _ranked(c.get("firmware", [])),
-            "by_label": {k: sorted(v, key=lambda x: (-x["count"], x["key"])) for k, v in sorted(by_label.items())},
+            "by_label": dict(sorted(by_label.items())),
             "daily": [{"key": d, "count": n} for d, n in days],
         })  # fmt: skip
     return out

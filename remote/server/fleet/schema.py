@@ -120,11 +120,11 @@ problems = sa.Table(
     sa.Index("ix_problems_rank", "terminals_affected", "id"),
 )
 
-problem_counts = sa.Table(  # by model, firmware, label (key=value) and day
+problem_counts = sa.Table(  # dim: model, firmware, day, or label:KEY (key: the value)
     "problem_counts",
     metadata,
     sa.Column("problem_id", sa.String(32), primary_key=True),
-    sa.Column("dim", sa.String(16), primary_key=True),
+    sa.Column("dim", sa.String(48), primary_key=True),
     sa.Column("key", sa.String(200), primary_key=True),
     sa.Column("count", sa.Integer, nullable=False),
 )
