@@ -61,7 +61,7 @@ class Scenario:
     days: float = 1.5
     seed: int = 7
     background_per_hour: float = 0.04
-    heartbeat_hours: float = 2.0
+    heartbeat_hours: float = 3.0
     late_terminals: int = 0
     late_hours: float = 3.0
     end: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1))

@@ -16,6 +16,9 @@ from server_harness import default_settings, fresh_pg_database, start_server
 
 from remote.server import db
 
+# A simulated fleet is a few hundred requests through the real API: more than the default limit.
+pytestmark = pytest.mark.timeout(600)
+
 
 def sim_settings():
     """The packaged defaults, but a regression may be called on 8 terminals (the simulated

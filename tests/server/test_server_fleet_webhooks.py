@@ -20,6 +20,7 @@ from server_harness import default_settings, fresh_pg_database, start_server
 from remote.server import db, store
 
 SECRET = "webhook-test-secret"
+pytestmark = pytest.mark.timeout(300)
 
 
 class Receiver:
