@@ -109,14 +109,6 @@ class NextCommand(BaseModel):
     code: str | None
 
 
-class Terminal(BaseModel):
-    id: str
-    created_at: str
-    revoked_at: str | None
-    last_seen_at: str | None
-    bundles: int
-
-
 class TerminalCreate(BaseModel):
     id: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f/]+$")
 

@@ -207,8 +207,9 @@ def summary(scope_key: str, failing: int, active: int, expected: float, settings
     where = ", ".join(f"{k} {v}" for k, v in inventory.parse_scope_key(scope_key).items())
     minutes = f"{settings.outage_window_minutes:g}"
     return {
-        "en": f"Host or network outage on {where}: {failing} of {active} terminals failed within {minutes} min (baseline {expected:.2f}).",
-        "zh": f"{where} 主机或网络故障：{active} 台终端中 {failing} 台在 {minutes} 分钟内失败（基线 {expected:.2f}）。",
+        "en": f"Host or network outage on {where}: {failing} of {active} terminals failing "
+              f"(baseline {expected:.2f} per {minutes}-minute window).",
+        "zh": f"{where} 主机或网络故障：{active} 台终端中 {failing} 台失败（基线每 {minutes} 分钟 {expected:.2f}）。",
     }
 
 

@@ -40,7 +40,7 @@ def detect(conn: sa.Connection, watermark: str, settings: FleetSettings, now: st
     touched = []
     for hit in found.values():
         key = inventory.scope_key(hit["scope"])
-        incident_id, new = incidents.open_incident(conn, "regression", key, _values(hit, now, since))
+        incident_id, new = incidents.open_incident(conn, "regression", key, _values(hit, now))
         if not new:
             conn.execute(incidents_t.update().where(incidents_t.c.id == incident_id).values(
                 last_hit_at=watermark, terminals_affected=hit["affected"], terminals_in_scope=hit["terminals"],
@@ -67,19 +67,20 @@ def _hits(conn: sa.Connection, dim: str, since: str, settings: FleetSettings) ->
     counts: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = defaultdict(dict)
     for r in conn.execute(
         sa.select(b.model, b[dim].label("version"), b.top_category, sa.func.count().label("x"),
-                  sa.func.count(sa.distinct(b.terminal_id)).label("affected"), sa.func.count().label("bundles"))
+                  sa.func.count(sa.distinct(b.terminal_id)).label("affected"), sa.func.count().label("bundles"),
+                  sa.func.min(b.event_at).label("first"))
         .where(b.event_at >= since, b.top_category.is_not(None), b.hold_incident.is_(None))
         .group_by(b.model, b[dim], b.top_category)
     ):  # fmt: skip
-        counts[(r.model, r.top_category)][r.version] = (r.x, r.affected, r.bundles)
+        counts[(r.model, r.top_category)][r.version] = (r.x, r.affected, r.bundles, r.first)
     out = []
     for (model, category), by_version in counts.items():
         versions = {v for (m, v) in exposure if m == model}
         for version in versions:
             e_v, terminals = exposure[(model, version)]
-            x_v, affected, bundles = by_version.get(version, (0, 0, 0))
+            x_v, affected, bundles, first = by_version.get(version, (0, 0, 0, since))
             e_o = sum(exposure[(model, o)][0] for o in versions if o != version)
-            x_o = sum(by_version.get(o, (0, 0, 0))[0] for o in versions if o != version)
+            x_o = sum(by_version.get(o, (0,))[0] for o in versions if o != version)
             if not e_o or terminals < settings.regression_min_terminals or affected < settings.regression_min_affected:
                 continue
             expected = max(x_o, 0.5) / e_o * e_v
@@ -87,11 +88,11 @@ def _hits(conn: sa.Connection, dim: str, since: str, settings: FleetSettings) ->
             if x_v >= settings.regression_min_ratio * expected and p_value < settings.regression_p_value:
                 out.append({"scope": {"model": model, dim: version}, "category": category, "affected": affected,
                             "terminals": terminals, "bundles": bundles, "expected": expected, "p_value": p_value,
-                            "x": x_v, "rate": x_v / e_v, "other_rate": x_o / e_o})  # fmt: skip
+                            "x": x_v, "rate": x_v / e_v, "other_rate": x_o / e_o, "first": first})  # fmt: skip
     return out
 
 
-def _values(hit: dict[str, Any], now: str, since: str) -> dict[str, Any]:
+def _values(hit: dict[str, Any], now: str) -> dict[str, Any]:
     scope = hit["scope"]
     dim = "firmware" if "firmware" in scope else "app_version"
     what = f"{scope['model']} {dim.replace('_', ' ')} {scope[dim]}"
@@ -103,7 +104,7 @@ def _values(hit: dict[str, Any], now: str, since: str) -> dict[str, Any]:
     }  # fmt: skip
     return {
         "scope": json.dumps(scope, sort_keys=True), "categories": json.dumps([hit["category"]]), "codes": "[]",
-        "started_at": since, "detected_at": now, "last_hit_at": now, "terminals_affected": hit["affected"],
+        "started_at": hit["first"], "detected_at": now, "last_hit_at": now, "terminals_affected": hit["affected"],
         "terminals_in_scope": hit["terminals"], "bundles": hit["bundles"], "expected": hit["expected"],
         "p_value": hit["p_value"], "summary": json.dumps(text, ensure_ascii=False),
     }  # fmt: skip
