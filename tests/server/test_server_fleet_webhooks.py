@@ -126,3 +126,29 @@ def test_outage_webhook_survives_a_restart_and_terminals_are_told(db_url, tmp_pa
     assert headers["X-Posdiag-Signature"] == expected and headers["X-Posdiag-Event"] == "incident.opened"
     assert body["data"]["kind"] == "outage" and body["data"]["scope"] == labels and body["data"]["terminals_affected"] >= 5  # at opening
     receiver.http.shutdown()
+
+
+def test_one_noisy_terminal_never_opens_an_outage(db_url, tmp_path):
+    """Thirty host failures in ten minutes from one terminal of eight: one distinct terminal,
+    below outage_min_terminals whatever the rate; its bundles are not held."""
+    labels = {"acquirer": "N", "region": "west"}
+    now = datetime.now(UTC)
+    servers = start_server(db_url, tmp_path / "data", "noisy", settings(""))
+    server = next(servers)
+    try:
+        tokens = [store.add_terminal(server.service.engine, f"N-{i}") for i in range(8)]
+        for i, token in enumerate(tokens):
+            answer = requests.post(f"{server.url}/api/v1/heartbeats", json=beat(f"N-{i}", now - timedelta(hours=1), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            assert answer.status_code == 202
+        ids = []
+        for k in range(30):
+            bundle_id, body = make_bundle(tokens[0], "N-0", code="96", cause="host.unreachable", category="host", verdict="remote",
+                                          created_at=db.stamp(now - timedelta(minutes=10 - k / 3)), labels=labels)  # fmt: skip
+            assert server.upload(tokens[0], body, bundle_id).status_code == 201
+            ids.append(bundle_id)
+        server.service.fleet.sweep()
+        assert server.get("/api/v1/incidents").json()["items"] == []
+        listed = server.get("/api/v1/bundles", params={"terminal": "N-0", "limit": 50}).json()["items"]
+        assert len(listed) == 30 and all(b["fleet_dispatch"] is None for b in listed)
+    finally:
+        servers.close()
