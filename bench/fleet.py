@@ -201,6 +201,15 @@ ROLLUPS = [
         SELECT h.problem_id, 'label:' || l.key, l.value, sum(h.bundles)
         FROM problem_hits h JOIN terminal_labels l ON l.terminal_id = h.terminal_id
         GROUP BY h.problem_id, l.key, l.value"""),
+    ("problem breakdowns (top 10 per dimension)", """
+        UPDATE problems p SET breakdown = sub.j FROM (
+            SELECT problem_id, json_object_agg(dim, arr)::text AS j FROM (
+                SELECT problem_id, dim, json_agg(json_build_array(key, count) ORDER BY count DESC, key) AS arr FROM (
+                    SELECT *, row_number() OVER (PARTITION BY problem_id, dim ORDER BY count DESC, key) AS place
+                    FROM problem_counts WHERE dim <> 'day') ranked
+                WHERE place <= 10 GROUP BY problem_id, dim) per_dim
+            GROUP BY problem_id) sub
+        WHERE p.id = sub.problem_id"""),
     ("analyze", "ANALYZE"),
 ]
 

@@ -93,7 +93,25 @@ def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, la
         conn, problem_counts, ["problem_id", "dim", "key"],
         [{"problem_id": pid, "dim": dim, "key": key[:200], "count": 1} for dim, key in counts], "count",
     )  # fmt: skip
+    _refresh_breakdown(conn, pid, [dim for dim, _ in counts if dim != "day"])
     return pid
+
+
+def _refresh_breakdown(conn: sa.Connection, pid: str, dims: list[str]) -> None:
+    """Keep the top values of the dimensions this bundle touched in problems.breakdown, so
+    that a page of problems reads no per-value counts (a label such as merchant has
+    thousands of values). Two servers racing may leave one dimension a bundle stale; the
+    next bundle of that problem and dimension puts it right."""
+    stored = conn.execute(sa.select(problems.c.breakdown).where(problems.c.id == pid)).scalar()
+    breakdown = json.loads(stored) if stored else {}
+    pc = problem_counts.c
+    for dim in dims:
+        rows = conn.execute(
+            sa.select(pc.key, pc.count).where(pc.problem_id == pid, pc.dim == dim)
+            .order_by(pc.count.desc(), pc.key).limit(BREAKDOWN_TOP)
+        ).all()  # fmt: skip
+        breakdown[dim] = [[r.key, r.count] for r in rows]
+    conn.execute(problems.update().where(problems.c.id == pid).values(breakdown=json.dumps(breakdown, sort_keys=True)))
 
 
 def _cursor(terminals: int, pid: str) -> str:
@@ -156,17 +174,16 @@ def _items(conn: sa.Connection, ranked: list[Any], since: str | None, until: str
         return []
     rows = {r["id"]: r for r in conn.execute(sa.select(problems).where(problems.c.id.in_(ids))).mappings()}
     pc = problem_counts.c
-    place = sa.func.row_number().over(partition_by=(pc.problem_id, pc.dim), order_by=(pc.count.desc(), pc.key)).label("place")
-    ranked_counts = sa.select(pc.problem_id, pc.dim, pc.key, pc.count, place).where(pc.problem_id.in_(ids), pc.dim != "day").subquery()
-    counts: dict[str, dict[str, list[tuple[str, int]]]] = {pid: {} for pid in ids}
-    top = sa.select(ranked_counts).where(ranked_counts.c.place <= BREAKDOWN_TOP)
-    days = sa.select(pc.problem_id, pc.dim, pc.key, pc.count).where(pc.problem_id.in_(ids), pc.dim == "day")
+    days = sa.select(pc.problem_id, pc.key, pc.count).where(pc.problem_id.in_(ids), pc.dim == "day")
     if since:
         days = days.where(pc.key >= since[:10])
     if until:
         days = days.where(pc.key <= until[:10])
-    for r in [*conn.execute(top), *conn.execute(days)]:
-        counts[r.problem_id].setdefault(r.dim, []).append((r.key, r.count))
+    counts: dict[str, dict[str, list[tuple[str, int]]]] = {
+        pid: {dim: [tuple(pair) for pair in pairs] for dim, pairs in json.loads(rows[pid]["breakdown"] or "{}").items()} for pid in ids
+    }
+    for r in conn.execute(days):
+        counts[r.problem_id].setdefault("day", []).append((r.key, r.count))
     out = []
     for r in ranked:
         p, c = rows[r.id], counts[r.id]

@@ -117,6 +117,7 @@ problems = sa.Table(
     sa.Column("last_seen", TIME, nullable=False),
     sa.Column("bundles", sa.Integer, nullable=False),
     sa.Column("terminals_affected", sa.Integer, nullable=False),
+    sa.Column("breakdown", sa.Text),  # JSON {dim: [[key, count], ...]}, the top values per dimension
     sa.Index("ix_problems_rank", "terminals_affected", "id"),
 )
 
@@ -127,6 +128,7 @@ problem_counts = sa.Table(  # dim: model, firmware, day, or label:KEY (key: the 
     sa.Column("dim", sa.String(48), primary_key=True),
     sa.Column("key", sa.String(200), primary_key=True),
     sa.Column("count", sa.Integer, nullable=False),
+    sa.Index("ix_problem_counts_top", "problem_id", "dim", "count"),
 )
 
 problem_hits = sa.Table(  # one row per problem, terminal and day: filtered rankings
