@@ -151,12 +151,14 @@ def test_fleet_pages_in_a_browser(run, browser):
     """Problems, Incidents, Terminals and a terminal page as support sees them; the PNGs go
     to bench/out/ (git-ignored) to be looked at."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     backend, server, sim, _ = run
     browser.get(server.url + "/login")
     browser.find_element(By.ID, "name").send_keys("support")
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "sign-in").click()
+    WebDriverWait(browser, 20).until(lambda b: "/login" not in b.current_url)  # the session cookie is set
     SHOTS.mkdir(parents=True, exist_ok=True)
 
     browser.get(server.url + "/problems")
