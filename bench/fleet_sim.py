@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "server"))
-sys.path.insert(0, str(ROOT / "bench"))
+# this script's own name would shadow tests/server/fleet_sim.py: its folder goes off the path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path[:0] = [str(ROOT / "tests" / "server"), str(ROOT)]
 
-import _util  # noqa: E402, F401  (puts the repo on sys.path)
 from fleet_sim import FleetSim, Scenario  # noqa: E402
 from server_bundles import PASSWORD  # noqa: E402
 from server_harness import default_settings, fresh_pg_database, start_server  # noqa: E402
