@@ -100,6 +100,56 @@ class RetentionSettings:
     max_per_terminal: int = bounded(0, 10_000_000)
     interval_minutes: float = bounded(0.05, 10080)
     batch: int = bounded(1, 100000)
+class TrendRule:
+    """A health metric whose fitted trend flags a terminal at risk when it will cross `threshold`."""
+
+    metric: str
+    title_en: str
+    title_zh: str
+    direction: str = bounded(choices=("above", "below"))
+    threshold: float = bounded()
+    min_points: int = bounded(2, 10000)
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """Fleet layer of the support server: event time, inventory, problems, incident detectors."""
+
+    max_clock_ahead_seconds: float = bounded(0, 86400 * 365)
+    missing_after_hours: float = bounded(0.1, 24 * 365)
+    at_risk_horizon_days: float = bounded(0.1, 3650)
+    trend_history: int = bounded(2, 10000)
+    trends: list[TrendRule]
+    signature_fields: list[str]
+    outage_categories: list[str]
+    outage_scopes: list[list[str]]
+    outage_window_minutes: float = bounded(1, 1440)
+    outage_baseline_days: float = bounded(0.1, 365)
+    outage_baseline_floor_per_terminal_hour: float = bounded(0, 1)
+    outage_min_terminals: int = bounded(2, 100000)
+    outage_min_ratio: float = bounded(1, 1e6)
+    outage_p_value: float = bounded(0, 1)
+    outage_close_p_value: float = bounded(0, 1)
+    outage_close_after_minutes: float = bounded(1, 10080)
+    outage_explain_fraction: float = bounded(0.5, 1)
+    regression_window_days: float = bounded(0.1, 365)
+    regression_min_terminals: int = bounded(2, 100000)
+    regression_min_affected: int = bounded(1, 100000)
+    regression_min_ratio: float = bounded(1, 1e6)
+    regression_p_value: float = bounded(0, 1)
+    sweep_seconds: float = bounded(0.1, 86400)
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Alerts: JSON POSTed to `url`, signed with HMAC-SHA256 of `secret`; empty url: none."""
+
+    url: str
+    events: list[str]
+    secret: str
+    timeout_seconds: float = bounded(0.1, 120)
+    retry_min_seconds: float = bounded(0.01, 3600)
+    retry_max_seconds: float = bounded(0.01, 86400)
 
 
 @dataclass(frozen=True)
@@ -132,6 +182,8 @@ class ServerSettings:
     password_hash_queue: int = bounded(1, 10000)
     blobs: BlobSettings
     retention: RetentionSettings
+    fleet: FleetSettings
+    webhooks: WebhookSettings
 
 
 @dataclass(frozen=True)

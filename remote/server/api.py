@@ -14,7 +14,7 @@ import base64
 import binascii
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -23,6 +23,10 @@ from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
 from agent.redact import redact_text
 from remote.server import db, signin, store
+from remote.server.fleet import incidents as fleet_incidents
+from remote.server.fleet import inventory
+from remote.server.fleet.engine import LABEL_KEY
+from remote.server.fleet.models import FleetTerminalList
 from remote.server.ingest import IngestError
 from remote.server.models import (
     BundleDetail,
@@ -33,7 +37,6 @@ from remote.server.models import (
     ErrorBody,
     NextCommand,
     Stats,
-    Terminal,
     TerminalCreate,
     TerminalEnrolled,
     Verdict,
@@ -237,7 +240,11 @@ async def request_probes(
     response_model=NextCommand,
     tags=["terminal"],
     summary="Take the next probe request (terminal token)",
-    responses={204: {"description": "nothing to do"}, **errors(401, 403, 422)},
+    responses={
+        204: {"description": "nothing to do", "headers": {"X-Posdiag-Incidents": fleet_incidents.HEADER_DOC}},
+        200: {"headers": {"X-Posdiag-Incidents": fleet_incidents.HEADER_DOC}},
+        **errors(401, 403, 422),
+    },
 )
 async def next_command(
     request: Request,
@@ -248,9 +255,12 @@ async def next_command(
         raise ApiError(403, "wrong_terminal", "a terminal polls only its own queue")
     srv = service(request)
     found = await run_in_threadpool(store.next_command, srv.engine, terminal_id, srv.settings.command_redeliver_seconds)
+    notices = await run_in_threadpool(srv.fleet.notices, terminal_id)
+    headers = {"X-Posdiag-Incidents": fleet_incidents.header(notices)}
     if found is None:
-        return Response(status_code=204)
-    return NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"])
+        return Response(status_code=204, headers=headers)
+    answer = NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"])
+    return JSONResponse(answer.model_dump(), headers=headers)
 
 
 @router.get(
@@ -267,9 +277,42 @@ async def list_commands(request: Request, terminal_id: Annotated[str, Path(max_l
 # -- terminals ------------------------------------------------------------------------------
 
 
-@router.get("/terminals", response_model=list[Terminal], tags=["terminals"], responses=errors(401))
-async def terminals(request: Request, user: Reader) -> Any:
-    return await run_in_threadpool(store.list_terminals, service(request).engine)
+@router.get(
+    "/terminals",
+    response_model=FleetTerminalList,
+    tags=["terminals"],
+    summary="Terminal inventory; filter by status and by labels as label.KEY=VALUE (all must match)",
+    responses=errors(400, 401, 422),
+)
+async def terminals(
+    request: Request,
+    user: Reader,
+    status: Annotated[Literal["ok", "missing", "at_risk"] | None, Query()] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Any:
+    srv = service(request)
+    labels = label_params(request)
+    try:
+        items, next_cursor = await run_in_threadpool(
+            inventory.list_terminals, srv.engine, srv.settings.fleet, db.now(), status, labels,
+            limit or srv.settings.page_size, cursor,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ApiError(400, "bad_cursor", str(exc)) from None
+    return FleetTerminalList(items=items, next_cursor=next_cursor)
+
+
+def label_params(request: Request) -> dict[str, str]:
+    """label.KEY=VALUE query parameters."""
+    out = {}
+    for key, value in request.query_params.multi_items():
+        if key.startswith("label."):
+            name = key[len("label."):]
+            if not LABEL_KEY.fullmatch(name) or not 0 < len(value) <= 64:
+                raise ApiError(422, "invalid_request", f"{key[:40]}: a label is label.KEY=VALUE, KEY a-z0-9_, VALUE 1-64 chars")
+            out[name] = value
+    return out
 
 
 @router.post(
@@ -343,14 +386,17 @@ async def list_bundles(
         )
     except store.StoreError as exc:
         raise ApiError(400, exc.code, exc.detail) from None
-    return BundleList(items=[BundleRecord(**r) for r in rows], next_cursor=next_cursor)
+    holds = await run_in_threadpool(fleet_incidents.dispatch_for, srv.engine, [r["id"] for r in rows])
+    return BundleList(items=[BundleRecord(**r, fleet_dispatch=holds.get(r["id"])) for r in rows], next_cursor=next_cursor)
 
 
 async def _record(request: Request, bundle_id: str) -> dict[str, Any]:
-    record = await run_in_threadpool(store.get_bundle, service(request).engine, bundle_id)
+    engine = service(request).engine
+    record = await run_in_threadpool(store.get_bundle, engine, bundle_id)
     if record is None:
         raise ApiError(404, "no_bundle", "no bundle with this id")
-    return record
+    holds = await run_in_threadpool(fleet_incidents.dispatch_for, engine, [record["id"]])
+    return dict(record, fleet_dispatch=holds.get(record["id"]))
 
 
 BundleId = Annotated[str, Path(pattern=BUNDLE_ID)]

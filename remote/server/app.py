@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.settings import ServerSettings
-from remote.server import api, web
+from remote.server import api, fleet_api, fleet_web, web
 from remote.server.blobs import BlobError
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
@@ -54,6 +54,7 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
         redoc_url=None,
     )
     app.state.service = service
+    app.router.add_event_handler("startup", service.fleet.start)
     app.router.add_event_handler("shutdown", service.close)
 
     @app.exception_handler(api.ApiError)
@@ -111,5 +112,8 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
 
     app.add_middleware(RefuseNul)
     app.include_router(api.router)
+    app.include_router(fleet_api.router)
     app.include_router(web.router)
+    app.include_router(fleet_web.router)
+    fleet_api.document(app)
     return app

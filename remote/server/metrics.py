@@ -10,8 +10,10 @@ Each Metrics has its own registry, so several servers in one process do not coll
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 disable_created_metrics()  # no `_created` twin per series: nothing here reads it
@@ -21,9 +23,30 @@ BLOB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+Reading = Callable[[], dict[str, float]]
+
+
+class ReadAtScrape:
+    """Gauges read when /metrics is asked (from the database, so every worker reports the same
+    value: they are not per-process samples to be summed). `read` answers {'label="value"': n}."""
+
+    def __init__(self) -> None:
+        self.gauges: list[tuple[str, str, Reading]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text, read in self.gauges:
+            readings = read()
+            label_names = sorted({text.split("=", 1)[0] for text in readings})
+            family = GaugeMetricFamily(name, help_text, labels=label_names)
+            for text, value in sorted(readings.items()):
+                family.add_metric([text.split("=", 1)[1].strip('"')], value)
+            yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.scraped = ReadAtScrape()
         reg = self.registry
         self.received = Counter(
             "posdiag_bundles_received", "Bundles accepted, by outcome (new or duplicate).", ["outcome"], registry=reg
@@ -49,6 +72,10 @@ class Metrics:
         for kind in ("rows", "blobs"):
             self.retained.labels(kind)
 
+    def gauge(self, name: str, help_text: str, read: Reading) -> None:
+        """A gauge read at scrape time: `read` answers {label text: value}, e.g. {'kind="outage"': 2}."""
+        self.scraped.gauges.append((name, help_text, read))
+
     def accepted(self, new: bool, seconds: float) -> None:
         self.received.labels("new" if new else "duplicate").inc()
         self.ingest.observe(seconds)
@@ -70,7 +97,12 @@ class Metrics:
     def render(self) -> str:
         path = os.environ.get(MULTIPROC_ENV)
         if not path or values.ValueClass is values.MutexValue:  # the variable came after import
-            return generate_latest(self.registry).decode()
-        merged = CollectorRegistry()
+            return generate_latest(self.registry).decode() + generate_latest(self._scraped_registry()).decode()
+        merged = self._scraped_registry()
         MultiProcessCollector(merged, path)
         return generate_latest(merged).decode()
+
+    def _scraped_registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.scraped)
+        return registry

@@ -16,6 +16,7 @@ from agent.settings import ServerSettings
 from remote.server import auth, bundleview, db, ingest, store
 from remote.server.blobs import BlobStore, open_store
 from remote.server.budget import ByteBudget
+from remote.server.fleet.engine import Fleet
 from remote.server.metrics import Metrics
 from remote.server.signin import HashPool
 
@@ -39,6 +40,8 @@ class Service:
         self.limits = ingest.Limits.of(settings)
         self.ingest_budget = ByteBudget(settings.ingest_memory_mib << 20)
         self._view_builders = threading.BoundedSemaphore(VIEW_BUILDERS)
+        self.fleet = Fleet(self.engine, settings)
+        self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()
@@ -48,6 +51,7 @@ class Service:
 
     def close(self) -> None:
         self.hash_pool.close()
+        self.fleet.stop()
         self.engine.dispose()
 
     # -- who is asking ------------------------------------------------------------------
@@ -151,11 +155,14 @@ class Service:
         with self._view_builders:  # redaction is CPU- and memory-hungry: a few at a time
             view = bundleview.build(bundle.scan)
         digest = self.blobs.put(body)  # same bytes again: already there, a no-op
+        index["created_at"], clamped = self.fleet.clamp(index["created_at"], db.stamp(received))  # event time
         existing, new = store.insert_bundle(
             self.engine, index, digest, len(body), view, db.stamp(received), lambda: self.blobs.put(body)
         )
         if existing["terminal_id"] != terminal["id"]:
             raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
+        if new:
+            self.fleet.on_bundle(bundle, existing, clamped)
         return existing, new
 
     # -- reading a stored bundle ----------------------------------------------------------

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import pass_context
 
 from remote.server import auth, chart, db, signin, store, titles
+from remote.server.fleet import inventory as fleet_inventory
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
 from remote.server.logs import redacted_path
@@ -136,6 +137,8 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
         new_cookie = srv.signer.new_presession()
         binding = "n:" + str(srv.signer.presession(new_cookie))
     lang = lang_of(request)
+    if context.get("user") is not None:
+        context.setdefault("open_outages", fleet_web.open_outages(srv))
     html = templates.get_template(name).render(
         csrf=srv.signer.csrf_token(binding), path=request.url.path, user=context.pop("user", None),
         lang=lang, t=WORDS[lang], here=_here(request), **context,
@@ -308,9 +311,10 @@ async def bundle_page(request: Request, bundle_id: str) -> Response:
     probes = detail["probes"]
     if isinstance(probes, dict):
         probes = probes.get("probes", [])
+    fleet = await run_in_threadpool(fleet_web.bundle_fleet, srv, record["id"])
     return render(
         request, "bundle.html", user=user, r=record, d=detail["diagnosis"], manifest=detail["manifest"],
-        probes=probes if isinstance(probes, list) else [], logs=detail["logs"],
+        probes=probes if isinstance(probes, list) else [], logs=detail["logs"], fleet=fleet,
     )  # fmt: skip
 
 
@@ -319,8 +323,18 @@ async def terminal_list(request: Request) -> Response:
     user = await page_user(request)
     if user is None:
         return to_login(request)
-    rows = await run_in_threadpool(store.list_terminals, service(request).engine)
-    return render(request, "terminals.html", user=user, rows=rows)
+    srv = service(request)
+    status = request.query_params.get("status") or None
+    status = status if status in ("ok", "missing", "at_risk") else None
+    try:
+        rows, next_cursor = await run_in_threadpool(
+            fleet_inventory.list_terminals, srv.engine, srv.settings.fleet, db.now(), status, {},
+            srv.settings.page_size, request.query_params.get("cursor") or None,
+        )  # fmt: skip
+    except ValueError:
+        rows, next_cursor = [], None
+    counts = await run_in_threadpool(fleet_inventory.status_counts, srv.engine, srv.settings.fleet, db.now())
+    return render(request, "terminals.html", user=user, rows=rows, shown=status, counts=counts, next_cursor=next_cursor)
 
 
 @router.get("/terminals/{terminal_id}")
@@ -336,9 +350,10 @@ async def terminal_page(request: Request, terminal_id: str, requested: str = "")
         store.list_bundles, srv.engine, store.BundleFilter(terminal=terminal_id), srv.settings.page_size
     )
     commands = await run_in_threadpool(store.list_commands, srv.engine, terminal_id)
+    fleet = await run_in_threadpool(fleet_web.terminal_health, srv, terminal_id)
     return render(
         request, "terminal.html", user=user, term=terminal, rows=rows, commands=commands,
-        probe_names=PROBE_NAMES, requested=requested,
+        probe_names=PROBE_NAMES, requested=requested, **fleet,
     )  # fmt: skip
 
 
@@ -433,3 +448,6 @@ async def not_found_page(request: Request, status: int) -> Response:
 @router.get("/static/local-time.js")
 async def local_time_script() -> Response:
     return Response((TEMPLATES / "local-time.js").read_bytes(), media_type="text/javascript")
+
+
+from remote.server import fleet_web  # noqa: E402  (fleet_web builds on this module's helpers)

@@ -39,6 +39,11 @@ ACCESS = {
     ("post", "/api/v1/terminals/{terminal_id}/commands"): "users",
     ("post", "/api/v1/terminals"): "admin",
     ("delete", "/api/v1/terminals/{terminal_id}"): "admin",
+    ("post", "/api/v1/heartbeats"): "terminal",
+    ("get", "/api/v1/problems"): "users",
+    ("get", "/api/v1/problems/{problem_id}"): "users",
+    ("get", "/api/v1/incidents"): "users",
+    ("get", "/api/v1/incidents/{incident_id}"): "users",
 }
 PRINCIPALS = ("nobody", "terminal", "other_terminal", "support", "technician", "admin")
 
@@ -94,7 +99,7 @@ def call(server, method: str, path: str, who: str, tid: str, tokens: dict[str, s
     target = tid
     if path == "/api/v1/terminals/{terminal_id}" and who == "admin":
         target, _ = server.terminal("VICTIM")  # the admin's DELETE really revokes
-    url = server.url + path.format(terminal_id=target, bundle_id=stored_id)
+    url = server.url + path.format(terminal_id=target, bundle_id=stored_id, **fleet_ids(server, stored_id))
     kw: dict = {"timeout": 30}
     if who in ("terminal", "other_terminal"):
         token = tokens[tid] if who == "terminal" else tokens["other"]
@@ -106,9 +111,34 @@ def call(server, method: str, path: str, who: str, tid: str, tokens: dict[str, s
         kw.setdefault("headers", {})["Content-Type"] = "application/gzip"
     elif (method, path) == ("post", "/api/v1/terminals"):
         kw["json"] = {"id": f"NEW-{uuid.uuid4().hex[:8]}"}
+    elif (method, path) == ("post", "/api/v1/heartbeats"):
+        kw["json"] = {"terminal_id": tid, "sent_at": "2026-01-01T00:00:00Z"}
     elif method == "post":
         kw["json"] = {"probes": ["printer"]}
     return requests.request(method, url, **kw)
+
+
+def fleet_ids(server, bundle_id: str) -> dict[str, str]:
+    """The stored bundle's problem, and an incident (a closed one is made for the test)."""
+    import json
+
+    import sqlalchemy as sa
+
+    from remote.server.fleet import incidents
+    from remote.server.fleet.schema import bundle_fleet
+
+    engine = server.service.engine
+    with engine.begin() as conn:
+        problem = conn.execute(sa.select(bundle_fleet.c.problem_id).where(bundle_fleet.c.bundle_id == bundle_id)).scalar_one()
+        values = {
+            "scope": '{"acquirer": "S"}', "categories": '["host"]', "codes": "[]", "started_at": "2026-01-01T00:00:00.000000Z",
+            "detected_at": "2026-01-01T00:00:00.000000Z", "last_hit_at": "2026-01-01T00:10:00.000000Z",
+            "terminals_affected": 5, "terminals_in_scope": 9, "bundles": 5, "expected": 0.1, "p_value": 1e-9,
+            "summary": json.dumps({"en": "test", "zh": "测试"}),
+        }  # fmt: skip
+        incident, _ = incidents.open_incident(conn, "outage", f"acquirer=S-{uuid.uuid4().hex[:6]}", values)
+        incidents.close(conn, incident, "2026-01-01T00:10:00.000000Z")
+    return {"problem_id": problem, "incident_id": incident}
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(ACCESS))
@@ -198,7 +228,7 @@ def test_roles_below_admin_cannot_enrol_or_revoke_and_users_have_no_http_api(pai
         for method in ("get", "post", "put", "delete"):
             answer = requests.request(method, f"{server.url}/api/v1/users", auth=(role, PASSWORD), json={}, timeout=10)
             assert answer.status_code in (404, 405), (role, method, answer.status_code)
-    assert [t for t in server.get("/api/v1/terminals").json() if t["id"] == tid][0]["revoked_at"] is None
+    assert [t for t in server.get("/api/v1/terminals?limit=500").json()["items"] if t["id"] == tid][0]["revoked_at"] is None
 
 
 def xss_bundle(token: str, tid: str) -> tuple[str, bytes]:
