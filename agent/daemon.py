@@ -420,7 +420,9 @@ class Daemon:
         from remote.commands import send_heartbeat
 
         try:
-            body = payload(self.config, self.history.latest(), self.counters, self.outbox, labels_for(self.config))
+            snap = self.history.latest()
+            seen = {"link": snap["link"]} if snap and isinstance(snap.get("link"), str) else {}
+            body = payload(self.config, snap, self.counters, self.outbox, labels_for(self.config, seen))
             reply = send_heartbeat(self._link(), body, poll=True)
         except Exception as exc:
             log.info("heartbeat not sent: %s", exc)

@@ -100,6 +100,9 @@ class RetentionSettings:
     max_per_terminal: int = bounded(0, 10_000_000)
     interval_minutes: float = bounded(0.05, 10080)
     batch: int = bounded(1, 100000)
+
+
+@dataclass(frozen=True)
 class TrendRule:
     """A health metric whose fitted trend flags a terminal at risk when it will cross `threshold`."""
 

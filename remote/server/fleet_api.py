@@ -11,11 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from remote.server import db
+from remote.server import db, store
 from remote.server.api import ApiError, Reader, bearer_scheme, errors, label_params, read_capped, service, terminal_auth, time_param
 from remote.server.fleet import incidents, problems
 from remote.server.fleet.models import Heartbeat, HeartbeatAccepted, Incident, IncidentList, Problem, ProblemList
 from remote.server.ingest import IngestError
+from remote.server.models import NextCommand
 
 router = APIRouter(prefix="/api/v1")
 MAX_HEARTBEAT_BYTES = 16384
@@ -39,7 +40,10 @@ HEARTBEAT_BODY = {
     responses=errors(400, 401, 403, 413, 422),
 )
 async def heartbeat(
-    request: Request, terminal: Annotated[dict[str, Any], Depends(terminal_auth)], _: Annotated[Any, Depends(bearer_scheme)]
+    request: Request,
+    terminal: Annotated[dict[str, Any], Depends(terminal_auth)],
+    _: Annotated[Any, Depends(bearer_scheme)],
+    poll: Annotated[bool, Query(description="also take the next probe request, as commands/next would")] = False,
 ) -> Any:
     srv = service(request)
     try:
@@ -57,7 +61,11 @@ async def heartbeat(
     event_at, clamped = srv.fleet.clamp(sent_at, received)
     await run_in_threadpool(srv.fleet.on_heartbeat, beat, event_at, clamped, received)
     notices = await run_in_threadpool(srv.fleet.notices, terminal["id"])
-    answer = HeartbeatAccepted(status="accepted", event_at=event_at, clock_clamped=clamped, incidents=notices)
+    command = None
+    if poll:
+        found = await run_in_threadpool(store.next_command, srv.engine, terminal["id"], srv.settings.command_redeliver_seconds)
+        command = None if found is None else NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"]).model_dump()
+    answer = HeartbeatAccepted(status="accepted", event_at=event_at, clock_clamped=clamped, incidents=notices, command=command)
     return JSONResponse(answer.model_dump(), status_code=202)
 
 

@@ -61,7 +61,7 @@ class Fleet:
             record["terminal_id"], t, record["model"], record["firmware"], record["app_version"], record["agent_version"],
             manifest_labels(bundle.manifest_raw), clamped, record["received_at"], heartbeat=False,
         )  # fmt: skip
-        probes = _json(bundle.members.get("probes.json"))
+        probes = _json(bundle.scan.kept.get("probes.json"))
         with db.writing(self.engine) as conn:
             labels = inventory.record(conn, seen, s)
             text = problems.signature(record, problems.fail_findings(probes), s.signature_fields)

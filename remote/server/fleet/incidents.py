@@ -20,7 +20,7 @@ HEADER_DOC = {
 }
 HOLD_REASON = {
     "en": "Fleet incident {id}: {summary} Hold any dispatch: the fault is outside this terminal.",
-    "zh": "车队事件 {id}：{summary} 暂缓派单：故障不在本终端。",
+    "zh": "机群事件 {id}：{summary} 暂缓派单：故障不在本终端。",
 }
 
 

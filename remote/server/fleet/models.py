@@ -71,6 +71,9 @@ class HeartbeatAccepted(BaseModel):
     event_at: str = Field(description="the event time used (sent_at, or receipt if clamped)")
     clock_clamped: bool
     incidents: list[IncidentNotice]
+    command: dict[str, Any] | None = Field(
+        default=None, description="with ?poll=1: the next probe request ({command_id, probes, code}, as commands/next answers), if any"
+    )
 
 
 class FleetDispatch(BaseModel):
