@@ -145,6 +145,7 @@ def real_bundle(terminal_id: str, token: str, code: str, faults: str) -> tuple[s
 def test_the_bundle_page_in_chinese_and_in_english(server, browser, tmp_path):
     """What support reads first, in each language, from a real diagnosis; screenshots are kept
     in bench/out/pages/ to look at."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
 
@@ -164,7 +165,9 @@ def test_the_bundle_page_in_chinese_and_in_english(server, browser, tmp_path):
     seen = {}
     for lang, button in (("zh", "lang-zh"), ("en", "lang-en")):
         browser.find_element(By.ID, button).click()
-        WebDriverWait(browser, 30).until(lambda b, lang=lang: b.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang)
+        WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda b, lang=lang: b.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang
+        )
         seen[lang] = browser.find_element(By.TAG_NAME, "main").text
         browser.save_screenshot(str(shots / f"bundle-{lang}.png"))
     assert "派单" in seen["zh"] and "打印纸" in seen["zh"] and "Dispatch" not in seen["zh"]
