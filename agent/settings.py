@@ -2,7 +2,8 @@
 
 Values live in config/posdiag.toml (every default in that one file); these classes say
 only what each key must be. `bounded` attaches the range or choices the loader checks.
-A new section is one class here and one entry in SECTIONS.
+A new section is one class here and one entry in SECTIONS; [host] and [server] are
+declared where their readers live (probes/contract/settings.py, remote/server/settings.py).
 """
 
 from __future__ import annotations
@@ -10,22 +11,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
-
-def bounded(lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()) -> Any:
-    return field(metadata={"lo": lo, "hi": hi, "choices": choices})
-
-
-TERMINAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-
-
-def terminal_id_problem(value: str) -> str | None:
-    """Terminal ids travel in URL paths and file names: letters, digits and . _ : - only."""
-    if TERMINAL_ID.fullmatch(value):
-        return None
-    return "1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
-
+from probes.contract.settings import HostSettings, bounded
+from remote.server.settings import ServerSettings
+from remote.wire import terminal_id_problem
 
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
@@ -52,24 +41,8 @@ class TerminalSettings:
 
 
 @dataclass(frozen=True)
-class HostSettings:
-    """Roots the probes read the kernel's view from (psutil's PROCFS_PATH idea)."""
-
-    sysfs_root: str
-    procfs_root: str
-
-
-@dataclass(frozen=True)
 class RunnerSettings:
     deadline_seconds: float = bounded(0.1, 600)
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """Keys every [probes.NAME] section has; a probe's own settings extend this."""
-
-    enabled: bool
-    timeout_seconds: float = bounded(0.05, 300)
 
 
 @dataclass(frozen=True)
@@ -78,19 +51,6 @@ class KnowledgeSettings:
 
     extra_paths: list[str]
     scheme_order: list[str]
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """The support server (posdiag-support); terminals ignore this section."""
-
-    max_bundle_bytes: int = bounded(1024, 1 << 30)
-    max_members: int = bounded(3, 10000)
-    max_unpacked_bytes: int = bounded(1024, 1 << 32)
-    session_hours: float = bounded(0.1, 24 * 30)
-    command_redeliver_seconds: float = bounded(10, 86400)
-    page_size: int = bounded(1, 500)
-    stats_days: int = bounded(1, 366)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.redact import Redactor
+from remote.redact import Redactor
 
 log = logging.getLogger("posdiag.sources")
 

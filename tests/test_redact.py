@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agent.redact import Redactor, looks_like_pan, luhn_ok, redact_text, secret_kind
+from remote.redact import Redactor, looks_like_pan, luhn_ok, redact_text, secret_kind
 from tests.conftest import run_cli
 
 

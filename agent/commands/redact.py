@@ -18,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from agent.bundle import decode_log
-    from agent.errors import UsageError
-    from agent.redact import Redactor
+    from agent.sources import decode_log
+    from probes.contract.errors import UsageError
+    from remote.redact import Redactor
 
     redactor = Redactor()
     out = sys.stdout

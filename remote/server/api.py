@@ -21,7 +21,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
-from agent.redact import redact_text
+from remote.redact import redact_text
 from remote.server import db, store
 from remote.server.ingest import IngestError
 from remote.server.models import (

@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.settings import ServerSettings
 from remote.server import api, web
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
 from remote.server.service import Service
+from remote.server.settings import ServerSettings
 
 
 class RefuseNul:

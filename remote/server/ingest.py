@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.redact import redact_text
+from remote import wire
+from remote.redact import redact_text
 from remote.server import auth, db
 
-FIRST, LAST = "manifest.json", "manifest.sig"
 MAX_JSON_DEPTH = 64  # what the agent writes is a few levels deep; pages and redaction recurse
 
 
@@ -63,7 +63,7 @@ class ManifestFile(BaseModel):
 
 
 class Manifest(_Loose):
-    schema_: Literal["posdiag.bundle/1"] = Field(alias="schema")
+    schema_: Literal[wire.BUNDLE_SCHEMA] = Field(alias="schema")
     bundle_id: str = Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
     terminal: ManifestTerminal
     agent_version: str = Field(max_length=64)
@@ -240,14 +240,14 @@ def _safe_name(member: tarfile.TarInfo) -> str:
 def validate(body: bytes, token_sha256: str, terminal_id: str, max_members: int, max_unpacked: int) -> Bundle:
     members = unpack(body, max_members, max_unpacked)
     names = [name for name, _ in members]
-    if names[0] != FIRST:
+    if names[0] != wire.MANIFEST:
         raise IngestError(422, "bad_layout", "the first member must be manifest.json")
-    if names[-1] != LAST:
+    if names[-1] != wire.SIGNATURE:
         raise IngestError(422, "bad_layout", "the last member must be manifest.sig")
     if len(set(names)) != len(names):
         raise IngestError(422, "bad_layout", "a member name occurs twice")
     files = dict(members)
-    manifest_bytes = files[FIRST]
+    manifest_bytes = files[wire.MANIFEST]
     try:
         raw = load_json(manifest_bytes)
         manifest = Manifest.model_validate(raw)
@@ -257,7 +257,7 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, max_members: int,
     if manifest.terminal.id != terminal_id:
         raise IngestError(403, "wrong_terminal", "the manifest names another terminal than the token's")
     expected = auth.manifest_signature(token_sha256, manifest_bytes)
-    if not _same(files[LAST].strip(), expected):
+    if not _same(files[wire.SIGNATURE].strip(), expected):
         raise IngestError(422, "bad_signature", "manifest.sig does not match manifest.json and the terminal's token")
     _check_files(manifest, files)
     if "diagnosis.json" not in files:
@@ -286,7 +286,7 @@ def _check_files(manifest: Manifest, files: dict[str, bytes]) -> None:
     listed = {f.path: f for f in manifest.files}
     if len(listed) != len(manifest.files):
         raise IngestError(422, "bad_manifest", "files lists a path twice")
-    present = set(files) - {FIRST, LAST}
+    present = set(files) - {wire.MANIFEST, wire.SIGNATURE}
     missing = sorted(set(listed) - present)
     if missing:
         raise IngestError(422, "missing_member", f"listed but absent: {', '.join(missing)[:200]}")

@@ -11,11 +11,12 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from agent.redact import Redactor, redact_text
-from agent.settings import ServerSettings
+from remote import wire
+from remote.redact import Redactor, redact_text
 from remote.server import auth, db, ingest, store
 from remote.server.blobs import BlobStore
 from remote.server.metrics import Metrics
+from remote.server.settings import ServerSettings
 
 BASIC_CACHE_SECONDS = 60.0
 
@@ -108,7 +109,7 @@ class Service:
         again = Redactor()
         return {
             "record": record,
-            "manifest": _cleaned(_manifest(files.get(ingest.FIRST))),
+            "manifest": _cleaned(_manifest(files.get(wire.MANIFEST))),
             "diagnosis": _cleaned(again.data(_json(files.get("diagnosis.json"), {}))),
             "probes": _cleaned(again.data(_json(files.get("probes.json"), None))),
             "system": _cleaned(again.data(_json(files.get("system.json"), None))),
