@@ -15,7 +15,7 @@ Every file may hold any of these top-level keys, so an operator's vendor table i
 
 Packaged files are read in name order, then `knowledge.extra_paths`; an entry defined twice
 in the packaged set is an error, while an operator's entry replaces a packaged one. Every
-error names the file and the key (probes.contract.ConfigError).
+error names the file and the key (probes.contract.errors.ConfigError).
 """
 
 from __future__ import annotations
