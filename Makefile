@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench soak clean
+.PHONY: test demo bench soak clean dist
 
 $(STAMP): pyproject.toml
 	@echo "installing posdiag and its dependencies into $(VENV) (log: $(VENV)/install.log)"
@@ -28,5 +28,10 @@ soak: $(STAMP)
 	POSDIAG_SOAK=20 $(PY) -m pytest -q -p no:cacheprovider tests/reliability tests/test_daemon.py tests/test_upload.py tests/test_line_faults.py
 	$(PY) bench/load.py --terminals 200 --duration 600
 
+# The terminal executable and its .deb for x86_64 and aarch64 into dist/ (docs/install.md).
+# Needs no venv; offline once its cache (/var/cache/posdiag-dist) holds the downloads.
+dist:
+	$$(command -v $(PYTHON) || command -v python3) packaging/build.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

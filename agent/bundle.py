@@ -50,13 +50,15 @@ from typing import Any
 from agent import __version__
 from agent.facts import iso_utc, system_facts, terminal_identity
 from agent.labels import labels_for, seen_in
-from agent.sources import decode_log
+from agent.sources import MAX_CODE_LENGTH
 from remote import wire
+from remote.logtext import decode_log, log_encoding
 from remote.redact import Redactor, redact_text
 
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # deflate, no flags, mtime 0, max compression, OS unknown
 MAX_UNPACKED = 64 << 20
 TRIGGER_KINDS = ("error", "manual", "remote", "scheduled")
+TERMINAL_KEYS = ("id", "serial", "model", "firmware", "app_version")
 
 
 class BundleError(Exception):
@@ -163,6 +165,7 @@ def build(
         "probes.json": dump_json(redactor.data(inp.probes)),
     }
     tails, sources = read_logs(inp.logs, limits, redactor)
+    terminal = redactor.data({**{k: str(inp.terminal.get(k, "")) for k in TERMINAL_KEYS}, "labels": dict(inp.labels)})
     system = dict(inp.system, log_sources=sources)
     fixed["system.json"] = dump_json(redactor.data(system))
     history = [redactor.data(h) for h in inp.history[-limits.history_entries :]] if limits.history_entries else []
@@ -178,7 +181,7 @@ def build(
         if len(events) < min(len(inp.events), limits.events_entries):
             truncated["events.jsonl"] = True
         members.update({f"logs/{t.name}": "".join(t.lines).encode() for t in tails})
-        manifest = make_manifest(inp, bundle_id, now, members, redactor.summary(), truncated)
+        manifest = make_manifest(inp, terminal, bundle_id, now, members, redactor.summary(), truncated)
         data = pack(manifest, members, token, now)
         if len(data) <= limits.bundle_max_bytes or not shrink(tails, history, events, len(data), limits):
             return Bundle(data, manifest)
@@ -209,6 +212,7 @@ def share_logs(tails: list[LogTail], budget: int) -> None:
 
 def make_manifest(
     inp: BundleInput,
+    terminal: dict[str, str],
     bundle_id: str,
     now: datetime,
     members: dict[str, bytes],
@@ -217,16 +221,15 @@ def make_manifest(
 ) -> dict[str, Any]:
     if inp.trigger.kind not in TRIGGER_KINDS:
         raise ValueError(f"trigger kind {inp.trigger.kind!r} is not one of {TRIGGER_KINDS}")
-    terminal_keys = ("id", "serial", "model", "firmware", "app_version")
     return {
         "schema": wire.BUNDLE_SCHEMA,
         "bundle_id": bundle_id,
-        "terminal": {**{k: str(inp.terminal.get(k, "")) for k in terminal_keys}, "labels": dict(inp.labels)},
+        "terminal": terminal,
         "agent_version": __version__,
         "created_at": iso_utc(now),
         "trigger": {
             "kind": inp.trigger.kind,
-            "code": redact_text(inp.trigger.code)[0] if inp.trigger.code else inp.trigger.code,
+            "code": redact_text(inp.trigger.code)[0][:MAX_CODE_LENGTH] if inp.trigger.code else inp.trigger.code,
             "scheme": inp.trigger.scheme,
             "command_id": inp.trigger.command_id,
             "events": inp.trigger.events,
@@ -270,12 +273,12 @@ def read_logs(paths: list[str | Path], limits: Limits, redactor: Redactor) -> tu
     taken: set[str] = set()
     for path in paths:
         try:
-            raw, cut = read_tail(Path(path), limits.lines, limits.file_max_bytes * 4)
+            text, cut = read_text_tail(Path(path), limits.lines, limits.file_max_bytes * 4)
         except OSError as exc:
             sources.append({"path": str(path), "status": f"unreadable: {exc.strerror or type(exc).__name__}"})
             continue
-        name = unique_name(Path(path), taken)
-        lines = redactor.text(decode_log(raw)).splitlines(keepends=True)
+        name = unique_name(Path(redactor.text(str(path))), taken)  # a file named after a PAN: txn-4111....log
+        lines = redactor.text(text).splitlines(keepends=True)
         if lines and not lines[-1].endswith("\n"):
             lines[-1] += "\n"
         tail = LogTail(name, lines, truncated=cut)
@@ -283,6 +286,25 @@ def read_logs(paths: list[str | Path], limits: Limits, redactor: Redactor) -> tu
         tails.append(tail)
         sources.append({"path": str(path), "status": "ok", "member": f"logs/{name}"})
     return tails, sources
+
+
+def read_text_tail(path: Path, lines: int, max_bytes: int) -> tuple[str, bool]:
+    """The decoded last `lines` lines (see read_tail); a UTF-16 log, known by its first
+    bytes, is cut on its own newlines at even offsets."""
+    with path.open("rb") as fh:
+        encoding = log_encoding(fh.read(4096))
+        if encoding is None:
+            raw, cut = read_tail(path, lines, max_bytes)
+            return decode_log(raw), cut
+        end = fh.seek(0, io.SEEK_END)
+        start = max(0, end - max_bytes) & ~1
+        fh.seek(start)
+        text = decode_log(fh.read(), encoding)
+    parts = text.rstrip("\n").split("\n")
+    if start > 0:
+        parts = parts[1:]  # the first piece may start mid-line
+    kept = parts[-lines:] if lines else []
+    return "".join(line + "\n" for line in kept), start > 0 and len(kept) < lines
 
 
 def read_tail(path: Path, lines: int, max_bytes: int) -> tuple[bytes, bool]:

@@ -37,7 +37,7 @@ from agent.history import ring_for, snapshot
 from agent.incidents import IncidentMemory
 from agent.local_socket import LocalSocket
 from agent.outbox import Outbox, OutboxBusy
-from agent.sources import ErrorEvent, LastErrorFile, LogFollower
+from agent.sources import ErrorEvent, LastErrorFile, LogFollower, terminal_identity_key
 from agent.state import StateFile
 from agent.triggers import Gate, Group
 from agent.watch import DirectoryWatcher
@@ -77,13 +77,16 @@ class Sources:
         saved = state.load()
         self.saved_positions: dict[str, Any] = {}
         self.followers: list[Any] = []
+        identity = terminal_identity_key(config, state.path.parent)
         for source in settings.log_sources:
             patterns = [re.compile(p) for p in source.patterns]
             path = Path(source.path)
-            self.followers.append(LogFollower(path, patterns, source.scheme or None, saved.get(f"log:{path}", {})))
+            self.followers.append(
+                LogFollower(path, patterns, source.scheme or None, saved.get(f"log:{path}", {}), identity, tuple(source.rotated))
+            )
         if settings.last_error_file:
             path = Path(settings.last_error_file)
-            self.followers.append(LastErrorFile(path, saved.get(f"file:{path}", {})))
+            self.followers.append(LastErrorFile(path, saved.get(f"file:{path}", {}), identity))
         directories = [f.path.parent for f in self.followers]
         self.watcher = DirectoryWatcher(directories, settings.file_poll_seconds)
         for directory in self.watcher.unwatched:
@@ -418,7 +421,9 @@ class Daemon:
         from remote.commands import send_heartbeat
 
         try:
-            body = payload(self.config, self.history.latest(), self.counters, self.outbox, labels_for(self.config))
+            snap = self.history.latest()
+            seen = {"link": snap["link"]} if snap and isinstance(snap.get("link"), str) else {}
+            body = payload(self.config, snap, self.counters, self.outbox, labels_for(self.config, seen))
             reply = send_heartbeat(self._link(), body, poll=True)
         except Exception as exc:
             log.info("heartbeat not sent: %s", exc)

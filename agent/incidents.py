@@ -31,13 +31,14 @@ class IncidentMemory:
 
 
 def advice(incidents: list[dict[str, Any]], top_category: str | None) -> dict[str, Any] | None:
-    """The first open incident whose categories include the diagnosis' own top cause's:
-    the fleet sees what this terminal sees, so nobody should be sent to it."""
+    """The first open outage whose categories include the diagnosis' own top cause's: the
+    fleet sees what this terminal sees, so nobody should be sent to it. (A firmware
+    regression is the vendor's to fix; it does not change what the terminal advises.)"""
     if top_category is None:
         return None
     for incident in incidents:
         categories = incident.get("categories") or []
-        if top_category in categories:
+        if incident.get("kind") == "outage" and top_category in categories:
             summary = incident.get("summary") if isinstance(incident.get("summary"), dict) else {}
             return {
                 "incident_id": incident["id"],

@@ -3,7 +3,7 @@
 Values live in config/posdiag.toml (every default in that one file); these classes say
 only what each key must be. `bounded` attaches the range or choices the loader checks.
 A new section is one class here and one entry in SECTIONS; [host] and [server] are
-declared where their readers live (probes/contract/settings.py, remote/server/settings.py).
+declared where their readers live (probes/contract/settings.py, remote/server_settings.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from probes.contract.settings import HostSettings, bounded
-from remote.server.settings import ServerSettings
+from remote.server_settings import ServerSettings
 from remote.wire import terminal_id_problem
 
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
@@ -107,6 +107,8 @@ class LogSource:
     path: str
     patterns: list[str] = field(metadata={"check": log_pattern_problem})
     scheme: str = field(default="")
+    # Globs (in the log's directory) of rotated copies beyond name.1, name-DATE and the like.
+    rotated: list[str] = field(default=())  # type: ignore[assignment]
 
 
 def listen_problem(listen: str) -> str | None:

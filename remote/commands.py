@@ -1,14 +1,20 @@
 """The terminal's small exchanges with the support server: the next probe request, and the
 heartbeat (whose answer may carry the next probe request too, so a poll that falls due
 with a heartbeat costs no second exchange). Both tell the open fleet incidents that cover
-the terminal when the server knows of any."""
+the terminal: the heartbeat in its JSON, the poll in the X-Posdiag-Incidents header (a poll
+usually answers 204, with no body)."""
 
 from __future__ import annotations
+
+import json
 
 from dataclasses import dataclass, field
 from typing import Any
 
 from remote.link import Answer, Link, LinkError
+
+
+INCIDENTS_HEADER = "x-posdiag-incidents"
 
 
 class PollError(Exception):
@@ -32,12 +38,12 @@ def link_for(upload: Any) -> Link:
 def fetch_next(link: Link, terminal_id: str) -> Reply:
     """The next probe request for this terminal (None when there is none)."""
     answer = _exchange(link, "GET", f"/api/v1/terminals/{terminal_id}/commands/next", None, "the poll")
-    if answer.status == 204:
-        return Reply(None)
-    if answer.status != 200:
+    if answer.status not in (200, 204):
         raise PollError(f"server answered {answer.status} to the poll")
-    body = answer.body if isinstance(answer.body, dict) else {}
-    return Reply(_command(body, "the poll"), _incidents(body))
+    incidents = _incidents({"incidents": _header_json(answer.headers.get(INCIDENTS_HEADER))})
+    if answer.status == 204:
+        return Reply(None, incidents)
+    return Reply(_command(answer.body, "the poll"), incidents)
 
 
 def send_heartbeat(link: Link, payload: dict[str, Any], poll: bool) -> Reply:
@@ -66,3 +72,12 @@ def _command(command: Any, what: str) -> dict[str, Any]:
 def _incidents(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     incidents = body.get("incidents")
     return [i for i in incidents if isinstance(i, dict)] if isinstance(incidents, list) else None
+
+
+def _header_json(value: str | None) -> Any:
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        return None

@@ -30,6 +30,7 @@ class LinkError(Exception):
 class Answer:
     status: int
     body: Any  # the decoded JSON, or None for an empty body
+    headers: dict[str, str]  # names in lower case
 
 
 class _Resuming(http.client.HTTPSConnection):
@@ -101,7 +102,8 @@ class Link:
                 raise LinkError(f"cannot reach {self.host}:{self.port}: {exc.strerror or type(exc).__name__}") from None
             if response.will_close:
                 self.close()
-            return Answer(response.status, _decode(raw, response.status))
+            headers = {name.lower(): value for name, value in response.getheaders()}
+            return Answer(response.status, _decode(raw, response.status), headers)
         raise AssertionError("unreachable")
 
     def _remember_session(self, conn: http.client.HTTPConnection) -> None:

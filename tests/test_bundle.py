@@ -308,3 +308,27 @@ def test_cli_diagnose_bundle_verify_and_inspect(tmp_path):
     assert failed.returncode == 1 and "FAIL" in failed.stdout
     inspect = run_cli("bundle", "inspect", str(out), "--json")
     assert json.loads(inspect.stdout)["manifest"] == manifest
+
+
+def test_names_terminal_strings_and_codes_pass_redaction(tmp_path):
+    """Issue 12: a log named after a PAN, config strings and an over-long redacted code."""
+    named = tmp_path / "txn-4111111111111111.log"
+    named.write_text("ok\n")
+    utf16 = tmp_path / "u16.log"
+    utf16.write_bytes(("line\n" * 300 + "card 5500005555555559 end\n").encode("utf-16"))
+    inp = dataclasses.replace(
+        make_input(tmp_path, logs=0),
+        logs=[named, utf16],
+        terminal={"id": "T0001", "serial": "SN1", "model": "X9 4111 1111 1111 1111", "firmware": "fw pin=1234", "app_version": "1"},
+        trigger=Trigger("error", "pin=1 " * 10 + "x", "iso8583"),
+    )
+    built = bundle.build(inp, Limits(lines=5), TOKEN)
+    content = dict(members(built.data))
+    manifest_text = content["manifest.json"].decode()
+    everything = manifest_text + "".join(content) + content["system.json"].decode()
+    assert "4111111111111111" not in everything.replace(" ", "") and "1234" not in manifest_text
+    assert "logs/txn-411111______1111.log" in content
+    assert built.manifest["terminal"]["id"] == "T0001" and built.manifest["terminal"]["model"] == "X9 4111 11** **** 1111"
+    assert len(built.manifest["trigger"]["code"]) == 64
+    assert content["logs/u16.log"].decode().endswith("line\ncard 550000******5559 end\n")
+    assert bundle.verify(built.data, TOKEN) == []

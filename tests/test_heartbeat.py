@@ -89,6 +89,7 @@ def test_an_open_outage_in_the_category_of_the_top_cause_advises_holding(tmp_pat
     assert held["message"]["en"] == "acquirer B host outage: in progress, do not call a technician"
     assert "请勿派技术员" in held["message"]["zh"]
     assert advice(memory.open(), "printer") is None  # a paper-out terminal still needs its paper
+    assert advice([{**OUTAGE, "kind": "regression"}], "host") is None
     memory.replace([])
     assert memory.open() == [] and advice(memory.open(), "host") is None
 
@@ -115,3 +116,28 @@ def test_diagnose_tells_the_technician_not_to_come_during_an_outage(tmp_path):
     # a printer fault on the same terminal is its own: no fleet advice
     paper = json.loads(run_cli("diagnose", "--code", "3000", "--simulate", "printer.paper_out", "--config", str(conf), "--json").stdout)
     assert paper["causes"][0]["category"] == "printer" and paper["fleet"] is None
+
+
+def test_a_running_agent_reports_to_the_fleet_and_takes_probe_requests_with_its_heartbeat(agent):
+    """A real `posdiag run` and a real support server: the heartbeat reaches the inventory with
+    the terminal's labels and health, and a probe request waiting on the server is carried
+    out from the heartbeat's answer (no separate poll: polls are an hour apart here)."""
+    import time
+
+    a = agent(heartbeat_seconds=2.0, command_poll_seconds=3600.0)
+    a.write_config('[terminal.labels]\nacquirer = "B"\nregion = "north"\n')
+    command = a.server.post(f"/api/v1/terminals/{a.terminal}/commands", json={"probes": ["power"], "code": None}).json()
+    a.start()
+    deadline = time.monotonic() + 20
+    while True:
+        items = a.server.get(f"/api/v1/terminals?label.acquirer=B").json()["items"]
+        mine = [t for t in items if t["id"] == a.terminal]
+        if mine and mine[0]["last_heartbeat_at"] and a.bundles():
+            break
+        assert time.monotonic() < deadline, (items, a.stderr.read_text())
+        time.sleep(0.2)
+    assert mine[0]["labels"]["region"] == "north" and mine[0]["labels"]["link"] == "wifi"
+    assert mine[0]["model"] == "SIM-POS" and mine[0]["status"] == "ok"
+    (done,) = a.bundles()
+    assert done["command_id"] == command["id"] and done["trigger_kind"] == "remote"
+    assert a.stop() < 2.0

@@ -135,3 +135,20 @@ def test_json_bodies_and_the_token_are_sent(server, certificate):
 def test_a_url_that_is_not_http_is_refused():
     with pytest.raises(LinkError, match="not an http"):
         Link("ftp://example.invalid", "tok")
+
+
+def test_the_poll_reads_the_incidents_header_even_from_an_empty_answer(server, certificate):
+    from remote.commands import fetch_next
+
+    _, handler, url = server
+    told = [{"id": "inc-1", "kind": "outage", "categories": ["host"], "summary": {"zh": "主机", "en": "host"}}]
+
+    def do_GET(self):
+        self.send_response(204)
+        self.send_header("X-Posdiag-Incidents", json.dumps(told))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    handler.do_GET = do_GET
+    reply = fetch_next(Link(url, "tok", str(certificate[0])), "T-1")
+    assert reply.command is None and reply.incidents == told

@@ -1,4 +1,5 @@
 import json
+import shutil
 import re
 import socket
 import threading
@@ -200,3 +201,184 @@ def test_last_error_rewritten_with_the_same_error_is_a_second_event_committed_wh
     restarted = LastErrorFile(path, committed)  # a crash before b was done: b comes again
     (again,) = restarted.poll(first=True)
     assert again.id == b.id
+
+
+# --- Issue 12: nothing lost, nothing twice -------------------------------------------
+
+
+def lines_for(codes, start=0):
+    return "".join(f"t{start + i} response code: {code}\n" for i, code in enumerate(codes))
+
+
+def diagnose_all(f, first=False):
+    """Poll once, diagnose (mark done) every event; the codes seen and the position to save."""
+    events = f.poll(first=first)
+    for event in events:
+        event.done()
+    return [e.code for e in events], f.position()
+
+
+def restart(path, saved, **kw):
+    return LogFollower(path, PATTERN, "iso8583", dict(saved), **kw)
+
+
+CODES = [f"{i:02d}" for i in range(10, 99)]
+
+
+def test_rename_rotation_while_stopped_loses_nothing(tmp_path):
+    for rotated_name in ("app.log.1", "app.log-20261130", "app-20261130.log"):
+        log = tmp_path / "app.log"
+        for old in tmp_path.iterdir():
+            old.unlink()
+        log.write_text("")
+        f = follower(log)
+        f.poll(first=True)
+        append(log, lines_for(CODES[:3]))
+        seen, saved = diagnose_all(f)
+        f.close()
+        append(log, lines_for(CODES[3:7], 3))  # written while the agent is down
+        log.rename(tmp_path / rotated_name)
+        log.write_text(lines_for(CODES[7:9], 7))  # the new log, before the agent is back
+        g = restart(log, saved)
+        more, _ = diagnose_all(g)
+        append(log, lines_for(CODES[9:10], 9))
+        last, _ = diagnose_all(g)
+        assert seen + more + last == CODES[:10], (rotated_name, seen, more, last)
+        g.close()
+
+
+def test_a_configured_rotation_glob_is_searched(tmp_path):
+    log = tmp_path / "pay.txt"
+    log.write_text("")
+    f = restart(log, {}, rotated=("archive-*.txt",))
+    f.poll(first=True)
+    append(log, lines_for(CODES[:1]))
+    _, saved = diagnose_all(f)
+    f.close()
+    append(log, lines_for(CODES[1:3], 1))
+    log.rename(tmp_path / "archive-7.txt")
+    log.write_text(lines_for(CODES[3:4], 3))
+    assert diagnose_all(restart(log, saved, rotated=("archive-*.txt",)))[0] == CODES[1:4]
+    assert diagnose_all(restart(log, saved))[0] == CODES[3:4]  # without the glob the rotated lines are not found
+
+
+def test_copytruncate_while_stopped_with_regrowth_past_the_old_offset(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    f = follower(log)
+    f.poll(first=True)
+    append(log, lines_for(CODES[:2]))
+    seen, saved = diagnose_all(f)
+    f.close()
+    append(log, lines_for(CODES[2:5], 2))  # unread when the copy is taken
+    shutil.copy(log, tmp_path / "app.log.1")
+    with log.open("r+b") as fh:
+        fh.truncate(0)
+    append(log, lines_for(CODES[5:25], 5))  # grows past the old offset again: size alone would miss it
+    assert log.stat().st_size > saved["offset"]
+    g = restart(log, saved)
+    more, _ = diagnose_all(g)
+    assert seen + more == CODES[:25]
+    ids = set()
+    g.close()
+    for again in (restart(log, saved), restart(log, saved)):  # a crash before any was done: same events, same ids
+        events = again.poll()
+        ids.add(tuple(e.id for e in events))
+        assert [e.code for e in events] == CODES[2:25]
+        again.close()
+    assert len(ids) == 1
+
+
+def test_copytruncate_while_running_with_regrowth(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    f = follower(log)
+    f.poll(first=True)
+    append(log, lines_for(CODES[:2]))
+    seen, _ = diagnose_all(f)
+    append(log, lines_for(CODES[2:4], 2))  # written, not yet read, then copied and truncated
+    shutil.copy(log, tmp_path / "app.log.1")
+    with log.open("r+b") as fh:
+        fh.truncate(0)
+    append(log, lines_for(CODES[4:30], 4))
+    more, _ = diagnose_all(f)
+    assert seen + more == CODES[:30]
+
+
+def test_a_crash_while_finishing_the_rotated_file_resumes_in_it(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    f = follower(log)
+    f.poll(first=True)
+    append(log, lines_for(CODES[:1]))
+    _, saved = diagnose_all(f)
+    f.close()
+    append(log, lines_for(CODES[1:4], 1))
+    log.rename(tmp_path / "app.log.1")
+    log.write_text(lines_for(CODES[4:6], 4))
+    g = restart(log, saved)
+    events = g.poll()
+    assert [e.code for e in events] == CODES[1:6]
+    events[0].done()  # the crash comes before the rest is done
+    saved_mid = g.position()
+    g.close()
+    h = restart(log, saved_mid)
+    again = h.poll()
+    assert [e.code for e in again] == CODES[2:6]
+    assert [e.id for e in again] == [e.id for e in events[1:]]
+
+
+def test_two_terminals_from_one_image_never_share_an_event_id(tmp_path):
+    from agent import config
+    from agent.sources import terminal_identity_key
+
+    keys = []
+    for name, serial in (("a", "SN-1001"), ("b", "SN-1002"), ("c", ""), ("d", "")):
+        root = tmp_path / name / "sys"
+        (root / "class/dmi/id").mkdir(parents=True)
+        (root / "class/dmi/id/product_serial").write_text(serial)
+        cfg = config.load(None, {"host": {"sysfs_root": str(root), "procfs_root": str(tmp_path / name / "proc")}})
+        assert cfg.section("terminal").id == "UNSET"  # the image's config, unchanged
+        keys.append(terminal_identity_key(cfg, tmp_path / name / "state"))
+        assert terminal_identity_key(cfg, tmp_path / name / "state") == keys[-1]  # stable across restarts
+    log = tmp_path / "app.log"  # one path, one inode, one offset: what cloned terminals share
+    log.write_text(lines_for(["05"]))
+    ids = set()
+    for key in keys:
+        f = restart(log, {}, identity=key)
+        ids.update(e.id for e in f.poll())
+        f.close()
+    assert len(set(keys)) == 4 and len(ids) == 4
+
+
+def test_utf16_logs_are_followed_and_redacted(tmp_path):
+    for encoding, bom in (("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-16-le", b"")):
+        log = tmp_path / f"u16-{encoding}-{len(bom)}.log"
+        log.write_bytes(bom + "交易 response code: 05 card 4111111111111111\n".encode(encoding))
+        f = follower(log)
+        events = f.poll()
+        assert [e.code for e in events] == ["05"]
+        assert "411111******1111" in events[0].context["line"] and "\x00" not in events[0].context["line"]
+        append(log, "应答码: 51\n", encoding)
+        assert [e.code for e in f.poll()] == ["51"]
+        f.close()
+
+
+def test_a_pan_wrapped_onto_the_next_line_is_masked_in_both_events(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("")
+    f = follower(log)
+    f.poll(first=True)
+    append(log, "response code: 05 pan 41111111\n11111111 response code: 51\n")
+    events = f.poll()
+    lines = "".join(e.context["line"] for e in events)
+    assert [e.code for e in events] == ["05", "51"]
+    assert "41111111" not in lines.replace("\n", "") and "11111111" not in lines, lines
+
+
+def test_a_code_made_longer_by_redaction_is_cut_after_it():
+    from agent.sources import MAX_CODE_LENGTH, clean_code
+
+    code = "pin=1 " * 10 + "x"  # 61 characters; "pin=***" is longer than "pin=1"
+    cleaned = clean_code(code)
+    assert len(code) <= MAX_CODE_LENGTH and len(cleaned) == MAX_CODE_LENGTH and "pin=1" not in cleaned

@@ -428,13 +428,14 @@ def test_cli_outbox_requeue(tmp_path):
 def test_tls_verified_against_the_configured_ca(outbox, tmp_path):
     import ssl
 
-    from probes.emulators.acquirer import issue, make_ca, pem
+    from probes.emulators import _ca
 
-    ca = make_ca("posdiag test support CA")
-    cert, key = issue(ca, datetime.now(UTC) + timedelta(days=30))
+    backend = _ca.available_backend()
+    ca = _ca.make_ca("posdiag test support CA", tmp_path, backend)
+    cert, key = _ca.issue(ca, datetime.now(UTC) + timedelta(days=30), tmp_path, backend)
     (tmp_path / "server.pem").write_bytes(cert + key)
-    (tmp_path / "ca.pem").write_bytes(pem(ca[0]))
-    (tmp_path / "other-ca.pem").write_bytes(pem(make_ca("someone else")[0]))
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    (tmp_path / "other-ca.pem").write_bytes(_ca.make_ca("someone else", tmp_path, backend).cert_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(tmp_path / "server.pem")
     ids = fill(outbox, 2)

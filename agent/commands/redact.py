@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from agent.sources import decode_log
     from probes.contract.errors import UsageError
     from remote.redact import Redactor
 
@@ -31,10 +33,35 @@ def handle(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"cannot read {name}: {exc.strerror}") from None
         with stream:
-            while chunk := stream.readlines(1 << 20):
-                out.write(redactor.text(decode_log(b"".join(chunk))))
+            for text in decoded_chunks(stream):
+                out.write(redactor.text(text))
     out.flush()
     if args.stats:
         counts = ", ".join(f"{kind} {n}" for kind, n in redactor.summary().items())
         print(f"redacted: {counts}", file=sys.stderr)
     return 0
+
+
+def decoded_chunks(stream: Any) -> Iterator[str]:
+    """The text of a log in chunks of whole lines: UTF-16 (known by its first bytes) through
+    an incremental decoder, anything else line by line as UTF-8 or GB18030 (decode_log)."""
+    from remote.logtext import decode_log, log_encoding
+
+    head = stream.read(4096)
+    encoding = log_encoding(head)
+    if encoding:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        text = decoder.decode(head).lstrip("\ufeff")
+        while block := stream.read(1 << 20):
+            text += decoder.decode(block)
+            cut = text.rfind("\n") + 1
+            yield text[:cut]
+            text = text[cut:]
+        yield text + decoder.decode(b"", final=True)
+        return
+    rest = head
+    while chunk := stream.readlines(1 << 20):
+        yield decode_log(rest + b"".join(chunk))
+        rest = b""
+    if rest:
+        yield decode_log(rest)

@@ -14,6 +14,7 @@ import datetime as dt
 import http.server
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from probes import network
+from probes.contract.errors import UsageError
+from probes.emulators import _ca
 
 FAULTS = frozenset(network.FINDINGS) - frozenset(network.LINK_FINDINGS)
-HOST = "localhost"
+CERT_FAULTS = frozenset({"network.tls_failed", "network.cert_expired", "network.cert_expiring"})
+HOST = _ca.HOST
 UNRESOLVABLE = "acquirer.posdiag.invalid"
 CLOCK_OFFSET_S = -600
 SLOW_HANDSHAKE_S = 0.4
@@ -31,72 +35,11 @@ HIGH_LATENCY_MS = 250.0
 CONNECT_TIMEOUT_S = 1.0
 
 
-def make_ca(common_name: str) -> tuple[Any, Any]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def issue(ca: tuple[Any, Any], not_after: dt.datetime) -> tuple[bytes, bytes]:
-    """A server certificate for localhost signed by `ca`, as PEM (cert, key)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(min(dt.datetime.now(dt.UTC), not_after) - dt.timedelta(days=1))
-        .not_valid_after(not_after)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(HOST), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
-def pem(cert: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
 class TlsEndpoint:
-    """Accepts TLS connections on loopback, completes the handshake, then closes."""
+    """Accepts TLS connections on loopback, completes the handshake, then closes
+    (with no context: accepts plain TCP and closes)."""
 
-    def __init__(self, context: ssl.SSLContext, handshake_delay_s: float) -> None:
+    def __init__(self, context: ssl.SSLContext | None, handshake_delay_s: float) -> None:
         self.context = context
         self.delay = handshake_delay_s
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -119,6 +62,8 @@ class TlsEndpoint:
         with conn:
             time.sleep(self.delay)
             conn.settimeout(2.0)
+            if self.context is None:
+                return
             try:
                 with self.context.wrap_socket(conn, server_side=True) as tls:
                     tls.recv(1)
@@ -150,21 +95,36 @@ def clock_server(offset_s: float) -> http.server.ThreadingHTTPServer:
     return http.server.ThreadingHTTPServer(("127.0.0.1", 0), DateHandler)
 
 
-@contextlib.contextmanager
-def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
+def tls_context(faults: frozenset[str], workdir: Path) -> ssl.SSLContext | None:
+    """The endpoint's server context, or None (plain TCP) when no certificate can be made here."""
+    backend = _ca.available_backend()
+    if backend is None:
+        if faults & CERT_FAULTS:
+            raise UsageError(
+                f"{', '.join(sorted(faults & CERT_FAULTS))}: the simulated acquirer makes its certificates "
+                "with the openssl command or the cryptography package; neither is installed"
+            )
+        print("posdiag: simulated acquirer without TLS: no openssl command to make its certificate", file=sys.stderr)
+        return None
     now = dt.datetime.now(dt.UTC)
-    trusted = make_ca("posdiag simulated acquirer CA")
-    signer = make_ca("some other CA") if "network.tls_failed" in faults else trusted
+    trusted = _ca.make_ca("posdiag simulated acquirer CA", workdir, backend)
+    signer = _ca.make_ca("some other CA", workdir, backend) if "network.tls_failed" in faults else trusted
     not_after = now + dt.timedelta(days=400)
     if "network.cert_expired" in faults:
         not_after = now - dt.timedelta(days=2)
     elif "network.cert_expiring" in faults:
         not_after = now + dt.timedelta(days=5)
-    cert_pem, key_pem = issue(signer, not_after)
-    (workdir / "ca.pem").write_bytes(pem(trusted[0]))
+    cert_pem, key_pem = _ca.issue(signer, not_after, workdir, backend)
+    (workdir / "ca.pem").write_bytes(trusted.cert_pem)
     (workdir / "server.pem").write_bytes(cert_pem + key_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(workdir / "server.pem")
+    return context
+
+
+@contextlib.contextmanager
+def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
+    context = tls_context(faults, workdir)
     delay = SLOW_HANDSHAKE_S if "network.high_latency" in faults else 0.0
     network: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
@@ -188,7 +148,7 @@ def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
         network.update(
             {
                 "hosts": [
-                    {"name": "acquirer", "host": host, "port": port, "tls": True, "ca_file": str(workdir / "ca.pem"), "server_name": HOST}
+                    {"name": "acquirer", "host": host, "port": port, "tls": context is not None, "ca_file": str(workdir / "ca.pem"), "server_name": HOST}
                 ],
                 "clock_reference": f"http://127.0.0.1:{clock.server_address[1]}/",
                 "high_latency_ms": HIGH_LATENCY_MS,

@@ -14,15 +14,19 @@ import base64
 import binascii
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
 from remote.redact import redact_text
-from remote.server import db, store
+from remote.server import db, signin, store
+from remote.server.fleet import incidents as fleet_incidents
+from remote.server.fleet import inventory
+from remote.server.fleet.engine import LABEL_KEY
+from remote.server.fleet.models import FleetTerminalList
 from remote.server.ingest import IngestError
 from remote.server.models import (
     BundleDetail,
@@ -33,7 +37,6 @@ from remote.server.models import (
     ErrorBody,
     NextCommand,
     Stats,
-    Terminal,
     TerminalCreate,
     TerminalEnrolled,
     Verdict,
@@ -107,7 +110,10 @@ async def user_auth(
     pair = _basic(request)
     user = None
     if pair is not None:
-        user = await run_in_threadpool(srv.user_by_password, *pair)
+        try:
+            user = await signin.sign_in(srv, *pair, request.client.host if request.client else None)
+        except signin.Refused as exc:
+            raise ApiError(exc.status, exc.code, exc.detail, {"Retry-After": str(exc.retry_after)}) from None
     elif request.method in ("GET", "HEAD"):
         user = await run_in_threadpool(srv.user_by_session, request.cookies.get(SESSION_COOKIE))
     if user is None:
@@ -167,25 +173,36 @@ async def upload(
         terminal = await run_in_threadpool(srv.terminal_for_token, token) if token else None
         if terminal is None:
             raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
-        body = await read_capped(request, srv.settings.max_bundle_bytes)
-        record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
+        size = declared_length(request, srv.settings.max_bundle_bytes) or srv.settings.max_bundle_bytes
+        async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
+            body = await read_capped(request, srv.settings.max_bundle_bytes)
+            record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
     except IngestError as exc:
         srv.metrics.reject(exc.code, time.perf_counter() - started)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if exc.retry_after:
+            headers = {"Retry-After": str(exc.retry_after)}
         return error_response(exc.status, exc.code, exc.detail, headers)
     srv.metrics.accepted(new, time.perf_counter() - started)
     return JSONResponse(BundleRecord(**record).model_dump(), status_code=201 if new else 200)
 
 
+def declared_length(request: Request, cap: int) -> int | None:
+    """Content-Length, if given: 400 when it is not a number, 413 (unread) when over `cap`."""
+    length = request.headers.get("content-length")
+    if length is None:
+        return None
+    if not length.isdigit():
+        raise IngestError(400, "bad_length", "Content-Length is not a number")
+    if int(length) > cap:
+        raise IngestError(413, "too_large", f"bundle over {cap} bytes")
+    return int(length)
+
+
 async def read_capped(request: Request, cap: int) -> bytes:
     """The body, refusing (413) by Content-Length before reading, or while streaming once
     more than `cap` bytes have come; at most one transport chunk past cap is ever read."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        if not length.isdigit():
-            raise IngestError(400, "bad_length", "Content-Length is not a number")
-        if int(length) > cap:
-            raise IngestError(413, "too_large", f"bundle over {cap} bytes")
+    declared_length(request, cap)
     parts: list[bytes] = []
     got = 0
     async for chunk in request.stream():
@@ -223,7 +240,11 @@ async def request_probes(
     response_model=NextCommand,
     tags=["terminal"],
     summary="Take the next probe request (terminal token)",
-    responses={204: {"description": "nothing to do"}, **errors(401, 403, 422)},
+    responses={
+        204: {"description": "nothing to do", "headers": {"X-Posdiag-Incidents": fleet_incidents.HEADER_DOC}},
+        200: {"headers": {"X-Posdiag-Incidents": fleet_incidents.HEADER_DOC}},
+        **errors(401, 403, 422),
+    },
 )
 async def next_command(
     request: Request,
@@ -234,9 +255,12 @@ async def next_command(
         raise ApiError(403, "wrong_terminal", "a terminal polls only its own queue")
     srv = service(request)
     found = await run_in_threadpool(store.next_command, srv.engine, terminal_id, srv.settings.command_redeliver_seconds)
+    notices = await run_in_threadpool(srv.fleet.notices, terminal_id)
+    headers = {"X-Posdiag-Incidents": fleet_incidents.header(notices)}
     if found is None:
-        return Response(status_code=204)
-    return NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"])
+        return Response(status_code=204, headers=headers)
+    answer = NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"])
+    return JSONResponse(answer.model_dump(), headers=headers)
 
 
 @router.get(
@@ -253,9 +277,42 @@ async def list_commands(request: Request, terminal_id: Annotated[str, Path(max_l
 # -- terminals ------------------------------------------------------------------------------
 
 
-@router.get("/terminals", response_model=list[Terminal], tags=["terminals"], responses=errors(401))
-async def terminals(request: Request, user: Reader) -> Any:
-    return await run_in_threadpool(store.list_terminals, service(request).engine)
+@router.get(
+    "/terminals",
+    response_model=FleetTerminalList,
+    tags=["terminals"],
+    summary="Terminal inventory; filter by status and by labels as label.KEY=VALUE (all must match)",
+    responses=errors(400, 401, 422),
+)
+async def terminals(
+    request: Request,
+    user: Reader,
+    status: Annotated[Literal["ok", "missing", "at_risk"] | None, Query()] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Any:
+    srv = service(request)
+    labels = label_params(request)
+    try:
+        items, next_cursor = await run_in_threadpool(
+            inventory.list_terminals, srv.engine, srv.settings.fleet, db.now(), status, labels,
+            limit or srv.settings.page_size, cursor,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ApiError(400, "bad_cursor", str(exc)) from None
+    return FleetTerminalList(items=items, next_cursor=next_cursor)
+
+
+def label_params(request: Request) -> dict[str, str]:
+    """label.KEY=VALUE query parameters."""
+    out = {}
+    for key, value in request.query_params.multi_items():
+        if key.startswith("label."):
+            name = key[len("label."):]
+            if not LABEL_KEY.fullmatch(name) or not 0 < len(value) <= 64:
+                raise ApiError(422, "invalid_request", f"{key[:40]}: a label is label.KEY=VALUE, KEY a-z0-9_, VALUE 1-64 chars")
+            out[name] = value
+    return out
 
 
 @router.post(
@@ -329,14 +386,17 @@ async def list_bundles(
         )
     except store.StoreError as exc:
         raise ApiError(400, exc.code, exc.detail) from None
-    return BundleList(items=[BundleRecord(**r) for r in rows], next_cursor=next_cursor)
+    holds = await run_in_threadpool(fleet_incidents.dispatch_for, srv.engine, [r["id"] for r in rows])
+    return BundleList(items=[BundleRecord(**r, fleet_dispatch=holds.get(r["id"])) for r in rows], next_cursor=next_cursor)
 
 
 async def _record(request: Request, bundle_id: str) -> dict[str, Any]:
-    record = await run_in_threadpool(store.get_bundle, service(request).engine, bundle_id)
+    engine = service(request).engine
+    record = await run_in_threadpool(store.get_bundle, engine, bundle_id)
     if record is None:
         raise ApiError(404, "no_bundle", "no bundle with this id")
-    return record
+    holds = await run_in_threadpool(fleet_incidents.dispatch_for, engine, [record["id"]])
+    return dict(record, fleet_dispatch=holds.get(record["id"]))
 
 
 BundleId = Annotated[str, Path(pattern=BUNDLE_ID)]
@@ -356,10 +416,11 @@ async def bundle_detail(request: Request, bundle_id: BundleId, user: Reader) -> 
 )
 async def download(request: Request, bundle_id: BundleId, user: Reader) -> Response:
     record = await _record(request, bundle_id)
-    body = await run_in_threadpool(service(request).blobs.get, record["sha256"])
+    chunks = await run_in_threadpool(service(request).blobs.stream, record["sha256"])
     safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in record["terminal_id"])
     name = f"posdiag-{safe}-{record['id']}.tar.gz"
-    return Response(body, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    headers = {"Content-Disposition": f'attachment; filename="{name}"', "Content-Length": str(record["size"])}
+    return StreamingResponse(iterate_in_threadpool(chunks), media_type="application/gzip", headers=headers)
 
 
 @router.get("/stats", response_model=Stats, tags=["bundles"], summary="Fleet counts over a window", responses=errors(401, 422))

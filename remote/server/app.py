@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -10,13 +11,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from remote.server import api, web
+from remote.server import api, fleet_api, fleet_web, web
+from remote.server.blobs import BlobError
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
 from remote.server.service import Service
-from remote.server.settings import ServerSettings
+from remote.server_settings import ServerSettings
+
+log = logging.getLogger("posdiag.support")
 
 
 class RefuseNul:
@@ -49,6 +54,7 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
         redoc_url=None,
     )
     app.state.service = service
+    app.router.add_event_handler("startup", service.fleet.start)
     app.router.add_event_handler("shutdown", service.close)
 
     @app.exception_handler(api.ApiError)
@@ -59,11 +65,22 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
         return api.error_response(exc.status, exc.code, exc.detail)
 
+    @app.exception_handler(BlobError)
+    async def _blob_error(_: Request, exc: BlobError) -> JSONResponse:
+        return api.error_response(503, "blob_store_unavailable", "the blob store failed; try again", {"Retry-After": "5"})
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return api.error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}"[:300])
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> Response:
+        # Nobody is left to answer; one line, no traceback.
+        where = request.client.host if request.client else "?"
+        log.info("%s %s: the client went away before its request body was complete", where, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> Response:
@@ -95,5 +112,8 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
 
     app.add_middleware(RefuseNul)
     app.include_router(api.router)
+    app.include_router(fleet_api.router)
     app.include_router(web.router)
+    app.include_router(fleet_web.router)
+    fleet_api.document(app)
     return app

@@ -3,10 +3,13 @@
 - Terminal tokens: `pdt_` + 32 random bytes; the server keeps SHA-256(token) only. Its raw
   digest is also the HMAC key the terminal signs manifest.json with.
 - Passwords: scrypt (n=2^14, r=8, p=1, 16-byte salt), stored as `scrypt$n$r$p$salt$hash`.
-- Sessions: a cookie `payload.mac`, payload = base64url JSON {user, exp, nonce}, mac =
-  HMAC-SHA256 under the server secret (shared through the database by every server).
-- CSRF: a signed double submit. A `posdiag_csrf` cookie holds a random nonce; a form carries
-  HMAC(secret, "csrf:" + nonce). A foreign site can neither read the cookie nor forge the MAC.
+- Sessions: a cookie `payload.mac`, payload = base64url JSON {user, exp, sid}, mac =
+  HMAC-SHA256 under the server secret (shared through the database by every server). Sign-out
+  puts the sid on a revocation list in the database (until the cookie would have expired).
+- CSRF: a form carries HMAC(secret, "csrf:" + binding). Signed in, the binding is the session's
+  sid: a token is good for one session only and dies with it. Before sign-in (the sign-in form)
+  it is a nonce the server issued in the `posdiag_csrf` cookie, itself MAC'd with its issue
+  time: a nonce the client chose is never signed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
 import time
@@ -54,10 +58,14 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
+PRESESSION_SECONDS = 86400.0  # a sign-in form's nonce is good for a day
+
+
 @dataclass(frozen=True)
 class Session:
     user: str
     expires: float
+    sid: str
 
 
 class Signer:
@@ -68,7 +76,7 @@ class Signer:
         return hmac.new(self.secret, text.encode("ascii"), hashlib.sha256).hexdigest()
 
     def session_cookie(self, user: str, lifetime_seconds: float) -> str:
-        body = {"user": user, "exp": time.time() + lifetime_seconds, "nonce": secrets.token_hex(8)}
+        body = {"user": user, "exp": time.time() + lifetime_seconds, "sid": secrets.token_hex(16)}
         payload = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
         return f"{payload}.{self._mac('session:' + payload)}"
 
@@ -80,22 +88,52 @@ class Signer:
             if not hmac.compare_digest(mac, self._mac("session:" + payload)):
                 return None
             body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            session = Session(user=str(body["user"]), expires=float(body["exp"]))
+            session = Session(user=str(body["user"]), expires=float(body["exp"]), sid=str(body["sid"]))
         except (ValueError, KeyError, TypeError, UnicodeError):
             return None
         return session if session.expires > time.time() else None
 
-    def csrf_token(self, nonce: str) -> str:
-        return self._mac("csrf:" + nonce)
+    def csrf_token(self, binding: str) -> str:
+        return self._mac("csrf:" + binding)
 
-    def check_csrf(self, nonce: str | None, token: str | None) -> bool:
-        if not nonce or not token:
+    def check_csrf(self, binding: str | None, token: str | None) -> bool:
+        if not binding or not token:
             return False
         try:
-            return hmac.compare_digest(self.csrf_token(nonce), token)
+            return hmac.compare_digest(self.csrf_token(binding), token)
         except (TypeError, UnicodeError):
             return False
+
+    def new_presession(self) -> str:
+        """A `posdiag_csrf` cookie value: a fresh nonce, its issue time and their MAC."""
+        body = f"{secrets.token_hex(16)}.{int(time.time())}"
+        return f"{body}.{self._mac('presession:' + body)}"
+
+    def presession(self, cookie: str | None) -> str | None:
+        """The nonce of a cookie this server issued within a day, else None."""
+        if not cookie or cookie.count(".") != 2:
+            return None
+        nonce, issued, mac = cookie.split(".")
+        try:
+            if not hmac.compare_digest(mac, self._mac(f"presession:{nonce}.{issued}")):
+                return None
+            fresh = 0 <= time.time() - int(issued) <= PRESESSION_SECONDS
+        except (ValueError, TypeError, UnicodeError):
+            return None
+        return nonce if fresh else None
 
 
 def new_nonce() -> str:
     return secrets.token_hex(16)
+
+
+def address_key(host: str | None) -> str:
+    """A client address as a sign-in limit counts it: IPv4 whole, IPv6 by its /64 (one
+    subscriber commonly holds a whole /64)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return host or "unknown"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) else str(address)

@@ -1,11 +1,16 @@
 """`posdiag-support`: run the support server and manage its terminals and users.
 
-  posdiag-support serve [--db URL] [--data DIR] [--host H] [--port P] [--workers N] [--access-log]
+  posdiag-support serve [--db URL] [--data DIR] [--blobs URL] [--host H] [--port P]
+                        [--workers N] [--access-log] [--forwarded-allow-ips IPS]
   posdiag-support terminals add ID | list | revoke ID
   posdiag-support users add NAME --role support|technician|admin [--password P]
   posdiag-support users list | passwd NAME [--password P] | role NAME ROLE | remove NAME
+  posdiag-support gc [--dry-run] [--json]   remove what [server.retention] expires
+  posdiag-support check [--json]            verify database, blob store, config
 
 --db defaults to SQLite in the data directory; postgresql://user@host/db for PostgreSQL.
+--blobs defaults to DATA/blobs; s3://BUCKET[/PREFIX] for an S3-compatible store.
+Exit codes: 0 done, 1 check found a problem, 2 error or refused set-up.
 Without --password the password is asked for on a terminal, or read as one line of stdin.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import shutil
 import socket
 import sys
 import tomllib
@@ -40,6 +46,12 @@ def add_store_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
     parser.add_argument(
         "--config", metavar="PATH", default=default(None), help="posdiag.toml whose [server] section overrides the defaults"
     )
+    parser.add_argument(
+        "--blobs",
+        metavar="URL",
+        default=default(os.environ.get("POSDIAG_SUPPORT_BLOBS")),
+        help="blob store: a directory or s3://BUCKET[/PREFIX] (default: [server.blobs] url, else DATA/blobs)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL or SQLite)")
     serve.add_argument("--access-log", action="store_true", help="log every request to stdout (card data redacted)")
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default="127.0.0.1",
+        metavar="IPS",
+        help="balancers whose X-Forwarded-For is the client address (default: 127.0.0.1)",
+    )
     serve.set_defaults(handler=cmd_serve)
+
+    gc = sub.add_parser("gc", parents=[common], help="remove expired bundles now ([server.retention])")
+    gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    gc.add_argument("--json", action="store_true", help="machine-readable output")
+    gc.set_defaults(handler=cmd_gc)
+    check = sub.add_parser("check", parents=[common], help="verify database, blob store and config")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(handler=cmd_check)
 
     term = sub.add_parser("terminals", help="enrol, list and revoke terminals").add_subparsers(dest="action", required=True)
     add = term.add_parser("add", parents=[common], help="enrol a terminal and print its token once")
@@ -94,7 +120,7 @@ def server_settings(path: str | None):  # -> ServerSettings
     Read with the shared table checker (probes/contract/config_file.py), not the terminal's whole-file
     loader, so that the server imports neither the agent nor the probe modules."""
     from probes.contract import config_file
-    from remote.server.settings import ServerSettings
+    from remote.server_settings import ServerSettings
 
     data = tomllib.loads(config_file.packaged_default_text()).get("server", {})
     chosen = config_file.resolve_path(path)
@@ -102,6 +128,16 @@ def server_settings(path: str | None):  # -> ServerSettings
         data = config_file.merge(data, config_file.read_toml(chosen).get("server", {}))
     source = str(chosen) if chosen else "packaged posdiag.toml"
     return config_file.convert(ServerSettings, data, "server", lambda _key: source)
+
+
+def settings_for(args: argparse.Namespace):  # -> ServerSettings
+    """[server] with --blobs, when given, in place of [server.blobs] url."""
+    import dataclasses
+
+    settings = server_settings(args.config)
+    if args.blobs:
+        settings = dataclasses.replace(settings, blobs=dataclasses.replace(settings.blobs, url=args.blobs))
+    return settings
 
 
 def db_url(args: argparse.Namespace) -> str:
@@ -128,8 +164,8 @@ def serve_problem(url: str, host: str, port: int) -> str | None:
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in DB_SCHEMES:
         return f"unsupported database URL {url.split('://', 1)[0]}://...: use sqlite:///PATH or postgresql://USER@HOST/DB"
-    if not 1 <= port <= 65535:
-        return f"port {port} is out of range (1-65535)"
+    if not 0 <= port <= 65535:  # 0: any free port
+        return f"port {port} is out of range (0-65535)"
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
@@ -143,7 +179,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from probes.contract.errors import UsageError
+    from remote.server import preflight, retention
     from remote.server.logs import log_config
+    from remote.server.metrics import Metrics
+    from remote.server.service import open_blobs
 
     problem = serve_problem(args.db or "sqlite://", args.host, args.port)
     if problem:
@@ -153,30 +192,129 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["POSDIAG_SUPPORT_DATA"] = str(Path(args.data).resolve())
     if args.config:
         os.environ["POSDIAG_SUPPORT_CONFIG"] = args.config
-    server_settings(args.config)  # fail here, not in every worker
-    engine(args).dispose()  # create the schema once before workers start
-    print(f"posdiag-support: serving on http://{args.host}:{args.port}/", file=sys.stderr)
-    uvicorn.run(
-        "remote.server.cli:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=log_config(args.access_log),
-        log_level=None,
-        access_log=args.access_log,
-    )
+    if args.blobs:
+        os.environ["POSDIAG_SUPPORT_BLOBS"] = args.blobs
+    settings = settings_for(args)  # fail here, not in every worker
+    eng = engine(args)  # create the schema once before workers start
+    metrics = Metrics()
+    blobs = open_blobs(settings, Path(args.data), metrics)
+    try:
+        preflight.verify_store(eng, blobs)
+        lease = preflight.hold_sqlite(eng)
+    except preflight.Refused as exc:
+        print(f"posdiag-support: refusing to start: {exc}", file=sys.stderr)
+        eng.dispose()
+        return 2
+    janitor = retention.Janitor(eng, blobs, settings.retention, metrics)
+    janitor.start()
+    print(f"posdiag-support: serving on http://{args.host}:{args.port}/ (blobs: {blobs.describe()})", file=sys.stderr)
+    try:
+        uvicorn.run(
+            "remote.server.cli:app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=log_config(args.access_log),
+            log_level=None,
+            access_log=args.access_log,
+            http="remote.server.connections:GuardedProtocol",  # header/body timeouts, connection caps
+            proxy_headers=True,
+            forwarded_allow_ips=args.forwarded_allow_ips,  # sign-in limits count the client, not the balancer
+        )
+    finally:
+        janitor.stop()
+        if lease is not None:
+            lease.set()
     return 0
 
 
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def metrics_dir() -> None:
+    """A fresh directory for every worker's samples (remote/server/metrics.py); set before
+    prometheus_client is first imported, in this process and (inherited) in each worker."""
+    import tempfile
+
+    os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="posdiag-metrics-")
+
+
 def app_from_env():  # -> FastAPI; uvicorn's factory, also in each worker process
+    import dataclasses
+
     from remote.server.app import create_app
 
-    return create_app(
-        os.environ["POSDIAG_SUPPORT_DB"],
-        Path(os.environ["POSDIAG_SUPPORT_DATA"]),
-        server_settings(os.environ.get("POSDIAG_SUPPORT_CONFIG")),
-    )
+    settings = server_settings(os.environ.get("POSDIAG_SUPPORT_CONFIG"))
+    if os.environ.get("POSDIAG_SUPPORT_BLOBS"):
+        settings = dataclasses.replace(
+            settings, blobs=dataclasses.replace(settings.blobs, url=os.environ["POSDIAG_SUPPORT_BLOBS"])
+        )
+    return create_app(os.environ["POSDIAG_SUPPORT_DB"], Path(os.environ["POSDIAG_SUPPORT_DATA"]), settings)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from remote.server import retention
+    from remote.server.service import open_blobs
+
+    settings = settings_for(args)
+    keep = settings.retention
+    eng = engine(args)
+    if not (keep.days or keep.max_per_terminal):
+        print("posdiag-support: [server.retention] keeps everything (days = 0, max_per_terminal = 0)", file=sys.stderr)
+    if args.dry_run:
+        result = retention.plan(eng, keep)
+    else:
+        result = retention.run_pass(eng, open_blobs(settings, Path(args.data)), keep)
+        if result is None:
+            print("posdiag-support: another server is running retention now; try again later", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(dict(dataclasses.asdict(result), rows=result.rows, dry_run=args.dry_run)))
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"{verb} {result.rows} bundles ({result.by_age} by age over {keep.days} days, "
+              f"{result.by_count} over {keep.max_per_terminal} per terminal) "
+              f"and {result.blobs} blobs ({result.bytes} bytes)")  # fmt: skip
+        for error in result.errors:
+            print(f"posdiag-support: {error}", file=sys.stderr)
+    return 1 if result.errors else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from probes.contract.errors import PosdiagError
+    from remote.server import db, preflight
+    from remote.server.service import open_blobs
+
+    report = preflight.Report()
+    try:
+        settings = settings_for(args)
+        keep = settings.retention
+        report.add("config", f"{args.config or 'packaged posdiag.toml'}: ok; retention {keep.days} days, "
+                   f"{keep.max_per_terminal} per terminal")  # fmt: skip
+    except PosdiagError as exc:
+        report.add("config", str(exc).splitlines()[0], True)
+        settings = None
+    eng = db.make_engine(db_url(args))
+    if not preflight.check_database(eng, report):
+        eng = None
+    if settings is not None:
+        try:
+            preflight.check_blobs(eng, open_blobs(settings, Path(args.data)), report)
+        except ValueError as exc:
+            report.add("blob store", str(exc), True)
+    if args.json:
+        print(json.dumps({"ok": not report.problems, "found": dict(report.lines), "problems": report.problems}))
+    else:
+        for what, found in report.lines:
+            print(f"{what:<16} {found}")
+        print("ok" if not report.problems else f"{len(report.problems)} problem(s)")
+    return 1 if report.problems else 0
 
 
 def cmd_terminal_add(args: argparse.Namespace) -> int:
@@ -264,18 +402,24 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        metrics_dir()
     from sqlalchemy.exc import SQLAlchemyError
 
     from probes.contract.errors import PosdiagError
+    from remote.server.blobs import BlobError
     from remote.server.store import StoreError
 
     try:
         return int(args.handler(args))
-    except (PosdiagError, StoreError, SQLAlchemyError, OSError) as exc:
+    except (PosdiagError, StoreError, SQLAlchemyError, BlobError, OSError, ValueError) as exc:
         print(f"posdiag-support: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if args.command == "serve":
+            shutil.rmtree(os.environ[METRICS_DIR_ENV], ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -84,11 +84,34 @@ bundles = sa.Table(
     sa.Column("received_at", TIME, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("clock_flag", sa.String(8)),  # ahead | behind: created_at implausible at receipt
     sa.Index("ix_bundles_created", "created_at", "id"),
     sa.Index("ix_bundles_terminal", "terminal_id", "created_at"),
     sa.Index("ix_bundles_code", "code", "created_at"),
     sa.Index("ix_bundles_cause", "top_cause", "created_at"),
     sa.Index("ix_bundles_category", "top_category", "created_at"),
+    sa.Index("ix_bundles_sha256", "sha256"),
+    sa.Index("ix_bundles_received", "received_at"),
+)
+
+# Digests whose rows retention removed: `pending` until the blob is deleted (or found still
+# named), then `deleted` for a day, which tells an upload of the same bytes that began
+# before the deletion to write its blob again (remote/server/retention.py).
+blob_orphans = sa.Table(
+    "blob_orphans",
+    metadata,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("since", TIME, nullable=False),
+)
+
+# Named leases with an expiry: one SQLite server, one retention pass (remote/server/leases.py).
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(256), nullable=False),
+    sa.Column("expires_at", TIME, nullable=False),
 )
 
 commands = sa.Table(
@@ -105,6 +128,32 @@ commands = sa.Table(
     sa.Column("done_at", TIME),
     sa.Column("bundle_id", sa.String(36)),
     sa.Index("ix_commands_terminal", "terminal_id", "status", "created_at"),
+)
+
+
+# A bundle as the API and pages show it, redacted once at ingest (JSON, see bundleview.py).
+bundle_views = sa.Table(
+    "bundle_views",
+    metadata,
+    sa.Column("bundle_id", sa.String(36), primary_key=True),
+    sa.Column("view", sa.Text, nullable=False),
+)
+
+# Failed sign-ins per key ("user:NAME", "addr:IP") in a fixed window, shared by every server.
+signin_failures = sa.Table(
+    "signin_failures",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("window_start", TIME, nullable=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+)
+
+# Sessions ended by sign-out before their cookie expires.
+revoked_sessions = sa.Table(
+    "revoked_sessions",
+    metadata,
+    sa.Column("sid", sa.String(64), primary_key=True),
+    sa.Column("expires_at", TIME, nullable=False),
 )
 
 
@@ -179,8 +228,23 @@ def create_schema(engine: Engine) -> None:
             # Serialise concurrent create_all of several servers starting together.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263001)"))
         metadata.create_all(conn)
+        _add_missing_columns(conn)
+        for index in bundles.indexes:  # indexes added to a table an older release made
+            index.create(conn, checkfirst=True)
         have = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
         if have is None:
             conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=now()))
         elif have > SCHEMA_VERSION:
             raise RuntimeError(f"database schema {have} is newer than this server ({SCHEMA_VERSION})")
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """create_all makes missing tables, not missing columns: a nullable column added to a
+    table in a later release is added here to a database made before it."""
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))

@@ -29,10 +29,14 @@ def serving(app: FastAPI, host: str = "127.0.0.1", tls: tuple[str, str] | None =
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
+    from remote.server.connections import GuardedProtocol
+
     certfile, keyfile = tls or (None, None)
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", ssl_certfile=certfile, ssl_keyfile=keyfile)
-    )
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", http=GuardedProtocol,
+        ssl_certfile=certfile, ssl_keyfile=keyfile,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="support-server")
     thread.start()
     deadline = time.monotonic() + 20

@@ -1,23 +1,28 @@
 """Check an uploaded bundle before anything of it is stored.
 
-Order, cheapest and least trusting first: the gzip/tar container (400), member paths and
-types, member count, unpacked size (a gzip bomb is stopped by counting decompressed bytes,
-never by trusting a header), then manifest.json's schema (422), its terminal against the
-token's (403), the signature, and every listed member's size and sha256 (422).
+Order, cheapest and least trusting first: the gzip/tar container (400: one gzip member, no
+data after the tar end-of-archive), member paths and types, member count, unpacked size (a
+gzip bomb is stopped by counting decompressed bytes, never by trusting a header), the size
+of what the server reads (manifest, JSON members, log tails), the layout, the signature over
+manifest.json's raw bytes (422), and only then the manifest's entry count and schema (422),
+its terminal against the token's (403) and every listed member's size and sha256 (422).
+Members are streamed: each is hashed as it passes; only the capped few are held.
 """
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import hmac
 import io
 import json
 import math
 import posixpath
+import re
 import tarfile
+import unicodedata
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,11 +35,12 @@ MAX_JSON_DEPTH = 64  # what the agent writes is a few levels deep; pages and red
 
 
 class IngestError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.retry_after = retry_after
 
 
 class _Loose(BaseModel):
@@ -76,9 +82,9 @@ class Manifest(_Loose):
 class Bundle:
     manifest: Manifest
     manifest_raw: dict[str, Any]
-    members: dict[str, bytes]
     diagnosis: dict[str, Any]
-    created_at: str
+    created: datetime
+    scan: Scan
 
     @property
     def id(self) -> str:
@@ -108,7 +114,7 @@ class Bundle:
             "top_category": _text(top.get("category"), 32),
             "top_confidence": _finite(confidence),
             "verdict": _text(dispatch.get("verdict"), 16),
-            "created_at": self.created_at,
+            "created_at": db.stamp(self.created),
         }
 
 
@@ -168,54 +174,162 @@ def clean(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
 
 
-class _CountingReader(io.RawIOBase):
-    """Decompresses on demand and refuses to produce more than `limit` bytes."""
+@dataclass(frozen=True)
+class Limits:
+    """What one upload may cost. Only the members the server reads are held in memory, each
+    under its own cap; every other member is hashed as it streams past and dropped."""
+
+    max_members: int
+    max_unpacked: int
+    max_manifest: int
+    max_json: int
+    log_view: int
+    max_header: int = 1 << 20  # tar and pax headers between two members
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        return cls(
+            settings.max_members,
+            settings.max_unpacked_bytes,
+            settings.max_manifest_bytes,
+            settings.max_json_member_bytes,
+            settings.log_view_kib * 1024,
+        )
+
+    @property
+    def held(self) -> int:
+        """The most an upload holds beside its body: what ByteBudget reserves for it."""
+        return self.max_manifest + SIG_MAX + len(JSON_MEMBERS) * self.max_json + self.log_view
+
+
+SIG_MAX = 256
+JSON_MEMBERS = ("diagnosis.json", "probes.json", "system.json")
+BIDI_AND_CONTROL = ("Cc", "Cf", "Co", "Cs", "Zl", "Zp")
+DRIVE = re.compile(r"(^|/)[A-Za-z]:")
+
+
+class _Gunzip(io.RawIOBase):
+    """One gzip member, decompressed on demand, never more than `limit` bytes; anything after
+    the member (a second member, garbage) is refused. While `header_left` is set (tarfile is
+    reading headers), at most that many bytes may come: a pax header is held whole by tarfile."""
 
     def __init__(self, body: bytes, limit: int) -> None:
-        self._gz = gzip.GzipFile(fileobj=io.BytesIO(body), mode="rb")
+        self._body, self._pos = memoryview(body), 0
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._left = limit
+        self.header_left: int | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: Any) -> int:
-        want = min(len(buf), self._left + 1)
-        chunk = self._gz.read(want)
-        self._left -= len(chunk)
+        while not self._z.eof:
+            src = self._z.unconsumed_tail
+            if not src:
+                if self._pos >= len(self._body):
+                    raise IngestError(400, "not_tar", "the gzip stream is cut short")
+                src = self._body[self._pos : self._pos + 65536]
+                self._pos += len(src)
+            out = self._z.decompress(src, len(buf))
+            if out:
+                self._count(len(out))
+                buf[: len(out)] = out
+                return len(out)
+        if self._z.unused_data or self._pos < len(self._body):
+            raise IngestError(400, "trailing_data", "data after the end of the gzip stream (a second member?)")
+        return 0
+
+    def _count(self, n: int) -> None:
+        self._left -= n
         if self._left < 0:
             raise IngestError(400, "too_large_unpacked", "bundle unpacks to more than the server accepts")
-        buf[: len(chunk)] = chunk
-        return len(chunk)
+        if self.header_left is not None:
+            self.header_left -= n
+            if self.header_left < 0:
+                raise IngestError(400, "too_large_header", "a tar or pax header is larger than the server accepts")
 
 
-def unpack(body: bytes, max_members: int, max_unpacked: int) -> list[tuple[str, bytes]]:
-    """The members in archive order; 400 for anything that is not a plain, safe tar.gz."""
+@dataclass
+class Scan:
+    """An archive read once: every member's size and sha256, the few members the server
+    reads, and the newest part of each log (up to the view budget)."""
+
+    names: list[str]
+    digests: dict[str, tuple[int, str]]
+    kept: dict[str, bytes]
+    logs: dict[str, tuple[bytes, int]]  # name -> (newest bytes kept, bytes cut before them)
+
+
+def scan(body: bytes, limits: Limits) -> Scan:
+    """Stream the members in archive order; 400 for anything that is not a plain, safe tar.gz."""
     if body[:2] != b"\x1f\x8b":
         raise IngestError(400, "not_gzip", "body is not gzip data")
-    out: list[tuple[str, bytes]] = []
+    out = Scan([], {}, {}, {})
     total = 0
+    reader = _Gunzip(body, limits.max_unpacked + 512 * (limits.max_members + 4) * 2)
     try:
-        reader = io.BufferedReader(_CountingReader(body, max_unpacked + 512 * (max_members + 4) * 2))
+        reader.header_left = limits.max_header
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             for member in tar:
-                if len(out) >= max_members:
-                    raise IngestError(400, "too_many_members", f"more than {max_members} members")
+                reader.header_left = None
+                if len(out.names) >= limits.max_members:
+                    raise IngestError(400, "too_many_members", f"more than {limits.max_members} members")
                 name = _safe_name(member)
                 total += member.size
-                if total > max_unpacked:
+                if total > limits.max_unpacked:
                     raise IngestError(400, "too_large_unpacked", "bundle unpacks to more than the server accepts")
-                fh = tar.extractfile(member)
-                data = fh.read() if fh is not None else b""
-                if len(data) != member.size:
-                    raise IngestError(400, "not_tar", f"member {name!r} is cut short")
-                out.append((name, data))
+                _read_member(tar, member, name, limits, out)
+                out.names.append(name)
+                reader.header_left = limits.max_header
+            _refuse_trailing(tar)
     except IngestError:
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError, UnicodeError) as exc:
         raise IngestError(400, "not_tar", f"body is not a complete tar.gz ({type(exc).__name__})") from None
-    if not out:
+    if not out.names:
         raise IngestError(400, "not_tar", "empty archive")
     return out
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, limits: Limits, out: Scan) -> None:
+    cap = _keep_cap(name, len(out.names), limits, out)
+    if (name in (wire.SIGNATURE, *JSON_MEMBERS) or (name == wire.MANIFEST and not out.names)) and member.size > cap:
+        code = "manifest_too_large" if name == wire.MANIFEST else "member_too_large"
+        raise IngestError(400, code, f"{name} is {member.size} bytes, over the {cap} the server reads")
+    fh = tar.extractfile(member)
+    digest, size, tail = hashlib.sha256(), 0, bytearray()
+    while fh is not None and (chunk := fh.read(65536)):
+        digest.update(chunk)
+        size += len(chunk)
+        if cap:
+            tail += chunk
+            del tail[: max(0, len(tail) - cap)]
+    if size != member.size:
+        raise IngestError(400, "not_tar", f"member {name!r} is cut short")
+    out.digests[name] = (size, digest.hexdigest())
+    if name.startswith("logs/"):
+        out.logs[name] = (bytes(tail), size - len(tail))
+    elif cap:
+        out.kept[name] = bytes(tail)
+
+
+def _keep_cap(name: str, index: int, limits: Limits, out: Scan) -> int:
+    if name == wire.MANIFEST and index == 0:
+        return limits.max_manifest
+    if name == wire.SIGNATURE:
+        return SIG_MAX
+    if name in JSON_MEMBERS:
+        return limits.max_json
+    if name.startswith("logs/"):
+        return max(0, limits.log_view - sum(len(t) for t, _ in out.logs.values()))
+    return 0
+
+
+def _refuse_trailing(tar: tarfile.TarFile) -> None:
+    """After the end-of-archive blocks only zero padding may follow (tar pads to its record size)."""
+    while chunk := tar.fileobj.read(65536):  # type: ignore[union-attr]
+        if chunk.count(0) != len(chunk):
+            raise IngestError(400, "trailing_data", "data after the tar end-of-archive")
 
 
 def _safe_name(member: tarfile.TarInfo) -> str:
@@ -227,52 +341,61 @@ def _safe_name(member: tarfile.TarInfo) -> str:
         not name
         or name.startswith("/")
         or "\\" in name
-        or "\x00" in name
         or norm != name
         or norm == ".."
         or norm.startswith("../")
         or len(name) > 255
+        or DRIVE.search(name)
+        or any(unicodedata.category(c) in BIDI_AND_CONTROL for c in name)
     ):
-        raise IngestError(400, "unsafe_member", f"member path {name[:80]!r} is absolute, not normalised or escapes")
+        raise IngestError(
+            400, "unsafe_member", f"member path {name[:80]!r} is absolute, not normalised, escapes, "
+            "names a drive or holds control or bidi characters"
+        )  # fmt: skip
     return name
 
 
-def validate(body: bytes, token_sha256: str, terminal_id: str, max_members: int, max_unpacked: int) -> Bundle:
-    members = unpack(body, max_members, max_unpacked)
-    names = [name for name, _ in members]
+def validate(body: bytes, token_sha256: str, terminal_id: str, limits: Limits) -> Bundle:
+    """Cheapest and least trusting first: the container and its member names, the layout, the
+    signature over the raw manifest bytes, then the manifest's entry count, its schema, the
+    terminal, the member hashes, and only then the JSON members."""
+    found = scan(body, limits)
+    names = found.names
     if names[0] != wire.MANIFEST:
         raise IngestError(422, "bad_layout", "the first member must be manifest.json")
     if names[-1] != wire.SIGNATURE:
         raise IngestError(422, "bad_layout", "the last member must be manifest.sig")
     if len(set(names)) != len(names):
         raise IngestError(422, "bad_layout", "a member name occurs twice")
-    files = dict(members)
-    manifest_bytes = files[wire.MANIFEST]
+    manifest_bytes = found.kept[wire.MANIFEST]
+    if not _same(found.kept[wire.SIGNATURE].strip(), auth.manifest_signature(token_sha256, manifest_bytes)):
+        raise IngestError(422, "bad_signature", "manifest.sig does not match manifest.json and the terminal's token")
     try:
         raw = load_json(manifest_bytes)
+        entries = raw.get("files") if isinstance(raw, dict) else None
+        if isinstance(entries, list) and len(entries) > limits.max_members:
+            raise IngestError(422, "bad_manifest", f"files lists more than {limits.max_members} entries")
         manifest = Manifest.model_validate(raw)
-        created_at = db.stamp(db.parse_time(manifest.created_at))
+        created = db.parse_time(manifest.created_at)
+        db.stamp(created)
     except (ValueError, OverflowError, ValidationError) as exc:
         raise IngestError(422, "bad_manifest", _short(exc)) from None
     if manifest.terminal.id != terminal_id:
         raise IngestError(403, "wrong_terminal", "the manifest names another terminal than the token's")
-    expected = auth.manifest_signature(token_sha256, manifest_bytes)
-    if not _same(files[wire.SIGNATURE].strip(), expected):
-        raise IngestError(422, "bad_signature", "manifest.sig does not match manifest.json and the terminal's token")
-    _check_files(manifest, files)
-    if "diagnosis.json" not in files:
+    _check_files(manifest, found.digests)
+    if "diagnosis.json" not in found.kept:
         raise IngestError(422, "missing_member", "diagnosis.json is missing")
     parsed = {}
-    for name in ("diagnosis.json", "probes.json", "system.json"):
-        if name in files:
+    for name in JSON_MEMBERS:
+        if name in found.kept:
             try:
-                parsed[name] = load_json(files[name])
+                parsed[name] = load_json(found.kept[name])
             except ValueError as exc:
                 raise IngestError(422, "bad_member", f"{name} is not JSON ({str(exc)[:100]})") from None
     diagnosis = parsed["diagnosis.json"]
     if not isinstance(diagnosis, dict):
         raise IngestError(422, "bad_member", "diagnosis.json is not a JSON object")
-    return Bundle(manifest, raw, files, diagnosis, created_at)
+    return Bundle(manifest, raw, diagnosis, created, found)
 
 
 def _same(sig: bytes, expected: str) -> bool:
@@ -282,11 +405,11 @@ def _same(sig: bytes, expected: str) -> bool:
         return False
 
 
-def _check_files(manifest: Manifest, files: dict[str, bytes]) -> None:
+def _check_files(manifest: Manifest, digests: dict[str, tuple[int, str]]) -> None:
     listed = {f.path: f for f in manifest.files}
     if len(listed) != len(manifest.files):
         raise IngestError(422, "bad_manifest", "files lists a path twice")
-    present = set(files) - {wire.MANIFEST, wire.SIGNATURE}
+    present = set(digests) - {wire.MANIFEST, wire.SIGNATURE}
     missing = sorted(set(listed) - present)
     if missing:
         raise IngestError(422, "missing_member", f"listed but absent: {', '.join(missing)[:200]}")
@@ -294,9 +417,19 @@ def _check_files(manifest: Manifest, files: dict[str, bytes]) -> None:
     if unlisted:
         raise IngestError(422, "unlisted_member", f"present but not in the manifest: {', '.join(unlisted)[:200]}")
     for path, entry in listed.items():
-        data = files[path]
-        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        if digests[path] != (entry.size, entry.sha256):
             raise IngestError(422, "hash_mismatch", f"{path[:80]}: size or sha256 differs from the manifest")
+
+
+def clock_flag(created: datetime, received: datetime, ahead_seconds: float, behind_days: float) -> str | None:
+    """`ahead` when the terminal's clock put created_at after the receipt, `behind` when it is
+    older than any outbox wait explains; None when it is plausible."""
+    lead = (created - received).total_seconds()
+    if lead > ahead_seconds:
+        return "ahead"
+    if -lead > behind_days * 86400:
+        return "behind"
+    return None
 
 
 def _short(exc: Exception) -> str:

@@ -1,64 +1,108 @@
-"""Prometheus text exposition (format 0.0.4), written by hand: three series need no library.
+"""Prometheus metrics through prometheus_client, one view for every worker of a server.
 
-Counters live in the process; with several uvicorn workers each worker reports its own,
-which Prometheus sums when every worker is scraped (or use one worker per port).
+`posdiag-support serve` sets PROMETHEUS_MULTIPROC_DIR to a fresh directory before any
+worker starts: each process then writes its samples to files there, and /metrics, in
+whichever worker answers, sums every process's files (prometheus_client's multiprocess
+mode). Without that variable (tests, `posdiag demo`) the samples stay in the process.
+Each Metrics has its own registry, so several servers in one process do not collide.
 """
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
+import os
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+
+disable_created_metrics()  # no `_created` twin per series: nothing here reads it
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BLOB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+Reading = Callable[[], dict[str, float]]
+
+
+class ReadAtScrape:
+    """Gauges read when /metrics is asked (from the database, so every worker reports the same
+    value: they are not per-process samples to be summed). `read` answers {'label="value"': n}."""
+
+    def __init__(self) -> None:
+        self.gauges: list[tuple[str, str, Reading]] = []
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text, read in self.gauges:
+            readings = read()
+            label_names = sorted({text.split("=", 1)[0] for text in readings})
+            family = GaugeMetricFamily(name, help_text, labels=label_names)
+            for text, value in sorted(readings.items()):
+                family.add_metric([text.split("=", 1)[1].strip('"')], value)
+            yield family
 
 
 class Metrics:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.received = Counter[str]()  # by outcome: new | duplicate
-        self.rejected = Counter[str]()  # by reason: the error code
-        self._bucket_counts = [0] * len(BUCKETS)
-        self._sum = 0.0
-        self._count = 0
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.scraped = ReadAtScrape()
+        reg = self.registry
+        self.received = Counter(
+            "posdiag_bundles_received", "Bundles accepted, by outcome (new or duplicate).", ["outcome"], registry=reg
+        )
+        self.rejected = Counter("posdiag_bundles_rejected", "Uploads refused, by reason.", ["reason"], registry=reg)
+        self.ingest = Histogram(
+            "posdiag_ingest_seconds",
+            "Time to answer an upload, from first byte read to answer.",
+            buckets=BUCKETS,
+            registry=reg,
+        )
+        self.retained = Counter(
+            "posdiag_retention_removed", "Removed by retention, by kind (rows or blobs).", ["kind"], registry=reg
+        )
+        self.blob_errors = Counter(
+            "posdiag_blob_errors", "Blob store operations that failed, by operation.", ["op"], registry=reg
+        )
+        self.blob_latency = Histogram(
+            "posdiag_blob_seconds", "Blob store operation time, by operation.", ["op"], buckets=BLOB_BUCKETS, registry=reg
+        )
+        for outcome in ("new", "duplicate"):
+            self.received.labels(outcome)
+        for kind in ("rows", "blobs"):
+            self.retained.labels(kind)
+
+    def gauge(self, name: str, help_text: str, read: Reading) -> None:
+        """A gauge read at scrape time: `read` answers {label text: value}, e.g. {'kind="outage"': 2}."""
+        self.scraped.gauges.append((name, help_text, read))
 
     def accepted(self, new: bool, seconds: float) -> None:
-        with self._lock:
-            self.received["new" if new else "duplicate"] += 1
-            self._observe(seconds)
+        self.received.labels("new" if new else "duplicate").inc()
+        self.ingest.observe(seconds)
 
     def reject(self, reason: str, seconds: float) -> None:
-        with self._lock:
-            self.rejected[reason] += 1
-            self._observe(seconds)
+        self.rejected.labels(reason).inc()
+        self.ingest.observe(seconds)
 
-    def _observe(self, seconds: float) -> None:
-        self._sum += seconds
-        self._count += 1
-        for i, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                self._bucket_counts[i] += 1
+    def removed(self, rows: int, blobs: int) -> None:
+        self.retained.labels("rows").inc(rows)
+        self.retained.labels("blobs").inc(blobs)
+
+    def blob_seconds(self, op: str, seconds: float) -> None:
+        self.blob_latency.labels(op).observe(seconds)
+
+    def blob_error(self, op: str) -> None:
+        self.blob_errors.labels(op).inc()
 
     def render(self) -> str:
-        with self._lock:
-            lines = [
-                "# HELP posdiag_bundles_received_total Bundles accepted, by outcome (new or duplicate).",
-                "# TYPE posdiag_bundles_received_total counter",
-            ]
-            for outcome in ("new", "duplicate"):
-                lines.append(f'posdiag_bundles_received_total{{outcome="{outcome}"}} {self.received[outcome]}')
-            lines += [
-                "# HELP posdiag_bundles_rejected_total Uploads refused, by reason.",
-                "# TYPE posdiag_bundles_rejected_total counter",
-            ]
-            for reason in sorted(self.rejected):
-                lines.append(f'posdiag_bundles_rejected_total{{reason="{reason}"}} {self.rejected[reason]}')
-            lines += [
-                "# HELP posdiag_ingest_seconds Time to answer an upload, from first byte read to answer.",
-                "# TYPE posdiag_ingest_seconds histogram",
-            ]
-            for bound, count in zip(BUCKETS, self._bucket_counts, strict=True):
-                lines.append(f'posdiag_ingest_seconds_bucket{{le="{bound}"}} {count}')
-            lines.append(f'posdiag_ingest_seconds_bucket{{le="+Inf"}} {self._count}')
-            lines.append(f"posdiag_ingest_seconds_sum {self._sum:.6f}")
-            lines.append(f"posdiag_ingest_seconds_count {self._count}")
-        return "\n".join(lines) + "\n"
+        path = os.environ.get(MULTIPROC_ENV)
+        if not path or values.ValueClass is values.MutexValue:  # the variable came after import
+            return generate_latest(self.registry).decode() + generate_latest(self._scraped_registry()).decode()
+        merged = self._scraped_registry()
+        MultiProcessCollector(merged, path)
+        return generate_latest(merged).decode()
+
+    def _scraped_registry(self) -> CollectorRegistry:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.scraped)
+        return registry

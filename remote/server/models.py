@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, StringConstraints
 # Dispatch verdicts a bundle can carry: the agent's four (agent.knowledge.VERDICTS, none <
 # merchant < remote < onsite) and the server's fleet verdict `hold`.
 Verdict = Literal["none", "merchant", "remote", "onsite", "hold"]
+from remote.server.fleet.models import FleetDispatch
 
 
 class ErrorBody(BaseModel):
@@ -36,6 +37,12 @@ class BundleRecord(BaseModel):
     received_at: str
     sha256: str
     size: int
+    clock_flag: str | None = Field(
+        default=None, description="ahead | behind: created_at was implausible at receipt (the terminal's clock)"
+    )
+    fleet_dispatch: FleetDispatch | None = Field(
+        default=None, description="hold: inside a fleet outage's scope and span; the terminal's own verdict stays in verdict"
+    )
 
 
 class BundleList(BaseModel):
@@ -106,14 +113,6 @@ class NextCommand(BaseModel):
     command_id: str
     probes: list[str] | None
     code: str | None
-
-
-class Terminal(BaseModel):
-    id: str
-    created_at: str
-    revoked_at: str | None
-    last_seen_at: str | None
-    bundles: int
 
 
 class TerminalCreate(BaseModel):

@@ -6,19 +6,22 @@ import hashlib
 import threading
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from remote import wire
-from remote.redact import Redactor, redact_text
-from remote.server import auth, db, ingest, store
-from remote.server.blobs import BlobStore
+from remote.server import auth, bundleview, db, ingest, store
+from remote.server.blobs import BlobStore, open_store
+from remote.server.budget import ByteBudget
+from remote.server.fleet.engine import Fleet
 from remote.server.metrics import Metrics
-from remote.server.settings import ServerSettings
+from remote.server.signin import HashPool
+from remote.server_settings import ServerSettings
 
 BASIC_CACHE_SECONDS = 60.0
+VIEW_BUILDERS = 2  # bundle views redacted at once (each may take ~50 MB and seconds of CPU)
 
 
 @dataclass(frozen=True)
@@ -32,27 +35,39 @@ class Service:
         self.settings = settings
         self.engine: Engine = db.make_engine(db_url)
         db.create_schema(self.engine)
-        self.blobs = BlobStore(data_dir / "blobs")
         self.metrics = Metrics()
+        self.blobs: BlobStore = open_blobs(settings, data_dir, self.metrics)
+        self.limits = ingest.Limits.of(settings)
+        self.ingest_budget = ByteBudget(settings.ingest_memory_mib << 20)
+        self._view_builders = threading.BoundedSemaphore(VIEW_BUILDERS)
+        self.fleet = Fleet(self.engine, settings)
+        self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()
+        self._blocked: dict[str, float] = {}  # signin key -> monotonic time until which it is refused
         self._decoy = auth.hash_password(auth.new_nonce())
+        self.hash_pool = HashPool(settings.password_hash_workers, settings.password_hash_queue)
 
     def close(self) -> None:
+        self.hash_pool.close()
+        self.fleet.stop()
         self.engine.dispose()
 
     # -- who is asking ------------------------------------------------------------------
 
-    def user_by_password(self, name: str, password: str) -> User | None:
-        """scrypt is slow on purpose; a verified pair is remembered for a minute (keyed by
-        a salted hash, never the password) so HTTP basic clients do not pay it per request."""
-        key = hashlib.sha256(self.signer.secret + f"{name}\x00{password}".encode()).hexdigest()
-        now = time.monotonic()
+    def _cache_key(self, name: str, password: str) -> str:
+        return hashlib.sha256(self.signer.secret + f"{name}\x00{password}".encode()).hexdigest()
+
+    def cached_user(self, name: str, password: str) -> User | None:
+        """A pair verified within the last minute (keyed by a salted hash, never the
+        password), so HTTP basic clients do not pay scrypt per request."""
         with self._cache_lock:
-            hit = self._basic_cache.get(key)
-        if hit and hit[0] > now:
-            return hit[1]
+            hit = self._basic_cache.get(self._cache_key(name, password))
+        return hit[1] if hit and hit[0] > time.monotonic() else None
+
+    def verify_password(self, name: str, password: str) -> User | None:
+        """scrypt, slow on purpose: run it in signin's pool, never on the event loop."""
         row = store.get_user(self.engine, name)
         # An unknown name costs the same scrypt as a known one: timing does not tell names.
         stored = row["password_hash"] if row else self._decoy
@@ -62,8 +77,49 @@ class Service:
         with self._cache_lock:
             if len(self._basic_cache) > 1000:
                 self._basic_cache.clear()
-            self._basic_cache[key] = (now + BASIC_CACHE_SECONDS, user)
+            self._basic_cache[self._cache_key(name, password)] = (time.monotonic() + BASIC_CACHE_SECONDS, user)
         return user
+
+    def signin_keys(self, name: str, host: str | None) -> dict[str, int]:
+        """The failure counters an attempt is checked against, with their limits."""
+        s = self.settings
+        return {
+            f"user:{name[:128]}": s.signin_max_failures_per_user,
+            f"addr:{auth.address_key(host)}": s.signin_max_failures_per_address,
+        }
+
+    def known_wait(self, name: str, host: str | None) -> float:
+        """Seconds this process already knows the attempt must wait (no database read): a
+        flood past its limit is refused at the cost of a dict lookup."""
+        now = time.monotonic()
+        with self._cache_lock:
+            return max([0.0] + [self._blocked.get(key, now) - now for key in self.signin_keys(name, host)])
+
+    def signin_attempt(self, name: str, host: str | None) -> float:
+        """Count this attempt; seconds it must wait instead (0: check the password)."""
+        waits = store.signin_attempt(
+            self.engine, self.signin_keys(name, host), self.settings.signin_window_seconds, datetime.now(UTC)
+        )
+        with self._cache_lock:
+            if len(self._blocked) > 10000:
+                self._blocked.clear()
+            for key, wait in waits.items():  # re-read at least every 5 s: a success elsewhere clears a user
+                self._blocked[key] = time.monotonic() + min(wait, 5.0)
+        return max(waits.values(), default=0.0)
+
+    def attempt(self, name: str, password: str, host: str | None) -> tuple[float, User | None]:
+        """(seconds to wait, None) past a limit, else (0, the user or None): run in signin's pool."""
+        wait = self.signin_attempt(name, host)
+        if wait > 0:
+            return wait, None
+        user = self.verify_password(name, password)
+        if user is not None:
+            self.signin_succeeded(name, host)
+        return 0.0, user
+
+    def signin_succeeded(self, name: str, host: str | None) -> None:
+        user_key, address_key = self.signin_keys(name, host)
+        store.signin_forget(self.engine, user_key, address_key, self.settings.signin_window_seconds, datetime.now(UTC))
 
     def terminal_for_token(self, token: str) -> dict[str, Any] | None:
         """The active terminal of a bearer token, asked of the database on every request
@@ -73,77 +129,59 @@ class Service:
 
     def user_by_session(self, cookie: str | None) -> User | None:
         session = self.signer.read_session(cookie)
-        if session is None:
+        if session is None or store.session_revoked(self.engine, session.sid):
             return None
         row = store.get_user(self.engine, session.user)
         return User(row["name"], row["role"]) if row else None
+
+    def sign_out(self, cookie: str | None) -> None:
+        """The session ends on every server now, not when its cookie would have expired."""
+        session = self.signer.read_session(cookie)
+        if session is not None:
+            store.revoke_session(self.engine, session.sid, datetime.fromtimestamp(session.expires, UTC))
 
     # -- ingest -------------------------------------------------------------------------
 
     def ingest(self, body: bytes, terminal: dict[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
         s = self.settings
-        bundle = ingest.validate(body, terminal["token_sha256"], terminal["id"], s.max_members, s.max_unpacked_bytes)
+        bundle = ingest.validate(body, terminal["token_sha256"], terminal["id"], self.limits)
         if idempotency_key and idempotency_key.strip().lower() != bundle.id:
             raise ingest.IngestError(422, "idempotency_key_mismatch", "Idempotency-Key differs from the manifest's bundle_id")
+        received = datetime.now(UTC)
+        index = dict(
+            bundle.index(),
+            clock_flag=ingest.clock_flag(bundle.created, received, s.clock_ahead_seconds, s.clock_behind_days),
+        )
+        with self._view_builders:  # redaction is CPU- and memory-hungry: a few at a time
+            view = bundleview.build(bundle.scan)
         digest = self.blobs.put(body)  # same bytes again: already there, a no-op
-        existing, new = store.insert_bundle(self.engine, bundle.index(), digest, len(body))
+        index["created_at"], clamped = self.fleet.clamp(index["created_at"], db.stamp(received))  # event time
+        existing, new = store.insert_bundle(
+            self.engine, index, digest, len(body), view, db.stamp(received), lambda: self.blobs.put(body)
+        )
         if existing["terminal_id"] != terminal["id"]:
             raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
+        if new:
+            self.fleet.on_bundle(bundle, existing, clamped)
         return existing, new
 
     # -- reading a stored bundle ----------------------------------------------------------
 
-    def members(self, record: dict[str, Any]) -> dict[str, bytes]:
-        body = self.blobs.get(record["sha256"])
-        return dict(ingest.unpack(body, self.settings.max_members, self.settings.max_unpacked_bytes))
-
     def detail(self, record: dict[str, Any]) -> dict[str, Any]:
-        files = self.members(record)
-        # The terminal redacts before anything is written; redacting again here means a
-        # bundle from an agent that missed something still shows no card data to people.
-        logs = {
-            name.removeprefix("logs/"): redact_text(data.decode("utf-8", "replace"))[0]
-            for name, data in files.items()
-            if name.startswith("logs/")
-        }
-        again = Redactor()
-        return {
-            "record": record,
-            "manifest": _cleaned(_manifest(files.get(wire.MANIFEST))),
-            "diagnosis": _cleaned(again.data(_json(files.get("diagnosis.json"), {}))),
-            "probes": _cleaned(again.data(_json(files.get("probes.json"), None))),
-            "system": _cleaned(again.data(_json(files.get("system.json"), None))),
-            "logs": logs,
-        }
+        stored = store.bundle_view(self.engine, record["id"])
+        if stored is None:  # stored before views were kept: made once, now
+            stored = bundleview.build(ingest.scan(self.blobs.get(record["sha256"]), self.limits))
+            store.keep_bundle_view(self.engine, record["id"], stored)
+        return {"record": record, **bundleview.parse(stored)}
 
 
-def _cleaned(value: Any) -> Any:
-    """Every string (keys too) without lone surrogates and NULs: JSON text may carry
-    `\\ud800`, which no UTF-8 answer can. Depth is bounded by ingest.MAX_JSON_DEPTH."""
-    if isinstance(value, str):
-        return ingest.clean(value)
-    if isinstance(value, dict):
-        return {ingest.clean(k) if isinstance(k, str) else k: _cleaned(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cleaned(v) for v in value]
-    return value
-
-
-def _manifest(data: bytes | None) -> Any:
-    """The manifest with its terminal's free text masked like the stored record (the rest
-    is ids, hashes and counts, which Redactor.data would take for secrets by their keys)."""
-    manifest = _json(data, {})
-    if isinstance(manifest, dict) and isinstance(manifest.get("terminal"), dict):
-        manifest["terminal"] = {
-            k: ingest.shown(v) if isinstance(v, str) else v for k, v in manifest["terminal"].items()
-        }
-    return manifest
-
-
-def _json(data: bytes | None, default: Any) -> Any:
-    if data is None:
-        return default
-    try:
-        return ingest.load_json(data)
-    except ValueError:
-        return default
+def open_blobs(settings: ServerSettings, data_dir: Path, metrics: Metrics | None = None) -> BlobStore:
+    """The blob store [server.blobs] names (the CLI's --blobs lands there too)."""
+    b = settings.blobs
+    options = {
+        "endpoint_url": b.endpoint_url,
+        "region": b.region,
+        "access_key_id": b.access_key_id,
+        "secret_access_key": b.secret_access_key,
+    }
+    return open_store(b.url, data_dir, options, metrics)

@@ -7,16 +7,29 @@ import json
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql
+import sqlalchemy.dialects.sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from remote.server import auth, db
-from remote.server.db import bundles, commands, server_keys, terminals, user_prefs, users
+from remote.server import auth, db, retention
+from remote.server.db import (
+    bundle_views,
+    bundles,
+    commands,
+    revoked_sessions,
+    server_keys,
+    signin_failures,
+    terminals,
+    user_prefs,
+    users,
+)
 from remote.wire import terminal_id_problem
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -207,20 +220,95 @@ def set_user_lang(engine: Engine, name: str, lang: str) -> None:
             conn.execute(user_prefs.insert().values(name=name, lang=lang))
 
 
+# -- sign-in protection --------------------------------------------------------------------
+
+
+def signin_attempt(engine: Engine, limits: dict[str, int], window: float, now: datetime) -> dict[str, float]:
+    """Count one attempt against each key in `limits` ({key: most attempts}) and return
+    {key: seconds until it may try again} for the keys now past their limit (empty: go ahead).
+
+    Counted before the password is checked, in one transaction of one upsert per key (atomic
+    on both databases), so that servers racing each other never let more than the limit
+    through; a success clears the user's count again (signin_forget). A window that has run
+    out starts again."""
+    stamp, cutoff = db.stamp(now), db.stamp(now - timedelta(seconds=window))
+    insert = (sa.dialects.postgresql if engine.dialect.name == "postgresql" else sa.dialects.sqlite).insert
+    expired = signin_failures.c.window_start < cutoff
+    with db.writing(engine) as conn:
+        for key in sorted(limits):  # one order for every server: no deadlock between them
+            statement = insert(signin_failures).values(key=key, window_start=stamp, failures=1)
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[signin_failures.c.key],
+                    set_={
+                        "failures": sa.case((expired, 1), else_=signin_failures.c.failures + 1),
+                        "window_start": sa.case((expired, stamp), else_=signin_failures.c.window_start),
+                    },
+                )
+            )
+        rows = conn.execute(sa.select(signin_failures).where(signin_failures.c.key.in_(list(limits)))).mappings().all()
+    return {
+        r["key"]: (db.parse_time(r["window_start"]) + timedelta(seconds=window) - now).total_seconds()
+        for r in rows
+        if r["failures"] > limits[r["key"]]
+    }
+
+
+def signin_forget(engine: Engine, cleared: str, uncounted: str, window: float, now: datetime) -> None:
+    """After a success: drop the `cleared` key (the user), take the attempt back from the
+    `uncounted` one (the address), and drop every window that has run out."""
+    cutoff = db.stamp(now - timedelta(seconds=window))
+    key = signin_failures.c.key
+    with db.writing(engine) as conn:
+        conn.execute(signin_failures.delete().where(sa.or_(key == cleared, signin_failures.c.window_start < cutoff)))
+        conn.execute(
+            signin_failures.update()
+            .where(key == uncounted, signin_failures.c.failures > 0)
+            .values(failures=signin_failures.c.failures - 1)
+        )
+
+
+def revoke_session(engine: Engine, sid: str, expires: datetime) -> None:
+    try:
+        with db.writing(engine) as conn:
+            conn.execute(revoked_sessions.delete().where(revoked_sessions.c.expires_at < db.now()))
+            conn.execute(revoked_sessions.insert().values(sid=sid, expires_at=db.stamp(expires)))
+    except IntegrityError:
+        pass  # signed out twice
+
+
+def session_revoked(engine: Engine, sid: str) -> bool:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(revoked_sessions.c.sid).where(revoked_sessions.c.sid == sid)).first() is not None
+
+
 # -- bundles ------------------------------------------------------------------------------
 
 
-def insert_bundle(engine: Engine, index: dict[str, Any], digest: str, size: int) -> tuple[dict[str, Any], bool]:
-    """Store one bundle row; (record, True) if new, (stored record, False) if its id exists.
+def insert_bundle(
+    engine: Engine,
+    index: dict[str, Any],
+    digest: str,
+    size: int,
+    view: str,
+    received_at: str,
+    rewrite_blob: Callable[[], object],
+) -> tuple[dict[str, Any], bool]:
+    """Store one bundle row and its view (bundleview.py); (record, True) if new, (stored record,
+    False) if its id exists.
 
     The primary key decides under concurrency: of two servers inserting the same id at
     once, one commits and the other gets an IntegrityError and reads the winner's row.
-    A probe request the bundle answers is closed in the same transaction.
+    A probe request the bundle answers is closed in the same transaction, and so is the
+    blob's claim against retention (`rewrite_blob` runs if retention deleted it meanwhile).
     """
-    row = dict(index, sha256=digest, size=size, received_at=db.now())
+    row = dict(index, sha256=digest, size=size, received_at=received_at)
     try:
         with db.writing(engine) as conn:
             conn.execute(bundles.insert().values(**row))
+            conn.execute(bundle_views.insert().values(bundle_id=row["id"], view=view))
+            if retention.claim_blob(conn, digest):
+                rewrite_blob()
             if row["command_id"]:
                 conn.execute(
                     commands.update()
@@ -237,6 +325,20 @@ def insert_bundle(engine: Engine, index: dict[str, Any], digest: str, size: int)
             raise
         return existing, False
     return row, True
+
+
+def bundle_view(engine: Engine, bundle_id: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(bundle_views.c.view).where(bundle_views.c.bundle_id == bundle_id)).scalar()
+
+
+def keep_bundle_view(engine: Engine, bundle_id: str, view: str) -> None:
+    """For a bundle stored before views were kept: its view, made once on first reading."""
+    try:
+        with db.writing(engine) as conn:
+            conn.execute(bundle_views.insert().values(bundle_id=bundle_id, view=view))
+    except IntegrityError:
+        pass  # another reader made it first
 
 
 def get_bundle(engine: Engine, bundle_id: str) -> dict[str, Any] | None:

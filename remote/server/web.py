@@ -23,9 +23,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import pass_context
 
-from remote.server import auth, chart, db, store, titles
+from remote.server import auth, chart, db, signin, store, titles
+from remote.server.fleet import inventory as fleet_inventory
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
+from remote.server.logs import redacted_path
 from remote.server.service import Service, User
 
 CSRF_COOKIE = "posdiag_csrf"
@@ -130,20 +132,36 @@ def service(request: Request) -> Service:
 
 def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     srv = service(request)
-    nonce = request.cookies.get(CSRF_COOKIE) or auth.new_nonce()
+    binding, new_cookie = csrf_binding(request)
+    if binding is None:
+        new_cookie = srv.signer.new_presession()
+        binding = "n:" + str(srv.signer.presession(new_cookie))
     lang = lang_of(request)
+    if context.get("user") is not None:
+        context.setdefault("open_outages", fleet_web.open_outages(srv))
     html = templates.get_template(name).render(
-        csrf=srv.signer.csrf_token(nonce), path=request.url.path, user=context.pop("user", None),
+        csrf=srv.signer.csrf_token(binding), path=request.url.path, user=context.pop("user", None),
         lang=lang, t=WORDS[lang], here=_here(request), **context,
     )  # fmt: skip
     response = HTMLResponse(html, status_code=status)
-    if request.cookies.get(CSRF_COOKIE) != nonce:
-        response.set_cookie(CSRF_COOKIE, nonce, httponly=True, samesite="lax", secure=_https(request))
+    if new_cookie:
+        response.set_cookie(CSRF_COOKIE, new_cookie, httponly=True, samesite="lax", secure=_https(request))
     return response
 
 
 def _here(request: Request) -> str:
     return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+
+def csrf_binding(request: Request) -> tuple[str | None, str | None]:
+    """What this browser's form tokens are bound to: its session (signed in), else the nonce
+    of a `posdiag_csrf` cookie this server issued. Never a value the client picked."""
+    signer = service(request).signer
+    session = signer.read_session(request.cookies.get(SESSION_COOKIE))
+    if session is not None:
+        return "s:" + session.sid, None
+    nonce = signer.presession(request.cookies.get(CSRF_COOKIE))
+    return ("n:" + nonce, None) if nonce else (None, None)
 
 
 def _https(request: Request) -> bool:
@@ -160,14 +178,15 @@ async def page_user(request: Request) -> User | None:
 
 
 def to_login(request: Request) -> RedirectResponse:
-    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    # A search for a PAN must not travel on in the redirect, the sign-in form or the history.
+    target = redacted_path(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
     return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
 
 async def form_checked(request: Request) -> dict[str, Any] | None:
     """The posted form if its CSRF token matches this browser's cookie, else None."""
     form = await request.form()
-    ok = service(request).signer.check_csrf(request.cookies.get(CSRF_COOKIE), str(form.get("csrf", "")))
+    ok = service(request).signer.check_csrf(csrf_binding(request)[0], str(form.get("csrf", "")))
     return {k: form.getlist(k) for k in form} if ok else None
 
 
@@ -180,7 +199,7 @@ def _safe_next(target: str) -> str:
 
 @router.get("/login")
 async def login_page(request: Request, next: str = "/") -> Response:
-    return render(request, "login.html", next=_safe_next(next), error=None)
+    return render(request, "login.html", next=_safe_next(redacted_path(next)), error=None)
 
 
 @router.post("/login")
@@ -191,7 +210,12 @@ async def login(request: Request) -> Response:
     name, password = clean(form.get("name", [""])[0]), form.get("password", [""])[0]
     target = _safe_next(form.get("next", ["/"])[0])
     srv = service(request)
-    user = await run_in_threadpool(srv.user_by_password, name, password)
+    try:
+        user = await signin.sign_in(srv, name, password, request.client.host if request.client else None)
+    except signin.Refused as exc:
+        response = render(request, "login.html", status=exc.status, next=target, error=exc.detail.capitalize() + ".")
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     if user is None:
         return render(request, "login.html", status=401, next=target, error=WORDS[lang_of(request)]["wrong_login"])
     response = RedirectResponse(target, status_code=303)
@@ -211,6 +235,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     if await form_checked(request) is None:
         return Response("bad form", status_code=403)
+    await run_in_threadpool(service(request).sign_out, request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
@@ -286,9 +311,10 @@ async def bundle_page(request: Request, bundle_id: str) -> Response:
     probes = detail["probes"]
     if isinstance(probes, dict):
         probes = probes.get("probes", [])
+    fleet = await run_in_threadpool(fleet_web.bundle_fleet, srv, record["id"])
     return render(
         request, "bundle.html", user=user, r=record, d=detail["diagnosis"], manifest=detail["manifest"],
-        probes=probes if isinstance(probes, list) else [], logs=detail["logs"],
+        probes=probes if isinstance(probes, list) else [], logs=detail["logs"], fleet=fleet,
     )  # fmt: skip
 
 
@@ -297,8 +323,18 @@ async def terminal_list(request: Request) -> Response:
     user = await page_user(request)
     if user is None:
         return to_login(request)
-    rows = await run_in_threadpool(store.list_terminals, service(request).engine)
-    return render(request, "terminals.html", user=user, rows=rows)
+    srv = service(request)
+    status = request.query_params.get("status") or None
+    status = status if status in ("ok", "missing", "at_risk") else None
+    try:
+        rows, next_cursor = await run_in_threadpool(
+            fleet_inventory.list_terminals, srv.engine, srv.settings.fleet, db.now(), status, {},
+            srv.settings.page_size, request.query_params.get("cursor") or None,
+        )  # fmt: skip
+    except ValueError:
+        rows, next_cursor = [], None
+    counts = await run_in_threadpool(fleet_inventory.status_counts, srv.engine, srv.settings.fleet, db.now())
+    return render(request, "terminals.html", user=user, rows=rows, shown=status, counts=counts, next_cursor=next_cursor)
 
 
 @router.get("/terminals/{terminal_id}")
@@ -314,9 +350,10 @@ async def terminal_page(request: Request, terminal_id: str, requested: str = "")
         store.list_bundles, srv.engine, store.BundleFilter(terminal=terminal_id), srv.settings.page_size
     )
     commands = await run_in_threadpool(store.list_commands, srv.engine, terminal_id)
+    fleet = await run_in_threadpool(fleet_web.terminal_health, srv, terminal_id)
     return render(
         request, "terminal.html", user=user, term=terminal, rows=rows, commands=commands,
-        probe_names=PROBE_NAMES, requested=requested,
+        probe_names=PROBE_NAMES, requested=requested, **fleet,
     )  # fmt: skip
 
 
@@ -411,3 +448,6 @@ async def not_found_page(request: Request, status: int) -> Response:
 @router.get("/static/local-time.js")
 async def local_time_script() -> Response:
     return Response((TEMPLATES / "local-time.js").read_bytes(), media_type="text/javascript")
+
+
+from remote.server import fleet_web  # noqa: E402  (fleet_web builds on this module's helpers)

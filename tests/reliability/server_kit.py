@@ -6,16 +6,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +29,7 @@ from server_bundles import PASSWORD, make_bundle, sign, tar_gz  # noqa: E402
 from server_harness import fresh_pg_database, pg_reachable, start_server  # noqa: E402
 
 SUPPORT = Path(sys.executable).parent / "posdiag-support"
-__all__ = ["PASSWORD", "make_bundle", "fresh_pg_database", "pg_reachable", "start_server"]
+__all__ = ["PASSWORD", "make_bundle", "fresh_pg_database", "pg_reachable", "sign", "start_server"]
 
 
 def free_port() -> int:
@@ -37,9 +41,17 @@ def free_port() -> int:
 class Serve:
     """One `posdiag-support serve` process; restartable on the same port, database and data."""
 
-    def __init__(self, db_url: str, data: Path, logs: Path, access_log: bool = False, workers: int = 1) -> None:
+    def __init__(
+        self, db_url: str, data: Path, logs: Path, access_log: bool = False, workers: int = 1,
+        config: Path | None = None, files_limit: int | None = None,
+        extra: tuple[str, ...] = (), env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
+        """`extra`: more serve options; `env`: more variables; `prefix`: a command that runs
+        serve (bench/cluster.py's CPU quota); `files_limit` as `LimitNOFILE=` would set it."""
         self.db_url, self.data, self.logs = db_url, data, logs
         self.access_log, self.workers = access_log, workers
+        self.config, self.files_limit = config, files_limit
+        self.extra, self.env, self.prefix = list(extra), env, list(prefix)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -47,12 +59,22 @@ class Serve:
 
     def start(self, timeout: float = 30) -> None:
         self.starts += 1
-        cmd = [str(SUPPORT), "--db", self.db_url, "--data", str(self.data), "serve", "--port", str(self.port)]
-        cmd += ["--workers", str(self.workers)] + (["--access-log"] if self.access_log else [])
+        cmd = [*self.prefix, str(SUPPORT), "--db", self.db_url, "--data", str(self.data), "serve", "--port", str(self.port)]
+        cmd += ["--workers", str(self.workers)] + (["--access-log"] if self.access_log else []) + self.extra
+        cmd += ["--config", str(self.config)] if self.config else []
         self.logs.mkdir(parents=True, exist_ok=True)
         out = open(self.logs / f"stdout-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115 (kept by the child)
         err = open(self.logs / f"stderr-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT)
+        env = dict(os.environ, **self.env) if self.env else None
+        limit = self.files_limit
+
+        def lower_files_limit() -> None:  # as `LimitNOFILE=` in a systemd unit would
+            if limit:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+        self.proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT, env=env, preexec_fn=lower_files_limit
+        )
         out.close()
         err.close()
         deadline = time.monotonic() + timeout
@@ -84,6 +106,16 @@ class Serve:
 
     def output(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob(f"*-{self.port}-*.log")))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh database for a `Serve`: a SQLite file, then a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'support.db'}"
+        return
+    with fresh_pg_database() as url:
+        yield url
 
 
 def rebuild(token: str, body: bytes, change: dict[str, bytes] | None = None, manifest: dict[str, Any] | None = None) -> bytes:

@@ -52,8 +52,10 @@ def test_server_output_and_error_answers_carry_no_card_data(tmp_path):
                 paths.append(f"/api/v1/bundles?{name}={quote(pan)}")
                 paths.append(f"/api/v1/bundles?{name}={quote_plus_form(pan)}")
             paths += [f"/api/v1/bundles/{quote(pan)}", f"/api/v1/terminals/{quote(pan)}/commands", f"/nowhere/{quote(pan)}"]
+            # The sign-in redirect's next= carries the page's query encoded once more; and thrice.
+            paths += [f"/bundles?model={quote(pan)}", f"/login?next={quote(quote(quote('/bundles?model=' + pan)))}"]
         for path in paths:
-            answer = requests.get(base + path, auth=auth, timeout=30)
+            answer = requests.get(base + path, auth=auth, timeout=30)  # pages redirect to /login?next=...
             assert answer.status_code < 500, (path, answer.status_code)
             answers.append(answer.text)
         session = signed_in(base, "support")
@@ -72,6 +74,7 @@ def test_server_output_and_error_answers_carry_no_card_data(tmp_path):
     out = server.output()
     assert out.count('"GET /api/v1/bundles?') >= len(QUERY_PANS) * 14, out[:2000]
     assert "411111******1111" in out  # the searches were logged, masked
+    assert '"GET /login?next=' in out  # ... and the sign-in redirects, decoded and masked
     assert leaks(out) == [], [line for line in out.splitlines() if leaks(line)][:5]
     for text in answers:
         assert leaks(text) == [], [line for line in text.splitlines() if leaks(line)][:3] or text[:300]

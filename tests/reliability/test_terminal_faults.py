@@ -170,17 +170,18 @@ class TlsUploadServer:
 def pki(tmp_path):
     import datetime as dt
 
-    from probes.emulators.acquirer import issue, make_ca, pem
+    from probes.emulators import _ca
 
-    trusted, stranger = make_ca("posdiag test CA"), make_ca("a stranger's CA")
+    backend = _ca.available_backend()
+    trusted, stranger = _ca.make_ca("posdiag test CA", tmp_path, backend), _ca.make_ca("a stranger's CA", tmp_path, backend)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
     files = {}
     for name, ca in (("good", trusted), ("wrong", stranger)):
-        cert, key = issue(ca, later)
+        cert, key = _ca.issue(ca, later, tmp_path, backend)
         files[name] = tmp_path / f"{name}.pem"
         files[name].write_bytes(cert + key)
     files["ca"] = tmp_path / "ca.pem"
-    files["ca"].write_bytes(pem(trusted[0]))
+    files["ca"].write_bytes(trusted.cert_pem)
     return files
 
 

@@ -1,18 +1,22 @@
-"""A real support server (uvicorn on a loopback port) on SQLite and on PostgreSQL.
+"""A real support server (uvicorn on a loopback port) on {SQLite + blob directory,
+PostgreSQL + blob directory, PostgreSQL + SeaweedFS S3}.
 
-Each test session gets a fresh SQLite file and a freshly created PostgreSQL database
-(dropped afterwards); PostgreSQL tests are skipped only when nothing answers on
-127.0.0.1:5432.
+Each test session gets a fresh SQLite file, a freshly created PostgreSQL database
+(dropped afterwards) and a fresh bucket on a SeaweedFS started for the session; PostgreSQL
+tests are skipped only when nothing answers on 127.0.0.1:5432, S3 ones only when SeaweedFS
+cannot start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_harness import RunningServer, fresh_pg_database, start_server
+from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS, running_seaweedfs, unavailable
+from server_harness import RunningServer, default_settings, fresh_pg_database, start_server
 
 
 @pytest.fixture(scope="session")
@@ -27,9 +31,56 @@ def backend_url(request: pytest.FixtureRequest, backend: str, tmp: Path) -> str:
     return request.getfixturevalue("pg_database")
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real SeaweedFS S3 gateway for the session; skipped (with why) only if it cannot start."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    try:
+        with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as weed:
+            yield weed
+    except RuntimeError as exc:
+        pytest.skip(f"SeaweedFS did not start: {exc}")
+
+
+def s3_settings(weed: SeaweedFS):
+    """Server settings storing blobs under a fresh prefix on `weed`, credentials in the config."""
+    settings = default_settings()
+    blobs = dataclasses.replace(
+        settings.blobs, url=weed.s3_url(), endpoint_url=weed.endpoint, region="us-east-1",
+        access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY,
+    )  # fmt: skip
+    return dataclasses.replace(settings, blobs=blobs)
+
+
+# Each backend: (database, blob store). The server suite runs on each, except that the
+# S3 variant leaves out the modules that never read or write a blob through the API under
+# test (agent protocol, browser, auth, commands, OpenAPI): `make test` stays under 10 min.
+BACKENDS = ["sqlite", "postgresql", "postgresql+s3"]
+S3_LEFT_OUT = {"test_server_agent", "test_server_browser", "test_server_auth", "test_server_commands", "test_server_openapi"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    left_out = [
+        item for item in items
+        if getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("server") == "postgresql+s3"
+        and item.module.__name__ in S3_LEFT_OUT
+    ]  # fmt: skip
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item not in left_out]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     tmp = tmp_path_factory.mktemp(f"server-{request.param}")
+    if request.param == "postgresql+s3":
+        settings = s3_settings(request.getfixturevalue("seaweedfs"))
+        with fresh_pg_database() as url:
+            yield from start_server(url, tmp / "data", "postgresql", settings)
+        return
     yield from start_server(backend_url(request, request.param, tmp), tmp / "data", request.param)
 
 

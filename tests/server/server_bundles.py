@@ -90,6 +90,7 @@ def make_bundle(
     firmware: str = "1.2.3",
     log_text: str = "12:00:01 printer: paper end\n",
     probes: list[dict[str, Any]] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> tuple[str, bytes]:
     """(bundle_id, .tar.gz bytes)."""
     bundle_id = bundle_id or str(uuid.uuid4())
@@ -104,7 +105,8 @@ def make_bundle(
     manifest = {
         "schema": "posdiag.bundle/1",
         "bundle_id": bundle_id,
-        "terminal": {"id": terminal_id, "serial": "SN1", "model": model, "firmware": firmware, "app_version": "5.0"},
+        "terminal": {"id": terminal_id, "serial": "SN1", "model": model, "firmware": firmware, "app_version": "5.0"}
+        | ({"labels": labels} if labels is not None else {}),
         "agent_version": "0.1.0",
         "created_at": created_at or datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "trigger": {"kind": trigger, "code": code, "scheme": "iso8583", "command_id": command_id, "events": 1},

@@ -83,7 +83,7 @@ def default_settings():
     import tomllib
 
     from probes.contract import config_file
-    from remote.server.settings import ServerSettings
+    from remote.server_settings import ServerSettings
 
     data = tomllib.loads(config_file.packaged_default_text())["server"]
     return config_file.convert(ServerSettings, data, "server", lambda _key: "packaged posdiag.toml")

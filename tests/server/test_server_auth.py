@@ -182,7 +182,7 @@ def test_cli_users_list_passwd_role_remove(tmp_path):
     ("args", "message"),
     [
         (["--db", "mysql://u@h/db"], "unsupported database URL mysql://...: use sqlite:///PATH or postgresql://USER@HOST/DB"),
-        (["--port", "70000"], "port 70000 is out of range (1-65535)"),
+        (["--port", "70000"], "port 70000 is out of range (0-65535)"),
         (["--port", "BUSY"], "cannot listen on 127.0.0.1:BUSY: Address already in use"),
     ],
 )

@@ -53,7 +53,7 @@ def test_upload_is_stored_indexed_and_blob_is_content_addressed(server):
     assert record["trigger_kind"] == "error" and record["model"] == "A920" and record["firmware"] == "1.2.3"
     digest = hashlib.sha256(body).hexdigest()
     assert record["sha256"] == digest and record["size"] == len(body)
-    assert server.service.blobs.path(digest).read_bytes() == body
+    assert server.service.blobs.get(digest) == body
     assert stored_count(server, bundle_id) == 1
 
 
@@ -105,10 +105,14 @@ def test_revoked_token_is_401(server):
     assert_error(server.upload(token, body, bundle_id), 401, "bad_token")
 
 
-def test_another_terminals_token_is_403(server):
+def test_another_terminals_bundle_is_refused_by_signature_or_terminal(server):
     tid_a, token_a = server.terminal()
     _, token_b = server.terminal()
+    # The signature is checked before the manifest is even parsed: another terminal's
+    # bundle under this token fails it; one this token signed but naming another terminal is 403.
     bundle_id, body = make_bundle(token_a, tid_a)
+    assert_error(server.upload(token_b, body, bundle_id), 422, "bad_signature")
+    bundle_id, body = make_bundle(token_b, tid_a)
     assert_error(server.upload(token_b, body, bundle_id), 403, "wrong_terminal")
     assert_serving(server)
 
@@ -211,7 +215,7 @@ def gigabyte_bomb() -> bytes:
 @pytest.fixture(scope="module")
 def pax_bomb() -> bytes:
     """A pax extended header that claims 1 GiB: tarfile would read it all into memory; the
-    server's decompression counter stops it."""
+    server's header budget (1 MiB between two members) stops it."""
     return _streamed_gzip(_tar_header("././@PaxHeader", 1 << 30, tarfile.XHDTYPE), 1 << 30)
 
 
@@ -224,7 +228,7 @@ def test_gigabyte_gzip_bomb_is_400(server, gigabyte_bomb):
 
 def test_pax_header_bomb_is_400(server, pax_bomb):
     _, token = server.terminal()
-    assert_error(server.upload(token, pax_bomb), 400, "too_large_unpacked")
+    assert_error(server.upload(token, pax_bomb), 400, "too_large_header")
     assert_serving(server)
 
 

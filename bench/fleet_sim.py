@@ -1,0 +1,83 @@
+"""The fleet simulator at a bigger size than the tests: labelled terminals send hourly
+heartbeats and bundles through the real API on event time, with the injected events of
+tests/server/fleet_sim.py (acquirer host outage, carrier outage in one region, firmware
+regression, worn battery batch, silent terminals), against an in-process server.
+
+    .venv/bin/python bench/fleet_sim.py [--terminals 120] [--days 2] [--heartbeat-hours 1]
+        [--late 0] [--db sqlite|postgresql]
+
+Printed: requests sent and their rate, then each incident found (kind, scope, start
+against the injected start, terminals), the at-risk and missing terminals against the
+injected ones, and whether anything else opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# this script's own name would shadow tests/server/fleet_sim.py: its folder goes off the path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path[:0] = [str(ROOT / "tests" / "server"), str(ROOT)]
+
+from fleet_sim import FleetSim, Scenario  # noqa: E402
+from server_bundles import PASSWORD  # noqa: E402
+from server_harness import default_settings, fresh_pg_database, start_server  # noqa: E402
+
+from remote.server import db  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--terminals", type=int, default=120)
+    parser.add_argument("--days", type=float, default=2.0)
+    parser.add_argument("--heartbeat-hours", type=float, default=1.0)
+    parser.add_argument("--late", type=int, default=0, help="terminals of the host outage that upload 3 h late")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    args = parser.parse_args()
+    scenario = Scenario(terminals=args.terminals, days=args.days, heartbeat_hours=args.heartbeat_hours, late_terminals=args.late)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp}/s.db" if args.db == "sqlite" else stack.enter_context(_pg())
+        servers = start_server(url, Path(tmp) / "data", args.db, default_settings())
+        server = next(servers)
+        stack.callback(servers.close)
+        sim = FleetSim(server.url, server.service.engine, scenario, ("support", PASSWORD))
+        started = time.perf_counter()
+        sent = sim.run()
+        took = time.perf_counter() - started
+        server.service.fleet.sweep()
+        requests_sent = sent.heartbeats + len(sent.bundles)
+        print(f"{args.terminals} terminals, {args.days:g} days on {args.db}: {sent.heartbeats} heartbeats and "
+              f"{len(sent.bundles)} bundles in {took:.0f} s ({requests_sent / took:.0f} requests/s), {len(sent.errors)} errors")  # fmt: skip
+        found = sim.incidents()
+        injected = {tuple(sorted(i.scope.items())): i for i in sim.injected}
+        for incident in sorted(found, key=lambda i: i["started_at"]):
+            match = injected.pop(tuple(sorted(incident["scope"].items())), None)
+            delay = ""
+            if match and incident["kind"] == "outage":
+                minutes = (db.parse_time(incident["started_at"]) - match.start).total_seconds() / 60
+                delay = f"starts {minutes:+.1f} min from the injected start"
+            print(f"  {incident['kind']:<10} {incident['status']:<6} {incident['scope']}  {incident['terminals_affected']} of "
+                  f"{incident['terminals_in_scope']} terminals  {delay}  {'INJECTED' if match else 'NOT INJECTED'}")  # fmt: skip
+        for missed in injected.values():
+            print(f"  missed: {missed.name} {missed.scope}")
+        at_risk = {t["id"] for t in server.get("/api/v1/terminals", params={"status": "at_risk", "limit": 500}).json()["items"]}
+        missing = {t["id"] for t in server.get("/api/v1/terminals", params={"status": "missing", "limit": 500}).json()["items"]}
+        print(f"  at risk: {len(at_risk)} (worn batch {len(sim.battery_batch)}, {len(at_risk & sim.battery_batch)} found)")
+        print(f"  missing: {len(missing)} (silent {len(sim.silent)}, {len(missing & sim.silent)} found)")
+    return 0
+
+
+@contextlib.contextmanager
+def _pg():
+    with fresh_pg_database() as url:
+        yield url
+
+
+if __name__ == "__main__":
+    sys.exit(main())

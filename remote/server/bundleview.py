@@ -1,0 +1,81 @@
+"""A bundle as people see it, made once at ingest and stored (table bundle_views).
+
+The terminal redacts before anything is written; the server redacts again, once, so that a
+bundle from an agent that missed something still shows people no card data. A page view
+reads the stored JSON: it never unpacks or redacts the upload again. Only the newest
+`log_view_kib` of a bundle's logs are kept for viewing (the agent sends far less); what is
+cut is said at the top of the log, and the download still has every byte.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from remote import wire
+from remote.logtext import decode_log
+from remote.redact import Redactor, redact_text
+from remote.server import ingest
+
+CUT_NOTE = "[posdiag-support: {n} earlier bytes of this log are not shown here; download the bundle]\n"
+
+
+def build(found: ingest.Scan) -> str:
+    """The stored view of a scanned upload: manifest, diagnosis, probes, system and logs."""
+    again = Redactor()
+    kept = found.kept
+    view = {
+        "manifest": _cleaned(_manifest(kept.get(wire.MANIFEST))),
+        "diagnosis": _cleaned(again.data(_json(kept.get("diagnosis.json"), {}))),
+        "probes": _cleaned(again.data(_json(kept.get("probes.json"), None))),
+        "system": _cleaned(again.data(_json(kept.get("system.json"), None))),
+        "logs": _logs(found.logs),
+    }
+    return json.dumps(view, ensure_ascii=False)
+
+
+def parse(stored: str) -> dict[str, Any]:
+    return json.loads(stored)
+
+
+def _logs(logs: dict[str, tuple[bytes, int]]) -> dict[str, str]:
+    shown: dict[str, str] = {}
+    for name, (tail, cut) in logs.items():
+        if cut and b"\n" in tail:  # start at a whole line
+            line_end = tail.index(b"\n") + 1
+            tail, cut = tail[line_end:], cut + line_end
+        text = redact_text(ingest.clean(decode_log(tail)))[0]
+        shown[ingest.shown(name.removeprefix("logs/"))] = (CUT_NOTE.format(n=cut) if cut else "") + text
+    return shown
+
+
+def _cleaned(value: Any) -> Any:
+    """Every string (keys too) without lone surrogates and NULs: JSON text may carry
+    `\\ud800`, which no UTF-8 answer can. Depth is bounded by ingest.MAX_JSON_DEPTH."""
+    if isinstance(value, str):
+        return ingest.clean(value)
+    if isinstance(value, dict):
+        return {ingest.clean(k) if isinstance(k, str) else k: _cleaned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cleaned(v) for v in value]
+    return value
+
+
+def _manifest(data: bytes | None) -> Any:
+    """The manifest with its terminal's free text masked like the stored record (the rest
+    is ids, hashes and counts, which Redactor.data would take for secrets by their keys)."""
+    manifest = _json(data, {})
+    if isinstance(manifest, dict) and isinstance(manifest.get("terminal"), dict):
+        manifest["terminal"] = {
+            k: ingest.shown(v) if isinstance(v, str) else v for k, v in manifest["terminal"].items()
+        }
+    return manifest
+
+
+def _json(data: bytes | None, default: Any) -> Any:
+    if data is None:
+        return default
+    try:
+        return ingest.load_json(data)
+    except ValueError:
+        return default

@@ -1,0 +1,12 @@
+"""The fleet layer of the support server (docs/fleet.md).
+
+schema     tables (on db.metadata, created with the rest)
+timing     event time and its clamp
+stats      Poisson and binomial tails
+inventory  terminals, labels, heartbeats, health trends (at risk)
+problems   signatures and their rollups
+outage     the outage detector; regression: the version detector
+incidents  incidents, fleet dispatch (hold), what a terminal is told
+webhooks   the delivery table and its sender
+engine     Fleet: what ingest calls, and the background sweep
+"""

@@ -1,0 +1,190 @@
+"""Fleet: what ingest and the heartbeat endpoint call, and the background sweep."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from remote.server import db, ingest
+from remote.server.fleet import incidents, inventory, outage, problems, regression, timing, webhooks
+from remote.server.fleet.models import Heartbeat
+from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events
+from remote.server_settings import ServerSettings
+
+log = logging.getLogger("posdiag.fleet")
+LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+TICK_SECONDS = 0.5
+
+
+def manifest_labels(manifest: dict[str, Any]) -> dict[str, str] | None:
+    """terminal.labels of a manifest: the well-formed entries (a bundle is never refused
+    for a bad label; the label is dropped), or None when the manifest has none."""
+    terminal = manifest.get("terminal")
+    raw = terminal.get("labels") if isinstance(terminal, dict) else None
+    if not isinstance(raw, dict):
+        return None
+    return {
+        k: ingest.clean(v) for k, v in list(raw.items())[:32]
+        if isinstance(k, str) and LABEL_KEY.fullmatch(k) and isinstance(v, str) and 0 < len(v) <= 64
+        and not any(c in v for c in "&=") and v.isprintable()
+    }  # fmt: skip
+
+
+class Fleet:
+    def __init__(self, engine: Engine, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings.fleet
+        self.hooks = settings.webhooks
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_sweep = 0.0
+
+    # -- event time -----------------------------------------------------------------------
+
+    def clamp(self, event_at: str, received_at: str) -> tuple[str, bool]:
+        return timing.clamp(event_at, received_at, self.settings.max_clock_ahead_seconds)
+
+    # -- arrivals -------------------------------------------------------------------------
+
+    def on_bundle(self, bundle: ingest.Bundle, record: dict[str, Any], clamped: bool) -> None:
+        """Count a newly stored bundle into the inventory, its problem and the detectors."""
+        s = self.settings
+        t = record["created_at"]
+        seen = inventory.Sighting(
+            record["terminal_id"], t, record["model"], record["firmware"], record["app_version"], record["agent_version"],
+            manifest_labels(bundle.manifest_raw), clamped, record["received_at"], heartbeat=False,
+        )  # fmt: skip
+        probes = _json(bundle.scan.kept.get("probes.json"))
+        with db.writing(self.engine) as conn:
+            labels = inventory.record(conn, seen, s)
+            text = problems.signature(record, problems.fail_findings(probes), s.signature_fields)
+            pid = problems.add(conn, text, record, t, labels) if text else None
+            conn.execute(bundle_fleet.insert().values(
+                bundle_id=record["id"], terminal_id=record["terminal_id"], event_at=t, clock_clamped=clamped,
+                problem_id=pid, top_category=record["top_category"], model=record["model"],
+                firmware=record["firmware"], app_version=record["app_version"],
+            ))  # fmt: skip
+            if record["top_category"] in s.outage_categories:
+                scopes = inventory.scopes_of(labels, s)
+                if scopes:
+                    conn.execute(outage_events.insert(), [
+                        {"bundle_id": record["id"], "scope_key": k, "terminal_id": record["terminal_id"], "event_at": t} for k in scopes
+                    ])  # fmt: skip
+                    outage.follow(conn, scopes, t, s)
+                    self._announce(conn, outage.evaluate(conn, scopes, t, s, db.now()))
+            self._close_quiet(conn)
+
+    def on_heartbeat(self, beat: Heartbeat, event_at: str, clamped: bool, received_at: str) -> None:
+        seen = inventory.Sighting(
+            beat.terminal_id, event_at, beat.model, beat.firmware, beat.app_version, beat.agent_version,
+            dict(beat.labels) if beat.labels else None, clamped, received_at, heartbeat=True,
+        )  # fmt: skip
+        with db.writing(self.engine) as conn:
+            inventory.record(conn, seen, self.settings)
+            inventory.add_heartbeat(conn, seen, beat.health.model_dump(), beat.counters.model_dump())
+            before = conn.execute(sa.select(fleet_terminals.c.risk_metric).where(fleet_terminals.c.id == beat.terminal_id)).scalar()
+            risk = inventory.assess_risk(conn, beat.terminal_id, self.settings)
+            if risk and not before:
+                webhooks.enqueue(conn, self.hooks, "terminal.at_risk", f"{beat.terminal_id}:{risk['metric']}:{risk['projected_at'][:10]}",
+                                 {"terminal_id": beat.terminal_id, "risk": risk})  # fmt: skip
+            self._close_quiet(conn)
+
+    def notices(self, terminal_id: str) -> list[dict[str, Any]]:
+        """Open incidents that cover the terminal, as it is told of them."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id)).mappings().first()
+        if row is None:
+            return []
+        found = incidents.covering(self.engine, terminal_id, row["model"], row["firmware"], row["app_version"])
+        return [incidents.notice(i) for i in found]
+
+    def open_counts(self) -> dict[str, float]:
+        """Open incidents by kind, for the Prometheus gauge (from the database: every
+        worker process reports the same)."""
+        table = incidents.incidents
+        with self.engine.connect() as conn:
+            rows = dict(conn.execute(sa.select(table.c.kind, sa.func.count()).where(table.c.status == "open").group_by(table.c.kind)).all())
+        return {f'kind="{kind}"': float(rows.get(kind, 0)) for kind in ("outage", "regression")}
+
+    # -- detectors ------------------------------------------------------------------------
+
+    def _announce(self, conn: sa.Connection, touched: list[tuple[str, bool]], event: str = "incident.opened") -> None:
+        for incident_id, new in touched:
+            if new:
+                row = conn.execute(sa.select(incidents.incidents).where(incidents.incidents.c.id == incident_id)).mappings().one()
+                webhooks.enqueue(conn, self.hooks, event, incident_id, incidents.view(row))
+
+    def _close_quiet(self, conn: sa.Connection) -> None:
+        mark = conn.execute(sa.select(sa.func.max(fleet_terminals.c.last_seen_at))).scalar()
+        if mark is None:
+            return
+        for incident_id in outage.close_quiet(conn, mark, self.settings):
+            row = conn.execute(sa.select(incidents.incidents).where(incidents.incidents.c.id == incident_id)).mappings().one()
+            webhooks.enqueue(conn, self.hooks, "incident.closed", incident_id, incidents.view(row))
+
+    def sweep(self) -> None:
+        """Regressions, quiet outages, missing terminals: what no single arrival triggers."""
+        now = db.now()
+        with db.writing(self.engine) as conn:
+            mark = conn.execute(sa.select(sa.func.max(fleet_terminals.c.last_seen_at))).scalar()
+            if mark is None:
+                return
+            self._announce(conn, regression.detect(conn, min(mark, now), self.settings, now), "regression.opened")
+            self._close_quiet(conn)
+            self._missing(conn, now)
+
+    def _missing(self, conn: sa.Connection, now: str) -> None:
+        if not self.hooks.url or "terminal.missing" not in self.hooks.events:
+            return
+        cutoff = timing.shift(now, hours=-self.settings.missing_after_hours)
+        f = fleet_terminals.c
+        rows = conn.execute(
+            sa.select(f.id, f.last_seen_at).where(f.last_seen_at < cutoff, sa.or_(f.missing_notified_at.is_(None), f.missing_notified_at < f.last_seen_at)).limit(1000)
+        ).all()  # fmt: skip
+        for r in rows:
+            webhooks.enqueue(conn, self.hooks, "terminal.missing", f"{r.id}:{r.last_seen_at}", {"terminal_id": r.id, "last_seen_at": r.last_seen_at})
+            conn.execute(fleet_terminals.update().where(f.id == r.id).values(missing_notified_at=now))
+
+    # -- background -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fleet-sweep")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        session = requests.Session()
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                if self._due():
+                    self.sweep()
+                webhooks.deliver_due(self.engine, self.hooks, session)
+            except sa.exc.SQLAlchemyError as exc:  # a database restart: try again next tick
+                log.warning("fleet sweep: %s", exc)
+
+    def _due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_sweep < self.settings.sweep_seconds:
+            return False
+        self._last_sweep = now
+        return True
+
+
+def _json(data: bytes | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return ingest.load_json(data)
+    except ValueError:
+        return None

@@ -1,0 +1,285 @@
+"""Terminals as the fleet sees them: versions, labels, health, trends, status."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from remote.server import db
+from remote.server.db import terminals
+from remote.server.fleet import sql, timing
+from remote.server.fleet.schema import fleet_terminals, heartbeats, scope_members, terminal_days, terminal_labels
+from remote.server_settings import FleetSettings, TrendRule
+
+HEALTH_COLUMNS = (
+    "battery_pct", "battery_wear_ratio", "battery_full_pct", "battery_cycle_count", "emmc_life_used_pct",
+    "free_mib", "signal_dbm", "max_temp_c", "memory_available_mib",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """One heartbeat or bundle: who, on what versions, with which labels, at what event time."""
+
+    terminal_id: str
+    event_at: str
+    model: str
+    firmware: str
+    app_version: str
+    agent_version: str
+    labels: dict[str, str] | None  # None: the sender said nothing of labels (keep the stored)
+    clamped: bool
+    received_at: str
+    heartbeat: bool
+
+
+def scope_key(scope: dict[str, str]) -> str:
+    return "&".join(f"{k}={scope[k]}" for k in sorted(scope))
+
+
+def parse_scope_key(key: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in key.split("&") if "=" in part)
+
+
+def scopes_of(labels: dict[str, str], settings: FleetSettings) -> list[str]:
+    """The outage scopes a terminal with these labels belongs to."""
+    out = []
+    for keys in settings.outage_scopes:
+        if keys and all(k in labels for k in keys):
+            out.append(scope_key({k: labels[k] for k in keys}))
+    return out
+
+
+def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict[str, str]:
+    """Update the terminal's row if this sighting is its newest; the labels now in force."""
+    row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == seen.terminal_id)).mappings().first()
+    stored_labels = json.loads(row["labels"]) if row else {}
+    newest = row is None or row["last_seen_at"] is None or seen.event_at >= row["last_seen_at"]
+    labels = seen.labels if seen.labels is not None and newest else stored_labels
+    values: dict[str, Any] = {}
+    if newest:
+        values.update(
+            model=seen.model, firmware=seen.firmware, app_version=seen.app_version,
+            agent_version=seen.agent_version, labels=json.dumps(labels, sort_keys=True), last_seen_at=seen.event_at,
+        )  # fmt: skip
+    if seen.heartbeat and (row is None or row["last_heartbeat_at"] is None or seen.event_at > row["last_heartbeat_at"]):
+        values["last_heartbeat_at"] = seen.event_at
+    if seen.clamped:
+        values["clock_flagged_at"] = seen.received_at
+    if row is None:
+        conn.execute(sql.insert(conn, fleet_terminals).on_conflict_do_nothing(), dict(values, id=seen.terminal_id, labels=values.get("labels", "{}")))
+    elif values:
+        conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(**values))
+    if newest and labels != stored_labels or row is None:
+        _set_labels(conn, seen.terminal_id, labels, settings)
+    sql.insert_new(
+        conn, terminal_days, ["terminal_id", "day"],
+        [{"terminal_id": seen.terminal_id, "day": timing.day(seen.event_at), "model": seen.model,
+          "firmware": seen.firmware, "app_version": seen.app_version}],
+    )  # fmt: skip
+    return labels
+
+
+def _set_labels(conn: sa.Connection, terminal_id: str, labels: dict[str, str], settings: FleetSettings) -> None:
+    conn.execute(terminal_labels.delete().where(terminal_labels.c.terminal_id == terminal_id))
+    conn.execute(scope_members.delete().where(scope_members.c.terminal_id == terminal_id))
+    if labels:
+        conn.execute(terminal_labels.insert(), [{"terminal_id": terminal_id, "key": k, "value": v} for k, v in labels.items()])
+    scopes = scopes_of(labels, settings)
+    if scopes:
+        conn.execute(scope_members.insert(), [{"scope_key": s, "terminal_id": terminal_id} for s in scopes])
+
+
+def add_heartbeat(conn: sa.Connection, seen: Sighting, health: dict[str, Any], counters: dict[str, Any]) -> None:
+    row = {k: health.get(k) for k in HEALTH_COLUMNS}
+    conn.execute(
+        heartbeats.insert().values(
+            terminal_id=seen.terminal_id, sent_at=seen.event_at, received_at=seen.received_at,
+            clock_clamped=seen.clamped, counters=json.dumps(counters), **row,
+        )
+    )  # fmt: skip
+    current = conn.execute(sa.select(fleet_terminals.c.last_heartbeat_at).where(fleet_terminals.c.id == seen.terminal_id)).scalar()
+    if current == seen.event_at:
+        conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(health=json.dumps(row)))
+
+
+# -- trends -------------------------------------------------------------------------------
+
+
+def assess_risk(conn: sa.Connection, terminal_id: str, settings: FleetSettings) -> dict[str, Any] | None:
+    """Fit each trend rule on the terminal's newest heartbeats; the earliest projected
+    crossing within the horizon (or a value already past its threshold), else None."""
+    columns = [heartbeats.c.sent_at] + [heartbeats.c[r.metric] for r in settings.trends if r.metric in heartbeats.c]
+    rows = conn.execute(
+        sa.select(*columns).where(heartbeats.c.terminal_id == terminal_id)
+        .order_by(heartbeats.c.sent_at.desc()).limit(settings.trend_history)
+    ).mappings().all()  # fmt: skip
+    found = [risk for rule in settings.trends if (risk := _project(rule, rows, settings.at_risk_horizon_days))]
+    risk = min(found, key=lambda r: r["projected_at"], default=None)
+    conn.execute(
+        fleet_terminals.update().where(fleet_terminals.c.id == terminal_id)
+        .values(risk=json.dumps(risk, ensure_ascii=False) if risk else None, risk_metric=risk["metric"] if risk else None)
+    )  # fmt: skip
+    return risk
+
+
+def _project(rule: TrendRule, rows: list[Any], horizon_days: float) -> dict[str, Any] | None:
+    if not rows or rule.metric not in rows[0]:
+        return None
+    points = [(timing.as_datetime(r["sent_at"]).timestamp() / 86400, r[rule.metric]) for r in rows if r[rule.metric] is not None]
+    if len(points) < rule.min_points:
+        return None
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var_t = sum((t - mean_t) ** 2 for t, _ in points)
+    if var_t <= 0:
+        return None
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in points) / var_t
+    last_t = max(t for t, _ in points)
+    now_value = mean_v + slope * (last_t - mean_t)
+    below = rule.direction == "below"
+    crossed = now_value <= rule.threshold if below else now_value >= rule.threshold
+    if crossed:
+        days = 0.0
+    elif (slope < 0) == below and slope != 0:
+        days = (rule.threshold - now_value) / slope
+        if days > horizon_days:
+            return None
+    else:
+        return None
+    projected = timing.shift(_stamp_days(last_t), days=days)
+    value = round(now_value, 4)
+    return {
+        "metric": rule.metric,
+        "value": value,
+        "threshold": rule.threshold,
+        "projected_at": projected,
+        "reason": {
+            "en": f"{rule.title_en}: {value:g} now, crosses {rule.threshold:g} around {projected[:10]}",
+            "zh": f"{rule.title_zh}：当前 {value:g}，预计 {projected[:10]} 前后越过 {rule.threshold:g}",
+        },
+    }
+
+
+def _stamp_days(days: float) -> str:
+    return db.stamp(datetime.fromtimestamp(days * 86400, UTC))
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def _missing_cutoff(now: str, settings: FleetSettings) -> str:
+    return timing.shift(now, hours=-settings.missing_after_hours)
+
+
+def status_of(row: dict[str, Any], cutoff: str) -> str:
+    seen = row.get("last_seen_at") or row.get("created_at")
+    if seen is None or seen < cutoff:
+        return "missing"
+    return "at_risk" if row.get("risk_metric") else "ok"
+
+
+def _view(row: dict[str, Any], cutoff: str) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "status": status_of(row, cutoff),
+        "created_at": row["created_at"],
+        "revoked_at": row["revoked_at"],
+        "labels": json.loads(row["labels"] or "{}"),
+        "model": row["model"],
+        "firmware": row["firmware"],
+        "app_version": row["app_version"],
+        "agent_version": row["agent_version"],
+        "last_heartbeat_at": row["last_heartbeat_at"],
+        "last_seen_at": row["last_seen_at"],
+        "health": json.loads(row["health"]) if row["health"] else None,
+        "risk": json.loads(row["risk"]) if row["risk"] else None,
+        "clock_flagged_at": row["clock_flagged_at"],
+    }
+
+
+def _query() -> sa.Select:
+    f = fleet_terminals.c
+    return sa.select(
+        terminals.c.id, terminals.c.created_at, terminals.c.revoked_at, f.model, f.firmware, f.app_version, f.agent_version,
+        sa.func.coalesce(f.labels, "{}").label("labels"), f.last_heartbeat_at, f.last_seen_at, f.health,
+        f.risk, f.risk_metric, f.clock_flagged_at,
+    ).select_from(terminals.outerjoin(fleet_terminals, f.id == terminals.c.id))  # fmt: skip
+
+
+def list_terminals(
+    engine: Engine, settings: FleetSettings, now: str, status: str | None, labels: dict[str, str],
+    limit: int, cursor: str | None = None, model: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
+    """By id; `status` ok | missing | at_risk; every label K=V must match."""
+    cutoff = _missing_cutoff(now, settings)
+    f = fleet_terminals.c
+    seen = sa.func.coalesce(f.last_seen_at, terminals.c.created_at)
+    query = _query()
+    if status == "missing":
+        query = query.where(seen < cutoff)
+    elif status == "at_risk":
+        query = query.where(seen >= cutoff, f.risk_metric.is_not(None))
+    elif status == "ok":
+        query = query.where(seen >= cutoff, f.risk_metric.is_(None))
+    if model:
+        query = query.where(f.model == model)
+    for key, value in labels.items():
+        query = query.where(
+            terminals.c.id.in_(sa.select(terminal_labels.c.terminal_id).where(terminal_labels.c.key == key, terminal_labels.c.value == value))
+        )
+    if cursor:
+        query = query.where(terminals.c.id > _decode(cursor))
+    query = query.order_by(terminals.c.id).limit(limit + 1)
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(query).mappings()]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [_view(r, cutoff) for r in rows], _encode(rows[-1]["id"]) if more and rows else None
+
+
+def get_terminal(engine: Engine, settings: FleetSettings, terminal_id: str, now: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(_query().where(terminals.c.id == terminal_id)).mappings().first()
+    return _view(dict(row), _missing_cutoff(now, settings)) if row else None
+
+
+def status_counts(engine: Engine, settings: FleetSettings, now: str) -> dict[str, int]:
+    cutoff = _missing_cutoff(now, settings)
+    f = fleet_terminals.c
+    seen = sa.func.coalesce(f.last_seen_at, terminals.c.created_at)
+    base = sa.select(sa.func.count()).select_from(terminals.outerjoin(fleet_terminals, f.id == terminals.c.id)).where(terminals.c.revoked_at.is_(None))
+    with engine.connect() as conn:
+        total = conn.execute(base).scalar_one()
+        missing = conn.execute(base.where(seen < cutoff)).scalar_one()
+        at_risk = conn.execute(base.where(seen >= cutoff, f.risk_metric.is_not(None))).scalar_one()
+    return {"ok": total - missing - at_risk, "missing": missing, "at_risk": at_risk, "total": total}
+
+
+def health_series(engine: Engine, terminal_id: str, limit: int = 500) -> list[dict[str, Any]]:
+    query = (
+        sa.select(heartbeats.c.sent_at, *[heartbeats.c[c] for c in HEALTH_COLUMNS])
+        .where(heartbeats.c.terminal_id == terminal_id)
+        .order_by(heartbeats.c.sent_at.desc())
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [dict(r) for r in reversed(conn.execute(query).mappings().all())]
+
+
+def _encode(terminal_id: str) -> str:
+    return base64.urlsafe_b64encode(terminal_id.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeError):
+        raise ValueError("cursor is not one this server issued") from None

@@ -1,0 +1,284 @@
+"""The outage detector.
+
+For a scope (terminals sharing label values, e.g. acquirer=B or carrier=X&region=R) and a
+window of W minutes ending at an event time t:
+
+  X  = distinct terminals of the scope whose bundles in the window have a host or network
+       top cause (one terminal counts once, however noisy);
+  N  = the scope's active terminals (seen within missing_after_hours before t);
+  λ  = the scope's own rate of such bundles per terminal-hour over the baseline days
+       before the window, bundles already held by an incident left out, never below a floor;
+  μ  = λ · N · W.
+
+Under "nothing happened" each terminal fails as a Poisson process of rate λ, so the number
+of distinct failing terminals is at most a Poisson(μ) count: P(X' ≥ X) ≤ poisson_sf(X, μ).
+A window opens an incident when that tail is below outage_p_value (small: many scopes and
+windows are tested), X ≥ outage_min_terminals and X ≥ outage_min_ratio · μ.
+
+Of the scopes that pass, the most specific one that explains the burst is kept: scope A
+is explained by B when at least outage_explain_fraction of A's failing terminals are in B
+and B's failing terminals are not mostly in A (B's burst reaches beyond A); when each
+holds the other's, the one with fewer active terminals wins. A scope explained by an
+open outage joins it; an open outage explained by a wider new one is widened in place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from remote.server.fleet import incidents, inventory, timing
+from remote.server.fleet.schema import (
+    bundle_fleet,
+    fleet_terminals,
+    incidents as incidents_t,
+    outage_events,
+    scope_members,
+    terminal_days,
+    terminal_labels,
+)
+from remote.server.fleet.stats import poisson_sf
+from remote.server_settings import FleetSettings
+
+
+@dataclass
+class Window:
+    scope_key: str
+    start: str
+    end: str
+    failing: set[str]
+    first_at: str
+    active: int
+    expected: float
+    p_value: float
+
+
+def _failing(conn: sa.Connection, scope_key: str, start: str, end: str) -> tuple[set[str], str | None]:
+    rows = conn.execute(
+        sa.select(outage_events.c.terminal_id, sa.func.min(outage_events.c.event_at))
+        .where(outage_events.c.scope_key == scope_key, outage_events.c.event_at > start, outage_events.c.event_at <= end)
+        .group_by(outage_events.c.terminal_id)
+    ).all()  # fmt: skip
+    return {r[0] for r in rows}, min((r[1] for r in rows), default=None)
+
+
+def _active(conn: sa.Connection, scope_key: str, t: str, settings: FleetSettings) -> int:
+    since = timing.shift(t, hours=-settings.missing_after_hours)
+    return conn.execute(
+        sa.select(sa.func.count())
+        .select_from(scope_members.join(fleet_terminals, fleet_terminals.c.id == scope_members.c.terminal_id))
+        .where(scope_members.c.scope_key == scope_key, fleet_terminals.c.last_seen_at >= since)
+    ).scalar_one()  # fmt: skip
+
+
+def _rate(conn: sa.Connection, scope_key: str, start: str, active: int, settings: FleetSettings) -> float:
+    """Baseline bundles per terminal-hour before `start`, over the history there is."""
+    first_day = conn.execute(sa.select(sa.func.min(terminal_days.c.day))).scalar()
+    begin = timing.shift(start, days=-settings.outage_baseline_days)
+    if first_day and first_day + "T00:00:00.000000Z" > begin:
+        begin = first_day + "T00:00:00.000000Z"
+    hours = max(timing.hours_between(begin, start), 1.0)
+    count = conn.execute(
+        sa.select(sa.func.count())
+        .select_from(outage_events.join(bundle_fleet, bundle_fleet.c.bundle_id == outage_events.c.bundle_id))
+        .where(
+            outage_events.c.scope_key == scope_key, outage_events.c.event_at > begin,
+            outage_events.c.event_at <= start, bundle_fleet.c.hold_incident.is_(None),
+        )
+    ).scalar_one()  # fmt: skip
+    return max(count / (max(active, 1) * hours), settings.outage_baseline_floor_per_terminal_hour)
+
+
+def test_window(conn: sa.Connection, scope_key: str, start: str, end: str, settings: FleetSettings, floor: int) -> Window | None:
+    """The window's counts and tail, or None when fewer than `floor` terminals fail in it."""
+    failing, first_at = _failing(conn, scope_key, start, end)
+    if len(failing) < floor or first_at is None:
+        return None
+    active = max(_active(conn, scope_key, end, settings), len(failing))
+    rate = _rate(conn, scope_key, start, active, settings)
+    expected = rate * active * timing.hours_between(start, end)
+    return Window(scope_key, start, end, failing, first_at, active, expected, poisson_sf(len(failing), expected))
+
+
+def opens(w: Window, settings: FleetSettings) -> bool:
+    return w.p_value < settings.outage_p_value and len(w.failing) >= settings.outage_min_ratio * w.expected
+
+
+def _scopes_of_terminals(conn: sa.Connection, terminal_ids: set[str], settings: FleetSettings) -> dict[str, set[str]]:
+    labels: dict[str, dict[str, str]] = {t: {} for t in terminal_ids}
+    rows = conn.execute(sa.select(terminal_labels).where(terminal_labels.c.terminal_id.in_(terminal_ids))).all()
+    for r in rows:
+        labels[r.terminal_id][r.key] = r.value
+    return {t: set(inventory.scopes_of(lab, settings)) for t, lab in labels.items()}
+
+
+def _share_in(failing: set[str], scope_key: str, scopes: dict[str, set[str]]) -> float:
+    return sum(1 for t in failing if scope_key in scopes.get(t, ())) / max(len(failing), 1)
+
+
+def _explains(b: Window, a: Window, scopes: dict[str, set[str]], frac: float) -> bool:
+    """B explains A: A's failures lie in B, and B's reach beyond A (or B is narrower)."""
+    if _share_in(a.failing, b.scope_key, scopes) < frac:
+        return False
+    if _share_in(b.failing, a.scope_key, scopes) < frac:
+        return True
+    return (b.active, b.scope_key.count("&") * -1, b.scope_key) < (a.active, a.scope_key.count("&") * -1, a.scope_key)
+
+
+def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: FleetSettings, now: str) -> list[tuple[str, bool]]:
+    """Test the windows around event time t for these scopes; open, join or widen outages.
+    Returns (incident id, newly opened) of every outage touched."""
+    width = settings.outage_window_minutes
+    windows: list[Window] = []
+    for key in scope_keys:
+        best = None
+        for end in (t, timing.shift(t, minutes=width / 2), timing.shift(t, minutes=width)):
+            w = test_window(conn, key, timing.shift(end, minutes=-width), end, settings, settings.outage_min_terminals)
+            if w and opens(w, settings) and (best is None or w.p_value < best.p_value):
+                best = w
+        if best:
+            windows.append(best)
+    if not windows:
+        return []
+    # Open outages, and closed ones near t: a late upload joins the incident it belongs to.
+    near = timing.shift(t, minutes=-(settings.outage_close_after_minutes + 2 * width))
+    open_rows = conn.execute(
+        sa.select(incidents_t).where(
+            incidents_t.c.kind == "outage", incidents_t.c.started_at <= timing.shift(t, minutes=2 * width),
+            sa.or_(incidents_t.c.status == "open", incidents_t.c.ended_at >= near),
+        )
+    ).mappings().all()  # fmt: skip
+    everyone = set().union(*(w.failing for w in windows))
+    scopes = _scopes_of_terminals(conn, everyone, settings)
+    kept = [a for a in windows if not any(b is not a and _explains(b, a, scopes, settings.outage_explain_fraction) for b in windows)]
+    touched: list[tuple[str, bool]] = []
+    for w in kept:
+        same = next((r for r in open_rows if r["scope_key"] == w.scope_key), None)
+        inside = next((r for r in open_rows if r is not same and _share_in(w.failing, r["scope_key"], scopes) >= settings.outage_explain_fraction), None)
+        if same is None and inside is not None:
+            same = inside  # explained by an outage already open: it joins that one
+        elif same is None:
+            narrower = next((r for r in open_rows if r["status"] == "open" and _incident_inside(conn, r, w, scopes, settings)), None)
+            if narrower is not None:
+                _widen(conn, narrower, w)
+                same = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == narrower["id"])).mappings().one()
+        if same is not None:
+            _extend(conn, same, w, settings)
+            touched.append((same["id"], False))
+            continue
+        incident_id, new = incidents.open_incident(conn, "outage", w.scope_key, _values(w, now, settings))
+        row = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == incident_id)).mappings().one()
+        _extend(conn, row, w, settings)
+        touched.append((incident_id, new))
+    return touched
+
+
+def _incident_inside(conn: sa.Connection, row: Any, w: Window, scopes: dict[str, set[str]], settings: FleetSettings) -> bool:
+    """An open outage whose failing terminals lie within the new window's wider scope."""
+    held = {r[0] for r in conn.execute(sa.select(sa.distinct(bundle_fleet.c.terminal_id)).where(bundle_fleet.c.hold_incident == row["id"]))}
+    if not held:
+        return False
+    missing = held - set(scopes)
+    scopes.update(_scopes_of_terminals(conn, missing, settings) if missing else {})
+    return _share_in(held, w.scope_key, scopes) >= settings.outage_explain_fraction and _share_in(w.failing, row["scope_key"], scopes) < settings.outage_explain_fraction
+
+
+def _widen(conn: sa.Connection, row: Any, w: Window) -> None:
+    conn.execute(
+        incidents_t.update().where(incidents_t.c.id == row["id"]).values(
+            scope_key=w.scope_key, open_key=f"outage:{w.scope_key}", scope=json.dumps(inventory.parse_scope_key(w.scope_key), sort_keys=True)
+        )
+    )  # fmt: skip
+
+
+def _values(w: Window, now: str, settings: FleetSettings) -> dict[str, Any]:
+    return {
+        "scope": json.dumps(inventory.parse_scope_key(w.scope_key), sort_keys=True), "categories": "[]", "codes": "[]",
+        "started_at": w.first_at, "detected_at": now, "last_hit_at": w.end, "terminals_affected": len(w.failing),
+        "terminals_in_scope": w.active, "bundles": 0, "expected": w.expected, "p_value": w.p_value,
+        "summary": json.dumps(summary(w.scope_key, len(w.failing), w.active, w.expected, settings), ensure_ascii=False),
+    }  # fmt: skip
+
+
+def summary(scope_key: str, failing: int, active: int, expected: float, settings: FleetSettings) -> dict[str, str]:
+    where = ", ".join(f"{k} {v}" for k, v in inventory.parse_scope_key(scope_key).items())
+    minutes = f"{settings.outage_window_minutes:g}"
+    return {
+        "en": f"Host or network outage on {where}: {failing} of {active} terminals failing "
+              f"(baseline {expected:.2f} per {minutes}-minute window).",
+        "zh": f"{where} 主机或网络故障：{active} 台终端中 {failing} 台失败（基线每 {minutes} 分钟 {expected:.2f}）。",
+    }
+
+
+def _extend(conn: sa.Connection, row: Any, w: Window, settings: FleetSettings) -> None:
+    """Grow the incident's span to the window's failures and hold the bundles in it."""
+    start = min(row["started_at"], w.first_at)
+    last = max(row["last_hit_at"], max(_last_event(conn, w) or w.first_at, w.first_at))
+    values: dict[str, Any] = {"started_at": start, "last_hit_at": last, "terminals_in_scope": max(row["terminals_in_scope"], w.active)}
+    if row["status"] == "closed":
+        values["ended_at"] = max(row["ended_at"], last)
+    if w.p_value < row["p_value"]:
+        values.update(p_value=w.p_value, expected=w.expected)
+    conn.execute(incidents_t.update().where(incidents_t.c.id == row["id"]).values(**values))
+    scope_key = conn.execute(sa.select(incidents_t.c.scope_key).where(incidents_t.c.id == row["id"])).scalar_one()
+    incidents.mark_holds(conn, row["id"], scope_key, start, last)
+    counts = incidents.refresh_counts(conn, row["id"])
+    fresh = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == row["id"])).mappings().one()
+    text = summary(scope_key, counts["terminals_affected"], fresh["terminals_in_scope"], fresh["expected"], settings)
+    conn.execute(incidents_t.update().where(incidents_t.c.id == row["id"]).values(summary=json.dumps(text, ensure_ascii=False)))
+
+
+def _last_event(conn: sa.Connection, w: Window) -> str | None:
+    return conn.execute(
+        sa.select(sa.func.max(outage_events.c.event_at)).where(
+            outage_events.c.scope_key == w.scope_key, outage_events.c.event_at > w.start, outage_events.c.event_at <= w.end
+        )
+    ).scalar()  # fmt: skip
+
+
+def follow(conn: sa.Connection, scope_keys: list[str], t: str, settings: FleetSettings) -> list[str]:
+    """A host/network failure at t on these scopes joins an outage it falls in: a closed
+    one's span, or near an open one's span while the scope is still above baseline
+    (tail below outage_close_p_value over the window either side of t)."""
+    if not scope_keys:
+        return []
+    width = settings.outage_window_minutes
+    rows = conn.execute(
+        sa.select(incidents_t).where(
+            incidents_t.c.kind == "outage", incidents_t.c.scope_key.in_(scope_keys),
+            incidents_t.c.started_at <= timing.shift(t, minutes=width),
+            sa.or_(incidents_t.c.ended_at.is_(None), incidents_t.c.ended_at >= t),
+        )
+    ).mappings().all()  # fmt: skip
+    touched = []
+    for row in rows:
+        if row["status"] == "closed":
+            if row["started_at"] <= t <= row["ended_at"]:
+                incidents.mark_holds(conn, row["id"], row["scope_key"], t, t)
+                incidents.refresh_counts(conn, row["id"])
+                touched.append(row["id"])
+            continue
+        if t > timing.shift(row["last_hit_at"], minutes=width):
+            continue
+        w = test_window(conn, row["scope_key"], timing.shift(t, minutes=-width), timing.shift(t, minutes=width), settings, 1)
+        if w is not None and w.p_value < settings.outage_close_p_value:
+            start, last = min(row["started_at"], t), max(row["last_hit_at"], t)
+            conn.execute(incidents_t.update().where(incidents_t.c.id == row["id"]).values(started_at=start, last_hit_at=last))
+            incidents.mark_holds(conn, row["id"], row["scope_key"], start, last)
+            incidents.refresh_counts(conn, row["id"])
+            touched.append(row["id"])
+    return touched
+
+
+def close_quiet(conn: sa.Connection, watermark: str, settings: FleetSettings) -> list[str]:
+    """Close open outages with no significant failure for outage_close_after_minutes of event time."""
+    quiet = timing.shift(watermark, minutes=-settings.outage_close_after_minutes)
+    rows = conn.execute(
+        sa.select(incidents_t.c.id, incidents_t.c.last_hit_at).where(
+            incidents_t.c.status == "open", incidents_t.c.kind == "outage", incidents_t.c.last_hit_at < quiet
+        )
+    ).all()  # fmt: skip
+    return [r.id for r in rows if incidents.close(conn, r.id, r.last_hit_at)]

@@ -1,0 +1,210 @@
+"""Problems: bundles grouped by signature (Sentry's and Memfault's grouping, for payment
+errors), with rollups kept as bundles arrive so that no page counts bundles."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from remote.server.fleet import sql, timing
+from remote.server.fleet.schema import problem_counts, problem_hits, problems, terminal_labels
+
+BREAKDOWN_TOP = 10  # values shown per model, firmware and label breakdown
+FIELDS = ("scheme", "code", "scheme_code", "top_cause", "top_category", "fail_findings", "model", "firmware", "app_version")
+
+
+def fail_findings(probes: Any) -> list[str]:
+    """Sorted ids of the fail findings in probes.json (a list, or {"probes": [...]})."""
+    if isinstance(probes, dict):
+        probes = probes.get("probes")
+    found = set()
+    for probe in probes if isinstance(probes, list) else []:
+        for finding in probe.get("findings", []) if isinstance(probe, dict) and isinstance(probe.get("findings"), list) else []:
+            if isinstance(finding, dict) and finding.get("severity") == "fail" and isinstance(finding.get("id"), str):
+                found.add(finding["id"][:64])
+    return sorted(found)
+
+
+def signature(index: dict[str, Any], findings: list[str], fields: list[str]) -> str | None:
+    """The signature text, or None for a bundle that reports no problem (no code, no cause)."""
+    if not index.get("code") and not index.get("top_cause"):
+        return None
+    parts = {
+        "scheme": index.get("scheme") or "",
+        "code": index.get("code") or "",
+        "scheme_code": f"{index.get('scheme') or ''}:{index.get('code') or ''}",
+        "top_cause": index.get("top_cause") or "",
+        "top_category": index.get("top_category") or "",
+        "fail_findings": "+".join(findings),
+        "model": index.get("model") or "",
+        "firmware": index.get("firmware") or "",
+        "app_version": index.get("app_version") or "",
+    }
+    return " | ".join(parts[f] or "-" for f in fields)
+
+
+def problem_id(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, labels: dict[str, str]) -> str:
+    """Count one new bundle into its problem's rollups; the problem id."""
+    pid = problem_id(text)
+    terminal, day = index["terminal_id"], timing.day(event_at)
+    new_terminal = sql.insert_new(
+        conn, problem_hits, ["problem_id", "terminal_id", "day"],
+        [{"problem_id": pid, "terminal_id": terminal, "day": day, "model": index["model"], "firmware": index["firmware"], "bundles": 0}],
+    )  # fmt: skip
+    conn.execute(
+        problem_hits.update()
+        .where(problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day == day)
+        .values(bundles=problem_hits.c.bundles + 1)
+    )
+    first_for_terminal = bool(new_terminal) and not conn.execute(
+        sa.select(sa.literal(1)).where(
+            problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day != day
+        ).limit(1)
+    ).first()
+    stmt = sql.insert(conn, problems)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                "bundles": problems.c.bundles + 1,
+                "terminals_affected": problems.c.terminals_affected + stmt.excluded.terminals_affected,
+                "first_seen": sql.least(conn, problems.c.first_seen, stmt.excluded.first_seen),
+                "last_seen": sql.greatest(conn, problems.c.last_seen, stmt.excluded.last_seen),
+            },
+        ),
+        {
+            "id": pid, "signature": text, "scheme": index.get("scheme"), "code": index.get("code"),
+            "top_cause": index.get("top_cause"), "top_category": index.get("top_category"),
+            "first_seen": event_at, "last_seen": event_at, "bundles": 1, "terminals_affected": int(first_for_terminal),
+        },
+    )  # fmt: skip
+    counts = [("model", index["model"]), ("firmware", index["firmware"]), ("day", day)]
+    counts += [(f"label:{k}", v) for k, v in sorted(labels.items())]
+    sql.add_counts(
+        conn, problem_counts, ["problem_id", "dim", "key"],
+        [{"problem_id": pid, "dim": dim, "key": key[:200], "count": 1} for dim, key in counts], "count",
+    )  # fmt: skip
+    _refresh_breakdown(conn, pid, [dim for dim, _ in counts if dim != "day"])
+    return pid
+
+
+def _refresh_breakdown(conn: sa.Connection, pid: str, dims: list[str]) -> None:
+    """Keep the top values of the dimensions this bundle touched in problems.breakdown, so
+    that a page of problems reads no per-value counts (a label such as merchant has
+    thousands of values). Two servers racing may leave one dimension a bundle stale; the
+    next bundle of that problem and dimension puts it right."""
+    stored = conn.execute(sa.select(problems.c.breakdown).where(problems.c.id == pid)).scalar()
+    breakdown = json.loads(stored) if stored else {}
+    pc = problem_counts.c
+    for dim in dims:
+        rows = conn.execute(
+            sa.select(pc.key, pc.count).where(pc.problem_id == pid, pc.dim == dim)
+            .order_by(pc.count.desc(), pc.key).limit(BREAKDOWN_TOP)
+        ).all()  # fmt: skip
+        breakdown[dim] = [[r.key, r.count] for r in rows]
+    conn.execute(problems.update().where(problems.c.id == pid).values(breakdown=json.dumps(breakdown, sort_keys=True)))
+
+
+def _cursor(terminals: int, pid: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([terminals, pid]).encode()).decode().rstrip("=")
+
+
+def _uncursor(cursor: str) -> tuple[int, str]:
+    try:
+        terminals, pid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(terminals, int) or not isinstance(pid, str):
+            raise TypeError
+    except (ValueError, TypeError, UnicodeError):
+        raise ValueError("cursor is not one this server issued") from None
+    return terminals, pid
+
+
+def list_problems(
+    engine: Engine, *, since: str | None = None, until: str | None = None, labels: dict[str, str] | None = None,
+    model: str | None = None, firmware: str | None = None, limit: int = 50, cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
+    """Ranked by terminals affected. Unfiltered: straight from `problems`. Filtered: from
+    the per problem, terminal and day rollup (since/until are whole UTC days)."""
+    labels = labels or {}
+    filtered = bool(since or until or labels or model or firmware)
+    if filtered:
+        hits = problem_hits.c
+        where = []
+        if since:
+            where.append(hits.day >= since[:10])
+        if until:
+            where.append(hits.day <= until[:10])
+        if model:
+            where.append(hits.model == model)
+        if firmware:
+            where.append(hits.firmware == firmware)
+        for key, value in labels.items():
+            where.append(hits.terminal_id.in_(sa.select(terminal_labels.c.terminal_id).where(terminal_labels.c.key == key, terminal_labels.c.value == value)))
+        terms = sa.func.count(sa.distinct(hits.terminal_id)).label("terminals")
+        agg = sa.select(hits.problem_id.label("id"), terms, sa.func.sum(hits.bundles).label("bundles")).where(*where).group_by(hits.problem_id).subquery()
+        query = sa.select(agg.c.id, agg.c.terminals, agg.c.bundles)
+        rank_t, rank_id = agg.c.terminals, agg.c.id
+    else:
+        query = sa.select(problems.c.id, problems.c.terminals_affected.label("terminals"), problems.c.bundles)
+        rank_t, rank_id = problems.c.terminals_affected, problems.c.id
+    if cursor:
+        after_t, after_id = _uncursor(cursor)
+        query = query.where(sa.or_(rank_t < after_t, sa.and_(rank_t == after_t, rank_id > after_id)))
+    query = query.order_by(rank_t.desc(), rank_id).limit(limit + 1)
+    with engine.connect() as conn:
+        ranked = conn.execute(query).all()
+        more = len(ranked) > limit
+        ranked = ranked[:limit]
+        items = _items(conn, ranked, since, until)
+    return items, _cursor(ranked[-1].terminals, ranked[-1].id) if more and ranked else None
+
+
+def _items(conn: sa.Connection, ranked: list[Any], since: str | None, until: str | None) -> list[dict[str, Any]]:
+    ids = [r.id for r in ranked]
+    if not ids:
+        return []
+    rows = {r["id"]: r for r in conn.execute(sa.select(problems).where(problems.c.id.in_(ids))).mappings()}
+    pc = problem_counts.c
+    days = sa.select(pc.problem_id, pc.key, pc.count).where(pc.problem_id.in_(ids), pc.dim == "day")
+    if since:
+        days = days.where(pc.key >= since[:10])
+    if until:
+        days = days.where(pc.key <= until[:10])
+    counts: dict[str, dict[str, list[tuple[str, int]]]] = {
+        pid: {dim: [tuple(pair) for pair in pairs] for dim, pairs in json.loads(rows[pid]["breakdown"] or "{}").items()} for pid in ids
+    }
+    for r in conn.execute(days):
+        counts[r.problem_id].setdefault("day", []).append((r.key, r.count))
+    out = []
+    for r in ranked:
+        p, c = rows[r.id], counts[r.id]
+        by_label = {dim.removeprefix("label:"): _ranked(pairs) for dim, pairs in c.items() if dim.startswith("label:")}
+        days = sorted(c.get("day", []))
+        out.append({
+            "id": p["id"], "signature": p["signature"], "code": p["code"], "scheme": p["scheme"], "top_cause": p["top_cause"],
+            "first_seen": p["first_seen"], "last_seen": p["last_seen"], "bundles": int(r.bundles),
+            "terminals_affected": int(r.terminals),
+            "by_model": _ranked(c.get("model", [])), "by_firmware": _ranked(c.get("firmware", [])),
+            "by_label": dict(sorted(by_label.items())),
+            "daily": [{"key": d, "count": n} for d, n in days],
+        })  # fmt: skip
+    return out
+
+
+def _ranked(pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    return [{"key": k, "count": n} for k, n in sorted(pairs, key=lambda x: (-x[1], x[0]))]
+
+
+def get_problem(engine: Engine, pid: str) -> dict[str, Any] | None:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(problems.c.id, problems.c.terminals_affected.label("terminals"), problems.c.bundles).where(problems.c.id == pid)).first()
+        return _items(conn, [row], None, None)[0] if row else None

@@ -1,0 +1,110 @@
+"""The regression detector: a version whose incident rate stands out from its model's others.
+
+For each model, version v (firmware, and separately app version) and top-cause category c
+over the last regression_window_days of event time:
+
+  x_v = bundles of category c from terminals on v (not held by an outage),
+  e_v = active terminal-days on v (a terminal that sent a heartbeat or bundle that day);
+  x_o, e_o the same for the model's other versions.
+
+Given x_v + x_o, under "same rate" x_v is Binomial(x_v + x_o, e_v / (e_v + e_o)): the exact
+conditional test of two Poisson rates. A regression opens when that upper tail is below
+regression_p_value, the rate ratio is at least regression_min_ratio, v has at least
+regression_min_terminals active terminals and regression_min_affected distinct terminals
+have c (so that one noisy terminal never makes a regression).
+It closes when a later sweep no longer finds it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+
+from remote.server.fleet import incidents, inventory, timing
+from remote.server.fleet.schema import bundle_fleet, incidents as incidents_t, terminal_days
+from remote.server.fleet.stats import binom_sf
+from remote.server_settings import FleetSettings
+
+VERSIONS = ("firmware", "app_version")
+
+
+def detect(conn: sa.Connection, watermark: str, settings: FleetSettings, now: str) -> list[tuple[str, bool]]:
+    since = timing.shift(watermark, days=-settings.regression_window_days)
+    found: dict[str, dict[str, Any]] = {}
+    for dim in VERSIONS:
+        for hit in _hits(conn, dim, since, settings):
+            found[inventory.scope_key(hit["scope"]) + "#" + hit["category"]] = hit
+    touched = []
+    for hit in found.values():
+        key = inventory.scope_key(hit["scope"])
+        incident_id, new = incidents.open_incident(conn, "regression", key, _values(hit, now))
+        if not new:
+            conn.execute(incidents_t.update().where(incidents_t.c.id == incident_id).values(
+                last_hit_at=watermark, terminals_affected=hit["affected"], terminals_in_scope=hit["terminals"],
+                bundles=hit["bundles"], expected=hit["expected"], p_value=hit["p_value"],
+            ))  # fmt: skip
+        touched.append((incident_id, new))
+    still = {inventory.scope_key(h["scope"]) for h in found.values()}
+    for row in conn.execute(sa.select(incidents_t.c.id, incidents_t.c.scope_key).where(incidents_t.c.status == "open", incidents_t.c.kind == "regression")).all():
+        if row.scope_key not in still:
+            incidents.close(conn, row.id, watermark)
+    return touched
+
+
+def _hits(conn: sa.Connection, dim: str, since: str, settings: FleetSettings) -> list[dict[str, Any]]:
+    days = terminal_days.c
+    exposure = {
+        (r.model, r.version): (r.days, r.terminals)
+        for r in conn.execute(
+            sa.select(days.model, days[dim].label("version"), sa.func.count().label("days"), sa.func.count(sa.distinct(days.terminal_id)).label("terminals"))
+            .where(days.day >= since[:10]).group_by(days.model, days[dim])
+        )
+    }  # fmt: skip
+    b = bundle_fleet.c
+    counts: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = defaultdict(dict)
+    for r in conn.execute(
+        sa.select(b.model, b[dim].label("version"), b.top_category, sa.func.count().label("x"),
+                  sa.func.count(sa.distinct(b.terminal_id)).label("affected"), sa.func.count().label("bundles"),
+                  sa.func.min(b.event_at).label("first"))
+        .where(b.event_at >= since, b.top_category.is_not(None), b.hold_incident.is_(None))
+        .group_by(b.model, b[dim], b.top_category)
+    ):  # fmt: skip
+        counts[(r.model, r.top_category)][r.version] = (r.x, r.affected, r.bundles, r.first)
+    out = []
+    for (model, category), by_version in counts.items():
+        versions = {v for (m, v) in exposure if m == model}
+        for version in versions:
+            e_v, terminals = exposure[(model, version)]
+            x_v, affected, bundles, first = by_version.get(version, (0, 0, 0, since))
+            e_o = sum(exposure[(model, o)][0] for o in versions if o != version)
+            x_o = sum(by_version.get(o, (0,))[0] for o in versions if o != version)
+            if not e_o or terminals < settings.regression_min_terminals or affected < settings.regression_min_affected:
+                continue
+            expected = max(x_o, 0.5) / e_o * e_v
+            p_value = binom_sf(x_v, x_v + x_o, e_v / (e_v + e_o))
+            if x_v >= settings.regression_min_ratio * expected and p_value < settings.regression_p_value:
+                out.append({"scope": {"model": model, dim: version}, "category": category, "affected": affected,
+                            "terminals": terminals, "bundles": bundles, "expected": expected, "p_value": p_value,
+                            "x": x_v, "rate": x_v / e_v, "other_rate": x_o / e_o, "first": first})  # fmt: skip
+    return out
+
+
+def _values(hit: dict[str, Any], now: str) -> dict[str, Any]:
+    scope = hit["scope"]
+    dim = "firmware" if "firmware" in scope else "app_version"
+    what = f"{scope['model']} {dim.replace('_', ' ')} {scope[dim]}"
+    text = {
+        "en": f"Regression on {what}: {hit['rate']:.2f} {hit['category']} bundles per terminal-day "
+              f"against {hit['other_rate']:.2f} on the model's other versions ({hit['affected']} of {hit['terminals']} terminals).",
+        "zh": f"{what} 版本回退：每终端日 {hit['rate']:.2f} 个 {hit['category']} 类问题，同型号其他版本 {hit['other_rate']:.2f}"
+              f"（{hit['terminals']} 台终端中 {hit['affected']} 台）。",
+    }  # fmt: skip
+    return {
+        "scope": json.dumps(scope, sort_keys=True), "categories": json.dumps([hit["category"]]), "codes": "[]",
+        "started_at": hit["first"], "detected_at": now, "last_hit_at": now, "terminals_affected": hit["affected"],
+        "terminals_in_scope": hit["terminals"], "bundles": hit["bundles"], "expected": hit["expected"],
+        "p_value": hit["p_value"], "summary": json.dumps(text, ensure_ascii=False),
+    }  # fmt: skip

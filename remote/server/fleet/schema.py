@@ -1,0 +1,185 @@
+"""Fleet tables. Every page and API call reads these by index or rollup, never all bundles."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from remote.server.db import TIME, metadata
+
+fleet_terminals = sa.Table(
+    "fleet_terminals",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(128)),
+    sa.Column("firmware", sa.String(128)),
+    sa.Column("app_version", sa.String(128)),
+    sa.Column("agent_version", sa.String(64)),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),
+    sa.Column("last_heartbeat_at", TIME),
+    sa.Column("last_seen_at", TIME),  # newest event time of a heartbeat or bundle
+    sa.Column("health", sa.Text),  # newest heartbeat's health, JSON
+    sa.Column("risk", sa.Text),  # JSON, or NULL
+    sa.Column("risk_metric", sa.String(64)),
+    sa.Column("clock_flagged_at", TIME),  # last receipt whose event time was clamped
+    sa.Column("missing_notified_at", TIME),
+    sa.Index("ix_fleet_terminals_seen", "last_seen_at"),
+    sa.Index("ix_fleet_terminals_risk", "risk_metric"),
+    sa.Index("ix_fleet_terminals_model", "model", "firmware"),
+)
+
+terminal_labels = sa.Table(
+    "terminal_labels",
+    metadata,
+    sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+    sa.Index("ix_terminal_labels_kv", "key", "value", "terminal_id"),
+)
+
+scope_members = sa.Table(
+    "scope_members",
+    metadata,
+    sa.Column("scope_key", sa.String(400), primary_key=True),
+    sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Index("ix_scope_members_terminal", "terminal_id"),
+)
+
+heartbeats = sa.Table(
+    "heartbeats",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("terminal_id", sa.String(128), nullable=False),
+    sa.Column("sent_at", TIME, nullable=False),  # event time, clamped
+    sa.Column("received_at", TIME, nullable=False),
+    sa.Column("clock_clamped", sa.Boolean, nullable=False, default=False),
+    sa.Column("battery_pct", sa.Float),
+    sa.Column("battery_wear_ratio", sa.Float),
+    sa.Column("battery_full_pct", sa.Float),
+    sa.Column("battery_cycle_count", sa.Float),
+    sa.Column("emmc_life_used_pct", sa.Float),
+    sa.Column("free_mib", sa.Float),
+    sa.Column("signal_dbm", sa.Float),
+    sa.Column("max_temp_c", sa.Float),
+    sa.Column("memory_available_mib", sa.Float),
+    sa.Column("counters", sa.Text),
+    sa.Index("ix_heartbeats_terminal", "terminal_id", "sent_at"),
+)
+
+terminal_days = sa.Table(  # exposure: a terminal active on a day, on which versions
+    "terminal_days",
+    metadata,
+    sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("firmware", sa.String(128), nullable=False),
+    sa.Column("app_version", sa.String(128), nullable=False),
+    sa.Index("ix_terminal_days_day", "day", "model"),
+)
+
+bundle_fleet = sa.Table(  # the fleet's view of one bundle, beside its row in `bundles`
+    "bundle_fleet",
+    metadata,
+    sa.Column("bundle_id", sa.String(36), primary_key=True),
+    sa.Column("terminal_id", sa.String(128), nullable=False),
+    sa.Column("event_at", TIME, nullable=False),
+    sa.Column("clock_clamped", sa.Boolean, nullable=False, default=False),
+    sa.Column("problem_id", sa.String(32)),
+    sa.Column("top_category", sa.String(32)),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("firmware", sa.String(128), nullable=False),
+    sa.Column("app_version", sa.String(128), nullable=False),
+    sa.Column("hold_incident", sa.String(36)),
+    sa.Index("ix_bundle_fleet_event", "event_at"),
+    sa.Index("ix_bundle_fleet_hold", "hold_incident"),
+    sa.Index("ix_bundle_fleet_problem", "problem_id", "event_at"),
+)
+
+outage_events = sa.Table(  # host/network bundles, once per scope their terminal is in
+    "outage_events",
+    metadata,
+    sa.Column("bundle_id", sa.String(36), primary_key=True),
+    sa.Column("scope_key", sa.String(400), primary_key=True),
+    sa.Column("terminal_id", sa.String(128), nullable=False),
+    sa.Column("event_at", TIME, nullable=False),
+    sa.Index("ix_outage_events_scope", "scope_key", "event_at"),
+)
+
+problems = sa.Table(
+    "problems",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # sha256 of the signature, cut
+    sa.Column("signature", sa.Text, nullable=False),
+    sa.Column("scheme", sa.String(32)),
+    sa.Column("code", sa.String(64)),
+    sa.Column("top_cause", sa.String(128)),
+    sa.Column("top_category", sa.String(32)),
+    sa.Column("first_seen", TIME, nullable=False),
+    sa.Column("last_seen", TIME, nullable=False),
+    sa.Column("bundles", sa.Integer, nullable=False),
+    sa.Column("terminals_affected", sa.Integer, nullable=False),
+    sa.Column("breakdown", sa.Text),  # JSON {dim: [[key, count], ...]}, the top values per dimension
+    sa.Index("ix_problems_rank", "terminals_affected", "id"),
+)
+
+problem_counts = sa.Table(  # dim: model, firmware, day, or label:KEY (key: the value)
+    "problem_counts",
+    metadata,
+    sa.Column("problem_id", sa.String(32), primary_key=True),
+    sa.Column("dim", sa.String(48), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Index("ix_problem_counts_top", "problem_id", "dim", "count"),
+)
+
+problem_hits = sa.Table(  # one row per problem, terminal and day: filtered rankings
+    "problem_hits",
+    metadata,
+    sa.Column("problem_id", sa.String(32), primary_key=True),
+    sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("firmware", sa.String(128), nullable=False),
+    sa.Column("bundles", sa.Integer, nullable=False),
+    sa.Index("ix_problem_hits_day", "day", "problem_id"),
+    sa.Index("ix_problem_hits_terminal", "terminal_id", "day"),
+)
+
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("scope_key", sa.String(400), nullable=False),
+    sa.Column("open_key", sa.String(420), unique=True),  # kind + scope while open: one open per scope
+    sa.Column("scope", sa.Text, nullable=False),
+    sa.Column("categories", sa.Text, nullable=False),
+    sa.Column("codes", sa.Text, nullable=False),
+    sa.Column("started_at", TIME, nullable=False),
+    sa.Column("detected_at", TIME, nullable=False),
+    sa.Column("last_hit_at", TIME, nullable=False),
+    sa.Column("ended_at", TIME),
+    sa.Column("terminals_affected", sa.Integer, nullable=False),
+    sa.Column("terminals_in_scope", sa.Integer, nullable=False),
+    sa.Column("bundles", sa.Integer, nullable=False),
+    sa.Column("expected", sa.Float, nullable=False),
+    sa.Column("p_value", sa.Float, nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Index("ix_incidents_status", "status", "started_at"),
+    sa.Index("ix_incidents_scope", "scope_key", "started_at"),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("dedupe", sa.String(200), nullable=False, unique=True),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("created_at", TIME, nullable=False),
+    sa.Column("next_at", TIME, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("delivered_at", TIME),
+    sa.Column("last_error", sa.String(300)),
+    sa.Index("ix_webhook_due", "delivered_at", "next_at"),
+)

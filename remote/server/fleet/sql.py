@@ -1,0 +1,39 @@
+"""Insert-or-update the same way on SQLite and PostgreSQL (both speak ON CONFLICT)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def insert(conn: sa.Connection, table: sa.Table) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def least(conn: sa.Connection, a: Any, b: Any) -> Any:
+    return sa.func.least(a, b) if conn.dialect.name == "postgresql" else sa.func.min(a, b)
+
+
+def greatest(conn: sa.Connection, a: Any, b: Any) -> Any:
+    return sa.func.greatest(a, b) if conn.dialect.name == "postgresql" else sa.func.max(a, b)
+
+
+def add_counts(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]], column: str) -> None:
+    """Insert rows, or add their `column` to the stored one."""
+    if not rows:
+        return
+    stmt = insert(conn, table)
+    conn.execute(
+        stmt.on_conflict_do_update(index_elements=keys, set_={column: table.c[column] + stmt.excluded[column]}),
+        rows,
+    )
+
+
+def insert_new(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]]) -> int:
+    """Insert rows not there yet; how many were new."""
+    if not rows:
+        return 0
+    stmt = insert(conn, table).on_conflict_do_nothing(index_elements=keys)
+    return sum(conn.execute(stmt, row).rowcount for row in rows)

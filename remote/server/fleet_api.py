@@ -1,0 +1,146 @@
+"""/api/v1 of the fleet layer: heartbeats from terminals; problems and incidents for support."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from remote.server import db, store
+from remote.server.api import ApiError, Reader, bearer_scheme, errors, label_params, read_capped, service, terminal_auth, time_param
+from remote.server.fleet import incidents, problems
+from remote.server.fleet.models import Heartbeat, HeartbeatAccepted, Incident, IncidentList, Problem, ProblemList
+from remote.server.ingest import IngestError
+from remote.server.models import NextCommand
+
+router = APIRouter(prefix="/api/v1")
+MAX_HEARTBEAT_BYTES = 16384
+
+HEARTBEAT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Heartbeat"}}},
+        "description": "the terminal's health report; any health or counter key may be missing or null",
+    }
+}
+
+
+@router.post(
+    "/heartbeats",
+    status_code=202,
+    response_model=HeartbeatAccepted,
+    tags=["terminal"],
+    summary="A terminal's heartbeat (terminal token); the answer lists open incidents covering it",
+    openapi_extra=HEARTBEAT_BODY,
+    responses=errors(400, 401, 403, 413, 422),
+)
+async def heartbeat(
+    request: Request,
+    terminal: Annotated[dict[str, Any], Depends(terminal_auth)],
+    _: Annotated[Any, Depends(bearer_scheme)],
+    poll: Annotated[bool, Query(description="also take the next probe request, as commands/next would")] = False,
+) -> Any:
+    srv = service(request)
+    try:
+        body = await read_capped(request, MAX_HEARTBEAT_BYTES)
+    except IngestError as exc:
+        raise ApiError(exc.status, exc.code, exc.detail.replace("bundle", "heartbeat")) from None
+    try:
+        beat = Heartbeat.model_validate(json.loads(body))
+        sent_at = db.stamp(db.parse_time(beat.sent_at))
+    except (ValueError, OverflowError, ValidationError) as exc:
+        raise ApiError(422, "bad_heartbeat", _short(exc)) from None
+    if beat.terminal_id != terminal["id"]:
+        raise ApiError(403, "wrong_terminal", "the heartbeat names another terminal than the token's")
+    received = db.now()
+    event_at, clamped = srv.fleet.clamp(sent_at, received)
+    await run_in_threadpool(srv.fleet.on_heartbeat, beat, event_at, clamped, received)
+    notices = await run_in_threadpool(srv.fleet.notices, terminal["id"])
+    command = None
+    if poll:
+        found = await run_in_threadpool(store.next_command, srv.engine, terminal["id"], srv.settings.command_redeliver_seconds)
+        command = None if found is None else NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"]).model_dump()
+    answer = HeartbeatAccepted(status="accepted", event_at=event_at, clock_clamped=clamped, incidents=notices, command=command)
+    return JSONResponse(answer.model_dump(), status_code=202)
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return f"heartbeat: {where or 'document'}: {first.get('msg', 'invalid')}"[:300]
+    return f"heartbeat: {exc}"[:300]
+
+
+@router.get("/problems", response_model=ProblemList, tags=["fleet"], summary="Problems ranked by terminals affected; label.KEY=VALUE filters", responses=errors(400, 401, 422))
+async def list_problems(
+    request: Request,
+    user: Reader,
+    since: Annotated[datetime | None, Query(description="from this UTC day on (ISO-8601 with zone)")] = None,
+    until: Annotated[datetime | None, Query(description="up to and including this UTC day")] = None,
+    model: Annotated[str | None, Query(max_length=128)] = None,
+    firmware: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int | None, Query(ge=1, le=500)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Any:
+    srv = service(request)
+    try:
+        items, next_cursor = await run_in_threadpool(
+            lambda: problems.list_problems(
+                srv.engine, since=time_param(since), until=time_param(until), labels=label_params(request),
+                model=model, firmware=firmware, limit=limit or srv.settings.page_size, cursor=cursor,
+            )
+        )  # fmt: skip
+    except ValueError as exc:
+        raise ApiError(400, "bad_cursor", str(exc)) from None
+    return ProblemList(items=items, next_cursor=next_cursor)
+
+
+@router.get("/problems/{problem_id}", response_model=Problem, tags=["fleet"], responses=errors(401, 404, 422))
+async def problem(request: Request, problem_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], user: Reader) -> Any:
+    found = await run_in_threadpool(problems.get_problem, service(request).engine, problem_id)
+    if found is None:
+        raise ApiError(404, "no_problem", "no problem with this id")
+    return found
+
+
+@router.get("/incidents", response_model=IncidentList, tags=["fleet"], summary="Fleet incidents, newest first", responses=errors(401, 422))
+async def list_incidents(
+    request: Request,
+    user: Reader,
+    status: Annotated[Literal["open", "closed", "all"], Query()] = "all",
+    since: Annotated[datetime | None, Query(description="incidents still going on at or after this")] = None,
+    until: Annotated[datetime | None, Query(description="incidents started before this")] = None,
+) -> Any:
+    items = await run_in_threadpool(incidents.list_incidents, service(request).engine, status, time_param(since), time_param(until))
+    return IncidentList(items=items)
+
+
+@router.get("/incidents/{incident_id}", response_model=Incident, tags=["fleet"], responses=errors(401, 404, 422))
+async def incident(request: Request, incident_id: Annotated[str, Path(max_length=36)], user: Reader) -> Any:
+    found = await run_in_threadpool(incidents.get_incident, service(request).engine, incident_id)
+    if found is None:
+        raise ApiError(404, "no_incident", "no incident with this id")
+    return found
+
+
+def document(app: Any) -> None:
+    """Put the heartbeat's schema (read by hand, after the token check) into the OpenAPI components."""
+    base = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        body = Heartbeat.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        components["Heartbeat"] = body
+        return schema
+
+    app.openapi = openapi

@@ -1,0 +1,154 @@
+"""Webhooks to a loopback receiver: signed, retried until 2xx, none lost across a restart;
+and what a terminal is told of an outage (heartbeat answer, command poll)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from server_bundles import make_bundle
+from server_harness import default_settings, fresh_pg_database, start_server
+
+from remote.server import db, store
+
+SECRET = "webhook-test-secret"
+pytestmark = pytest.mark.timeout(300)
+
+
+class Receiver:
+    """Answers 503 while `down`, else 204; keeps every body it took."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.taken: list[tuple[dict, dict]] = []
+        self.refused = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.down:
+                    outer.refused += 1
+                    self.send_response(503)
+                else:
+                    outer.taken.append((dict(self.headers), json.loads(body) | {"_raw": body.decode()}))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/hook"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 's.db'}"
+    else:
+        with fresh_pg_database() as url:
+            yield url
+
+
+def settings(url: str):
+    s = default_settings()
+    hooks = dataclasses.replace(s.webhooks, url=url, secret=SECRET, retry_min_seconds=0.05, retry_max_seconds=0.2)
+    return dataclasses.replace(s, webhooks=hooks, fleet=dataclasses.replace(s.fleet, sweep_seconds=0.2))
+
+
+def wait_for(check, seconds: float = 20.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    return check()
+
+
+def beat(tid: str, when: datetime, labels: dict[str, str]) -> dict:
+    return {"terminal_id": tid, "sent_at": db.stamp(when), "model": "A920", "firmware": "1.0", "labels": labels, "health": {}, "counters": {}}
+
+
+def test_outage_webhook_survives_a_restart_and_terminals_are_told(db_url, tmp_path):
+    receiver = Receiver()
+    labels = {"acquirer": "Z", "region": "east"}
+    now = datetime.now(UTC)
+    first = start_server(db_url, tmp_path / "data", "hooks", settings(receiver.url))
+    server = next(first)
+    terminals = [store.add_terminal(server.service.engine, f"W-{i}") for i in range(8)]
+    http = requests.Session()
+    for i, token in enumerate(terminals):
+        for hours in (3, 2, 1):
+            answer = http.post(f"{server.url}/api/v1/heartbeats", json=beat(f"W-{i}", now - timedelta(hours=hours), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            assert answer.status_code == 202, answer.text
+    for i, token in enumerate(terminals[:7]):
+        bundle_id, body = make_bundle(token, f"W-{i}", code="96", cause="host.unreachable", category="host", verdict="remote",
+                                      created_at=db.stamp(now - timedelta(minutes=20 - i)), labels=labels)  # fmt: skip
+        assert server.upload(token, body, bundle_id).status_code == 201
+
+    # the eighth terminal is told, on its heartbeat and on its poll
+    told = http.post(f"{server.url}/api/v1/heartbeats", json=beat("W-7", now, labels), headers={"Authorization": f"Bearer {terminals[7]}"}, timeout=30).json()
+    assert [(i["kind"], i["scope"]) for i in told["incidents"]] == [("outage", labels)]
+    assert "acquirer Z" in told["incidents"][0]["summary"]["en"]
+    poll = http.get(f"{server.url}/api/v1/terminals/W-7/commands/next", headers={"Authorization": f"Bearer {terminals[7]}"}, timeout=30)
+    assert poll.status_code == 204 and json.loads(poll.headers["X-Posdiag-Incidents"])[0]["id"] == told["incidents"][0]["id"]
+    store.add_command(server.service.engine, "W-7", ["network"], None, "support")
+    poll = http.get(f"{server.url}/api/v1/terminals/W-7/commands/next", headers={"Authorization": f"Bearer {terminals[7]}"}, timeout=30)
+    assert poll.status_code == 200 and poll.json()["probes"] == ["network"]
+    assert json.loads(poll.headers["X-Posdiag-Incidents"])[0]["id"] == told["incidents"][0]["id"]
+
+    assert 'posdiag_fleet_incidents_open{kind="outage"} 1' in requests.get(f"{server.url}/metrics", timeout=30).text
+    assert wait_for(lambda: receiver.refused >= 2)  # tried, refused, retried
+    first.close()  # the server stops with the delivery still owed
+    receiver.down = False
+    second = start_server(db_url, tmp_path / "data", "hooks", settings(receiver.url), users=False)
+    next(second)
+    try:
+        assert wait_for(lambda: receiver.taken)
+        time.sleep(0.5)  # nothing more should come
+    finally:
+        second.close()
+    opened = [(h, b) for h, b in receiver.taken if b["event"] == "incident.opened"]
+    assert len(opened) == 1
+    headers, body = opened[0]
+    expected = "sha256=" + hmac.new(SECRET.encode(), body["_raw"].encode(), hashlib.sha256).hexdigest()
+    assert headers["X-Posdiag-Signature"] == expected and headers["X-Posdiag-Event"] == "incident.opened"
+    assert body["data"]["kind"] == "outage" and body["data"]["scope"] == labels and body["data"]["terminals_affected"] >= 5  # at opening
+    receiver.http.shutdown()
+
+
+def test_one_noisy_terminal_never_opens_an_outage(db_url, tmp_path):
+    """Thirty host failures in ten minutes from one terminal of eight: one distinct terminal,
+    below outage_min_terminals whatever the rate; its bundles are not held."""
+    labels = {"acquirer": "N", "region": "west"}
+    now = datetime.now(UTC)
+    servers = start_server(db_url, tmp_path / "data", "noisy", settings(""))
+    server = next(servers)
+    try:
+        tokens = [store.add_terminal(server.service.engine, f"N-{i}") for i in range(8)]
+        for i, token in enumerate(tokens):
+            answer = requests.post(f"{server.url}/api/v1/heartbeats", json=beat(f"N-{i}", now - timedelta(hours=1), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            assert answer.status_code == 202
+        ids = []
+        for k in range(30):
+            bundle_id, body = make_bundle(tokens[0], "N-0", code="96", cause="host.unreachable", category="host", verdict="remote",
+                                          created_at=db.stamp(now - timedelta(minutes=10 - k / 3)), labels=labels)  # fmt: skip
+            assert server.upload(tokens[0], body, bundle_id).status_code == 201
+            ids.append(bundle_id)
+        server.service.fleet.sweep()
+        assert server.get("/api/v1/incidents").json()["items"] == []
+        listed = server.get("/api/v1/bundles", params={"terminal": "N-0", "limit": 50}).json()["items"]
+        assert len(listed) == 30 and all(b["fleet_dispatch"] is None for b in listed)
+    finally:
+        servers.close()
