@@ -223,6 +223,34 @@ def report_idle(rss: list[float], cpu: float, written: int, elapsed: float, conn
     print("  anchors: memfaultd uploads hourly (24 exchanges/day); a TMS heartbeat is often daily")
 
 
+FLOOR_STEPS = (
+    "logging", "dataclasses", "tomllib", "hashlib", "ssl", "http.client", "serial",
+    "agent.config", "probes.modem", "agent.history", "agent.daemon", "remote.commands", "agent.redact", "requests",
+)
+FLOOR_SCRIPT = """
+import importlib, sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+print(f'interpreter {rss():.1f} {rss():.1f}')
+for name in sys.argv[1:]:
+    before = rss()
+    importlib.import_module(name)
+    print(f'{name} {rss() - before:.1f} {rss():.1f}')
+"""
+
+
+def floor() -> None:
+    """What each import costs in RSS, in the order the idle agent pays it (the last two only
+    when an error or an upload comes)."""
+    out = subprocess.run([str(BIN / "python"), "-c", FLOOR_SCRIPT, *FLOOR_STEPS], capture_output=True, text=True, check=True)
+    print("idle RSS floor, import by import (MB: added, total)")
+    for line in out.stdout.splitlines():
+        name, added, total = line.split()
+        row(name, added, total)
+
+
 def reaction(work: Path, config: Path, server) -> None:
     proc = start_agent(config, simulate=True)
     log = work / "app.log"
@@ -257,6 +285,7 @@ def main() -> None:
         reaction(work, config, server)
         next(gen, None)
         idle(work)
+        floor()
 
 
 if __name__ == "__main__":
