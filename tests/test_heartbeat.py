@@ -132,7 +132,7 @@ def test_a_running_agent_reports_to_the_fleet_and_takes_probe_requests_with_its_
     while True:
         items = a.server.get(f"/api/v1/terminals?label.acquirer=B").json()["items"]
         mine = [t for t in items if t["id"] == a.terminal]
-        if mine and mine[0]["last_heartbeat_at"] and a.bundles():
+        if mine and "link" in mine[0]["labels"] and a.bundles():  # link: from the first health snapshot
             break
         assert time.monotonic() < deadline, (items, a.stderr.read_text())
         time.sleep(0.2)

@@ -146,22 +146,29 @@ def real_bundle(terminal_id: str, token: str, code: str, faults: str) -> tuple[s
 def test_the_bundle_page_in_chinese_and_in_english(server, browser, tmp_path):
     """What support reads first, in each language, from a real diagnosis; screenshots are kept
     in bench/out/pages/ to look at."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
 
+    from remote.server import store
+
+    reader = f"reader-{uuid.uuid4().hex[:8]}"  # its own user: the language it chooses is remembered
+    store.add_user(server.service.engine, reader, "support", PASSWORD)
     tid, token = server.terminal("L")
     bundle_id, body = real_bundle(tid, token, "3000", "printer.paper_out")
     assert server.upload(token, body, bundle_id).status_code == 201
     shots = Path(__file__).resolve().parents[2] / "bench" / "out" / "pages"
     shots.mkdir(parents=True, exist_ok=True)
     browser.get(server.url + f"/bundles/{bundle_id}")
-    browser.find_element(By.ID, "name").send_keys("support")
+    browser.find_element(By.ID, "name").send_keys(reader)
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     browser.find_element(By.ID, "sign-in").click()
     seen = {}
     for lang, button in (("zh", "lang-zh"), ("en", "lang-en")):
         browser.find_element(By.ID, button).click()
-        WebDriverWait(browser, 10).until(lambda b, lang=lang: b.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang)
+        WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda b, lang=lang: b.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang
+        )
         seen[lang] = browser.find_element(By.TAG_NAME, "main").text
         browser.save_screenshot(str(shots / f"bundle-{lang}.png"))
     assert "派单" in seen["zh"] and "打印纸" in seen["zh"] and "Dispatch" not in seen["zh"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import requests
-from server_bundles import make_bundle
+from server_bundles import PASSWORD, make_bundle
 from test_server_pages import csrf_of, signed_in
 
 HAN = re.compile(r"[\u4e00-\u9fff]")
@@ -24,11 +24,23 @@ def switch(session: requests.Session, server, lang: str, back: str = "/bundles")
     return session.post(server.url + "/lang", data={"csrf": csrf_of(page.text), "lang": lang, "next": back}, timeout=10)
 
 
+def own_user(server, role: str = "support") -> str:
+    """A user of this test alone: a language it chooses is remembered, and must not leak."""
+    import uuid
+
+    from remote.server import store
+
+    name = f"{role}-{uuid.uuid4().hex[:8]}"
+    store.add_user(server.service.engine, name, role, PASSWORD)
+    return name
+
+
 def test_one_language_at_a_time_remembered_for_the_user(server):
     tid, token = server.terminal()
     bundle_id, body = make_bundle(token, tid, code="51")
     server.upload(token, body, bundle_id)
-    session = signed_in(server, "support")
+    user = own_user(server)
+    session = signed_in(server, user)
     english = session.get(f"{server.url}/bundles/{bundle_id}", timeout=10).text
     assert "insufficient funds" in english and "余额不足" not in english and 'lang="en"' in english
     assert not HAN.search(visible_text(english).replace("中文", ""))  # only the switch names its language
@@ -39,10 +51,10 @@ def test_one_language_at_a_time_remembered_for_the_user(server):
     assert "派单" in chinese and "Dispatch" not in chinese and "检测结果" in chinese
 
     # remembered for the user, not the browser: a new sign-in elsewhere gets Chinese too
-    elsewhere = signed_in(server, "support").get(server.url + "/", timeout=10).text
+    elsewhere = signed_in(server, user).get(server.url + "/", timeout=10).text
     assert "机群概况" in elsewhere
     switch(session, server, "en")
-    assert "Fleet, last" in signed_in(server, "support").get(server.url + "/", timeout=10).text
+    assert "Fleet, last" in signed_in(server, user).get(server.url + "/", timeout=10).text
 
 
 def test_without_a_choice_the_browser_language_decides(server):
