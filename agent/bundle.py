@@ -19,7 +19,7 @@ The server stores only that digest, never the token, and can still check the sig
 The manifest carries the size and SHA-256 of every other member, so the signature over
 the manifest authenticates the whole content.
 
-Every text passes through agent.redact before it is written. Logs are cut before anything
+Every text passes through remote.redact before it is written. Logs are cut before anything
 else when a cap is hit, oldest lines first, and the cut is recorded in `truncated`.
 
 The archive is built deterministically (fixed gzip header with mtime 0, tar headers with
@@ -50,12 +50,11 @@ from typing import Any
 from agent import __version__
 from agent.facts import iso_utc, system_facts, terminal_identity
 from agent.labels import labels_for, seen_in
-from agent.redact import Redactor, redact_text
-from agent.sources import MAX_CODE_LENGTH, decode_log, log_encoding
+from agent.sources import MAX_CODE_LENGTH
+from remote import wire
+from remote.logtext import decode_log, log_encoding
+from remote.redact import Redactor, redact_text
 
-SCHEMA = "posdiag.bundle/1"
-MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"  # deflate, no flags, mtime 0, max compression, OS unknown
 MAX_UNPACKED = 64 << 20
 TRIGGER_KINDS = ("error", "manual", "remote", "scheduled")
@@ -223,7 +222,7 @@ def make_manifest(
     if inp.trigger.kind not in TRIGGER_KINDS:
         raise ValueError(f"trigger kind {inp.trigger.kind!r} is not one of {TRIGGER_KINDS}")
     return {
-        "schema": SCHEMA,
+        "schema": wire.BUNDLE_SCHEMA,
         "bundle_id": bundle_id,
         "terminal": terminal,
         "agent_version": __version__,
@@ -252,7 +251,7 @@ def dump_jsonl(items: list[Any]) -> bytes:
 
 def pack(manifest: dict[str, Any], members: dict[str, bytes], token: str, now: datetime) -> bytes:
     manifest_bytes = dump_json(manifest)
-    ordered = [(MANIFEST, manifest_bytes), *members.items(), (SIGNATURE, sign(manifest_bytes, token).encode())]
+    ordered = [(wire.MANIFEST, manifest_bytes), *members.items(), (wire.SIGNATURE, sign(manifest_bytes, token).encode())]
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name, body in ordered:
@@ -378,7 +377,7 @@ def untar(raw: bytes) -> list[tuple[str, bytes]]:
 def read(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Manifest and members of a bundle, without checking hashes or signature."""
     members = unpack(data)
-    if not members or members[0][0] != MANIFEST:
+    if not members or members[0][0] != wire.MANIFEST:
         raise BundleError("manifest.json is not the first member")
     try:
         manifest = json.loads(members[0][1])
@@ -396,22 +395,22 @@ def verify(data: bytes, token: str) -> list[str]:
         return [str(exc)]
     names = [name for name, _ in members]
     problems = []
-    if not names or names[0] != MANIFEST:
+    if not names or names[0] != wire.MANIFEST:
         return ["manifest.json is not the first member"]
-    if names[-1] != SIGNATURE:
+    if names[-1] != wire.SIGNATURE:
         problems.append("manifest.sig is not the last member")
     if len(set(names)) != len(names):
         problems.append("a member name appears twice")
     content = dict(members)
-    manifest_bytes = content[MANIFEST]
+    manifest_bytes = content[wire.MANIFEST]
     try:
         manifest = json.loads(manifest_bytes)
         listed = {f["path"]: f for f in manifest["files"]}
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         return [*problems, f"manifest.json is malformed ({exc})"]
-    if manifest.get("schema") != SCHEMA:
-        problems.append(f"schema is {manifest.get('schema')!r}, expected {SCHEMA!r}")
-    present = set(names) - {MANIFEST, SIGNATURE}
+    if manifest.get("schema") != wire.BUNDLE_SCHEMA:
+        problems.append(f"schema is {manifest.get('schema')!r}, expected {wire.BUNDLE_SCHEMA!r}")
+    present = set(names) - {wire.MANIFEST, wire.SIGNATURE}
     problems += [f"{p}: listed in the manifest but missing" for p in sorted(set(listed) - present)]
     problems += [f"{p}: present but not listed in the manifest" for p in sorted(present - set(listed))]
     for path in sorted(set(listed) & present):
@@ -420,7 +419,7 @@ def verify(data: bytes, token: str) -> list[str]:
             problems.append(f"{path}: size {len(body)} differs from the manifest's {entry.get('size')}")
         if hashlib.sha256(body).hexdigest() != entry.get("sha256"):
             problems.append(f"{path}: sha256 differs from the manifest")
-    signature = content.get(SIGNATURE, b"").strip()  # bytes: compare_digest refuses non-ASCII str
+    signature = content.get(wire.SIGNATURE, b"").strip()  # bytes: compare_digest refuses non-ASCII str
     if not hmac.compare_digest(signature, sign(manifest_bytes, token).encode("ascii")):
         problems.append("signature does not match (wrong token, or the manifest was altered)")
     if not problems and gzip_bytes(raw) != data:

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from agent import __version__
-from agent.errors import PosdiagError
+from probes.contract.errors import PosdiagError
 
 DESCRIPTION = """\
 posdiag probes a payment terminal's card reader, printer, power, storage and

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.knowledge import Cause, Code, KnowledgeBase, Text
-from agent.model import Finding, ProbeResult, Severity, Status
+from agent.model import ProbeResult
+from probes.contract.records import Finding, Severity, Status
 
 
 @dataclass(frozen=True)

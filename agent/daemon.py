@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import Config
-from agent.errors import ConfigError
 from agent.heartbeat import Counters
 from agent.history import ring_for, snapshot
 from agent.incidents import IncidentMemory
@@ -42,6 +41,7 @@ from agent.sources import ErrorEvent, LastErrorFile, LogFollower, terminal_ident
 from agent.state import StateFile
 from agent.triggers import Gate, Group
 from agent.watch import DirectoryWatcher
+from probes.contract.errors import ConfigError
 
 log = logging.getLogger("posdiag")
 STOP_GRACE_S = 1.5
@@ -379,7 +379,8 @@ class Daemon:
     def flush(self) -> None:
         if not self.outbox.entries() or not self.config.section("upload").server_url:
             return
-        from remote.client import Client, Halt, flush
+        from agent.upload import flush
+        from remote.client import Client, Halt
 
         try:
             report = flush(self.outbox, Client(self.config.section("upload")))

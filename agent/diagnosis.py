@@ -18,13 +18,13 @@ from typing import Any
 
 from agent.config import Config
 from agent.correlate import Correlation, RankedCause, correlate
-from agent.errors import UsageError
 from agent.incidents import IncidentMemory, advice
 from agent.knowledge import ROLES, KnowledgeBase, Text, load_for
 from agent.merchant_fixes import review
 from agent.model import Sweep
-from agent.redact import redact_text
 from agent.runner import Progress, run_probes
+from probes.contract.errors import UsageError
+from remote.redact import redact_text
 
 
 @dataclass(frozen=True)

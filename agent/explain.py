@@ -6,8 +6,8 @@ from agent.correlate import Evidence, RankedCause
 from agent.diagnosis import Diagnosis
 from agent.i18n import finding_detail
 from agent.knowledge import finding_title
-from agent.model import Finding
 from agent.render import fit, screen_width
+from probes.contract.records import Finding
 
 # Evidence and actions are shown for the top cause and for any other at least this likely;
 # the rest are named with their confidence.

@@ -15,7 +15,7 @@ Every file may hold any of these top-level keys, so an operator's vendor table i
 
 Packaged files are read in name order, then `knowledge.extra_paths`; an entry defined twice
 in the packaged set is an error, while an operator's entry replaces a packaged one. Every
-error names the file and the key (agent.errors.ConfigError).
+error names the file and the key (probes.contract.errors.ConfigError).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from probes.contract.errors import ConfigError
 
 LANGS = ("zh", "en")
 ROLES = ("merchant", "technician", "support")

@@ -21,9 +21,10 @@ from typing import Any
 from agent.config import Config
 from agent.correlate import Correlation, Dispatch, best_cause_for
 from agent.knowledge import KnowledgeBase, Text
-from agent.model import ProbeResult, Severity, Status
+from agent.model import ProbeResult
 from agent.state import StateFile
 from probes import probe_modules
+from probes.contract.records import Severity, Status
 
 FILE_NAME = "merchant_fixes.json"
 RAN = (Status.OK, Status.WARN, Status.FAIL)

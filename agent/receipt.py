@@ -17,7 +17,7 @@ from agent.config import Config
 from agent.diagnosis import Diagnosis
 from agent.i18n import finding_detail, phrase
 from agent.knowledge import finding_title
-from agent.model import Severity, Status
+from probes.contract.records import Severity, Status
 
 WIDTH = 32  # columns of a 58 mm roll in font A
 INIT, CHINESE_ON = b"\x1b@", b"\x1c&"

@@ -8,7 +8,8 @@ from typing import TextIO
 
 from agent.i18n import finding_detail, phrase
 from agent.knowledge import finding_title
-from agent.model import ProbeResult, Status, Sweep
+from agent.model import ProbeResult, Sweep
+from probes.contract.records import Status
 
 STATUS_WORDS = {
     "en": {s: s.value for s in Status},

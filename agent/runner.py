@@ -13,12 +13,13 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-from agent.bundle import terminal_identity
 from agent.config import Config
-from agent.errors import UsageError
-from agent.model import Finding, Observation, ProbeResult, Status, Sweep
-from agent.redact import redact_text
+from agent.facts import terminal_identity
+from agent.model import ProbeResult, Sweep
 from probes import ProbeContext, probe_modules
+from probes.contract.errors import UsageError
+from probes.contract.records import Finding, Observation, Status
+from remote.redact import redact_text
 
 Progress = Callable[[ProbeResult, int, int], None]
 

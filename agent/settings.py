@@ -2,7 +2,8 @@
 
 Values live in config/posdiag.toml (every default in that one file); these classes say
 only what each key must be. `bounded` attaches the range or choices the loader checks.
-A new section is one class here and one entry in SECTIONS.
+A new section is one class here and one entry in SECTIONS; [host] and [server] are
+declared where their readers live (probes/contract/settings.py, remote/server_settings.py).
 """
 
 from __future__ import annotations
@@ -10,22 +11,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
-
-def bounded(lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()) -> Any:
-    return field(metadata={"lo": lo, "hi": hi, "choices": choices})
-
-
-TERMINAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-
-
-def terminal_id_problem(value: str) -> str | None:
-    """Terminal ids travel in URL paths and file names: letters, digits and . _ : - only."""
-    if TERMINAL_ID.fullmatch(value):
-        return None
-    return "1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
-
+from probes.contract.settings import HostSettings, bounded
+from remote.server_settings import ServerSettings
+from remote.wire import terminal_id_problem
 
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
@@ -52,24 +41,8 @@ class TerminalSettings:
 
 
 @dataclass(frozen=True)
-class HostSettings:
-    """Roots the probes read the kernel's view from (psutil's PROCFS_PATH idea)."""
-
-    sysfs_root: str
-    procfs_root: str
-
-
-@dataclass(frozen=True)
 class RunnerSettings:
     deadline_seconds: float = bounded(0.1, 600)
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """Keys every [probes.NAME] section has; a probe's own settings extend this."""
-
-    enabled: bool
-    timeout_seconds: float = bounded(0.05, 300)
 
 
 @dataclass(frozen=True)
@@ -78,115 +51,6 @@ class KnowledgeSettings:
 
     extra_paths: list[str]
     scheme_order: list[str]
-
-
-@dataclass(frozen=True)
-class BlobSettings:
-    """Where bundle files live. Empty strings: the directory DATA/blobs, and boto3's own
-    sources (AWS_* variables, ~/.aws) for whatever an S3 store needs."""
-
-    url: str
-    endpoint_url: str
-    region: str
-    access_key_id: str
-    secret_access_key: str
-
-
-@dataclass(frozen=True)
-class RetentionSettings:
-    """How long bundles are kept; 0 turns a limit off."""
-
-    days: int = bounded(0, 36500)
-    max_per_terminal: int = bounded(0, 10_000_000)
-    interval_minutes: float = bounded(0.05, 10080)
-    batch: int = bounded(1, 100000)
-
-
-@dataclass(frozen=True)
-class TrendRule:
-    """A health metric whose fitted trend flags a terminal at risk when it will cross `threshold`."""
-
-    metric: str
-    title_en: str
-    title_zh: str
-    direction: str = bounded(choices=("above", "below"))
-    threshold: float = bounded()
-    min_points: int = bounded(2, 10000)
-
-
-@dataclass(frozen=True)
-class FleetSettings:
-    """Fleet layer of the support server: event time, inventory, problems, incident detectors."""
-
-    max_clock_ahead_seconds: float = bounded(0, 86400 * 365)
-    missing_after_hours: float = bounded(0.1, 24 * 365)
-    at_risk_horizon_days: float = bounded(0.1, 3650)
-    trend_history: int = bounded(2, 10000)
-    trends: list[TrendRule]
-    signature_fields: list[str]
-    outage_categories: list[str]
-    outage_scopes: list[list[str]]
-    outage_window_minutes: float = bounded(1, 1440)
-    outage_baseline_days: float = bounded(0.1, 365)
-    outage_baseline_floor_per_terminal_hour: float = bounded(0, 1)
-    outage_min_terminals: int = bounded(2, 100000)
-    outage_min_ratio: float = bounded(1, 1e6)
-    outage_p_value: float = bounded(0, 1)
-    outage_close_p_value: float = bounded(0, 1)
-    outage_close_after_minutes: float = bounded(1, 10080)
-    outage_explain_fraction: float = bounded(0.5, 1)
-    regression_window_days: float = bounded(0.1, 365)
-    regression_min_terminals: int = bounded(2, 100000)
-    regression_min_affected: int = bounded(1, 100000)
-    regression_min_ratio: float = bounded(1, 1e6)
-    regression_p_value: float = bounded(0, 1)
-    sweep_seconds: float = bounded(0.1, 86400)
-
-
-@dataclass(frozen=True)
-class WebhookSettings:
-    """Alerts: JSON POSTed to `url`, signed with HMAC-SHA256 of `secret`; empty url: none."""
-
-    url: str
-    events: list[str]
-    secret: str
-    timeout_seconds: float = bounded(0.1, 120)
-    retry_min_seconds: float = bounded(0.01, 3600)
-    retry_max_seconds: float = bounded(0.01, 86400)
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """The support server (posdiag-support); terminals ignore this section."""
-
-    max_bundle_bytes: int = bounded(1024, 1 << 30)
-    max_members: int = bounded(3, 10000)
-    max_unpacked_bytes: int = bounded(1024, 1 << 32)
-    session_hours: float = bounded(0.1, 24 * 30)
-    command_redeliver_seconds: float = bounded(10, 86400)
-    page_size: int = bounded(1, 500)
-    stats_days: int = bounded(1, 366)
-    # hostile clients (docs/server-security.md)
-    max_manifest_bytes: int = bounded(1024, 1 << 26)
-    max_json_member_bytes: int = bounded(1024, 1 << 28)
-    log_view_kib: int = bounded(1, 1 << 20)
-    ingest_memory_mib: int = bounded(16, 1 << 20)
-    ingest_wait_seconds: float = bounded(0, 600)
-    clock_ahead_seconds: float = bounded(0, 1e9)
-    clock_behind_days: float = bounded(0, 36500)
-    header_timeout_seconds: float = bounded(0.1, 3600)
-    body_timeout_seconds: float = bounded(0.1, 3600)
-    max_connections: int = bounded(0, 1 << 20)
-    max_connections_per_client: int = bounded(0, 1 << 20)
-    signin_window_seconds: float = bounded(1, 86400)
-    signin_max_failures_per_user: int = bounded(1, 1 << 20)
-    signin_max_failures_per_address: int = bounded(1, 1 << 20)
-    password_hash_workers: int = bounded(1, 64)
-    password_hash_queue: int = bounded(1, 10000)
-    blobs: BlobSettings
-    retention: RetentionSettings
-    fleet: FleetSettings
-    webhooks: WebhookSettings
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,10 @@ from _util import median_ms, row
 from agent import bundle, config
 from agent.diagnosis import diagnose
 from agent.outbox import Outbox
-from agent.redact import Redactor
+from agent.upload import flush
 from probes.emulators import SimulatedTerminal
-from remote.client import Client, flush
+from remote.client import Client
+from remote.redact import Redactor
 from tests.uploadserver import UploadServer
 
 TOKEN = "bench-token"

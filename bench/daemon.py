@@ -225,7 +225,7 @@ def report_idle(rss: list[float], cpu: float, written: int, elapsed: float, conn
 
 FLOOR_STEPS = (
     "logging", "dataclasses", "tomllib", "hashlib", "ssl", "http.client", "serial",
-    "agent.config", "probes.modem", "agent.history", "agent.daemon", "remote.commands", "agent.redact", "requests",
+    "agent.config", "probes.modem", "agent.history", "agent.daemon", "remote.commands", "remote.redact", "requests",
 )
 FLOOR_SCRIPT = """
 import importlib, sys

@@ -15,7 +15,8 @@ from _util import BIN, median_ms, row
 from agent import config, knowledge
 from agent.correlate import correlate
 from agent.diagnosis import diagnose
-from agent.model import Finding, ProbeResult, Status
+from agent.model import ProbeResult
+from probes.contract.records import Finding, Status
 from probes.emulators import SimulatedTerminal
 
 N = 1000

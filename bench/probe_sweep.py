@@ -14,8 +14,8 @@ import time
 from _util import BIN, median_ms, row
 
 from agent import config
-from agent.config import merge
 from agent.runner import run_probes
+from probes.contract.config_file import merge
 from probes.emulators import SimulatedTerminal
 from tests import fakeprobes
 

@@ -2,7 +2,7 @@
 
 A probe module declares:
     NAME: str                      the probe's name and its [probes.NAME] config section
-    SETTINGS: type                 a frozen dataclass extending agent.settings.ProbeSettings
+    SETTINGS: type                 a frozen dataclass extending probes.contract.settings.ProbeSettings
     FINDINGS: tuple[str, ...]      every finding id it can report
     def run(settings, ctx: ProbeContext) -> Observation
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from agent.settings import HostSettings
+from probes.contract.settings import HostSettings
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ a field beside it, so every bundle, history line and page reads the same keys.""
 
 from __future__ import annotations
 
-from agent.model import MetricValue
+from probes.contract.records import MetricValue
 
 
 def keep_worst(

@@ -20,8 +20,8 @@ from typing import Literal, TypeVar
 
 import serial
 
-from agent.errors import DeviceError
-from agent.model import Finding, Observation, Status
+from probes.contract.errors import DeviceError
+from probes.contract.records import Finding, Observation, Status
 
 T = TypeVar("T")
 LineErrorKind = Literal["absent", "denied", "lost"]

@@ -13,13 +13,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from agent.model import Finding, MetricValue, Observation, Status
-from agent.settings import ProbeSettings, bounded
-from probes import ProbeContext
-from probes import _pcsc
+from probes import ProbeContext, _pcsc
 from probes._reader_drivers import DRIVERS, BadFrame, NoReply, ReaderStatus
 from probes._serial_line import Line, LineError, as_observation
 from probes._usb_presence import find_device, parse_id
+from probes.contract.records import Finding, MetricValue, Observation, Status
+from probes.contract.settings import ProbeSettings, bounded
 
 NAME = "card_reader"
 FINDINGS = (

@@ -24,10 +24,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from agent.model import Finding, MetricValue, Observation, Status
-from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
 from probes._at import Answer, NoFinal, command
+from probes._mmcli import MmcliError, listed_modems, read_facts
 from probes._modem_facts import (
     REGISTERED,
     ModemFacts,
@@ -42,8 +41,9 @@ from probes._modem_facts import (
     parse_iccid,
     parse_reg,
 )
-from probes._mmcli import MmcliError, listed_modems, read_facts
 from probes._serial_line import Line, LineError, as_observation
+from probes.contract.records import Finding, MetricValue, Observation, Status
+from probes.contract.settings import ProbeSettings, bounded
 
 NAME = "modem"
 FINDINGS = (

@@ -17,11 +17,11 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agent.model import Finding, MetricValue, Observation
-from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
 from probes._metrics import keep_worst
 from probes._sysfs import read_text
+from probes.contract.records import Finding, MetricValue, Observation
+from probes.contract.settings import ProbeSettings, bounded
 
 NAME = "network"
 FINDINGS = (

@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.model import Finding, MetricValue, Observation, Status
-from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
 from probes._sysfs import read_number, read_text
+from probes.contract.records import Finding, MetricValue, Observation, Status
+from probes.contract.settings import ProbeSettings, bounded
 
 NAME = "power"
 FINDINGS = (

@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from agent.model import Finding, Observation, Severity, Status
-from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
 from probes._escpos import PrinterLink, open_printer
 from probes._serial_line import LineError, as_observation
+from probes.contract.records import Finding, Observation, Severity, Status
+from probes.contract.settings import ProbeSettings, bounded
 
 NAME = "printer"
 FINDINGS = (

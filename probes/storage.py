@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.model import Finding, MetricValue, Observation
-from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
 from probes._sysfs import read_text
+from probes.contract.records import Finding, MetricValue, Observation
+from probes.contract.settings import ProbeSettings, bounded
 
 NAME = "storage"
 FINDINGS = (

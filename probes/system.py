@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from agent.model import Finding, MetricValue, Observation
-from agent.settings import ProbeSettings, bounded
 from probes import ProbeContext
 from probes._sysfs import read_number, read_text
+from probes.contract.records import Finding, MetricValue, Observation
+from probes.contract.settings import ProbeSettings, bounded
 
 NAME = "system"
 FINDINGS = (

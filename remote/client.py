@@ -1,4 +1,5 @@
-"""Upload bundles from the outbox to the support server, in order, each exactly once.
+"""Upload bundles to the support server, each exactly once (agent/upload.py sends the
+outbox through this client, oldest first).
 
 POST {server}/api/v1/bundles with the raw .tar.gz, `Authorization: Bearer <token>` and the
 bundle id as `Idempotency-Key`; the server stores a bundle once and answers 200 when it
@@ -31,14 +32,12 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import requests
 import tenacity
-
-from agent.outbox import Entry, Outbox
 
 PATH = "/api/v1/bundles"
 MAX_ANSWER_BYTES = 64 * 1024
@@ -78,25 +77,6 @@ class Delivered:
     attempts: int
 
 
-@dataclass
-class FlushReport:
-    sent: list[str] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    dead: list[str] = field(default_factory=list)
-    remaining: int = 0
-    stopped: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "sent": self.sent,
-            "duplicates": self.duplicates,
-            "dead": self.dead,
-            "remaining": self.remaining,
-            "stopped": self.stopped,
-        }
-
-
-Progress = Callable[[Entry, str], None]
 RetryNote = Callable[[str], None]
 
 
@@ -252,44 +232,3 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-
-
-def flush(outbox: Outbox, client: Client, progress: Progress | None = None) -> FlushReport:
-    """Upload every waiting bundle, oldest first. A bundle leaves the outbox only after the
-    server confirmed it; a bundle that keeps failing ends this run (later ones would too)."""
-    report = FlushReport()
-    note: Progress = progress or (lambda entry, state: None)
-    with outbox.flushing():
-        for entry in outbox.entries():
-            try:
-                data = entry.path.read_bytes()
-            except FileNotFoundError:  # evicted meanwhile
-                continue
-            note(entry, "sending")
-            try:
-                delivered = client.send(data, entry.bundle_id, lambda text, entry=entry: note(entry, text))
-            except Refused as exc:
-                outbox.dead_letter(entry, refusal(exc, entry))
-                report.dead.append(entry.bundle_id)
-                note(entry, f"refused, moved to dead/: {exc}")
-                continue
-            except (Retryable, Halt) as exc:
-                report.stopped = str(exc)
-                note(entry, f"kept for later: {exc}")
-                break
-            outbox.remove(entry)
-            (report.duplicates if delivered.status == 200 else report.sent).append(entry.bundle_id)
-            note(entry, "already on the server" if delivered.status == 200 else "delivered")
-    report.remaining = len(outbox.entries())
-    return report
-
-
-def refusal(exc: UploadError, entry: Entry) -> dict[str, Any]:
-    return {
-        "bundle_id": entry.bundle_id,
-        "status": exc.status,
-        "error": exc.answer.get("error", ""),
-        "detail": exc.answer.get("detail", ""),
-        "message": str(exc),
-        "refused_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }

@@ -15,7 +15,7 @@ POSDIAG = Path(sys.executable).parent / "posdiag"
 def _no_system_config(monkeypatch):
     """Tests never read the machine's /etc/posdiag or the caller's $POSDIAG_CONFIG."""
     monkeypatch.delenv("POSDIAG_CONFIG", raising=False)
-    monkeypatch.setattr("agent.config.SYSTEM_CONFIG", Path("/nonexistent/posdiag.toml"))
+    monkeypatch.setattr("probes.contract.config_file.SYSTEM_CONFIG", Path("/nonexistent/posdiag.toml"))
 
 
 def run_cli(*args: str, timeout: float = 60, input: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:

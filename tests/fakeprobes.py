@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import probes
-from agent.model import Finding, Observation
-from agent.settings import ProbeSettings
+from probes.contract.records import Finding, Observation
+from probes.contract.settings import ProbeSettings
 
 
 @dataclass(frozen=True)

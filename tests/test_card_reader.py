@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from agent import config
-from agent.model import Status
-from agent.settings import HostSettings, ProbeSettings
 from probes import ProbeContext, _usb_presence, card_reader
 from probes._reader_drivers import frame, lrc
+from probes.contract.records import Status
+from probes.contract.settings import HostSettings, ProbeSettings
 from probes.emulators import card_reader as reader_emulator
 from probes.emulators._pty import PtyDevice, forbidden_port, missing_port
 from probes.emulators.card_reader import ReaderEmulator, ReaderState

@@ -8,8 +8,9 @@ import pytest
 
 from agent import knowledge
 from agent.correlate import correlate
-from agent.model import Finding, ProbeResult, Status
+from agent.model import ProbeResult
 from probes import modem
+from probes.contract.records import Finding, Status
 
 KB = knowledge.load()
 ORDER = ("iso8583", "cup", "terminal", "exception")

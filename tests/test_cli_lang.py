@@ -9,10 +9,10 @@ import pytest
 
 from agent import config
 from agent.i18n import choose_lang, finding_detail, locale_lang, phrase, zh_messages
-from agent.model import Finding
 from agent.render import Progress
 from agent.runner import run_probes, select
 from probes import all_finding_ids
+from probes.contract.records import Finding
 from probes.emulators import SimulatedTerminal
 from tests.conftest import run_cli
 

@@ -1,7 +1,7 @@
 import pytest
 
 from agent import config
-from agent.errors import ConfigError
+from probes.contract.errors import ConfigError
 from tests.conftest import run_cli
 
 

@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from agent import knowledge
 from agent.correlate import correlate
-from agent.model import Finding, ProbeResult, Status
+from agent.model import ProbeResult
 from probes import all_finding_ids
+from probes.contract.records import Finding, Status
 
 ORDER = ("iso8583", "cup", "terminal", "exception")
 PROBES = ("card_reader", "network", "power", "printer", "storage", "system")

@@ -15,8 +15,8 @@ from escpos.constants import RT_STATUS_ONLINE, RT_STATUS_PAPER
 from escpos.printer import Serial
 
 from agent import config
-from agent.settings import HostSettings
 from probes import ProbeContext, printer
+from probes.contract.settings import HostSettings
 from probes.emulators.printer import PrinterEmulator, PrinterState
 
 ESCPOS_PAPER = {"fine": 2, "near_end": 1, "out": 0}

@@ -11,6 +11,7 @@ from agent.history import snapshot
 from agent.incidents import IncidentMemory, advice
 from agent.labels import labels_for, seen_in
 from agent.outbox import Outbox
+from probes.contract import config_file
 from probes.emulators import SimulatedTerminal
 
 HEALTH_KEYS = {
@@ -23,7 +24,7 @@ COUNTER_KEYS = {"errors", "diagnoses", "bundles_waiting", "bundles_dead", "uptim
 @pytest.fixture
 def simulated(tmp_path):
     with SimulatedTerminal.from_spec("healthy") as sim:
-        overrides = config.merge(sim.overrides, {
+        overrides = config_file.merge(sim.overrides, {
             "terminal": {"id": "HB-1", "model": "A920", "firmware": "2.1", "app_version": "5.0",
                          "labels": {"acquirer": "B", "region": "north"}},
             "daemon": {"state_dir": str(tmp_path / "state")},
@@ -65,7 +66,7 @@ def test_labels_add_what_the_probes_saw_unless_the_operator_set_it(simulated, tm
     assert labels == {"acquirer": "B", "region": "north", "link": "cellular", "carrier": "China Mobile"}
     # remembered for the next heartbeat, which sees no probe results
     assert labels_for(simulated) == labels
-    operator_says = config.load(overrides=config.merge(simulated.data, {"terminal": {"labels": {"link": "ethernet"}}}))
+    operator_says = config.load(overrides=config_file.merge(simulated.data, {"terminal": {"labels": {"link": "ethernet"}}}))
     assert labels_for(operator_says)["link"] == "ethernet"
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from agent import config, knowledge
-from agent.errors import ConfigError, UsageError
 from agent.knowledge import CATEGORIES, ROLES, RUNNER_FINDINGS
 from probes import all_finding_ids
+from probes.contract.errors import ConfigError, UsageError
 
 ORDER = ("iso8583", "cup", "terminal", "exception")
 ISSUE_CODES = (

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from agent import config
-from agent.model import Status
 from agent.runner import run_probes
+from probes.contract.records import Status
 from probes.emulators.card_reader import ReaderEmulator
 from probes.emulators.modem import ModemEmulator
 from probes.emulators.printer import PrinterEmulator

@@ -8,7 +8,7 @@ from agent import config, knowledge
 from agent.correlate import correlate
 from agent.diagnosis import diagnose
 from agent.merchant_fixes import FILE_NAME, review
-from agent.model import Status
+from probes.contract.records import Status
 from probes.emulators.printer import PrinterEmulator, PrinterState
 from tests.test_correlate import ORDER, terminal
 

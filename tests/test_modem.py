@@ -13,11 +13,11 @@ import pytest
 import serial
 
 from agent import config
-from agent.model import Status
-from agent.settings import HostSettings
 from probes import ProbeContext, modem
 from probes._at import Answer, mask_digits
 from probes._modem_facts import parse_cesq, parse_cpin, parse_csq, parse_reg
+from probes.contract.records import Status
+from probes.contract.settings import HostSettings
 from probes.emulators.modem import EXPECTED_APN, ICCID, ModemEmulator, ModemState
 from tests.conftest import run_cli
 

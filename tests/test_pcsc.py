@@ -11,10 +11,10 @@ import time
 import pytest
 
 from agent import config
-from agent.model import Status
-from agent.settings import HostSettings
 from probes import ProbeContext, card_reader
 from probes._pcsc import interface
+from probes.contract.records import Status
+from probes.contract.settings import HostSettings
 from tests import pcsc_stack
 from tests.conftest import run_cli
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from agent import config
-from agent.errors import ConfigError
 from agent.runner import run_probes
-from agent.settings import HostSettings
 from probes import ProbeContext, power
+from probes.contract.errors import ConfigError
+from probes.contract.settings import HostSettings
 
 MAINS = {"sys/class/power_supply/AC/type": "Mains\n", "sys/class/power_supply/AC/online": "1\n"}
 EMPTY_BAY = {"sys/class/power_supply/BAT0/type": "Battery\n", "sys/class/power_supply/BAT0/present": "0\n"}

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from agent import config
-from agent.model import Severity, Status
-from agent.settings import HostSettings, ProbeSettings
 from probes import ProbeContext, printer
+from probes.contract.records import Severity, Status
+from probes.contract.settings import HostSettings, ProbeSettings
 from probes.emulators import printer as printer_emulator
 from probes.emulators._pty import forbidden_port, missing_port
 from probes.emulators.printer import PrinterEmulator, PrinterState

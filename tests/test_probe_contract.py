@@ -7,8 +7,8 @@ import inspect
 import pytest
 
 from agent import config
-from agent.settings import ProbeSettings
 from probes import probe_modules
+from probes.contract.settings import ProbeSettings
 from probes.emulators import emulator_modules, known_faults
 
 MODULES = sorted(probe_modules().items())

@@ -6,9 +6,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from agent import config
-from agent.model import Status
-from agent.settings import HostSettings
 from probes import ProbeContext, network, power, storage, system
+from probes.contract.records import Status
+from probes.contract.settings import HostSettings
 
 
 def tree(root: Path, files: dict[str, str]) -> Path:
@@ -137,8 +137,8 @@ def test_connect_tries_every_address_of_a_host(tmp_path):
 
 
 def test_probe_error_text_is_cleaned_of_card_data():
-    from agent.model import Observation
     from agent.runner import run_probes
+    from probes.contract.records import Observation
     from tests import fakeprobes
 
     def leaky() -> Observation:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from agent.redact import Redactor, glued_pans, looks_like_pan, luhn_ok, redact_text, secret_kind
-from agent.sources import decode_log
+from remote.logtext import decode_log
+from remote.redact import Redactor, glued_pans, looks_like_pan, luhn_ok, redact_text, secret_kind
 from tests.conftest import run_cli
 
 

@@ -4,10 +4,10 @@ import time
 import pytest
 
 from agent import config
-from agent.config import merge
-from agent.errors import UsageError
-from agent.model import Finding, Observation, Status
 from agent.runner import run_probes
+from probes.contract.config_file import merge
+from probes.contract.errors import UsageError
+from probes.contract.records import Finding, Observation, Status
 from tests import fakeprobes
 
 

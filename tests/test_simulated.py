@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from agent import config
-from agent.errors import UsageError
 from agent.i18n import zh_detail
-from agent.model import Status
 from agent.runner import run_probes
+from probes.contract.errors import UsageError
+from probes.contract.records import Status
 from probes.emulators import SimulatedTerminal, known_faults, parse_faults
 from tests.conftest import run_cli
 

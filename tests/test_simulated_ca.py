@@ -4,8 +4,8 @@ executable has none): with the openssl command line, or with no TLS at all and a
 import pytest
 
 from agent import config
-from agent.errors import UsageError
 from agent.runner import run_probes
+from probes.contract.errors import UsageError
 from probes.emulators import SimulatedTerminal, _ca, acquirer
 
 

@@ -13,7 +13,8 @@ import pytest
 
 from agent import bundle
 from agent.outbox import Outbox
-from remote.client import Client, Halt, flush, parse_retry_after
+from agent.upload import flush
+from remote.client import Client, Halt, parse_retry_after
 from tests.conftest import ROOT, run_cli
 from tests.uploadserver import UploadServer, free_port
 
@@ -264,7 +265,8 @@ import os, signal, sys
 sys.path.insert(0, {root!r})
 from types import SimpleNamespace
 from agent.outbox import Outbox
-from remote.client import Client, flush
+from agent.upload import flush
+from remote.client import Client
 
 # KILL_AT=point:n makes this process SIGKILL itself at the n-th time it reaches `point`:
 # post (bundle read, nothing sent yet), remove (server confirmed, file not yet unlinked),

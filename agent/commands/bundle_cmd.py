@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def read_file(path: str) -> bytes:
-    from agent.errors import UsageError
+    from probes.contract.errors import UsageError
 
     try:
         with open(path, "rb") as fh:
@@ -80,7 +80,7 @@ def summary(manifest: dict) -> str:
 
 def handle_verify(args: argparse.Namespace) -> int:
     from agent import bundle
-    from agent.errors import UsageError
+    from probes.contract.errors import UsageError
 
     token = args.token
     if token is None:
@@ -130,7 +130,8 @@ def upload_now(config, outbox, bundle_id: str, lang: str = "en") -> bool:
     what became of `bundle_id`, in `lang`. True when it reached the server."""
     from agent.i18n import phrase
     from agent.outbox import OutboxBusy
-    from remote.client import Client, flush
+    from agent.upload import flush
+    from remote.client import Client
 
     def say(text: str, prefix: str = "") -> None:
         print(prefix + phrase(text, lang), file=sys.stderr, flush=True)

@@ -39,9 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def handle_show(args: argparse.Namespace) -> int:
     from agent import config
-    from agent.errors import UsageError
     from agent.knowledge import load_for
-    from agent.redact import redact_text
+    from probes.contract.errors import UsageError
+    from remote.redact import redact_text
 
     cfg = config.load(args.config)
     kb = load_for(cfg)

@@ -26,10 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def handle_poll(args: argparse.Namespace) -> int:
     from agent.commands.bundle_cmd import UPLOAD_FAILED, upload_now
-    from agent.errors import UsageError
     from agent.history import ring_for
     from agent.outbox import Outbox
     from agent.pipeline import run_command
+    from probes.contract.errors import UsageError
     from remote.commands import PollError, fetch_next, link_for
 
     with configured(args) as config:

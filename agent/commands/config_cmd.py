@@ -32,7 +32,7 @@ def handle_show(args: argparse.Namespace) -> int:
 def masked(table: dict) -> dict:
     """The config with secret-named values (the upload token, which is also the bundle
     signing key) shown as *** when set."""
-    from agent.redact import MASK, secret_kind
+    from remote.redact import MASK, secret_kind
 
     return {
         key: masked(value) if isinstance(value, dict) else MASK if value and secret_kind(key) else value
@@ -46,7 +46,7 @@ def handle_check(args: argparse.Namespace) -> int:
     if args.path == "-":
         import sys
 
-        from agent.errors import ConfigError
+        from probes.contract.errors import ConfigError
 
         try:
             text = sys.stdin.buffer.read().decode("utf-8")

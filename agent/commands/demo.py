@@ -59,10 +59,11 @@ def handle(args: argparse.Namespace) -> int:
 def served_config(args: argparse.Namespace, server, workdir):  # noqa: ANN001, ANN201 - heavy types imported lazily
     """The simulated terminal's config, enrolled at the demo's support server."""
     from agent import config
+    from probes.contract import config_file
     from probes.emulators import SimulatedTerminal
 
     with SimulatedTerminal.from_spec(args.simulate) as terminal:
-        yield config.load(args.config, config.merge(terminal.overrides, server.agent_overrides(workdir)))
+        yield config.load(args.config, config_file.merge(terminal.overrides, server.agent_overrides(workdir)))
 
 
 def upload(config, diagnosis, lang: str) -> str:  # noqa: ANN001 - heavy types imported lazily

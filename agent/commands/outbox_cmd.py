@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def open_outbox(args: argparse.Namespace):  # -> (Config, Outbox); typed imports stay out of cold start
     from agent import config
-    from agent.errors import ConfigError
     from agent.outbox import Outbox
+    from probes.contract.errors import ConfigError
 
     loaded = config.load(args.config)
     try:
@@ -85,9 +85,10 @@ def reason(entry) -> dict:
 
 
 def handle_flush(args: argparse.Namespace) -> int:
-    from agent.errors import ConfigError, UsageError
     from agent.outbox import OutboxBusy
-    from remote.client import Client, flush
+    from agent.upload import flush
+    from probes.contract.errors import ConfigError, UsageError
+    from remote.client import Client
 
     loaded, outbox = open_outbox(args)
     settings = loaded.section("upload")
@@ -113,7 +114,7 @@ def handle_flush(args: argparse.Namespace) -> int:
 
 
 def handle_requeue(args: argparse.Namespace) -> int:
-    from agent.errors import UsageError
+    from probes.contract.errors import UsageError
 
     _, outbox = open_outbox(args)
     dead = outbox.dead_entries()

@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from agent.errors import UsageError
-    from agent.redact import Redactor
+    from probes.contract.errors import UsageError
+    from remote.redact import Redactor
 
     redactor = Redactor()
     out = sys.stdout
@@ -45,7 +45,7 @@ def handle(args: argparse.Namespace) -> int:
 def decoded_chunks(stream: Any) -> Iterator[str]:
     """The text of a log in chunks of whole lines: UTF-16 (known by its first bytes) through
     an incremental decoder, anything else line by line as UTF-8 or GB18030 (decode_log)."""
-    from agent.sources import decode_log, log_encoding
+    from remote.logtext import decode_log, log_encoding
 
     head = stream.read(4096)
     encoding = log_encoding(head)

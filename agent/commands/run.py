@@ -23,7 +23,7 @@ def handle(args: argparse.Namespace) -> int:
     import contextlib
 
     from agent import config, daemon, priority
-    from agent.errors import UsageError
+    from probes.contract.errors import UsageError
 
     with contextlib.ExitStack() as stack:
         overrides = None

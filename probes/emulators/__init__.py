@@ -22,8 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
-from agent.config import merge
-from agent.errors import UsageError
+from probes.contract.config_file import merge
+from probes.contract.errors import UsageError
 
 T = TypeVar("T")
 

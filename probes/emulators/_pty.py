@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from agent.errors import UsageError
+from probes.contract.errors import UsageError
 
 # <linux/fs.h>: FS_IOC_GETFLAGS / FS_IOC_SETFLAGS and the immutable attribute (chattr +i).
 FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10

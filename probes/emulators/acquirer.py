@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.errors import UsageError
 from probes import network
+from probes.contract.errors import UsageError
 from probes.emulators import _ca
 
 FAULTS = frozenset(network.FINDINGS) - frozenset(network.LINK_FINDINGS)

@@ -21,7 +21,7 @@ from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
-from agent.redact import redact_text
+from remote.redact import redact_text
 from remote.server import db, signin, store
 from remote.server.fleet import incidents as fleet_incidents
 from remote.server.fleet import inventory

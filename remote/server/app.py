@@ -14,12 +14,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.settings import ServerSettings
 from remote.server import api, fleet_api, fleet_web, web
 from remote.server.blobs import BlobError
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
 from remote.server.service import Service
+from remote.server_settings import ServerSettings
 
 log = logging.getLogger("posdiag.support")
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent.redact import Redactor, redact_text
-from agent.sources import decode_log
+from remote import wire
+from remote.logtext import decode_log
+from remote.redact import Redactor, redact_text
 from remote.server import ingest
 
 CUT_NOTE = "[posdiag-support: {n} earlier bytes of this log are not shown here; download the bundle]\n"
@@ -24,7 +25,7 @@ def build(found: ingest.Scan) -> str:
     again = Redactor()
     kept = found.kept
     view = {
-        "manifest": _cleaned(_manifest(kept.get(ingest.FIRST))),
+        "manifest": _cleaned(_manifest(kept.get(wire.MANIFEST))),
         "diagnosis": _cleaned(again.data(_json(kept.get("diagnosis.json"), {}))),
         "probes": _cleaned(again.data(_json(kept.get("probes.json"), None))),
         "system": _cleaned(again.data(_json(kept.get("system.json"), None))),

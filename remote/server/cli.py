@@ -117,17 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
 def server_settings(path: str | None):  # -> ServerSettings
     """The [server] section: packaged defaults, then the operator file's keys.
 
-    Read on its own (not through agent.config.load) so that the server does not import the
-    terminal's probe modules."""
-    from agent import config
-    from agent.settings import ServerSettings
+    Read with the shared table checker (probes/contract/config_file.py), not the terminal's whole-file
+    loader, so that the server imports neither the agent nor the probe modules."""
+    from probes.contract import config_file
+    from remote.server_settings import ServerSettings
 
-    data = tomllib.loads(config.packaged_default_text()).get("server", {})
-    chosen = config.resolve_path(path)
+    data = tomllib.loads(config_file.packaged_default_text()).get("server", {})
+    chosen = config_file.resolve_path(path)
     if chosen is not None:
-        data = config.merge(data, config.read_toml(chosen).get("server", {}))
+        data = config_file.merge(data, config_file.read_toml(chosen).get("server", {}))
     source = str(chosen) if chosen else "packaged posdiag.toml"
-    return config.convert(ServerSettings, data, "server", lambda _key: source)
+    return config_file.convert(ServerSettings, data, "server", lambda _key: source)
 
 
 def settings_for(args: argparse.Namespace):  # -> ServerSettings
@@ -178,7 +178,7 @@ def serve_problem(url: str, host: str, port: int) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from agent.errors import UsageError
+    from probes.contract.errors import UsageError
     from remote.server import preflight, retention
     from remote.server.logs import log_config
     from remote.server.metrics import Metrics
@@ -287,7 +287,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     import json
 
-    from agent.errors import PosdiagError
+    from probes.contract.errors import PosdiagError
     from remote.server import db, preflight
     from remote.server.service import open_blobs
 
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_dir()
     from sqlalchemy.exc import SQLAlchemyError
 
-    from agent.errors import PosdiagError
+    from probes.contract.errors import PosdiagError
     from remote.server.blobs import BlobError
     from remote.server.store import StoreError
 

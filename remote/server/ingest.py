@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.redact import redact_text
+from remote import wire
+from remote.redact import redact_text
 from remote.server import auth, db
 
-FIRST, LAST = "manifest.json", "manifest.sig"
 MAX_JSON_DEPTH = 64  # what the agent writes is a few levels deep; pages and redaction recurse
 
 
@@ -69,7 +69,7 @@ class ManifestFile(BaseModel):
 
 
 class Manifest(_Loose):
-    schema_: Literal["posdiag.bundle/1"] = Field(alias="schema")
+    schema_: Literal[wire.BUNDLE_SCHEMA] = Field(alias="schema")
     bundle_id: str = Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
     terminal: ManifestTerminal
     agent_version: str = Field(max_length=64)
@@ -293,8 +293,8 @@ def scan(body: bytes, limits: Limits) -> Scan:
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, limits: Limits, out: Scan) -> None:
     cap = _keep_cap(name, len(out.names), limits, out)
-    if (name in (LAST, *JSON_MEMBERS) or (name == FIRST and not out.names)) and member.size > cap:
-        code = "manifest_too_large" if name == FIRST else "member_too_large"
+    if (name in (wire.SIGNATURE, *JSON_MEMBERS) or (name == wire.MANIFEST and not out.names)) and member.size > cap:
+        code = "manifest_too_large" if name == wire.MANIFEST else "member_too_large"
         raise IngestError(400, code, f"{name} is {member.size} bytes, over the {cap} the server reads")
     fh = tar.extractfile(member)
     digest, size, tail = hashlib.sha256(), 0, bytearray()
@@ -314,9 +314,9 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str, limit
 
 
 def _keep_cap(name: str, index: int, limits: Limits, out: Scan) -> int:
-    if name == FIRST and index == 0:
+    if name == wire.MANIFEST and index == 0:
         return limits.max_manifest
-    if name == LAST:
+    if name == wire.SIGNATURE:
         return SIG_MAX
     if name in JSON_MEMBERS:
         return limits.max_json
@@ -361,14 +361,14 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, limits: Limits) -
     terminal, the member hashes, and only then the JSON members."""
     found = scan(body, limits)
     names = found.names
-    if names[0] != FIRST:
+    if names[0] != wire.MANIFEST:
         raise IngestError(422, "bad_layout", "the first member must be manifest.json")
-    if names[-1] != LAST:
+    if names[-1] != wire.SIGNATURE:
         raise IngestError(422, "bad_layout", "the last member must be manifest.sig")
     if len(set(names)) != len(names):
         raise IngestError(422, "bad_layout", "a member name occurs twice")
-    manifest_bytes = found.kept[FIRST]
-    if not _same(found.kept[LAST].strip(), auth.manifest_signature(token_sha256, manifest_bytes)):
+    manifest_bytes = found.kept[wire.MANIFEST]
+    if not _same(found.kept[wire.SIGNATURE].strip(), auth.manifest_signature(token_sha256, manifest_bytes)):
         raise IngestError(422, "bad_signature", "manifest.sig does not match manifest.json and the terminal's token")
     try:
         raw = load_json(manifest_bytes)
@@ -409,7 +409,7 @@ def _check_files(manifest: Manifest, digests: dict[str, tuple[int, str]]) -> Non
     listed = {f.path: f for f in manifest.files}
     if len(listed) != len(manifest.files):
         raise IngestError(422, "bad_manifest", "files lists a path twice")
-    present = set(digests) - {FIRST, LAST}
+    present = set(digests) - {wire.MANIFEST, wire.SIGNATURE}
     missing = sorted(set(listed) - present)
     if missing:
         raise IngestError(422, "missing_member", f"listed but absent: {', '.join(missing)[:200]}")

@@ -2,7 +2,7 @@
 
 A support person may search for a PAN (`/api/v1/bundles?model=4111...`), and the access log
 prints the request line with its query. The filter redacts each line (and any traceback)
-with agent.redact; a request path is also redacted after percent-decoding, as many times
+with remote.redact; a request path is also redacted after percent-decoding, as many times
 as it was encoded, since `4111%201111%20...`, `4111+1111+...` or `%252520` hide a spaced
 PAN from a plain text search.
 """
@@ -14,7 +14,7 @@ import logging
 from typing import Any
 from urllib.parse import quote, unquote_plus
 
-from agent.redact import redact_text
+from remote.redact import redact_text
 
 ACCESS = "uvicorn.access"
 SUPPORT = "posdiag.support"

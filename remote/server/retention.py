@@ -23,11 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from agent.settings import RetentionSettings
 from remote.server import db, leases
 from remote.server.blobs import BlobError, BlobStore
 from remote.server.db import blob_orphans, bundle_views, bundles
 from remote.server.metrics import Metrics
+from remote.server_settings import RetentionSettings
 
 LOCK = "retention"
 LEASE_SECONDS = 3600.0

@@ -12,13 +12,13 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from agent.settings import ServerSettings
 from remote.server import auth, bundleview, db, ingest, store
 from remote.server.blobs import BlobStore, open_store
 from remote.server.budget import ByteBudget
 from remote.server.fleet.engine import Fleet
 from remote.server.metrics import Metrics
 from remote.server.signin import HashPool
+from remote.server_settings import ServerSettings
 
 BASIC_CACHE_SECONDS = 60.0
 VIEW_BUILDERS = 2  # bundle views redacted at once (each may take ~50 MB and seconds of CPU)

@@ -18,7 +18,6 @@ import sqlalchemy.dialects.sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from agent.settings import terminal_id_problem
 from remote.server import auth, db, retention
 from remote.server.db import (
     bundle_views,
@@ -31,6 +30,7 @@ from remote.server.db import (
     user_prefs,
     users,
 )
+from remote.wire import terminal_id_problem
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

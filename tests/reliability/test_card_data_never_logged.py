@@ -290,7 +290,7 @@ FULL_WIDTH = str.maketrans("0123456789", "０１２３４５６７８９")
 def luhn_pan(rng, length: int, prefix: str) -> str:
     """A Luhn-valid PAN that no other number in the outputs spells by chance (no digit
     three times in a row, five different digits at least)."""
-    from agent.redact import luhn_ok
+    from remote.redact import luhn_ok
 
     while True:
         body = prefix + "".join(rng.choice("0123456789") for _ in range(length - len(prefix) - 1))

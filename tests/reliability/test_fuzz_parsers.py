@@ -25,9 +25,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent import bundle, config, knowledge
-from agent.errors import ConfigError
 from agent.local_socket import MAX_REQUEST_BYTES, LocalSocket
-from agent.redact import Redactor
 from agent.settings import SECTIONS
 from agent.sources import (
     MAX_CODE_LENGTH,
@@ -44,6 +42,9 @@ from probes._reader_drivers import (
     read_frame,
 )
 from probes._serial_line import Line
+from probes.contract.errors import ConfigError
+from remote import wire
+from remote.redact import Redactor
 from tests.conftest import SOAK
 
 FUZZ = settings(
@@ -741,7 +742,7 @@ NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 def small_bundle() -> bytes:
     manifest = {
-        "schema": bundle.SCHEMA,
+        "schema": wire.BUNDLE_SCHEMA,
         "bundle_id": str(uuid.UUID(int=1)),
         "files": [],
     }

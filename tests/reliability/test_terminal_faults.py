@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from agent import config
-from agent.model import Status
 from agent.runner import run_probes
+from probes.contract.records import Status
 from probes.emulators import SimulatedTerminal
 
 LIBFAKETIME = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), None)
@@ -190,7 +190,8 @@ def test_server_with_a_wrong_certificate_keeps_bundles_and_says_why(tmp_path, pk
 
     from agent import bundle
     from agent.outbox import Outbox
-    from remote.client import Client, flush
+    from agent.upload import flush
+    from remote.client import Client
 
     outbox = Outbox(tmp_path / "outbox", 1 << 20)
     built = bundle.build(bundle.BundleInput({"id": "T-1"}, bundle.Trigger("manual"), {}, {}, {}), bundle.Limits(), "tok")
@@ -225,7 +226,8 @@ def test_plain_http_answering_an_https_url_is_a_tls_error_not_a_crash(tmp_path):
 
     from agent import bundle
     from agent.outbox import Outbox
-    from remote.client import Client, flush
+    from agent.upload import flush
+    from remote.client import Client
     from uploadserver import UploadServer
 
     outbox = Outbox(tmp_path / "outbox", 1 << 20)

@@ -82,11 +82,11 @@ def default_settings():
     """The packaged [server] defaults, never the machine's /etc file."""
     import tomllib
 
-    from agent import config
-    from agent.settings import ServerSettings
+    from probes.contract import config_file
+    from remote.server_settings import ServerSettings
 
-    data = tomllib.loads(config.packaged_default_text())["server"]
-    return config.convert(ServerSettings, data, "server", lambda _key: "packaged posdiag.toml")
+    data = tomllib.loads(config_file.packaged_default_text())["server"]
+    return config_file.convert(ServerSettings, data, "server", lambda _key: "packaged posdiag.toml")
 
 
 def start_server(

@@ -132,10 +132,11 @@ def real_bundle(terminal_id: str, token: str, code: str, faults: str) -> tuple[s
     """A bundle the agent makes for `code` on the simulated terminal with `faults`."""
     from agent import bundle, config, pipeline
     from agent.diagnosis import diagnose
+    from probes.contract import config_file
     from probes.emulators import SimulatedTerminal
 
     with SimulatedTerminal.from_spec(faults) as sim:
-        overrides = config.merge(sim.overrides, {"terminal": {"id": terminal_id, "model": "A920", "firmware": "2.1"}, "upload": {"token": token}})
+        overrides = config_file.merge(sim.overrides, {"terminal": {"id": terminal_id, "model": "A920", "firmware": "2.1"}, "upload": {"token": token}})
         conf = config.load(overrides=overrides)
         doc = diagnose(conf, code).to_dict()
     built = pipeline.build_for(conf, doc, bundle.Trigger("error", code, None, None, 1), history=[])

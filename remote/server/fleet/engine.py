@@ -12,11 +12,11 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from agent.settings import ServerSettings
 from remote.server import db, ingest
 from remote.server.fleet import incidents, inventory, outage, problems, regression, timing, webhooks
 from remote.server.fleet.models import Heartbeat
 from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events
+from remote.server_settings import ServerSettings
 
 log = logging.getLogger("posdiag.fleet")
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")

@@ -11,11 +11,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from agent.settings import FleetSettings, TrendRule
 from remote.server import db
 from remote.server.db import terminals
 from remote.server.fleet import sql, timing
 from remote.server.fleet.schema import fleet_terminals, heartbeats, scope_members, terminal_days, terminal_labels
+from remote.server_settings import FleetSettings, TrendRule
 
 HEALTH_COLUMNS = (
     "battery_pct", "battery_wear_ratio", "battery_full_pct", "battery_cycle_count", "emmc_life_used_pct",

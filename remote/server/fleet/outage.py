@@ -30,7 +30,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from agent.settings import FleetSettings
 from remote.server.fleet import incidents, inventory, timing
 from remote.server.fleet.schema import (
     bundle_fleet,
@@ -42,6 +41,7 @@ from remote.server.fleet.schema import (
     terminal_labels,
 )
 from remote.server.fleet.stats import poisson_sf
+from remote.server_settings import FleetSettings
 
 
 @dataclass

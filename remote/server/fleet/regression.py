@@ -23,10 +23,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from agent.settings import FleetSettings
 from remote.server.fleet import incidents, inventory, timing
 from remote.server.fleet.schema import bundle_fleet, incidents as incidents_t, terminal_days
 from remote.server.fleet.stats import binom_sf
+from remote.server_settings import FleetSettings
 
 VERSIONS = ("firmware", "app_version")
 

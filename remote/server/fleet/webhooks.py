@@ -14,10 +14,10 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from agent.settings import WebhookSettings
 from remote.server import db
 from remote.server.fleet import sql, timing
 from remote.server.fleet.schema import webhook_deliveries
+from remote.server_settings import WebhookSettings
 
 BATCH = 20
 

@@ -1,0 +1,27 @@
+"""The base of every settings class: `bounded` fields and the keys every probe has."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def bounded(lo: float | None = None, hi: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    """A settings field with the range or choices the loader (config_file.py) checks."""
+    return field(metadata={"lo": lo, "hi": hi, "choices": choices})
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """Roots the probes read the kernel's view from (psutil's PROCFS_PATH idea)."""
+
+    sysfs_root: str
+    procfs_root: str
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Keys every [probes.NAME] section has; a probe's own settings extend this."""
+
+    enabled: bool
+    timeout_seconds: float = bounded(0.05, 300)
