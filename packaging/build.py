@@ -30,7 +30,7 @@ PACKAGING = ROOT / "packaging"
 # What the executable is made from: the terminal side and its data, not the server.
 SOURCES = (
     "agent", "probes", "config", "remote/__init__.py", "remote/client.py", "remote/commands.py",
-    "remote/redact.py", "remote/wire.py", "remote/logtext.py", "remote/server_settings.py",
+    "remote/link.py", "remote/redact.py", "remote/wire.py", "remote/logtext.py", "remote/server_settings.py",
     "packaging/posdiag.spec", "packaging/entry.py",
 )  # fmt: skip
 SKIP = {"__pycache__", ".pytest_cache"}
