@@ -392,14 +392,21 @@ async def choose_language(request: Request) -> Response:
     return RedirectResponse(_safe_next(form.get("next", ["/"])[0]), status_code=303)
 
 
-@router.get("/users")
-async def users_page(request: Request, done: str = "") -> Response:
+async def admin_or_answer(request: Request) -> User | Response:
+    """The signed-in admin, or the answer for anyone else (sign-in, or 403)."""
     user = await page_user(request)
     if user is None:
         return to_login(request)
-    words = WORDS[lang_of(request)]
     if user.role != "admin":
-        return render(request, "error.html", status=403, user=user, message=words["admins_only"])
+        return render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)]["admins_only"])
+    return user
+
+
+@router.get("/users")
+async def users_page(request: Request, done: str = "") -> Response:
+    user = await admin_or_answer(request)
+    if isinstance(user, Response):
+        return user
     rows = await run_in_threadpool(store.list_users, service(request).engine)
     return render(request, "users.html", user=user, rows=rows, roles=auth.ROLES, done=done[:200], error=None)
 
@@ -407,12 +414,10 @@ async def users_page(request: Request, done: str = "") -> Response:
 @router.post("/users")
 async def change_users(request: Request) -> Response:
     """Add a user, or change (role, password) or remove one; admins only."""
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+    user = await admin_or_answer(request)
+    if isinstance(user, Response):
+        return user
     words = WORDS[lang_of(request)]
-    if user.role != "admin":
-        return render(request, "error.html", status=403, user=user, message=words["admins_only"])
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message=words["form_expired"])
