@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _util import BIN  # noqa: E402
 from server_bundles import PASSWORD, make_bundle  # noqa: E402
 
-from remote.server import auth, db, store  # noqa: E402
+from remote.server import auth, daily, db, store  # noqa: E402
 from remote.server.fleet import inventory, problems  # noqa: E402
 from remote.server.fleet.schema import incidents  # noqa: E402
 
@@ -221,7 +221,6 @@ def load(url: str, args: argparse.Namespace, settings) -> list[dict]:
 
     engine = server_db.make_engine(url)
     server_db.create_schema(engine)
-    engine.dispose()
     rng = random.Random(13)
     now = datetime.now(UTC)
     terminals = terminal_rows(args.terminals, rng)
@@ -241,7 +240,12 @@ def load(url: str, args: argparse.Namespace, settings) -> list[dict]:
             timed(label, conn.execute, statement, params if "%(" in statement else None)
         conn.autocommit = True
         conn.execute("DROP TABLE bench_signatures")
-        for table in ("terminals", "bundles", "heartbeats", "problems", "problem_hits", "problem_counts", "outage_events", "terminal_days"):
+    with engine.begin() as sa_conn:
+        timed("bundle_days (the overview's daily counts)", daily.rebuild, sa_conn)
+    engine.dispose()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE bundle_days")
+        for table in ("terminals", "bundles", "bundle_days", "heartbeats", "problems", "problem_hits", "problem_counts", "outage_events", "terminal_days"):
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             print(f"  rows in {table:<36}{count:>10}")
     return terminals

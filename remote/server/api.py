@@ -427,9 +427,8 @@ async def download(request: Request, bundle_id: BundleId, user: Reader) -> Respo
 async def fleet_stats(
     request: Request,
     user: Reader,
-    days: Annotated[int | None, Query(ge=1, le=366, description="window length, ending now")] = None,
+    days: Annotated[int | None, Query(ge=1, le=366, description="UTC days counted, today included")] = None,
     top: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> Any:
     srv = service(request)
-    since, until = store.window(days or srv.settings.stats_days)
-    return await run_in_threadpool(store.stats, srv.engine, since, until, top)
+    return await run_in_threadpool(store.stats, srv.engine, days or srv.settings.stats_days, top)

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from remote.server import db, leases
+from remote.server import daily, db, leases
 from remote.server.blobs import BlobError, BlobStore
 from remote.server.db import blob_orphans, bundle_views, bundles
 from remote.server.metrics import Metrics
@@ -124,7 +124,11 @@ def _remove_rows(engine: Engine, query: Any) -> tuple[int, int]:
     with db.writing(engine) as conn:
         ids = [r.id for r in found]
         conn.execute(bundle_views.delete().where(bundle_views.c.bundle_id.in_(ids)))  # its redacted text goes too
-        removed = conn.execute(bundles.delete().where(bundles.c.id.in_(ids))).rowcount
+        gone = conn.execute(
+            bundles.delete().where(bundles.c.id.in_(ids)).returning(bundles.c.created_at, *(bundles.c[c] for c in daily.DIMS.values()))
+        ).mappings().all()  # fmt: skip
+        daily.count(conn, [dict(r) for r in gone], -1)
+        removed = len(gone)
         conn.execute(
             insert.on_conflict_do_update(index_elements=["sha256"], set_={"state": "pending", "since": since}),
             [{"sha256": d, "state": "pending", "since": since} for d in {r.sha256 for r in found}],

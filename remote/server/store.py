@@ -18,7 +18,7 @@ import sqlalchemy.dialects.sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from remote.server import auth, db, retention
+from remote.server import auth, daily, db, retention
 from remote.server.db import (
     bundle_views,
     bundles,
@@ -35,6 +35,10 @@ from remote.wire import terminal_id_problem
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 LANGS = ("zh", "en")
+STATS = {  # stats answer field -> counted dimension (daily.DIMS)
+    "by_code": "code", "by_cause": "cause", "by_category": "category", "by_model": "model",
+    "by_firmware": "firmware", "by_verdict": "verdict", "top_terminals": "terminal",
+}  # fmt: skip
 
 
 class StoreError(Exception):
@@ -306,6 +310,7 @@ def insert_bundle(
     try:
         with db.writing(engine) as conn:
             conn.execute(bundles.insert().values(**row))
+            daily.count(conn, [row])
             conn.execute(bundle_views.insert().values(bundle_id=row["id"], view=view))
             if retention.claim_blob(conn, digest):
                 rewrite_blob()
@@ -419,47 +424,20 @@ def list_bundles(
     return rows, encode_cursor(rows[-1]) if more and rows else None
 
 
-def _counts(conn: sa.Connection, column: Any, where: list[Any], limit: int) -> list[dict[str, Any]]:
-    count = sa.func.count().label("count")
-    query = (
-        sa.select(column.label("key"), count)
-        .where(*where)
-        .group_by(column)
-        .order_by(count.desc(), column)
-        .limit(limit)
-    )
-    return [{"key": r.key, "count": r.count} for r in conn.execute(query)]
-
-
-def stats(engine: Engine, since: str, until: str, top: int = 10) -> dict[str, Any]:
-    where = [bundles.c.created_at >= since, bundles.c.created_at < until]
-    day = sa.func.substr(bundles.c.created_at, 1, 10)
+def stats(engine: Engine, days: int, top: int = 10) -> dict[str, Any]:
+    """Counts of the bundles created in the last `days` UTC days, today included."""
+    end = datetime.now(UTC)
+    first, last = daily.days_ending(end.date(), days)
     with engine.connect() as conn:
-        total = conn.execute(sa.select(sa.func.count()).select_from(bundles).where(*where)).scalar_one()
-        per_day = conn.execute(
-            sa.select(day.label("day"), bundles.c.top_category, sa.func.count().label("count"))
-            .where(*where)
-            .group_by(day, bundles.c.top_category)
-            .order_by(day, bundles.c.top_category)
-        ).all()
-        return {
-            "since": since,
-            "until": until,
-            "total": total,
-            "by_code": _counts(conn, bundles.c.code, where, top),
-            "by_cause": _counts(conn, bundles.c.top_cause, where, top),
-            "by_category": _counts(conn, bundles.c.top_category, where, top),
-            "by_model": _counts(conn, bundles.c.model, where, top),
-            "by_firmware": _counts(conn, bundles.c.firmware, where, top),
-            "by_verdict": _counts(conn, bundles.c.verdict, where, top),
-            "top_terminals": _counts(conn, bundles.c.terminal_id, where, top),
-            "per_day": [{"day": r.day, "category": r.top_category, "count": r.count} for r in per_day],
-        }
-
-
-def window(days: int, until: datetime | None = None) -> tuple[str, str]:
-    end = until or datetime.now(UTC)
-    return db.stamp(end - timedelta(days=days)), db.stamp(end)
+        per_day = daily.per_day(conn, first, last)
+        top_of = {name: daily.top(conn, dim, first, last, top) for name, dim in STATS.items()}
+    return {
+        "since": db.stamp(datetime.combine(first, datetime.min.time(), UTC)),
+        "until": db.stamp(end),
+        "total": sum(d["count"] for d in per_day),
+        **top_of,
+        "per_day": per_day,
+    }
 
 
 # -- commands (probe requests) -------------------------------------------------------------

@@ -251,10 +251,8 @@ async def overview(request: Request) -> Response:
         return to_login(request)
     srv = service(request)
     days = srv.settings.stats_days
-    end = datetime.now(UTC)
-    first_day = (end - timedelta(days=days - 1)).date()
-    since = datetime.combine(first_day, datetime.min.time(), UTC)
-    stats = await run_in_threadpool(store.stats, srv.engine, db.stamp(since), db.stamp(end))
+    stats = await run_in_threadpool(store.stats, srv.engine, days)
+    first_day = db.parse_time(stats["since"]).date()
     recent, _ = await run_in_threadpool(store.list_bundles, srv.engine, store.BundleFilter(), 10)
     return render(
         request, "overview.html", user=user, stats=stats, days=days, recent=recent,

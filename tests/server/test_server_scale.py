@@ -130,6 +130,10 @@ def test_retention_removes_exactly_the_expired_rows_and_blobs_while_uploads_run(
         for bundle_id, digest in kept + during:
             assert server.get(f"/api/v1/bundles/{bundle_id}/download").content
             assert server.service.blobs.exists(digest)
+        stats = server.get("/api/v1/stats", params={"days": 3, "top": 100}).json()  # counts of what is left
+        assert stats["total"] == len(left)
+        assert {t["key"]: t["count"] for t in stats["top_terminals"]}.get(a) == 5
+        assert {t["key"]: t["count"] for t in stats["top_terminals"]}.get(b) == 2
         metrics = server.service.metrics.render()
         assert 'posdiag_retention_removed_total{kind="rows"} 8.0' in metrics
         assert 'posdiag_retention_removed_total{kind="blobs"} 8.0' in metrics
