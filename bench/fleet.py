@@ -6,8 +6,9 @@ latency of what support and terminals ask of `posdiag-support serve`.
 
 Loading: terminals, labels, bundles and their fleet rows go in by COPY (generated here);
 hourly heartbeats of the last --heartbeat-days are generated inside PostgreSQL; rollups
-(problems, their per-day and per-label counts, terminal-days) are built by SQL from the
-loaded rows, as ingest would have built them one by one. The database is a fresh one on
+(problems, their hits, terminal-days) are built by SQL from the loaded rows, as ingest
+would have built them one by one, and the per-value problem counts and daily bundle counts
+by the server's own rebuilds (those an older database gets on upgrade). The database is a fresh one on
 127.0.0.1:5432 (dropped at the end unless --keep).
 
 Printed: load times, row counts, then p50/p95 (ms) of the overview, problems (API and
@@ -191,25 +192,6 @@ ROLLUPS = [
         INSERT INTO problem_hits (problem_id, terminal_id, day, model, firmware, bundles)
         SELECT problem_id, terminal_id, substr(event_at, 1, 10), min(model), min(firmware), count(*)
         FROM bundle_fleet GROUP BY problem_id, terminal_id, substr(event_at, 1, 10)"""),
-    ("problem_counts by model, firmware, day", """
-        INSERT INTO problem_counts (problem_id, dim, key, count)
-        SELECT problem_id, 'model', model, count(*) FROM bundle_fleet GROUP BY problem_id, model
-        UNION ALL SELECT problem_id, 'firmware', firmware, count(*) FROM bundle_fleet GROUP BY problem_id, firmware
-        UNION ALL SELECT problem_id, 'day', substr(event_at, 1, 10), count(*) FROM bundle_fleet GROUP BY problem_id, substr(event_at, 1, 10)"""),
-    ("problem_counts by label", """
-        INSERT INTO problem_counts (problem_id, dim, key, count)
-        SELECT h.problem_id, 'label:' || l.key, l.value, sum(h.bundles)
-        FROM problem_hits h JOIN terminal_labels l ON l.terminal_id = h.terminal_id
-        GROUP BY h.problem_id, l.key, l.value"""),
-    ("problem breakdowns (top 10 per dimension)", """
-        UPDATE problems p SET breakdown = sub.j FROM (
-            SELECT problem_id, json_object_agg(dim, arr)::text AS j FROM (
-                SELECT problem_id, dim, json_agg(json_build_array(key, count) ORDER BY count DESC, key) AS arr FROM (
-                    SELECT *, row_number() OVER (PARTITION BY problem_id, dim ORDER BY count DESC, key) AS place
-                    FROM problem_counts WHERE dim <> 'day') ranked
-                WHERE place <= 10 GROUP BY problem_id, dim) per_dim
-            GROUP BY problem_id) sub
-        WHERE p.id = sub.problem_id"""),
     ("analyze", "ANALYZE"),
 ]
 
@@ -240,10 +222,12 @@ def load(url: str, args: argparse.Namespace, settings) -> list[dict]:
             timed(label, conn.execute, statement, params if "%(" in statement else None)
         conn.autocommit = True
         conn.execute("DROP TABLE bench_signatures")
-    with engine.begin() as sa_conn:
+    with engine.begin() as sa_conn:  # the server's own rebuilds, as an upgraded database gets them
+        timed("problem_counts and breakdowns", problems.rebuild_counts, sa_conn)
         timed("bundle_days (the overview's daily counts)", daily.rebuild, sa_conn)
     engine.dispose()
     with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ANALYZE problem_counts")
         conn.execute("ANALYZE bundle_days")
         for table in ("terminals", "bundles", "bundle_days", "heartbeats", "problems", "problem_hits", "problem_counts", "outage_events", "terminal_days"):
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]

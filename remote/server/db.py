@@ -228,9 +228,13 @@ def create_schema(engine: Engine) -> None:
             # Serialise concurrent create_all of several servers starting together.
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263001)"))
         metadata.create_all(conn)
-        _add_missing_columns(conn)
-        for index in bundles.indexes:  # indexes added to a table an older release made
-            index.create(conn, checkfirst=True)
+        added = _add_missing_columns(conn)
+        for table in metadata.sorted_tables:  # indexes added to a table an older release made
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
+        for column in added:  # a rollup column is filled from what the database holds
+            if "fill" in column.info:
+                column.info["fill"](conn)
         have = conn.execute(sa.select(sa.func.max(schema_version.c.version))).scalar()
         if have is None:
             conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=now()))
@@ -238,13 +242,16 @@ def create_schema(engine: Engine) -> None:
             raise RuntimeError(f"database schema {have} is newer than this server ({SCHEMA_VERSION})")
 
 
-def _add_missing_columns(conn: sa.Connection) -> None:
+def _add_missing_columns(conn: sa.Connection) -> list[sa.Column]:
     """create_all makes missing tables, not missing columns: a nullable column added to a
-    table in a later release is added here to a database made before it."""
+    table in a later release is added here to a database made before it. The added columns."""
     inspector = sa.inspect(conn)
+    added = []
     for table in metadata.sorted_tables:
         have = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name not in have and column.nullable:
                 kind = column.type.compile(dialect=conn.dialect)
                 conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+                added.append(column)
+    return added

@@ -10,11 +10,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from fleet_sim import FleetSim, Scenario
 from server_bundles import PASSWORD
 from server_harness import default_settings, fresh_pg_database, start_server
 
 from remote.server import db
+from remote.server.fleet.problems import rebuild_counts
+from remote.server.fleet.schema import problem_counts
 
 # A simulated fleet is a few hundred requests through the real API: more than the default limit.
 pytestmark = pytest.mark.timeout(600)
@@ -115,6 +118,12 @@ def test_injected_events_are_found_and_nothing_else(run):
     bug = server.get("/api/v1/problems", params={"model": "P2", "firmware": "2.1", "limit": 1}).json()["items"][0]
     faulty = [t for t in sim.terminals if (t.model, t.firmware) == ("P2", "2.1")]
     assert bug["top_cause"] == "printer.driver_fault" and bug["terminals_affected"] == len(faulty) >= 8
+    everywhere = {p["id"]: p for p in server.get("/api/v1/problems", params={"limit": 200}).json()["items"]}
+    assert everywhere[bug["id"]]["terminals_affected"] == len(faulty)  # a terminal counts once, whatever the days
+    with db.writing(server.service.engine) as conn:  # what an upgraded database is filled with equals what ingest kept
+        kept = sorted(conn.execute(sa.select(problem_counts)).all())
+        rebuild_counts(conn)
+        assert sorted(conn.execute(sa.select(problem_counts)).all()) == kept
     assert [m["key"] for m in bug["by_model"]] == ["P2"] and [f["key"] for f in bug["by_firmware"]] == ["2.1"]
     assert sum(d["count"] for d in bug["daily"]) == bug["bundles"] and set(bug["by_label"]) >= {"acquirer", "region"}
     following = server.get("/api/v1/problems", params={"limit": 3, "cursor": problems["next_cursor"]}).json()["items"]

@@ -43,7 +43,7 @@ def open_incident(conn: sa.Connection, kind: str, scope_key: str, values: dict[s
         return existing, False
     incident_id = str(uuid.uuid4())
     row = dict(values, id=incident_id, kind=kind, status="open", scope_key=scope_key, open_key=open_key)
-    if conn.execute(sql.insert(conn, incidents).on_conflict_do_nothing(index_elements=["open_key"]), row).rowcount:
+    if sql.insert_new(conn, incidents, ["open_key"], [row]):
         return incident_id, True
     # another worker opened it first
     return conn.execute(sa.select(incidents.c.id).where(incidents.c.open_key == open_key)).scalar_one(), False

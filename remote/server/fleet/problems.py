@@ -15,6 +15,7 @@ from remote.server.fleet import sql, timing
 from remote.server.fleet.schema import problem_counts, problem_hits, problems, terminal_labels
 
 BREAKDOWN_TOP = 10  # values shown per model, firmware and label breakdown
+UNSHOWN = ("day", "build")  # counted dimensions that are no breakdown
 FIELDS = ("scheme", "code", "scheme_code", "top_cause", "top_category", "fail_findings", "model", "firmware", "app_version")
 
 
@@ -87,14 +88,53 @@ def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, la
             "first_seen": event_at, "last_seen": event_at, "bundles": 1, "terminals_affected": int(first_for_terminal),
         },
     )  # fmt: skip
-    counts = [("model", index["model"]), ("firmware", index["firmware"]), ("day", day)]
-    counts += [(f"label:{k}", v) for k, v in sorted(labels.items())]
+    counts = [("build", build_key(index["model"], index["firmware"])), ("day", day), ("firmware", index["firmware"])]
+    counts += sorted((f"label:{k}", v) for k, v in labels.items()) + [("model", index["model"])]
     sql.add_counts(
         conn, problem_counts, ["problem_id", "dim", "key"],
-        [{"problem_id": pid, "dim": dim, "key": key[:200], "count": 1} for dim, key in counts], "count",
+        [{"problem_id": pid, "dim": dim, "key": key[:200], "count": 1,
+          "terminals": int(bool(new_terminal) if dim == "day" else first_for_terminal)} for dim, key in counts],
+        "count", "terminals",
     )  # fmt: skip
-    _refresh_breakdown(conn, pid, [dim for dim, _ in counts if dim != "day"])
+    _refresh_breakdown(conn, pid, [dim for dim, _ in counts if dim not in UNSHOWN])
     return pid
+
+
+def build_key(model: str, firmware: str) -> str:
+    return f"{model}\n{firmware}"
+
+
+def rebuild_counts(conn: sa.Connection) -> None:
+    """Count problem_counts and the breakdowns again from problem_hits, labels as the
+    terminals carry them now (a database from before a count existed, or loaded in bulk)."""
+    h, pc = problem_hits.c, problem_counts.c
+    conn.execute(problem_counts.delete())
+    cols = ["problem_id", "dim", "key", "count", "terminals"]
+    terminals = sa.func.count(sa.distinct(h.terminal_id))
+    for dim, key in (("model", h.model), ("firmware", h.firmware), ("day", h.day)):
+        conn.execute(problem_counts.insert().from_select(
+            cols, sa.select(h.problem_id, sa.literal(dim), key, sa.func.sum(h.bundles), terminals).group_by(h.problem_id, key)
+        ))  # fmt: skip
+    build = h.model + "\n" + h.firmware
+    conn.execute(problem_counts.insert().from_select(
+        cols, sa.select(h.problem_id, sa.literal("build"), build, sa.func.sum(h.bundles), terminals).group_by(h.problem_id, h.model, h.firmware)
+    ))  # fmt: skip
+    lab = terminal_labels.c
+    conn.execute(problem_counts.insert().from_select(
+        cols,
+        sa.select(h.problem_id, sa.literal("label:") + lab.key, lab.value, sa.func.sum(h.bundles), terminals)
+        .select_from(problem_hits.join(terminal_labels, lab.terminal_id == h.terminal_id))
+        .group_by(h.problem_id, lab.key, lab.value),
+    ))  # fmt: skip
+    dims = {}
+    for pid, dim in conn.execute(sa.select(pc.problem_id, pc.dim).distinct()):
+        if dim not in UNSHOWN:
+            dims.setdefault(pid, []).append(dim)
+    for pid, names in dims.items():
+        _refresh_breakdown(conn, pid, sorted(names))
+
+
+problem_counts.c.terminals.info["fill"] = rebuild_counts
 
 
 def _refresh_breakdown(conn: sa.Connection, pid: str, dims: list[str]) -> None:
@@ -132,11 +172,17 @@ def list_problems(
     engine: Engine, *, since: str | None = None, until: str | None = None, labels: dict[str, str] | None = None,
     model: str | None = None, firmware: str | None = None, limit: int = 50, cursor: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
-    """Ranked by terminals affected. Unfiltered: straight from `problems`. Filtered: from
-    the per problem, terminal and day rollup (since/until are whole UTC days)."""
+    """Ranked by terminals affected. Unfiltered: straight from `problems`; by one label,
+    model, firmware or model and firmware, over all time: from that value's count; any
+    other filter: from the per problem, terminal and day rollup (since/until are whole UTC
+    days)."""
     labels = labels or {}
-    filtered = bool(since or until or labels or model or firmware)
-    if filtered:
+    one = _one_count(labels, model, firmware) if not (since or until) else None
+    if one is not None:
+        pc = problem_counts.c
+        query = sa.select(pc.problem_id.label("id"), pc.terminals, pc.count.label("bundles")).where(pc.dim == one[0], pc.key == one[1])
+        rank_t, rank_id = pc.terminals, pc.problem_id
+    elif since or until or labels or model or firmware:
         hits = problem_hits.c
         where = []
         if since:
@@ -166,6 +212,15 @@ def list_problems(
         ranked = ranked[:limit]
         items = _items(conn, ranked, since, until)
     return items, _cursor(ranked[-1].terminals, ranked[-1].id) if more and ranked else None
+
+
+def _one_count(labels: dict[str, str], model: str | None, firmware: str | None) -> tuple[str, str] | None:
+    """The problem_counts (dim, key) that answers this filter alone, if one does."""
+    if labels:
+        return (f"label:{next(iter(labels))}", next(iter(labels.values()))) if len(labels) == 1 and not (model or firmware) else None
+    if model and firmware:
+        return "build", build_key(model, firmware)
+    return ("model", model) if model else ("firmware", firmware) if firmware else None
 
 
 def _items(conn: sa.Connection, ranked: list[Any], since: str | None, until: str | None) -> list[dict[str, Any]]:

@@ -121,14 +121,16 @@ problems = sa.Table(
     sa.Index("ix_problems_rank", "terminals_affected", "id"),
 )
 
-problem_counts = sa.Table(  # dim: model, firmware, day, or label:KEY (key: the value)
+problem_counts = sa.Table(  # dim: model, firmware, build (model + firmware), day, or label:KEY (key: the value)
     "problem_counts",
     metadata,
     sa.Column("problem_id", sa.String(32), primary_key=True),
     sa.Column("dim", sa.String(48), primary_key=True),
     sa.Column("key", sa.String(200), primary_key=True),
-    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),  # bundles
+    sa.Column("terminals", sa.Integer),  # distinct terminals (on that day, for dim day)
     sa.Index("ix_problem_counts_top", "problem_id", "dim", "count"),
+    sa.Index("ix_problem_counts_rank", "dim", "key", "terminals", "problem_id"),
 )
 
 problem_hits = sa.Table(  # one row per problem, terminal and day: filtered rankings

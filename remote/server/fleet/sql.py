@@ -20,13 +20,13 @@ def greatest(conn: sa.Connection, a: Any, b: Any) -> Any:
     return sa.func.greatest(a, b) if conn.dialect.name == "postgresql" else sa.func.max(a, b)
 
 
-def add_counts(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]], column: str) -> None:
-    """Insert rows, or add their `column` to the stored one."""
+def add_counts(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]], *columns: str) -> None:
+    """Insert rows, or add their `columns` to the stored ones."""
     if not rows:
         return
     stmt = insert(conn, table)
     conn.execute(
-        stmt.on_conflict_do_update(index_elements=keys, set_={column: table.c[column] + stmt.excluded[column]}),
+        stmt.on_conflict_do_update(index_elements=keys, set_={c: table.c[c] + stmt.excluded[c] for c in columns}),
         rows,
     )
 
@@ -35,5 +35,6 @@ def insert_new(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list
     """Insert rows not there yet; how many were new."""
     if not rows:
         return 0
-    stmt = insert(conn, table).on_conflict_do_nothing(index_elements=keys)
-    return sum(conn.execute(stmt, row).rowcount for row in rows)
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT DO NOTHING
+    stmt = insert(conn, table).on_conflict_do_nothing(index_elements=keys).returning(sa.literal(1))
+    return sum(len(conn.execute(stmt, row).all()) for row in rows)
