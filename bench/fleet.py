@@ -7,9 +7,10 @@ latency of what support and terminals ask of `posdiag-support serve`.
 Loading: terminals, labels, bundles and their fleet rows go in by COPY (generated here);
 hourly heartbeats of the last --heartbeat-days are generated inside PostgreSQL; rollups
 (problems, their hits, terminal-days) are built by SQL from the loaded rows, as ingest
-would have built them one by one, and the per-value problem counts and daily bundle counts
-by the server's own rebuilds (those an older database gets on upgrade). The database is a fresh one on
-127.0.0.1:5432 (dropped at the end unless --keep).
+would have built them one by one; the per-value problem counts, the daily bundle counts and
+the outage baseline's hourly counts by the server's own rebuilds (those an older database
+gets on upgrade). The database is a fresh one on 127.0.0.1:5432 (dropped at the end unless
+--keep).
 
 Printed: load times, row counts, then p50/p95 (ms) of the overview, problems (API and
 page, unfiltered and by label), incidents, the bundle list with filters, the terminal page
@@ -41,7 +42,7 @@ from _util import BIN  # noqa: E402
 from server_bundles import PASSWORD, make_bundle  # noqa: E402
 
 from remote.server import auth, daily, db, store  # noqa: E402
-from remote.server.fleet import inventory, problems  # noqa: E402
+from remote.server.fleet import baseline, inventory, problems  # noqa: E402
 from remote.server.fleet.schema import incidents  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -225,10 +226,12 @@ def load(url: str, args: argparse.Namespace, settings) -> list[dict]:
     with engine.begin() as sa_conn:  # the server's own rebuilds, as an upgraded database gets them
         timed("problem_counts and breakdowns", problems.rebuild_counts, sa_conn)
         timed("bundle_days (the overview's daily counts)", daily.rebuild, sa_conn)
+        timed("scope_hours and scope members' seen_at", baseline.rebuild, sa_conn)
     engine.dispose()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE problem_counts")
-        conn.execute("ANALYZE bundle_days")
+        for table in ("bundle_days", "scope_hours", "scope_members"):
+            conn.execute(f"ANALYZE {table}")
         for table in ("terminals", "bundles", "bundle_days", "heartbeats", "problems", "problem_hits", "problem_counts", "outage_events", "terminal_days"):
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             print(f"  rows in {table:<36}{count:>10}")

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from remote.server import db, ingest
-from remote.server.fleet import incidents, inventory, outage, problems, regression, timing, webhooks
+from remote.server.fleet import baseline, incidents, inventory, outage, problems, regression, timing, webhooks
 from remote.server.fleet.models import Heartbeat
 from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events
 from remote.server_settings import ServerSettings
@@ -77,6 +77,7 @@ class Fleet:
                     conn.execute(outage_events.insert(), [
                         {"bundle_id": record["id"], "scope_key": k, "terminal_id": record["terminal_id"], "event_at": t} for k in scopes
                     ])  # fmt: skip
+                    baseline.add_events(conn, scopes, t)
                     outage.follow(conn, scopes, t, s)
                     self._announce(conn, outage.evaluate(conn, scopes, t, s, db.now()))
             self._close_quiet(conn)

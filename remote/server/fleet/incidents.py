@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from remote.server.db import bundles
-from remote.server.fleet import sql
+from remote.server.fleet import baseline, sql
 from remote.server.fleet.schema import bundle_fleet, incidents, outage_events, scope_members
 
 HEADER_DOC = {
@@ -63,11 +63,13 @@ def mark_holds(conn: sa.Connection, incident_id: str, scope_key: str, start: str
     events = sa.select(outage_events.c.bundle_id).where(
         outage_events.c.scope_key == scope_key, outage_events.c.event_at >= start, outage_events.c.event_at <= end
     )
-    conn.execute(
+    held = conn.execute(
         bundle_fleet.update()
         .where(bundle_fleet.c.bundle_id.in_(events), bundle_fleet.c.hold_incident.is_(None))
         .values(hold_incident=incident_id)
-    )
+        .returning(bundle_fleet.c.bundle_id)
+    ).scalars().all()
+    baseline.add_held(conn, list(held))
 
 
 def refresh_counts(conn: sa.Connection, incident_id: str) -> dict[str, Any]:

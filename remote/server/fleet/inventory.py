@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from remote.server import db
 from remote.server.db import terminals
-from remote.server.fleet import sql, timing
+from remote.server.fleet import baseline, sql, timing
 from remote.server.fleet.schema import fleet_terminals, heartbeats, scope_members, terminal_days, terminal_labels
 from remote.server_settings import FleetSettings, TrendRule
 
@@ -78,6 +78,8 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
         conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(**values))
     if newest and labels != stored_labels or row is None:
         _set_labels(conn, seen.terminal_id, labels, settings)
+    if newest:
+        baseline.see(conn, seen.terminal_id, seen.event_at, settings)
     sql.insert_new(
         conn, terminal_days, ["terminal_id", "day"],
         [{"terminal_id": seen.terminal_id, "day": timing.day(seen.event_at), "model": seen.model,

@@ -30,13 +30,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from remote.server.fleet import incidents, inventory, timing
+from remote.server.fleet import baseline, incidents, inventory, timing
 from remote.server.fleet.schema import (
     bundle_fleet,
-    fleet_terminals,
     incidents as incidents_t,
     outage_events,
-    scope_members,
     terminal_days,
     terminal_labels,
 )
@@ -65,15 +63,6 @@ def _failing(conn: sa.Connection, scope_key: str, start: str, end: str) -> tuple
     return {r[0] for r in rows}, min((r[1] for r in rows), default=None)
 
 
-def _active(conn: sa.Connection, scope_key: str, t: str, settings: FleetSettings) -> int:
-    since = timing.shift(t, hours=-settings.missing_after_hours)
-    return conn.execute(
-        sa.select(sa.func.count())
-        .select_from(scope_members.join(fleet_terminals, fleet_terminals.c.id == scope_members.c.terminal_id))
-        .where(scope_members.c.scope_key == scope_key, fleet_terminals.c.last_seen_at >= since)
-    ).scalar_one()  # fmt: skip
-
-
 def _rate(conn: sa.Connection, scope_key: str, start: str, active: int, settings: FleetSettings) -> float:
     """Baseline bundles per terminal-hour before `start`, over the history there is."""
     first_day = conn.execute(sa.select(sa.func.min(terminal_days.c.day))).scalar()
@@ -81,14 +70,7 @@ def _rate(conn: sa.Connection, scope_key: str, start: str, active: int, settings
     if first_day and first_day + "T00:00:00.000000Z" > begin:
         begin = first_day + "T00:00:00.000000Z"
     hours = max(timing.hours_between(begin, start), 1.0)
-    count = conn.execute(
-        sa.select(sa.func.count())
-        .select_from(outage_events.join(bundle_fleet, bundle_fleet.c.bundle_id == outage_events.c.bundle_id))
-        .where(
-            outage_events.c.scope_key == scope_key, outage_events.c.event_at > begin,
-            outage_events.c.event_at <= start, bundle_fleet.c.hold_incident.is_(None),
-        )
-    ).scalar_one()  # fmt: skip
+    count = baseline.unheld_events(conn, scope_key, begin, start)
     return max(count / (max(active, 1) * hours), settings.outage_baseline_floor_per_terminal_hour)
 
 
@@ -97,7 +79,7 @@ def test_window(conn: sa.Connection, scope_key: str, start: str, end: str, setti
     failing, first_at = _failing(conn, scope_key, start, end)
     if len(failing) < floor or first_at is None:
         return None
-    active = max(_active(conn, scope_key, end, settings), len(failing))
+    active = max(baseline.active(conn, scope_key, end, settings), len(failing))
     rate = _rate(conn, scope_key, start, active, settings)
     expected = rate * active * timing.hours_between(start, end)
     return Window(scope_key, start, end, failing, first_at, active, expected, poisson_sf(len(failing), expected))

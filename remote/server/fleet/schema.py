@@ -41,7 +41,9 @@ scope_members = sa.Table(
     metadata,
     sa.Column("scope_key", sa.String(400), primary_key=True),
     sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Column("seen_at", TIME),  # the terminal's last_seen_at, refreshed in steps (baseline.py)
     sa.Index("ix_scope_members_terminal", "terminal_id"),
+    sa.Index("ix_scope_members_seen", "scope_key", "seen_at"),
 )
 
 heartbeats = sa.Table(
@@ -102,6 +104,15 @@ outage_events = sa.Table(  # host/network bundles, once per scope their terminal
     sa.Column("terminal_id", sa.String(128), nullable=False),
     sa.Column("event_at", TIME, nullable=False),
     sa.Index("ix_outage_events_scope", "scope_key", "event_at"),
+)
+
+scope_hours = sa.Table(  # outage_events per scope and UTC hour ("YYYY-MM-DDTHH"), and how many are held
+    "scope_hours",
+    metadata,
+    sa.Column("scope_key", sa.String(400), primary_key=True),
+    sa.Column("hour", sa.String(13), primary_key=True),
+    sa.Column("events", sa.Integer, nullable=False),
+    sa.Column("held", sa.Integer, nullable=False),
 )
 
 problems = sa.Table(

@@ -1,0 +1,125 @@
+"""What the outage detector compares a window with, kept so that no arrival counts a
+scope's history: host/network failures per scope and hour (`scope_hours`, with how many an
+incident holds), and each scope member's last sighting (`scope_members.seen_at`).
+
+At a million bundles, counting a large scope's seven days of failures and joining its
+tens of thousands of members at each arrival took seconds; these make it a handful of rows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import sqlalchemy as sa
+
+from remote.server.fleet import sql, timing
+from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events, scope_hours, scope_members
+from remote.server_settings import FleetSettings
+
+SEEN_STEPS = 10  # seen_at moves when a sighting is a tenth of missing_after_hours newer
+
+
+def hour(stamp: str) -> str:
+    return stamp[:13]
+
+
+def _hour_start(key: str) -> str:
+    return key + ":00:00.000000Z"
+
+
+def add_events(conn: sa.Connection, scope_keys: list[str], event_at: str) -> None:
+    rows = [{"scope_key": k, "hour": hour(event_at), "events": 1, "held": 0} for k in sorted(scope_keys)]
+    sql.add_counts(conn, scope_hours, ["scope_key", "hour"], rows, "events")
+
+
+def add_held(conn: sa.Connection, bundle_ids: list[str]) -> None:
+    """These bundles were just held: their failures leave every scope's baseline."""
+    if not bundle_ids:
+        return
+    e = outage_events.c
+    held: Counter[tuple[str, str]] = Counter()
+    for scope_key, event_at in conn.execute(sa.select(e.scope_key, e.event_at).where(e.bundle_id.in_(bundle_ids))):
+        held[(scope_key, hour(event_at))] += 1
+    rows = [{"scope_key": k, "hour": h, "events": 0, "held": n} for (k, h), n in sorted(held.items())]
+    sql.add_counts(conn, scope_hours, ["scope_key", "hour"], rows, "held")
+
+
+def unheld_events(conn: sa.Connection, scope_key: str, begin: str, end: str) -> int:
+    """Failures of the scope in (begin, end] that no incident holds: whole hours from
+    scope_hours, the two partial hours at the ends from the events themselves."""
+    first_full = timing.shift(_hour_start(hour(begin)), hours=1)
+    last_start = _hour_start(hour(end))
+    if first_full > last_start:
+        return _counted(conn, scope_key, begin, end)
+    h = scope_hours.c
+    whole = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(h.events - h.held), 0)).where(
+            h.scope_key == scope_key, h.hour >= hour(first_full), h.hour < hour(last_start)
+        )
+    ).scalar_one()  # fmt: skip
+    head = _counted(conn, scope_key, begin, first_full, upper_inclusive=False)
+    tail = _counted(conn, scope_key, last_start, end, lower_inclusive=True)
+    return int(whole) + head + tail
+
+
+def _counted(conn: sa.Connection, scope_key: str, lo: str, hi: str, lower_inclusive: bool = False, upper_inclusive: bool = True) -> int:
+    e = outage_events.c
+    return conn.execute(
+        sa.select(sa.func.count())
+        .select_from(outage_events.join(bundle_fleet, bundle_fleet.c.bundle_id == e.bundle_id))
+        .where(
+            e.scope_key == scope_key, e.event_at >= lo if lower_inclusive else e.event_at > lo,
+            e.event_at <= hi if upper_inclusive else e.event_at < hi, bundle_fleet.c.hold_incident.is_(None),
+        )
+    ).scalar_one()  # fmt: skip
+
+
+def see(conn: sa.Connection, terminal_id: str, event_at: str, settings: FleetSettings) -> None:
+    """Move the terminal's seen_at in its scopes, in steps (a write per step, not per heartbeat)."""
+    stale = timing.shift(event_at, hours=-settings.missing_after_hours / SEEN_STEPS)
+    m = scope_members.c
+    conn.execute(
+        scope_members.update()
+        .where(m.terminal_id == terminal_id, sa.or_(m.seen_at.is_(None), m.seen_at < stale))
+        .values(seen_at=event_at)
+    )
+
+
+def active(conn: sa.Connection, scope_key: str, t: str, settings: FleetSettings) -> int:
+    """The scope's terminals seen within missing_after_hours before t (to within a step)."""
+    since = timing.shift(t, hours=-settings.missing_after_hours)
+    m = scope_members.c
+    return conn.execute(sa.select(sa.func.count()).where(m.scope_key == scope_key, m.seen_at >= since)).scalar_one()
+
+
+def rebuild(conn: sa.Connection) -> None:
+    """Count both again (a database loaded in bulk)."""
+    rebuild_hours(conn)
+    rebuild_seen(conn)
+
+
+@sa.event.listens_for(scope_hours, "after_create")
+def _fill_new_table(_table: sa.Table, conn: sa.Connection, **_kw: Any) -> None:
+    rebuild_hours(conn)
+
+
+def rebuild_hours(conn: sa.Connection) -> None:
+    e = outage_events.c
+    held = sa.func.sum(sa.case((bundle_fleet.c.hold_incident.is_not(None), 1), else_=0))
+    key = sa.func.substr(e.event_at, 1, 13)
+    conn.execute(scope_hours.delete())
+    conn.execute(scope_hours.insert().from_select(
+        ["scope_key", "hour", "events", "held"],
+        sa.select(e.scope_key, key, sa.func.count(), held)
+        .select_from(outage_events.join(bundle_fleet, bundle_fleet.c.bundle_id == e.bundle_id))
+        .group_by(e.scope_key, key),
+    ))  # fmt: skip
+
+
+def rebuild_seen(conn: sa.Connection) -> None:
+    seen = sa.select(fleet_terminals.c.last_seen_at).where(fleet_terminals.c.id == scope_members.c.terminal_id).scalar_subquery()
+    conn.execute(scope_members.update().values(seen_at=seen))
+
+
+scope_members.c.seen_at.info["fill"] = rebuild_seen

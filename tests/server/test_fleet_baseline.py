@@ -1,0 +1,67 @@
+"""The outage detector's kept baseline: failures counted by whole hours plus the partial
+hours at the ends equal a count of every failure, held ones left out; scope members'
+last sighting moves in steps."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from hypothesis import given, settings, strategies as st
+from server_harness import default_settings
+
+from remote.server import db
+from remote.server.fleet import baseline
+from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events, scope_hours, scope_members
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+TABLES = [bundle_fleet, outage_events, scope_hours, scope_members, fleet_terminals]
+
+
+def at(minutes: float) -> str:
+    return db.stamp(T0 + timedelta(minutes=minutes))
+
+
+def store_failure(conn, n: int, minutes: float, scopes: list[str]) -> None:
+    bid = f"b{n}"
+    conn.execute(bundle_fleet.insert().values(bundle_id=bid, terminal_id="T", event_at=at(minutes), model="M", firmware="F", app_version="A"))
+    conn.execute(outage_events.insert(), [{"bundle_id": bid, "scope_key": s, "terminal_id": "T", "event_at": at(minutes)} for s in scopes])
+    baseline.add_events(conn, scopes, at(minutes))
+
+
+events = st.lists(st.tuples(st.floats(0, 600), st.sampled_from([["a=1"], ["a=1", "b=2"], ["b=2"]]), st.booleans()), max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events, st.floats(-30, 600), st.floats(0, 700))
+def test_unheld_failures_equal_a_count_of_each_one(spec, begin, length):
+    engine = sa.create_engine("sqlite://")
+    db.metadata.create_all(engine, tables=TABLES)
+    with engine.begin() as conn:
+        for n, (minutes, scopes, _held) in enumerate(spec):
+            store_failure(conn, n, minutes, scopes)
+        held = [f"b{n}" for n, (_m, _s, h) in enumerate(spec) if h]
+        conn.execute(bundle_fleet.update().where(bundle_fleet.c.bundle_id.in_(held)).values(hold_incident="I"))
+        baseline.add_held(conn, held)
+        lo, hi = at(begin), at(begin + length)
+        for scope in ("a=1", "b=2"):
+            expected = sum(1 for m, s, h in spec if scope in s and not h and lo < at(m) <= hi)
+            assert baseline.unheld_events(conn, scope, lo, hi) == expected
+
+
+def test_a_members_last_sighting_moves_in_steps_of_a_tenth_of_missing_after():
+    fleet = dataclasses.replace(default_settings().fleet, missing_after_hours=20.0)  # steps of 2 h
+    engine = sa.create_engine("sqlite://")
+    db.metadata.create_all(engine, tables=TABLES)
+    with engine.begin() as conn:
+        conn.execute(scope_members.insert(), [{"scope_key": "a=1", "terminal_id": "T"}, {"scope_key": "a=1", "terminal_id": "U"}])
+        seen = lambda: conn.execute(sa.select(scope_members.c.seen_at).where(scope_members.c.terminal_id == "T")).scalar()  # noqa: E731
+        baseline.see(conn, "T", at(0), fleet)
+        assert seen() == at(0)
+        baseline.see(conn, "T", at(60), fleet)
+        assert seen() == at(0)  # an hour newer: no write
+        baseline.see(conn, "T", at(121), fleet)
+        assert seen() == at(121)
+        assert baseline.active(conn, "a=1", at(121), fleet) == 1  # U never seen
+        assert baseline.active(conn, "a=1", at(121 + 20 * 60 + 1), fleet) == 0
