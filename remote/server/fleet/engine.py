@@ -41,6 +41,7 @@ class Fleet:
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings.fleet
+        self.clock_ahead_seconds = settings.clock_ahead_seconds
         self.hooks = settings.webhooks
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -49,7 +50,7 @@ class Fleet:
     # -- event time -----------------------------------------------------------------------
 
     def clamp(self, event_at: str, received_at: str) -> tuple[str, bool]:
-        return timing.clamp(event_at, received_at, self.settings.max_clock_ahead_seconds)
+        return timing.clamp(event_at, received_at, self.clock_ahead_seconds)
 
     # -- arrivals -------------------------------------------------------------------------
 
