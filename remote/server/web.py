@@ -138,7 +138,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
         binding = "n:" + str(srv.signer.presession(new_cookie))
     lang = lang_of(request)
     if context.get("user") is not None:
-        context.setdefault("open_outages", fleet_web.open_outages(srv))
+        context.setdefault("open_outages", getattr(request.state, "open_outages", []))
     html = templates.get_template(name).render(
         csrf=srv.signer.csrf_token(binding), path=request.url.path, user=context.pop("user", None),
         lang=lang, t=WORDS[lang], here=_here(request), **context,
@@ -169,11 +169,13 @@ def _https(request: Request) -> bool:
 
 
 async def page_user(request: Request) -> User | None:
-    """The signed-in user (None when nobody is); remembers the user's page language."""
+    """The signed-in user (None when nobody is); remembers the user's page language and the
+    open outages for the banner (read here, in the thread pool: render runs on the event loop)."""
     srv = service(request)
     user = await run_in_threadpool(srv.user_by_session, request.cookies.get(SESSION_COOKIE))
     if user is not None:
         request.state.lang = await run_in_threadpool(store.user_lang, srv.engine, user.name)
+        request.state.open_outages = await run_in_threadpool(fleet_web.open_outages, srv)
     return user
 
 

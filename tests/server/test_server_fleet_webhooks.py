@@ -16,6 +16,7 @@ import pytest
 import requests
 from server_bundles import make_bundle
 from server_harness import default_settings, fresh_pg_database, start_server
+from test_server_pages import signed_in
 
 from remote.server import db, store
 
@@ -101,6 +102,8 @@ def test_outage_webhook_survives_a_restart_and_terminals_are_told(db_url, tmp_pa
     told = http.post(f"{server.url}/api/v1/heartbeats", json=beat("W-7", now, labels), headers={"Authorization": f"Bearer {terminals[7]}"}, timeout=30).json()
     assert [(i["kind"], i["scope"]) for i in told["incidents"]] == [("outage", labels)]
     assert "acquirer Z" in told["incidents"][0]["summary"]["en"]
+    page = signed_in(server).get(f"{server.url}/terminals", timeout=30).text  # support sees it on every page
+    assert 'id="outage-banner"' in page and f"/incidents#{told['incidents'][0]['id']}" in page
     poll = http.get(f"{server.url}/api/v1/terminals/W-7/commands/next", headers={"Authorization": f"Bearer {terminals[7]}"}, timeout=30)
     assert poll.status_code == 204 and json.loads(poll.headers["X-Posdiag-Incidents"])[0]["id"] == told["incidents"][0]["id"]
     store.add_command(server.service.engine, "W-7", ["network"], None, "support")
