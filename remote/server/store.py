@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from remote.server import auth, db, retention
+from remote.server.fleet.schema import bundle_fleet
 from remote.server.db import (
     bundle_views,
     bundles,
@@ -361,17 +362,23 @@ class BundleFilter:
 
     def clauses(self) -> list[Any]:
         """Exact matches, except model and firmware: case-insensitive prefixes ("a9" finds
-        A920 and A930), as support types them from a label or a complaint."""
+        A920 and A930), as support types them from a label or a complaint; verdict `hold`:
+        the bundles a fleet incident holds (their fleet_dispatch), whatever the terminal said."""
         out: list[Any] = []
         for column, value in (
             (bundles.c.terminal_id, self.terminal),
             (bundles.c.code, self.code),
             (bundles.c.top_cause, self.cause),
             (bundles.c.top_category, self.category),
-            (bundles.c.verdict, self.verdict),
+            (bundles.c.verdict, None if self.verdict == "hold" else self.verdict),
         ):
             if value:
                 out.append(column == value)
+        if self.verdict == "hold":
+            held = sa.select(bundle_fleet.c.bundle_id).where(
+                bundle_fleet.c.bundle_id == bundles.c.id, bundle_fleet.c.hold_incident.is_not(None)
+            )
+            out.append(held.exists())
         for column, value in ((bundles.c.model, self.model), (bundles.c.firmware, self.firmware)):
             if value:
                 out.append(sa.func.lower(column).startswith(value.lower(), autoescape=True))

@@ -32,7 +32,7 @@ from remote.server.service import Service, User
 
 CSRF_COOKIE = "posdiag_csrf"
 FILTERS = ("terminal", "code", "cause", "category", "model", "firmware", "verdict", "since", "until")
-VERDICTS = ("none", "merchant", "remote", "onsite")
+VERDICTS = ("none", "merchant", "remote", "onsite", "hold")
 TEMPLATES = Path(__file__).parent / "templates"
 WORDS = tomllib.loads((TEMPLATES / "words.toml").read_text(encoding="utf-8"))
 # The server does not import the terminal's probe code; these are the probes DESIGN.md names.
