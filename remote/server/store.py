@@ -189,9 +189,10 @@ def _change_user(engine: Engine, name: str, **values: Any) -> None:
 
 
 def set_password(engine: Engine, name: str, password: str) -> None:
+    """The new password, and the end of every session the user has (Service.user_by_session)."""
     if len(password) < 8:
         raise StoreError("weak_password", "a password has at least 8 characters")
-    _change_user(engine, name, password_hash=auth.hash_password(password))
+    _change_user(engine, name, password_hash=auth.hash_password(password), sessions_after=db.now())
 
 
 def set_role(engine: Engine, name: str, role: str) -> None:

@@ -220,11 +220,16 @@ async def login(request: Request) -> Response:
         return response
     if user is None:
         return render(request, "login.html", status=401, next=target, error=WORDS[lang_of(request)]["wrong_login"])
-    response = RedirectResponse(target, status_code=303)
+    return _start_session(request, RedirectResponse(target, status_code=303), user.name)
+
+
+def _start_session(request: Request, response: Response, name: str) -> Response:
+    """`response` with a new session cookie for `name`."""
+    srv = service(request)
     lifetime = srv.settings.session_hours * 3600
     response.set_cookie(
         SESSION_COOKIE,
-        srv.signer.session_cookie(user.name, lifetime),
+        srv.signer.session_cookie(name, lifetime),
         max_age=int(lifetime),
         httponly=True,
         samesite="lax",
@@ -438,12 +443,15 @@ async def change_users(request: Request) -> Response:
             if field.get("role"):
                 await run_in_threadpool(store.set_role, engine, name, field["role"])
             if field.get("password"):
-                await run_in_threadpool(store.set_password, engine, name, field["password"])
+                await run_in_threadpool(service(request).set_password, name, field["password"])
             done = words["user_changed"].format(name=name)
     except store.StoreError as exc:
         rows = await run_in_threadpool(store.list_users, engine)
         return render(request, "users.html", status=400, user=user, rows=rows, roles=auth.ROLES, done="", error=exc.detail)
-    return RedirectResponse(f"/users?{urlencode({'done': done})}", status_code=303)
+    response = RedirectResponse(f"/users?{urlencode({'done': done})}", status_code=303)
+    if name == user.name and field.get("password"):  # the admin's other sessions end, this one goes on
+        return _start_session(request, response, name)
+    return response
 
 
 async def not_found_page(request: Request, status: int) -> Response:
