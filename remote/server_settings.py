@@ -46,9 +46,9 @@ class TrendRule:
 
 @dataclass(frozen=True)
 class FleetSettings:
-    """Fleet layer of the support server: event time, inventory, problems, incident detectors."""
+    """Fleet layer of the support server: inventory, problems, incident detectors (event time
+    is clamped by [server] clock_ahead_seconds)."""
 
-    max_clock_ahead_seconds: float = bounded(0, 86400 * 365)
     missing_after_hours: float = bounded(0.1, 24 * 365)
     at_risk_horizon_days: float = bounded(0.1, 3650)
     trend_history: int = bounded(2, 10000)

@@ -41,6 +41,20 @@ def test_misspelled_key_names_file_key_and_suggestion(tmp_path):
     assert "battery_low_pct" in message
 
 
+def test_moved_fleet_clock_key_names_file_and_new_place(tmp_path):
+    from remote.server.cli import server_settings
+
+    path = write(tmp_path, "[server.fleet]\nmax_clock_ahead_seconds = 600\n")
+    for load in (config.load, server_settings):
+        with pytest.raises(ConfigError) as err:
+            load(str(path))
+        message = str(err.value)
+        assert str(path) in message and "server.fleet.max_clock_ahead_seconds" in message
+        assert "moved" in message and "[server] clock_ahead_seconds" in message
+    moved = server_settings(str(write(tmp_path, "[server]\nclock_ahead_seconds = 600\n")))
+    assert moved.clock_ahead_seconds == 600
+
+
 def test_string_where_number_belongs(tmp_path):
     path = write(tmp_path, "[probes.power]\nbattery_low_pct = 'twenty'\n")
     with pytest.raises(ConfigError) as err:

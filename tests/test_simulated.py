@@ -2,7 +2,6 @@
 probes' real code paths; a healthy terminal produces none."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -71,11 +70,11 @@ def test_cli_simulated_sweep_json_shape_and_exit_codes():
     assert warning_only.returncode == 0
 
 
-def test_cli_unknown_fault_is_usage_error_and_leaves_no_temp_dirs():
-    before = set(os.listdir("/tmp"))
-    result = run_cli("probe", "--simulate", "nosuch.fault")
+def test_cli_unknown_fault_is_usage_error_and_leaves_no_temp_dirs(tmp_path):
+    # A temp directory of the test's own: other processes' posdiag-sim-* in /tmp do not count.
+    result = run_cli("probe", "--simulate", "nosuch.fault", env={"TMPDIR": str(tmp_path)})
     assert result.returncode == 2 and "unknown fault nosuch.fault" in result.stderr
-    assert not {d for d in set(os.listdir("/tmp")) - before if d.startswith("posdiag-sim-")}
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_table_for_people():

@@ -21,6 +21,8 @@ from probes.contract.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/posdiag/posdiag.toml")
 DEFAULT_NAME = "posdiag.toml"
+# Keys a release moved: still an error (a file is never half-read), but one that says where.
+MOVED = {"server.fleet.max_clock_ahead_seconds": "[server] clock_ahead_seconds"}
 
 
 def packaged_default_text() -> str:
@@ -72,16 +74,20 @@ def check_keys(
     """Unknown keys are errors; with `problems`, each is appended there instead of raised."""
     for key in table:
         if key not in known:
-            import difflib
-
-            guess = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-            error = ConfigError(
-                origin(prefix + key), prefix + key, f"unknown key{hint}; expected one of: {', '.join(sorted(known))}"
-            )
+            error = ConfigError(origin(prefix + key), prefix + key, unknown_key_problem(prefix, key, known))
             if problems is None:
                 raise error
             problems.append(error)
+
+
+def unknown_key_problem(prefix: str, key: str, known: set[str]) -> str:
+    if prefix + key in MOVED:
+        return f"this key has moved: set {MOVED[prefix + key]} instead"
+    import difflib
+
+    guess = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+    return f"unknown key{hint}; expected one of: {', '.join(sorted(known))}"
 
 
 def convert(

@@ -374,7 +374,7 @@ async def list_bundles(
     until: Annotated[datetime | None, Query(description="created before (ISO-8601 with zone)")] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-    verdict: Annotated[Verdict | None, Query(description="dispatch verdict")] = None,
+    verdict: Annotated[Verdict | None, Query(description="dispatch verdict; hold: held by a fleet outage (fleet_dispatch)")] = None,
 ) -> Any:
     srv = service(request)
     flt = store.BundleFilter(

@@ -66,6 +66,7 @@ class Session:
     user: str
     expires: float
     sid: str
+    issued: float  # 0 for a cookie made before cookies said when they were issued
 
 
 class Signer:
@@ -76,7 +77,8 @@ class Signer:
         return hmac.new(self.secret, text.encode("ascii"), hashlib.sha256).hexdigest()
 
     def session_cookie(self, user: str, lifetime_seconds: float) -> str:
-        body = {"user": user, "exp": time.time() + lifetime_seconds, "sid": secrets.token_hex(16)}
+        now = time.time()
+        body = {"user": user, "exp": now + lifetime_seconds, "sid": secrets.token_hex(16), "iat": now}
         payload = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
         return f"{payload}.{self._mac('session:' + payload)}"
 
@@ -88,7 +90,7 @@ class Signer:
             if not hmac.compare_digest(mac, self._mac("session:" + payload)):
                 return None
             body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            session = Session(user=str(body["user"]), expires=float(body["exp"]), sid=str(body["sid"]))
+            session = Session(str(body["user"]), float(body["exp"]), str(body["sid"]), float(body.get("iat", 0)))
         except (ValueError, KeyError, TypeError, UnicodeError):
             return None
         return session if session.expires > time.time() else None

@@ -52,6 +52,7 @@ users = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("password_hash", sa.String(256), nullable=False),
     sa.Column("created_at", TIME, nullable=False),
+    sa.Column("sessions_after", TIME),  # set by a password change: sessions issued before it are over
 )
 
 # Per-user page settings; a table of its own so that adding one needs no change to `users`.

@@ -128,11 +128,20 @@ class Service:
         return store.terminal_for_token(self.engine, token)
 
     def user_by_session(self, cookie: str | None) -> User | None:
+        """None when signed out, and when the user was removed or changed password since."""
         session = self.signer.read_session(cookie)
         if session is None or store.session_revoked(self.engine, session.sid):
             return None
         row = store.get_user(self.engine, session.user)
-        return User(row["name"], row["role"]) if row else None
+        if row is None or (row["sessions_after"] or "") > db.stamp(datetime.fromtimestamp(session.issued, UTC)):
+            return None
+        return User(row["name"], row["role"])
+
+    def set_password(self, name: str, password: str) -> None:
+        """Ends the user's sessions, and drops the HTTP basic pairs this process verified."""
+        store.set_password(self.engine, name, password)
+        with self._cache_lock:
+            self._basic_cache.clear()
 
     def sign_out(self, cookie: str | None) -> None:
         """The session ends on every server now, not when its cookie would have expired."""

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from remote.server import auth, daily, db, retention
+from remote.server.fleet.schema import bundle_fleet
 from remote.server.db import (
     bundle_views,
     bundles,
@@ -192,9 +193,10 @@ def _change_user(engine: Engine, name: str, **values: Any) -> None:
 
 
 def set_password(engine: Engine, name: str, password: str) -> None:
+    """The new password, and the end of every session the user has (Service.user_by_session)."""
     if len(password) < 8:
         raise StoreError("weak_password", "a password has at least 8 characters")
-    _change_user(engine, name, password_hash=auth.hash_password(password))
+    _change_user(engine, name, password_hash=auth.hash_password(password), sessions_after=db.now())
 
 
 def set_role(engine: Engine, name: str, role: str) -> None:
@@ -366,17 +368,23 @@ class BundleFilter:
 
     def clauses(self) -> list[Any]:
         """Exact matches, except model and firmware: case-insensitive prefixes ("a9" finds
-        A920 and A930), as support types them from a label or a complaint."""
+        A920 and A930), as support types them from a label or a complaint; verdict `hold`:
+        the bundles a fleet incident holds (their fleet_dispatch), whatever the terminal said."""
         out: list[Any] = []
         for column, value in (
             (bundles.c.terminal_id, self.terminal),
             (bundles.c.code, self.code),
             (bundles.c.top_cause, self.cause),
             (bundles.c.top_category, self.category),
-            (bundles.c.verdict, self.verdict),
+            (bundles.c.verdict, None if self.verdict == "hold" else self.verdict),
         ):
             if value:
                 out.append(column == value)
+        if self.verdict == "hold":
+            held = sa.select(bundle_fleet.c.bundle_id).where(
+                bundle_fleet.c.bundle_id == bundles.c.id, bundle_fleet.c.hold_incident.is_not(None)
+            )
+            out.append(held.exists())
         for column, value in ((bundles.c.model, self.model), (bundles.c.firmware, self.firmware)):
             if value:
                 out.append(sa.func.lower(column).startswith(value.lower(), autoescape=True))

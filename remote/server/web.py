@@ -32,7 +32,7 @@ from remote.server.service import Service, User
 
 CSRF_COOKIE = "posdiag_csrf"
 FILTERS = ("terminal", "code", "cause", "category", "model", "firmware", "verdict", "since", "until")
-VERDICTS = ("none", "merchant", "remote", "onsite")
+VERDICTS = ("none", "merchant", "remote", "onsite", "hold")
 TEMPLATES = Path(__file__).parent / "templates"
 WORDS = tomllib.loads((TEMPLATES / "words.toml").read_text(encoding="utf-8"))
 # The server does not import the terminal's probe code; these are the probes DESIGN.md names.
@@ -138,7 +138,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
         binding = "n:" + str(srv.signer.presession(new_cookie))
     lang = lang_of(request)
     if context.get("user") is not None:
-        context.setdefault("open_outages", fleet_web.open_outages(srv))
+        context.setdefault("open_outages", getattr(request.state, "open_outages", []))
     html = templates.get_template(name).render(
         csrf=srv.signer.csrf_token(binding), path=request.url.path, user=context.pop("user", None),
         lang=lang, t=WORDS[lang], here=_here(request), **context,
@@ -169,11 +169,13 @@ def _https(request: Request) -> bool:
 
 
 async def page_user(request: Request) -> User | None:
-    """The signed-in user (None when nobody is); remembers the user's page language."""
+    """The signed-in user (None when nobody is); remembers the user's page language and the
+    open outages for the banner (read here, in the thread pool: render runs on the event loop)."""
     srv = service(request)
     user = await run_in_threadpool(srv.user_by_session, request.cookies.get(SESSION_COOKIE))
     if user is not None:
         request.state.lang = await run_in_threadpool(store.user_lang, srv.engine, user.name)
+        request.state.open_outages = await run_in_threadpool(fleet_web.open_outages, srv)
     return user
 
 
@@ -218,11 +220,16 @@ async def login(request: Request) -> Response:
         return response
     if user is None:
         return render(request, "login.html", status=401, next=target, error=WORDS[lang_of(request)]["wrong_login"])
-    response = RedirectResponse(target, status_code=303)
+    return _start_session(request, RedirectResponse(target, status_code=303), user.name)
+
+
+def _start_session(request: Request, response: Response, name: str) -> Response:
+    """`response` with a new session cookie for `name`."""
+    srv = service(request)
     lifetime = srv.settings.session_hours * 3600
     response.set_cookie(
         SESSION_COOKIE,
-        srv.signer.session_cookie(user.name, lifetime),
+        srv.signer.session_cookie(name, lifetime),
         max_age=int(lifetime),
         httponly=True,
         samesite="lax",
@@ -434,12 +441,15 @@ async def change_users(request: Request) -> Response:
             if field.get("role"):
                 await run_in_threadpool(store.set_role, engine, name, field["role"])
             if field.get("password"):
-                await run_in_threadpool(store.set_password, engine, name, field["password"])
+                await run_in_threadpool(service(request).set_password, name, field["password"])
             done = words["user_changed"].format(name=name)
     except store.StoreError as exc:
         rows = await run_in_threadpool(store.list_users, engine)
         return render(request, "users.html", status=400, user=user, rows=rows, roles=auth.ROLES, done="", error=exc.detail)
-    return RedirectResponse(f"/users?{urlencode({'done': done})}", status_code=303)
+    response = RedirectResponse(f"/users?{urlencode({'done': done})}", status_code=303)
+    if name == user.name and field.get("password"):  # the admin's other sessions end, this one goes on
+        return _start_session(request, response, name)
+    return response
 
 
 async def not_found_page(request: Request, status: int) -> Response:

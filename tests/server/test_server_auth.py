@@ -197,3 +197,36 @@ def test_serve_refuses_what_cannot_work_in_one_line_before_serving(tmp_path, arg
         done = subprocess.run([str(CLI), "serve", "--data", str(tmp_path), *args], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr == f"posdiag-support: {message.replace('BUSY', port)}\n"
+
+
+def test_a_password_change_ends_the_users_other_sessions(server):
+    """Changed on the users page or with `users passwd`: every session of that user ends (a
+    stolen cookie dies with the old password), except the admin's own that made the change."""
+    from test_server_pages import csrf_of, signed_in
+
+    from remote.server import store
+
+    clerk, boss = f"clerk-{uuid.uuid4().hex[:6]}", f"boss-{uuid.uuid4().hex[:6]}"
+    store.add_user(server.service.engine, clerk, "support", PASSWORD)
+    store.add_user(server.service.engine, boss, "admin", PASSWORD)
+
+    def signed_out(session: requests.Session) -> bool:
+        return session.get(server.url + "/", allow_redirects=False, timeout=10).status_code == 303
+
+    def change_password(admin: requests.Session, name: str) -> None:
+        csrf = csrf_of(admin.get(server.url + "/users", timeout=10).text)
+        done = admin.post(server.url + "/users", data={"csrf": csrf, "name": name, "action": "change", "password": PASSWORD}, timeout=10)
+        assert done.status_code == 200 and done.url.startswith(server.url + "/users?done="), done.text
+
+    stolen = signed_in(server, clerk)
+    db_url = server.service.engine.url.render_as_string(hide_password=False)
+    passwd = subprocess.run([str(CLI), "users", "passwd", clerk, "--db", db_url, "--password", PASSWORD], capture_output=True, text=True, timeout=60)
+    assert passwd.returncode == 0, passwd.stderr
+    assert signed_out(stolen)
+
+    clerk_session, here, elsewhere = signed_in(server, clerk), signed_in(server, boss), signed_in(server, boss)
+    change_password(here, clerk)
+    assert signed_out(clerk_session) and not signed_out(signed_in(server, clerk))
+    assert not signed_out(here) and not signed_out(elsewhere)
+    change_password(here, boss)  # the admin's own password: this session goes on, the others end
+    assert not signed_out(here) and signed_out(elsewhere)

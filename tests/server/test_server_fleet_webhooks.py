@@ -16,6 +16,7 @@ import pytest
 import requests
 from server_bundles import make_bundle
 from server_harness import default_settings, fresh_pg_database, start_server
+from test_server_pages import signed_in
 
 from remote.server import db, store
 
@@ -101,6 +102,8 @@ def test_outage_webhook_survives_a_restart_and_terminals_are_told(db_url, tmp_pa
     told = http.post(f"{server.url}/api/v1/heartbeats", json=beat("W-7", now, labels), headers={"Authorization": f"Bearer {terminals[7]}"}, timeout=30).json()
     assert [(i["kind"], i["scope"]) for i in told["incidents"]] == [("outage", labels)]
     assert "acquirer Z" in told["incidents"][0]["summary"]["en"]
+    page = signed_in(server).get(f"{server.url}/terminals", timeout=30).text  # support sees it on every page
+    assert 'id="outage-banner"' in page and f"/incidents#{told['incidents'][0]['id']}" in page
     poll = http.get(f"{server.url}/api/v1/terminals/W-7/commands/next", headers={"Authorization": f"Bearer {terminals[7]}"}, timeout=30)
     assert poll.status_code == 204 and json.loads(poll.headers["X-Posdiag-Incidents"])[0]["id"] == told["incidents"][0]["id"]
     store.add_command(server.service.engine, "W-7", ["network"], None, "support")
@@ -150,5 +153,36 @@ def test_one_noisy_terminal_never_opens_an_outage(db_url, tmp_path):
         assert server.get("/api/v1/incidents").json()["items"] == []
         listed = server.get("/api/v1/bundles", params={"terminal": "N-0", "limit": 50}).json()["items"]
         assert len(listed) == 30 and all(b["fleet_dispatch"] is None for b in listed)
+    finally:
+        servers.close()
+
+
+def test_verdict_hold_lists_the_bundles_an_outage_holds(db_url, tmp_path):
+    """Support filters on `hold` (API and Bundles page): the bundles whose fleet_dispatch is a
+    hold, though each keeps the terminal's own verdict (remote here)."""
+    labels = {"acquirer": "H", "region": "north"}
+    now = datetime.now(UTC)
+    servers = start_server(db_url, tmp_path / "data", "hold", settings(""))
+    server = next(servers)
+    try:
+        tokens = [store.add_terminal(server.service.engine, f"H-{i}") for i in range(8)]
+        for i, token in enumerate(tokens):
+            for hours in (3, 2, 1):
+                answer = requests.post(f"{server.url}/api/v1/heartbeats", json=beat(f"H-{i}", now - timedelta(hours=hours), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+                assert answer.status_code == 202
+        for i, token in enumerate(tokens[:7]):
+            bundle_id, body = make_bundle(token, f"H-{i}", code="96", cause="host.unreachable", category="host", verdict="remote",
+                                          created_at=db.stamp(now - timedelta(minutes=20 - i)), labels=labels)  # fmt: skip
+            assert server.upload(token, body, bundle_id).status_code == 201
+        printer_id, body = make_bundle(tokens[7], "H-7", verdict="remote", created_at=db.stamp(now - timedelta(minutes=5)), labels=labels)
+        assert server.upload(tokens[7], body, printer_id).status_code == 201
+
+        everything = server.get("/api/v1/bundles", params={"limit": 50}).json()["items"]
+        held = {b["id"] for b in everything if b["fleet_dispatch"]}
+        assert len(held) >= 5 and printer_id not in held
+        listed = server.get("/api/v1/bundles", params={"verdict": "hold", "limit": 50}).json()["items"]
+        assert {b["id"] for b in listed} == held and {b["verdict"] for b in listed} == {"remote"}
+        page = signed_in(server).get(f"{server.url}/bundles", params={"verdict": "hold"}, timeout=30).text
+        assert all(f"/bundles/{i}" in page for i in held) and f"/bundles/{printer_id}" not in page
     finally:
         servers.close()

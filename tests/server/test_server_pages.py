@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
+import sqlalchemy as sa
 from server_bundles import PASSWORD, make_bundle
 
 XSS = '<script>alert("x")</script>'
@@ -132,6 +136,30 @@ def test_sign_out(server):
     page = session.get(server.url + "/", timeout=10)
     session.post(server.url + "/logout", data={"csrf": csrf_of(page.text)}, timeout=10)
     assert session.get(server.url + "/", allow_redirects=False, timeout=10).status_code == 303
+
+
+def test_a_slow_outage_banner_read_does_not_stall_other_requests(server):
+    """Every signed-in page reads the open outages for its banner; with that read slow, the
+    page waits, and nothing else does (the read is off the event loop)."""
+    session = signed_in(server)
+    started = threading.Event()
+
+    def slow(conn, cursor, statement, *args):
+        if "FROM incidents" in statement:
+            started.set()
+            time.sleep(2)
+
+    sa.event.listen(server.service.engine, "before_cursor_execute", slow)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            page = pool.submit(session.get, server.url + "/terminals", timeout=30)
+            assert started.wait(10)
+            begun = time.monotonic()
+            assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
+            assert time.monotonic() - begun < 1.0
+            assert page.result().status_code == 200
+    finally:
+        sa.event.remove(server.service.engine, "before_cursor_execute", slow)
 
 
 def test_logs_are_redacted_again_on_the_way_out(server):

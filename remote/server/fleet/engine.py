@@ -25,13 +25,14 @@ TICK_SECONDS = 0.5
 
 def manifest_labels(manifest: dict[str, Any]) -> dict[str, str] | None:
     """terminal.labels of a manifest: the well-formed entries (a bundle is never refused
-    for a bad label; the label is dropped), or None when the manifest has none."""
+    for a bad label; the label is dropped), card data masked, or None when the manifest has
+    none (an older agent: the stored labels stay)."""
     terminal = manifest.get("terminal")
     raw = terminal.get("labels") if isinstance(terminal, dict) else None
     if not isinstance(raw, dict):
         return None
     return {
-        k: ingest.clean(v) for k, v in list(raw.items())[:32]
+        k: ingest.shown(v) for k, v in list(raw.items())[:32]
         if isinstance(k, str) and LABEL_KEY.fullmatch(k) and isinstance(v, str) and 0 < len(v) <= 64
         and not any(c in v for c in "&=") and v.isprintable()
     }  # fmt: skip
@@ -41,6 +42,7 @@ class Fleet:
     def __init__(self, engine: Engine, settings: ServerSettings) -> None:
         self.engine = engine
         self.settings = settings.fleet
+        self.clock_ahead_seconds = settings.clock_ahead_seconds
         self.hooks = settings.webhooks
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -49,7 +51,7 @@ class Fleet:
     # -- event time -----------------------------------------------------------------------
 
     def clamp(self, event_at: str, received_at: str) -> tuple[str, bool]:
-        return timing.clamp(event_at, received_at, self.settings.max_clock_ahead_seconds)
+        return timing.clamp(event_at, received_at, self.clock_ahead_seconds)
 
     # -- arrivals -------------------------------------------------------------------------
 
@@ -83,9 +85,11 @@ class Fleet:
             self._close_quiet(conn)
 
     def on_heartbeat(self, beat: Heartbeat, event_at: str, clamped: bool, received_at: str) -> None:
+        """Texts are masked as a bundle's are (ingest.shown); no labels: the stored stay."""
         seen = inventory.Sighting(
-            beat.terminal_id, event_at, beat.model, beat.firmware, beat.app_version, beat.agent_version,
-            dict(beat.labels) if beat.labels else None, clamped, received_at, heartbeat=True,
+            beat.terminal_id, event_at, ingest.shown(beat.model), ingest.shown(beat.firmware),
+            ingest.shown(beat.app_version), ingest.shown(beat.agent_version),
+            {k: ingest.shown(v) for k, v in beat.labels.items()} or None, clamped, received_at, heartbeat=True,
         )  # fmt: skip
         with db.writing(self.engine) as conn:
             inventory.record(conn, seen, self.settings)
