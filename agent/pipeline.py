@@ -7,7 +7,6 @@ so redoing the work after a crash stores the same bundle, not a second one.
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from agent.config import Config
 from agent.diagnosis import Diagnosis, diagnose
 from agent.history import ring_for
 from agent.outbox import Outbox
+from probes._serial_line import lock_holder
 
 SHARED_DEVICE_PROBES = ("printer", "card_reader")
 COMMAND_NAMESPACE = uuid.UUID("0b7c8a52-8d7e-4f57-b1a4-3c2f5e1e9a61")
@@ -48,18 +48,8 @@ def busy_devices(lock_files: list[str]) -> dict[str, str]:
     """Probes to skip while the payment app holds a lock file. A lock naming a pid that no
     longer runs (UUCP-style LCK.. files) is stale and ignored."""
     for name in lock_files:
-        path = Path(name)
-        try:
-            text = path.read_text(errors="replace").strip()
-        except FileNotFoundError:
-            continue
-        except OSError:
-            text = ""
-        first = text.split()[0] if text else ""
-        if first.isdigit() and not os.path.exists(f"/proc/{int(first)}"):
-            continue
-        reason = f"payment app holds {path.name}"
-        return dict.fromkeys(SHARED_DEVICE_PROBES, reason)
+        if lock_holder(Path(name)):
+            return dict.fromkeys(SHARED_DEVICE_PROBES, f"payment app holds {Path(name).name}")
     return {}
 
 

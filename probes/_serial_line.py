@@ -12,9 +12,12 @@ The module name starts with "_" so the probe scanner does not take it for a prob
 from __future__ import annotations
 
 import errno
+import os
+import sys
 import termios
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Literal, TypeVar
 
@@ -45,6 +48,33 @@ def as_observation(exc: LineError, prefix: str, port: str) -> Observation:
     if exc.kind == "denied":
         return Observation([Finding.fail(f"{prefix}.permission_denied", str(exc), port=port)])
     return Observation([Finding.fail(f"{prefix}.no_response", str(exc), port=port)])
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds a UUCP-style lock file (LCK..ttyUSB2, as pppd and dialers leave them): "pid N",
+    "an unknown process" when no pid can be read, or None when there is no lock or its pid
+    no longer runs (a stale lock)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "an unknown process"
+    words = data.decode("ascii", "replace").split()
+    if words and words[0].isdigit():
+        pid = int(words[0])
+    elif len(data) == 4:  # the old binary form: the pid as a native int
+        pid = int.from_bytes(data, sys.byteorder)
+    else:
+        return "an unknown process"
+    return f"pid {pid}" if os.path.exists(f"/proc/{pid}") else None
+
+
+def port_lock(port: str, lock_dir: str) -> Path | None:
+    """The lock file a dialer would hold for a device path; None for a pyserial URL."""
+    if not lock_dir or "://" in port:
+        return None
+    return Path(lock_dir) / f"LCK..{Path(port).name}"
 
 
 def error_errno(exc: BaseException) -> int | None:

@@ -15,6 +15,9 @@ With source "auto" the probe first asks `mmcli -J -L`: a modem listed there is o
 ModemManager, and opening its AT port beside it would disturb both (DOMAIN.md section 6), so
 the same facts are read from `mmcli -J -m N` instead.
 
+The AT port is not opened while a dialer holds its UUCP lock file (lock_dir/LCK..PORT with a
+live pid): pppd on that port would lose its data session. The probe is then skipped.
+
 One finding per root: a missing or locked SIM explains the missing registration and data
 session, so those are not reported on top of it.
 """
@@ -41,7 +44,7 @@ from probes._modem_facts import (
     parse_iccid,
     parse_reg,
 )
-from probes._serial_line import Line, LineError, as_observation
+from probes._serial_line import Line, LineError, as_observation, lock_holder, port_lock
 from probes.contract.records import Finding, MetricValue, Observation, Status
 from probes.contract.settings import ProbeSettings, bounded
 
@@ -69,6 +72,7 @@ class ModemSettings(ProbeSettings):
     xonxoff: bool
     command_timeout_seconds: float = bounded(0.05, 60)
     mmcli: str  # the mmcli command
+    lock_dir: str  # where dialers (pppd) leave UUCP lock files; empty: not looked at
     expected_apn: str  # empty: the APN is not checked
     weak_rssi_dbm: float = bounded(-130, 0)
     weak_rsrp_dbm: float = bounded(-150, 0)
@@ -104,6 +108,10 @@ def from_modemmanager(settings: ModemSettings, modem: str, deadline: float) -> O
 
 
 def over_at(settings: ModemSettings, deadline: float) -> Observation:
+    lock = port_lock(settings.port, settings.lock_dir)
+    holder = lock_holder(lock) if lock else None
+    if holder:  # AT commands on a port pppd is dialled on would break the data session
+        return Observation(status=Status.SKIPPED, metrics={"reason": f"{settings.port} is in use by {holder} ({lock}): not opened"})
     try:
         with Line(settings.port, settings.baud_rate, settings.rtscts, settings.xonxoff) as line:
             t0 = time.monotonic()

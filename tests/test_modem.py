@@ -5,6 +5,8 @@ ModemManager path, and the CLI for the simulated terminal."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -134,6 +136,19 @@ def test_silent_modem_ends_within_the_command_timeout():
         observation = probe(device.path, command_timeout_seconds=0.3)
     assert ids(observation) == ["modem.no_response"] and time.monotonic() - t0 < 1.0
     assert observation.findings[0].detail.startswith("no answer to AT on ")
+
+
+def test_a_port_a_dialer_holds_is_not_opened_and_a_stale_lock_is_ignored(tmp_path):
+    with ModemEmulator() as device:
+        lock = tmp_path / f"LCK..{Path(device.path).name}"
+        lock.write_text(f"{os.getpid():>10}\n")  # HDB form, as pppd writes it; this pid runs
+        held = probe(device.path, lock_dir=str(tmp_path))
+        assert device.commands == []  # not one AT command on a port in use
+        assert held.derived_status() is Status.SKIPPED and f"in use by pid {os.getpid()}" in held.metrics["reason"]
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout
+        lock.write_text(f"{int(gone):>10}\n")  # that pid has ended: a stale lock
+        assert probe(device.path, lock_dir=str(tmp_path)).derived_status() is Status.OK
+        assert device.commands == DIALOGUE
 
 
 def test_no_port_and_no_modemmanager_is_skipped():
