@@ -7,7 +7,9 @@ window of W minutes ending at an event time t:
        top cause (one terminal counts once, however noisy);
   N  = the scope's active terminals (seen within missing_after_hours before t);
   λ  = the scope's own rate of such bundles per terminal-hour over the baseline days
-       before the window, bundles already held by an incident left out, never below a floor;
+       before the window, bundles already held by an incident left out, never below a floor.
+       The three windows tested around one event share N (at the event) and λ (before the
+       earliest of them), counted from the rollups of baseline.py;
   μ  = λ · N · W.
 
 Under "nothing happened" each terminal fails as a Poisson process of rate λ, so the number
@@ -24,6 +26,7 @@ open outage joins it; an open outage explained by a wider new one is widened in 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -63,25 +66,45 @@ def _failing(conn: sa.Connection, scope_key: str, start: str, end: str) -> tuple
     return {r[0] for r in rows}, min((r[1] for r in rows), default=None)
 
 
-def _rate(conn: sa.Connection, scope_key: str, start: str, active: int, settings: FleetSettings) -> float:
-    """Baseline bundles per terminal-hour before `start`, over the history there is."""
-    first_day = conn.execute(sa.select(sa.func.min(terminal_days.c.day))).scalar()
-    begin = timing.shift(start, days=-settings.outage_baseline_days)
-    if first_day and first_day + "T00:00:00.000000Z" > begin:
-        begin = first_day + "T00:00:00.000000Z"
-    hours = max(timing.hours_between(begin, start), 1.0)
-    count = baseline.unheld_events(conn, scope_key, begin, start)
-    return max(count / (max(active, 1) * hours), settings.outage_baseline_floor_per_terminal_hour)
+class ScopeBaseline:
+    """What a scope's windows are compared with: its active terminals at `at` and its
+    unheld failures over the baseline days before `before`. Counted once, when first
+    needed, and shared by the windows tested around one event (they end within W of it)."""
+
+    def __init__(self, conn: sa.Connection, scope_key: str, at: str, before: str, settings: FleetSettings) -> None:
+        self.conn, self.scope_key, self.at, self.before, self.settings = conn, scope_key, at, before, settings
+
+    @functools.cached_property
+    def active(self) -> int:
+        return baseline.active(self.conn, self.scope_key, self.at, self.settings)
+
+    @functools.cached_property
+    def history(self) -> tuple[int, float]:
+        """(failures, hours) over the baseline days before `before`, or the history there is."""
+        first_day = self.conn.execute(sa.select(sa.func.min(terminal_days.c.day))).scalar()
+        begin = timing.shift(self.before, days=-self.settings.outage_baseline_days)
+        if first_day and first_day + "T00:00:00.000000Z" > begin:
+            begin = first_day + "T00:00:00.000000Z"
+        return baseline.unheld_events(self.conn, self.scope_key, begin, self.before), max(timing.hours_between(begin, self.before), 1.0)
+
+    def rate(self, active: int) -> float:
+        """Failures per terminal-hour, never below the floor."""
+        count, hours = self.history
+        return max(count / (max(active, 1) * hours), self.settings.outage_baseline_floor_per_terminal_hour)
 
 
-def test_window(conn: sa.Connection, scope_key: str, start: str, end: str, settings: FleetSettings, floor: int) -> Window | None:
-    """The window's counts and tail, or None when fewer than `floor` terminals fail in it."""
+def test_window(
+    conn: sa.Connection, scope_key: str, start: str, end: str, settings: FleetSettings, floor: int,
+    base: ScopeBaseline | None = None,
+) -> Window | None:  # fmt: skip
+    """The window's counts and tail, or None when fewer than `floor` terminals fail in it.
+    Without `base`, N is counted at `end` and the baseline ends at `start`."""
     failing, first_at = _failing(conn, scope_key, start, end)
     if len(failing) < floor or first_at is None:
         return None
-    active = max(baseline.active(conn, scope_key, end, settings), len(failing))
-    rate = _rate(conn, scope_key, start, active, settings)
-    expected = rate * active * timing.hours_between(start, end)
+    base = base or ScopeBaseline(conn, scope_key, end, start, settings)
+    active = max(base.active, len(failing))
+    expected = base.rate(active) * active * timing.hours_between(start, end)
     return Window(scope_key, start, end, failing, first_at, active, expected, poisson_sf(len(failing), expected))
 
 
@@ -117,8 +140,10 @@ def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: Fleet
     windows: list[Window] = []
     for key in scope_keys:
         best = None
+        # one baseline for the three windows: N at t, failures before the first window
+        base = ScopeBaseline(conn, key, t, timing.shift(t, minutes=-width), settings)
         for end in (t, timing.shift(t, minutes=width / 2), timing.shift(t, minutes=width)):
-            w = test_window(conn, key, timing.shift(end, minutes=-width), end, settings, settings.outage_min_terminals)
+            w = test_window(conn, key, timing.shift(end, minutes=-width), end, settings, settings.outage_min_terminals, base)
             if w and opens(w, settings) and (best is None or w.p_value < best.p_value):
                 best = w
         if best:
