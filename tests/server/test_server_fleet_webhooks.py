@@ -81,18 +81,24 @@ def beat(tid: str, when: datetime, labels: dict[str, str]) -> dict:
     return {"terminal_id": tid, "sent_at": db.stamp(when), "model": "A920", "firmware": "1.0", "labels": labels, "health": {}, "counters": {}}
 
 
+def enrol(server, prefix: str, labels: dict[str, str], now: datetime, hours_ago=(3, 2, 1), count: int = 8) -> list[str]:
+    """`count` terminals PREFIX-0.. with these labels, each heard from `hours_ago`; their tokens."""
+    tokens = [store.add_terminal(server.service.engine, f"{prefix}-{i}") for i in range(count)]
+    for i, token in enumerate(tokens):
+        for hours in hours_ago:
+            answer = requests.post(f"{server.url}/api/v1/heartbeats", json=beat(f"{prefix}-{i}", now - timedelta(hours=hours), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+            assert answer.status_code == 202, answer.text
+    return tokens
+
+
 def test_outage_webhook_survives_a_restart_and_terminals_are_told(db_url, tmp_path):
     receiver = Receiver()
     labels = {"acquirer": "Z", "region": "east"}
     now = datetime.now(UTC)
     first = start_server(db_url, tmp_path / "data", "hooks", settings(receiver.url))
     server = next(first)
-    terminals = [store.add_terminal(server.service.engine, f"W-{i}") for i in range(8)]
+    terminals = enrol(server, "W", labels, now)
     http = requests.Session()
-    for i, token in enumerate(terminals):
-        for hours in (3, 2, 1):
-            answer = http.post(f"{server.url}/api/v1/heartbeats", json=beat(f"W-{i}", now - timedelta(hours=hours), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)
-            assert answer.status_code == 202, answer.text
     for i, token in enumerate(terminals[:7]):
         bundle_id, body = make_bundle(token, f"W-{i}", code="96", cause="host.unreachable", category="host", verdict="remote",
                                       created_at=db.stamp(now - timedelta(minutes=20 - i)), labels=labels)  # fmt: skip
@@ -139,10 +145,7 @@ def test_one_noisy_terminal_never_opens_an_outage(db_url, tmp_path):
     servers = start_server(db_url, tmp_path / "data", "noisy", settings(""))
     server = next(servers)
     try:
-        tokens = [store.add_terminal(server.service.engine, f"N-{i}") for i in range(8)]
-        for i, token in enumerate(tokens):
-            answer = requests.post(f"{server.url}/api/v1/heartbeats", json=beat(f"N-{i}", now - timedelta(hours=1), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)
-            assert answer.status_code == 202
+        tokens = enrol(server, "N", labels, now, hours_ago=(1,))
         ids = []
         for k in range(30):
             bundle_id, body = make_bundle(tokens[0], "N-0", code="96", cause="host.unreachable", category="host", verdict="remote",
@@ -165,11 +168,7 @@ def test_verdict_hold_lists_the_bundles_an_outage_holds(db_url, tmp_path):
     servers = start_server(db_url, tmp_path / "data", "hold", settings(""))
     server = next(servers)
     try:
-        tokens = [store.add_terminal(server.service.engine, f"H-{i}") for i in range(8)]
-        for i, token in enumerate(tokens):
-            for hours in (3, 2, 1):
-                answer = requests.post(f"{server.url}/api/v1/heartbeats", json=beat(f"H-{i}", now - timedelta(hours=hours), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)
-                assert answer.status_code == 202
+        tokens = enrol(server, "H", labels, now)
         for i, token in enumerate(tokens[:7]):
             bundle_id, body = make_bundle(token, f"H-{i}", code="96", cause="host.unreachable", category="host", verdict="remote",
                                           created_at=db.stamp(now - timedelta(minutes=20 - i)), labels=labels)  # fmt: skip
