@@ -170,8 +170,8 @@ class Service:
         )
         if existing["terminal_id"] != terminal["id"]:
             raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
-        if new:
-            self.fleet.on_bundle(bundle, existing, clamped)
+        # Every upload, not only the first: one whose counting failed is counted when sent again.
+        self.fleet.on_bundle(bundle, existing, clamped if new else existing["clock_flag"] == "ahead")
         return existing, new
 
     # -- reading a stored bundle ----------------------------------------------------------

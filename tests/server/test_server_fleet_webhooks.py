@@ -185,3 +185,32 @@ def test_verdict_hold_lists_the_bundles_an_outage_holds(db_url, tmp_path):
         assert all(f"/bundles/{i}" in page for i in held) and f"/bundles/{printer_id}" not in page
     finally:
         servers.close()
+
+
+def test_a_bundle_whose_counting_failed_is_counted_when_sent_again_and_only_once(db_url, tmp_path, monkeypatch):
+    """The bundle is stored, then the server dies before the fleet counted it: the
+    terminal, which got no answer, sends it again; it is counted then, and never twice."""
+    labels = {"acquirer": "R", "region": "south"}
+    servers = start_server(db_url, tmp_path / "data", "once", settings(""))
+    server = next(servers)
+    try:
+        token = store.add_terminal(server.service.engine, "R-0")
+        bundle_id, body = make_bundle(token, "R-0", code="96", cause="host.unreachable", category="host", verdict="remote", labels=labels)
+        fleet = server.service.fleet
+        counting = fleet._count_bundle
+
+        def dies(*_args, **_kw):
+            raise RuntimeError("the process died between storing and counting")
+
+        monkeypatch.setattr(fleet, "_count_bundle", dies)
+        assert server.upload(token, body, bundle_id).status_code == 500
+        assert server.get("/api/v1/problems").json()["items"] == []  # stored, not counted
+        monkeypatch.setattr(fleet, "_count_bundle", counting)
+        for _ in range(2):
+            assert server.upload(token, body, bundle_id).status_code == 200
+            (problem,) = server.get("/api/v1/problems").json()["items"]
+            assert (problem["bundles"], problem["terminals_affected"], problem["code"]) == (1, 1, "96")
+        (terminal,) = server.get("/api/v1/terminals", params={"label.acquirer": "R"}).json()["items"]
+        assert terminal["id"] == "R-0" and terminal["last_seen_at"]
+    finally:
+        servers.close()

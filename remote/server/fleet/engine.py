@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from remote.server import db, ingest
-from remote.server.fleet import baseline, incidents, inventory, outage, problems, regression, timing, webhooks
+from remote.server.fleet import baseline, incidents, inventory, outage, problems, regression, sql, timing, webhooks
 from remote.server.fleet.models import Heartbeat
 from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events
 from remote.server_settings import ServerSettings
@@ -21,6 +21,8 @@ from remote.server_settings import ServerSettings
 log = logging.getLogger("posdiag.fleet")
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 TICK_SECONDS = 0.5
+DEADLOCK_ATTEMPTS = 3
+RETRIED_SQLSTATES = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 
 
 def manifest_labels(manifest: dict[str, Any]) -> dict[str, str] | None:
@@ -56,7 +58,19 @@ class Fleet:
     # -- arrivals -------------------------------------------------------------------------
 
     def on_bundle(self, bundle: ingest.Bundle, record: dict[str, Any], clamped: bool) -> None:
-        """Count a newly stored bundle into the inventory, its problem and the detectors."""
+        """Count a stored bundle into the inventory, its problem and the detectors, once:
+        for a bundle counted before (an upload again) nothing changes. Ingest calls it for
+        every upload, so a bundle whose counting failed (a crash between the two
+        transactions) is counted when the terminal sends it again."""
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            try:
+                self._count_bundle(bundle, record, clamped)
+                return
+            except sa.exc.OperationalError as exc:  # two arrivals locked rollup rows crosswise
+                if attempt == DEADLOCK_ATTEMPTS or getattr(exc.orig, "sqlstate", None) not in RETRIED_SQLSTATES:
+                    raise
+
+    def _count_bundle(self, bundle: ingest.Bundle, record: dict[str, Any], clamped: bool) -> None:
         s = self.settings
         t = record["created_at"]
         seen = inventory.Sighting(
@@ -64,15 +78,18 @@ class Fleet:
             manifest_labels(bundle.manifest_raw), clamped, record["received_at"], heartbeat=False,
         )  # fmt: skip
         probes = _json(bundle.scan.kept.get("probes.json"))
+        text = problems.signature(record, problems.fail_findings(probes), s.signature_fields)
+        row = {
+            "bundle_id": record["id"], "terminal_id": record["terminal_id"], "event_at": t, "clock_clamped": clamped,
+            "problem_id": problems.problem_id(text) if text else None, "top_category": record["top_category"],
+            "model": record["model"], "firmware": record["firmware"], "app_version": record["app_version"],
+        }  # fmt: skip
         with db.writing(self.engine) as conn:
+            if not sql.insert_new(conn, bundle_fleet, ["bundle_id"], [row]):
+                return  # counted before
             labels = inventory.record(conn, seen, s)
-            text = problems.signature(record, problems.fail_findings(probes), s.signature_fields)
-            pid = problems.add(conn, text, record, t, labels) if text else None
-            conn.execute(bundle_fleet.insert().values(
-                bundle_id=record["id"], terminal_id=record["terminal_id"], event_at=t, clock_clamped=clamped,
-                problem_id=pid, top_category=record["top_category"], model=record["model"],
-                firmware=record["firmware"], app_version=record["app_version"],
-            ))  # fmt: skip
+            if text:
+                problems.add(conn, text, record, t, labels)
             if record["top_category"] in s.outage_categories:
                 scopes = inventory.scopes_of(labels, s)
                 if scopes:
