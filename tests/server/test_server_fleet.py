@@ -17,7 +17,7 @@ from server_harness import default_settings, fresh_pg_database, start_server
 
 from remote.server import db
 from remote.server.fleet.problems import rebuild_counts
-from remote.server.fleet.schema import problem_counts
+from remote.server.fleet.schema import problem_counts, problem_terminals
 
 # A simulated fleet is a few hundred requests through the real API: more than the default limit.
 pytestmark = pytest.mark.timeout(600)
@@ -121,9 +121,16 @@ def test_injected_events_are_found_and_nothing_else(run):
     everywhere = {p["id"]: p for p in server.get("/api/v1/problems", params={"limit": 200}).json()["items"]}
     assert everywhere[bug["id"]]["terminals_affected"] == len(faulty)  # a terminal counts once, whatever the days
     with db.writing(server.service.engine) as conn:  # what an upgraded database is filled with equals what ingest kept
-        kept = sorted(conn.execute(sa.select(problem_counts)).all())
+        kept = [sorted(conn.execute(sa.select(t)).all()) for t in (problem_counts, problem_terminals)]
         rebuild_counts(conn)
-        assert sorted(conn.execute(sa.select(problem_counts)).all()) == kept
+        assert [sorted(conn.execute(sa.select(t)).all()) for t in (problem_counts, problem_terminals)] == kept
+    for days in (0, 1, 3):  # the last days from each terminal's newest day = counted over every day's hits
+        since = db.stamp(sim.sc.end - timedelta(days=days))
+        recent = server.get("/api/v1/problems", params={"since": since, "limit": 200}).json()["items"]
+        counted = server.get("/api/v1/problems", params={"since": since, "until": "2999-01-01T00:00:00Z", "limit": 200}).json()["items"]
+        assert recent and [(p["id"], p["terminals_affected"], p["bundles"]) for p in recent] == [
+            (p["id"], p["terminals_affected"], p["bundles"]) for p in counted
+        ]
     assert [m["key"] for m in bug["by_model"]] == ["P2"] and [f["key"] for f in bug["by_firmware"]] == ["2.1"]
     assert sum(d["count"] for d in bug["daily"]) == bug["bundles"] and set(bug["by_label"]) >= {"acquirer", "region"}
     following = server.get("/api/v1/problems", params={"limit": 3, "cursor": problems["next_cursor"]}).json()["items"]

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from remote.server.fleet import sql, timing
-from remote.server.fleet.schema import problem_counts, problem_hits, problems, terminal_labels
+from remote.server.fleet.schema import problem_counts, problem_hits, problem_terminals, problems, terminal_labels
 
 BREAKDOWN_TOP = 10  # values shown per model, firmware and label breakdown
 UNSHOWN = ("day", "build")  # counted dimensions that are no breakdown
@@ -66,6 +66,15 @@ def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, la
         .where(problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day == day)
         .values(bundles=problem_hits.c.bundles + 1)
     )
+    if new_terminal:  # a new day for this problem and terminal: it may be the newest
+        stmt = sql.insert(conn, problem_terminals)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["problem_id", "terminal_id"],
+                set_={"last_day": sql.greatest(conn, problem_terminals.c.last_day, stmt.excluded.last_day)},
+            ),
+            {"problem_id": pid, "terminal_id": terminal, "last_day": day},
+        )
     first_for_terminal = bool(new_terminal) and not conn.execute(
         sa.select(sa.literal(1)).where(
             problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day != day
@@ -105,8 +114,10 @@ def build_key(model: str, firmware: str) -> str:
 
 
 def rebuild_counts(conn: sa.Connection) -> None:
-    """Count problem_counts and the breakdowns again from problem_hits, labels as the
-    terminals carry them now (a database from before a count existed, or loaded in bulk)."""
+    """Count problem_counts, problem_terminals and the breakdowns again from problem_hits,
+    labels as the terminals carry them now (a database from before a count existed, or
+    loaded in bulk)."""
+    rebuild_terminals(conn)
     h, pc = problem_hits.c, problem_counts.c
     conn.execute(problem_counts.delete())
     cols = ["problem_id", "dim", "key", "count", "terminals"]
@@ -132,6 +143,19 @@ def rebuild_counts(conn: sa.Connection) -> None:
             dims.setdefault(pid, []).append(dim)
     for pid, names in dims.items():
         _refresh_breakdown(conn, pid, sorted(names))
+
+
+def rebuild_terminals(conn: sa.Connection) -> None:
+    h = problem_hits.c
+    conn.execute(problem_terminals.delete())
+    conn.execute(problem_terminals.insert().from_select(
+        ["problem_id", "terminal_id", "last_day"], sa.select(h.problem_id, h.terminal_id, sa.func.max(h.day)).group_by(h.problem_id, h.terminal_id)
+    ))  # fmt: skip
+
+
+@sa.event.listens_for(problem_terminals, "after_create")
+def _fill_new_table(_table: sa.Table, conn: sa.Connection, **_kw: Any) -> None:
+    rebuild_terminals(conn)
 
 
 problem_counts.c.terminals.info["fill"] = rebuild_counts
@@ -173,12 +197,19 @@ def list_problems(
     model: str | None = None, firmware: str | None = None, limit: int = 50, cursor: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
     """Ranked by terminals affected. Unfiltered: straight from `problems`; by one label,
-    model, firmware or model and firmware, over all time: from that value's count; any
-    other filter: from the per problem, terminal and day rollup (since/until are whole UTC
-    days)."""
+    model, firmware or model and firmware, over all time: from that value's count; since
+    alone: from each problem and terminal's newest day; any other filter: from the per
+    problem, terminal and day rollup (since/until are whole UTC days)."""
     labels = labels or {}
     one = _one_count(labels, model, firmware) if not (since or until) else None
-    if one is not None:
+    recent = since and not (until or labels or model or firmware)
+    if recent:  # the last days, up to now: a terminal counts if its newest day is in them
+        pt, pc = problem_terminals.c, problem_counts.c
+        terms = sa.select(pt.problem_id, sa.func.count().label("n")).where(pt.last_day >= since[:10]).group_by(pt.problem_id).subquery()
+        sums = sa.select(pc.problem_id, sa.func.sum(pc.count).label("n")).where(pc.dim == "day", pc.key >= since[:10]).group_by(pc.problem_id).subquery()
+        query = sa.select(terms.c.problem_id.label("id"), terms.c.n.label("terminals"), sums.c.n.label("bundles")).join(sums, sums.c.problem_id == terms.c.problem_id)
+        rank_t, rank_id = terms.c.n, terms.c.problem_id
+    elif one is not None:
         pc = problem_counts.c
         query = sa.select(pc.problem_id.label("id"), pc.terminals, pc.count.label("bundles")).where(pc.dim == one[0], pc.key == one[1])
         rank_t, rank_id = pc.terminals, pc.problem_id

@@ -157,6 +157,15 @@ problem_hits = sa.Table(  # one row per problem, terminal and day: filtered rank
     sa.Index("ix_problem_hits_terminal", "terminal_id", "day"),
 )
 
+problem_terminals = sa.Table(  # one row per problem and terminal: rankings over the last days
+    "problem_terminals",
+    metadata,
+    sa.Column("problem_id", sa.String(32), primary_key=True),
+    sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Column("last_day", sa.String(10), nullable=False),
+    sa.Index("ix_problem_terminals_recent", "last_day", "problem_id"),
+)
+
 incidents = sa.Table(
     "incidents",
     metadata,
