@@ -13,10 +13,10 @@ from server_harness import default_settings
 
 from remote.server import db
 from remote.server.fleet import baseline
-from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events, scope_hours, scope_members
+from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events, scope_hours, scope_members, scope_seen_hours
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
-TABLES = [bundle_fleet, outage_events, scope_hours, scope_members, fleet_terminals]
+TABLES = [bundle_fleet, outage_events, scope_hours, scope_members, scope_seen_hours, fleet_terminals]
 
 
 def at(minutes: float) -> str:
@@ -64,4 +64,33 @@ def test_a_members_last_sighting_moves_in_steps_of_a_tenth_of_missing_after():
         baseline.see(conn, "T", at(121), fleet)
         assert seen() == at(121)
         assert baseline.active(conn, "a=1", at(121), fleet) == 1  # U never seen
-        assert baseline.active(conn, "a=1", at(121 + 20 * 60 + 1), fleet) == 0
+        assert baseline.active(conn, "a=1", at(121 + 20 * 60 + 1), fleet) == 1  # the window's first hour counts whole
+        assert baseline.active(conn, "a=1", at(121 + 20 * 60 + 60), fleet) == 0
+
+
+moves = st.lists(st.tuples(st.integers(0, 5), st.floats(0, 3000), st.booleans()), max_size=80)
+
+
+@settings(max_examples=60, deadline=None)
+@given(moves, st.floats(0, 3000))
+def test_active_members_equal_a_count_of_the_members_seen_since(spec, at_minutes):
+    """Sightings in any order, and terminals leaving their scopes (labels changed) and
+    joining again: the kept counts give what counting the members gives."""
+    fleet = dataclasses.replace(default_settings().fleet, missing_after_hours=20.0)
+    engine = sa.create_engine("sqlite://")
+    db.metadata.create_all(engine, tables=TABLES)
+    with engine.begin() as conn:
+        for terminal, minutes, relabel in spec:
+            tid = f"T{terminal}"
+            if relabel or not conn.execute(sa.select(scope_members.c.terminal_id).where(scope_members.c.terminal_id == tid)).first():
+                baseline.leave(conn, tid)
+                conn.execute(scope_members.delete().where(scope_members.c.terminal_id == tid))
+                scopes = ["a=1", "b=2"] if terminal % 2 else ["a=1"]
+                conn.execute(scope_members.insert(), [{"scope_key": k, "terminal_id": tid} for k in scopes])
+            baseline.see(conn, tid, at(minutes), fleet)
+        t = at(at_minutes)
+        since = baseline.hour(db.stamp(db.parse_time(t) - timedelta(hours=20)))
+        for scope in ("a=1", "b=2"):
+            seen = conn.execute(sa.select(scope_members.c.seen_at).where(scope_members.c.scope_key == scope)).scalars().all()
+            assert baseline.active(conn, scope, t, fleet) == sum(1 for x in seen if x and baseline.hour(x) >= since)
+        assert conn.execute(sa.select(sa.func.count()).where(scope_seen_hours.c.members <= 0)).scalar() == 0

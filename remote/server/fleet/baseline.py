@@ -1,6 +1,7 @@
 """What the outage detector compares a window with, kept so that no arrival counts a
 scope's history: host/network failures per scope and hour (`scope_hours`, with how many an
-incident holds), and each scope member's last sighting (`scope_members.seen_at`).
+incident holds), each scope member's last sighting (`scope_members.seen_at`) and the
+members per scope by the hour of that sighting (`scope_seen_hours`).
 
 At a million bundles, counting a large scope's seven days of failures and joining its
 tens of thousands of members at each arrival took seconds; these make it a handful of rows.
@@ -14,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from remote.server.fleet import sql, timing
-from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events, scope_hours, scope_members
+from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events, scope_hours, scope_members, scope_seen_hours
 from remote.server_settings import FleetSettings
 
 SEEN_STEPS = 10  # seen_at moves when a sighting is a tenth of missing_after_hours newer
@@ -79,18 +80,43 @@ def see(conn: sa.Connection, terminal_id: str, event_at: str, settings: FleetSet
     """Move the terminal's seen_at in its scopes, in steps (a write per step, not per heartbeat)."""
     stale = timing.shift(event_at, hours=-settings.missing_after_hours / SEEN_STEPS)
     m = scope_members.c
-    conn.execute(
-        scope_members.update()
-        .where(m.terminal_id == terminal_id, sa.or_(m.seen_at.is_(None), m.seen_at < stale))
-        .values(seen_at=event_at)
-    )
+    moving = sa.and_(m.terminal_id == terminal_id, sa.or_(m.seen_at.is_(None), m.seen_at < stale))
+    # Locked first: of two arrivals of one terminal, the second finds the rows moved already.
+    rows = conn.execute(sa.select(m.scope_key, m.seen_at).where(moving).with_for_update()).all()
+    if rows:
+        conn.execute(scope_members.update().where(m.terminal_id == terminal_id, m.scope_key.in_([r.scope_key for r in rows])).values(seen_at=event_at))
+        _recount(conn, [(r.scope_key, r.seen_at) for r in rows], event_at)
+
+
+def leave(conn: sa.Connection, terminal_id: str) -> None:
+    """The terminal is about to leave its scopes (its labels change): uncount it."""
+    m = scope_members.c
+    rows = conn.execute(sa.select(m.scope_key, m.seen_at).where(m.terminal_id == terminal_id).with_for_update()).all()
+    _recount(conn, [(r.scope_key, r.seen_at) for r in rows], None)
+
+
+def _recount(conn: sa.Connection, moved: list[tuple[str, str | None]], seen_at: str | None) -> None:
+    change: Counter[tuple[str, str]] = Counter()
+    for scope_key, before in moved:
+        if before:
+            change[(scope_key, hour(before))] -= 1
+        if seen_at:
+            change[(scope_key, hour(seen_at))] += 1
+    rows = [{"scope_key": k, "hour": h, "members": n} for (k, h), n in sorted(change.items()) if n]
+    sql.add_counts(conn, scope_seen_hours, ["scope_key", "hour"], rows, "members")
+    s = scope_seen_hours.c
+    emptied = [(r["scope_key"], r["hour"]) for r in rows if r["members"] < 0]
+    if emptied:
+        conn.execute(scope_seen_hours.delete().where(s.members <= 0, sa.tuple_(s.scope_key, s.hour).in_(emptied)))
 
 
 def active(conn: sa.Connection, scope_key: str, t: str, settings: FleetSettings) -> int:
-    """The scope's terminals seen within missing_after_hours before t (to within a step)."""
+    """The scope's terminals seen within missing_after_hours before t (to within a step, and
+    the hour the window starts in counted whole)."""
     since = timing.shift(t, hours=-settings.missing_after_hours)
-    m = scope_members.c
-    return conn.execute(sa.select(sa.func.count()).where(m.scope_key == scope_key, m.seen_at >= since)).scalar_one()
+    s = scope_seen_hours.c
+    total = conn.execute(sa.select(sa.func.sum(s.members)).where(s.scope_key == scope_key, s.hour >= hour(since))).scalar()
+    return int(total or 0)
 
 
 def rebuild(conn: sa.Connection) -> None:
@@ -120,6 +146,22 @@ def rebuild_hours(conn: sa.Connection) -> None:
 def rebuild_seen(conn: sa.Connection) -> None:
     seen = sa.select(fleet_terminals.c.last_seen_at).where(fleet_terminals.c.id == scope_members.c.terminal_id).scalar_subquery()
     conn.execute(scope_members.update().values(seen_at=seen))
+    rebuild_seen_hours(conn)
+
+
+def rebuild_seen_hours(conn: sa.Connection) -> None:
+    m = scope_members.c
+    key = sa.func.substr(m.seen_at, 1, 13)
+    conn.execute(scope_seen_hours.delete())
+    conn.execute(scope_seen_hours.insert().from_select(
+        ["scope_key", "hour", "members"], sa.select(m.scope_key, key, sa.func.count()).where(m.seen_at.is_not(None)).group_by(m.scope_key, key)
+    ))  # fmt: skip
+
+
+@sa.event.listens_for(scope_seen_hours, "after_create")
+def _fill_new_counts(_table: sa.Table, conn: sa.Connection, **_kw: Any) -> None:
+    if "seen_at" in {c["name"] for c in sa.inspect(conn).get_columns("scope_members")}:
+        rebuild_seen_hours(conn)  # else the seen_at column's own fill counts them
 
 
 scope_members.c.seen_at.info["fill"] = rebuild_seen

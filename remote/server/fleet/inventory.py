@@ -90,6 +90,7 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
 
 def _set_labels(conn: sa.Connection, terminal_id: str, labels: dict[str, str], settings: FleetSettings) -> None:
     conn.execute(terminal_labels.delete().where(terminal_labels.c.terminal_id == terminal_id))
+    baseline.leave(conn, terminal_id)
     conn.execute(scope_members.delete().where(scope_members.c.terminal_id == terminal_id))
     if labels:
         conn.execute(terminal_labels.insert(), [{"terminal_id": terminal_id, "key": k, "value": v} for k, v in labels.items()])

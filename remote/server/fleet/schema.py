@@ -115,6 +115,14 @@ scope_hours = sa.Table(  # outage_events per scope and UTC hour ("YYYY-MM-DDTHH"
     sa.Column("held", sa.Integer, nullable=False),
 )
 
+scope_seen_hours = sa.Table(  # members per scope by the UTC hour of their seen_at: active counts
+    "scope_seen_hours",
+    metadata,
+    sa.Column("scope_key", sa.String(400), primary_key=True),
+    sa.Column("hour", sa.String(13), primary_key=True),
+    sa.Column("members", sa.Integer, nullable=False),
+)
+
 problems = sa.Table(
     "problems",
     metadata,
