@@ -357,7 +357,9 @@ def main() -> int:
             measure("problems API, unfiltered", lambda: http.get(base + "/api/v1/problems", timeout=60).status_code, n)
             measure("problems API, label.acquirer=B", lambda: http.get(base + "/api/v1/problems?label.acquirer=B", timeout=60).status_code, n)
             measure("problems API, label.region=r03 + last 7 days", lambda: http.get(base + "/api/v1/problems", params={"label.region": "r03", "since": db.stamp(datetime.now(UTC) - timedelta(days=7))}, timeout=60).status_code, n)
-            measure("problems API, last 7 days", lambda: http.get(base + "/api/v1/problems", params={"since": db.stamp(datetime.now(UTC) - timedelta(days=7))}, timeout=60).status_code, n)
+            for days in (7, 30):
+                since = db.stamp(datetime.now(UTC) - timedelta(days=days))
+                measure(f"problems API, last {days} days", lambda since=since: http.get(base + "/api/v1/problems", params={"since": since}, timeout=60).status_code, n)
             measure("problems API, model=P2&firmware=2.1", lambda: http.get(base + "/api/v1/problems?model=P2&firmware=2.1", timeout=60).status_code, n)
             measure("problems page", lambda: page.get(base + "/problems", timeout=60).status_code, n)
             measure("incidents API", lambda: http.get(base + "/api/v1/incidents", timeout=60).status_code, n)
