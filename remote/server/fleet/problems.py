@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from remote.server.fleet import sql, timing
-from remote.server.fleet.schema import problem_counts, problem_hits, problem_terminals, problems, terminal_labels
+from remote.server.fleet.schema import problem_counts, problem_hits, problem_last_days, problem_terminals, problems, terminal_labels
 
 BREAKDOWN_TOP = 10  # values shown per model, firmware and label breakdown
 UNSHOWN = ("day", "build")  # counted dimensions that are no breakdown
@@ -66,15 +66,8 @@ def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, la
         .where(problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day == day)
         .values(bundles=problem_hits.c.bundles + 1)
     )
-    if new_terminal:  # a new day for this problem and terminal: it may be the newest
-        stmt = sql.insert(conn, problem_terminals)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["problem_id", "terminal_id"],
-                set_={"last_day": sql.greatest(conn, problem_terminals.c.last_day, stmt.excluded.last_day)},
-            ),
-            {"problem_id": pid, "terminal_id": terminal, "last_day": day},
-        )
+    if new_terminal:  # a new day for this problem and terminal: it may be its newest
+        _newest_day(conn, pid, terminal, day)
     first_for_terminal = bool(new_terminal) and not conn.execute(
         sa.select(sa.literal(1)).where(
             problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day != day
@@ -145,17 +138,41 @@ def rebuild_counts(conn: sa.Connection) -> None:
         _refresh_breakdown(conn, pid, sorted(names))
 
 
+def _newest_day(conn: sa.Connection, pid: str, terminal: str, day: str) -> None:
+    """Move the terminal, in problem_last_days, to `day` if that is its newest with the problem."""
+    pt = problem_terminals.c
+    if sql.insert_new(conn, problem_terminals, ["problem_id", "terminal_id"], [{"problem_id": pid, "terminal_id": terminal, "last_day": day}]):
+        moves = [(day, 1)]
+    else:  # locked: of two arrivals of one terminal, the second sees the first's day
+        before = conn.execute(sa.select(pt.last_day).where(pt.problem_id == pid, pt.terminal_id == terminal).with_for_update()).scalar_one()
+        if day <= before:
+            return
+        conn.execute(problem_terminals.update().where(pt.problem_id == pid, pt.terminal_id == terminal).values(last_day=day))
+        moves = [(before, -1), (day, 1)]
+    rows = [{"problem_id": pid, "day": d, "terminals": n} for d, n in moves]
+    sql.add_counts(conn, problem_last_days, ["problem_id", "day"], rows, "terminals")
+    if len(moves) > 1:
+        d = problem_last_days.c
+        conn.execute(problem_last_days.delete().where(d.problem_id == pid, d.day == moves[0][0], d.terminals <= 0))
+
+
 def rebuild_terminals(conn: sa.Connection) -> None:
-    h = problem_hits.c
+    h, pt = problem_hits.c, problem_terminals.c
     conn.execute(problem_terminals.delete())
     conn.execute(problem_terminals.insert().from_select(
         ["problem_id", "terminal_id", "last_day"], sa.select(h.problem_id, h.terminal_id, sa.func.max(h.day)).group_by(h.problem_id, h.terminal_id)
     ))  # fmt: skip
+    conn.execute(problem_last_days.delete())
+    conn.execute(problem_last_days.insert().from_select(
+        ["problem_id", "day", "terminals"], sa.select(pt.problem_id, pt.last_day, sa.func.count()).group_by(pt.problem_id, pt.last_day)
+    ))  # fmt: skip
 
 
-@sa.event.listens_for(problem_terminals, "after_create")
-def _fill_new_table(_table: sa.Table, conn: sa.Connection, **_kw: Any) -> None:
-    rebuild_terminals(conn)
+@sa.event.listens_for(problem_terminals.metadata, "after_create")
+def _fill_new_tables(_metadata: sa.MetaData, conn: sa.Connection, tables: list[sa.Table] = (), **_kw: Any) -> None:
+    """Once every table exists: either of the two made on an older database fills both."""
+    if problem_terminals in tables or problem_last_days in tables:
+        rebuild_terminals(conn)
 
 
 problem_counts.c.terminals.info["fill"] = rebuild_counts
@@ -198,14 +215,14 @@ def list_problems(
 ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
     """Ranked by terminals affected. Unfiltered: straight from `problems`; by one label,
     model, firmware or model and firmware, over all time: from that value's count; since
-    alone: from each problem and terminal's newest day; any other filter: from the per
+    alone: from the terminals counted by their newest day with each problem; any other filter: from the per
     problem, terminal and day rollup (since/until are whole UTC days)."""
     labels = labels or {}
     one = _one_count(labels, model, firmware) if not (since or until) else None
     recent = since and not (until or labels or model or firmware)
     if recent:  # the last days, up to now: a terminal counts if its newest day is in them
-        pt, pc = problem_terminals.c, problem_counts.c
-        terms = sa.select(pt.problem_id, sa.func.count().label("n")).where(pt.last_day >= since[:10]).group_by(pt.problem_id).subquery()
+        ld, pc = problem_last_days.c, problem_counts.c
+        terms = sa.select(ld.problem_id, sa.func.sum(ld.terminals).label("n")).where(ld.day >= since[:10]).group_by(ld.problem_id).subquery()
         sums = sa.select(pc.problem_id, sa.func.sum(pc.count).label("n")).where(pc.dim == "day", pc.key >= since[:10]).group_by(pc.problem_id).subquery()
         query = sa.select(terms.c.problem_id.label("id"), terms.c.n.label("terminals"), sums.c.n.label("bundles")).join(sums, sums.c.problem_id == terms.c.problem_id)
         rank_t, rank_id = terms.c.n, terms.c.problem_id

@@ -171,7 +171,14 @@ problem_terminals = sa.Table(  # one row per problem and terminal: rankings over
     sa.Column("problem_id", sa.String(32), primary_key=True),
     sa.Column("terminal_id", sa.String(128), primary_key=True),
     sa.Column("last_day", sa.String(10), nullable=False),
-    sa.Index("ix_problem_terminals_recent", "last_day", "problem_id"),
+)
+
+problem_last_days = sa.Table(  # terminals per problem by their newest day with it: "the last N days"
+    "problem_last_days",
+    metadata,
+    sa.Column("problem_id", sa.String(32), primary_key=True),
+    sa.Column("day", sa.String(10), primary_key=True),
+    sa.Column("terminals", sa.Integer, nullable=False),
 )
 
 incidents = sa.Table(
