@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from server_harness import default_settings
 
 from remote.server import db
-from remote.server.fleet import baseline
+from remote.server.fleet import baseline, timing
 from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events, scope_hours, scope_members, scope_seen_hours
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -35,7 +35,7 @@ events = st.lists(st.tuples(st.floats(0, 600), st.sampled_from([["a=1"], ["a=1",
 
 @settings(max_examples=60, deadline=None)
 @given(events, st.floats(-30, 600), st.floats(0, 700))
-def test_unheld_failures_equal_a_count_of_each_one(spec, begin, length):
+def test_unheld_failures_of_the_whole_hours_equal_a_count_of_each_one(spec, begin, length):
     engine = sa.create_engine("sqlite://")
     db.metadata.create_all(engine, tables=TABLES)
     with engine.begin() as conn:
@@ -44,10 +44,14 @@ def test_unheld_failures_equal_a_count_of_each_one(spec, begin, length):
         held = [f"b{n}" for n, (_m, _s, h) in enumerate(spec) if h]
         conn.execute(bundle_fleet.update().where(bundle_fleet.c.bundle_id.in_(held)).values(hold_incident="I"))
         baseline.add_held(conn, held)
-        lo, hi = at(begin), at(begin + length)
+        first, after, hours = baseline.whole_hours(at(begin), at(begin + length))
         for scope in ("a=1", "b=2"):
-            expected = sum(1 for m, s, h in spec if scope in s and not h and lo < at(m) <= hi)
-            assert baseline.unheld_events(conn, scope, lo, hi) == expected
+            expected = sum(1 for m, s, h in spec if scope in s and not h and first <= at(m)[:13] < after)
+            assert baseline.unheld_events(conn, scope, first, after) == expected
+        if hours:  # every whole hour inside [begin, end], and no other
+            start, stop = first + ":00:00.000000Z", after + ":00:00.000000Z"
+            assert at(begin) <= start and stop <= at(begin + length) and hours == int(hours)
+            assert timing.shift(start, hours=-1) < at(begin) and timing.shift(stop, hours=1) > at(begin + length)
 
 
 def test_a_members_last_sighting_moves_in_steps_of_a_tenth_of_missing_after():

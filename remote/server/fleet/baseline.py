@@ -46,34 +46,20 @@ def add_held(conn: sa.Connection, bundle_ids: list[str]) -> None:
     sql.add_counts(conn, scope_hours, ["scope_key", "hour"], rows, "held")
 
 
-def unheld_events(conn: sa.Connection, scope_key: str, begin: str, end: str) -> int:
-    """Failures of the scope in (begin, end] that no incident holds: whole hours from
-    scope_hours, the two partial hours at the ends from the events themselves."""
-    first_full = timing.shift(_hour_start(hour(begin)), hours=1)
-    last_start = _hour_start(hour(end))
-    if first_full > last_start:
-        return _counted(conn, scope_key, begin, end)
+def whole_hours(begin: str, end: str) -> tuple[str, str, float]:
+    """The whole UTC hours inside [begin, end]: (first hour's key, key after the last, hours)."""
+    first = timing.shift(_hour_start(hour(begin)), hours=1) if begin > _hour_start(hour(begin)) else _hour_start(hour(begin))
+    after = _hour_start(hour(end))
+    return hour(first), hour(after), max(timing.hours_between(first, after), 0.0)
+
+
+def unheld_events(conn: sa.Connection, scope_key: str, first_hour: str, after_hour: str) -> int:
+    """Failures of the scope in the hours [first_hour, after_hour) that no incident holds."""
     h = scope_hours.c
-    whole = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(h.events - h.held), 0)).where(
-            h.scope_key == scope_key, h.hour >= hour(first_full), h.hour < hour(last_start)
-        )
-    ).scalar_one()  # fmt: skip
-    head = _counted(conn, scope_key, begin, first_full, upper_inclusive=False)
-    tail = _counted(conn, scope_key, last_start, end, lower_inclusive=True)
-    return int(whole) + head + tail
-
-
-def _counted(conn: sa.Connection, scope_key: str, lo: str, hi: str, lower_inclusive: bool = False, upper_inclusive: bool = True) -> int:
-    e = outage_events.c
-    return conn.execute(
-        sa.select(sa.func.count())
-        .select_from(outage_events.join(bundle_fleet, bundle_fleet.c.bundle_id == e.bundle_id))
-        .where(
-            e.scope_key == scope_key, e.event_at >= lo if lower_inclusive else e.event_at > lo,
-            e.event_at <= hi if upper_inclusive else e.event_at < hi, bundle_fleet.c.hold_incident.is_(None),
-        )
-    ).scalar_one()  # fmt: skip
+    total = conn.execute(
+        sa.select(sa.func.sum(h.events - h.held)).where(h.scope_key == scope_key, h.hour >= first_hour, h.hour < after_hour)
+    ).scalar()
+    return int(total or 0)
 
 
 def see(conn: sa.Connection, terminal_id: str, event_at: str, settings: FleetSettings) -> None:

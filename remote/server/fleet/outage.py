@@ -6,8 +6,9 @@ window of W minutes ending at an event time t:
   X  = distinct terminals of the scope whose bundles in the window have a host or network
        top cause (one terminal counts once, however noisy);
   N  = the scope's active terminals (seen within missing_after_hours before t);
-  λ  = the scope's own rate of such bundles per terminal-hour over the baseline days
-       before the window, bundles already held by an incident left out, never below a floor.
+  λ  = the scope's own rate of such bundles per terminal-hour over the whole UTC hours of
+       the baseline days before the window, bundles already held by an incident left out,
+       never below a floor.
        The three windows tested around one event share N (at the event) and λ (before the
        earliest of them), counted from the rollups of baseline.py;
   μ  = λ · N · W.
@@ -80,12 +81,14 @@ class ScopeBaseline:
 
     @functools.cached_property
     def history(self) -> tuple[int, float]:
-        """(failures, hours) over the baseline days before `before`, or the history there is."""
+        """(failures, hours) over the whole UTC hours of the baseline days before `before`,
+        or of the history there is (whole hours: read from scope_hours alone)."""
         first_day = self.conn.execute(sa.select(sa.func.min(terminal_days.c.day))).scalar()
         begin = timing.shift(self.before, days=-self.settings.outage_baseline_days)
         if first_day and first_day + "T00:00:00.000000Z" > begin:
             begin = first_day + "T00:00:00.000000Z"
-        return baseline.unheld_events(self.conn, self.scope_key, begin, self.before), max(timing.hours_between(begin, self.before), 1.0)
+        first, after, hours = baseline.whole_hours(begin, self.before)
+        return baseline.unheld_events(self.conn, self.scope_key, first, after), max(hours, 1.0)
 
     def rate(self, active: int) -> float:
         """Failures per terminal-hour, never below the floor."""
