@@ -67,13 +67,29 @@ def _failing(conn: sa.Connection, scope_key: str, start: str, end: str) -> tuple
     return {r[0] for r in rows}, min((r[1] for r in rows), default=None)
 
 
-class ScopeBaseline:
-    """What a scope's windows are compared with: its active terminals at `at` and its
-    unheld failures over the baseline days before `before`. Counted once, when first
-    needed, and shared by the windows tested around one event (they end within W of it)."""
+class ScopeCounts:
+    """A scope's numbers around one event time, each read once, when first needed, and
+    shared by the windows tested there (they end within W of each other): its failures in
+    `span`, its active terminals at `at`, its baseline before `before`."""
 
-    def __init__(self, conn: sa.Connection, scope_key: str, at: str, before: str, settings: FleetSettings) -> None:
-        self.conn, self.scope_key, self.at, self.before, self.settings = conn, scope_key, at, before, settings
+    def __init__(
+        self, conn: sa.Connection, scope_key: str, at: str, before: str, settings: FleetSettings, span: tuple[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        self.conn, self.scope_key, self.at, self.before, self.settings, self.span = conn, scope_key, at, before, settings, span
+
+    @functools.cached_property
+    def _span_events(self) -> list[tuple[str, str]]:
+        assert self.span is not None
+        e = outage_events.c
+        lo, hi = self.span
+        return [tuple(r) for r in self.conn.execute(sa.select(e.terminal_id, e.event_at).where(e.scope_key == self.scope_key, e.event_at > lo, e.event_at <= hi))]
+
+    def failing(self, start: str, end: str) -> tuple[set[str], str | None]:
+        """Distinct terminals failing in (start, end], and the first failure's time."""
+        if self.span is None or not (self.span[0] <= start and end <= self.span[1]):
+            return _failing(self.conn, self.scope_key, start, end)
+        inside = [(tid, at) for tid, at in self._span_events if start < at <= end]
+        return {tid for tid, _ in inside}, min((at for _, at in inside), default=None)
 
     @functools.cached_property
     def active(self) -> int:
@@ -98,14 +114,14 @@ class ScopeBaseline:
 
 def test_window(
     conn: sa.Connection, scope_key: str, start: str, end: str, settings: FleetSettings, floor: int,
-    base: ScopeBaseline | None = None,
+    base: ScopeCounts | None = None,
 ) -> Window | None:  # fmt: skip
     """The window's counts and tail, or None when fewer than `floor` terminals fail in it.
     Without `base`, N is counted at `end` and the baseline ends at `start`."""
-    failing, first_at = _failing(conn, scope_key, start, end)
+    base = base or ScopeCounts(conn, scope_key, end, start, settings)
+    failing, first_at = base.failing(start, end)
     if len(failing) < floor or first_at is None:
         return None
-    base = base or ScopeBaseline(conn, scope_key, end, start, settings)
     active = max(base.active, len(failing))
     expected = base.rate(active) * active * timing.hours_between(start, end)
     return Window(scope_key, start, end, failing, first_at, active, expected, poisson_sf(len(failing), expected))
@@ -143,8 +159,9 @@ def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: Fleet
     windows: list[Window] = []
     for key in scope_keys:
         best = None
-        # one baseline for the three windows: N at t, failures before the first window
-        base = ScopeBaseline(conn, key, t, timing.shift(t, minutes=-width), settings)
+        # one read for the three windows: failures in (t - W, t + W], N at t, baseline before t - W
+        early, late = timing.shift(t, minutes=-width), timing.shift(t, minutes=width)
+        base = ScopeCounts(conn, key, t, early, settings, span=(early, late))
         for end in (t, timing.shift(t, minutes=width / 2), timing.shift(t, minutes=width)):
             w = test_window(conn, key, timing.shift(end, minutes=-width), end, settings, settings.outage_min_terminals, base)
             if w and opens(w, settings) and (best is None or w.p_value < best.p_value):
