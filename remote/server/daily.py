@@ -49,13 +49,8 @@ def count(conn: sa.Connection, rows: list[dict[str, Any]], sign: int = 1) -> Non
         day = row["created_at"][:10]
         for dim, column in DIMS.items():
             totals[(dim, day, row[column] or NONE)] += sign
-    # One order for every writer: two ingests never wait on each other's rows crosswise.
     changes = [{"dim": d, "day": day, "key": k, "count": n} for (d, day, k), n in sorted(totals.items()) if n]
-    sql.add_counts(conn, bundle_days, ["dim", "day", "key"], changes, "count")
-    if sign < 0 and changes:
-        d = bundle_days.c
-        touched = [(c["dim"], c["day"], c["key"]) for c in changes]
-        conn.execute(bundle_days.delete().where(d.count <= 0, sa.tuple_(d.dim, d.day, d.key).in_(touched)))
+    sql.move_counts(conn, bundle_days, ["dim", "day", "key"], changes, "count")
 
 
 def rebuild(conn: sa.Connection) -> None:

@@ -89,11 +89,7 @@ def _recount(conn: sa.Connection, moved: list[tuple[str, str | None]], seen_at: 
         if seen_at:
             change[(scope_key, hour(seen_at))] += 1
     rows = [{"scope_key": k, "hour": h, "members": n} for (k, h), n in sorted(change.items()) if n]
-    sql.add_counts(conn, scope_seen_hours, ["scope_key", "hour"], rows, "members")
-    s = scope_seen_hours.c
-    emptied = [(r["scope_key"], r["hour"]) for r in rows if r["members"] < 0]
-    if emptied:
-        conn.execute(scope_seen_hours.delete().where(s.members <= 0, sa.tuple_(s.scope_key, s.hour).in_(emptied)))
+    sql.move_counts(conn, scope_seen_hours, ["scope_key", "hour"], rows, "members")
 
 
 def active(conn: sa.Connection, scope_key: str, t: str, settings: FleetSettings) -> int:

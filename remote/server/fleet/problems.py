@@ -149,11 +149,7 @@ def _newest_day(conn: sa.Connection, pid: str, terminal: str, day: str) -> None:
             return
         conn.execute(problem_terminals.update().where(pt.problem_id == pid, pt.terminal_id == terminal).values(last_day=day))
         moves = [(before, -1), (day, 1)]
-    rows = [{"problem_id": pid, "day": d, "terminals": n} for d, n in moves]
-    sql.add_counts(conn, problem_last_days, ["problem_id", "day"], rows, "terminals")
-    if len(moves) > 1:
-        d = problem_last_days.c
-        conn.execute(problem_last_days.delete().where(d.problem_id == pid, d.day == moves[0][0], d.terminals <= 0))
+    sql.move_counts(conn, problem_last_days, ["problem_id", "day"], [{"problem_id": pid, "day": d, "terminals": n} for d, n in moves], "terminals")
 
 
 def rebuild_terminals(conn: sa.Connection) -> None:

@@ -31,6 +31,16 @@ def add_counts(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list
     )
 
 
+def move_counts(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]], column: str) -> None:
+    """add_counts for changes that may be negative: a row counted down to nothing is removed.
+    Rows should come in one order for every writer (sorted by key), so that two
+    transactions never wait on each other's rows crosswise."""
+    add_counts(conn, table, keys, rows, column)
+    down = [tuple(r[k] for k in keys) for r in rows if r[column] < 0]
+    if down:
+        conn.execute(table.delete().where(table.c[column] <= 0, sa.tuple_(*(table.c[k] for k in keys)).in_(down)))
+
+
 def insert_new(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]]) -> int:
     """Insert rows not there yet; how many were new."""
     if not rows:
