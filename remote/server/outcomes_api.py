@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -145,6 +145,7 @@ async def terminal_outcome(
     request: Request,
     terminal: Annotated[dict[str, Any], Depends(terminal_auth)],
     _: Annotated[Any, Depends(bearer_scheme)],
+    idempotency_key: Annotated[str | None, Header(max_length=64, description="the outcome_id")] = None,
 ) -> Any:
     srv = service(request)
     raw = _record_json(await read_capped(request, MAX_OUTCOME_BYTES))
@@ -153,6 +154,8 @@ async def terminal_outcome(
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ApiError(422, "bad_record", f"outcome record: {'.'.join(map(str, first['loc']))}: {first['msg']}"[:300]) from None
+    if idempotency_key and idempotency_key.strip().lower() != sent.outcome_id.lower():
+        raise ApiError(422, "idempotency_key_mismatch", "Idempotency-Key differs from the record's outcome_id")
     if sent.terminal_id != terminal["id"]:
         raise ApiError(403, "wrong_terminal", "the record names another terminal than the token's")
     if not hmac.compare_digest(sent.signature, record_signature(bytes.fromhex(terminal["token_sha256"]), raw)):
