@@ -67,6 +67,19 @@ def test_factors_stay_within_bounds_and_never_remove_a_cause():
     assert set(KB.codes["terminal:e3"].causes) <= set(factors)
 
 
+def test_ratios_past_max_factor_are_scaled_so_the_likeliest_causes_keep_their_order():
+    # E3 on K300, 200 visits: printer.not_connected 140 (prior 0.1), software.app_fault 40 (prior 0.3).
+    # Posterior ratios ~5.9 and ~0.5: clamped alone, 5 and 0.5; scaled so the largest is 5: 5 and ~0.42.
+    seen = visits(140, "printer.not_connected") + [Visit(f"U{i}", "K300", "terminal:e3", "software.app_fault") for i in range(40)]
+    five = dataclasses.replace(PARAMS, max_factor=5.0)
+    f = build(KB, seen, five)["K300"]["terminal:e3"]["f"]
+    unscaled = build(KB, seen, PARAMS)["K300"]["terminal:e3"]["f"]
+    assert f["printer.not_connected"] == 5.0 and unscaled["printer.not_connected"] > 5.0
+    ratio = unscaled["printer.not_connected"] / unscaled["software.app_fault"]
+    assert abs(f["printer.not_connected"] / f["software.app_fault"] - ratio) / ratio < 0.05
+    assert min(f.values()) == 0.2
+
+
 def test_a_table_fits_its_byte_cap_most_visited_codes_first():
     codes = [k for k, c in KB.codes.items() if not c.host_answer and "software.app_fault" in c.causes]
     many = [v for i, code in enumerate(codes) for v in visits(10 + i, "software.app_fault", code=code)]

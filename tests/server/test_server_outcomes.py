@@ -140,19 +140,24 @@ def test_measures_count_hits_no_fault_found_and_first_time_fixes_by_verdict(serv
         ("onsite", "nothing", None),                   # no fault found
         ("onsite", "storage.failing", False),          # outside the top three, not fixed
         ("remote", "printer.not_connected", True),     # in the top three
+        ("merchant", "printer.mechanism_fault", True), # needed hands: the merchant verdict was too little
     ]  # fmt: skip
     for verdict, found, fixed in said:
         bid = uploaded(server, token, tid, predicted, verdict=verdict, model=model)
         assert server.post(f"/api/v1/bundles/{bid}/outcome", json={"found": found, "fixed": fixed}).status_code == 201
     answer = server.get("/api/v1/outcomes/measures", params={"model": model, "by": "verdict"}).json()
     onsite = next(g for g in answer["groups"] if g["key"] == "onsite")
-    assert {k: onsite[k] for k in ("visits", "found_as_predicted", "found_in_top3", "no_fault_found", "below_verdict", "fixed_first_time")} == {
-        "visits": 4, "found_as_predicted": 1, "found_in_top3": 2, "no_fault_found": 1, "below_verdict": 1, "fixed_first_time": 2,
+    counts = ("visits", "found_as_predicted", "found_in_top3", "no_fault_found", "below_verdict", "above_verdict", "fixed_first_time")
+    assert {k: onsite[k] for k in counts} == {
+        "visits": 4, "found_as_predicted": 1, "found_in_top3": 2, "no_fault_found": 1, "below_verdict": 1, "above_verdict": 0,
+        "fixed_first_time": 2,
     }  # fmt: skip
     assert onsite["no_fault_found_rate"] == 0.25
-    assert answer["total"]["visits"] == 5 and answer["total"]["found_in_top3"] == 3
+    remote = next(g for g in answer["groups"] if g["key"] == "remote")
+    assert (remote["below_verdict"], remote["above_verdict"]) == (1, 0)  # a printer the merchant could reseat
+    assert answer["total"]["visits"] == 6 and answer["total"]["found_in_top3"] == 4 and answer["total"]["above_verdict"] == 1
     by_cause = server.get("/api/v1/outcomes/measures", params={"model": model, "by": "cause"}).json()
-    assert [(g["key"], g["visits"]) for g in by_cause["groups"]] == [("printer.mechanism_fault", 5)]
+    assert [(g["key"], g["visits"]) for g in by_cause["groups"]] == [("printer.mechanism_fault", 6)]
     bad = server.get("/api/v1/outcomes/measures", params={"by": "colour"})
     assert (bad.status_code, bad.json()["error"]) == (422, "invalid_request")
 

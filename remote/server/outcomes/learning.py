@@ -9,7 +9,12 @@ a host answer, also any cause a visit found for it, at the knowledge base's open
     pi_k  = w_k / sum(w)                                  the knowledge base's prior
     p1_k  = (S * pi_k + N_k) / (S + N)                    fleet-wide: N_k visits found k
     p2_k  = (S_m * p1_k + n_k) / (S_m + n)                one model: n_k of its visits found k
-    f_k   = clamp(p2_k / pi_k, 1 / F, F)                  the factor the terminal multiplies w_k by
+    r_k   = p2_k / pi_k
+    f_k   = clamp(r_k * min(1, F / max(r)), 1 / F, F)    the factor the terminal multiplies w_k by
+
+The ranking only sees the ratios between priors, so the ratios are first scaled down until
+the largest is F (the likeliest causes keep their ratio to one another; only causes already
+made unlikely reach the floor), then clamped: any two causes move apart by at most F^2.
 
 S is prior_strength, S_m model_strength, F max_factor. A model with few visits of a code
 backs off to the fleet-wide estimate, and a code with few visits anywhere to the knowledge
@@ -94,11 +99,14 @@ def posterior(prior: Weights, counts: Weights, strength: float) -> Weights:
 
 
 def factors(learned: Weights, prior: Weights, params: Params) -> dict[str, float]:
-    """learned / prior per cause, clamped and rounded to two digits; those that stay 1 left out."""
+    """learned / prior per cause, scaled and clamped (module docstring), rounded to two
+    digits; those that stay 1 left out."""
+    ratios = {cause: learned[cause] / prior[cause] for cause in sorted(prior)}
+    scale = min(1.0, params.max_factor / max(ratios.values()))
     out = {}
     keep = math.log1p(params.min_change)
-    for cause in sorted(prior):
-        f = min(params.max_factor, max(1 / params.max_factor, learned[cause] / prior[cause]))
+    for cause, ratio in ratios.items():
+        f = min(params.max_factor, max(1 / params.max_factor, ratio * scale))
         if abs(math.log(f)) >= keep:
             out[cause] = float(f"{f:.2g}")
     return out

@@ -8,6 +8,8 @@ Per group (dispatch verdict, predicted top cause, code, model, firmware, or a la
 - no_fault_found: it found nothing;
 - below_verdict: it found a cause whose dispatch class is below the bundle's verdict (a
   technician sent on site for a paper roll): the dispatch was more than was needed;
+- above_verdict: it found a cause whose class is above the verdict (a worn printer
+  mechanism on a bundle that told the merchant to restart): the dispatch was too little;
 - fixed_first_time: the bundle's first recorded visit fixed it.
 Each count has its rate, the count over visits.
 """
@@ -27,7 +29,7 @@ from remote.server.outcomes.knowledge import VERDICT_RANKS, KnowledgeView
 from remote.server.outcomes.schema import outcome_history, outcomes
 
 DIMENSIONS = ("verdict", "cause", "code", "model", "firmware")  # and label.KEY
-COUNTS = ("found_as_predicted", "found_in_top3", "no_fault_found", "below_verdict", "fixed_first_time")
+COUNTS = ("found_as_predicted", "found_in_top3", "no_fault_found", "below_verdict", "above_verdict", "fixed_first_time")
 
 
 @dataclass(frozen=True)
@@ -105,11 +107,13 @@ def _key(row: dict[str, Any], by: str) -> str | None:
 def _counted(kb: KnowledgeView, row: dict[str, Any]) -> dict[str, bool]:
     found, predicted = row["found"], row["predicted"]
     needed = VERDICT_RANKS.get(kb.dispatch.get(found, ""), -1)
+    sent = VERDICT_RANKS.get(row["verdict"] or "", -1)
     return {
         "found_as_predicted": predicted[:1] == [found],
         "found_in_top3": found in predicted[:3],
         "no_fault_found": found == NOTHING,
-        "below_verdict": 0 <= needed < VERDICT_RANKS.get(row["verdict"] or "", -1),
+        "below_verdict": 0 <= needed < sent,
+        "above_verdict": 0 <= sent < needed,
         "fixed_first_time": row["first_fixed"] is True,
     }
 

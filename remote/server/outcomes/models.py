@@ -76,11 +76,13 @@ class MeasureGroup(BaseModel):
     found_in_top3: int
     no_fault_found: int
     below_verdict: int
+    above_verdict: int
     fixed_first_time: int
     found_as_predicted_rate: float | None
     found_in_top3_rate: float | None
     no_fault_found_rate: float | None
     below_verdict_rate: float | None
+    above_verdict_rate: float | None
     fixed_first_time_rate: float | None
 
 
