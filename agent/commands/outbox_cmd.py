@@ -65,19 +65,25 @@ def handle_list(args: argparse.Namespace) -> int:
     from agent.render import fit, screen_width
 
     lines = [f"{len(waiting)} waiting, {len(dead)} refused in outbox {outbox.root}"]
+    lines += entry_lines(waiting, dead)
     if outcomes or dead_outcomes:
         lines.append(f"visit outcomes: {len(outcomes)} waiting, {len(dead_outcomes)} refused")
-    rows = [("waiting", e, "") for e in waiting] + [("waiting", e, "outcome ") for e in outcomes]
-    rows += [("refused", e, "") for e in dead] + [("refused", e, "outcome ") for e in dead_outcomes]
-    for label, e, kind in sorted(rows, key=lambda r: (r[0] != "waiting", r[1].stamp)):
-        lines.append(f"  {label:8} {e.created_at().strftime('%Y-%m-%d %H:%M')}Z {e.size:>7} B  {kind}{e.bundle_id}")
-        if label == "refused":
-            lines.append(f"    HTTP {reason(e).get('status')}: {reason(e).get('error') or reason(e).get('message')}")
+        lines += entry_lines(outcomes, dead_outcomes)
     evicted = outbox.pending_evicted()
     if evicted:
         lines.append(f"  {evicted} bundle(s) evicted by the size cap, to be reported in the next manifest")
     print("\n".join(fit(lines, screen_width())))
     return 0
+
+
+def entry_lines(waiting: list, dead: list) -> list[str]:
+    lines = []
+    for label, entries in (("waiting", waiting), ("refused", dead)):
+        for e in entries:
+            lines.append(f"  {label:8} {e.created_at().strftime('%Y-%m-%d %H:%M')}Z {e.size:>7} B  {e.bundle_id}")
+            if label == "refused":
+                lines.append(f"    HTTP {reason(e).get('status')}: {reason(e).get('error') or reason(e).get('message')}")
+    return lines
 
 
 def entry_dict(entry) -> dict:

@@ -76,12 +76,24 @@ def handle_close(args: argparse.Namespace) -> int:
     return UPLOAD_FAILED if delivered is False else 0
 
 
+WORDS = {
+    "en": {"outcome": "outcome", "found": "found", "nothing": "no fault found", "other": "other",
+           True: "fixed", False: "not fixed", "bundle": "bundle", "newest": "the newest dispatched one"},
+    "zh": {"outcome": "上门结果", "found": "发现", "nothing": "未发现故障", "other": "其他",
+           True: "已修复", False: "未修复", "bundle": "诊断包", "newest": "最近一个派单的诊断包"},
+}  # fmt: skip
+
+
 def summary(record: dict, lang: str) -> str:
-    fixed = {True: ("fixed", "已修复"), False: ("not fixed", "未修复"), None: ("", "")}[record["fixed"]]
-    bundle = record["bundle_id"] or ("newest dispatched bundle" if lang != "zh" else "最近一个派单的诊断包")
+    """One line: what was recorded, for which bundle."""
+    words = WORDS["zh" if lang == "zh" else "en"]
+    found = record["found"]
+    said = words["nothing"] if found == "nothing" else f"{words['found']} {words['other'] if found == 'other' else found}"
+    parts = [said] + ([words[record["fixed"]]] if record["fixed"] is not None else [])
+    bundle = record["bundle_id"] or words["newest"]
     if lang == "zh":
-        return f"上门结果 {record['outcome_id']}：发现 {record['found']}" + (f"，{fixed[1]}" if fixed[1] else "") + f"；诊断包：{bundle}"
-    return f"outcome {record['outcome_id']}: found {record['found']}" + (f", {fixed[0]}" if fixed[0] else "") + f"; bundle: {bundle}"
+        return f"{words['outcome']} {record['outcome_id']}：{'，'.join(parts)}；{words['bundle']}：{bundle}"
+    return f"{words['outcome']} {record['outcome_id']}: {', '.join(parts)}; {words['bundle']}: {bundle}"
 
 
 def send_now(config, outbox, outcome_id: str, lang: str) -> bool:
