@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from agent import learned
+from agent import learned, learned_table
 from agent.config import Config
 from agent.correlate import Correlation, RankedCause
 from agent.incidents import IncidentMemory, advice
@@ -105,7 +105,7 @@ def explain(
     order: Iterable[str],
     sweep: Sweep,
     strict: bool = False,
-    table: learned.LearnedTable | None = None,
+    table: learned_table.LearnedTable | None = None,
     safety: Iterable[str] = (),
 ) -> Diagnosis:
     """Look the code up and correlate it with a sweep already made (no I/O). No code (a
@@ -154,7 +154,7 @@ def diagnose(
     if strict_scheme and scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
     sweep = run_probes(config, only, on_result=on_result, skip=skip)
-    table = learned.load(config.section("daemon").state_dir, config.section("terminal").model)
+    table = learned_table.load(config.section("daemon").state_dir, config.section("terminal").model)
     safety = config.section("learning").safety_causes
     diagnosis = explain(kb, code, scheme, order, sweep, strict_scheme, table, safety)
     if remember:

@@ -26,7 +26,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import cache
 
-from agent import knowledge, learned
+from agent import knowledge, learned, learned_table
 from agent.model import ProbeResult
 from probes.contract import config_file
 from probes.contract.records import Finding, Status
@@ -135,10 +135,10 @@ def visits(rng: random.Random, scenario: Scenario, n: int) -> list[Visit]:
     return out
 
 
-def received(model: str, codes: dict) -> learned.LearnedTable:
+def received(model: str, codes: dict) -> learned_table.LearnedTable:
     """The table as a terminal of the model receives and checks it."""
     raw = json.dumps(document(model, 1, table_hash(model, codes), codes)).encode()
-    return learned.parse(raw)
+    return learned_table.parse(raw)
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ class Rates:
     missed: float | None  # share of errors whose true cause needed hands on site, not dispatched onsite
 
 
-def judge(rng: random.Random, scenario: Scenario, table: learned.LearnedTable | None, cases: int) -> Rates:
+def judge(rng: random.Random, scenario: Scenario, table: learned_table.LearnedTable | None, cases: int) -> Rates:
     """Diagnose `cases` fresh errors of the scenario with the table (None: the knowledge base alone)."""
     kb = knowledge.load()
     entry = kb.lookup(scenario.code, None, ORDER)

@@ -1,5 +1,5 @@
-"""The learned table on the terminal (agent/learned.py): kept and read back, refused when
-damaged, and applied within its bounds: priors move, evidence does not, no cause leaves, a
+"""The learned table on the terminal (agent/learned_table.py, agent/learned.py): kept and read
+back, refused when damaged, and applied within its bounds: priors move, evidence does not, no cause leaves, a
 safety cause ranked first by the knowledge base is never talked down."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from agent import knowledge, learned
+from agent import knowledge, learned_table
 from agent.diagnosis import explain
 from agent.explain import diagnosis_text
 from agent.model import ProbeResult, Sweep
@@ -44,7 +44,7 @@ def sweep(*faults: str) -> Sweep:
 
 
 def diagnosed(code: str, faults: tuple[str, ...], raw: bytes | None):
-    kept = learned.parse(raw) if raw else None
+    kept = learned_table.parse(raw) if raw else None
     return explain(KB, code, None, ORDER, sweep(*faults), table=kept, safety=SAFETY)
 
 
@@ -53,12 +53,12 @@ def ids(diagnosis) -> list[str]:
 
 
 def test_a_kept_table_is_read_back_for_its_model_or_the_fleets(tmp_path):
-    learned.store(tmp_path, table(e3({"printer.not_connected": 5.0})))
-    kept = learned.load(tmp_path, "K300")
+    learned_table.store(tmp_path, table(e3({"printer.not_connected": 5.0})))
+    kept = learned_table.load(tmp_path, "K300")
     assert kept is not None and kept.version == 3 and kept.codes["terminal:e3"].factors == {"printer.not_connected": 5.0}
-    assert learned.load(tmp_path, "S90") is None  # another model's table says nothing about this one
-    learned.store(tmp_path, table(e3({"printer.not_connected": 2.0}), model="*"))
-    assert learned.load(tmp_path, "S90").model == "*"
+    assert learned_table.load(tmp_path, "S90") is None  # another model's table says nothing about this one
+    learned_table.store(tmp_path, table(e3({"printer.not_connected": 2.0}), model="*"))
+    assert learned_table.load(tmp_path, "S90").model == "*"
 
 
 @pytest.mark.parametrize(
@@ -73,15 +73,22 @@ def test_a_kept_table_is_read_back_for_its_model_or_the_fleets(tmp_path):
     ],
 )
 def test_a_bad_table_is_refused_and_the_kept_one_stays(tmp_path, raw, why):
-    learned.store(tmp_path, table(e3({"printer.not_connected": 5.0})))
-    with pytest.raises(learned.TableError, match=why):
-        learned.store(tmp_path, raw)
-    assert learned.load(tmp_path, "K300").codes["terminal:e3"].factors == {"printer.not_connected": 5.0}
+    learned_table.store(tmp_path, table(e3({"printer.not_connected": 5.0})))
+    with pytest.raises(learned_table.TableError, match=why):
+        learned_table.store(tmp_path, raw)
+    assert learned_table.load(tmp_path, "K300").codes["terminal:e3"].factors == {"printer.not_connected": 5.0}
+
+
+def test_a_table_carried_in_an_answer_is_kept_and_its_hash_told_back(tmp_path):
+    assert learned_table.held_hash(tmp_path) is None
+    doc = json.loads(table(e3({"printer.not_connected": 5.0})))
+    kept = learned_table.store(tmp_path, doc)
+    assert learned_table.held_hash(tmp_path) == kept.hash == doc["hash"]
 
 
 def test_a_damaged_file_is_ignored(tmp_path):
-    (tmp_path / learned.FILE_NAME).write_bytes(b'{"schema": "posdiag.learned/1", "codes"')
-    assert learned.load(tmp_path, "K300") is None
+    (tmp_path / learned_table.FILE_NAME).write_bytes(b'{"schema": "posdiag.learned/1", "codes"')
+    assert learned_table.load(tmp_path, "K300") is None
 
 
 def test_a_learned_prior_moves_the_cause_and_the_diagnosis_says_so():
@@ -91,7 +98,7 @@ def test_a_learned_prior_moves_the_cause_and_the_diagnosis_says_so():
     assert after.top.cause.id == "printer.not_connected" and after.correlation.dispatch.verdict == "merchant"
     doc = after.to_dict()["learned"]
     assert (doc["hash"], doc["version"], doc["applied"], doc["visits"], doc["model_visits"]) == (
-        learned.parse(table(e3({"printer.not_connected": 5.0, "printer.mechanism_fault": 0.5}))).hash, 3, True, 120, 80,
+        learned_table.parse(table(e3({"printer.not_connected": 5.0, "printer.mechanism_fault": 0.5}))).hash, 3, True, 120, 80,
     )  # fmt: skip
     assert doc["causes"]["printer.not_connected"] == {"factor": 5.0, "rank": 1, "kb_rank": 2}
     text = diagnosis_text(after, "en", "technician", width=200)
@@ -137,7 +144,7 @@ def test_a_safety_causes_prior_is_never_lowered():
 
 def test_a_bundle_records_the_hash_of_the_table_it_used(tmp_path):
     raw = table(e3({"printer.not_connected": 5.0}))
-    learned.store(tmp_path / "state", raw)
+    learned_table.store(tmp_path / "state", raw)
     config = tmp_path / "posdiag.toml"
     config.write_text(f'[terminal]\nid = "T-L1"\nmodel = "K300"\n[daemon]\nstate_dir = "{tmp_path / "state"}"\n', encoding="utf-8")
     out = tmp_path / "b.tar.gz"
@@ -150,7 +157,7 @@ def test_a_bundle_records_the_hash_of_the_table_it_used(tmp_path):
     assert "learned from 120 visits (80 on this model)" in done.stdout
     with tarfile.open(out) as tar:
         diagnosis = json.load(tar.extractfile("diagnosis.json"))
-    assert diagnosis["learned"]["hash"] == learned.parse(raw).hash
+    assert diagnosis["learned"]["hash"] == learned_table.parse(raw).hash
     assert diagnosis["causes"][0]["id"] == "printer.not_connected"
 
 

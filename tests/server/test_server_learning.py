@@ -9,6 +9,7 @@ import requests
 from outcome_bundles import uploaded
 
 from remote.outcome_wire import table_hash
+from remote.server.outcomes import tables
 
 
 def learned(server, terminal_id: str, token: str) -> requests.Response:
@@ -33,7 +34,7 @@ def test_a_terminal_receives_its_models_table_learned_from_visits(server):
     table = learned(server, tid, token).json()
     assert table["schema"] == "posdiag.learned/1" and table["model"] == model and table["version"] >= 1
     entry = table["codes"]["terminal:3"]
-    assert entry["n"] == 12 and entry["f"]["network.apn_wrong"] > 5 and entry["f"]["network.no_link"] < 1
+    assert entry["n"] == 12 and entry["f"]["network.apn_wrong"] == 5.0 and entry["f"]["network.no_link"] < 1  # 5: max_factor
     assert table["hash"] == table_hash(model, table["codes"])
     assert len(requests.get(f"{server.url}/api/v1/terminals/{tid}/learned", headers={"Authorization": f"Bearer {token}"}, timeout=30).content) <= 4096
     other_tid, other_token = server.terminal("LB")
@@ -41,6 +42,9 @@ def test_a_terminal_receives_its_models_table_learned_from_visits(server):
     assert (refused.status_code, refused.json()["error"]) == (403, "wrong_terminal")
     shown = server.get("/api/v1/learning/table", params={"model": model}).json()
     assert shown["served"] == table and shown["versions"][0]["hash"] == table["hash"]
+    # what a heartbeat's answer will carry: the table only when the terminal holds another
+    assert tables.for_heartbeat(server.service.engine, tid, None) == table
+    assert tables.for_heartbeat(server.service.engine, tid, table["hash"]) is None
 
 
 def test_an_admin_switches_a_model_off_reverts_and_resumes(server):

@@ -111,6 +111,13 @@ def served(engine: Engine, model: str) -> dict[str, Any]:
     return learning.document(row["model"], row["version"], row["hash"], json.loads(row["content"]))
 
 
+def for_heartbeat(engine: Engine, terminal_id: str, held: str | None) -> dict[str, Any] | None:
+    """The table a heartbeat's answer carries: the one the terminal should hold, when the hash
+    of the one it holds (`held`, None: none) differs; else None, and the answer stays small."""
+    doc = served(engine, model_of_terminal(engine, terminal_id))
+    return None if doc["hash"] == held else doc
+
+
 def model_of_terminal(engine: Engine, terminal_id: str) -> str:
     """The model the inventory knows for a terminal (newest heartbeat or bundle), else ""."""
     newest_bundle = (
