@@ -57,7 +57,7 @@ def make_record(
         "fixed": fixed,
         "note": note,
         "by": by,
-        "visited_at": (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "visited_at": (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
     }
     record["signature"] = record_signature(hashlib.sha256(token.encode("utf-8")).digest(), record)
     return record

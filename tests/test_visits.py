@@ -34,7 +34,7 @@ def test_a_record_is_signed_with_the_terminals_token_and_masks_card_data():
     made = record(note="card 4111 1111 1111 1111 stuck in the slot", by="li.wei")
     assert made["signature"] == record_signature(hashlib.sha256(TOKEN.encode()).digest(), made)
     assert "4111 1111 1111 1111" not in made["note"] and "stuck in the slot" in made["note"]
-    assert (made["visited_at"], made["bundle_id"], made["by"]) == ("2026-03-01T10:00:00Z", None, "li.wei")
+    assert (made["visited_at"], made["bundle_id"], made["by"]) == ("2026-03-01T10:00:00.000000Z", None, "li.wei")
     tampered = dict(made, found="nothing")
     assert tampered["signature"] != record_signature(hashlib.sha256(TOKEN.encode()).digest(), tampered)
 
