@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 import requests
+import sqlalchemy as sa
 from outcome_bundles import uploaded
 
 from remote.outcome_wire import table_hash
@@ -96,3 +97,21 @@ def test_learning_off_for_the_fleet_serves_every_terminal_an_empty_table(server)
     finally:
         server.post("/api/v1/learning/switch", user="admin", json={"enabled": True})
     assert learned(server, tid, token).json()["codes"]["terminal:3"]["n"] == 10
+
+
+def test_a_model_whose_visits_left_the_window_gets_the_fleet_estimate_again(server):
+    import dataclasses
+
+    from remote.server.outcomes import knowledge
+    from remote.server.outcomes.learning import FLEET, Params
+
+    model = f"M53-{uuid.uuid4().hex[:6]}"
+    fleet = [server.terminal("LE") for _ in range(4)]
+    visit(server, model, "network.apn_wrong", fleet, 10)
+    engine, settings = server.service.engine, server.service.settings.outcomes
+    assert tables.latest(engine, model)["content"] != tables.latest(engine, FLEET)["content"]
+    outdated = dataclasses.replace(settings, learning_window_days=1)
+    with engine.begin() as conn:  # every visit of the model a year ago
+        conn.execute(sa.text("UPDATE outcomes SET visited_at = '2020-01-01T00:00:00.000000Z' WHERE model = :m"), {"m": model})
+    tables.rebuild(engine, knowledge.load(), Params.of(outdated), outdated.learning_window_days, "test")
+    assert tables.latest(engine, model)["content"] == tables.latest(engine, FLEET)["content"]

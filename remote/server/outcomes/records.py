@@ -22,7 +22,7 @@ import sqlalchemy.dialects.sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from remote.outcome_wire import MAX_BY_CHARS, MAX_NOTE_CHARS, NOTHING, OTHER, canonical
+from remote.outcome_wire import MAX_NOTE_CHARS, NOTHING, OTHER, canonical
 from remote.redact import redact_text
 from remote.server import db
 from remote.server.db import bundles
@@ -30,6 +30,7 @@ from remote.server.outcomes.knowledge import KnowledgeView
 from remote.server.outcomes.schema import outcome_history, outcomes
 
 VIAS = ("api", "terminal", "page")
+MAX_BY_NAME = 128  # a user's name; a terminal's record says at most MAX_BY_CHARS (remote/outcome_wire.py)
 DISPATCHED = ("onsite", "remote")  # verdicts that send someone or make support act
 
 
@@ -84,8 +85,8 @@ def said(
     if fixed is None and found != NOTHING:
         raise OutcomeError(422, "fixed_required", "say whether the visit fixed it (fixed true or false)")
     by = by.strip()
-    if len(by) > MAX_BY_CHARS or not by.isprintable():
-        raise OutcomeError(422, "bad_by", f"who closed the visit: at most {MAX_BY_CHARS} printable characters")
+    if len(by) > MAX_BY_NAME or not by.isprintable():
+        raise OutcomeError(422, "bad_by", f"who closed the visit: at most {MAX_BY_NAME} printable characters")
     if via not in VIAS:
         raise OutcomeError(422, "bad_via", f"via is one of {', '.join(VIAS)}")
     now = db.now()

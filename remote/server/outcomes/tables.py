@@ -56,6 +56,8 @@ def rebuild(engine: Engine, kb: KnowledgeView, params: Params, window_days: int,
     if not control.get(FLEET, {}).get("enabled", True):
         return {}
     built = learning.build(kb, visits(engine, window_days), params)
+    for model in _stored_models(engine) - set(built):  # its visits left the window: the fleet's estimate
+        built[model] = built[FLEET]
     changed = {}
     for model, codes in built.items():
         state = control.get(model, {})
@@ -65,6 +67,11 @@ def rebuild(engine: Engine, kb: KnowledgeView, params: Params, window_days: int,
         if newest is None or newest["hash"] != table_hash(model, codes):
             changed[model] = _store(engine, model, codes, "learned", by)
     return changed
+
+
+def _stored_models(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(sa.select(learned_tables.c.model).distinct()).scalars())
 
 
 def _store(engine: Engine, model: str, codes: dict[str, Any], origin: str, by: str) -> int:
