@@ -165,3 +165,27 @@ def test_a_fail_finding_that_means_a_safety_cause_keeps_its_verdict():
     swollen = diagnosed("E3", ("printer.offline", "power.battery_unhealthy"), table(e3({"printer.not_connected": 5.0})))
     assert swollen.correlation.dispatch.verdict == "onsite"
     assert (swollen.learned["applied"], swollen.learned["reason"]) == (False, "safety")
+
+
+def test_learned_priors_multiply_listed_causes_and_let_raised_ones_join_a_local_code():
+    from agent.correlate import learned_priors
+
+    code = KB.lookup("E3", None, ORDER)
+    base = dict(code.causes)
+    out = learned_priors(KB, code, base, {"software.app_fault": 0.2, "printer.mechanism_fault": 5.0, "printer.cover_open": 0.5, "no.such": 9.0})
+    assert out["software.app_fault"] == pytest.approx(base["software.app_fault"] * 0.2)
+    assert out["printer.mechanism_fault"] == pytest.approx(KB.open_prior * 5.0)  # raised: joins at open_prior x factor
+    assert "printer.cover_open" not in out and "no.such" not in out  # lowered or unknown: nothing to add
+    assert {k: v for k, v in out.items() if k in base and k != "software.app_fault"} == {k: v for k, v in base.items() if k != "software.app_fault"}
+    host = KB.lookup("51", None, ORDER)
+    assert learned_priors(KB, host, dict(host.causes), {"network.no_link": 5.0}) == dict(host.causes)
+
+
+def test_a_findings_own_best_cause_weighs_the_factors():
+    from agent.correlate import best_cause_for
+
+    assert best_cause_for(KB, "printer.offline").id == "printer.mechanism_fault"  # a tie, broken by id
+    assert best_cause_for(KB, "printer.offline", {"printer.not_connected": 2.0}).id == "printer.not_connected"
+    # storage.readonly: failing 4.0, state_lost 2.0; the factors move them apart by ln 25 = 3.2 at most
+    assert best_cause_for(KB, "storage.readonly", {"software.state_lost": 2.0, "storage.failing": 0.5}).id == "storage.failing"
+    assert best_cause_for(KB, "storage.readonly", {"software.state_lost": 5.0, "storage.failing": 0.2}).id == "software.state_lost"
