@@ -22,6 +22,11 @@ then points at an alternative on the table (a dead link makes a host timeout les
 the link). A finding that supports no ranked cause bears on none (a weak signal under a host's
 68, a link down under UnionPay's 98): it is an other finding, not evidence against.
 
+Learned priors: `factors` (a learned table's entry for the code, agent/learned.py) multiply the
+candidates' priors; a cause a factor raises joins the candidates of a code that is not a host
+answer at engine.open_prior times its factor. Findings weigh as before, and no candidate leaves.
+A fail finding's own best cause, for the dispatch below, is then judged by support + ln(factor).
+
 Dispatch: the top cause's class (none < merchant < remote < onsite by rank), raised when any
 fail finding's own best cause has a higher class, whether or not that finding is also evidence
 for the top cause: a decline on a terminal whose link is down still needs the link, and a
@@ -31,6 +36,7 @@ duplicate transmission on a read-only filesystem still needs the storage replace
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,10 +81,14 @@ class Correlation:
     dispatch: Dispatch
 
 
-def correlate(kb: KnowledgeBase, code: Code | None, results: list[ProbeResult]) -> Correlation:
+def correlate(
+    kb: KnowledgeBase, code: Code | None, results: list[ProbeResult], factors: Mapping[str, float] | None = None
+) -> Correlation:
     present = _present(results)
     ok_probes = {r.name for r in results if r.status is Status.OK}
     priors = _candidates(kb, code, present)
+    if factors and code is not None:
+        priors = learned_priors(kb, code, priors, factors)
     on_table = {fid for cid in priors for fid in kb.causes[cid].support if fid in present}
     scored = [_score(kb, kb.causes[cid], prior, present, ok_probes, on_table) for cid, prior in priors.items()]
     scored.sort(key=lambda s: (-s[0], s[1].id))
@@ -90,7 +100,7 @@ def correlate(kb: KnowledgeBase, code: Code | None, results: list[ProbeResult]) 
     )
     bearing = {e.finding for rc in ranked for e in (*rc.evidence_for, *rc.evidence_against)}
     others = tuple(f for r in results for f in r.findings if f.id not in bearing)
-    return Correlation(ranked, others, _dispatch(kb, ranked[0], results))
+    return Correlation(ranked, others, _dispatch(kb, ranked[0], results, factors))
 
 
 def _present(results: list[ProbeResult]) -> dict[str, tuple[str, Finding]]:
@@ -111,6 +121,17 @@ def _candidates(kb: KnowledgeBase, code: Code | None, present: dict[str, Any]) -
     if not priors:
         priors[kb.unexplained_cause] = 1.0
     return priors
+
+
+def learned_priors(kb: KnowledgeBase, code: Code, priors: dict[str, float], factors: Mapping[str, float]) -> dict[str, float]:
+    """The candidates' priors times a learned table's factors (see the module docstring)."""
+    out = dict(priors)
+    for cause_id, factor in sorted(factors.items()):
+        if cause_id in out:
+            out[cause_id] *= factor
+        elif factor > 1 and not code.host_answer and cause_id in kb.causes:
+            out[cause_id] = kb.open_prior * factor
+    return out
 
 
 def _score(
@@ -145,7 +166,7 @@ def _score(
     return score, cause, ev_for, ev_against
 
 
-def _dispatch(kb: KnowledgeBase, top: RankedCause, results: list[ProbeResult]) -> Dispatch:
+def _dispatch(kb: KnowledgeBase, top: RankedCause, results: list[ProbeResult], factors: Mapping[str, float] | None) -> Dispatch:
     verdict = kb.verdicts[top.cause.dispatch]
     reason = verdict.reason.format(cause=top.cause.title)
     raised: list[tuple[int, str]] = []
@@ -153,7 +174,7 @@ def _dispatch(kb: KnowledgeBase, top: RankedCause, results: list[ProbeResult]) -
         for finding in result.findings:
             if finding.severity is not Severity.FAIL:
                 continue
-            cause = best_cause_for(kb, finding.id)
+            cause = best_cause_for(kb, finding.id, factors)
             if cause is not None and kb.verdicts[cause.dispatch].rank > verdict.rank:
                 raised.append((kb.verdicts[cause.dispatch].rank, finding.id))
     if not raised:
@@ -164,7 +185,9 @@ def _dispatch(kb: KnowledgeBase, top: RankedCause, results: list[ProbeResult]) -
     return Dispatch(higher.id, higher.escalated.format(cause=top.cause.title, finding=title))
 
 
-def best_cause_for(kb: KnowledgeBase, finding_id: str) -> Cause | None:
-    """The cause a finding supports most strongly (ties by id), or None."""
-    best = [(-c.support[finding_id], c.id) for c in kb.causes.values() if finding_id in c.support]
+def best_cause_for(kb: KnowledgeBase, finding_id: str, factors: Mapping[str, float] | None = None) -> Cause | None:
+    """The cause a finding supports most strongly (ties by id), or None; with a learned
+    table's factors, by support + ln(factor): what the finding most likely means on this model."""
+    learned = factors or {}
+    best = [(-(c.support[finding_id] + math.log(learned.get(c.id, 1.0))), c.id) for c in kb.causes.values() if finding_id in c.support]
     return kb.causes[min(best)[1]] if best else None

@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from agent import learned, learned_table
 from agent.config import Config
-from agent.correlate import Correlation, RankedCause, correlate
+from agent.correlate import Correlation, RankedCause
 from agent.incidents import IncidentMemory, advice
 from agent.knowledge import ROLES, KnowledgeBase, Text, load_for
 from agent.merchant_fixes import review
@@ -65,6 +66,7 @@ class Diagnosis:
     sweep: Sweep
     correlation: Correlation
     fleet: dict[str, Any] | None = None  # an open fleet incident that explains this terminal's error
+    learned: dict[str, Any] | None = None  # the learned table this diagnosis consulted (agent/learned.py)
 
     @property
     def top(self) -> RankedCause:
@@ -80,6 +82,7 @@ class Diagnosis:
             "other_findings": [asdict(f) for f in self.correlation.other_findings],
             "dispatch": self.correlation.dispatch.to_dict(),
             "fleet": self.fleet,
+            "learned": self.learned,
         }
 
 
@@ -96,11 +99,19 @@ def cause_dict(rc: RankedCause) -> dict[str, Any]:
 
 
 def explain(
-    kb: KnowledgeBase, code: str | None, scheme: str | None, order: Iterable[str], sweep: Sweep, strict: bool = False
+    kb: KnowledgeBase,
+    code: str | None,
+    scheme: str | None,
+    order: Iterable[str],
+    sweep: Sweep,
+    strict: bool = False,
+    table: learned_table.LearnedTable | None = None,
+    safety: Iterable[str] = (),
 ) -> Diagnosis:
     """Look the code up and correlate it with a sweep already made (no I/O). No code (a
     probe request from support) is judged from the findings alone, like an unknown one.
-    `scheme` is a hint unless `strict` (see the module docstring)."""
+    `scheme` is a hint unless `strict` (see the module docstring). `table`: a learned table
+    whose factors apply within the bounds of agent/learned.py (`safety`: cause ids)."""
     if strict and scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
     order = list(order)
@@ -117,7 +128,8 @@ def explain(
         error = ErrorInfo(redact_text((code or "").strip())[0], None, False, None, None, asked)
     else:
         error = ErrorInfo(entry.code, entry.scheme, True, entry.meaning, entry.host_answer, asked)
-    return Diagnosis(error, sweep, correlate(kb, entry, sweep.results))
+    correlation, used = learned.correlate_learned(kb, entry, sweep.results, table, safety)
+    return Diagnosis(error, sweep, correlation, learned=used)
 
 
 def diagnose(
@@ -142,7 +154,9 @@ def diagnose(
     if strict_scheme and scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
     sweep = run_probes(config, only, on_result=on_result, skip=skip)
-    diagnosis = explain(kb, code, scheme, order, sweep, strict_scheme)
+    table = learned_table.load(config.section("daemon").state_dir, config.section("terminal").model)
+    safety = config.section("learning").safety_causes
+    diagnosis = explain(kb, code, scheme, order, sweep, strict_scheme, table, safety)
     if remember:
         diagnosis = replace(diagnosis, correlation=review(config, kb, diagnosis.correlation, sweep.results))
     incidents = IncidentMemory(config.section("daemon").state_dir).open()

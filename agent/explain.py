@@ -6,6 +6,7 @@ from agent.correlate import Evidence, RankedCause
 from agent.diagnosis import Diagnosis
 from agent.i18n import finding_detail
 from agent.knowledge import finding_title
+from agent.learned import moved
 from agent.render import fit, screen_width
 from probes.contract.records import Finding
 
@@ -27,6 +28,7 @@ LABELS = {
         "todo": "what to do",
         "other": "Other findings (not the cause of this code)",
         "probe_ok": "probe {probe} ok",
+        "learned": "learned from {visits} visits ({model_visits} on this model)",
         "dispatch": "Dispatch",
         "fleet": "Fleet",
         "verdicts": {"none": "none", "merchant": "merchant fixes it", "remote": "remote", "onsite": "on site"},
@@ -46,6 +48,7 @@ LABELS = {
         "todo": "处理建议",
         "other": "其他发现（与此错误码无关）",
         "probe_ok": "{probe} 检测正常",
+        "learned": "根据 {visits} 次上门结果调整（本机型 {model_visits} 次）",
         "dispatch": "派单建议",
         "fleet": "机群",
         "verdicts": {"none": "无需派人", "merchant": "商户自行处理", "remote": "远程处理", "onsite": "现场处理"},
@@ -62,7 +65,10 @@ def diagnosis_text(diagnosis: Diagnosis, lang: str, role: str, width: int | None
     lines.append(f"{words['causes']}:")
     for i, rc in enumerate(diagnosis.correlation.causes, 1):
         detailed = i == 1 or rc.confidence >= DETAILED_CONFIDENCE
-        lines.extend(cause_lines(i, rc, lang, role, words, findings, detailed=detailed))
+        shown = cause_lines(i, rc, lang, role, words, findings, detailed=detailed)
+        if moved(diagnosis.learned, rc.cause.id):  # under the cause's title
+            shown.insert(1, f"        {words['learned'].format(**diagnosis.learned)}")
+        lines.extend(shown)
     others = diagnosis.correlation.other_findings
     if others:
         lines.append("")

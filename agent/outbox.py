@@ -3,15 +3,19 @@
 Layout of the outbox directory:
 
     <UTC stamp>-<bundle_id>.tar.gz    a whole bundle; lexical order is creation order
+    <UTC stamp>-<outcome_id>.outcome.json  an outcome record (`posdiag visit close`): sent once
+                                      every bundle older than it has left (agent/outcome_upload.py)
     .tmp-<pid>-<random>               being written; never listed, removed once its writer is gone
     state.json                        {"evicted": n} bundles evicted and not yet reported in a manifest
     dead/<name>.tar.gz + .reason.json bundles the server refused for good, with its answer
-                                      (`posdiag outbox requeue` moves them back once fixed)
+                                      (`posdiag outbox requeue` moves them back once fixed);
+                                      refused outcome records likewise
 
 A bundle appears only by rename(2) of a fully written and fsynced temp file, followed by
 an fsync of the directory, so after a crash a bundle is either whole or absent. The stamp
 never goes backwards (a terminal whose clock was reset would otherwise send new bundles
-before old ones): a name older than the newest present one is moved just past it.
+before old ones): a name older than the newest present one, bundle or outcome record, is
+moved just past it. Outcome records are a few hundred bytes and never evicted.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 SUFFIX = ".tar.gz"
+OUTCOME_SUFFIX = ".outcome.json"
 TEMP_PREFIX = ".tmp-"
 STAMP_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 NAME = re.compile(r"^(?P<stamp>\d{8}T\d{6}\.\d{6}Z)-(?P<id>[0-9A-Za-z-]{1,64})\.tar\.gz$")
+OUTCOME_NAME = re.compile(r"^(?P<stamp>\d{8}T\d{6}\.\d{6}Z)-(?P<id>[0-9A-Za-z-]{1,64})\.outcome\.json$")
 
 
 class OutboxBusy(Exception):
@@ -41,7 +47,7 @@ class OutboxBusy(Exception):
 @dataclass(frozen=True)
 class Entry:
     path: Path
-    bundle_id: str
+    bundle_id: str  # the id in the file name: a bundle's, or an outcome record's outcome_id
     stamp: str
     size: int
 
@@ -72,6 +78,20 @@ class Outbox:
     def dead_entries(self) -> list[Entry]:
         return scan(self.dead)
 
+    def outcome_entries(self) -> list[Entry]:
+        return scan(self.root, OUTCOME_NAME)
+
+    def dead_outcome_entries(self) -> list[Entry]:
+        return scan(self.dead, OUTCOME_NAME)
+
+    def put_outcome(self, data: bytes, outcome_id: str, now: datetime | None = None) -> Entry:
+        """Store an outcome record durably, after every bundle and record already present."""
+        with self.locked():
+            stamp = self._next_stamp(now or datetime.now(UTC))
+            path = self.root / f"{stamp}-{outcome_id}{OUTCOME_SUFFIX}"
+            write_atomic(path, data)
+        return Entry(path, outcome_id, stamp, len(data))
+
     def put(self, data: bytes, bundle_id: str, reported_evicted: int = 0, now: datetime | None = None) -> Entry:
         """Store a bundle durably. `reported_evicted` is the evicted count its manifest carries;
         it is taken off the pending count only once the bundle is safely on disk."""
@@ -95,7 +115,7 @@ class Outbox:
     def dead_letter(self, entry: Entry, reason: dict[str, Any]) -> Path:
         """Move a bundle the server refused for good into dead/, its reason beside it."""
         target = self.dead / entry.name
-        reason_path = self.dead / (entry.name[: -len(SUFFIX)] + ".reason.json")
+        reason_path = reason_file(self.dead, entry.name)
         write_atomic(reason_path, json.dumps(reason, ensure_ascii=False, indent=2).encode())
         with contextlib.suppress(FileNotFoundError):
             os.replace(entry.path, target)
@@ -109,7 +129,7 @@ class Outbox:
         with self.locked():
             target = self.root / entry.name
             os.replace(entry.path, target)
-            (self.dead / (entry.name[: -len(SUFFIX)] + ".reason.json")).unlink(missing_ok=True)
+            reason_file(self.dead, entry.name).unlink(missing_ok=True)
             fsync_dir(self.root)
             fsync_dir(self.dead)
         return Entry(target, entry.bundle_id, entry.stamp, entry.size)
@@ -143,9 +163,9 @@ class Outbox:
 
     def _next_stamp(self, now: datetime) -> str:
         stamp = now.astimezone(UTC).strftime(STAMP_FORMAT)
-        present = self.entries()
-        if present and stamp <= present[-1].stamp:
-            stamp = (present[-1].created_at() + timedelta(microseconds=1)).strftime(STAMP_FORMAT)
+        newest = max((e.stamp for e in self.entries() + self.outcome_entries()), default="")
+        if stamp <= newest:
+            stamp = (datetime.strptime(newest, STAMP_FORMAT) + timedelta(microseconds=1)).strftime(STAMP_FORMAT)
         return stamp
 
     def _evict(self, keep: Path) -> int:
@@ -161,7 +181,7 @@ class Outbox:
             with contextlib.suppress(FileNotFoundError):
                 entry.path.unlink()
                 if entry in dead:
-                    (self.dead / (entry.name[: -len(SUFFIX)] + ".reason.json")).unlink(missing_ok=True)
+                    reason_file(self.dead, entry.name).unlink(missing_ok=True)
                 else:
                     evicted += 1
             total -= entry.size
@@ -181,10 +201,16 @@ class Outbox:
         write_atomic(self.root / "state.json", json.dumps(state).encode())
 
 
-def scan(folder: Path) -> list[Entry]:
+def reason_file(folder: Path, name: str) -> Path:
+    """The refusal beside a dead bundle or outcome record."""
+    stem = name.removesuffix(SUFFIX).removesuffix(OUTCOME_SUFFIX)
+    return folder / (stem + ".reason.json")
+
+
+def scan(folder: Path, name: re.Pattern[str] = NAME) -> list[Entry]:
     found = []
     for path in folder.iterdir():
-        match = NAME.match(path.name)
+        match = name.match(path.name)
         if not match:
             continue
         try:

@@ -160,6 +160,13 @@ class DispatchSettings:
     merchant_fix_grace_seconds: float = bounded(0, 86400)
 
 
+@dataclass(frozen=True)
+class LearningSettings:
+    """What a learned table from the support server may not change (agent/learned.py)."""
+
+    safety_causes: list[str]
+
+
 SECTIONS: dict[str, type] = {
     "terminal": TerminalSettings,
     "host": HostSettings,
@@ -172,4 +179,5 @@ SECTIONS: dict[str, type] = {
     "upload": UploadSettings,
     "daemon": DaemonSettings,
     "dispatch": DispatchSettings,
+    "learning": LearningSettings,
 }

@@ -1,9 +1,11 @@
 """Upload bundles to the support server, each exactly once (agent/upload.py sends the
-outbox through this client, oldest first).
+outbox through this client, oldest first), and outcome records the same way
+(agent/outcome_upload.py).
 
 POST {server}/api/v1/bundles with the raw .tar.gz, `Authorization: Bearer <token>` and the
 bundle id as `Idempotency-Key`; the server stores a bundle once and answers 200 when it
-already has it, so sending again after a lost answer is safe. How answers are treated:
+already has it, so sending again after a lost answer is safe. An outcome record goes to
+/api/v1/outcomes as JSON, its outcome id the key. How answers are treated:
 
     UploadError
     ├── Retryable     408, 429, 5xx, connection refused/reset/cut, timeouts: tenacity retries
@@ -40,6 +42,7 @@ import requests
 import tenacity
 
 PATH = "/api/v1/bundles"
+OUTCOMES_PATH = "/api/v1/outcomes"
 MAX_ANSWER_BYTES = 64 * 1024
 SETUP_HINTS = {  # answers that say the terminal's set-up is wrong, and what to fix
     401: "the server does not accept this terminal's token: check [upload] token",
@@ -90,12 +93,16 @@ class Client:
         if not settings.server_url:
             raise Halt("no [upload] server_url configured")
         self.settings = settings
-        self.url = settings.server_url.rstrip("/") + PATH
+        self.base = settings.server_url.rstrip("/")
+        self.url = self.base + PATH
         self.session = session or requests.Session()
         self.sleep = sleep
 
-    def send(self, data: bytes, bundle_id: str, on_retry: RetryNote | None = None) -> Delivered:
-        """Upload one bundle, retrying what is worth retrying; raises UploadError subclasses.
+    def send(
+        self, data: bytes, bundle_id: str, on_retry: RetryNote | None = None, *, path: str = PATH, content_type: str = "application/gzip"
+    ) -> Delivered:
+        """Upload one bundle (or, with `path` and `content_type`, another record keyed by
+        `bundle_id`), retrying what is worth retrying; raises UploadError subclasses.
         `on_retry` hears each failed attempt that will be retried, as it happens."""
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.max_attempts),
@@ -107,18 +114,19 @@ class Client:
         )
         for attempt in retrying:
             with attempt:
-                status = self.post(data, bundle_id)
+                status = self.post(data, bundle_id, path, content_type)
         return Delivered(bundle_id, status, attempt.retry_state.attempt_number)
 
-    def post(self, data: bytes, bundle_id: str) -> int:
+    def post(self, data: bytes, bundle_id: str, path: str = PATH, content_type: str = "application/gzip") -> int:
         headers = {
             "Authorization": f"Bearer {self.settings.token}",
-            "Content-Type": "application/gzip",
+            "Content-Type": content_type,
             "Idempotency-Key": bundle_id,
         }
+        url = self.base + path
         try:
             response = self.session.post(
-                self.url,
+                url,
                 data=data,
                 headers=headers,
                 timeout=(self.settings.connect_timeout_seconds, self.settings.read_timeout_seconds),
@@ -126,7 +134,7 @@ class Client:
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as exc:
-            raise Retryable(transport_reason(exc, self.url, self.settings)) from exc
+            raise Retryable(transport_reason(exc, url, self.settings)) from exc
         with response:
             return classify(response)
 

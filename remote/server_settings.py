@@ -86,6 +86,23 @@ class WebhookSettings:
 
 
 @dataclass(frozen=True)
+class OutcomeSettings:
+    """Visit outcomes: the measures and the learned tables (docs/outcomes.md)."""
+
+    knowledge_extra_paths: list[str]
+    measures_days: int = bounded(1, 3660)
+    learning_window_days: int = bounded(0, 36500)
+    prior_strength: float = bounded(0.1, 1e6)
+    model_strength: float = bounded(0.1, 1e6)
+    max_factor: float = bounded(1.0, 1000)
+    min_visits: int = bounded(1, 1_000_000)
+    min_change: float = bounded(0, 10)
+    max_visits_per_terminal: int = bounded(1, 1_000_000)
+    max_codes: int = bounded(1, 1000)
+    max_table_bytes: int = bounded(256, 4096)
+
+
+@dataclass(frozen=True)
 class ServerSettings:
     """The support server (posdiag-support); terminals ignore this section."""
 
@@ -117,3 +134,4 @@ class ServerSettings:
     retention: RetentionSettings
     fleet: FleetSettings
     webhooks: WebhookSettings
+    outcomes: OutcomeSettings

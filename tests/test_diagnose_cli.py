@@ -23,7 +23,7 @@ def diagnose_json(*args: str) -> dict:
 
 def test_03_on_a_healthy_terminal_is_an_invalid_merchant():
     doc = diagnose_json("--code", "03", "--simulate", "healthy")
-    assert set(doc) == {"error", "probes", "sweep", "causes", "other_findings", "dispatch", "fleet"}
+    assert set(doc) == {"error", "probes", "sweep", "causes", "other_findings", "dispatch", "fleet", "learned"}
     assert doc["error"] == {
         "code": "03",
         "scheme": "iso8583",

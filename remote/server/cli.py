@@ -7,6 +7,7 @@
   posdiag-support users list | passwd NAME [--password P] | role NAME ROLE | remove NAME
   posdiag-support gc [--dry-run] [--json]   remove what [server.retention] expires
   posdiag-support check [--json]            verify database, blob store, config
+  posdiag-support learning ACTION           learned tables (learning --help)
 
 --db defaults to SQLite in the data directory; postgresql://user@host/db for PostgreSQL.
 --blobs defaults to DATA/blobs; s3://BUCKET[/PREFIX] for an S3-compatible store.
@@ -111,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     remove = users.add_parser("remove", parents=[common], help="remove a user")
     remove.add_argument("name")
     remove.set_defaults(handler=cmd_user_remove)
+    from remote.server import learning_cli
+
+    learning_cli.register(sub, common)
     return parser
 
 
