@@ -74,7 +74,21 @@ def load_layers(operator: tuple[str, dict[str, Any]] | None, overrides: dict[str
         return layers[-1][0]
 
     source = layers[1][0] if operator is not None else default_name
-    return build(merged, origin, source)
+    return build(country_scheme_order(merged, origin(KNOWLEDGE_ORDER) == default_name), origin, source)
+
+
+KNOWLEDGE_ORDER = "knowledge.scheme_order"
+
+
+def country_scheme_order(merged: dict[str, Any], order_is_default: bool) -> dict[str, Any]:
+    """[terminal] country chooses [knowledge] scheme_order (scheme_order_by_country: a terminal
+    in CN reads a bare 22 as UnionPay's) unless a file names scheme_order itself."""
+    terminal, knowledge = merged.get("terminal"), merged.get("knowledge")
+    if not order_is_default or not isinstance(terminal, dict) or not isinstance(knowledge, dict):
+        return merged
+    by_country = knowledge.get("scheme_order_by_country")
+    chosen = by_country.get(terminal.get("country")) if isinstance(by_country, dict) else None
+    return config_file.merge(merged, {"knowledge": {"scheme_order": chosen}}) if chosen is not None else merged
 
 
 def build(merged: dict[str, Any], origin: typing.Callable[[str], str], source: str) -> Config:

@@ -31,6 +31,8 @@ def test_03_on_a_healthy_terminal_is_an_invalid_merchant():
         "meaning": {"zh": "无效商户", "en": "invalid merchant"},
         "host_answer": True,
         "asked": None,
+        "given": None,
+        "also_in": [],
     }
     top = doc["causes"][0]
     assert set(top) == {"id", "category", "title", "confidence", "evidence_for", "evidence_against", "actions"}
@@ -68,7 +70,10 @@ def test_51_on_a_healthy_terminal_sends_no_one():
 
 def test_an_unknown_code_is_diagnosed_from_the_findings():
     doc = diagnose_json("--code", "XQ7", "--simulate", "reader.tamper")
-    assert doc["error"] == {"code": "XQ7", "scheme": None, "known": False, "meaning": None, "host_answer": None, "asked": None}
+    assert doc["error"] == {
+        "code": "XQ7", "scheme": None, "known": False, "meaning": None, "host_answer": None, "asked": None,
+        "given": None, "also_in": [],
+    }  # fmt: skip
     assert doc["causes"][0]["category"] == "reader"
 
 
@@ -141,7 +146,7 @@ def test_codes_show_finds_an_operator_vendor_table(tmp_path):
 
 
 def test_demo_diagnoses_a_simulated_fault():
-    proc = run_cli("demo", "--lang", "en")
+    proc = run_cli("demo", "--lang", "en", input="")  # no terminal on either side: it stops at once
     assert proc.returncode == 0, proc.stderr
     assert "Error 3000 (terminal)" in proc.stdout and "printer.paper_out" in proc.stdout
 

@@ -26,7 +26,7 @@ from tests.conftest import run_cli
 MMCLI_DATA = Path(__file__).parent / "data" / "mmcli"
 DIALOGUE = [
     "AT", "AT+CPIN?", "AT+CCID", "AT+CSQ", "AT+CESQ", "AT+CREG?", "AT+CGREG?", "AT+CEREG?",
-    "AT+COPS?", "AT+CGATT?", "AT+CGACT?", "AT+CGDCONT?",
+    "AT+COPS?", "AT+CGATT?", "AT+CGACT?", "AT+CGDCONT?", "AT+WS46?",
 ]  # fmt: skip
 
 
@@ -245,7 +245,8 @@ def test_modemmanager_connected_modem(tmp_path):
         ("modem-sim-missing.json", None, ["modem.sim_absent"]),
         ("modem-sim-pin.json", None, ["modem.sim_locked"]),
         ("modem-denied.json", None, ["modem.registration_denied"]),
-        ("modem-registered.json", "bearer-disconnected.json", ["modem.no_data_session"]),
+        # the recorded bearer says why: "Requested service option not subscribed" (ESM #33)
+        ("modem-registered.json", "bearer-disconnected.json", ["modem.data_rejected"]),
         ("modem-connected.json", "bearer-cmnet.json", ["modem.wrong_apn"]),
     ],
 )
@@ -280,12 +281,12 @@ def test_mmcli_source_without_modemmanager_is_no_response(tmp_path):
 # --- the simulated terminal through the CLI --------------------------------------------------
 
 
-def test_cli_healthy_terminal_seven_probes_ok_with_the_modem_facts():
+def test_cli_healthy_terminal_eight_probes_ok_with_the_modem_facts():
     result = run_cli("probe", "--simulate", "healthy", "--json")
     assert result.returncode == 0, result.stderr
     probes = {p["name"]: p for p in json.loads(result.stdout)["probes"]}
     assert {n: p["status"] for n, p in probes.items()} == dict.fromkeys(
-        ["card_reader", "modem", "network", "power", "printer", "storage", "system"], "ok"
+        ["card_reader", "modem", "network", "payment_app", "power", "printer", "storage", "system"], "ok"
     )
     m = probes["modem"]["metrics"]
     assert (m["operator"], m["access_technology"], m["rssi_dbm"], m["rsrp_dbm"]) == ("CHINA MOBILE", "lte", -69.0, -91.0)

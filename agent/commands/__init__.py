@@ -79,6 +79,28 @@ def add_json_arg(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) in the main thread for the block, so every `with` on the way
+    out runs: emulators stop and their temporary directories go (the default action would kill
+    the process with them left behind)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def configured(args: argparse.Namespace) -> Iterator[Config]:
     """The effective config; with --simulate, emulators run until the block ends."""
     from agent import config
@@ -89,5 +111,5 @@ def configured(args: argparse.Namespace) -> Iterator[Config]:
         return
     from probes.emulators import SimulatedTerminal
 
-    with SimulatedTerminal.from_spec(faults) as terminal:
+    with sigterm_unwinds(), SimulatedTerminal.from_spec(faults) as terminal:
         yield config.load(args.config, terminal.overrides)
