@@ -35,14 +35,16 @@ class Part:
     """A part of the terminal. `needs`: every one must be up; `needs_any`: at least one of
     those the terminal has (a part of a bearer it does not have is left out). `probe` observes
     it; `seen_as` are the findings that probe reports when the part is down because something it
-    needs, watched by another probe, broke (empty: the probe reports only the root, one finding
-    per root). A probe stops at its first failing step: DNS that fails leaves TLS untried."""
+    needs broke (empty: the probe reports only the root, one finding per root). `checked_after`:
+    the probe tries this part only when that one worked (DNS that fails leaves TCP and TLS
+    untried), so a part down behind it shows nothing of its own."""
 
     needs: tuple[str, ...] = ()
     needs_any: tuple[str, ...] = ()
     probe: str | None = None
     seen_as: tuple[str, ...] = ()
     bearer: str | None = None  # the part exists only on a terminal with this bearer
+    checked_after: str | None = None
 
 
 PARTS: dict[str, Part] = {
@@ -60,8 +62,8 @@ PARTS: dict[str, Part] = {
     "captive_portal": Part(probe="network", bearer=WIFI),
     "route": Part(needs_any=("cellular_link", "wifi_link"), probe="network", seen_as=("network.no_route",)),
     "dns": Part(needs=("route",), needs_any=("private_apn", "wifi_link"), probe="network", seen_as=("network.dns_failed",)),
-    "host": Part(needs=("dns",), probe="network"),
-    "tls": Part(needs=("host", "captive_portal"), probe="network", seen_as=("network.tls_failed",)),
+    "host": Part(needs=("dns",), probe="network", checked_after="dns"),
+    "tls": Part(needs=("host", "captive_portal"), probe="network", seen_as=("network.tls_failed",), checked_after="host"),
     "clock": Part(probe="network"),
     # keys and set-up: what the host checks in every request (no probe sees the answer itself)
     "secure_module": Part(probe="card_reader"),
@@ -223,12 +225,23 @@ def evaluate(faults: frozenset[str], bearers: frozenset[str] = frozenset()) -> T
     return state
 
 
+def consequences(fault: str) -> list[str]:
+    """What the probes find beyond the fault's own finding, in the order the chain runs: the
+    `seen_as` of every part it takes down that its probe reaches (the docs' and --help's list)."""
+    state = evaluate(frozenset({fault}))
+    home = FAULTS[fault].part
+    found: list[str] = []
+    for part in PARTS:
+        if part != home and state.is_down(part) and state.has(part) and first_seen(state, part):
+            found += [fid for fid in PARTS[part].seen_as if fid not in found]
+    return found
+
+
 def first_seen(state: TerminalState, part: str) -> bool:
-    """Whether the part's probe gets as far as this part: nothing it needs that the same probe
-    checks on the way is down (so the probe reports the part's `seen_as`)."""
-    probe = PARTS[part].probe
-    needed = PARTS[part].needs + PARTS[part].needs_any
-    return not any(state.has(n) and state.is_down(n) and PARTS[n].probe == probe for n in needed)
+    """Whether the part's probe gets as far as this part (so it reports the part's `seen_as`):
+    the step it is checked after, if any, worked."""
+    after = PARTS[part].checked_after
+    return after is None or not state.is_down(after)
 
 
 def downstream(part: str) -> list[str]:
