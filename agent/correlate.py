@@ -111,7 +111,8 @@ def correlate(kb: KnowledgeBase, code: Code | None, results: list[ProbeResult]) 
     priors = _candidates(kb, code, present)
     on_table = {fid for cid in priors for fid in kb.causes[cid].support if fid in present}
     scored = [_score(kb, kb.causes[cid], prior, present, ok_probes, on_table) for cid, prior in priors.items()]
-    scored = [(score, cause, _with_consequences(kb, ev_for, roots, everything), ev_against) for score, cause, ev_for, ev_against in scored]
+    if roots:
+        scored = [(score, cause, _with_consequences(kb, ev_for, roots, everything), ev_against) for score, cause, ev_for, ev_against in scored]
     scored.sort(key=lambda s: (-s[0], s[1].id))
     top_score = scored[0][0]
     total = sum(math.exp(s - top_score) for s, *_ in scored)
@@ -148,13 +149,20 @@ def _with_consequences(
     """The evidence for a cause, followed by the consequences of each root finding among it, in
     the order the chain runs (link, route, name service, host)."""
     cited = {e.finding for e in ev_for}
-    chain = {fid: i for root in kb.explains for i, fid in enumerate(kb.explains[root])}
+    if not cited & set(roots.values()):
+        return ev_for
     extra = [
         Evidence(everything[fid][0], fid, everything[fid][1].detail, 0.0, root)
-        for fid, root in sorted(roots.items(), key=lambda item: (item[1], chain.get(item[0], 0), item[0]))
+        for fid, root in sorted(roots.items(), key=lambda item: (item[1], _place(kb, item[1], item[0]), item[0]))
         if root in cited
     ]
     return ev_for + extra
+
+
+def _place(kb: KnowledgeBase, root: str, fid: str) -> int:
+    """Where a consequence comes in its chain (link, route, name service, host)."""
+    chain = kb.explains.get(root, ())
+    return chain.index(fid) if fid in chain else len(chain)
 
 
 def _present(results: list[ProbeResult]) -> dict[str, tuple[str, Finding]]:

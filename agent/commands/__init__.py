@@ -38,6 +38,17 @@ def add_simulate_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+FAULT_CATALOGUE = "%(fault catalogue)s"  # an epilog placeholder, expanded only when help is shown
+
+
+class FaultCatalogueFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help whose epilog FAULT_CATALOGUE becomes the list of simulated faults: the list is built
+    from the device model only when someone asks for help, not on every command."""
+
+    def add_text(self, text: str | None) -> None:
+        super().add_text(fault_catalogue() if text == FAULT_CATALOGUE else text)
+
+
 def fault_catalogue(width: int = 78) -> str:
     """The simulated terminal's faults by the part they live in, and what else the probes then
     find (derived from the device model, probes/emulators/_model.py)."""

@@ -5,6 +5,8 @@ import json
 import sys
 
 from agent.commands import (
+    FAULT_CATALOGUE,
+    FaultCatalogueFormatter,
     add_config_arg,
     add_json_arg,
     add_lang_arg,
@@ -20,8 +22,6 @@ from agent.commands import (
 def register(sub: argparse._SubParsersAction) -> None:
     import textwrap
 
-    from agent.commands import fault_catalogue
-
     description = (
         "Run every enabled probe, look the code up in the knowledge base and rank its likely causes "
         "with the evidence for and against each, what to do, and whether anyone needs to be sent. "
@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "diagnose",
         help="explain an error code in the light of what the probes find",
         description=textwrap.fill(description, 78),
-        epilog=fault_catalogue(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=FAULT_CATALOGUE,
+        formatter_class=FaultCatalogueFormatter,
     )
     parser.add_argument("--code", required=True, help="the code the terminal showed: 51, A0, E3, 3000, ConnectError, ...")
     parser.add_argument(
