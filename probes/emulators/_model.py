@@ -208,21 +208,25 @@ def evaluate(faults: frozenset[str], bearers: frozenset[str] = frozenset()) -> T
     unknown = faults - FAULTS.keys()
     if unknown:
         raise KeyError(f"faults without a place in the device model: {', '.join(sorted(unknown))}")
-    state = TerminalState(faults, bearers_for(faults, bearers))
-    down = state.down
+    chosen = bearers_for(faults, bearers)
+
+    def has(name: str) -> bool:
+        return PARTS[name].bearer is None or PARTS[name].bearer in chosen
+
+    down: dict[str, str] = {}
     for fault in sorted(faults):
         if FAULTS[fault].breaks:
             down.setdefault(FAULTS[fault].part, fault)
     for name, part in PARTS.items():  # PARTS is in dependency order
-        if name in down or not state.has(name):
+        if name in down or not has(name):
             continue
-        needed = [n for n in part.needs if state.has(n) and n in down]
-        present_any = [n for n in part.needs_any if state.has(n)]
+        needed = [n for n in part.needs if has(n) and n in down]
+        present_any = [n for n in part.needs_any if has(n)]
         if not needed and present_any and all(n in down for n in present_any):
             needed = present_any
         if needed:
             down[name] = down[needed[0]]
-    return state
+    return TerminalState(faults, chosen, down)
 
 
 def consequences(fault: str) -> list[str]:

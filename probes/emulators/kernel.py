@@ -83,8 +83,8 @@ def sysfs_files(state: TerminalState) -> dict[str, str]:
     )
     for bearer in sorted(state.bearers):
         iface, devtype, part, _, _ = LINKS[bearer]
-        if bearer == CELLULAR and state.is_down("modem"):
-            continue  # the module is gone (or mute): no data interface at all
+        if bearer == CELLULAR and state.down.get("modem") == "modem.absent":
+            continue  # the module is gone from USB: no data interface at all
         up = not state.is_down(part)
         # wpa_supplicant leaves an unassociated wlan0 dormant; a wwan0 without a data session is down
         files[f"class/net/{iface}/operstate"] = "up" if up else "dormant" if bearer == WIFI else "down"
