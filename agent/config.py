@@ -86,9 +86,11 @@ def country_scheme_order(merged: dict[str, Any], order_is_default: bool) -> dict
     terminal, knowledge = merged.get("terminal"), merged.get("knowledge")
     if not order_is_default or not isinstance(terminal, dict) or not isinstance(knowledge, dict):
         return merged
-    by_country = knowledge.get("scheme_order_by_country")
-    chosen = by_country.get(terminal.get("country")) if isinstance(by_country, dict) else None
-    return config_file.merge(merged, {"knowledge": {"scheme_order": chosen}}) if chosen is not None else merged
+    by_country, country = knowledge.get("scheme_order_by_country"), terminal.get("country")
+    chosen = by_country.get(country) if isinstance(by_country, dict) and isinstance(country, str) else None
+    if not isinstance(chosen, list):  # a wrong shape is reported by the checks at its own key
+        return merged
+    return config_file.merge(merged, {"knowledge": {"scheme_order": chosen}})
 
 
 def build(merged: dict[str, Any], origin: typing.Callable[[str], str], source: str) -> Config:
