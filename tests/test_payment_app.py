@@ -18,12 +18,12 @@ from probes import ProbeContext, payment_app
 from probes.contract.records import Severity, Status
 from probes.contract.settings import AppSettings, HostSettings
 
-NOW = datetime.now(UTC)
 KCV = {"pin": "8C2D41", "mac": "3F90A7"}
 
 
 def ago(**delta: float) -> str:
-    return (NOW - timedelta(**delta)).isoformat(timespec="seconds")
+    """A moment that long before now (taken when the file is written, not when tests are collected)."""
+    return (datetime.now(UTC) - timedelta(**delta)).isoformat(timespec="seconds")
 
 
 def healthy() -> dict:
@@ -182,7 +182,7 @@ def test_a_file_the_app_stopped_writing_is_stale(tmp_path):
 def test_times_in_the_shapes_apps_write(tmp_path, style):
     """An app on a terminal in UTC+8 may write 2024-06-01T09:30:00+08:00, ...Z, a local time
     with no offset, or epoch seconds: all mean the same moment."""
-    moment = NOW - timedelta(hours=30)
+    moment = datetime.now(UTC) - timedelta(hours=30)
     shaped = {
         "offset": moment.astimezone().isoformat(),
         "utc_z": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
