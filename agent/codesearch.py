@@ -1,13 +1,16 @@
 """`codes search`: the codes a person means by a few words, in Chinese or English, or by
 the start of a code.
 
-Each term of the query must match a code's meaning, or the title or id of one of its causes:
+Each term of the query must match a code's meaning, the title or id of one of its causes, or
+the title of a finding that supports one of them; a generic code (E3, 3000) has every cause
+the probes can bring, so it matches whatever a cause or finding matches:
 - a Latin word matches by its Snowball stem, so `timeouts` finds "timeout" and `declined`
   finds "decline"; two adjacent words also count joined, so `timeout` finds "timed out";
   a stem of four letters or more also matches the start of a longer one (`insuff`);
 - a Chinese term matches as a substring (Chinese has no word stems): `打印` finds 打印纸;
 - a query that is the start of a code finds that code (`5` finds 51, 54, 55).
-Codes found by their code come first, then by their meaning, then by a cause's title.
+Codes found by their code come first, then by their meaning, then by a cause's title, then by
+a finding's, then the generic codes.
 """
 
 from __future__ import annotations
@@ -58,13 +61,21 @@ def search(kb: KnowledgeBase, query: str, order: list[str] | None = None) -> lis
     prefix = query.strip().casefold()
     ranked: list[tuple[int, int, str, Code]] = []
     schemes = order or []
+    by_title = {cid for cid, c in kb.causes.items() if text_matches(terms, c.title.zh, f"{c.title.en} {cid}")}
+    titles = {fid: kb.findings[fid] for c in kb.causes.values() for fid in c.support if fid in kb.findings}
+    found = {fid for fid, t in titles.items() if text_matches(terms, t.zh, f"{t.en} {fid}")}
+    by_finding = {cid for cid, c in kb.causes.items() if found & c.support.keys()}
     for code in kb.codes.values():
         if code.code.casefold().startswith(prefix):
             tier = 0
         elif text_matches(terms, code.meaning.zh, code.meaning.en):
             tier = 1
-        elif any(text_matches(terms, kb.causes[c].title.zh, f"{kb.causes[c].title.en} {c}") for c in code.causes):
+        elif by_title & code.causes.keys():
             tier = 2
+        elif by_finding & code.causes.keys():
+            tier = 3
+        elif code.open and (by_title or by_finding):
+            tier = 4
         else:
             continue
         place = schemes.index(code.scheme) if code.scheme in schemes else len(schemes)

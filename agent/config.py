@@ -74,7 +74,23 @@ def load_layers(operator: tuple[str, dict[str, Any]] | None, overrides: dict[str
         return layers[-1][0]
 
     source = layers[1][0] if operator is not None else default_name
-    return build(merged, origin, source)
+    return build(country_scheme_order(merged, origin(KNOWLEDGE_ORDER) == default_name), origin, source)
+
+
+KNOWLEDGE_ORDER = "knowledge.scheme_order"
+
+
+def country_scheme_order(merged: dict[str, Any], order_is_default: bool) -> dict[str, Any]:
+    """[terminal] country chooses [knowledge] scheme_order (scheme_order_by_country: a terminal
+    in CN reads a bare 22 as UnionPay's) unless a file names scheme_order itself."""
+    terminal, knowledge = merged.get("terminal"), merged.get("knowledge")
+    if not order_is_default or not isinstance(terminal, dict) or not isinstance(knowledge, dict):
+        return merged
+    by_country, country = knowledge.get("scheme_order_by_country"), terminal.get("country")
+    chosen = by_country.get(country) if isinstance(by_country, dict) and isinstance(country, str) else None
+    if not isinstance(chosen, list):  # a wrong shape is reported by the checks at its own key
+        return merged
+    return config_file.merge(merged, {"knowledge": {"scheme_order": chosen}})
 
 
 def build(merged: dict[str, Any], origin: typing.Callable[[str], str], source: str) -> Config:

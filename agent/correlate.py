@@ -27,10 +27,19 @@ candidates' priors; a cause a factor raises joins the candidates of a code that 
 answer at engine.open_prior times its factor. Findings weigh as before, and no candidate leaves.
 A fail finding's own best cause, for the dispatch below, is then judged by support + ln(factor).
 
-Dispatch: the top cause's class (none < merchant < remote < onsite by rank), raised when any
-fail finding's own best cause has a higher class, whether or not that finding is also evidence
-for the top cause: a decline on a terminal whose link is down still needs the link, and a
-duplicate transmission on a read-only filesystem still needs the storage replaced.
+Causal chains (knowledge base [explains]): a present fail finding explains the findings that
+are its consequences on the device (no SIM: no link, no default route, no DNS). An explained
+finding is no independent evidence: it adds no weight, weakens nothing, brings no candidate of
+its own and raises no dispatch; it is shown, with weight 0, as evidence for the causes its root
+supports. So a modem fault is the cause and the network findings its evidence.
+
+Dispatch: the top cause's class (none < merchant < remote < onsite by rank), raised by every
+fail finding that is not explained by another and whose own best cause is not the top cause,
+whether or not that finding is also evidence for it: a decline on a terminal whose link is down
+still needs the link, and a duplicate transmission on a read-only filesystem still needs the
+storage replaced. Those findings are listed as `also` (a local fault that will fail the next
+transaction is always something to do, whatever the code), and the reason names the one with
+the highest class even when it does not raise the verdict.
 """
 
 from __future__ import annotations
@@ -51,9 +60,16 @@ class Evidence:
     finding: str | None  # None: a check that passed ("probe network ok")
     detail: str
     weight: float
+    explained_by: str | None = None  # a consequence of this (root) finding: no weight of its own
 
     def to_dict(self) -> dict[str, Any]:
-        return {"probe": self.probe, "finding": self.finding, "detail": self.detail, "weight": self.weight}
+        return {
+            "probe": self.probe,
+            "finding": self.finding,
+            "detail": self.detail,
+            "weight": self.weight,
+            "explained_by": self.explained_by,
+        }
 
 
 @dataclass(frozen=True)
@@ -66,12 +82,24 @@ class RankedCause:
 
 
 @dataclass(frozen=True)
+class AlsoFix:
+    """A fail finding beside the top cause that needs its own fix: its best cause and class."""
+
+    finding: str
+    cause: Cause
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"finding": self.finding, "cause": self.cause.id, "verdict": self.cause.dispatch}
+
+
+@dataclass(frozen=True)
 class Dispatch:
     verdict: str
     reason: Text
+    also: tuple[AlsoFix, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "reason": self.reason.to_dict()}
+        return {"verdict": self.verdict, "reason": self.reason.to_dict(), "also": [a.to_dict() for a in self.also]}
 
 
 @dataclass(frozen=True)
@@ -84,13 +112,17 @@ class Correlation:
 def correlate(
     kb: KnowledgeBase, code: Code | None, results: list[ProbeResult], factors: Mapping[str, float] | None = None
 ) -> Correlation:
-    present = _present(results)
+    everything = _present(results)
+    roots = explained_roots(kb, everything)
+    present = {fid: seen for fid, seen in everything.items() if fid not in roots}
     ok_probes = {r.name for r in results if r.status is Status.OK}
     priors = _candidates(kb, code, present)
     if factors and code is not None:
         priors = learned_priors(kb, code, priors, factors)
     on_table = {fid for cid in priors for fid in kb.causes[cid].support if fid in present}
     scored = [_score(kb, kb.causes[cid], prior, present, ok_probes, on_table) for cid, prior in priors.items()]
+    if roots:
+        scored = [(score, cause, _with_consequences(kb, ev_for, roots, everything), ev_against) for score, cause, ev_for, ev_against in scored]
     scored.sort(key=lambda s: (-s[0], s[1].id))
     top_score = scored[0][0]
     total = sum(math.exp(s - top_score) for s, *_ in scored)
@@ -100,7 +132,47 @@ def correlate(
     )
     bearing = {e.finding for rc in ranked for e in (*rc.evidence_for, *rc.evidence_against)}
     others = tuple(f for r in results for f in r.findings if f.id not in bearing)
-    return Correlation(ranked, others, _dispatch(kb, ranked[0], results, factors))
+    return Correlation(ranked, others, _dispatch(kb, ranked[0], results, roots, factors))
+
+
+def explained_roots(kb: KnowledgeBase, present: dict[str, tuple[str, Finding]]) -> dict[str, str]:
+    """Present finding -> the topmost present fail finding that explains it (kb.explains)."""
+    parent: dict[str, str] = {}
+    for root in sorted(kb.explains):
+        if root in present and present[root][1].severity is Severity.FAIL:
+            for fid in kb.explains[root]:
+                if fid in present:
+                    parent.setdefault(fid, root)
+    roots = {}
+    for fid in parent:
+        top, seen = parent[fid], {fid}
+        while top in parent and top not in seen:  # a chain of chains: no SIM -> link down -> no route
+            seen.add(top)
+            top = parent[top]
+        roots[fid] = top
+    return roots
+
+
+def _with_consequences(
+    kb: KnowledgeBase, ev_for: list[Evidence], roots: dict[str, str], everything: dict[str, tuple[str, Finding]]
+) -> list[Evidence]:
+    """The evidence for a cause, followed by the consequences of each root finding among it, in
+    the order the chain runs (link, route, name service, host)."""
+    cited = {e.finding for e in ev_for}
+    if not cited & set(roots.values()):
+        return ev_for
+    extra = [
+        Evidence(everything[fid][0], fid, everything[fid][1].detail, 0.0, root)
+        for fid, root in sorted(roots.items(), key=lambda item: (item[1], _place(kb, item[1], item[0]), item[0]))
+        if root in cited
+    ]
+    return ev_for + extra
+
+
+def _place(kb: KnowledgeBase, root: str, fid: str) -> int:
+    """Where a consequence comes in its chain (link, route, name service, host)."""
+    chain = kb.explains.get(root, ())
+    return chain.index(fid) if fid in chain else len(chain)
 
 
 def _present(results: list[ProbeResult]) -> dict[str, tuple[str, Finding]]:
@@ -166,23 +238,25 @@ def _score(
     return score, cause, ev_for, ev_against
 
 
-def _dispatch(kb: KnowledgeBase, top: RankedCause, results: list[ProbeResult], factors: Mapping[str, float] | None) -> Dispatch:
+def _dispatch(
+    kb: KnowledgeBase, top: RankedCause, results: list[ProbeResult], roots: dict[str, str], factors: Mapping[str, float] | None
+) -> Dispatch:
     verdict = kb.verdicts[top.cause.dispatch]
-    reason = verdict.reason.format(cause=top.cause.title)
-    raised: list[tuple[int, str]] = []
+    also: dict[str, AlsoFix] = {}
     for result in results:
         for finding in result.findings:
-            if finding.severity is not Severity.FAIL:
+            if finding.severity is not Severity.FAIL or finding.id in roots or finding.id in also:
                 continue
             cause = best_cause_for(kb, finding.id, factors)
-            if cause is not None and kb.verdicts[cause.dispatch].rank > verdict.rank:
-                raised.append((kb.verdicts[cause.dispatch].rank, finding.id))
-    if not raised:
-        return Dispatch(verdict.id, reason)
-    rank, finding_id = min(raised, key=lambda r: (-r[0], r[1]))
-    higher = next(v for v in kb.verdicts.values() if v.rank == rank)
-    title = kb.findings.get(finding_id, Text(finding_id, finding_id))
-    return Dispatch(higher.id, higher.escalated.format(cause=top.cause.title, finding=title))
+            if cause is not None and cause.id != top.cause.id:
+                also[finding.id] = AlsoFix(finding.id, cause)
+    fixes = tuple(sorted(also.values(), key=lambda a: (-kb.verdicts[a.cause.dispatch].rank, a.finding)))
+    if not fixes:
+        return Dispatch(verdict.id, verdict.reason.format(cause=top.cause.title))
+    first = kb.verdicts[fixes[0].cause.dispatch]
+    title = kb.findings.get(fixes[0].finding, Text(fixes[0].finding, fixes[0].finding))
+    final = first if first.rank > verdict.rank else verdict
+    return Dispatch(final.id, first.escalated.format(cause=top.cause.title, finding=title), fixes)
 
 
 def best_cause_for(kb: KnowledgeBase, finding_id: str, factors: Mapping[str, float] | None = None) -> Cause | None:

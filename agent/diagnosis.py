@@ -7,7 +7,11 @@ causes[0].category, dispatch.verdict): keep its keys stable.
 A scheme named by a log source, an event or the socket is a hint: the code is looked up there
 first, then in scheme_order, and error.scheme says which scheme answered (error.asked keeps the
 hint). Only `--scheme` on the command line is strict: a code that scheme does not know is
-diagnosed as unknown, and the text says which schemes do know it.
+diagnosed as unknown, and the text says which schemes do know it. error.also_in lists the other
+schemes that read the code differently (a bare 22 on a UnionPay terminal, say).
+
+A one-digit code that no scheme knows is read with its leading zero (ISO 8583 codes have two
+digits: `5` is 05); error.given keeps what was typed, and the text says what was assumed.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from agent import learned, learned_table
 from agent.config import Config
 from agent.correlate import Correlation, RankedCause
 from agent.incidents import IncidentMemory, advice
-from agent.knowledge import ROLES, KnowledgeBase, Text, load_for
+from agent.knowledge import ROLES, Code, KnowledgeBase, Text, load_for
 from agent.merchant_fixes import review
 from agent.model import Sweep
 from agent.runner import Progress, run_probes
@@ -48,6 +52,8 @@ class ErrorInfo:
     meaning: Text | None
     host_answer: bool | None
     asked: AskedScheme | None = None
+    given: str | None = None  # what was typed, when the code was read otherwise (5 read as 05)
+    also_in: tuple[tuple[str, Text], ...] = ()  # other schemes that know the code: (scheme, meaning)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,6 +63,8 @@ class ErrorInfo:
             "meaning": self.meaning.to_dict() if self.meaning else None,
             "host_answer": self.host_answer,
             "asked": self.asked.to_dict() if self.asked else None,
+            "given": self.given,
+            "also_in": [{"scheme": scheme, "meaning": meaning.to_dict()} for scheme, meaning in self.also_in],
         }
 
 
@@ -115,10 +123,17 @@ def explain(
     if strict and scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
     order = list(order)
-    if strict and scheme is not None:
-        entry = kb.lookup(code, scheme, order) if code else None
-    else:
-        entry = kb.lookup(code, None, [scheme, *order] if scheme else order) if code else None
+
+    def find(wanted: str) -> Code | None:
+        if strict and scheme is not None:
+            return kb.lookup(wanted, scheme, order)
+        return kb.lookup(wanted, None, [scheme, *order] if scheme else order)
+
+    entry = find(code) if code else None
+    given = None
+    if entry is None and code and code.strip().isdigit() and len(code.strip()) == 1:
+        entry = find("0" + code.strip())  # ISO 8583 field 39 is two digits: 5 is 05
+        given = code.strip() if entry is not None else None
     asked = None
     if scheme is not None:
         known_in = tuple(c.scheme for c in kb.lookup_all(code)) if strict and code and entry is None else ()
@@ -127,7 +142,8 @@ def explain(
         # An unknown code is echoed in every output: a PAN typed or logged as the code is not.
         error = ErrorInfo(redact_text((code or "").strip())[0], None, False, None, None, asked)
     else:
-        error = ErrorInfo(entry.code, entry.scheme, True, entry.meaning, entry.host_answer, asked)
+        also = tuple((c.scheme, c.meaning) for c in kb.lookup_all(entry.code) if c.scheme != entry.scheme)
+        error = ErrorInfo(entry.code, entry.scheme, True, entry.meaning, entry.host_answer, asked, given, also)
     correlation, used = learned.correlate_learned(kb, entry, sweep.results, table, safety)
     return Diagnosis(error, sweep, correlation, learned=used)
 

@@ -20,6 +20,10 @@ LABELS = {
         "not_in": "not in scheme {scheme} (--scheme): the causes below come from the findings alone",
         "known_in": "known in: {schemes}",
         "hinted": "not in {scheme}, the scheme the error named; {answered} answered (knowledge.scheme_order)",
+        "given": "{given} read as {code} (ISO 8583 codes have two digits)",
+        "also_in": "read as {scheme}; also in {other}: {meaning}",
+        "follows": "follows from {root}",
+        "also": "Also to fix (not the cause of this code, but it will fail the next transaction)",
         "host": "answer from the host (the host was reached)",
         "local": "local failure (no answer from the host)",
         "causes": "Likely causes",
@@ -40,6 +44,10 @@ LABELS = {
         "not_in": "码制 {scheme}（--scheme）中没有此码：以下原因仅根据检测结果推断",
         "known_in": "以下码制中有此码：{schemes}",
         "hinted": "来源指定的码制 {scheme} 中没有此码，按 knowledge.scheme_order 在 {answered} 中找到",
+        "given": "{given} 按 {code} 解读（ISO 8583 应答码为两位）",
+        "also_in": "按 {scheme} 解读；{other} 中此码为：{meaning}",
+        "follows": "由 {root} 导致",
+        "also": "另需处理（不是此错误码的原因，但会使下一笔交易失败）",
         "host": "主机应答（当时与主机的通讯正常）",
         "local": "本地失败（未收到主机应答）",
         "causes": "可能原因",
@@ -69,13 +77,22 @@ def diagnosis_text(diagnosis: Diagnosis, lang: str, role: str, width: int | None
         if moved(diagnosis.learned, rc.cause.id):  # under the cause's title
             shown.insert(1, f"        {words['learned'].format(**diagnosis.learned)}")
         lines.extend(shown)
-    others = diagnosis.correlation.other_findings
+    dispatch = diagnosis.correlation.dispatch
+    also = {a.finding for a in dispatch.also}
+    others = [f for f in diagnosis.correlation.other_findings if f.id not in also]
     if others:
         lines.append("")
         lines.append(f"{words['other']}:")
         for f in others:
             lines.append(f"  {'✗' if f.severity == 'fail' else '!'} {f.id} {finding_title(f.id, lang)}: {finding_detail(f, lang)}")
-    dispatch = diagnosis.correlation.dispatch
+    if dispatch.also:
+        lines.append("")
+        lines.append(f"{words['also']}:")
+        for fix in dispatch.also:
+            found = findings[fix.finding]
+            lines.append(f"  ✗ {fix.finding} {finding_title(fix.finding, lang)}: {finding_detail(found, lang)}")
+            lines.append(f"      {fix.cause.title.get(lang)}  [{fix.cause.id}] ({words['roles'][role]}):")
+            lines.extend(f"        {n}) {action.get(lang)}" for n, action in enumerate(fix.cause.actions[role], 1))
     lines.append("")
     lines.append(f"{words['dispatch']}: {words['verdicts'][dispatch.verdict]} — {dispatch.reason.get(lang)}")
     if diagnosis.fleet:
@@ -94,8 +111,12 @@ def header(diagnosis: Diagnosis, lang: str, words: dict) -> list[str]:
         return lines
     side = words["host"] if error.host_answer else words["local"]
     lines = [f"{words['error']} {error.code} ({error.scheme}): {error.meaning.get(lang)}", f"  {side}"]
+    if error.given is not None:
+        lines.append(f"  {words['given'].format(given=error.given, code=error.code)}")
     if asked is not None and asked.scheme != error.scheme:
         lines.append(f"  {words['hinted'].format(scheme=asked.scheme, answered=error.scheme)}")
+    for other, meaning in error.also_in:
+        lines.append(f"  {words['also_in'].format(scheme=error.scheme, other=other, meaning=meaning.get(lang))}")
     return lines
 
 
@@ -119,4 +140,5 @@ def evidence_text(e: Evidence, lang: str, words: dict, findings: dict[str, Findi
         return words["probe_ok"].format(probe=e.probe)
     found = findings.get(e.finding)
     detail = finding_detail(found, lang) if found is not None else e.detail
-    return f"{e.finding} {finding_title(e.finding, lang)} ({detail})"
+    text = f"{e.finding} {finding_title(e.finding, lang)} ({detail})"
+    return text if e.explained_by is None else f"{text}, {words['follows'].format(root=e.explained_by)}"

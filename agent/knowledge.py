@@ -6,12 +6,15 @@ Every file may hold any of these top-level keys, so an operator's vendor table i
     scheme = "terminal"          the scheme of this file's [codes.*]
     [codes."3000"]               meaning = {zh, en}, host_answer, open, causes = {cause id = prior}
     [causes."printer.paper_out"] category, dispatch, title, support/weaken = {finding id = weight},
-                                 actions.{merchant,technician,support} = [{zh, en}, ...]
+                                 actions.{merchant,technician,support} = [{zh, en}, ...],
+                                 unfixed (merchant causes: the verdict when the merchant's fix
+                                 did not hold, remote or onsite; default onsite)
     [findings."printer.paper_out"]  zh, en  (the finding's title)
     [categories.printer]         title, probes (whose clean pass weakens causes of the category), ok_weight
-    [dispatch.onsite]            rank, reason, escalated, unfixed (onsite only: a merchant fix that
-                                 did not hold)  (templates with {cause} / {finding})
+    [dispatch.onsite]            rank, reason, escalated, unfixed (remote and onsite: a merchant
+                                 fix that did not hold)  (templates with {cause} / {finding})
     [engine]                     open_prior, unexplained_cause
+    [explains]                   "root finding" = [findings it explains: its consequences]
 
 Packaged files are read in name order, then `knowledge.extra_paths`; an entry defined twice
 in the packaged set is an error, while an operator's entry replaces a packaged one. Every
@@ -24,7 +27,7 @@ import functools
 import math
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -71,6 +74,7 @@ class Cause:
     support: dict[str, float]
     weaken: dict[str, float]
     actions: dict[str, tuple[Text, ...]]
+    unfixed: str = "onsite"  # the verdict when a merchant verdict for this cause did not hold
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class Verdict:
     rank: int
     reason: Text
     escalated: Text
-    unfixed: Text | None = None  # onsite: the merchant was told how to fix it and it still fails
+    unfixed: Text | None = None  # remote, onsite: the merchant was told how to fix it and it still fails
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class KnowledgeBase:
     verdicts: dict[str, Verdict]
     open_prior: float
     unexplained_cause: str
+    explains: dict[str, tuple[str, ...]] = field(default_factory=dict)  # root finding -> its consequences
 
     @property
     def schemes(self) -> list[str]:
@@ -189,7 +194,7 @@ def finding_title(finding_id: str, lang: str) -> str:
         return finding_id
 
 
-_ENTRY_TABLES = ("codes", "causes", "findings", "categories", "dispatch")
+_ENTRY_TABLES = ("codes", "causes", "findings", "categories", "dispatch", "explains")
 _TOP_KEYS = {"scheme", "engine", *_ENTRY_TABLES}
 _ENGINE_KEYS = ("open_prior", "unexplained_cause")
 
@@ -253,7 +258,36 @@ class _Builder:
         unexplained = _engine_str(self.engine, "unexplained_cause")
         if unexplained not in causes:
             raise ConfigError(self.engine["unexplained_cause"][0], "engine.unexplained_cause", f"unknown cause {unexplained!r}")
-        return KnowledgeBase(codes, causes, findings, categories, verdicts, open_prior, unexplained)
+        explains = {n: _explained(n, v, s, known_findings) for s, (n, v) in self.raw["explains"].values()}
+        _check_no_cycle(explains, self.raw["explains"])
+        return KnowledgeBase(codes, causes, findings, categories, verdicts, open_prior, unexplained, explains)
+
+
+def _explained(root: str, value: Any, src: str, known: set[str]) -> tuple[str, ...]:
+    key = f"explains.{root}"
+    if root not in known:
+        raise ConfigError(src, key, "unknown finding id (not in findings.toml nor any probe's FINDINGS)")
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(src, key, "expected a list of finding ids")
+    for fid in value:
+        if fid not in known:
+            raise ConfigError(src, f"{key}.{fid}", "unknown finding id")
+        if fid == root:
+            raise ConfigError(src, key, "a finding cannot explain itself")
+    return tuple(value)
+
+
+def _check_no_cycle(explains: dict[str, tuple[str, ...]], raw: dict[Any, tuple[str, Any]]) -> None:
+    """A chain goes one way: a finding that (through others) explains its own root is an error."""
+    for root in explains:
+        seen, todo = set(), list(explains[root])
+        while todo:
+            fid = todo.pop()
+            if fid == root:
+                raise ConfigError(raw[root][0], f"explains.{root}", "a circular chain: it explains itself through others")
+            if fid not in seen:
+                seen.add(fid)
+                todo.extend(explains.get(fid, ()))
 
 
 def _probe_finding_ids() -> set[str]:
@@ -320,7 +354,7 @@ def _choice(value: Any, src: str, key: str, choices: Iterable[str]) -> str:
 def _cause(name: str, value: Any, src: str, known_findings: set[str]) -> Cause:
     key = f"causes.{name}"
     table = _table(value, src, key)
-    _only(table, src, key, {"category", "dispatch", "title", "actions"}, {"support", "weaken"})
+    _only(table, src, key, {"category", "dispatch", "title", "actions"}, {"support", "weaken", "unfixed"})
     category = _choice(table["category"], src, f"{key}.category", CATEGORIES)
     if name.split(".", 1)[0] != category or "." not in name:
         raise ConfigError(src, key, f"a cause id is category.name and its category is {category!r}")
@@ -340,6 +374,7 @@ def _cause(name: str, value: Any, src: str, known_findings: set[str]) -> Cause:
         support=_weights(table.get("support", {}), src, f"{key}.support", known_findings),
         weaken=_weights(table.get("weaken", {}), src, f"{key}.weaken", known_findings),
         actions=actions,
+        unfixed=_choice(table.get("unfixed", "onsite"), src, f"{key}.unfixed", ("remote", "onsite")),
     )
 
 
@@ -384,7 +419,7 @@ def _category(name: str, value: Any, src: str) -> Category:
 def _verdict(name: str, value: Any, src: str) -> Verdict:
     key = f"dispatch.{name}"
     table = _table(value, src, key)
-    _only(table, src, key, {"rank", "reason", "escalated"}, {"unfixed"} if name == "onsite" else set())
+    _only(table, src, key, {"rank", "reason", "escalated"}, {"unfixed"} if name in ("remote", "onsite") else set())
     _choice(name, src, key, VERDICTS)
     rank = table["rank"]
     if isinstance(rank, bool) or not isinstance(rank, int):

@@ -1,13 +1,17 @@
 """Merchant fixes the terminal remembers. A `merchant` verdict tells the merchant to fix a
-failure at the counter (paper roll, cover, charging, reseating a SIM or cable, a restart);
-when a later diagnosis of the same terminal still finds that failure, the fix did not hold
-and the verdict becomes `onsite`.
+failure at the counter (paper roll, cover, charging, reseating a SIM or cable, a restart, a
+sign-in); when a later diagnosis of the same terminal still finds that failure, or the same
+top cause comes back, the fix did not hold and the verdict becomes the cause's `unfixed` class:
+`onsite` for a paper sensor that keeps saying "out", `remote` for a sign-in that did not bring
+the keys back in step (support resets them on the host).
 
-The memory is a small JSON file in daemon.state_dir, {finding id: {"at": ISO time, "cause":
-cause id}}, kept [dispatch] merchant_fix_memory_hours. A failure is judged unfixed only after
-merchant_fix_grace_seconds, the time the merchant needs to act. A remembered failure that its
-probe, run again, no longer reports was fixed and is forgotten. The memory is best effort: a
-state directory that cannot be read or written leaves the verdict as the knowledge base gave it.
+The memory is a small JSON file in daemon.state_dir, {finding id or "cause:<cause id>": {"at":
+ISO time, "cause": cause id}}, kept [dispatch] merchant_fix_memory_hours. A failure is judged
+unfixed only after merchant_fix_grace_seconds, the time the merchant needs to act. A remembered
+failure that its probe, run again, no longer reports was fixed and is forgotten; a remembered
+cause (a code such as A0 on a terminal whose checks find nothing) is forgotten only with age.
+The memory is best effort: a state directory that cannot be read or written leaves the verdict
+as the knowledge base gave it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from probes import probe_modules
 from probes.contract.records import Severity, Status
 
 FILE_NAME = "merchant_fixes.json"
+CAUSE_KEY = "cause:"
 RAN = (Status.OK, Status.WARN, Status.FAIL)
 log = logging.getLogger(__name__)
 
@@ -43,12 +48,18 @@ def review(
     remembered = _current(before, results, now, timedelta(hours=settings.merchant_fix_memory_hours))
     failing = sorted({f.id for r in results for f in r.findings if f.severity is Severity.FAIL})
     grace = timedelta(seconds=settings.merchant_fix_grace_seconds)
-    unfixed = [fid for fid in failing if fid in remembered and now - _when(remembered[fid]) >= grace]
-    if unfixed and correlation.dispatch.verdict != "onsite":
-        correlation = replace(correlation, dispatch=_unfixed(kb, correlation, unfixed[0]))
+    top = correlation.causes[0].cause
+    candidates = [*failing, CAUSE_KEY + top.id]
+    unfixed = [key for key in candidates if key in remembered and now - _when(remembered[key]) >= grace]
+    if unfixed:
+        correlation = replace(correlation, dispatch=_unfixed(kb, correlation, unfixed, remembered))
     if correlation.dispatch.verdict == "merchant":
+        stamp = now.isoformat(timespec="seconds")
         for fid, cause_id in merchant_failures(kb, correlation, failing).items():
-            remembered.setdefault(fid, {"at": now.isoformat(timespec="seconds"), "cause": cause_id})
+            remembered.setdefault(fid, {"at": stamp, "cause": cause_id})
+        evidence = {e.finding for e in correlation.causes[0].evidence_for} & set(failing)
+        if top.dispatch == "merchant" and not evidence:  # only the code says so (A0 on a clean terminal)
+            remembered.setdefault(CAUSE_KEY + top.id, {"at": stamp, "cause": top.id})
     if remembered != before:
         try:
             state.save(remembered)
@@ -95,8 +106,21 @@ def _when(entry: dict[str, Any]) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _unfixed(kb: KnowledgeBase, correlation: Correlation, finding_id: str) -> Dispatch:
-    onsite = kb.verdicts["onsite"]
-    title = kb.findings.get(finding_id, Text(finding_id, finding_id))
-    template = onsite.unfixed or onsite.escalated
-    return Dispatch(onsite.id, template.format(cause=correlation.causes[0].cause.title, finding=title))
+def _unfixed(kb: KnowledgeBase, correlation: Correlation, keys: list[str], remembered: dict[str, Any]) -> Dispatch:
+    """The dispatch raised to the highest `unfixed` class of the remembered fixes that did not
+    hold (never lowered); the reason names the failure, or the cause that came back."""
+    current = correlation.dispatch
+    best: tuple[int, str] | None = None
+    for key in keys:
+        cause = kb.causes.get(str(remembered[key].get("cause")))
+        rank = kb.verdicts[cause.unfixed if cause else "onsite"].rank
+        if rank > kb.verdicts[current.verdict].rank and (best is None or rank > best[0]):
+            best = (rank, key)
+    if best is None:
+        return current
+    key = best[1]
+    cause = kb.causes.get(str(remembered[key].get("cause")))
+    verdict = kb.verdicts[cause.unfixed if cause else "onsite"]
+    title = cause.title if key.startswith(CAUSE_KEY) and cause else kb.findings.get(key, Text(key, key))
+    template = verdict.unfixed or verdict.escalated
+    return Dispatch(verdict.id, template.format(cause=correlation.causes[0].cause.title, finding=title), current.also)

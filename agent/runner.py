@@ -57,7 +57,8 @@ def run_probes(
             reason = skip.get(name, "disabled in config")
             results[name] = ProbeResult(name, Status.SKIPPED, [], {"reason": reason}, 0.0)
             continue
-        ctx = ProbeContext(config.section("host"), min(settings.timeout_seconds, deadline - t0), model=model)
+        timeout = min(settings.timeout_seconds, deadline - t0)
+        ctx = ProbeContext(config.section("host"), timeout, model=model, app=config.section("app"))
         pending[name] = ctx.started + ctx.timeout_s
         threading.Thread(target=_run_one, args=(name, settings, ctx, done), name=f"probe-{name}", daemon=True).start()
     total = len(names)

@@ -2,7 +2,7 @@
 
 Values live in config/posdiag.toml (every default in that one file); these classes say
 only what each key must be. `bounded` attaches the range or choices the loader checks.
-A new section is one class here and one entry in SECTIONS; [host] and [server] are
+A new section is one class here and one entry in SECTIONS; [host], [app] and [server] are
 declared where their readers live (probes/contract/settings.py, remote/server_settings.py).
 """
 
@@ -12,11 +12,20 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from probes.contract.settings import HostSettings, bounded
+from probes.contract.settings import AppSettings, HostSettings, bounded
 from remote.server_settings import ServerSettings
 from remote.wire import terminal_id_problem
 
 LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+def country_problem(country: str) -> str | None:
+    if country and not COUNTRY.fullmatch(country):
+        return f"expected an ISO 3166-1 alpha-2 country code in capitals, such as \"CN\", got {country!r}"
+    return None
 
 
 def labels_problem(labels: dict[str, str]) -> str | None:
@@ -37,6 +46,7 @@ class TerminalSettings:
     firmware: str
     app_version: str
     lang: str = bounded(choices=("auto", "zh", "en"))
+    country: str = field(metadata={"check": country_problem})
     labels: dict[str, str] = field(metadata={"check": labels_problem})
 
 
@@ -51,6 +61,7 @@ class KnowledgeSettings:
 
     extra_paths: list[str]
     scheme_order: list[str]
+    scheme_order_by_country: dict[str, list[str]]
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,7 @@ class LearningSettings:
 SECTIONS: dict[str, type] = {
     "terminal": TerminalSettings,
     "host": HostSettings,
+    "app": AppSettings,
     "runner": RunnerSettings,
     "server": ServerSettings,
     "knowledge": KnowledgeSettings,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from probes.contract.settings import HostSettings
+from probes.contract.settings import AppSettings, HostSettings
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class ProbeContext:
     timeout_s: float
     started: float = field(default_factory=time.monotonic)
     model: str = ""  # the terminal's model (config, else what the OS reports); "" when unknown
+    app: AppSettings = AppSettings("")  # the [app] section: where the payment app writes its state
 
     def remaining(self, floor: float = 0.05) -> float:
         """Seconds left before the runner gives up on this probe (never below `floor`)."""

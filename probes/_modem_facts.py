@@ -29,6 +29,22 @@ ACCESS_TECH = {
 CME_SIM = {10: ("absent", "SIM not inserted"), 13: ("absent", "SIM failure"), 15: ("absent", "wrong SIM"),
            11: ("locked", "SIM PIN"), 12: ("locked", "SIM PUK")}  # fmt: skip
 ICCID = re.compile(r"(\d{18,22})F?", re.IGNORECASE)
+# 27.007 +WS46 <n> (5.9): the radio access technologies the module may use. These three leave
+# out LTE and 5G: a module set so finds nothing to register on once 2G and 3G are switched off.
+LEGACY_MODES = {12: "2G only", 22: "3G only", 29: "2G/3G only"}
+# The 3GPP cause names a module's last-failure report (AT+CEER, free text chosen by the maker)
+# or ModemManager's bearer error carries, folded to letters and digits: TS 24.301 9.9.3.9 (EMM
+# causes: #5 IMEI not accepted, #6 illegal ME), 9.9.4.4 (ESM causes: #8 operator determined
+# barring, #27 missing or unknown APN, #33 requested service option not subscribed) and TS
+# 24.008 10.5.6.6 (the same SM causes for 2G/3G).
+REJECT_KINDS = {
+    "illegalme": "equipment",
+    "imeinotaccepted": "equipment",
+    "operatordeterminedbarring": "barred",
+    "serviceoptionnotsubscribed": "not_subscribed",
+    "missingorunknownapn": "apn",
+    "unknownapn": "apn",
+}
 
 
 @dataclass
@@ -45,6 +61,15 @@ class ModemFacts:
     attached: bool | None = None  # packet domain attach (+CGATT)
     context_active: bool | None = None  # a PDP context is up (+CGACT)
     apn: str | None = None
+    legacy_mode: str | None = None  # "2G/3G only" when the module is set to leave LTE out (+WS46)
+    lte_capable: bool | None = None  # the module could use LTE (+WS46=? lists a mode with it)
+    reject: str | None = None  # the network's last refusal as the module reports it (+CEER)
+
+    @property
+    def reject_kind(self) -> str | None:
+        """equipment | barred | not_subscribed | apn, from the 3GPP cause named in `reject`."""
+        folded = re.sub(r"[^a-z0-9]", "", (self.reject or "").casefold())
+        return next((kind for name, kind in REJECT_KINDS.items() if name in folded), None)
 
 
 def fields(value: str) -> list[str]:
@@ -158,6 +183,25 @@ def parse_cgdcont(answer: Answer, active: set[int]) -> str | None:
     return None
 
 
+def parse_ws46(answer: Answer) -> int | None:
+    return as_int(next(iter(answer.values("+WS46:")), ""))
+
+
+def parse_ws46_supported(answer: Answer) -> set[int]:
+    """+WS46: (12,22,25,28-31): every mode listed, ranges expanded."""
+    modes: set[int] = set()
+    for item in re.findall(r"\d+(?:-\d+)?", next(iter(answer.values("+WS46:")), "")):
+        low, _, high = item.partition("-")
+        modes.update(range(int(low), int(high or low) + 1))
+    return modes
+
+
+def parse_ceer(answer: Answer) -> str | None:
+    """The report of +CEER (27.007 6.10), quotes and separators kept, cut to 120 characters."""
+    report = next(iter(answer.values("+CEER:")), "").strip()
+    return report[:120] or None
+
+
 # --- ModemManager (mmcli -J) --------------------------------------------------------------
 
 MM_REGISTRATION = {
@@ -217,4 +261,23 @@ def from_mmcli(modem: dict[str, Any], signal: dict[str, Any], bearers: list[dict
     chosen = connected or bearers
     if chosen:
         facts.apn = mm_value(chosen[0], "bearer", "properties", "apn") or ""
+        error = mm_value(chosen[0], "bearer", "status", "connection-error")
+        if isinstance(error, dict) and not connected:
+            facts.reject = str(error.get("message") or error.get("name") or "")[:120] or None
+    facts.legacy_mode, facts.lte_capable = mm_modes(modem)
     return facts
+
+
+def mm_modes(modem: dict[str, Any]) -> tuple[str | None, bool | None]:
+    """From "allowed: 2g, 3g; preferred: 3g" (current-modes) and the supported-modes list."""
+
+    def allowed(text: str) -> set[str]:
+        head = text.split(";", 1)[0].removeprefix("allowed:")
+        return {part.strip() for part in head.split(",") if part.strip()}
+
+    current = allowed(str(mm_value(modem, "modem", "generic", "current-modes") or ""))
+    supported = [allowed(str(m)) for m in mm_value(modem, "modem", "generic", "supported-modes") or []]
+    lte_capable = any(m & {"4g", "5g"} for m in supported) if supported else None
+    if current and current <= {"2g", "3g"}:
+        return "/".join(sorted(m.upper() for m in current)) + " only", lte_capable
+    return None, lte_capable

@@ -21,7 +21,8 @@ from probes.contract.records import Finding, MetricValue, Observation, Status
 from probes.contract.settings import ProbeSettings, bounded
 
 NAME = "card_reader"
-FINDINGS = (
+# What the serial line (and USB presence) can tell, and what only PC/SC can.
+SERIAL_FINDINGS = (
     "reader.absent",
     "reader.permission_denied",
     "reader.no_response",
@@ -29,6 +30,8 @@ FINDINGS = (
     "reader.tamper",
     "reader.slot_fault",
 )
+PCSC_FINDINGS = ("reader.service_down", "reader.no_payment_app", "reader.in_use")
+FINDINGS = SERIAL_FINDINGS + PCSC_FINDINGS
 SLOT_NAMES = {"ic": "IC (chip)", "magstripe": "magstripe", "contactless": "contactless"}
 
 
@@ -111,7 +114,20 @@ def check_pcsc(settings: CardReaderSettings, deadline: float, metrics: dict[str,
         return Observation(status=Status.ERROR, metrics={**metrics, "reason": reason})
     except _pcsc.PcscFailure as exc:
         return pcsc_failure(exc, metrics)
-    return Observation(metrics={**metrics, **pcsc_metrics(report)})
+    return Observation(pcsc_findings(report), {**metrics, **pcsc_metrics(report)})
+
+
+def pcsc_findings(report: _pcsc.PcscReport) -> list[Finding]:
+    """A card the payment app holds exclusively could not be checked; a card that answers
+    SELECT of both payment directories with 6A82 carries no payment application (a transit, ID
+    or loyalty card): neither is a fault of the reader, both are worth a technician's eye."""
+    if report.busy:
+        detail = f"the card in {report.reader!r} is held exclusively by another program (the payment app): not checked"
+        return [Finding.warn("reader.in_use", detail, reader=report.reader)]
+    if report.application == "none":
+        detail = f"the card in {report.reader!r} has no payment application (SELECT PPSE and PSE: {report.select_sw})"
+        return [Finding.warn("reader.no_payment_app", detail, reader=report.reader, select_sw=report.select_sw)]
+    return []
 
 
 def pcsc_metrics(report: _pcsc.PcscReport) -> dict[str, MetricValue]:
@@ -127,7 +143,7 @@ def pcsc_metrics(report: _pcsc.PcscReport) -> dict[str, MetricValue]:
 def pcsc_failure(exc: _pcsc.PcscFailure, metrics: dict[str, MetricValue]) -> Observation:
     report = exc.report
     if exc.kind == "no_service":
-        return Observation([Finding.fail("reader.no_response", str(exc), service="pcscd")], metrics)
+        return Observation([Finding.fail("reader.service_down", str(exc), service="pcscd")], metrics)
     if exc.kind == "no_reader":
         finding = Finding.fail("reader.absent", str(exc), readers=report.readers)
         return Observation([finding], metrics, status=Status.ABSENT)

@@ -9,6 +9,12 @@ The AT dialogue, in order, each command bounded by command_timeout_seconds and t
     AT+CREG? AT+CGREG? AT+CEREG?   registration in the circuit, GPRS and EPS domains
     AT+COPS?      operator name and access technology
     AT+CGATT? AT+CGACT? AT+CGDCONT?   packet attach, active PDP context, its APN
+    AT+WS46?      the access technologies allowed (AT+WS46=? what the module could do, asked
+                  only when the answer leaves LTE out)
+    AT+CEER       the network's last refusal, asked only when registration was denied or the
+                  data session is down: the 3GPP cause it names tells a barred SIM, a data plan
+                  that is not subscribed (or used up) and a SIM the network refuses in this
+                  terminal (IMEI binding, 机卡绑定) apart
 Only AT and AT+CPIN? must answer OK: ERROR to any other command means "not supported here".
 
 With source "auto" the probe first asks `mmcli -J -L`: a modem listed there is owned by
@@ -19,7 +25,8 @@ The AT port is not opened while a dialer holds its UUCP lock file (lock_dir/LCK.
 live pid): pppd on that port would lose its data session. The probe is then skipped.
 
 One finding per root: a missing or locked SIM explains the missing registration and data
-session, so those are not reported on top of it.
+session, so those are not reported on top of it; a module set to 2G/3G only that finds no
+network is reported as that setting, not as "not registered".
 """
 
 from __future__ import annotations
@@ -31,9 +38,11 @@ from probes import ProbeContext
 from probes._at import Answer, NoFinal, command
 from probes._mmcli import MmcliError, listed_modems, read_facts
 from probes._modem_facts import (
+    LEGACY_MODES,
     REGISTERED,
     ModemFacts,
     best_registration,
+    parse_ceer,
     parse_cesq,
     parse_cgact,
     parse_cgatt,
@@ -43,6 +52,8 @@ from probes._modem_facts import (
     parse_csq,
     parse_iccid,
     parse_reg,
+    parse_ws46,
+    parse_ws46_supported,
 )
 from probes._serial_line import Line, LineError, as_observation, lock_holder, port_lock
 from probes.contract.records import Finding, MetricValue, Observation, Status
@@ -54,11 +65,15 @@ FINDINGS = (
     "modem.no_response",
     "modem.sim_absent",
     "modem.sim_locked",
+    "modem.sim_puk",
     "modem.not_registered",
     "modem.registration_denied",
+    "modem.imei_rejected",
+    "modem.legacy_rat",
     "modem.roaming",
     "modem.weak_signal",
     "modem.no_data_session",
+    "modem.data_rejected",
     "modem.wrong_apn",
 )
 
@@ -140,7 +155,18 @@ def dialogue(line: Line, per_command_s: float, deadline: float) -> ModemFacts:
     facts.attached = parse_cgatt(ask("AT+CGATT?"))
     facts.context_active, active = parse_cgact(ask("AT+CGACT?"))
     facts.apn = parse_cgdcont(ask("AT+CGDCONT?"), active)
+    mode = parse_ws46(ask("AT+WS46?"))
+    if mode in LEGACY_MODES:
+        facts.legacy_mode = LEGACY_MODES[mode]
+        supported = parse_ws46_supported(ask("AT+WS46=?"))
+        facts.lte_capable = bool(supported - LEGACY_MODES.keys()) if supported else None
+    if facts.registration == "denied" or data_down(facts):
+        facts.reject = parse_ceer(ask("AT+CEER"))
     return facts
+
+
+def data_down(facts: ModemFacts) -> bool:
+    return facts.registration in REGISTERED and (facts.attached is False or facts.context_active is False)
 
 
 def judge(facts: ModemFacts, settings: ModemSettings, metrics: dict[str, MetricValue]) -> Observation:
@@ -150,9 +176,10 @@ def judge(facts: ModemFacts, settings: ModemSettings, metrics: dict[str, MetricV
         absent = Finding.fail("modem.sim_absent", f"no usable SIM card: {facts.sim_detail}", sim=facts.sim_detail)
         return Observation([absent, *found], metrics)
     if facts.sim == "locked":
-        detail = f"the SIM card is locked and waits for its {facts.sim_detail.replace('SIM ', '')}"
-        return Observation([Finding.fail("modem.sim_locked", detail, sim=facts.sim_detail), *found], metrics)
+        return Observation([lock_finding(facts), *found], metrics)
     found = registration_findings(facts) + found
+    if facts.legacy_mode:
+        found = [f for f in found if f.id != "modem.not_registered"] + [legacy_finding(facts)]
     if facts.registration in REGISTERED:
         found += data_findings(facts)
     if settings.expected_apn and facts.apn is not None and facts.apn.casefold() != settings.expected_apn.casefold():
@@ -173,12 +200,35 @@ def known_metrics(facts: ModemFacts) -> dict[str, MetricValue]:
         "operator": facts.operator,
         "access_technology": facts.access_technology,
         "apn": facts.apn,
+        "mode": facts.legacy_mode,
     }
     return {k: v for k, v in values.items() if v is not None}
 
 
+def lock_finding(facts: ModemFacts) -> Finding:
+    """SIM PIN comes back at every boot until the PIN is given or disabled; SIM PUK (after three
+    wrong PINs) needs the carrier's PUK or a new SIM."""
+    if "PUK" in facts.sim_detail.upper():
+        detail = "the SIM card is blocked and waits for its PUK (three wrong PINs): only the carrier has it"
+        return Finding.fail("modem.sim_puk", detail, sim=facts.sim_detail)
+    detail = f"the SIM card is locked and waits for its {facts.sim_detail.replace('SIM ', '')} (asked again at every start)"
+    return Finding.fail("modem.sim_locked", detail, sim=facts.sim_detail)
+
+
+def legacy_finding(facts: ModemFacts) -> Finding:
+    """Registered, a module on 2G/3G only still works until the carrier switches them off: warn;
+    not registered, the setting is why: fail."""
+    capable = {True: "; the module supports LTE", False: "; the module has no LTE"}.get(facts.lte_capable, "")
+    detail = f"the module is set to {facts.legacy_mode} (AT+WS46){capable}: 2G and 3G networks are being switched off"
+    make = Finding.warn if facts.registration in REGISTERED else Finding.fail
+    return make("modem.legacy_rat", detail, mode=facts.legacy_mode, lte_capable=facts.lte_capable)
+
+
 def registration_findings(facts: ModemFacts) -> list[Finding]:
     reg = facts.registration
+    if reg == "denied" and facts.reject_kind == "equipment":
+        detail = f"the network refuses this SIM in this terminal ({facts.reject}): the SIM is bound to another device's IMEI"
+        return [Finding.fail("modem.imei_rejected", detail, registration=reg, reject=facts.reject)]
     if reg == "denied":
         return [Finding.fail("modem.registration_denied", "the network refuses to register this SIM", registration=reg)]
     if reg == "roaming":
@@ -191,6 +241,10 @@ def registration_findings(facts: ModemFacts) -> list[Finding]:
 
 
 def data_findings(facts: ModemFacts) -> list[Finding]:
+    if data_down(facts) and facts.reject_kind in ("barred", "not_subscribed"):
+        why = "the SIM is barred: suspended or unpaid" if facts.reject_kind == "barred" else "no data plan: not subscribed or used up"
+        detail = f"registered, but the network refuses the data session ({facts.reject}): {why}"
+        return [Finding.fail("modem.data_rejected", detail, reject=facts.reject, kind=facts.reject_kind)]
     if facts.attached is False:
         return [Finding.fail("modem.no_data_session", "registered, but not attached to the packet (data) service", attached=0)]
     if facts.context_active is False:

@@ -1,4 +1,5 @@
-"""Links, route, DNS, TCP, TLS and clock towards the configured payment hosts.
+"""Links, route, Wi-Fi, DNS, TCP, TLS and clock towards the configured payment hosts, and
+whether a captive portal stands in the way.
 
 Each host is checked in order DNS -> TCP connect -> TLS handshake; a failing step ends
 that host's checks (its later steps cannot be judged). getaddrinfo has no timeout of its
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import os
 import socket
 import ssl
 import threading
@@ -19,6 +21,7 @@ from datetime import UTC, datetime
 
 from probes import ProbeContext
 from probes._metrics import keep_worst
+from probes._wifi import portal_check, wpa_status
 from probes._sysfs import read_text
 from probes.contract.records import Finding, MetricValue, Observation
 from probes.contract.settings import ProbeSettings, bounded
@@ -36,9 +39,13 @@ FINDINGS = (
     "network.clock_skew",
     "network.high_latency",
     "network.weak_signal",
+    "network.wifi_auth_failed",
+    "network.captive_portal",
 )
-# What the interfaces, routes and radio say, as opposed to what talking to a host says.
+# What the interfaces, routes and radio say, as opposed to what talking to a host says, and
+# what wpa_supplicant and the connectivity check say.
 LINK_FINDINGS = ("network.link_down", "network.no_route", "network.weak_signal")
+WIFI_FINDINGS = ("network.wifi_auth_failed", "network.captive_portal")
 # OpenSSL X509_V_ERR_CERT_NOT_YET_VALID and X509_V_ERR_CERT_HAS_EXPIRED
 CERT_NOT_YET_VALID, CERT_HAS_EXPIRED = 9, 10
 
@@ -65,6 +72,8 @@ class NetworkSettings(ProbeSettings):
     cert_expiring_days: int = bounded(0, 3650)
     clock_skew_seconds: float = bounded(1, 86400)
     weak_signal_dbm: float = bounded(-130, 0)
+    wpa_ctrl_dir: str  # wpa_supplicant's ctrl_interface directory; empty: not asked
+    captive_check_url: str  # http URL that answers 204 on the open internet; empty: no check
 
 
 SETTINGS = NetworkSettings
@@ -80,10 +89,13 @@ def run(settings: NetworkSettings, ctx: ProbeContext) -> Observation:
     else:
         metrics["link"] = link_kind(ctx, iface)
     findings += check_wireless(settings, ctx, metrics)
+    findings += check_wifi_auth(settings, ctx, metrics)
     for endpoint in settings.hosts:
         findings += check_endpoint(endpoint, settings, ctx, metrics)
     if settings.clock_reference:
         findings += check_clock(settings, ctx, metrics)
+    if settings.captive_check_url:
+        findings += check_portal(settings, ctx)
     return Observation(findings, metrics)
 
 
@@ -94,6 +106,8 @@ def check_links(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, Metric
         names = sorted(p.name for p in net.iterdir() if p.name != "lo")
     up = [n for n in names if read_text(net / n / "operstate") in {"up", "unknown"} and read_text(net / n / "carrier") != "0"]
     metrics["interfaces_up"] = len(up)
+    if net.is_dir() and not names:  # a handheld whose cellular module is gone has no interface left
+        return [Finding.fail("network.link_down", "no network interface besides loopback")]
     if names and not up:
         return [Finding.fail("network.link_down", f"no link up on {', '.join(names)}", interfaces=list(names))]
     down = [n for n in s.interfaces if n not in up]
@@ -147,6 +161,42 @@ def check_wireless(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, Met
         if level < s.weak_signal_dbm:
             found.append(Finding.warn("network.weak_signal", f"Wi-Fi {iface.strip()} signal {level:.0f} dBm", level_dbm=level))
     return found
+
+
+def check_wifi_auth(s: NetworkSettings, ctx: ProbeContext, metrics: dict[str, MetricValue]) -> list[Finding]:
+    """Ask wpa_supplicant about each Wi-Fi interface: not associated, with the configured
+    network set aside after failed authentications, is a password the access point refuses."""
+    net = ctx.sys("class", "net")
+    if not s.wpa_ctrl_dir or not net.is_dir():
+        return []
+    found = []
+    for iface in sorted(p.name for p in net.iterdir() if p.name != "lo" and link_kind(ctx, p.name) == "wifi"):
+        path = os.path.join(s.wpa_ctrl_dir, iface)
+        if not os.path.exists(path):
+            continue
+        try:
+            status = wpa_status(path, min(1.0, ctx.remaining()))
+        except OSError:
+            continue  # wpa_supplicant not answering (or not ours to ask): the link checks say the rest
+        metrics["wifi_state"] = status.state.lower()
+        if status.ssid:
+            metrics["wifi_ssid"] = status.ssid
+        if status.state != "COMPLETED" and status.temp_disabled:
+            ssids = ", ".join(status.temp_disabled)
+            detail = f"Wi-Fi {iface} cannot join {ssids}: the access point refuses the password (wpa_supplicant: {status.state})"
+            found.append(Finding.fail("network.wifi_auth_failed", detail, interface=iface, ssid=ssids))
+    return found
+
+
+def check_portal(s: NetworkSettings, ctx: ProbeContext) -> list[Finding]:
+    url = urllib.parse.urlsplit(s.captive_check_url)
+    if not resolve(url.hostname or "", url.port or 80, min(s.dns_timeout_seconds, ctx.remaining())):
+        return []  # no name service, no portal to find: the host checks say why
+    answered = portal_check(s.captive_check_url, min(s.connect_timeout_seconds, ctx.remaining()))
+    if answered is None:
+        return []
+    detail = f"a captive portal intercepts the traffic: {s.captive_check_url} answered {answered} instead of 204"
+    return [Finding.fail("network.captive_portal", detail, url=s.captive_check_url, answer=answered)]
 
 
 def resolve(host: str, port: int, timeout: float) -> list[str] | None:

@@ -259,7 +259,7 @@ def test_module_conforms_to_the_probe_contract():
     assert card_reader.NAME == "card_reader"
     assert issubclass(card_reader.SETTINGS, ProbeSettings) and card_reader.SETTINGS.__dataclass_params__.frozen
     assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(card_reader.SETTINGS))
-    assert all(fid.startswith("reader.") for fid in card_reader.FINDINGS) and len(set(card_reader.FINDINGS)) == 6
+    assert all(fid.startswith("reader.") for fid in card_reader.FINDINGS) and len(set(card_reader.FINDINGS)) == 9
     assert set(card_reader.FINDINGS) == reader_emulator.FAULTS
 
 

@@ -33,11 +33,23 @@ def test_words_and_stems_in_both_languages(query, expected):
 
 
 def test_paper_finds_the_codes_a_paper_fault_explains():
+    """Through the code's meaning, a cause's title, the title of a finding that supports a cause,
+    or, for a generic code (3000, E3), any cause the probes can bring."""
     hits = KB.search("paper", ORDER)
     assert hits
     for code in hits:
-        texts = [code.meaning.en] + [KB.causes[c].title.en for c in code.causes]
-        assert any("paper" in t.lower() for t in texts)
+        causes = KB.causes if code.open else code.causes
+        texts = [code.meaning.en] + [KB.causes[c].title.en for c in causes]
+        texts += [KB.findings[f].en for c in causes for f in KB.causes[c].support if f in KB.findings]
+        assert any("paper" in t.lower() for t in texts), code.code
+
+
+@pytest.mark.parametrize("query", ["paper out", "缺纸", "打印纸"])
+def test_a_paper_fault_finds_the_generic_terminal_codes_too(query):
+    """3000 and E3 have no meaning of their own: the probes decide, and paper out is one of the
+    things they find. A technician who searches for it must see them."""
+    assert {"3000", "E3"} <= {code for _, code in found(query)}
+    assert {"00", "10"} <= {code for _, code in found(query)}  # approvals whose receipt did not come out
 
 
 def test_a_code_prefix_finds_codes_first():

@@ -24,7 +24,7 @@ EN_ENV = {"LC_ALL": "", "LC_MESSAGES": "", "LANG": "en_US.UTF-8"}
 IDENTIFIER = re.compile(r"\[[^]]*\]|\b\w+(?:\.\w+)+\b|\S*/\S*|\w+=[^,\n]*")
 NOT_PROSE = {"card_reader", "network", "power", "printer", "storage", "system", "modem", "terminal", "iso8583",
              "cup", "exception", "localhost", "ms", "mib", "dbm", "dle", "eot", "tls", "emmc", "rtc", "inode",
-             "fsync", "wi", "fi", "usb", "sim", "mac", "pin", "ic", "app"}
+             "fsync", "wi", "fi", "usb", "sim", "mac", "pin", "ic", "app", "payment_app"}
 
 
 def english_words(line: str) -> set[str]:

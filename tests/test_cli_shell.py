@@ -125,3 +125,77 @@ def test_config_check_reports_every_error_at_once(tmp_path):
     assert all(line.startswith(f"  config error in {path}: ") for line in lines[1:])
     stdin = run_cli("config", "check", "-", input=path.read_text())
     assert stdin.stderr.replace("<stdin>", str(path)) == proc.stderr
+
+
+def test_demo_stopped_by_sigterm_leaves_nothing_behind(tmp_path):
+    """`posdiag demo` from a terminal serves until stopped; a SIGTERM (systemd, kill) stops it
+    like Ctrl-C and removes its posdiag-demo-* and posdiag-sim-* directories."""
+    import pty
+    import re
+    import select
+    import signal
+    import time
+
+    main, side = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "POSDIAG_CONFIG"} | {"TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([str(POSDIAG), "demo", "--lang", "en"], stdout=side, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    os.close(side)
+    out, deadline = b"", time.monotonic() + 90
+    while not re.search(rb"sign in:\s+\S+ / \S+", out):
+        assert time.monotonic() < deadline and proc.poll() is None, out.decode(errors="replace")
+        if select.select([main], [], [], 1)[0]:
+            out += os.read(main, 65536)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("posdiag-demo-")]  # made while it serves
+    proc.send_signal(signal.SIGTERM)
+    # 0 once it serves ("stopped"); 143 (128 + SIGTERM) when the signal beats the wait: both unwind
+    assert proc.wait(20) in (0, 143)
+    os.close(main)
+    assert "Traceback" not in proc.stderr.read().decode()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_behind_a_pipe_from_a_terminal_keeps_its_address_alive(tmp_path):
+    """`make demo | tee demo.log`: stdin is the terminal, stdout a pipe. The address is printed at
+    once (not held in a pipe's buffer) and the server answers it until stopped."""
+    import pty
+    import re
+    import signal
+    import time
+
+    import requests
+
+    main, side = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "POSDIAG_CONFIG"} | {"TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([str(POSDIAG), "demo", "--lang", "en"], stdin=side, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    os.close(side)
+    try:
+        line, deadline = b"", time.monotonic() + 90
+        while b"bundle page:" not in line:
+            assert time.monotonic() < deadline and proc.poll() is None
+            line = proc.stdout.readline()
+        url = re.search(rb"bundle page: (\S+)", line).group(1).decode()
+        time.sleep(0.5)
+        assert proc.poll() is None  # still serving
+        assert requests.get(url, allow_redirects=False, timeout=10).status_code == 303  # to the sign-in page
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        os.close(main)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private mount namespace (unshare --mount)")
+def test_simulate_without_dev_pts_is_a_clear_error_not_a_traceback(tmp_path):
+    import shutil
+
+    if not shutil.which("unshare"):
+        pytest.skip("unshare is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "POSDIAG_CONFIG"} | {"TMPDIR": str(tmp_path)}
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f'mount -t tmpfs none /dev/pts && exec "{POSDIAG}" probe --simulate healthy'],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "needs pseudo-terminals" in proc.stderr and "mount -t devpts devpts /dev/pts" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -142,3 +142,21 @@ def test_config_show_masks_the_upload_token(tmp_path):
     shown = run_cli("config", "show", "--config", str(path)).stdout
     assert "pdt_supersecret123" not in shown and 'token = "***"' in shown
     assert 'token = ""' in run_cli("config", "show").stdout
+
+
+def test_config_show_output_passes_config_check():
+    """The docs/install.md recipe: `config show > posdiag.toml` then check it. Only secrets are
+    masked, and secrets are strings: password_hash_workers is a number and stays one."""
+    shown = run_cli("config", "show")
+    assert shown.returncode == 0, shown.stderr
+    assert "password_hash_workers = 1" in shown.stdout and "password_hash_queue = 16" in shown.stdout
+    checked = run_cli("config", "check", "-", input=shown.stdout)
+    assert checked.returncode == 0 and checked.stdout.strip() == "<stdin>: ok", checked.stderr
+
+
+def test_config_show_prints_the_scheme_order_the_country_chose(tmp_path):
+    conf = tmp_path / "posdiag.toml"
+    conf.write_text('[terminal]\ncountry = "CN"\n')
+    shown = run_cli("config", "show", "--config", str(conf)).stdout
+    assert 'scheme_order = ["cup", "iso8583", "terminal", "exception"]' in shown
+    assert run_cli("config", "check", "-", input=shown).returncode == 0

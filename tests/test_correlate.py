@@ -13,9 +13,13 @@ from probes import all_finding_ids
 from probes.contract.records import Finding, Status
 
 ORDER = ("iso8583", "cup", "terminal", "exception")
-PROBES = ("card_reader", "network", "power", "printer", "storage", "system")
-PREFIX_PROBE = {"reader": "card_reader", "probe": "system"}
-WARN_ONLY = {"printer.paper_near_end", "network.cert_expiring", "storage.disk_low", "storage.emmc_wear"}
+PROBES = ("card_reader", "modem", "network", "payment_app", "power", "printer", "storage", "system")
+PREFIX_PROBE = {"reader": "card_reader", "probe": "system", "app": "payment_app"}
+WARN_ONLY = {
+    "printer.paper_near_end", "network.cert_expiring", "storage.disk_low", "storage.emmc_wear",
+    "app.state_stale", "app.keys_stale", "app.parameters_stale", "reader.no_payment_app", "reader.in_use",
+    "modem.roaming", "modem.weak_signal",
+}  # fmt: skip
 KB = knowledge.load()
 
 
@@ -203,7 +207,7 @@ def test_a_generic_code_lets_the_probes_decide():
         ("51", (), "none"),
         ("55", (), "none"),
         ("03", (), "remote"),
-        ("A0", (), "remote"),
+        ("A0", (), "merchant"),  # the merchant signs in (签到) first; remote when it persists
         ("96", (), "remote"),
         ("3000", ("printer.paper_out",), "merchant"),  # the merchant loads a roll: no visit
         ("3000", ("printer.cover_open",), "merchant"),

@@ -31,6 +31,8 @@ def test_03_on_a_healthy_terminal_is_an_invalid_merchant():
         "meaning": {"zh": "无效商户", "en": "invalid merchant"},
         "host_answer": True,
         "asked": None,
+        "given": None,
+        "also_in": [],
     }
     top = doc["causes"][0]
     assert set(top) == {"id", "category", "title", "confidence", "evidence_for", "evidence_against", "actions"}
@@ -68,7 +70,10 @@ def test_51_on_a_healthy_terminal_sends_no_one():
 
 def test_an_unknown_code_is_diagnosed_from_the_findings():
     doc = diagnose_json("--code", "XQ7", "--simulate", "reader.tamper")
-    assert doc["error"] == {"code": "XQ7", "scheme": None, "known": False, "meaning": None, "host_answer": None, "asked": None}
+    assert doc["error"] == {
+        "code": "XQ7", "scheme": None, "known": False, "meaning": None, "host_answer": None, "asked": None,
+        "given": None, "also_in": [],
+    }  # fmt: skip
     assert doc["causes"][0]["category"] == "reader"
 
 
@@ -141,7 +146,7 @@ def test_codes_show_finds_an_operator_vendor_table(tmp_path):
 
 
 def test_demo_diagnoses_a_simulated_fault():
-    proc = run_cli("demo", "--lang", "en")
+    proc = run_cli("demo", "--lang", "en", input="")  # no terminal on either side: it stops at once
     assert proc.returncode == 0, proc.stderr
     assert "Error 3000 (terminal)" in proc.stdout and "printer.paper_out" in proc.stdout
 
@@ -212,3 +217,59 @@ def test_codes_show_says_which_scheme_answers_and_the_unionpay_preset_puts_cup_f
     assert [(c["scheme"], c["answers"]) for c in shown] == [("cup", True), ("iso8583", False)]
     doc = diagnose_json("--code", "22", "--config", "config/presets/unionpay.toml", "--simulate", "healthy")
     assert doc["error"]["scheme"] == "cup" and doc["dispatch"]["verdict"] == "none"
+
+
+# --- what a technician sees at the shell (issue 24) ----------------------------------------
+
+
+def test_a_local_fault_that_will_fail_the_next_transaction_is_always_an_action():
+    """The README's `--code 96 --simulate network.dns_failed`: the switch's malfunction is the
+    code's cause, and the terminal's own DNS still has to be fixed, whatever the code."""
+    doc = diagnose_json("--code", "96", "--simulate", "network.dns_failed")
+    assert doc["causes"][0]["id"] == "host.switch_malfunction"
+    assert doc["dispatch"]["also"] == [{"finding": "network.dns_failed", "cause": "network.dns", "verdict": "remote"}]
+    text = run_cli("diagnose", "--code", "96", "--simulate", "network.dns_failed", "--lang", "en").stdout
+    assert "Also to fix (not the cause of this code, but it will fail the next transaction):" in text
+    assert "Check the DNS servers and the APN settings" in text
+    assert "besides, another fault needs support to act remotely: DNS lookup failed" in " ".join(text.split())
+    zh = run_cli("diagnose", "--code", "96", "--simulate", "network.dns_failed", "--lang", "zh").stdout
+    assert "另需处理" in zh and "检查 DNS 服务器和 APN 设置" in zh
+
+
+def test_a_one_digit_code_is_read_with_its_leading_zero_and_says_so():
+    doc = diagnose_json("--code", "5", "--simulate", "healthy")
+    assert (doc["error"]["code"], doc["error"]["given"], doc["error"]["scheme"]) == ("05", "5", "iso8583")
+    text = run_cli("diagnose", "--code", "5", "--simulate", "healthy", "--lang", "en").stdout
+    assert "5 read as 05 (ISO 8583 codes have two digits)" in text
+    assert diagnose_json("--code", "3", "--simulate", "healthy")["error"]["code"] == "3"  # a terminal code of its own
+
+
+def test_the_modem_fault_leads_and_the_network_findings_follow_from_it():
+    doc = diagnose_json("--code", "ConnectError", "--simulate", "modem.sim_suspended")
+    top = doc["causes"][0]
+    assert (top["id"], doc["dispatch"]["verdict"], doc["other_findings"]) == ("network.sim_account", "remote", [])
+    follows = {e["finding"]: e["explained_by"] for e in top["evidence_for"]}
+    assert follows == {
+        "modem.data_rejected": None,
+        "network.link_down": "modem.data_rejected",
+        "network.no_route": "modem.data_rejected",
+        "network.dns_failed": "modem.data_rejected",
+    }
+    text = run_cli("diagnose", "--code", "ConnectError", "--simulate", "modem.sim_suspended", "--lang", "en").stdout
+    assert "follows from modem.data_rejected" in " ".join(text.split())
+
+
+def test_diagnose_says_which_scheme_answered_and_who_else_knows_the_code(tmp_path):
+    conf = tmp_path / "posdiag.toml"
+    conf.write_text('[terminal]\ncountry = "CN"\n')
+    text = run_cli("diagnose", "--code", "22", "--simulate", "healthy", "--config", str(conf), "--lang", "en").stdout
+    assert "Error 22 (cup): suspected malfunction: the linked transaction" in text
+    assert "read as cup; also in iso8583: suspected malfunction" in " ".join(text.split())
+    assert diagnose_json("--code", "22", "--simulate", "healthy")["error"]["scheme"] == "iso8583"
+
+
+def test_codes_search_finds_the_generic_codes_of_a_paper_fault():
+    for query in ("paper out", "缺纸"):
+        found = run_cli("codes", "search", query, "--json")
+        assert found.returncode == 0
+        assert {"3000", "E3"} <= {c["code"] for c in json.loads(found.stdout)}

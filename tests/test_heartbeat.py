@@ -23,7 +23,7 @@ COUNTER_KEYS = {"errors", "diagnoses", "bundles_waiting", "bundles_dead", "uptim
 
 @pytest.fixture
 def simulated(tmp_path):
-    with SimulatedTerminal.from_spec("healthy") as sim:
+    with SimulatedTerminal.from_spec("wifi") as sim:  # a healthy terminal on Wi-Fi: its level is the signal
         overrides = config_file.merge(sim.overrides, {
             "terminal": {"id": "HB-1", "model": "A920", "firmware": "2.1", "app_version": "5.0",
                          "labels": {"acquirer": "B", "region": "north"}},
@@ -71,7 +71,7 @@ def test_labels_add_what_the_probes_saw_unless_the_operator_set_it(simulated, tm
 
 
 def test_the_snapshot_names_the_link_of_the_default_route(simulated):
-    assert snapshot(simulated)["link"] == "wifi"  # the simulated terminal routes through wlan0
+    assert snapshot(simulated)["link"] == "wifi"  # this simulated terminal routes through wlan0
 
 
 OUTAGE = {
@@ -136,7 +136,7 @@ def test_a_running_agent_reports_to_the_fleet_and_takes_probe_requests_with_its_
             break
         assert time.monotonic() < deadline, (items, a.stderr.read_text())
         time.sleep(0.2)
-    assert mine[0]["labels"]["region"] == "north" and mine[0]["labels"]["link"] == "wifi"
+    assert mine[0]["labels"]["region"] == "north" and mine[0]["labels"]["link"] == "cellular"
     assert mine[0]["model"] == "SIM-POS" and mine[0]["status"] == "ok"
     (done,) = a.bundles()
     assert done["command_id"] == command["id"] and done["trigger_kind"] == "remote"

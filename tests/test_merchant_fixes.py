@@ -89,3 +89,29 @@ def test_an_unwritable_state_dir_leaves_the_verdict_alone(tmp_path):
     cfg = terminal_config(tmp_path)
     assert judged(cfg, "3000", "printer.paper_out", now=T0).verdict == "merchant"
     assert judged(cfg, "3000", "printer.paper_out", now=T0 + timedelta(hours=1)).verdict == "merchant"
+
+
+def test_a_sign_in_that_did_not_help_goes_to_support_not_onsite(tmp_path):
+    """A0 on a terminal whose checks find nothing: the merchant signs in (签到) first. The same
+    cause back after the grace time means the sign-in did not bring the keys into step: support
+    resets them on the host (remote), nobody is sent."""
+    cfg = terminal_config(tmp_path)
+    first = judged(cfg, "A0", now=T0)
+    assert first.verdict == "merchant" and "no one is sent" in first.reason.en
+    again = judged(cfg, "A0", now=T0 + timedelta(minutes=10))
+    assert again.verdict == "remote"
+    assert "still happens" in again.reason.en and "working keys" in again.reason.en
+    assert "商户已按提示处理过" in again.reason.zh and "客服远程处理" in again.reason.zh
+
+
+def test_keys_the_app_still_reports_out_of_step_after_a_sign_in_go_to_support(tmp_path):
+    cfg = terminal_config(tmp_path)
+    assert judged(cfg, "A0", "app.keys_out_of_step", now=T0).verdict == "merchant"
+    later = judged(cfg, "99", "app.keys_out_of_step", now=T0 + timedelta(minutes=10))
+    assert later.verdict == "remote" and "working keys out of step" in later.reason.en
+
+
+def test_an_unsettled_batch_is_settled_by_the_merchant_first(tmp_path):
+    cfg = terminal_config(tmp_path)
+    assert judged(cfg, "77", "app.batch_unsettled", now=T0).verdict == "merchant"
+    assert judged(cfg, "77", "app.batch_unsettled", now=T0 + timedelta(hours=1)).verdict == "remote"

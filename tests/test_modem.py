@@ -17,7 +17,7 @@ import serial
 from agent import config
 from probes import ProbeContext, modem
 from probes._at import Answer, mask_digits
-from probes._modem_facts import parse_cesq, parse_cpin, parse_csq, parse_reg
+from probes._modem_facts import ModemFacts, parse_ceer, parse_cesq, parse_cpin, parse_csq, parse_reg, parse_ws46_supported
 from probes.contract.records import Status
 from probes.contract.settings import HostSettings
 from probes.emulators.modem import EXPECTED_APN, ICCID, ModemEmulator, ModemState
@@ -26,7 +26,7 @@ from tests.conftest import run_cli
 MMCLI_DATA = Path(__file__).parent / "data" / "mmcli"
 DIALOGUE = [
     "AT", "AT+CPIN?", "AT+CCID", "AT+CSQ", "AT+CESQ", "AT+CREG?", "AT+CGREG?", "AT+CEREG?",
-    "AT+COPS?", "AT+CGATT?", "AT+CGACT?", "AT+CGDCONT?",
+    "AT+COPS?", "AT+CGATT?", "AT+CGACT?", "AT+CGDCONT?", "AT+WS46?",
 ]  # fmt: skip
 
 
@@ -156,6 +156,79 @@ def test_no_port_and_no_modemmanager_is_skipped():
     assert observation.derived_status() is Status.SKIPPED
 
 
+# --- SIM locks, the network's refusals and the 2G/3G mode ------------------------------------
+
+BARRED = "ESM reject, cause 8: Operator determined barring"
+NO_PLAN = "ESM reject, cause 33: Requested service option not subscribed"
+ILLEGAL_ME = "EMM reject, cause 6: Illegal ME"
+
+
+@pytest.mark.parametrize(
+    ("state", "expected", "severity"),
+    [
+        (ModemState(sim="puk"), "modem.sim_puk", "fail"),
+        (ModemState(active=False, ceer=BARRED), "modem.data_rejected", "fail"),
+        (ModemState(attached=False, ceer=NO_PLAN), "modem.data_rejected", "fail"),
+        (ModemState(reg_stat=3, ceer=ILLEGAL_ME), "modem.imei_rejected", "fail"),
+        (ModemState(ws46=29, reg_stat=2, csq=99, rsrp=255, rsrq=255), "modem.legacy_rat", "fail"),
+        (ModemState(ws46=29, act=2), "modem.legacy_rat", "warn"),  # still on a 3G cell: works for now
+    ],
+)
+def test_locks_refusals_and_legacy_mode(state, expected, severity):
+    with ModemEmulator(state) as device:
+        observation = probe(device.path)
+    assert [(f.id, f.severity) for f in observation.findings] == [(expected, severity)]
+
+
+def test_a_pin_lock_and_a_puk_block_say_who_can_open_them():
+    with ModemEmulator(ModemState(sim="pin")) as device:
+        pin = probe(device.path).findings[0]
+    with ModemEmulator(ModemState(sim="puk")) as device:
+        puk = probe(device.path).findings[0]
+    assert "asked again at every start" in pin.detail
+    assert "only the carrier has it" in puk.detail and puk.data == {"sim": "SIM PUK"}
+
+
+def test_the_refusal_names_its_3gpp_cause_and_what_it_means():
+    with ModemEmulator(ModemState(active=False, ceer=BARRED)) as device:
+        barred = probe(device.path).findings[0]
+        assert device.commands[-1] == "AT+CEER"  # asked after the data session was found down
+    with ModemEmulator(ModemState(active=False, ceer=NO_PLAN)) as device:
+        no_plan = probe(device.path).findings[0]
+    assert barred.data == {"reject": BARRED, "kind": "barred"} and "suspended or unpaid" in barred.detail
+    assert no_plan.data["kind"] == "not_subscribed" and "not subscribed or used up" in no_plan.detail
+
+
+def test_a_refusal_with_no_cause_named_stays_no_data_session():
+    with ModemEmulator(ModemState(active=False)) as device:  # +CEER: No cause information available
+        assert ids(probe(device.path)) == ["modem.no_data_session"]
+
+
+def test_ceer_and_ws46_support_are_asked_only_when_they_can_tell_something():
+    with ModemEmulator() as device:
+        probe(device.path)
+    assert "AT+CEER" not in device.commands and "AT+WS46=?" not in device.commands
+    with ModemEmulator(ModemState(ws46=29, reg_stat=2)) as device:
+        observation = probe(device.path)
+    assert device.commands[-2:] == ["AT+WS46?", "AT+WS46=?"]  # searching, not refused: no AT+CEER
+    assert observation.findings[0].data == {"mode": "2G/3G only", "lte_capable": True}
+
+
+def test_a_module_without_lte_says_so():
+    with ModemEmulator(ModemState(ws46=29, ws46_supported="(12,22,29)", reg_stat=2)) as device:
+        finding = probe(device.path).findings[0]
+    assert finding.data["lte_capable"] is False and "the module has no LTE" in finding.detail
+
+
+def test_ws46_ranges_and_ceer_text():
+    assert parse_ws46_supported(answer("+WS46: (12,22,25,28-31)")) == {12, 22, 25, 28, 29, 30, 31}
+    assert parse_ws46_supported(answer(final="ERROR")) == set()
+    assert parse_ceer(answer("+CEER: " + "x" * 300)) == "x" * 120
+    assert ModemFacts(reject='+CEER: "EMM","IMEI not accepted"').reject_kind == "equipment"
+    assert ModemFacts(reject="Missing or unknown APN").reject_kind == "apn"
+    assert ModemFacts(reject="No cause information available").reject_kind is None
+
+
 # --- the answers' arithmetic (27.007) -------------------------------------------------------
 
 
@@ -244,8 +317,11 @@ def test_modemmanager_connected_modem(tmp_path):
     [
         ("modem-sim-missing.json", None, ["modem.sim_absent"]),
         ("modem-sim-pin.json", None, ["modem.sim_locked"]),
+        ("modem-sim-puk.json", None, ["modem.sim_puk"]),
+        ("modem-legacy-modes.json", None, ["modem.legacy_rat"]),
         ("modem-denied.json", None, ["modem.registration_denied"]),
-        ("modem-registered.json", "bearer-disconnected.json", ["modem.no_data_session"]),
+        # the recorded bearer says why: "Requested service option not subscribed" (ESM #33)
+        ("modem-registered.json", "bearer-disconnected.json", ["modem.data_rejected"]),
         ("modem-connected.json", "bearer-cmnet.json", ["modem.wrong_apn"]),
     ],
 )
@@ -280,12 +356,12 @@ def test_mmcli_source_without_modemmanager_is_no_response(tmp_path):
 # --- the simulated terminal through the CLI --------------------------------------------------
 
 
-def test_cli_healthy_terminal_seven_probes_ok_with_the_modem_facts():
+def test_cli_healthy_terminal_eight_probes_ok_with_the_modem_facts():
     result = run_cli("probe", "--simulate", "healthy", "--json")
     assert result.returncode == 0, result.stderr
     probes = {p["name"]: p for p in json.loads(result.stdout)["probes"]}
     assert {n: p["status"] for n, p in probes.items()} == dict.fromkeys(
-        ["card_reader", "modem", "network", "power", "printer", "storage", "system"], "ok"
+        ["card_reader", "modem", "network", "payment_app", "power", "printer", "storage", "system"], "ok"
     )
     m = probes["modem"]["metrics"]
     assert (m["operator"], m["access_technology"], m["rssi_dbm"], m["rsrp_dbm"]) == ("CHINA MOBILE", "lte", -69.0, -91.0)

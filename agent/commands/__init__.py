@@ -31,9 +31,46 @@ def add_simulate_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--simulate",
         metavar="FAULTS",
-        help="run against the built-in simulated terminal: 'healthy' or a comma list of finding ids "
-        "to inject, e.g. printer.paper_out,network.dns_failed (an unknown name lists the known ones)",
+        help="run against the built-in simulated terminal: 'healthy', 'wifi' or 'cellular' (its link), "
+        "or a comma list of faults, e.g. printer.paper_out,modem.sim_locked; a fault breaks what "
+        "needs the part it lives in (no SIM: no link, no route, no DNS). Every fault and what it "
+        "breaks: posdiag diagnose --help",
     )
+
+
+FAULT_CATALOGUE = "%(fault catalogue)s"  # an epilog placeholder, expanded only when help is shown
+
+
+class FaultCatalogueFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help whose epilog FAULT_CATALOGUE becomes the list of simulated faults: the list is built
+    from the device model only when someone asks for help, not on every command."""
+
+    def add_text(self, text: str | None) -> None:
+        super().add_text(fault_catalogue() if text == FAULT_CATALOGUE else text)
+
+
+def fault_catalogue(width: int = 78) -> str:
+    """The simulated terminal's faults by the part they live in, and what else the probes then
+    find (derived from the device model, probes/emulators/_model.py)."""
+    import textwrap
+
+    from probes.emulators._model import FAULTS, PARTS, consequences
+
+    parts, faults = list(PARTS), list(FAULTS)
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for fault in sorted(FAULTS, key=lambda f: (parts.index(FAULTS[f].part), faults.index(f))):
+        shown = f"{fault}->{FAULTS[fault].shows}" if FAULTS[fault].shows else fault
+        groups.setdefault((FAULTS[fault].part, tuple(consequences(fault))), []).append(shown)
+    lines = [
+        "simulated faults (--simulate), by the part of the terminal they live in",
+        "(a->b: fault a shows as finding b); 'then': what the probes also find,",
+        "because the part is down:",
+    ]
+    for (part, then), faults in groups.items():
+        lines += textwrap.wrap(f"{part.replace('_', ' ')}: {' '.join(faults)}", width, initial_indent="  ", subsequent_indent="    ")
+        if then:
+            lines += textwrap.wrap(f"then: {' '.join(then)}", width, initial_indent="    ", subsequent_indent="      ")
+    return "\n".join(lines)
 
 
 def add_only_arg(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +116,28 @@ def add_json_arg(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM raises SystemExit(143) in the main thread for the block, so every `with` on the way
+    out runs: emulators stop and their temporary directories go (the default action would kill
+    the process with them left behind)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def configured(args: argparse.Namespace) -> Iterator[Config]:
     """The effective config; with --simulate, emulators run until the block ends."""
     from agent import config
@@ -89,5 +148,5 @@ def configured(args: argparse.Namespace) -> Iterator[Config]:
         return
     from probes.emulators import SimulatedTerminal
 
-    with SimulatedTerminal.from_spec(faults) as terminal:
+    with sigterm_unwinds(), SimulatedTerminal.from_spec(faults) as terminal:
         yield config.load(args.config, terminal.overrides)

@@ -31,11 +31,12 @@ def handle_show(args: argparse.Namespace) -> int:
 
 def masked(table: dict) -> dict:
     """The config with secret-named values (the upload token, which is also the bundle
-    signing key) shown as *** when set."""
+    signing key) shown as *** when set. Secrets are strings: a number under a secret-sounding
+    name (password_hash_workers) is a setting, and masking it would break `config check`."""
     from remote.redact import MASK, secret_kind
 
     return {
-        key: masked(value) if isinstance(value, dict) else MASK if value and secret_kind(key) else value
+        key: masked(value) if isinstance(value, dict) else MASK if isinstance(value, str) and value and secret_kind(key) else value
         for key, value in table.items()
     }
 

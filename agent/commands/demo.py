@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from agent.commands import add_config_arg, add_lang_arg, output_lang
+from agent.commands import add_config_arg, add_lang_arg, output_lang, sigterm_unwinds
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"is out of paper ({DEMO_FAULTS}): the probes run their real code against emulated devices, "
         "the knowledge base ranks the causes, and the diagnosis is printed, bundled and uploaded to a "
         "support server started on loopback (SQLite in a temporary directory). It prints the bundle's "
-        "page and a sign-in, and serves until Ctrl-C when run from a terminal.",
+        "page and a sign-in, and serves until Ctrl-C (or SIGTERM) when run from a terminal, its output "
+        "piped or not; with neither its input nor its output on a terminal (a script) it stops at once. "
+        "Everything it made is removed when it stops.",
     )
     add_lang_arg(parser)
     add_config_arg(parser)
@@ -40,7 +42,7 @@ def handle(args: argparse.Namespace) -> int:
     from agent.runner import select
     from remote.server.embedded import demo_server
 
-    with tempfile.TemporaryDirectory(prefix="posdiag-demo-") as tmp, demo_server(Path(tmp)) as server:
+    with sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="posdiag-demo-") as tmp, demo_server(Path(tmp)) as server:
         with served_config(args, server, Path(tmp)) as config:
             lang = output_lang(args, config)
             print(f"$ posdiag diagnose --code {DEMO_CODE} --simulate {DEMO_FAULTS}\n", file=sys.stderr)
@@ -49,8 +51,9 @@ def handle(args: argparse.Namespace) -> int:
 
             print(diagnosis_text(diagnosis, lang, "technician"))
             bundle_id = upload(config, diagnosis, lang)
-        print(f"\nbundle page: {server.url}/bundles/{bundle_id}\nsign in:     {server.user} / {server.password}")
-        if sys.stdout.isatty():  # someone can open the page; from a pipe or a test, stop here
+        # flushed at once: behind `| tee` the address must show while the server still runs
+        print(f"\nbundle page: {server.url}/bundles/{bundle_id}\nsign in:     {server.user} / {server.password}", flush=True)
+        if sys.stdin.isatty() or sys.stdout.isatty():  # a person can open the page (make demo | tee log)
             wait_for_ctrl_c()
     return 0
 
@@ -84,7 +87,7 @@ def wait_for_ctrl_c() -> None:
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # SystemExit: SIGTERM (sigterm_unwinds)
         print("stopped", file=sys.stderr)
 
 

@@ -5,6 +5,8 @@ import json
 import sys
 
 from agent.commands import (
+    FAULT_CATALOGUE,
+    FaultCatalogueFormatter,
     add_config_arg,
     add_json_arg,
     add_lang_arg,
@@ -18,14 +20,22 @@ from agent.commands import (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    import textwrap
+
+    description = (
+        "Run every enabled probe, look the code up in the knowledge base and rank its likely causes "
+        "with the evidence for and against each, what to do, and whether anyone needs to be sent. "
+        "An unknown code is still diagnosed from the findings alone; a one-digit code no scheme knows "
+        "is read with its leading zero (5 as 05). Exit 0 when a diagnosis was made, "
+        "2 on usage or config errors, 3 when --upload could not deliver the bundle (the diagnosis is "
+        "printed first; the bundle stays in the outbox, or in dead/ if the server refused it)."
+    )
     parser = sub.add_parser(
         "diagnose",
         help="explain an error code in the light of what the probes find",
-        description="Run every enabled probe, look the code up in the knowledge base and rank its likely causes "
-        "with the evidence for and against each, what to do, and whether anyone needs to be sent. "
-        "An unknown code is still diagnosed from the findings alone. Exit 0 when a diagnosis was made, "
-        "2 on usage or config errors, 3 when --upload could not deliver the bundle (the diagnosis is "
-        "printed first; the bundle stays in the outbox, or in dead/ if the server refused it).",
+        description=textwrap.fill(description, 78),
+        epilog=FAULT_CATALOGUE,
+        formatter_class=FaultCatalogueFormatter,
     )
     parser.add_argument("--code", required=True, help="the code the terminal showed: 51, A0, E3, 3000, ConnectError, ...")
     parser.add_argument(

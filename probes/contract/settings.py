@@ -20,6 +20,15 @@ class HostSettings:
 
 
 @dataclass(frozen=True)
+class AppSettings:
+    """What the terminal knows of its payment app: [app] state_file is a JSON file the app (or an
+    integration beside it) writes with its keys, batch, trace and parameters (docs/probes.md);
+    empty: none is written, and the payment_app probe is skipped."""
+
+    state_file: str
+
+
+@dataclass(frozen=True)
 class ProbeSettings:
     """Keys every [probes.NAME] section has; a probe's own settings extend this."""
 

@@ -29,7 +29,7 @@ TICK_S = 0.01
 
 class PtyDevice:
     def __init__(self) -> None:
-        self._master, self._slave = os.openpty()
+        self._master, self._slave = open_pty()
         # Raw from the start: no echo, no CR/LF translation, whatever the probe sets later.
         tty.setraw(self._slave)
         os.set_blocking(self._master, False)
@@ -121,6 +121,25 @@ class PtyDevice:
                 with contextlib.suppress(OSError):
                     os.close(fd)
                 setattr(self, attr, -1)
+
+
+def open_pty() -> tuple[int, int]:
+    """A pty pair, or a UsageError that says what is missing: a container or chroot without devpts
+    mounted on /dev/pts has /dev/ptmx but no slave to open."""
+    try:
+        master, slave = os.openpty()
+    except OSError as exc:
+        raise UsageError(
+            f"the simulated terminal needs pseudo-terminals and cannot open one ({exc.strerror or exc}): "
+            "mount devpts on /dev/pts (mount -t devpts devpts /dev/pts), or run where it is mounted"
+        ) from None
+    try:
+        os.ttyname(slave)
+    except OSError as exc:
+        os.close(master)
+        os.close(slave)
+        raise UsageError(f"the simulated terminal's pty has no name under /dev/pts ({exc.strerror}): mount devpts there") from None
+    return master, slave
 
 
 def missing_port(workdir: Path) -> str:

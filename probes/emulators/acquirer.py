@@ -5,6 +5,11 @@ Faults are produced the way a real network produces them: a name under .invalid 
 never resolves), a bound port that does not listen (refused), a listener whose accept
 queue is full (SYNs dropped: connect timeout), a certificate from another CA, an expired
 or nearly expired certificate, a slow handshake, a Date header ten minutes off.
+
+What the device model says is down upstream is played the same way: with no route (or no
+DNS, or the public APN instead of the acquirer's private one) the host's name does not
+resolve and the clock reference cannot be reached; behind a Wi-Fi captive portal the TLS
+handshake meets the portal's own certificate.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from typing import Any
 from probes import network
 from probes.contract.errors import UsageError
 from probes.emulators import _ca
+from probes.emulators._model import TerminalState
 
-FAULTS = frozenset(network.FINDINGS) - frozenset(network.LINK_FINDINGS)
+FAULTS = frozenset(network.FINDINGS) - frozenset(network.LINK_FINDINGS) - frozenset(network.WIFI_FINDINGS)
 CERT_FAULTS = frozenset({"network.tls_failed", "network.cert_expired", "network.cert_expiring"})
 HOST = _ca.HOST
 UNRESOLVABLE = "acquirer.posdiag.invalid"
@@ -108,6 +114,7 @@ def tls_context(faults: frozenset[str], workdir: Path) -> ssl.SSLContext | None:
         return None
     now = dt.datetime.now(dt.UTC)
     trusted = _ca.make_ca("posdiag simulated acquirer CA", workdir, backend)
+    # a wrong CA: the host's certificate is not the one the terminal trusts, or a captive portal answers
     signer = _ca.make_ca("some other CA", workdir, backend) if "network.tls_failed" in faults else trusted
     not_after = now + dt.timedelta(days=400)
     if "network.cert_expired" in faults:
@@ -123,7 +130,10 @@ def tls_context(faults: frozenset[str], workdir: Path) -> ssl.SSLContext | None:
 
 
 @contextlib.contextmanager
-def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
+def start(state: TerminalState, workdir: Path) -> Iterator[dict[str, Any]]:
+    faults = state.faults & FAULTS
+    if state.is_down("tls") and not state.is_down("host") and "network.cert_expired" not in faults:
+        faults |= {"network.tls_failed"}  # what the portal (or another CA) presents is not trusted
     context = tls_context(faults, workdir)
     delay = SLOW_HANDSHAKE_S if "network.high_latency" in faults else 0.0
     network: dict[str, Any] = {}
@@ -144,13 +154,14 @@ def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
         stack.callback(clock.server_close)
         stack.callback(clock.shutdown)
         threading.Thread(target=clock.serve_forever, args=(0.1,), name="acquirer-clock", daemon=True).start()
-        host = UNRESOLVABLE if "network.dns_failed" in faults else HOST
+        host = UNRESOLVABLE if state.is_down("dns") else HOST
+        reference = UNRESOLVABLE if state.is_down("route") else "127.0.0.1"
         network.update(
             {
                 "hosts": [
                     {"name": "acquirer", "host": host, "port": port, "tls": context is not None, "ca_file": str(workdir / "ca.pem"), "server_name": HOST}
                 ],
-                "clock_reference": f"http://127.0.0.1:{clock.server_address[1]}/",
+                "clock_reference": f"http://{reference}:{clock.server_address[1]}/",
                 "high_latency_ms": HIGH_LATENCY_MS,
             }
         )

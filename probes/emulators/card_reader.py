@@ -1,4 +1,5 @@
-"""A card reader on a pty speaking the reference framed protocol of DESIGN.md.
+"""A card reader on a pty speaking the reference framed protocol of DESIGN.md, or, for the
+PC/SC faults, a PC/SC reader behind an emulated pcscd (_pcscd.py).
 
     STX 0x02 | LEN (2 bytes BE, len(CMD+DATA)) | CMD | DATA | ETX 0x03 | LRC (XOR of LEN..ETX)
 
@@ -11,6 +12,7 @@ in either shows up as a disagreement in the tests.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +20,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from probes import card_reader
+from probes.contract.errors import UsageError
+from probes.emulators._model import TerminalState
+from probes.emulators._pcscd import Card, PcscDaemon
 from probes.emulators._pty import PtyDevice, forbidden_port, missing_port
 
 FAULTS = frozenset(card_reader.FINDINGS)
+PCSC_READER = "posdiag simulated ICC Reader 00 00"
+# A city transit card: it answers, but carries no payment application (SELECT PPSE/PSE: 6A82).
+TRANSIT_ATR = bytes.fromhex("3b8f8001804f0ca0000003060300030000000068")
+BANK_ATR = bytes.fromhex("3b6800000073c84013009000")
 FIRMWARE = "RDR-2.4.1"
 SLOT_BITS = {"ic": 0x04, "magstripe": 0x08, "contactless": 0x10}
 # "silent" never answers, "bad_lrc" spoils the checksum, "half" sends half a frame then
@@ -103,7 +112,13 @@ def state_for(faults: frozenset[str]) -> ReaderState:
 
 
 @contextlib.contextmanager
-def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
+def start(state: TerminalState, workdir: Path) -> Iterator[dict[str, Any]]:
+    if state.uses_pcsc:
+        with pcsc_reader(state, workdir) as overrides:
+            yield overrides
+        return
+    faults = state.faults & FAULTS
+
     def port(path: str) -> dict[str, Any]:
         return {"probes": {"card_reader": {"port": path, "usb_vid": "", "usb_pid": ""}}}
 
@@ -121,3 +136,30 @@ def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
         fault = "bad_lrc"
     with ReaderEmulator(state_for(faults), fault) as device:
         yield port(device.path)
+
+
+@contextlib.contextmanager
+def pcsc_reader(state: TerminalState, workdir: Path) -> Iterator[dict[str, Any]]:
+    """pcscd stopped (no socket), a card the payment app holds exclusively, or a card with no
+    payment application in the reader. pcsc-lite finds the daemon through PCSCLITE_CSOCK_NAME,
+    set for the emulator's life and restored after."""
+    if importlib.util.find_spec("smartcard") is None:
+        faults = ", ".join(sorted(state.faults & set(card_reader.PCSC_FINDINGS)))
+        raise UsageError(f"{faults}: the simulated PC/SC reader needs pyscard (pip install 'posdiag[pcsc]')")
+    path = workdir / "pcscd.comm"
+    previous = os.environ.get("PCSCLITE_CSOCK_NAME")
+    os.environ["PCSCLITE_CSOCK_NAME"] = str(path)
+    overrides = {"probes": {"card_reader": {"driver": "pcsc", "port": "", "usb_vid": "", "usb_pid": "", "reader_name": ""}}}
+    try:
+        if state.is_down("pcscd"):
+            yield overrides  # nothing listens: pcsc-lite says SCARD_E_NO_SERVICE
+            return
+        card = Card(TRANSIT_ATR, payment_app=False) if "reader.no_payment_app" in state.faults else Card(BANK_ATR, payment_app=True)
+        card = Card(card.atr, card.payment_app, held_exclusively="reader.in_use" in state.faults)
+        with PcscDaemon(path, PCSC_READER, card):
+            yield overrides
+    finally:
+        if previous is None:
+            os.environ.pop("PCSCLITE_CSOCK_NAME", None)
+        else:
+            os.environ["PCSCLITE_CSOCK_NAME"] = previous

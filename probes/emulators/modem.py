@@ -20,9 +20,12 @@ from typing import Any, Literal
 
 from probes import modem
 from probes.emulators import with_faults
+from probes.emulators._model import CELLULAR, TerminalState
 from probes.emulators._pty import PtyDevice, missing_port
 
-FAULTS = frozenset(modem.FINDINGS)
+# The SIM faults that are not findings of their own: what the network does to such a SIM.
+SIM_ACCOUNT_FAULTS = frozenset({"modem.sim_suspended", "modem.sim_out_of_data", "modem.sim_bound_elsewhere"})
+FAULTS = frozenset(modem.FINDINGS) - {"modem.imei_rejected", "modem.data_rejected"} | SIM_ACCOUNT_FAULTS
 ICCID = "89860012345678901234"
 EXPECTED_APN = "pos.acquirer"
 LineFault = Literal["silent", "random", "no_final", "hang_up"]
@@ -30,7 +33,7 @@ LineFault = Literal["silent", "random", "no_final", "hang_up"]
 
 @dataclass(frozen=True)
 class ModemState:
-    sim: Literal["ready", "absent", "pin"] = "ready"
+    sim: Literal["ready", "absent", "pin", "puk"] = "ready"
     reg_stat: int = 1  # 27.007 <stat>: 1 home, 2 searching, 3 denied, 5 roaming
     csq: int = 22  # -69 dBm
     rsrq: int = 24  # -8 dB
@@ -42,13 +45,22 @@ class ModemState:
     apn: str = EXPECTED_APN
     cesq: bool = True  # some 2G/3G modules answer ERROR to AT+CESQ
     iccid_command: str = "AT+CCID"  # Quectel and SIMCom answer AT+CCID, others only AT+ICCID
+    ws46: int = 25  # 27.007 5.9: 25 GERAN, UTRAN and E-UTRAN; 29 GERAN and UTRAN only
+    ws46_supported: str = "(12,22,25,28,29,30,31)"
+    ceer: str = "No cause information available"  # the last refusal, as AT+CEER reports it
 
 
+# The carrier's refusals carry the 3GPP cause names (TS 24.301 EMM #6, ESM #8 and #33).
 STATE_FAULTS: dict[str, dict[str, Any]] = {
     "modem.sim_absent": {"sim": "absent"},
     "modem.sim_locked": {"sim": "pin"},
+    "modem.sim_puk": {"sim": "puk"},
     "modem.not_registered": {"reg_stat": 2},
     "modem.registration_denied": {"reg_stat": 3},
+    "modem.sim_bound_elsewhere": {"reg_stat": 3, "ceer": "EMM reject, cause 6: Illegal ME"},
+    "modem.legacy_rat": {"ws46": 29, "reg_stat": 2, "csq": 99, "rsrp": 255, "rsrq": 255},
+    "modem.sim_suspended": {"active": False, "ceer": "ESM reject, cause 8: Operator determined barring"},
+    "modem.sim_out_of_data": {"active": False, "ceer": "ESM reject, cause 33: Requested service option not subscribed"},
     "modem.roaming": {"reg_stat": 5, "operator": "CSL"},
     "modem.weak_signal": {"csq": 5, "rsrp": 22, "rsrq": 6},
     "modem.no_data_session": {"active": False},
@@ -95,14 +107,15 @@ class ModemEmulator(PtyDevice):
 
     def respond(self, cmd: str) -> tuple[list[str], str]:
         s = self.state
-        no_sim = "+CME ERROR: 10" if s.sim == "absent" else "+CME ERROR: 11" if s.sim == "pin" else ""
+        no_sim = {"absent": "+CME ERROR: 10", "pin": "+CME ERROR: 11", "puk": "+CME ERROR: 12"}.get(s.sim, "")
         if cmd == "AT":
             return [], "OK"
         if cmd in ("ATE0", "ATE1"):
             self.echo = cmd == "ATE1"
             return [], "OK"
         if cmd == "AT+CPIN?":
-            return ([], no_sim) if s.sim == "absent" else ([f"+CPIN: {'SIM PIN' if s.sim == 'pin' else 'READY'}"], "OK")
+            cpin = {"pin": "SIM PIN", "puk": "SIM PUK", "ready": "READY"}
+            return ([], no_sim) if s.sim == "absent" else ([f"+CPIN: {cpin[s.sim]}"], "OK")
         if cmd == s.iccid_command:
             return ([], no_sim) if no_sim else ([f"{cmd[2:]}: {ICCID}"], "OK")
         if cmd == "AT+CSQ":
@@ -123,15 +136,25 @@ class ModemEmulator(PtyDevice):
             return [f"+CGACT: 1,{int(s.active and s.attached and s.sim == 'ready' and stat in (1, 5))}"], "OK"
         if cmd == "AT+CGDCONT?":
             return [f'+CGDCONT: 1,"IP","{s.apn}","0.0.0.0",0,0'], "OK"
+        if cmd == "AT+WS46?":
+            return [f"+WS46: {s.ws46}"], "OK"
+        if cmd == "AT+WS46=?":
+            return [f"+WS46: {s.ws46_supported}"], "OK"
+        if cmd == "AT+CEER":
+            return [f"+CEER: {s.ceer}"], "OK"
         return [], "ERROR"
 
 
 @contextlib.contextmanager
-def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
+def start(state: TerminalState, workdir: Path) -> Iterator[dict[str, Any]]:
     def port(path: str) -> dict[str, Any]:
         # source "at": the machine's own ModemManager is never asked.
         return {"probes": {"modem": {"port": path, "source": "at", "expected_apn": EXPECTED_APN}}}
 
+    faults = state.faults & FAULTS
+    if CELLULAR not in state.bearers:  # a terminal on Wi-Fi only: no modem configured
+        yield port("")
+        return
     if "modem.absent" in faults:
         yield port(missing_port(workdir))
         return

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from probes import printer
 from probes.emulators import with_faults
+from probes.emulators._model import TerminalState
 from probes.emulators._pty import PtyDevice, forbidden_port, missing_port
 
 FAULTS = frozenset(printer.FINDINGS)
@@ -101,7 +102,9 @@ class PrinterEmulator(PtyDevice):
 
 
 @contextlib.contextmanager
-def start(faults: frozenset[str], workdir: Path) -> Iterator[dict[str, Any]]:
+def start(state: TerminalState, workdir: Path) -> Iterator[dict[str, Any]]:
+    faults = state.faults & FAULTS
+
     def port(path: str) -> dict[str, Any]:
         return {"probes": {"printer": {"port": path, "transport": "serial"}}}
 
