@@ -21,11 +21,11 @@ from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
+from remote import wire
 from remote.redact import redact_text
 from remote.server import db, signin, store
 from remote.server.fleet import incidents as fleet_incidents
 from remote.server.fleet import inventory
-from remote.server.fleet.engine import LABEL_KEY
 from remote.server.fleet.models import FleetTerminalList
 from remote.server.ingest import IngestError
 from remote.server.models import (
@@ -309,7 +309,7 @@ def label_params(request: Request) -> dict[str, str]:
     for key, value in request.query_params.multi_items():
         if key.startswith("label."):
             name = key[len("label."):]
-            if not LABEL_KEY.fullmatch(name) or not 0 < len(value) <= 64:
+            if not wire.LABEL_KEY.fullmatch(name) or not 0 < len(value) <= 64:
                 raise ApiError(422, "invalid_request", f"{key[:40]}: a label is label.KEY=VALUE, KEY a-z0-9_, VALUE 1-64 chars")
             out[name] = value
     return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Any
@@ -19,25 +18,19 @@ from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_eve
 from remote.server_settings import ServerSettings
 
 log = logging.getLogger("posdiag.fleet")
-LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 TICK_SECONDS = 0.5
 DEADLOCK_ATTEMPTS = 3
 RETRIED_SQLSTATES = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 
 
 def manifest_labels(manifest: dict[str, Any]) -> dict[str, str] | None:
-    """terminal.labels of a manifest: the well-formed entries (a bundle is never refused
-    for a bad label; the label is dropped), card data masked, or None when the manifest has
-    none (an older agent: the stored labels stay)."""
+    """terminal.labels of a manifest, card data masked, or None when the manifest has none
+    (an older agent: the stored labels stay). Ingest refused any bad label (inputs.py)."""
     terminal = manifest.get("terminal")
     raw = terminal.get("labels") if isinstance(terminal, dict) else None
     if not isinstance(raw, dict):
         return None
-    return {
-        k: ingest.shown(v) for k, v in list(raw.items())[:32]
-        if isinstance(k, str) and LABEL_KEY.fullmatch(k) and isinstance(v, str) and 0 < len(v) <= 64
-        and not any(c in v for c in "&=") and v.isprintable()
-    }  # fmt: skip
+    return {k: ingest.shown(v) for k, v in raw.items()}
 
 
 class Fleet:
