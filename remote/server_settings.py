@@ -5,6 +5,8 @@ config check imports it, and the terminal executable leaves remote/server/ out
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from dataclasses import dataclass
 
 from probes.contract.settings import bounded
@@ -75,7 +77,9 @@ class FleetSettings:
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    """Alerts: JSON POSTed to `url`, signed with HMAC-SHA256 of `secret`; empty url: none."""
+    """Alerts: JSON POSTed to `url`, signed with HMAC-SHA256 of `secret`; empty url: none.
+    The receiver is not trusted (docs/server-security.md): one deadline per delivery, a few
+    KiB of its answer read, a bounded queue, no private targets unless allowed."""
 
     url: str
     events: list[str]
@@ -83,6 +87,48 @@ class WebhookSettings:
     timeout_seconds: float = bounded(0.1, 120)
     retry_min_seconds: float = bounded(0.01, 3600)
     retry_max_seconds: float = bounded(0.01, 86400)
+    max_queued_deliveries: int = bounded(1, 10_000_000)
+    allow_private_targets: bool
+
+    def table_problem(self) -> str | None:
+        if not self.url:
+            return None
+        problem = target_problem(self.url, self.allow_private_targets)
+        if problem:
+            return f"url: {problem}"
+        if not self.secret:
+            return "secret: set a secret when url is set (the receiver checks X-Posdiag-Signature with it)"
+        return None
+
+
+def target_problem(url: str, allow_private: bool) -> str | None:
+    """Why a webhook may not go to `url` as written: not http(s), no host, or (unless
+    allowed) an address literal that is loopback, private, link-local or otherwise not
+    public. A host name is resolved, and its addresses checked, at each delivery."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return f"only http:// and https:// are sent to, not {parts.scheme + ':' if parts.scheme else 'a URL without a scheme'}"
+    try:
+        host, _port = parts.hostname, parts.port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if not host:
+        return "no host in the URL"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not allow_private and not public(address):
+        return f"{address} is not a public address; set allow_private_targets = true to send to it"
+    return None
+
+
+def public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A webhook may go here without allow_private_targets: a global unicast address (not
+    loopback, private, link-local, carrier-grade NAT, multicast, reserved or unspecified)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
 
 
 @dataclass(frozen=True)

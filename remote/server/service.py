@@ -40,7 +40,7 @@ class Service:
         self.limits = ingest.Limits.of(settings)
         self.ingest_budget = ByteBudget(settings.ingest_memory_mib << 20)
         self._view_builders = threading.BoundedSemaphore(VIEW_BUILDERS)
-        self.fleet = Fleet(self.engine, settings)
+        self.fleet = Fleet(self.engine, settings, self.metrics)
         self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
