@@ -15,13 +15,18 @@ from probes.contract.settings import bounded
 @dataclass(frozen=True)
 class BlobSettings:
     """Where bundle files live. Empty strings: the directory DATA/blobs, and boto3's own
-    sources (AWS_* variables, ~/.aws) for whatever an S3 store needs."""
+    sources (AWS_* variables, ~/.aws) for whatever an S3 store needs. A store that stops
+    answering costs a caller at most operation_timeout_seconds, and after breaker_failures
+    failures in a row none at all for breaker_open_seconds (remote/server/blobs.py)."""
 
     url: str
     endpoint_url: str
     region: str
     access_key_id: str
     secret_access_key: str
+    operation_timeout_seconds: float = bounded(0.1, 600)
+    breaker_failures: int = bounded(1, 1000)
+    breaker_open_seconds: float = bounded(0.1, 3600)
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,8 @@ class ServerSettings:
     signin_max_failures_per_address: int = bounded(1, 1 << 20)
     password_hash_workers: int = bounded(1, 64)
     password_hash_queue: int = bounded(1, 10000)
+    quota_bundles_per_terminal_hour: int = bounded(0, 1_000_000)
+    quota_mib_per_terminal_day: float = bounded(0, 1 << 20)
     blobs: BlobSettings
     retention: RetentionSettings
     fleet: FleetSettings

@@ -23,7 +23,7 @@ from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
 from remote import wire
 from remote.redact import redact_text
-from remote.server import db, signin, store
+from remote.server import admission, db, signin, store
 from remote.server.fleet import incidents as fleet_incidents
 from remote.server.fleet import inventory
 from remote.server.fleet.models import FleetTerminalList
@@ -158,7 +158,7 @@ UPLOAD_BODY = {
     responses={
         200: {"model": BundleRecord, "description": "this bundle id was stored before; the stored record"},
         201: {"model": BundleRecord, "description": "stored"},
-        **errors(400, 401, 403, 409, 413, 422),
+        **errors(400, 401, 403, 409, 413, 422, 429, 503),
     },
 )
 async def upload(
@@ -174,9 +174,15 @@ async def upload(
         if terminal is None:
             raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
         size = declared_length(request, srv.settings.max_bundle_bytes) or srv.settings.max_bundle_bytes
-        async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
-            body = await read_capped(request, srv.settings.max_bundle_bytes)
-            record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
+        reservation = await run_in_threadpool(admission.admit, srv, terminal["id"], size)  # 503 or 429 before the body
+        stored = None
+        try:
+            async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
+                body = await read_capped(request, srv.settings.max_bundle_bytes)
+                record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
+                stored = len(body) if new else None
+        finally:
+            await run_in_threadpool(admission.settle, srv, reservation, stored)
     except IngestError as exc:
         srv.metrics.reject(exc.code, time.perf_counter() - started)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None

@@ -68,8 +68,17 @@ class Metrics:
         self.blob_errors = Counter(
             "posdiag_blob_errors", "Blob store operations that failed, by operation.", ["op"], registry=reg
         )
+        self.blob_refusals = Counter(
+            "posdiag_blob_refused",
+            "Blob store operations answered at once, without asking the store, while its circuit breaker is open.",
+            ["op"],
+            registry=reg,
+        )
         self.blob_latency = Histogram(
             "posdiag_blob_seconds", "Blob store operation time, by operation.", ["op"], buckets=BLOB_BUCKETS, registry=reg
+        )
+        self.quota_refusals = Counter(
+            "posdiag_quota_refused", "Uploads refused with 429 over a terminal's quota, by quota.", ["quota"], registry=reg
         )
         self.webhook_attempts = Counter(
             "posdiag_webhook_attempts", "Webhook deliveries tried, by outcome (delivered, failed, refused).", ["outcome"], registry=reg
@@ -105,6 +114,12 @@ class Metrics:
 
     def blob_error(self, op: str) -> None:
         self.blob_errors.labels(op).inc()
+
+    def blob_refused(self, op: str) -> None:
+        self.blob_refusals.labels(op).inc()
+
+    def quota_refused(self, quota: str) -> None:
+        self.quota_refusals.labels(quota).inc()
 
     def webhook_attempt(self, outcome: str) -> None:
         self.webhook_attempts.labels(outcome).inc()

@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from remote.server import auth, bundleview, db, ingest, store
-from remote.server.blobs import BlobStore, open_store
+from remote.server import auth, bundleview, db, ingest, quotas, store
+from remote.server.blobs import BlobStore, Deadlines, open_store
 from remote.server.budget import ByteBudget
 from remote.server.fleet.engine import Fleet
 from remote.server.metrics import Metrics
@@ -38,6 +40,7 @@ class Service:
         self.metrics = Metrics()
         self.blobs: BlobStore = open_blobs(settings, data_dir, self.metrics)
         self.limits = ingest.Limits.of(settings)
+        self.quota_limits = quotas.Limits.of(settings)
         self.ingest_budget = ByteBudget(settings.ingest_memory_mib << 20)
         self._view_builders = threading.BoundedSemaphore(VIEW_BUILDERS)
         self.fleet = Fleet(self.engine, settings, self.metrics)
@@ -48,11 +51,18 @@ class Service:
         self._blocked: dict[str, float] = {}  # signin key -> monotonic time until which it is refused
         self._decoy = auth.hash_password(auth.new_nonce())
         self.hash_pool = HashPool(settings.password_hash_workers, settings.password_hash_queue)
+        self.health_pool = ThreadPoolExecutor(2, thread_name_prefix="healthz")
 
     def close(self) -> None:
         self.hash_pool.close()
+        self.health_pool.shutdown(wait=False, cancel_futures=True)
         self.fleet.stop()
         self.engine.dispose()
+
+    def ping(self) -> None:
+        """SELECT 1, for /healthz."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     # -- who is asking ------------------------------------------------------------------
 
@@ -193,4 +203,5 @@ def open_blobs(settings: ServerSettings, data_dir: Path, metrics: Metrics | None
         "access_key_id": b.access_key_id,
         "secret_access_key": b.secret_access_key,
     }
-    return open_store(b.url, data_dir, options, metrics)
+    deadlines = Deadlines(b.operation_timeout_seconds, b.breaker_failures, b.breaker_open_seconds)
+    return open_store(b.url, data_dir, options, metrics, deadlines)
