@@ -164,6 +164,10 @@ class ServerSettings:
     signin_max_failures_per_address: int = bounded(1, 1 << 20)
     password_hash_workers: int = bounded(1, 64)
     password_hash_queue: int = bounded(1, 10000)
+    max_label_filters: int = bounded(1, 32)
+    statement_timeout_seconds: float = bounded(0.1, 3600)
+    max_concurrent_reads: int = bounded(1, 1000)
+    read_wait_seconds: float = bounded(0, 600)
     quota_bundles_per_terminal_hour: int = bounded(0, 1_000_000)
     quota_mib_per_terminal_day: float = bounded(0, 1 << 20)
     blobs: BlobSettings

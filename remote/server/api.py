@@ -310,14 +310,17 @@ async def terminals(
 
 
 def label_params(request: Request) -> dict[str, str]:
-    """label.KEY=VALUE query parameters."""
+    """label.KEY=VALUE query parameters, at most [server] max_label_filters (budgets.py)."""
+    most = service(request).settings.max_label_filters
+    given = [(k, v) for k, v in request.query_params.multi_items() if k.startswith("label.")]
+    if len(given) > most:
+        raise ApiError(400, "too_many_filters", f"{len(given)} label filters: at most {most} label.KEY=VALUE per request")
     out = {}
-    for key, value in request.query_params.multi_items():
-        if key.startswith("label."):
-            name = key[len("label."):]
-            if not wire.LABEL_KEY.fullmatch(name) or not 0 < len(value) <= 64:
-                raise ApiError(422, "invalid_request", f"{key[:40]}: a label is label.KEY=VALUE, KEY a-z0-9_, VALUE 1-64 chars")
-            out[name] = value
+    for key, value in given:
+        name = key[len("label."):]
+        if not wire.LABEL_KEY.fullmatch(name) or not 0 < len(value) <= 64:
+            raise ApiError(422, "invalid_request", f"{key[:40]}: a label is label.KEY=VALUE, KEY a-z0-9_, VALUE 1-64 chars")
+        out[name] = value
     return out
 
 

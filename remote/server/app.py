@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from remote.server import api, fleet_api, fleet_web, web
+from remote.server import api, budgets, fleet_api, fleet_web, web
 from remote.server.blobs import BlobError
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
@@ -71,6 +71,13 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
         headers = {"Retry-After": str(exc.retry_after)}
         return api.error_response(503, "blob_store_unavailable", "the blob store failed; try again", headers)
 
+    @app.exception_handler(sa.exc.OperationalError)
+    async def _statement_timeout(_: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+        if not budgets.timed_out(exc):
+            raise exc
+        detail = f"the query took longer than {settings.statement_timeout_seconds:g} s; narrow the filters"
+        return api.error_response(503, "query_timeout", detail, {"Retry-After": "10"})
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -111,6 +118,7 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.add_middleware(budgets.QueryBudget, settings=settings, respond=api.error_response)
     app.add_middleware(RefuseNul)
     app.include_router(api.router)
     app.include_router(fleet_api.router)

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from remote.server import auth, bundleview, db, ingest, quotas, store
+from remote.server import auth, budgets, bundleview, db, ingest, quotas, store
 from remote.server.blobs import BlobStore, Deadlines, open_store
 from remote.server.budget import ByteBudget
 from remote.server.fleet.engine import Fleet
@@ -36,6 +36,7 @@ class Service:
     def __init__(self, db_url: str, data_dir: Path, settings: ServerSettings) -> None:
         self.settings = settings
         self.engine: Engine = db.make_engine(db_url)
+        budgets.install(self.engine)
         db.create_schema(self.engine)
         self.metrics = Metrics()
         self.blobs: BlobStore = open_blobs(settings, data_dir, self.metrics)
