@@ -78,6 +78,10 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
         detail = f"the query took longer than {settings.statement_timeout_seconds:g} s; narrow the filters"
         return api.error_response(503, "query_timeout", detail, {"Retry-After": "10"})
 
+    @app.exception_handler(budgets.ReadsBusy)
+    async def _reads_busy(_: Request, exc: budgets.ReadsBusy) -> JSONResponse:
+        return api.error_response(503, "busy", f"{exc}; try again shortly", {"Retry-After": "2"})
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -118,7 +122,7 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.add_middleware(budgets.QueryBudget, settings=settings, respond=api.error_response)
+    app.add_middleware(budgets.QueryBudget, settings=settings)
     app.add_middleware(RefuseNul)
     app.include_router(api.router)
     app.include_router(fleet_api.router)

@@ -107,6 +107,7 @@ def test_hanging_list_requests_leave_connections_for_uploads_heartbeats_and_page
     quiet = {"code": "", "cause": "", "category": ""}  # bundles that report no problem do not write `problems`
     first_id, first = make_bundle(token, tid, **quiet)
     assert server.upload(token, first, first_id).status_code == 201
+    assert server.get("/api/v1/problems").status_code == 200  # the user's pair is verified once, before the crowd
     release, holder = locked(pg_url, "problems")
     try:
         with ThreadPoolExecutor(10) as pool:
