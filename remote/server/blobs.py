@@ -61,7 +61,7 @@ class Deadlines:
 
     operation_seconds: float = 10.0
     breaker_failures: int = 3
-    breaker_open_seconds: float = 15.0
+    breaker_open_seconds: float = 5.0
     workers: int = 32  # store calls in flight at once; more fail at once (the store is hung)
 
 
