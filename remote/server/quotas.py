@@ -104,11 +104,13 @@ def settle(engine: Engine, reservation: Reservation, stored_bytes: int | None) -
     has rolled over since is left alone."""
     u = terminal_usage.c
     r = reservation
+    change = (stored_bytes or 0) - r.size
+    if stored_bytes is not None and not change:
+        return  # stored, and as large as reserved (the agent always sends Content-Length)
     with db.writing(engine) as conn:
         if stored_bytes is None:
             conn.execute(terminal_usage.update().where(u.terminal_id == r.terminal_id, u.window == "hour", u.started == r.hour)
                          .values(bundles=sql.greatest(conn, u.bundles - 1, 0)))  # fmt: skip
-        change = (stored_bytes or 0) - r.size
         if change:
             conn.execute(terminal_usage.update().where(u.terminal_id == r.terminal_id, u.window == "day", u.started == r.day)
                          .values(bytes=sql.greatest(conn, u.bytes + change, 0)))  # fmt: skip
