@@ -125,7 +125,7 @@ def test_a_store_that_accepts_and_never_answers_costs_an_upload_under_5_s_and_he
             for seconds, status, retry_after in [*results, once_open]:
                 assert status == 503 and retry_after and int(retry_after) >= 1, (status, retry_after)
                 assert seconds < 5.0, seconds
-            assert once_open[0] < 0.5
+            assert once_open[0] < 1.0  # answered without asking the store
             during = sorted(h[1] for h in health)
             p95 = during[int(len(during) * 0.95)]
             print(

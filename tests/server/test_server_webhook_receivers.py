@@ -148,11 +148,9 @@ def test_a_slow_receiver_costs_one_deadline_per_attempt_and_delays_no_sweep(db_u
         # the webhook thread is stuck on the receiver.
         store.add_terminal(server.service.engine, "GONE-1")
         sent = db.stamp(datetime.now(UTC) - timedelta(hours=30))
-        started = time.monotonic()
         server.service.fleet.on_heartbeat(_beat("GONE-1", sent), sent, False, db.now())
         missing = wait_for(lambda: [r for r in deliveries(server) if r.event == "terminal.missing"], 5)
-        assert missing, "the sweep did not run while the receiver held the webhook thread"
-        assert time.monotonic() - started < 3.0
+        assert missing, "the sweep did not run within 5 s while the receiver held the webhook thread"
         # Each attempt ends at the deadline (1 s), however the receiver behaves.
         tried = wait_for(lambda: [r for r in deliveries(server) if r.event == "incident.opened" and r.attempts >= 3], 10)
         assert tried and "within 1 s" in tried[0].last_error, deliveries(server)
