@@ -42,7 +42,9 @@ def test_a_stopped_seaweedfs_is_503_at_once_and_used_again_when_it_is_back(tmp_p
     if reason:
         pytest.skip(reason)
     with running_seaweedfs(tmp_path / "weed") as weed:
-        settings = s3_settings(weed.endpoint, weed.s3_url(), breaker_open_seconds=1.0)
+        # A fresh SeaweedFS makes the bucket's volumes on its first write, which can take seconds
+        # on a loaded machine: the deadline here is for that, not for the stopped store (refused at once).
+        settings = s3_settings(weed.endpoint, weed.s3_url(), breaker_open_seconds=1.0, operation_timeout_seconds=10.0)
         running = start_server(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "data", "s3-stopped", settings)
         server = next(running)
         try:
