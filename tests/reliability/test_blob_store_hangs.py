@@ -97,7 +97,10 @@ def test_a_store_that_accepts_and_never_answers_costs_an_upload_under_5_s_and_he
         server = Serve(url, tmp_path / "data", tmp_path / "logs", config=config)
         server.start()
         try:
-            assert upload(server.url, token, make_bundle(token, "HANG-1"))[1] == 201  # the store works
+            # The store works (a fresh SeaweedFS makes the bucket's volumes on the first write, which
+            # can pass the deadline on a loaded machine: a terminal would retry, and so does this).
+            first = make_bundle(token, "HANG-1")
+            assert any(upload(server.url, token, first)[1] in (200, 201) or time.sleep(1) for _ in range(3))
             bundles = [make_bundle(token, "HANG-1") for _ in range(UPLOADS + 1)]
             health: list[tuple[float, float, int]] = []
             stop = threading.Event()
