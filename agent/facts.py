@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from remote import wire
+
 
 def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
@@ -47,9 +49,10 @@ def system_facts(host: Any) -> dict[str, Any]:
 
 
 def first_text(*paths: Path) -> str:
+    """The first of `paths` that holds text, as the server takes it (no control characters)."""
     for path in paths:
         try:
-            text = path.read_text(encoding="utf-8", errors="replace").strip("\x00 \n\t")
+            text = wire.printable(path.read_text(encoding="utf-8", errors="replace")).strip()
         except OSError:
             continue
         if text:

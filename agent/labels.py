@@ -12,20 +12,26 @@ from pathlib import Path
 from typing import Any
 
 from agent.state import StateFile
+from remote import wire
 
 # label -> (probe, metric) it is read from
 SEEN_IN = {"carrier": ("modem", "operator"), "link": ("network", "link")}
-MAX_LABEL_CHARS = 64
+# `&` and `=` join scope keys on the server (`carrier=X&region=north`): "AT&T" is sent as "AT+T".
+SCOPE_SAFE = str.maketrans({"&": "+", "=": "-"})
 
 
 def seen_in(probes: list[dict[str, Any]]) -> dict[str, str]:
-    """Labels the probe results (dicts as in probes.json) show."""
+    """Labels the probe results (dicts as in probes.json) show, as the server takes them
+    (wire.label_problem): a device's answer may hold control, bidi or zero-width characters,
+    which are dropped, and `&` or `=`, which are replaced."""
     metrics = {p.get("name"): p.get("metrics") or {} for p in probes}
     found = {}
     for label, (probe, metric) in SEEN_IN.items():
         value = metrics.get(probe, {}).get(metric)
-        if isinstance(value, str) and value.strip():
-            found[label] = value.strip()[:MAX_LABEL_CHARS]
+        if isinstance(value, str):
+            value = wire.printable(value).translate(SCOPE_SAFE).strip()[: wire.MAX_LABEL_CHARS]
+            if value:
+                found[label] = value
     return found
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 from agent.config import Config
 from agent.facts import terminal_identity
@@ -19,6 +20,7 @@ from agent.model import ProbeResult, Sweep
 from probes import ProbeContext, probe_modules
 from probes.contract.errors import UsageError
 from probes.contract.records import Finding, Observation, Status
+from remote import wire
 from remote.redact import redact_text
 
 Progress = Callable[[ProbeResult, int, int], None]
@@ -96,12 +98,25 @@ def _run_one(name: str, settings: object, ctx: ProbeContext, done: queue.Queue[P
         findings, metrics = list(observation.findings), dict(observation.metrics)
     except Exception as exc:  # a probe must not raise; if one does, it is evidence, not a crash
         status = Status.ERROR
-        # An exception's text can quote what a device or file said: it is cleaned like a log line.
-        detail = redact_text(f"{name} probe failed: {type(exc).__name__}: {exc}")[0]
-        findings = [Finding.warn("probe.error", detail, probe=name)]
+        # An exception's text can quote what a device or file said: shown() cleans it below.
+        findings = [Finding.warn("probe.error", f"{name} probe failed: {type(exc).__name__}: {exc}", probe=name)]
         metrics = {}
     duration = (time.monotonic() - ctx.started) * 1000
-    done.put(ProbeResult(name, status, findings, metrics, round(duration, 1)))
+    findings = [Finding(f.id, f.severity, shown(f.detail), shown(f.data)) for f in findings]
+    done.put(ProbeResult(name, status, findings, shown(metrics), round(duration, 1)))
+
+
+def shown(value: Any) -> Any:
+    """What a device answered, as every output shows it: card data masked and control, bidi
+    and zero-width characters escaped, in strings at any depth. A hostile modem, printer or
+    reader reaches neither a technician's terminal (ESC, BEL) nor a bundle with card data."""
+    if isinstance(value, str):
+        return wire.visible(redact_text(value)[0])
+    if isinstance(value, dict):
+        return {k: shown(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [shown(v) for v in value]
+    return value
 
 
 def _timed_out(name: str, waited_s: float, timeout_s: float) -> ProbeResult:

@@ -14,10 +14,7 @@ from dataclasses import dataclass, field
 
 from probes.contract.settings import AppSettings, HostSettings, bounded
 from remote.server_settings import ServerSettings
-from remote.wire import terminal_id_problem
-
-LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
-
+from remote import wire
 
 COUNTRY = re.compile(r"[A-Z]{2}")
 
@@ -29,22 +26,24 @@ def country_problem(country: str) -> str | None:
 
 
 def labels_problem(labels: dict[str, str]) -> str | None:
-    """Labels group terminals on the support server: short keys, short values."""
+    """Labels group terminals on the support server, which refuses a bundle or heartbeat
+    whose labels break wire.label_problem: checked here, where the operator can fix them."""
+    if len(labels) > wire.MAX_LABELS:
+        return f"at most {wire.MAX_LABELS} labels"
     for key, value in labels.items():
-        if not LABEL_KEY.fullmatch(key):
-            return f"label {key!r}: keys are 1-32 lower-case letters, digits or '_', starting with a letter"
-        if not 0 < len(value) <= 64:
-            return f"label {key!r}: values are 1-64 characters"
+        problem = wire.label_problem(key, value)
+        if problem:
+            return f"label {key!r}: {problem}"
     return None
 
 
 @dataclass(frozen=True)
 class TerminalSettings:
-    id: str = field(metadata={"check": terminal_id_problem})
-    serial: str
-    model: str
-    firmware: str
-    app_version: str
+    id: str = field(metadata={"check": wire.terminal_id_problem})
+    serial: str = field(metadata={"check": wire.text_problem})
+    model: str = field(metadata={"check": wire.text_problem})
+    firmware: str = field(metadata={"check": wire.text_problem})
+    app_version: str = field(metadata={"check": wire.text_problem})
     lang: str = bounded(choices=("auto", "zh", "en"))
     country: str = field(metadata={"check": country_problem})
     labels: dict[str, str] = field(metadata={"check": labels_problem})

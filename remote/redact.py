@@ -11,6 +11,8 @@ what the redaction left unchanged is copied from the original text.
 Passes, in this order (each a precompiled regex without nested unbounded quantifiers, or
 with possessive ones, so the cost is linear in the input):
 
+0. Base64 runs whose bytes are printable text are decoded, redacted by these passes and
+   encoded again (a JSON document or a digit string in base64 hides a PAN from the rest).
 1. ISO 8583 fields 35, 36, 45 (tracks), 52 (PIN block), 55 (ICC data) are dropped whole
    and field 2 (PAN) is masked: `field 35: v`, `F35=v`, `DE-035 v`, `P-52 v`, `BIT 35: v`,
    `域35: v`, `[035] v`, jPOS `<field id="35" type="binary" value="v"/>`, `<52>v</52>`,
@@ -18,7 +20,8 @@ with possessive ones, so the cost is linear in the input):
 2. EMV TLV in hex (bytes glued or spaced): values of 5A (PAN), 57 and 56 (track
    equivalents), 5F20 (cardholder name), 9F1F and 9F20 (track discretionary data), 9F6B.
 3. Track 1 (`%B PAN ^NAME^ YYMM...?`) and track 2 (`;PAN=YYMM...?`, hex `PAN D YYMM...F`),
-   also when the PAN is masked or glued to digits before it (an ISO length prefix).
+   also when the PAN is masked, written in groups, or glued to digits before it (an ISO
+   length prefix).
 4. Values of keys named like key, token, secret, password, pin, cvv, track, psk, icc in
    `k=v`, `k: v`, JSON `"k": "v"` and XML `<k>v</k>`; `Bearer <token>`; PIN blocks and
    security codes named in prose (`epb ...`, `encrypted PIN data ...`, `密码密文`,
@@ -27,9 +30,11 @@ with possessive ones, so the cost is linear in the input):
    `keyboard` stay, `pinBlock`, `wifi_psk`, `api-key` go. Key check values stay.
 5. PANs: 13-19 digits, Luhn-valid (62-prefixed runs of 16-19 digits even when Luhn fails,
    DOMAIN.md section 7), with separators between groups (spaces, tabs, `.` `/` `_` `,`
-   `-` `+` `%20`, up to three in a row, and a line break between two groups of 4+ digits),
-   or glued to other digits (leading zeros, an expiry date after, an ISO 8583 LLVAR length
-   before). Masked to first 6 / last 4 digit by digit, separators kept.
+   `-` `+` `%20`, up to three in a row, a line break between two groups of 4+ digits, or
+   a backslash-continued line break anywhere), or glued to other digits (leading zeros, an
+   expiry date after, an ISO 8583 LLVAR length before). Masked to first 6 / last 4 digit by
+   digit, separators kept. A labelled number (`tid=`, `trace=`) is kept only when the label is
+   the key's whole name.
 6. Masks in the input that show more than first 6 / last 4 (`41111111******11`) are
    masked again (before pass 5, whose own masks are right).
 
@@ -45,16 +50,18 @@ Luhn-valid is masked: a masked amount costs less than a leaked PAN.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import bisect
 import difflib
-from os.path import commonprefix
 import functools
 import itertools
 import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from os.path import commonprefix
 from typing import Any
 
 MASK = "***"
@@ -153,8 +160,14 @@ def tlv_card_spans(hexes: str) -> list[tuple[str, int, int]]:
         return []
     return spans
 
-TRACK1 = re.compile(r"[Bb][0-9][0-9*X#]{11,18}\^[^^\r\n]{0,120}\^[0-9]{4}[^?\r\n]{0,120}\??")
-TRACK2 = re.compile(r"(?P<pan>[0-9](?<![0-9*X#][0-9])[0-9*X#]{11,}+)(?:=|[Dd](?=[0-9]{4}))[0-9]{4}[0-9]*+[Ff]?\??")
+# The PAN of a track may be written in groups (`4111 1111 1111 1111`, dashes, dots, masked);
+# the first group has 3 digits or more, so a tag or length before it (`57 4761...D22...`) stays.
+_TRACK_PAN_GROUPED = r"[0-9][0-9*X#]{2}(?:[ \t.\-]{0,3}[0-9*X#]){9,16}"
+TRACK1 = re.compile(r"[Bb]" + _TRACK_PAN_GROUPED + r"\^[^^\r\n]{0,120}\^[0-9]{4}[^?\r\n]{0,120}\??")
+_TRACK2_END = r"(?:=|[Dd](?=[0-9]{4}))[0-9]{4}[0-9]*+[Ff]?\??"
+TRACK2 = re.compile(r"(?P<pan>[0-9](?<![0-9*X#][0-9])[0-9*X#]{11,}+)" + _TRACK2_END)
+TRACK2_GROUPED = re.compile(r"(?<![0-9*X#])" + _TRACK_PAN_GROUPED + r"(?![0-9*X#])" + _TRACK2_END)
+TRACK2_HINT = re.compile(r"[=Dd](?<=[0-9*X#][=Dd])")  # where a track 2 PAN ends
 
 _NAME = r"[A-Za-z][A-Za-z0-9_.\-]{0,63}"
 _SECRET_HINT = (
@@ -192,14 +205,17 @@ ZH_SECRET = re.compile(r"(?P<k>密码)[ \t]*[:=][ \t]*(?P<v>[^\s,;，。]{1,64})
 # Numbers labelled as merchant/terminal ids, amounts, trace numbers (or ISO 8583 fields 4, 11,
 # 37, 41, 42) are left alone even when Luhn-valid: a PAN is never logged under these names.
 PUBLIC_NUMBER = re.compile(
-    r"(?i:(?<![A-Za-z])(?:mid|tid|merchant[ _-]?(?:id|no)|terminal[ _-]?(?:id|no)|rrn|stan|trace(?:[ _-]?no)?|batch(?:[ _-]?no)?"
+    r"(?i:(?<![A-Za-z0-9_.\-])(?:mid|tid|merchant[ _-]?(?:id|no)|terminal[ _-]?(?:id|no)|rrn|stan|trace(?:[ _-]?no)?|batch(?:[ _-]?no)?"
     r"|amount|amt|(?:f|field|de|bit)[ #]?0{0,2}(?:4|11|37|41|42)))[\"']?[ \t]*[=:][ \t]*[\"']?$"
 )
-_SEP = r"(?:[ \t._,/+\-]|%20){1,3}"
+# Separators between two digit groups; a backslash-continued line (shell, C, config files)
+# after them, or alone, joins the groups too, whatever their length.
+_SEP = r"(?:(?:[ \t._,/+\-]|%20){1,3}(?:\\\r?\n[ \t]*)?|\\\r?\n[ \t]*)"
 # A PAN wrapped onto the next line: 4+ digits end one line, 4+ digits (not a date or time) start the next.
 _BREAK = r"(?<=[0-9]{4})[ \t]*\r?\n[ \t]*(?=[0-9]{4}(?![0-9]*[\-:/]))"
 DIGIT_RUN = re.compile(r"[0-9](?<![0-9][0-9])(?<!%[0-9])(?:[0-9]|(?:" + _SEP + "|" + _BREAK + r")[0-9]){12,}+")
-DIGIT_GROUP = re.compile(r"%20|[0-9]+")
+# A group of digits; a backslash-continued line between two digits splits no group.
+DIGIT_GROUP = re.compile(r"%20|[0-9]+(?:\\\r?\n[ \t]*[0-9]+)*+")
 MASKED_RUN = re.compile(
     r"[1-9](?<![0-9*X#][1-9])(?:[0-9]*+[*X#][0-9*X#]*+|[0-9]{3}(?P<s>[ \-])[0-9*X#]{4}(?:(?P=s)[0-9*X#]{3,4}){2})"
     r"(?![0-9*X#])"
@@ -211,6 +227,11 @@ DIGITS_AS_ZERO = str.maketrans("123456789", "000000000")
 MASK_HINT = re.compile(r"[*X#](?<=[0-9][*X#])|[*X#](?<=[0-9][ \-][*X#])")
 LLVAR = re.compile(r"(?=(1[3-9]))")
 MONTHS = frozenset(f"{m:02d}" for m in range(1, 13))
+DIGITS = frozenset(string.digits)
+# Base64 (standard or URL-safe alphabet) of 13 bytes or more (the shortest PAN): text in it (a
+# JSON document, a digit string) is out of every other pass's sight until it is decoded.
+BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/_\-])[A-Za-z0-9+/_\-]{18,}+={0,2}(?![A-Za-z0-9+/_\-])")
+MAX_BASE64_DEPTH = 2  # base64 of base64 of text; deeper nesting is not decoded
 
 # Line filters, matched on an ASCII-lowercased copy (case-insensitive alternations are an
 # order of magnitude slower in `re`): the costly passes run only on lines that hit.
@@ -340,6 +361,7 @@ class Redactor:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter({kind: 0 for kind in KINDS})
         self._kv_depth = 0
+        self._base64_depth = 0
 
     def text(self, text: str) -> str:
         if not text.isascii():
@@ -353,6 +375,8 @@ class Redactor:
         return self._passes(text)
 
     def _passes(self, text: str) -> str:
+        if self._base64_depth < MAX_BASE64_DEPTH:
+            text = BASE64_RUN.sub(self._base64, text)
         low = text.translate(ASCII_LOWER)
         cleaned = on_lines(text, ISO_HINT, self._iso_passes, low)
         if cleaned != text:  # the lowercased copy must have the text's offsets
@@ -360,6 +384,7 @@ class Redactor:
         text = on_lines(text, EMV_HINT, self._emv_pass, low)
         text = TRACK1.sub(self._track, text)
         text = TRACK2.sub(self._track2, text)
+        text = on_lines(text, TRACK2_HINT, functools.partial(TRACK2_GROUPED.sub, self._track), low=text)
         text = on_lines(text, SECRET_HINT, self._secret_passes)
         if MASK_HINT.search(text):  # masks this redactor writes are right: only the input's are checked
             text = MASKED_RUN.sub(self._masked_run, text)
@@ -396,6 +421,31 @@ class Redactor:
         for p in positions:
             chars[p] = "*"
         return "".join(chars)
+
+    def _base64(self, m: re.Match[str]) -> str:
+        """A base64 run whose bytes are printable text is redacted as text and encoded again
+        in its own alphabet and padding; any other run (binary, a hash, a word) stays."""
+        run = m[0]
+        body = run.rstrip("=")
+        url_safe = "-" in body or "_" in body
+        if body.isdigit() or len(body) % 4 == 1 or (url_safe and ("+" in body or "/" in body)):
+            return run
+        alphabet = b"-_" if url_safe else b"+/"
+        try:
+            decoded = base64.b64decode(body + "=" * (-len(body) % 4), altchars=alphabet, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return run
+        if not decoded.replace("\n", "").replace("\r", "").replace("\t", "").isprintable():
+            return run
+        self._base64_depth += 1
+        try:
+            cleaned = self.text(decoded)
+        finally:
+            self._base64_depth -= 1
+        if cleaned == decoded:
+            return run
+        encoded = base64.b64encode(cleaned.encode("utf-8"), altchars=alphabet).decode("ascii")
+        return encoded if run.endswith("=") else encoded.rstrip("=")
 
     def _iso_passes(self, line: str) -> str:
         if "<" in line:
@@ -553,7 +603,7 @@ class Redactor:
 
     def _plain_kv(self, m: re.Match[str]) -> str:
         raw = m["v"]
-        if raw in BEARER_WORDS or TRACK_MARK[:-1] in raw:
+        if raw in BEARER_WORDS or TRACK_MARK[:-1] in raw or not raw.strip("="):  # `=`s alone: base64 padding
             return m[0]
         open_, close = (raw[0], "]" if raw[0] == "[" else raw[0]) if raw[0] in "\"'[" else ("", "")
         head = m[0][: m.start("v") - m.start()]
@@ -607,15 +657,14 @@ class Redactor:
             first = 1
         masked: list[list[int]] = []
         for part in decimal_parts(run, spans[first:]):
-            digits = [run[a:b] for a, b in part]
+            places, digits = group_digits(run, part)
             stretches = covered_stretches(digits)
             for i, j in stretches:
-                masked.append([p for a, b in part[i:j] for p in range(a, b)])
+                masked.append([p for group in places[i:j] for p in group])
             inside = {k for i, j in stretches for k in range(i, j)}
             for k, group in enumerate(digits):
                 if len(group) >= 14 and k not in inside:
-                    a = part[k][0]
-                    masked += [list(range(a + x, a + y)) for x, y in glued_pans(group)]
+                    masked += [places[k][x:y] for x, y in glued_pans(group)]
         if not masked:
             return run
         chars = list(run)
@@ -654,6 +703,15 @@ def decimal_parts(run: str, spans: list[tuple[int, int]]) -> list[list[tuple[int
             continue
         parts[-1].append((a, b))
     return parts
+
+
+def group_digits(run: str, part: list[tuple[int, int]]) -> tuple[list[Sequence[int]], list[str]]:
+    """Each group's digit positions in `run`, and its digits: a backslash-continued line
+    break inside a group (`41111111\\` / `11111111`) is no digit of it."""
+    if "\\" not in run:
+        return [range(a, b) for a, b in part], [run[a:b] for a, b in part]
+    places = [[p for p in range(a, b) if run[p] in DIGITS] for a, b in part]
+    return places, ["".join(run[p] for p in group) for group in places]
 
 
 def covered_stretches(groups: list[str]) -> list[tuple[int, int]]:

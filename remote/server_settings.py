@@ -5,6 +5,8 @@ config check imports it, and the terminal executable leaves remote/server/ out
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from dataclasses import dataclass
 
 from probes.contract.settings import bounded
@@ -13,13 +15,18 @@ from probes.contract.settings import bounded
 @dataclass(frozen=True)
 class BlobSettings:
     """Where bundle files live. Empty strings: the directory DATA/blobs, and boto3's own
-    sources (AWS_* variables, ~/.aws) for whatever an S3 store needs."""
+    sources (AWS_* variables, ~/.aws) for whatever an S3 store needs. A store that stops
+    answering costs a caller at most operation_timeout_seconds, and after breaker_failures
+    failures in a row none at all for breaker_open_seconds (remote/server/blobs.py)."""
 
     url: str
     endpoint_url: str
     region: str
     access_key_id: str
     secret_access_key: str
+    operation_timeout_seconds: float = bounded(0.1, 600)
+    breaker_failures: int = bounded(1, 1000)
+    breaker_open_seconds: float = bounded(0.1, 3600)
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,9 @@ class FleetSettings:
 
 @dataclass(frozen=True)
 class WebhookSettings:
-    """Alerts: JSON POSTed to `url`, signed with HMAC-SHA256 of `secret`; empty url: none."""
+    """Alerts: JSON POSTed to `url`, signed with HMAC-SHA256 of `secret`; empty url: none.
+    The receiver is not trusted (docs/server-security.md): one deadline per delivery, a few
+    KiB of its answer read, a bounded queue, no private targets unless allowed."""
 
     url: str
     events: list[str]
@@ -83,6 +92,48 @@ class WebhookSettings:
     timeout_seconds: float = bounded(0.1, 120)
     retry_min_seconds: float = bounded(0.01, 3600)
     retry_max_seconds: float = bounded(0.01, 86400)
+    max_queued_deliveries: int = bounded(1, 10_000_000)
+    allow_private_targets: bool
+
+    def table_problem(self) -> str | None:
+        if not self.url:
+            return None
+        problem = target_problem(self.url, self.allow_private_targets)
+        if problem:
+            return f"url: {problem}"
+        if not self.secret:
+            return "secret: set a secret when url is set (the receiver checks X-Posdiag-Signature with it)"
+        return None
+
+
+def target_problem(url: str, allow_private: bool) -> str | None:
+    """Why a webhook may not go to `url` as written: not http(s), no host, or (unless
+    allowed) an address literal that is loopback, private, link-local or otherwise not
+    public. A host name is resolved, and its addresses checked, at each delivery."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return f"only http:// and https:// are sent to, not {parts.scheme + ':' if parts.scheme else 'a URL without a scheme'}"
+    try:
+        host, _port = parts.hostname, parts.port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if not host:
+        return "no host in the URL"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not allow_private and not public(address):
+        return f"{address} is not a public address; set allow_private_targets = true to send to it"
+    return None
+
+
+def public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A webhook may go here without allow_private_targets: a global unicast address (not
+    loopback, private, link-local, carrier-grade NAT, multicast, reserved or unspecified)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
 
 
 @dataclass(frozen=True)
@@ -130,6 +181,12 @@ class ServerSettings:
     signin_max_failures_per_address: int = bounded(1, 1 << 20)
     password_hash_workers: int = bounded(1, 64)
     password_hash_queue: int = bounded(1, 10000)
+    max_label_filters: int = bounded(1, 32)
+    statement_timeout_seconds: float = bounded(0.1, 3600)
+    max_concurrent_reads: int = bounded(1, 1000)
+    read_wait_seconds: float = bounded(0, 600)
+    quota_bundles_per_terminal_hour: int = bounded(0, 1_000_000)
+    quota_mib_per_terminal_day: float = bounded(0, 1 << 20)
     blobs: BlobSettings
     retention: RetentionSettings
     fleet: FleetSettings

@@ -1,3 +1,4 @@
+import json
 import re
 import unicodedata
 import time
@@ -575,3 +576,158 @@ def test_cli_reads_utf16_logs(tmp_path):
 def test_decimal_amounts_are_not_pans():
     for text in ("amount 139401420914.30 CNY", "total 4111111111111.11", "sum 1,234,567,890,123.45"):
         assert redact_text(text)[0] == text
+
+
+# --- Issue 21: the residue of the last round, generated ---------------------------------
+
+
+@st.composite
+def pan_in_groups(draw, pan: str) -> str:
+    """`pan` the ways a person groups it: fours, 4-6-5, or random groups whose first has 3+
+    digits, with a separator of one to three characters, the same throughout."""
+    shape = draw(st.sampled_from(["fours", "amex", "random"]))
+    if shape == "fours":
+        pieces = [pan[i : i + 4] for i in range(0, len(pan), 4)]
+    elif shape == "amex":
+        pieces = [pan[:4], pan[4:10], pan[10:]]
+    else:
+        sizes = [draw(st.integers(3, 6))] + draw(st.lists(st.integers(2, 6), min_size=1, max_size=6))
+        pieces, i = [], 0
+        for size in sizes:
+            if i < len(pan):
+                pieces.append(pan[i : i + size])
+                i += size
+        if i < len(pan):
+            pieces.append(pan[i:])
+    if len(pieces[-1]) < 2:
+        pieces[-2:] = [pieces[-2] + pieces[-1]]
+    return draw(st.sampled_from([" ", "-", ".", "  ", "\t", " - "])).join(pieces)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pan=pans(), data=st.data())
+def test_tracks_with_a_grouped_pan_lose_name_and_discretionary_data(pan, data):
+    if data.draw(st.booleans()):
+        pan = pan[:6] + data.draw(st.sampled_from("*X#")) * (len(pan) - 10) + pan[-4:]
+    written = data.draw(pan_in_groups(pan))
+    disc = data.draw(st.from_regex(r"[0-9]{8,30}", fullmatch=True))
+    name = data.draw(st.from_regex(r"[A-Z]{2,20}/[A-Z]{2,20}", fullmatch=True))
+    kind = data.draw(st.sampled_from(["track1", "track2", "track2 hex"]))
+    if kind == "track1":
+        track, secrets = f"%B{written}^{name}^2512201{disc}?", [name, disc]
+    elif kind == "track2":
+        track, secrets = f";{written}=2512201{disc}?", [disc]
+    else:
+        track, secrets = f"{written}D2512201{disc}F", [disc]
+    context = data.draw(st.sampled_from(["{}", "swipe {} ok", "track data: {}", "[{}]", "刷卡 {} 成功", "57 {}"]))
+    out, counts = redact_text(context.format(track))
+    for secret in secrets:
+        assert secret not in out, out
+    assert_pan_hidden(out, pan)
+    assert counts["track"] >= 1, out
+
+
+@settings(max_examples=200, deadline=None)
+@given(pan=pans(), data=st.data())
+def test_pan_split_over_a_backslash_continued_line(pan, data):
+    written = pan if data.draw(st.booleans()) else " ".join(pan[i : i + 4] for i in range(0, len(pan), 4))
+    cut = data.draw(st.integers(1, len(written) - 1))
+    if written[cut] == " ":  # between two groups: the writer's own spacing around the break
+        continuation = data.draw(st.sampled_from([" \\\n", "\\\n", " \\\r\n", " \\\n    ", "-\\\n", "\\\n\t"]))
+        text_pan = written[:cut] + continuation + written[cut + 1 :]
+    else:  # inside a group (as a line-length limit cuts it)
+        continuation = data.draw(st.sampled_from(["\\\n", "\\\r\n", "\\\n    ", "\\\n\t"]))
+        text_pan = written[:cut] + continuation + written[cut:]
+    context = data.draw(st.sampled_from(["card={} ok", 'export PAN="{}"', "pan: {}", "{}"]))
+    text = context.format(text_pan) + "\nnext line 1234"
+    out, counts = redact_text(text)
+    assert_pan_hidden(out.replace("\\", ""), pan)
+    assert out.count("\n") == text.count("\n") and out.endswith("\nnext line 1234"), out
+    assert counts["pan"] >= 1
+
+
+def b64_runs(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z0-9+/_\-]{16,}={0,2}", text)
+
+
+def decoded_everywhere(text: str, depth: int = 3) -> str:
+    """`text` and the text of every base64 run in it, decoded (nested ones too)."""
+    import base64
+    import binascii
+
+    found = [text]
+    for run in b64_runs(text) if depth else []:
+        body = run.rstrip("=")
+        for alphabet in (b"+/", b"-_"):
+            try:
+                inner = base64.b64decode(body + "=" * (-len(body) % 4), altchars=alphabet).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                continue
+            found.append(decoded_everywhere(inner, depth - 1))
+    return "\n".join(found)
+
+
+@st.composite
+def base64_card_payloads(draw, pan: str) -> str:
+    """Text holding `pan` (a JSON document, the digits alone, a log line), in base64 of either
+    alphabet, padded or not, sometimes base64 of base64."""
+    import base64
+
+    written = draw(shaped(pan))
+    key = draw(st.sampled_from(["pan", "cardNo", "data", "acct", "primaryAccountNumber"]))
+    inner = draw(st.sampled_from([
+        json.dumps({key: written, "amount": 1200}),
+        json.dumps({"txn": {"id": 7, key: written}, "rc": "05"}, ensure_ascii=False),
+        json.dumps([{key: int(pan)}]),
+        written,
+        pan,
+        f"sale card {written} 交易失败",
+    ]))  # fmt: skip
+    encode = draw(st.sampled_from([base64.b64encode, base64.urlsafe_b64encode]))
+    out = encode(inner.encode()).decode()
+    if draw(st.booleans()):
+        out = encode(out.encode()).decode()
+    return out.rstrip("=") if draw(st.booleans()) else out
+
+
+@settings(max_examples=250, deadline=None)
+@given(pan=distinct_pans(), data=st.data())
+def test_base64_of_text_with_a_pan_is_masked_inside(pan, data):
+    payload = data.draw(base64_card_payloads(pan))
+    context = data.draw(st.sampled_from(["{}", "payload={}", '{{"blob":"{}"}}', "resp body {} end", "<data>{}</data>"]))
+    out, counts = redact_text(context.format(payload))
+    assert_pan_hidden(decoded_everywhere(out), pan)
+    assert counts["pan"] >= 1, out
+    assert redact_text(out)[0] == out  # stable: the masked payload is still base64 of the masked text
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    blob=st.binary(min_size=13, max_size=200),
+    text=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=13, max_size=80),
+)
+def test_base64_without_card_data_is_unchanged(blob, text):
+    import base64
+
+    assume(not any(redact_text(text)[1].values()))
+    for encoded in (base64.b64encode(blob).decode(), base64.b64encode(text.encode()).decode()):
+        assert redact_text(f"blob={encoded}")[0] == f"blob={encoded}"
+
+
+PUBLIC_LABELS = ["mid", "tid", "merchant_id", "terminal id", "rrn", "stan", "trace", "trace_no", "batch", "amount", "amt", "F41"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(pan=distinct_pans(), data=st.data())
+def test_a_labelled_field_exempts_whole_label_names_only(pan, data):
+    label = data.draw(st.sampled_from(PUBLIC_LABELS))
+    label = data.draw(st.sampled_from([label, label.upper(), label.title()]))
+    joiner = data.draw(st.sampled_from(["_", "-", ".", ""]))
+    word = data.draw(st.sampled_from(["card", "pan", "acct", "user", "x", "Card", "primary", "1"]))
+    composite = data.draw(st.sampled_from([word + joiner + label, label + joiner + word if joiner else label + word.title()]))
+    between = data.draw(st.sampled_from(["=", ": ", '": "', "="]))
+    written = data.draw(shaped(pan))
+    out, _ = redact_text(f"{composite}{between}{written}")
+    assert_pan_hidden(out, pan)
+    kept, _ = redact_text(f"{label}{between}{pan}")  # the whole name: documented, kept
+    assert kept == f"{label}{between}{pan}"

@@ -120,7 +120,15 @@ def convert(
                 raise
             problems.append(error)
             values[name] = default
-    return cls(**values)
+    made = cls(**values)
+    # Keys that depend on each other: a settings class may say what is wrong with the whole table.
+    problem = made.table_problem() if hasattr(made, "table_problem") else None
+    if problem:
+        error = ConfigError(origin(keypath), keypath, problem)
+        if problems is None:
+            raise error
+        problems.append(error)
+    return made
 
 
 def check_value(

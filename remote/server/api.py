@@ -21,11 +21,11 @@ from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
+from remote import wire
 from remote.redact import redact_text
-from remote.server import db, signin, store
+from remote.server import admission, db, signin, store
 from remote.server.fleet import incidents as fleet_incidents
 from remote.server.fleet import inventory
-from remote.server.fleet.engine import LABEL_KEY
 from remote.server.fleet.models import FleetTerminalList
 from remote.server.ingest import IngestError
 from remote.server.models import (
@@ -158,7 +158,7 @@ UPLOAD_BODY = {
     responses={
         200: {"model": BundleRecord, "description": "this bundle id was stored before; the stored record"},
         201: {"model": BundleRecord, "description": "stored"},
-        **errors(400, 401, 403, 409, 413, 422),
+        **errors(400, 401, 403, 409, 413, 422, 429, 503),
     },
 )
 async def upload(
@@ -174,9 +174,15 @@ async def upload(
         if terminal is None:
             raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
         size = declared_length(request, srv.settings.max_bundle_bytes) or srv.settings.max_bundle_bytes
-        async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
-            body = await read_capped(request, srv.settings.max_bundle_bytes)
-            record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
+        reservation = await run_in_threadpool(admission.admit, srv, terminal["id"], size)  # 503 or 429 before the body
+        stored = None
+        try:
+            async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
+                body = await read_capped(request, srv.settings.max_bundle_bytes)
+                record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
+                stored = len(body) if new else None
+        finally:
+            await run_in_threadpool(admission.settle, srv, reservation, stored)
     except IngestError as exc:
         srv.metrics.reject(exc.code, time.perf_counter() - started)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -304,14 +310,17 @@ async def terminals(
 
 
 def label_params(request: Request) -> dict[str, str]:
-    """label.KEY=VALUE query parameters."""
+    """label.KEY=VALUE query parameters, at most [server] max_label_filters (budgets.py)."""
+    most = service(request).settings.max_label_filters
+    given = [(k, v) for k, v in request.query_params.multi_items() if k.startswith("label.")]
+    if len(given) > most:
+        raise ApiError(400, "too_many_filters", f"{len(given)} label filters: at most {most} label.KEY=VALUE per request")
     out = {}
-    for key, value in request.query_params.multi_items():
-        if key.startswith("label."):
-            name = key[len("label."):]
-            if not LABEL_KEY.fullmatch(name) or not 0 < len(value) <= 64:
-                raise ApiError(422, "invalid_request", f"{key[:40]}: a label is label.KEY=VALUE, KEY a-z0-9_, VALUE 1-64 chars")
-            out[name] = value
+    for key, value in given:
+        name = key[len("label."):]
+        if not wire.LABEL_KEY.fullmatch(name) or not 0 < len(value) <= 64:
+            raise ApiError(422, "invalid_request", f"{key[:40]}: a label is label.KEY=VALUE, KEY a-z0-9_, VALUE 1-64 chars")
+        out[name] = value
     return out
 
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from remote.server import api, fleet_api, fleet_web, outcomes_api, web
+from remote.server import api, budgets, fleet_api, fleet_web, outcomes_api, web
 from remote.server.blobs import BlobError
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
@@ -22,6 +22,7 @@ from remote.server.service import Service
 from remote.server_settings import ServerSettings
 
 log = logging.getLogger("posdiag.support")
+HEALTH_SECONDS = 2.0  # a database that takes longer than this to answer SELECT 1 is reported down
 
 
 class RefuseNul:
@@ -67,7 +68,19 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
 
     @app.exception_handler(BlobError)
     async def _blob_error(_: Request, exc: BlobError) -> JSONResponse:
-        return api.error_response(503, "blob_store_unavailable", "the blob store failed; try again", {"Retry-After": "5"})
+        headers = {"Retry-After": str(exc.retry_after)}
+        return api.error_response(503, "blob_store_unavailable", "the blob store failed; try again", headers)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def _statement_timeout(_: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+        if not budgets.timed_out(exc):
+            raise exc
+        detail = f"the query took longer than {settings.statement_timeout_seconds:g} s; narrow the filters"
+        return api.error_response(503, "query_timeout", detail, {"Retry-After": "10"})
+
+    @app.exception_handler(budgets.ReadsBusy)
+    async def _reads_busy(_: Request, exc: budgets.ReadsBusy) -> JSONResponse:
+        return api.error_response(503, "busy", f"{exc}; try again shortly", {"Retry-After": "2"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -91,15 +104,14 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
 
     @app.get("/healthz", response_model=Health, tags=["ops"], responses={503: {"model": ErrorBody}})
     async def healthz() -> object:
-        def ping() -> None:
-            with service.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-
+        """The database is pinged in threads of its own (uploads waiting on a slow blob store
+        fill the shared pool); the blob store is never asked: its breaker says how it is."""
         try:
-            await run_in_threadpool(ping)
-        except sa.exc.SQLAlchemyError:
-            return api.error_response(503, "database_unavailable", "the database does not answer")
-        return Health(status="ok", database=service.engine.dialect.name)
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(service.health_pool, service.ping), HEALTH_SECONDS)
+        except (sa.exc.SQLAlchemyError, TimeoutError):
+            return api.error_response(503, "database_unavailable", f"the database does not answer within {HEALTH_SECONDS:g} s")
+        failing = service.blobs.breaker.failing
+        return Health(status="ok", database=service.engine.dialect.name, blob_store="failing" if failing else "ok")
 
     @app.get(
         "/metrics",
@@ -110,6 +122,7 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.add_middleware(budgets.QueryBudget, settings=settings)
     app.add_middleware(RefuseNul)
     app.include_router(api.router)
     app.include_router(fleet_api.router)

@@ -13,7 +13,9 @@ GuardedProtocol is uvicorn's httptools protocol with:
   after the connection opens or after the first byte of a following request;
 - a body idle timeout: a body that stalls for `body_timeout_seconds` is dropped (not while
   uvicorn itself has paused reading because the app has not taken what came);
-- at most `max_connections_per_client` connections per client address (IPv6: per /64);
+- at most `max_connections_per_client` connections per client address (IPv6: per /64),
+  and HEALTH_RESERVE more that may only ask `GET /healthz`: a flood from one address never
+  shuts out the operator's health check from that address (a balancer, a NAT, the host);
 - at most `max_connections` in all, never more than the file limit less FD_RESERVE: a
   connection beyond that evicts the oldest one that is waiting for headers or idle, so a
   flood of slow clients costs only its own oldest connections, never a new client's turn.
@@ -34,6 +36,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from remote.server.auth import address_key
 
 FD_RESERVE = 128  # database pool, blob files, log files, the listening sockets
+HEALTH_RESERVE = 4  # connections past the per-address cap kept for GET /healthz only
+HEALTH_PATH = b"/healthz"
 log = logging.getLogger("posdiag.support")
 
 
@@ -81,6 +85,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.registry = _REGISTRIES.setdefault(server_state, _Registry())
         self._timer: asyncio.TimerHandle | None = None
         self._client_key: str | None = None
+        self._health_only = False  # past the per-address cap: kept for health checks only
+        self._dropped = False
 
     # -- connection --------------------------------------------------------------------
 
@@ -91,8 +97,10 @@ class GuardedProtocol(HttpToolsProtocol):
         reg.per_client[self._client_key] += 1
         reg.total += 1
         if self.limits.per_client and reg.per_client[self._client_key] > self.limits.per_client:
-            self._drop("more than %d connections from this address", self.limits.per_client)
-            return
+            if reg.per_client[self._client_key] > self.limits.per_client + HEALTH_RESERVE:
+                self._drop("more than %d connections from this address", self.limits.per_client)
+                return
+            self._health_only = True
         if reg.total > self.limits.total:
             oldest = next(iter(reg.idle), None)
             if oldest is None:
@@ -114,6 +122,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def _drop(self, why: str, *args: Any) -> None:
+        self._dropped = True  # a drop inside the parser's callbacks: ignore what it still parses
         self._cancel()
         self.registry.idle.pop(self, None)
         client = self.client[0] if self.client else "?"
@@ -153,17 +162,23 @@ class GuardedProtocol(HttpToolsProtocol):
             self._arm(self.limits.header_timeout, "headers")
 
     def on_headers_complete(self) -> None:
+        if self._health_only and (self.parser.get_method() != b"GET" or self.url.split(b"?", 1)[0] != HEALTH_PATH):
+            self._drop("more than %d connections from this address (past it, only GET /healthz)", self.limits.per_client)
+            return
         self.registry.idle.pop(self, None)
         self._arm(self.limits.body_timeout, "body")  # cancelled at once when there is no body
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
+        if self._dropped:
+            return
         self._arm(self.limits.body_timeout, "body")
         super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._cancel()
-        super().on_message_complete()
+        if not self._dropped:
+            super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from remote.server import db, store
+from remote.server import db, inputs, store
 from remote.server.api import ApiError, Reader, bearer_scheme, errors, label_params, read_capped, service, terminal_auth, time_param
 from remote.server.fleet import incidents, problems
 from remote.server.fleet.models import Heartbeat, HeartbeatAccepted, Incident, IncidentList, Problem, ProblemList
@@ -52,9 +52,13 @@ async def heartbeat(
         raise ApiError(exc.status, exc.code, exc.detail.replace("bundle", "heartbeat")) from None
     try:
         beat = Heartbeat.model_validate(json.loads(body))
-        sent_at = db.stamp(db.parse_time(beat.sent_at))
+        sent = db.parse_time(beat.sent_at)
+        sent_at = db.stamp(sent)
     except (ValueError, OverflowError, ValidationError) as exc:
         raise ApiError(422, "bad_heartbeat", _short(exc)) from None
+    refused = inputs.heartbeat_problem(beat, sent)
+    if refused:
+        raise ApiError(400, *refused)
     if beat.terminal_id != terminal["id"]:
         raise ApiError(403, "wrong_terminal", "the heartbeat names another terminal than the token's")
     received = db.now()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from remote.server import db
+from remote.server import db, quotas
 from remote.server.fleet import charts, incidents, inventory, problems
 from remote.server.service import Service
 from remote.server.web import page_user, render, service, to_login
@@ -32,7 +32,8 @@ def terminal_health(srv: Service, terminal_id: str) -> dict[str, Any]:
     fleet = inventory.get_terminal(srv.engine, srv.settings.fleet, terminal_id, db.now())
     rows = inventory.health_series(srv.engine, terminal_id)
     lines = [line for metric, title in HEALTH_CHARTS if (line := charts.health_line(rows, metric, title))]
-    return {"fleet": fleet, "health_charts": lines, "covering": srv.fleet.notices(terminal_id)}
+    usage = quotas.usage(srv.engine, terminal_id, srv.quota_limits)
+    return {"fleet": fleet, "health_charts": lines, "covering": srv.fleet.notices(terminal_id), "usage": usage}
 
 
 def bundle_fleet(srv: Service, bundle_id: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from remote import wire
 from remote.redact import redact_text
-from remote.server import auth, db
+from remote.server import auth, db, inputs
 
 MAX_JSON_DEPTH = 64  # what the agent writes is a few levels deep; pages and redaction recurse
 
@@ -382,6 +382,9 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, limits: Limits) -
         raise IngestError(422, "bad_manifest", _short(exc)) from None
     if manifest.terminal.id != terminal_id:
         raise IngestError(403, "wrong_terminal", "the manifest names another terminal than the token's")
+    refused = inputs.manifest_problem(raw, created)
+    if refused:
+        raise IngestError(400, *refused)
     _check_files(manifest, found.digests)
     if "diagnosis.json" not in found.kept:
         raise IngestError(422, "missing_member", "diagnosis.json is missing")

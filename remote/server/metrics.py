@@ -28,7 +28,8 @@ Reading = Callable[[], dict[str, float]]
 
 class ReadAtScrape:
     """Gauges read when /metrics is asked (from the database, so every worker reports the same
-    value: they are not per-process samples to be summed). `read` answers {'label="value"': n}."""
+    value: they are not per-process samples to be summed). `read` answers {'label="value"': n},
+    or {"": n} for a gauge without labels."""
 
     def __init__(self) -> None:
         self.gauges: list[tuple[str, str, Reading]] = []
@@ -36,6 +37,9 @@ class ReadAtScrape:
     def collect(self) -> Iterator[Metric]:
         for name, help_text, read in self.gauges:
             readings = read()
+            if list(readings) == [""]:  # a gauge without labels
+                yield GaugeMetricFamily(name, help_text, value=readings[""])
+                continue
             label_names = sorted({text.split("=", 1)[0] for text in readings})
             family = GaugeMetricFamily(name, help_text, labels=label_names)
             for text, value in sorted(readings.items()):
@@ -64,8 +68,25 @@ class Metrics:
         self.blob_errors = Counter(
             "posdiag_blob_errors", "Blob store operations that failed, by operation.", ["op"], registry=reg
         )
+        self.blob_refusals = Counter(
+            "posdiag_blob_refused",
+            "Blob store operations answered at once, without asking the store, while its circuit breaker is open.",
+            ["op"],
+            registry=reg,
+        )
         self.blob_latency = Histogram(
             "posdiag_blob_seconds", "Blob store operation time, by operation.", ["op"], buckets=BLOB_BUCKETS, registry=reg
+        )
+        self.quota_refusals = Counter(
+            "posdiag_quota_refused", "Uploads refused with 429 over a terminal's quota, by quota.", ["quota"], registry=reg
+        )
+        self.webhook_attempts = Counter(
+            "posdiag_webhook_attempts", "Webhook deliveries tried, by outcome (delivered, failed, refused).", ["outcome"], registry=reg
+        )
+        self.webhook_dropped = Counter(
+            "posdiag_webhook_dropped",
+            "Webhook deliveries dropped unsent, oldest first, because more than max_queued_deliveries waited.",
+            registry=reg,
         )
         for outcome in ("new", "duplicate"):
             self.received.labels(outcome)
@@ -93,6 +114,15 @@ class Metrics:
 
     def blob_error(self, op: str) -> None:
         self.blob_errors.labels(op).inc()
+
+    def blob_refused(self, op: str) -> None:
+        self.blob_refusals.labels(op).inc()
+
+    def quota_refused(self, quota: str) -> None:
+        self.quota_refusals.labels(quota).inc()
+
+    def webhook_attempt(self, outcome: str) -> None:
+        self.webhook_attempts.labels(outcome).inc()
 
     def render(self) -> str:
         path = os.environ.get(MULTIPROC_ENV)

@@ -127,3 +127,6 @@ class TerminalEnrolled(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"]
     database: str
+    blob_store: Literal["ok", "failing"] = Field(
+        description="failing: the store's circuit breaker is open and uploads are answered 503 (known without asking the store)"
+    )

@@ -36,7 +36,6 @@ from remote.server.api import (
     terminal_auth,
     time_param,
 )
-from remote.server.fleet.engine import LABEL_KEY
 from remote.server.outcomes import knowledge, measures, records, tables
 from remote.server.outcomes.learning import FLEET, Params
 from remote.server.outcomes.models import (
@@ -54,6 +53,7 @@ from remote.server.outcomes.models import (
     Rebuilt,
 )
 from remote.server.service import Service
+from remote.wire import LABEL_KEY
 
 log = logging.getLogger("posdiag.support")
 router = APIRouter(prefix="/api/v1")

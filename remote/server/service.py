@@ -5,19 +5,20 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from remote.server import auth, bundleview, db, ingest, store
-from remote.server.blobs import BlobStore, open_store
+from remote.server import auth, budgets, bundleview, db, ingest, quotas, signin, store
+from remote.server.blobs import BlobStore, Deadlines, open_store
 from remote.server.budget import ByteBudget
 from remote.server.fleet.engine import Fleet
 from remote.server.metrics import Metrics
-from remote.server.signin import HashPool
 from remote.server_settings import ServerSettings
 
 BASIC_CACHE_SECONDS = 60.0
@@ -34,25 +35,38 @@ class Service:
     def __init__(self, db_url: str, data_dir: Path, settings: ServerSettings) -> None:
         self.settings = settings
         self.engine: Engine = db.make_engine(db_url)
+        budgets.install(self.engine, settings)
         db.create_schema(self.engine)
         self.metrics = Metrics()
         self.blobs: BlobStore = open_blobs(settings, data_dir, self.metrics)
         self.limits = ingest.Limits.of(settings)
+        self.quota_limits = quotas.Limits.of(settings)
         self.ingest_budget = ByteBudget(settings.ingest_memory_mib << 20)
         self._view_builders = threading.BoundedSemaphore(VIEW_BUILDERS)
-        self.fleet = Fleet(self.engine, settings)
+        self.fleet = Fleet(self.engine, settings, self.metrics)
         self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()
         self._blocked: dict[str, float] = {}  # signin key -> monotonic time until which it is refused
         self._decoy = auth.hash_password(auth.new_nonce())
-        self.hash_pool = HashPool(settings.password_hash_workers, settings.password_hash_queue)
+        workers, queue = settings.password_hash_workers, settings.password_hash_queue
+        # One client address may fill at most half the hashing queue: a flood leaves the rest to others.
+        self.hash_pool = signin.BoundedPool(workers, queue, max(1, (workers + queue) // 2), lower_priority=True, name="scrypt")
+        self.count_pool = signin.BoundedPool(1, signin.COUNTING_QUEUE, name="signin-count")
+        self.health_pool = ThreadPoolExecutor(2, thread_name_prefix="healthz")
 
     def close(self) -> None:
         self.hash_pool.close()
+        self.count_pool.close()
+        self.health_pool.shutdown(wait=False, cancel_futures=True)
         self.fleet.stop()
         self.engine.dispose()
+
+    def ping(self) -> None:
+        """SELECT 1, for /healthz."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     # -- who is asking ------------------------------------------------------------------
 
@@ -107,15 +121,13 @@ class Service:
                 self._blocked[key] = time.monotonic() + min(wait, 5.0)
         return max(waits.values(), default=0.0)
 
-    def attempt(self, name: str, password: str, host: str | None) -> tuple[float, User | None]:
-        """(seconds to wait, None) past a limit, else (0, the user or None): run in signin's pool."""
-        wait = self.signin_attempt(name, host)
-        if wait > 0:
-            return wait, None
+    def check_password(self, name: str, password: str, host: str | None) -> User | None:
+        """scrypt for an attempt already counted (signin_attempt); a success clears the
+        user's count. Run in signin's hashing pool."""
         user = self.verify_password(name, password)
         if user is not None:
             self.signin_succeeded(name, host)
-        return 0.0, user
+        return user
 
     def signin_succeeded(self, name: str, host: str | None) -> None:
         user_key, address_key = self.signin_keys(name, host)
@@ -193,4 +205,5 @@ def open_blobs(settings: ServerSettings, data_dir: Path, metrics: Metrics | None
         "access_key_id": b.access_key_id,
         "secret_access_key": b.secret_access_key,
     }
-    return open_store(b.url, data_dir, options, metrics)
+    deadlines = Deadlines(b.operation_timeout_seconds, b.breaker_failures, b.breaker_open_seconds)
+    return open_store(b.url, data_dir, options, metrics, deadlines)

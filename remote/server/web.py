@@ -1,7 +1,8 @@
 """Server-rendered pages for support staff: Jinja2 with autoescape; the only script turns
 UTC times into the viewer's zone.
 
-Everything on a page that came from a terminal is escaped by the template engine. Every
+Everything on a page that came from a terminal is escaped by the template engine, and its
+control, bidi and zero-width characters are written as escapes (`_visible`). Every
 form carries a CSRF token (see auth.py); the session cookie is HttpOnly and SameSite=Lax.
 A page speaks one language (templates/words.toml): the user's choice, remembered in the
 database, else the browser's Accept-Language, else English.
@@ -18,11 +19,13 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import jinja2
+import markupsafe
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import pass_context
 
+from remote import wire
 from remote.server import auth, chart, db, signin, store, titles
 from remote.server.fleet import inventory as fleet_inventory
 from remote.server.api import SESSION_COOKIE
@@ -38,7 +41,16 @@ WORDS = tomllib.loads((TEMPLATES / "words.toml").read_text(encoding="utf-8"))
 # The server does not import the terminal's probe code; these are the probes DESIGN.md names.
 PROBE_NAMES = ("card_reader", "printer", "power", "storage", "network", "system")
 
-templates = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True)
+
+
+def _visible(value: Any) -> Any:
+    """Every value a template writes, before it is escaped: control, bidi and zero-width
+    characters become visible escapes (wire.visible). HTML escaping leaves a U+202E alone,
+    and one in a label would reverse the text after it on every page (the outage banner)."""
+    return wire.visible(value) if isinstance(value, str) and not isinstance(value, markupsafe.Markup) else value
+
+
+templates = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, finalize=_visible)
 
 
 def lang_of(request: Request) -> str:

@@ -143,7 +143,7 @@ def test_cli_serve_answers_takes_its_config_and_stops(tmp_path):
             except requests.ConnectionError:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
                 time.sleep(0.1)
-        assert health.json() == {"status": "ok", "database": "sqlite"}
+        assert health.json() == {"status": "ok", "database": "sqlite", "blob_store": "ok"}
         _, body = make_bundle(token, "T-serve", log_text=os.urandom(6000).hex())
         assert len(body) > 4096
         big = requests.post(f"{base}/api/v1/bundles", data=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)

@@ -63,7 +63,7 @@ def db_url(request, tmp_path):
 
 def settings(url: str):
     s = default_settings()
-    hooks = dataclasses.replace(s.webhooks, url=url, secret=SECRET, retry_min_seconds=0.05, retry_max_seconds=0.2)
+    hooks = dataclasses.replace(s.webhooks, url=url, secret=SECRET, retry_min_seconds=0.05, retry_max_seconds=0.2, allow_private_targets=True)
     return dataclasses.replace(s, webhooks=hooks, fleet=dataclasses.replace(s.fleet, sweep_seconds=0.2))
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from typing import Any
 
-import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -16,36 +14,32 @@ from remote.server import db, ingest
 from remote.server.fleet import baseline, incidents, inventory, outage, problems, regression, sql, timing, webhooks
 from remote.server.fleet.models import Heartbeat
 from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events
+from remote.server.metrics import Metrics
 from remote.server_settings import ServerSettings
 
 log = logging.getLogger("posdiag.fleet")
-LABEL_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 TICK_SECONDS = 0.5
 DEADLOCK_ATTEMPTS = 3
 RETRIED_SQLSTATES = ("40P01", "40001")  # PostgreSQL: deadlock detected, serialization failure
 
 
 def manifest_labels(manifest: dict[str, Any]) -> dict[str, str] | None:
-    """terminal.labels of a manifest: the well-formed entries (a bundle is never refused
-    for a bad label; the label is dropped), card data masked, or None when the manifest has
-    none (an older agent: the stored labels stay)."""
+    """terminal.labels of a manifest, card data masked, or None when the manifest has none
+    (an older agent: the stored labels stay). Ingest refused any bad label (inputs.py)."""
     terminal = manifest.get("terminal")
     raw = terminal.get("labels") if isinstance(terminal, dict) else None
     if not isinstance(raw, dict):
         return None
-    return {
-        k: ingest.shown(v) for k, v in list(raw.items())[:32]
-        if isinstance(k, str) and LABEL_KEY.fullmatch(k) and isinstance(v, str) and 0 < len(v) <= 64
-        and not any(c in v for c in "&=") and v.isprintable()
-    }  # fmt: skip
+    return {k: ingest.shown(v) for k, v in raw.items()}
 
 
 class Fleet:
-    def __init__(self, engine: Engine, settings: ServerSettings) -> None:
+    def __init__(self, engine: Engine, settings: ServerSettings, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.settings = settings.fleet
         self.clock_ahead_seconds = settings.clock_ahead_seconds
         self.hooks = settings.webhooks
+        self.webhooks = webhooks.Worker(engine, settings.webhooks, metrics)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_sweep = 0.0
@@ -177,21 +171,22 @@ class Fleet:
     # -- background -----------------------------------------------------------------------
 
     def start(self) -> None:
+        """The sweep thread, and the webhook worker's (a slow receiver never delays a sweep)."""
         self._thread = threading.Thread(target=self._run, daemon=True, name="fleet-sweep")
         self._thread.start()
+        self.webhooks.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self.webhooks.stop()
         if self._thread is not None:
             self._thread.join(10)
 
     def _run(self) -> None:
-        session = requests.Session()
         while not self._stop.wait(TICK_SECONDS):
             try:
                 if self._due():
                     self.sweep()
-                webhooks.deliver_due(self.engine, self.hooks, session)
             except sa.exc.SQLAlchemyError as exc:  # a database restart: try again next tick
                 log.warning("fleet sweep: %s", exc)
 

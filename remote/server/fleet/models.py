@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-LabelKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-LabelValue = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f&=]+$")]
-Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=32)]
+# Labels and texts are checked after the shape (remote/server/inputs.py, wire.label_problem and
+# wire.text_problem): a bad one is 400 `bad_label` or `bad_text`, as in a bundle's manifest.
+Labels = Annotated[
+    dict[str, str],
+    Field(
+        max_length=32,
+        description="keys [a-z][a-z0-9_]{0,31}; values 1-64 printable characters, no '&' or '=', "
+        "no control, bidi or zero-width characters (400 bad_label otherwise)",
+    ),
+]
 Number = Annotated[float | None, Field(default=None, allow_inf_nan=False)]
-Text = Annotated[str, StringConstraints(max_length=128, pattern=r"^[^\x00]*$")]
+Text = Annotated[
+    str, Field(max_length=128, description="printable text: no control, bidi or zero-width characters (400 bad_text otherwise)")
+]
 
 
 class Health(BaseModel):
@@ -44,7 +53,7 @@ class Heartbeat(BaseModel):
     model: Text = ""
     firmware: Text = ""
     app_version: Text = ""
-    agent_version: Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00]*$")] = ""
+    agent_version: Annotated[str, Field(max_length=64, description="printable text (400 bad_text otherwise)")] = ""
     labels: Labels = Field(default_factory=dict)
     health: Health = Field(default_factory=Health)
     counters: Counters = Field(default_factory=Counters)

@@ -1,0 +1,148 @@
+"""Per-terminal upload quotas (issue 21): bundles per UTC hour and bytes per UTC day.
+
+One terminal token could write 23 MiB/s (about 1.9 TiB a day) before. Each upload reserves
+one bundle of the terminal's hour and its size (Content-Length, or max_bundle_bytes when
+the body is chunked) of its day before the body is read; past either limit it is refused
+with 429 `over_quota` and Retry-After (seconds to the end of that window), and the agent
+keeps the bundle for later. Once the upload is done the reservation is settled: a stored
+bundle keeps its bundle and its real size, a repeat or a refusal gives both back.
+
+The counts live in the table `terminal_usage`, one row per terminal and window, changed by
+conditional updates in one transaction: every server behind a balancer sees the same counts
+and two uploads racing for the last slot never both get it. Limits of 0 are off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from remote.server import db
+from remote.server.fleet import sql
+
+terminal_usage = sa.Table(
+    "terminal_usage",
+    db.metadata,
+    sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Column("window", sa.String(8), primary_key=True),  # hour | day
+    sa.Column("started", sa.String(13), nullable=False),  # 2026-12-07T02 (hour) or 2026-12-07 (day), UTC
+    sa.Column("bundles", sa.Integer, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("refused", sa.Integer, nullable=False),  # uploads refused in this window
+)
+
+
+class OverQuota(Exception):
+    def __init__(self, quota: str, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.quota, self.detail, self.retry_after = quota, detail, retry_after
+
+
+@dataclass(frozen=True)
+class Limits:
+    bundles_per_hour: int
+    bytes_per_day: int
+
+    @classmethod
+    def of(cls, settings: Any) -> Limits:
+        return cls(settings.quota_bundles_per_terminal_hour, int(settings.quota_mib_per_terminal_day * (1 << 20)))
+
+
+@dataclass(frozen=True)
+class Reservation:
+    terminal_id: str
+    hour: str
+    day: str
+    size: int
+
+
+def windows(now: datetime) -> tuple[str, str, int, int]:
+    """The hour and day `now` is in, and the seconds left in each."""
+    hour_start = now.replace(minute=0, second=0, microsecond=0)
+    day_start = hour_start.replace(hour=0)
+    left = lambda start, span: max(1, math.ceil((start + span - now).total_seconds()))  # noqa: E731
+    return hour_start.strftime("%Y-%m-%dT%H"), day_start.strftime("%Y-%m-%d"), left(hour_start, timedelta(hours=1)), left(day_start, timedelta(days=1))
+
+
+def reserve(engine: Engine, terminal_id: str, size: int, limits: Limits, now: datetime | None = None) -> Reservation:
+    """One bundle of this hour and `size` bytes of this day, or OverQuota."""
+    now = now or datetime.now(UTC)
+    hour, day, hour_left, day_left = windows(now)
+    u = terminal_usage.c
+    with db.writing(engine) as conn:
+        _open_window(conn, terminal_id, "hour", hour)
+        _open_window(conn, terminal_id, "day", day)
+        mine = u.terminal_id == terminal_id
+        if limits.bundles_per_hour and not conn.execute(
+            terminal_usage.update().where(mine, u.window == "hour", u.bundles < limits.bundles_per_hour).values(bundles=u.bundles + 1)
+        ).rowcount:
+            refusal = OverQuota("bundles_per_hour", f"this terminal has sent {limits.bundles_per_hour} bundles this hour", hour_left)
+        elif limits.bytes_per_day and not conn.execute(
+            terminal_usage.update().where(mine, u.window == "day", u.bytes + size <= limits.bytes_per_day).values(bytes=u.bytes + size)
+        ).rowcount:
+            refusal = OverQuota("bytes_per_day", f"this bundle would take this terminal past {limits.bytes_per_day >> 20} MiB today", day_left)
+        else:
+            if not limits.bundles_per_hour:
+                conn.execute(terminal_usage.update().where(mine, u.window == "hour").values(bundles=u.bundles + 1))
+            if not limits.bytes_per_day:
+                conn.execute(terminal_usage.update().where(mine, u.window == "day").values(bytes=u.bytes + size))
+            return Reservation(terminal_id, hour, day, size)
+    with db.writing(engine) as conn:  # the reservation rolled back; the refusal is counted in both windows
+        for window in ("hour", "day"):  # rows in one order in every transaction: no deadlock between uploads
+            conn.execute(terminal_usage.update().where(u.terminal_id == terminal_id, u.window == window).values(refused=u.refused + 1))
+    raise refusal
+
+
+def settle(engine: Engine, reservation: Reservation, stored_bytes: int | None) -> None:
+    """`stored_bytes`: the size of the bundle stored by this upload; None when nothing new was
+    stored (a repeat, a refusal, a failure), which gives the reservation back. A window that
+    has rolled over since is left alone."""
+    u = terminal_usage.c
+    r = reservation
+    change = (stored_bytes or 0) - r.size
+    if stored_bytes is not None and not change:
+        return  # stored, and as large as reserved (the agent always sends Content-Length)
+    with db.writing(engine) as conn:
+        if stored_bytes is None:
+            conn.execute(terminal_usage.update().where(u.terminal_id == r.terminal_id, u.window == "hour", u.started == r.hour)
+                         .values(bundles=sql.greatest(conn, u.bundles - 1, 0)))  # fmt: skip
+        if change:
+            conn.execute(terminal_usage.update().where(u.terminal_id == r.terminal_id, u.window == "day", u.started == r.day)
+                         .values(bytes=sql.greatest(conn, u.bytes + change, 0)))  # fmt: skip
+
+
+def _open_window(conn: sa.Connection, terminal_id: str, window: str, started: str) -> None:
+    """The terminal's row for `window`, starting over when the stored one is an older window."""
+    row = {"terminal_id": terminal_id, "window": window, "started": started, "bundles": 0, "bytes": 0, "refused": 0}
+    stmt = sql.insert(conn, terminal_usage)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["terminal_id", "window"],
+            set_={"started": started, "bundles": 0, "bytes": 0, "refused": 0},
+            where=terminal_usage.c.started != started,
+        ),
+        row,
+    )
+
+
+def usage(engine: Engine, terminal_id: str, limits: Limits, now: datetime | None = None) -> dict[str, Any]:
+    """This hour's and today's counts for the terminal page (0 for a window not begun)."""
+    hour, day, _, _ = windows(now or datetime.now(UTC))
+    u = terminal_usage.c
+    with engine.connect() as conn:
+        rows = {r.window: r for r in conn.execute(sa.select(terminal_usage).where(u.terminal_id == terminal_id)).all()}
+    current = {w: rows[w] for w, started in (("hour", hour), ("day", day)) if w in rows and rows[w].started == started}
+    hour_row, day_row = current.get("hour"), current.get("day")
+    return {
+        "bundles_this_hour": hour_row.bundles if hour_row else 0,
+        "max_bundles_per_hour": limits.bundles_per_hour,
+        "bytes_today": day_row.bytes if day_row else 0,
+        "max_bytes_per_day": limits.bytes_per_day,
+        "refused_this_hour": hour_row.refused if hour_row else 0,
+        "refused_today": day_row.refused if day_row else 0,
+    }
