@@ -12,6 +12,9 @@ A bundle appears only by rename(2) of a fully written and fsynced temp file, fol
 an fsync of the directory, so after a crash a bundle is either whole or absent. The stamp
 never goes backwards (a terminal whose clock was reset would otherwise send new bundles
 before old ones): a name older than the newest present one is moved just past it.
+
+The resident agent reads the outbox (is anything waiting?) and writes its state files
+through write_atomic, so this module imports neither dataclasses nor `secrets` (hashlib).
 """
 
 from __future__ import annotations
@@ -21,12 +24,10 @@ import fcntl
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 SUFFIX = ".tar.gz"
 TEMP_PREFIX = ".tmp-"
@@ -38,8 +39,7 @@ class OutboxBusy(Exception):
     """Another process is flushing this outbox."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     path: Path
     bundle_id: str
     stamp: str
@@ -196,7 +196,7 @@ def scan(folder: Path) -> list[Entry]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+    tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:

@@ -11,14 +11,19 @@ import contextlib
 import importlib
 import pkgutil
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.config import Config
+if TYPE_CHECKING:  # the agent's resident process parses its command line here: keep it small
+    from agent.config import Config
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        importlib.import_module(f"{__name__}.{info.name}").register(sub)
+        register(sub, info.name)
+
+
+def register(sub: argparse._SubParsersAction, name: str) -> None:
+    importlib.import_module(f"{__name__}.{name}").register(sub)
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
