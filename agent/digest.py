@@ -8,9 +8,6 @@ SHA modules are enough: the digests and UUIDs are those of hashlib and uuid.uuid
 
 from __future__ import annotations
 
-import uuid
-from typing import Any
-
 try:
     from _sha1 import sha1
     from _sha256 import sha256
@@ -26,7 +23,11 @@ def sha256_hex(data: bytes) -> str:
     return sha256(data).hexdigest()
 
 
-def uuid5(namespace: uuid.UUID, name: str) -> uuid.UUID:
-    """uuid.uuid5, which would import hashlib for its SHA-1 (RFC 4122, section 4.3)."""
-    digest: Any = sha1(namespace.bytes + name.encode("utf-8")).digest()
-    return uuid.UUID(bytes=digest[:16], version=5)
+def uuid5(namespace: bytes, name: str) -> str:
+    """str(uuid.uuid5(UUID(bytes=namespace), name)), which would import hashlib for its
+    SHA-1: the name-based UUID of RFC 4122 (section 4.3) with its version and variant bits."""
+    raw = bytearray(sha1(namespace + name.encode("utf-8")).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50  # version 5
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"

@@ -14,7 +14,8 @@ never goes backwards (a terminal whose clock was reset would otherwise send new 
 before old ones): a name older than the newest present one is moved just past it.
 
 The resident agent reads the outbox (is anything waiting?) and writes its state files
-through write_atomic, so this module imports neither dataclasses nor `secrets` (hashlib).
+through write_atomic, so this module imports neither dataclasses nor `secrets` (hashlib),
+and datetime only where a bundle is stored (agent/resident.py says why).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 SUFFIX = ".tar.gz"
 TEMP_PREFIX = ".tmp-"
@@ -50,6 +53,8 @@ class Entry(NamedTuple):
         return self.path.name
 
     def created_at(self) -> datetime:
+        from datetime import UTC, datetime
+
         return datetime.strptime(self.stamp, STAMP_FORMAT).replace(tzinfo=UTC)
 
 
@@ -75,6 +80,8 @@ class Outbox:
     def put(self, data: bytes, bundle_id: str, reported_evicted: int = 0, now: datetime | None = None) -> Entry:
         """Store a bundle durably. `reported_evicted` is the evicted count its manifest carries;
         it is taken off the pending count only once the bundle is safely on disk."""
+        from datetime import UTC, datetime
+
         with self.locked():
             stamp = self._next_stamp(now or datetime.now(UTC))
             path = self.root / f"{stamp}-{bundle_id}{SUFFIX}"
@@ -142,6 +149,8 @@ class Outbox:
             yield
 
     def _next_stamp(self, now: datetime) -> str:
+        from datetime import UTC, timedelta
+
         stamp = now.astimezone(UTC).strftime(STAMP_FORMAT)
         present = self.entries()
         if present and stamp <= present[-1].stamp:

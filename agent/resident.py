@@ -33,17 +33,19 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.history import HistoryRing
 from agent.journal import Failures, setup_logging
 from agent.lane import Lane, WorkerFailed
-from agent.local_socket import LocalSocket
 from agent.outbox import Outbox
 from agent.sources import ErrorEvent, LastErrorFile, LogFollower
 from agent.state import StateFile
 from agent.triggers import Gate, Group
 from agent.watch import DirectoryWatcher
+
+if TYPE_CHECKING:
+    from agent.local_socket import LocalSocket
 
 log = logging.getLogger("posdiag")
 STOP_GRACE_S = 1.5
@@ -189,8 +191,12 @@ class Resident:
         is unchanged), the outbox and the file sources. OSError when one cannot be had."""
         settings = config.daemon
         socket = self.socket
-        if socket is None or socket.listen != settings.listen:
-            socket = LocalSocket(settings.listen, self.jobs.put, settings.reply_timeout_seconds) if settings.listen else None
+        if settings.listen and (socket is None or socket.listen != settings.listen):
+            from agent.local_socket import LocalSocket  # the socket module only when there is a socket
+
+            socket = LocalSocket(settings.listen, self.jobs.put, settings.reply_timeout_seconds)
+        elif not settings.listen:
+            socket = None
         try:
             outbox = Outbox(config.outbox_dir, config.outbox_max_bytes)
             sources = Sources(config, StateFile(Path(settings.state_dir) / "sources.json"), self.jobs.put, self.failures)

@@ -19,9 +19,8 @@ import logging
 import os
 import re
 import threading
-import uuid
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +29,7 @@ from remote.logtext import decode_log, log_encoding
 
 log = logging.getLogger("posdiag.sources")
 
-EVENT_NAMESPACE = uuid.UUID("5d0c7f5e-4f0a-4b7e-9a57-6f1d1b8e2c10")
+EVENT_NAMESPACE = bytes.fromhex("5d0c7f5e4f0a4b7e9a576f1d1b8e2c10")  # a UUID
 MAX_LINE_BYTES = 8192
 MAX_READ_BYTES = 1 << 20
 MAX_CODE_LENGTH = 64
@@ -72,11 +71,13 @@ class ErrorEvent:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """Now in UTC as datetime.isoformat(timespec="milliseconds") writes it, without datetime."""
+    seconds, nanoseconds = divmod(time.time_ns(), 10**9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanoseconds // 10**6:03d}+00:00"
 
 
 def event_id(*parts: object) -> str:
-    return str(uuid5(EVENT_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+    return uuid5(EVENT_NAMESPACE, "\x1f".join(str(p) for p in parts))
 
 
 def terminal_identity_key(config: Any, state_dir: Path) -> str:
@@ -93,7 +94,7 @@ def terminal_identity_key(config: Any, state_dir: Path) -> str:
     except (OSError, UnicodeDecodeError):
         token = ""
     if not token:
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
             instance.write_text(token + "\n", encoding="ascii")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import pkgutil
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +17,8 @@ if TYPE_CHECKING:  # the agent's resident process parses its command line here: 
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
+    import pkgutil
+
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         register(sub, info.name)
 
