@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from agent.sources import now_iso
 
+TYPE_CHECKING = False  # typing's, without importing typing (0.4 MB): agent/resident.py says why
 if TYPE_CHECKING:
+    from typing import Any
+
     from agent.config import Config
 
 

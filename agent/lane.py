@@ -22,9 +22,12 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from agent.worker import command, decode, encode
+
+TYPE_CHECKING = False  # typing's, without importing typing (0.4 MB): agent/resident.py says why
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("posdiag.lane")
 SETUP_DEADLINE_S = 60.0  # start, imports, reading and checking the config (seconds under qemu)

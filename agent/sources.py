@@ -22,10 +22,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from collections import namedtuple
 
 from agent.digest import sha256_hex, uuid5
 from remote.logtext import decode_log, log_encoding
+
+TYPE_CHECKING = False  # typing's, without importing typing (0.4 MB): agent/resident.py says why
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("posdiag.sources")
 
@@ -197,10 +201,11 @@ ROTATED_GLOBS = ("{name}.[0-9]*", "{name}-*", "{stem}-*{suffix}", "{stem}.[0-9]*
 COMPRESSED = (".gz", ".xz", ".bz2", ".zst", ".lz4", ".zip")
 
 
-class Head(NamedTuple):
+class Head(namedtuple("Head", ("length", "digest"))):
     """SHA-256 of a file's first `length` bytes (up to HEAD_BYTES): a copy or a renamed
     file keeps it; a truncated and rewritten one does not, whatever its size."""
 
+    __slots__ = ()
     length: int
     digest: str
 

@@ -44,7 +44,10 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # typing's, without importing typing (0.4 MB): agent/resident.py says why
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def command() -> list[str]:

@@ -246,6 +246,7 @@ class Idle:
 
     def __init__(self) -> None:
         self.quiet_rss: list[float] = []
+        self.after_error_rss: list[float] = []
         self.busy_rss: list[float] = []
         self.quiet_cpu_s = self.quiet_elapsed = 0.0
         self.busy_cpu_s = self.busy_elapsed = 0.0
@@ -287,6 +288,14 @@ def idle(work: Path, program: list[str], env: dict[str, str] | None = None) -> I
             cpu0 = cpu_seconds(pid)
             found.quiet_elapsed = sample(pid, QUIET_S, found.quiet_rss)
             found.quiet_cpu_s = cpu_seconds(pid) - cpu0
+            with (state_disk / "app.log").open("a") as fh:  # the resident now redacts and groups an event
+                fh.write("txn response code: 51\n")
+            deadline = time.monotonic() + 120
+            while "/api/v1/bundles" not in by_path or children(pid):
+                if time.monotonic() > deadline:
+                    raise SystemExit("the error was not uploaded")
+                time.sleep(0.2)
+            sample(pid, 5.0, found.after_error_rss)
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
             proxy.connections.clear()
@@ -353,10 +362,11 @@ def split_connections(found: Idle) -> tuple[float, float]:
 
 def report_idle(name: str, found: Idle) -> dict[str, float]:
     day = per_day(found)
-    resident = max(found.quiet_rss + found.busy_rss)
+    resident = max(found.quiet_rss + found.busy_rss + found.after_error_rss)
     print(f"idle agent, {name} (real host, no simulation; HTTPS through a counting proxy)")
     print(f"  resident RSS (max)  {resident:.1f} MB")
     row("resident RSS quiet / in rounds", f"{max(found.quiet_rss):.1f} MB", f"{max(found.busy_rss):.1f} MB", "target <= 16")
+    row("resident RSS after an error", f"{max(found.after_error_rss):.1f} MB", "its bundle uploaded")
     row("resident CPU, quiet", f"{day['idle_cpu_pct']:.4f} %", f"{found.quiet_elapsed:.0f} s")
     row("CPU per round (resident + worker)", f"{day['round_cpu_ms']:.0f} ms", f"{found.rounds} rounds")
     row("CPU including workers, per day", f"{day['cpu_pct']:.3f} %", f"{day['rounds_day']:.0f} rounds", "target <= 0.3")
@@ -374,11 +384,9 @@ def report_jobs(jobs: dict[str, list[tuple[float, float, float]]]) -> None:
         row(f"worker {kind}", f"{statistics.median(walls):.0f} ms", f"cpu {statistics.median(cpus):.0f} ms", f"peak {max(peaks):.1f} MB", f"n={len(samples)}")
 
 
-FLOOR_STEPS = (
-    "logging", "typing", "argparse", "json", "ctypes", "datetime", "socket",
-    "agent.sources", "agent.resident", "agent.commands.run",
-)  # fmt: skip
-LEFT_TO_WORKERS = ("remote.redact", "tomllib", "dataclasses", "hashlib", "ssl", "http.client", "serial", "agent.config", "agent.pipeline", "requests")
+FLOOR_STEPS = ("logging", "typing", "argparse", "json", "ctypes", "random", "agent.sources", "agent.resident", "agent.commands.run")
+AFTER_AN_EVENT = ("remote.redact", "socket")  # the redactor; the socket module when [daemon] listen is set
+LEFT_TO_WORKERS = ("tomllib", "dataclasses", "hashlib", "ssl", "http.client", "serial", "agent.config", "agent.pipeline", "requests")
 FLOOR_SCRIPT = """
 import importlib, sys
 def rss():
@@ -387,8 +395,8 @@ def rss():
             return int(line.split()[1]) / 1024
 print(f'interpreter {rss():.1f} {rss():.1f}')
 for name in sys.argv[1:]:
-    if name == '--':
-        print('-- --- ---')
+    if name.startswith('--'):
+        print(f'{name} --- ---')
         continue
     before = rss()
     importlib.import_module(name)
@@ -400,9 +408,10 @@ def floor() -> None:
     """What each import costs in RSS: the resident's, in the order it pays them, then what
     it leaves to its workers (remote.redact once an event arrives)."""
     out = subprocess.run(
-        [str(BIN / "python"), "-c", FLOOR_SCRIPT, *FLOOR_STEPS, "--", *LEFT_TO_WORKERS], capture_output=True, text=True, check=True
-    )
-    print("resident RSS floor, import by import (MB: added, total); below the line: what workers import")
+        [str(BIN / "python"), "-c", FLOOR_SCRIPT, *FLOOR_STEPS, "--when-needed", *AFTER_AN_EVENT, "--workers-only", *LEFT_TO_WORKERS],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    print("resident RSS floor, import by import (MB: added, total); then what it adds when needed, and what only workers import")
     for line in out.stdout.splitlines():
         name, added, total = line.split()
         row(name, added, total)
@@ -460,9 +469,11 @@ def main() -> None:
         (work / "app.log").write_text("")
         reaction(work, config, server)
         next(gen, None)
-        figures = {"venv x86_64": report_idle("venv x86_64", idle(work, [str(BIN / "python"), str(BIN / "posdiag")]))}
-        for name, program, env in frozen_programs():
-            figures[name] = report_idle(name, idle(work, program, env))
+        runs = [("venv x86_64", [str(BIN / "python"), str(BIN / "posdiag")], {}), *frozen_programs()]
+        figures = {}
+        for n, (name, program, env) in enumerate(runs):
+            (work / f"idle-{n}").mkdir()
+            figures[name] = report_idle(name, idle(work / f"idle-{n}", program, env))
         if "frozen x86_64" in figures and len(figures) > 2:
             base = figures["frozen x86_64"]
             for name, got in figures.items():

@@ -159,7 +159,8 @@ def test_an_unexpected_failure_shows_its_traceback_once_at_error_level_then_at_d
 
 
 HEAVY = ("hashlib", "_hashlib", "ssl", "_ssl", "requests", "tenacity", "tomllib", "dataclasses", "inspect",
-         "agent.config", "agent.knowledge", "agent.bundle", "agent.pipeline", "remote.redact", "serial", "probes")  # fmt: skip
+         "agent.config", "agent.knowledge", "agent.bundle", "agent.pipeline", "remote.redact", "serial", "probes",
+         "typing", "random", "datetime", "uuid", "shutil", "subprocess", "tempfile", "socket")  # fmt: skip
 
 
 def test_the_resident_imports_nothing_only_a_worker_needs():

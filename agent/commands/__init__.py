@@ -10,9 +10,11 @@ import argparse
 import contextlib
 import importlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the agent's resident process parses its command line here: keep it small
+TYPE_CHECKING = False  # typing's, without importing typing: the resident agent parses its command line here
+if TYPE_CHECKING:
+    from typing import Any
+
     from agent.config import Config
 
 
