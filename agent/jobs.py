@@ -200,8 +200,17 @@ JOBS: dict[str, Job] = {
 class Worker:
     """The config a worker was started with, and the jobs it runs under it."""
 
-    def __init__(self, path: str | None, overrides: dict[str, Any] | None) -> None:
-        self.config = config_loader.load(path, overrides)
+    def __init__(self, setup: dict[str, Any]) -> None:
+        """`setup` names the config file to read (`config`: as `posdiag run --config` got
+        it), or carries the operator file's text the resident accepted (`operator`: name
+        and text, or null for none), so that every worker runs the config the resident
+        runs, even after the file was edited (SIGHUP makes an edit count)."""
+        if "operator" in setup:
+            operator = setup["operator"]
+            self.operator = None if operator is None else (operator["name"], operator["text"])
+        else:
+            self.operator = config_loader.operator_text(setup.get("config"))
+        self.config = config_loader.load_operator(self.operator, setup.get("overrides"))
         settings = self.config.section("daemon")
         from agent.journal import setup_logging
 
@@ -209,7 +218,8 @@ class Worker:
         self.context = Context(self.config, lambda text: None)
 
     def view(self) -> dict[str, Any]:
-        return resident_view(self.config)
+        operator = None if self.operator is None else {"name": self.operator[0], "text": self.operator[1]}
+        return {**resident_view(self.config), "operator": operator}
 
     def prepare(self, kinds: list[str]) -> None:
         """Load what these kinds of job need before the first of them arrives."""

@@ -153,10 +153,13 @@ class Sources:
 
 
 class Resident:
-    def __init__(self, setup: dict[str, Any], config: ResidentConfig, routine: Lane) -> None:
-        """`setup` is every worker's first message (config file and overrides); `routine` the
-        lane whose worker read `config` (it serves the first round)."""
-        self.setup = setup
+    def __init__(self, source: dict[str, Any], view: dict[str, Any], routine: Lane) -> None:
+        """`source` says where the config is (`--config`, the simulated terminal's overrides):
+        a worker reads it there at the start and at SIGHUP. `view` is that worker's answer
+        and `routine` its lane (it serves the first round)."""
+        self.source = source
+        self.setup = self._setup(view)  # every other worker's first message
+        config = ResidentConfig(view)
         self.config = config
         self.failures = Failures(log)
         self.stop = threading.Event()
@@ -171,6 +174,7 @@ class Resident:
         self.counters = {"errors": 0, "diagnoses": 0}  # since the start, for heartbeats
         linger = config.daemon.worker_linger_seconds
         self.routine = routine
+        self.routine.setup = lambda: self.setup
         self.routine.linger_s = linger
         self.diagnosis = Lane("diagnosis", lambda: self.setup, linger, log_stats)
         self.decider = threading.Thread(target=self.work, name="decider", daemon=True)
@@ -180,18 +184,21 @@ class Resident:
         self._apply(config, *self._parts(config))
 
     @classmethod
-    def start(cls, setup: dict[str, Any]) -> Resident:
+    def start(cls, source: dict[str, Any]) -> Resident:
         """The resident for a config (read and checked by a first worker); WorkerFailed
         when the config does not load, OSError when its socket, outbox or state directory
         cannot be had."""
-        routine = Lane("routine", lambda: setup, 0.0, log_stats)
+        routine = Lane("routine", lambda: source, 0.0, log_stats)
         try:
-            config = ResidentConfig(routine.view())
-            setup_logging(config.daemon.log_level)
-            return cls(setup, config, routine)
+            view = routine.view()
+            setup_logging(view["daemon"]["log_level"])
+            return cls(source, view, routine)
         except BaseException:
             routine.close()
             raise
+
+    def _setup(self, view: dict[str, Any]) -> dict[str, Any]:
+        return {"operator": view["operator"], "overrides": self.source.get("overrides")}
 
     def _parts(self, config: ResidentConfig) -> tuple[LocalSocket | None, Outbox, Sources]:
         """What a config needs opened: the event socket (the running one when its address
@@ -289,9 +296,10 @@ class Resident:
         """Apply a changed config, read and checked by a worker; one that does not
         validate, or whose socket, outbox or state directory cannot be opened, is refused
         and the running one kept. Workers started under the old config are retired."""
-        reader = Lane("config", lambda: self.setup, 0.0, log_stats)
+        reader = Lane("config", lambda: self.source, 0.0, log_stats)
         try:
-            config = ResidentConfig(reader.view())
+            view = reader.view()
+            config = ResidentConfig(view)
             socket, outbox, sources = self._parts(config)
         except (WorkerFailed, OSError) as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
@@ -303,6 +311,7 @@ class Resident:
         if old_socket is not None and old_socket is not socket:
             old_socket.close()
         self._apply(config, socket, outbox, sources)
+        self.setup = self._setup(view)
         setup_logging(config.daemon.log_level)
         for lane in (self.diagnosis, self.routine):
             lane.retire()  # an operator's knowledge-base files may have changed too

@@ -9,6 +9,7 @@ which starts workers and holds them to their deadlines, is agent/lane.py.
 The protocol is one JSON object per line, on the worker's stdin and stdout:
 
     resident -> worker   {"config": PATH or null, "overrides": {...} or null, "prepare": [KIND, ...]}
+                         or {"operator": {"name": ..., "text": ...} or null, "overrides": ..., "prepare": ...}
     worker -> resident   {"ok": true, "view": {...}}                    the config checked, the
                          {"ok": false, "error": "...", "exit_code": 2}  resident's part of it
     resident -> worker   {"id": N, "kind": KIND, "args": {...}}
@@ -17,9 +18,11 @@ The protocol is one JSON object per line, on the worker's stdin and stdout:
                          {"id": N, "ok": true, "result": {...}, "stats": {...}}
                          {"id": N, "ok": false, "kind": TYPE, "error": "...", "traceback": "...", "stats": {...}}
 
-The first message is the setup: the config file (as `posdiag run --config` named it: the
-worker finds it the same way, through the same environment) and the simulated terminal's
-overrides, so the worker reads the same config as the resident; then jobs, one at a time.
+The first message is the setup. A worker that reads the config for the resident (at the
+start, at SIGHUP) gets the file as `posdiag run --config` named it (it finds it the same way,
+through the same environment) and answers with its text; every other worker gets that text,
+so all of them run the config the resident accepted, not a file edited since. The setup
+also carries the simulated terminal's overrides. Then jobs, one at a time.
 A job's arguments carry what lives only in the resident's memory (the events of a burst,
 the counters, a probe request); what is on disk (the outbox, the health history, fleet
 incidents, labels) the worker reads from disk. `stats` (wall and CPU milliseconds, peak
@@ -81,7 +84,7 @@ def main() -> int:
 
     setup = inbox.get()
     try:
-        worker = jobs.Worker(setup.get("config"), setup.get("overrides"))
+        worker = jobs.Worker(setup)
         view = worker.view()
     except Exception as exc:  # noqa: BLE001 - told to the resident, which says it and stops or keeps its config
         out.send({"ok": False, "error": jobs.failure_text(exc), "exit_code": getattr(exc, "exit_code", 2)})

@@ -127,6 +127,18 @@ def test_a_worker_never_outlives_its_resident(agent):
     wait_until(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, 3.0, "the worker outlived its resident")
 
 
+def test_workers_run_the_config_the_resident_accepted_not_a_file_edited_since(agent):
+    """Every worker reads the config anew; it gets the text the resident accepted, so a
+    broken edit without SIGHUP changes nothing, as when the agent was one process."""
+    a = agent(worker_linger_seconds=0.0)
+    a.start()
+    a.config.write_text("[daemon\nthis is not toml")
+    a.write("txn 9 response code: 05")
+    assert [b["code"] for b in a.wait_for(1, 10.0)] == ["05"], a.stderr.read_text()[-2000:]
+    assert "config error" not in a.stderr.read_text()
+    assert a.stop() < 2.0
+
+
 def test_the_start_line_names_the_server_and_the_followed_files(agent, tmp_path):
     a = agent()
     a.start()
