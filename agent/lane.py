@@ -128,6 +128,14 @@ class Process:
         except ProcessLookupError:
             pass
 
+    def exited(self) -> bool:
+        """It ended while idle (killed, out of memory): reaped now."""
+        try:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        return pid != 0
+
 
 class Lane:
     def __init__(self, name: str, setup: Callable[[], dict[str, Any]], linger_s: float, on_stats: Callable[[str, dict[str, Any]], None]) -> None:
@@ -211,7 +219,7 @@ class Lane:
         self._end(kill=False, why="")
 
     def _ready(self, prepare: list[str]) -> Process:
-        if self.process is not None and self.started_generation != self.generation:
+        if self.process is not None and (self.started_generation != self.generation or self.process.exited()):
             self._end(kill=False, why="")
         with self.lock:
             if self.closed:

@@ -388,6 +388,8 @@ class Resident:
         try:
             result = self.diagnosis.run("diagnose", args, self.config.deadlines["diagnose"])
         except WorkerFailed as exc:
+            if self.stop.is_set():  # stopping: its events stay uncommitted, redone after the restart
+                return
             retry_s = self.config.daemon.upload_retry_seconds
             self.failures("diagnosis", exc.kind, f"diagnosis of code {group.code} failed, retrying in {retry_s:.0f} s: {exc}", exc.traceback)
             self._reply(group.events, {"ok": False, "error": f"diagnosis failed ({exc.kind}), retrying in {retry_s:.0f} s"})
@@ -419,6 +421,8 @@ class Resident:
         try:
             result = self.diagnosis.run("command", {"command": command}, self.config.deadlines["command"])
         except WorkerFailed as exc:
+            if self.stop.is_set():  # a probe request is delivered again until it is done
+                return
             self.failures("probe request", exc.kind, f"probe request {command.get('command_id')} failed: {exc}", exc.traceback)
             return
         log.info("probe request %s done, bundle %s", command.get("command_id"), result["bundle_id"])
@@ -497,7 +501,8 @@ class Resident:
         try:
             return self.routine.run(kind, args, self.config.deadlines[kind])
         except WorkerFailed as exc:
-            self.failures(kind, exc.kind, f"{kind} failed, trying again later: {exc}", exc.traceback)
+            if not self.stop.is_set():
+                self.failures(kind, exc.kind, f"{kind} failed, trying again later: {exc}", exc.traceback)
             return None
 
     def _waiting(self) -> bool:

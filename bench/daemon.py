@@ -288,8 +288,8 @@ def idle(work: Path, program: list[str], env: dict[str, str] | None = None) -> I
             cpu0 = cpu_seconds(pid)
             found.quiet_elapsed = sample(pid, QUIET_S, found.quiet_rss)
             found.quiet_cpu_s = cpu_seconds(pid) - cpu0
-            with (state_disk / "app.log").open("a") as fh:  # the resident now redacts and groups an event
-                fh.write("txn response code: 51\n")
+            with (state_disk / "app.log").open("a", encoding="utf-8") as fh:  # the resident now redacts and groups an event
+                fh.write("交易失败 txn response code: 51\n")  # a Chinese line: the redactor builds its compatibility table
             deadline = time.monotonic() + 120
             while "/api/v1/bundles" not in by_path or children(pid):
                 if time.monotonic() > deadline:

@@ -46,13 +46,11 @@ Luhn-valid is masked: a masked amount costs less than a leaked PAN.
 from __future__ import annotations
 
 import bisect
-import difflib
 from os.path import commonprefix
 import functools
 import itertools
 import re
 import string
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping
 
@@ -311,6 +309,8 @@ def mask_pan(digits: str) -> str:
 def compat_table() -> dict[int, int]:
     """Characters whose NFKC form is one ASCII character (full-width digits and letters,
     no-break and thin spaces, full-width colon), other decimal digits, invisible spaces."""
+    import unicodedata  # here, not at the top: the resident agent redacts ASCII lines without it
+
     table = {}
     for cp in itertools.chain(range(0x80, 0x3400), range(0xF900, 0x10000), range(0x1D400, 0x1D800)):
         ch = chr(cp)
@@ -332,6 +332,8 @@ def merge_view(original: str, view: str, cleaned: str) -> str:
     if original == view or len(view) > 4096:
         return cleaned
     out = []
+    import difflib  # only for text whose compatibility view differs (full-width digits, say)
+
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, view, cleaned, autojunk=False).get_opcodes():
         out.append(original[i1:i2] if op == "equal" else cleaned[j1:j2])
     return "".join(out)
