@@ -149,14 +149,17 @@ class Lane:
         self.generation = 0  # of the config; a worker of an older one is retired
         self.started_generation = 0
         self.idle_since = 0.0
+        self.keep_until = 0.0  # a worker started ahead of its job waits for it at least this long
         self.lock = threading.Lock()
         self.closed = False
 
-    def warm(self, prepare: list[str]) -> None:
-        """Start the worker now, loading what `prepare` (job kinds) need, if none runs."""
+    def warm(self, prepare: list[str], keep_s: float) -> None:
+        """Start the worker now, loading what `prepare` (job kinds) need, if none runs; it
+        waits `keep_s` for its job even when the lane's linger is shorter."""
         with self.lock:
             if self.process is None and not self.closed:
                 self._spawn(prepare)
+                self.keep_until = time.monotonic() + keep_s
 
     def view(self) -> dict[str, Any]:
         """The worker's answer to its setup: the resident's part of the config (starting a
@@ -182,6 +185,7 @@ class Lane:
                 raise WorkerFailed(f"worker killed: {kind} went {deadline_s:.0f} s without an answer", "Deadline") from None
             raise
         self.idle_since = time.monotonic()
+        self.keep_until = 0.0
         self.on_stats(kind, message.get("stats") or {})
         if not message.get("ok"):
             kind_name = str(message.get("kind") or "Exception")
@@ -193,7 +197,7 @@ class Lane:
         """Seconds until an idle worker is due to be closed; None when none runs."""
         if self.process is None:
             return None
-        return max(0.0, self.idle_since + self.linger_s - time.monotonic())
+        return max(0.0, max(self.idle_since + self.linger_s, self.keep_until) - time.monotonic())
 
     def expire(self) -> None:
         """Close a worker idle for `linger_s`, or one started under an older config."""

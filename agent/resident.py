@@ -348,7 +348,7 @@ class Resident:
         if isinstance(job, ErrorEvent):
             self.counters["errors"] += 1
             if self.gate.add(job):  # a burst opened: start its workers while it settles
-                self.diagnosis.warm(["diagnose"])
+                self.diagnosis.warm(["diagnose"], self._warm_keep_s())
                 self.warm_routine.set()
                 self.wake_routine.set()
         elif isinstance(job, dict):
@@ -366,6 +366,11 @@ class Resident:
                 self.jobs.put(None)
                 return
             self._take(job)
+
+    def _warm_keep_s(self) -> float:
+        """How long a worker started for a burst waits for its job: the burst's longest
+        settling and its diagnosis."""
+        return self.config.daemon.max_wait_seconds + self.config.deadlines["diagnose"]
 
     def _retry_hint(self) -> float | None:
         if not self.retries:
@@ -461,7 +466,7 @@ class Resident:
                 if self.warm_routine.is_set():
                     self.warm_routine.clear()
                     if linked:
-                        self.routine.warm(["flush"])
+                        self.routine.warm(["flush"], self._warm_keep_s())
                 self._round(plan, kicked)
             except Exception as exc:  # noqa: BLE001 - the routine must outlive any one round
                 self.failures.exception("routine", "routine round", exc)
