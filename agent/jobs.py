@@ -101,14 +101,14 @@ def flush(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def poll(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Ask for the next probe request; the server being away is normal on a cellular link."""
-    from remote.commands import fetch_next
+    """Ask for the next probe request; the server being away is normal on a cellular link
+    (any other exception is a fault: it fails the job, and the resident logs it)."""
+    from remote.commands import PollError, fetch_next
 
     try:
         reply = fetch_next(ctx.link, ctx.config.section("terminal").id)
-    except Exception as exc:  # noqa: BLE001 - any failure of the exchange is the same "not now"
+    except PollError as exc:
         log.info("probe requests not polled: %s", exc)
-        log.debug("poll failed", exc_info=True)
         return {"command": None}
     return {"command": _take(ctx, reply)}
 
@@ -120,16 +120,15 @@ def heartbeat(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     from agent.heartbeat import Counters, payload
     from agent.history import ring_for
     from agent.labels import labels_for
-    from remote.commands import send_heartbeat
+    from remote.commands import PollError, send_heartbeat
 
+    snap = ring_for(ctx.config).latest()
+    seen = {"link": snap["link"]} if snap and isinstance(snap.get("link"), str) else {}
+    body = payload(ctx.config, snap, Counters(**args["counters"]), ctx.outbox, labels_for(ctx.config, seen))
     try:
-        snap = ring_for(ctx.config).latest()
-        seen = {"link": snap["link"]} if snap and isinstance(snap.get("link"), str) else {}
-        body = payload(ctx.config, snap, Counters(**args["counters"]), ctx.outbox, labels_for(ctx.config, seen))
         reply = send_heartbeat(ctx.link, body, poll=True)
-    except Exception as exc:  # noqa: BLE001 - as for a poll
+    except PollError as exc:  # as for a poll
         log.info("heartbeat not sent: %s", exc)
-        log.debug("heartbeat failed", exc_info=True)
         return {"sent": False, **poll(ctx, args)}
     return {"sent": True, "command": _take(ctx, reply)}
 
