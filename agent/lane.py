@@ -48,7 +48,7 @@ class WorkerFailed(Exception):
 class Process:
     """One worker process and the two ends of its pipes."""
 
-    def __init__(self, setup: dict[str, Any]) -> None:
+    def __init__(self) -> None:
         to_child, self.stdin = os.pipe()
         self.stdout, from_child = os.pipe()
         try:
@@ -68,7 +68,6 @@ class Process:
         self.pending = b""
         self.view: dict[str, Any] | None = None
         self.next_id = 0
-        self.send(setup, time.monotonic() + SETUP_DEADLINE_S)
 
     def send(self, message: dict[str, Any], deadline: float) -> None:
         data = memoryview(encode(message))
@@ -243,9 +242,15 @@ class Lane:
 
     def _spawn(self, prepare: list[str]) -> Process:
         try:
-            self.process = Process({**self.setup(), "prepare": prepare})
+            process = Process()
         except OSError as exc:
             raise WorkerFailed(f"cannot start a worker ({exc.strerror or exc})", "WorkerDied") from None
+        try:
+            process.send({**self.setup(), "prepare": prepare}, time.monotonic() + SETUP_DEADLINE_S)
+        except WorkerFailed:
+            process.end(kill=True)
+            raise
+        self.process = process
         self.started_generation = self.generation
         self.idle_since = time.monotonic()
         log.debug("%s worker %d started", self.name, self.process.pid)
