@@ -384,9 +384,12 @@ def report_jobs(jobs: dict[str, list[tuple[float, float, float]]]) -> None:
         row(f"worker {kind}", f"{statistics.median(walls):.0f} ms", f"cpu {statistics.median(cpus):.0f} ms", f"peak {max(peaks):.1f} MB", f"n={len(samples)}")
 
 
-FLOOR_STEPS = ("logging", "typing", "argparse", "json", "ctypes", "random", "agent.sources", "agent.resident", "agent.commands.run")
+FLOOR_STEPS = ("logging", "argparse", "json", "ctypes", "agent.sources", "agent.resident", "agent.commands.run")
 AFTER_AN_EVENT = ("remote.redact", "socket")  # the redactor; the socket module when [daemon] listen is set
-LEFT_TO_WORKERS = ("tomllib", "dataclasses", "hashlib", "ssl", "http.client", "serial", "agent.config", "agent.pipeline", "requests")
+LEFT_TO_WORKERS = (
+    "typing", "random", "datetime", "tomllib", "dataclasses", "hashlib", "ssl", "http.client", "serial",
+    "agent.config", "agent.pipeline", "requests",
+)  # fmt: skip
 FLOOR_SCRIPT = """
 import importlib, sys
 def rss():
