@@ -33,6 +33,7 @@ import logging
 import os
 import queue
 import re
+import select
 import signal
 import threading
 import time
@@ -152,6 +153,32 @@ class Sources:
         return ", ".join(str(f.path) for f in self.followers) or "no files"
 
 
+class Signals:
+    """SIGTERM, SIGINT and SIGHUP as bytes on a pipe (signal.set_wakeup_fd), which the main
+    thread reads in its own time. A Python signal handler runs between any two bytecodes of
+    the main thread: one that set an Event could wait forever for a lock the main thread was
+    holding at that moment, and a signal the kernel hands to another thread would not wake a
+    main thread blocked on a lock. A byte on a pipe wakes `select` whichever thread took it."""
+
+    WATCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in self.WATCHED:
+            signal.signal(signum, self._noted)
+
+    @staticmethod
+    def _noted(signum: int, frame: Any) -> None:
+        """Nothing: the wakeup fd carries the signal (and the default action must not run)."""
+
+    def wait(self) -> bytes:
+        """The numbers of the signals that came (blocks until one does)."""
+        select.select([self.read_fd], [], [])
+        return os.read(self.read_fd, 512)
+
+
 class Resident:
     def __init__(self, source: dict[str, Any], view: dict[str, Any], routine: Lane) -> None:
         """`source` says where the config is (`--config`, the simulated terminal's overrides):
@@ -163,12 +190,10 @@ class Resident:
         self.config = config
         self.failures = Failures(log)
         self.stop = threading.Event()
-        self.wake = threading.Event()  # the main thread: a signal came
         self.wake_routine = threading.Event()
         self.kick = threading.Event()  # a new bundle: upload it and poll now
         self.warm_routine = threading.Event()  # a burst opened: have an upload worker ready
         self.jobs: queue.Queue[Any] = queue.Queue()
-        self.reload_requested = False
         self.retries: list[tuple[float, Group]] = []
         self.socket: LocalSocket | None = None
         self.counters = {"errors": 0, "diagnoses": 0}  # since the start, for heartbeats
@@ -236,19 +261,18 @@ class Resident:
         self.gate.debounce_s, self.gate.max_per_hour = settings.debounce_seconds, settings.max_diagnoses_per_hour
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, self._on_stop)
-        signal.signal(signal.SIGHUP, self._on_reload)
+        signals = Signals()
         self._start_sources()
         self.decider.start()
         self.routine_thread.start()
         self._announce("posdiag agent running")
-        while not self.stop.is_set():
-            if self.reload_requested:
-                self.reload_requested = False
+        while True:
+            received = signals.wait()
+            if signal.SIGTERM in received or signal.SIGINT in received:
+                break
+            if signal.SIGHUP in received:
                 self.reload()
-            self.wake.wait()
-            self.wake.clear()
+        self.stop.set()
         self._stop_sources()
         self.jobs.put(None)
         self.wake_routine.set()
@@ -272,15 +296,6 @@ class Resident:
             log.warning(
                 "[upload] server_url is empty: bundles stay in the outbox (%s); no heartbeats, no probe requests", config.outbox_dir
             )
-
-    def _on_stop(self, *_: Any) -> None:
-        self.stop.set()
-        self.wake.set()
-        self.wake_routine.set()
-
-    def _on_reload(self, *_: Any) -> None:
-        self.reload_requested = True
-        self.wake.set()
 
     def _start_sources(self) -> None:
         self.sources.start()

@@ -215,3 +215,25 @@ def test_a_running_resident_has_no_openssl_mapped(support_server, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+TGKILL = {"x86_64": 234, "aarch64": 131}  # syscall numbers: Python has no tgkill
+
+
+@pytest.mark.skipif(os.uname().machine not in TGKILL, reason="tgkill's number is known here for x86_64 and aarch64 only")
+def test_sigterm_taken_by_any_thread_stops_the_resident_within_2s(agent):
+    """The kernel may hand a process's signal to any of its threads; the resident's main
+    thread must wake whichever took it (a signal handler that set an Event did not)."""
+    import ctypes
+
+    a = agent()
+    a.start()
+    main = a.proc.pid
+    others = [int(t) for t in os.listdir(f"/proc/{main}/task") if int(t) != main]
+    assert others, "the resident runs threads"
+    libc = ctypes.CDLL(None, use_errno=True)
+    t0 = time.monotonic()
+    assert libc.syscall(TGKILL[os.uname().machine], main, others[-1], signal.SIGTERM) == 0
+    a.proc.wait(10)
+    assert time.monotonic() - t0 < 2.0 and a.proc.returncode == 0
+    assert "posdiag agent stopped" in a.stderr.read_text()
