@@ -11,7 +11,6 @@ import argparse
 import sys
 
 from agent import __version__
-from probes.contract.errors import PosdiagError
 
 DESCRIPTION = """\
 posdiag probes a payment terminal's card reader, printer, power, storage and
@@ -36,15 +35,45 @@ exit codes: 0 ok, 1 a probe found a failure, 2 usage or config error,
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from agent.commands import register_all
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, its help as wide as the terminal without importing shutil (which
+    argparse does for this alone, pulling in bz2 and lzma: 0.5 MB of the resident agent).
+    Subcommands' parsers are of this class too (add_subparsers takes the parent's)."""
 
-    parser = argparse.ArgumentParser(
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        return self.formatter_class(prog=self.prog, width=terminal_columns() - 2)
+
+
+def terminal_columns() -> int:
+    """shutil.get_terminal_size's width: $COLUMNS, else stdout's terminal, else 80."""
+    import os
+
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 0
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only` that one subcommand's: the agent's resident
+    process (`posdiag run`) neither imports nor builds the others (docs/agent.md)."""
+    from agent.commands import register, register_all
+
+    parser = Parser(
         prog="posdiag", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"posdiag {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    register_all(sub)
+    if only:
+        register(sub, only)
+    else:
+        register_all(sub)
     return parser
 
 
@@ -66,14 +95,24 @@ def run(args_list: list[str]) -> int:
     if args_list in (["--version"], ["-V"]):  # answered before any other import: cold start matters
         print(f"posdiag {__version__}")
         return 0
-    parser = build_parser()
+    if args_list == ["worker"]:  # started by the agent, often: no parser for the other commands
+        from agent.worker import main as worker_main
+
+        return worker_main()
+    parser = build_parser("run" if args_list[:1] == ["run"] else None)
     args = parser.parse_args(args_list)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
     try:
         return int(args.handler(args))
-    except PosdiagError as exc:
+    except Exception as exc:
+        # Imported only now: the probes package it lives in is not small, and the resident
+        # agent (`posdiag run`) must stay small.
+        from probes.contract.errors import PosdiagError
+
+        if not isinstance(exc, PosdiagError):
+            raise
         print(f"posdiag: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

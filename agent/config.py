@@ -35,18 +35,40 @@ class Config:
 def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """The effective config: packaged defaults, the operator file, then overrides
     (the simulated terminal's device paths)."""
+    return load_operator(operator_text(path), overrides)
+
+
+def operator_text(path: str | None) -> tuple[str, str] | None:
+    """(name, text) of the operator file `load(path)` reads; None when there is none. The
+    agent keeps the text it accepted, so its workers read that, not a file edited since."""
     chosen = config_file.resolve_path(path)
-    operator = (str(chosen), config_file.read_toml(chosen)) if chosen is not None else None
-    return load_layers(operator, overrides)
+    if chosen is None:
+        return None
+    try:
+        return str(chosen), chosen.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(chosen), "", "file not found") from None
+    except PermissionError:
+        raise ConfigError(str(chosen), "", "permission denied") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(chosen), "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
-def load_text(text: str, name: str) -> Config:
-    """The effective config with `text` as the operator file (`config check -` reads stdin)."""
+def load_operator(operator: tuple[str, str] | None, overrides: dict[str, Any] | None) -> Config:
+    """The effective config with `operator` = (name, text) as the operator file, if any."""
+    if operator is None:
+        return load_layers(None, overrides)
+    name, text = operator
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(name, "", f"not valid TOML ({exc})") from None
-    return load_layers((name, data), None)
+    return load_layers((name, data), overrides)
+
+
+def load_text(text: str, name: str) -> Config:
+    """The effective config with `text` as the operator file (`config check -` reads stdin)."""
+    return load_operator((name, text), None)
 
 
 def load_layers(operator: tuple[str, dict[str, Any]] | None, overrides: dict[str, Any] | None) -> Config:

@@ -3,23 +3,31 @@ on disk, so a bundle shows the trend before the error and a heartbeat reports th
 
 A snapshot reads a few kernel files directly instead of running probes: it runs every
 few minutes on a weak CPU and must neither write to flash nor open network connections.
+A worker takes it (the probe modules it reads through are not small); the resident agent
+writes it into the ring, so this module imports them only when a snapshot is taken.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
-from typing import Any
 
-from agent.config import Config
 from agent.sources import now_iso
-from probes import ProbeContext, network, power, storage, system
-from probes._metrics import keep_worst
+
+TYPE_CHECKING = False  # typing's, without importing typing (0.4 MB): agent/resident.py says why
+if TYPE_CHECKING:
+    from typing import Any
+
+    from agent.config import Config
 
 
 def snapshot(config: Config) -> dict[str, Any]:
+    import shutil
+
+    from probes import ProbeContext, network, power, storage, system
+    from probes._metrics import keep_worst
+
     ctx = ProbeContext(config.section("host"), 1.0)
     snap: dict[str, Any] = {"at": now_iso()}
     batteries = [power.read_battery(p) for p in sorted(ctx.sys("class", "power_supply").glob("*")) if (p / "capacity").exists()]

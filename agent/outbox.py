@@ -16,6 +16,10 @@ an fsync of the directory, so after a crash a bundle is either whole or absent. 
 never goes backwards (a terminal whose clock was reset would otherwise send new bundles
 before old ones): a name older than the newest present one, bundle or outcome record, is
 moved just past it. Outcome records are a few hundred bytes and never evicted.
+
+The resident agent reads the outbox (is anything waiting?) and writes its state files
+through write_atomic, so this module imports neither dataclasses nor `secrets` (hashlib),
+and datetime only where a bundle is stored (agent/resident.py says why).
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ import fcntl
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from collections import namedtuple
+
+TYPE_CHECKING = False  # typing's, without importing typing (0.4 MB): agent/resident.py says why
+if TYPE_CHECKING:
+    from datetime import datetime
+    from typing import Any
 
 SUFFIX = ".tar.gz"
 OUTCOME_SUFFIX = ".outcome.json"
@@ -44,8 +50,8 @@ class OutboxBusy(Exception):
     """Another process is flushing this outbox."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(namedtuple("Entry", ("path", "bundle_id", "stamp", "size"))):
+    __slots__ = ()
     path: Path
     bundle_id: str  # the id in the file name: a bundle's, or an outcome record's outcome_id
     stamp: str
@@ -56,6 +62,8 @@ class Entry:
         return self.path.name
 
     def created_at(self) -> datetime:
+        from datetime import UTC, datetime
+
         return datetime.strptime(self.stamp, STAMP_FORMAT).replace(tzinfo=UTC)
 
 
@@ -86,6 +94,8 @@ class Outbox:
 
     def put_outcome(self, data: bytes, outcome_id: str, now: datetime | None = None) -> Entry:
         """Store an outcome record durably, after every bundle and record already present."""
+        from datetime import UTC, datetime
+
         with self.locked():
             stamp = self._next_stamp(now or datetime.now(UTC))
             path = self.root / f"{stamp}-{outcome_id}{OUTCOME_SUFFIX}"
@@ -95,6 +105,8 @@ class Outbox:
     def put(self, data: bytes, bundle_id: str, reported_evicted: int = 0, now: datetime | None = None) -> Entry:
         """Store a bundle durably. `reported_evicted` is the evicted count its manifest carries;
         it is taken off the pending count only once the bundle is safely on disk."""
+        from datetime import UTC, datetime
+
         with self.locked():
             stamp = self._next_stamp(now or datetime.now(UTC))
             path = self.root / f"{stamp}-{bundle_id}{SUFFIX}"
@@ -162,6 +174,8 @@ class Outbox:
             yield
 
     def _next_stamp(self, now: datetime) -> str:
+        from datetime import UTC, datetime, timedelta
+
         stamp = now.astimezone(UTC).strftime(STAMP_FORMAT)
         newest = max((e.stamp for e in self.entries() + self.outcome_entries()), default="")
         if stamp <= newest:
@@ -222,7 +236,7 @@ def scan(folder: Path, name: re.Pattern[str] = NAME) -> list[Entry]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+    tmp = path.parent / f"{TEMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:

@@ -158,6 +158,7 @@ class DaemonSettings:
     start_jitter_seconds: float = bounded(0, 3600)
     upload_retry_seconds: float = bounded(1, 86400)
     file_poll_seconds: float = bounded(0.1, 3600)
+    worker_linger_seconds: float = bounded(0, 3600)
     nice: int = bounded(0, 19)
     log_level: str = bounded(choices=("debug", "info", "warning", "error"))
 

@@ -5,45 +5,69 @@ An event's id is derived from where it came from (file, inode, byte offset), so 
 line read again after a crash gives the same id, and the bundle made for it the same
 bundle id: the server stores it once. A log follower commits its offset only when every
 event before it has been diagnosed (or dropped on purpose), see OffsetLedger.
+
+This module runs in the resident agent (agent/resident.py), which must stay small: no
+hashlib (agent/digest.py hashes without OpenSSL), no dataclasses (they import `inspect`,
+1 MB), and the redactor only once a chunk of a log holds an event.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
 import re
 import threading
-import uuid
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from collections import namedtuple
 
+from agent.digest import sha256_hex, uuid5
 from remote.logtext import decode_log, log_encoding
+
+TYPE_CHECKING = False  # typing's, without importing typing (0.4 MB): agent/resident.py says why
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("posdiag.sources")
 
-EVENT_NAMESPACE = uuid.UUID("5d0c7f5e-4f0a-4b7e-9a57-6f1d1b8e2c10")
+EVENT_NAMESPACE = bytes.fromhex("5d0c7f5e4f0a4b7e9a576f1d1b8e2c10")  # a UUID
 MAX_LINE_BYTES = 8192
 MAX_READ_BYTES = 1 << 20
 MAX_CODE_LENGTH = 64
 SCHEMES = ("iso8583", "cup", "terminal", "exception")
 
 
-@dataclass
+def _nothing() -> None:
+    return None
+
+
 class ErrorEvent:
-    id: str
-    code: str
-    scheme: str | None
-    source: str
-    at: str
-    context: dict[str, Any] = field(default_factory=dict)
-    done: Callable[[], None] = field(default=lambda: None, repr=False)
-    reply: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)
+    """One error the agent saw. `done` commits its source position once the event is
+    diagnosed (or dropped on purpose); `reply` answers the socket client that sent it."""
+
+    __slots__ = ("id", "code", "scheme", "source", "at", "context", "done", "reply")
+
+    def __init__(
+        self,
+        id: str,  # noqa: A002 - the event's id, as in events.jsonl
+        code: str,
+        scheme: str | None,
+        source: str,
+        at: str,
+        context: dict[str, Any] | None = None,
+        done: Callable[[], None] = _nothing,
+        reply: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.id, self.code, self.scheme, self.source, self.at = id, code, scheme, source, at
+        self.context = {} if context is None else context
+        self.done = done
+        self.reply = reply
+
+    def __repr__(self) -> str:
+        return f"ErrorEvent(id={self.id!r}, code={self.code!r}, scheme={self.scheme!r}, source={self.source!r})"
 
     def record(self) -> dict[str, Any]:
         """The event as it goes into a bundle's events.jsonl (context already redacted)."""
@@ -51,11 +75,13 @@ class ErrorEvent:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """Now in UTC as datetime.isoformat(timespec="milliseconds") writes it, without datetime."""
+    seconds, nanoseconds = divmod(time.time_ns(), 10**9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanoseconds // 10**6:03d}+00:00"
 
 
 def event_id(*parts: object) -> str:
-    return str(uuid.uuid5(EVENT_NAMESPACE, "\x1f".join(str(p) for p in parts)))
+    return uuid5(EVENT_NAMESPACE, "\x1f".join(str(p) for p in parts))
 
 
 def terminal_identity_key(config: Any, state_dir: Path) -> str:
@@ -72,7 +98,7 @@ def terminal_identity_key(config: Any, state_dir: Path) -> str:
     except (OSError, UnicodeDecodeError):
         token = ""
     if not token:
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
             instance.write_text(token + "\n", encoding="ascii")
@@ -175,18 +201,18 @@ ROTATED_GLOBS = ("{name}.[0-9]*", "{name}-*", "{stem}-*{suffix}", "{stem}.[0-9]*
 COMPRESSED = (".gz", ".xz", ".bz2", ".zst", ".lz4", ".zip")
 
 
-@dataclass(frozen=True)
-class Head:
+class Head(namedtuple("Head", ("length", "digest"))):
     """SHA-256 of a file's first `length` bytes (up to HEAD_BYTES): a copy or a renamed
     file keeps it; a truncated and rewritten one does not, whatever its size."""
 
+    __slots__ = ()
     length: int
     digest: str
 
     @classmethod
     def of(cls, fd: int) -> Head:
         data = os.pread(fd, HEAD_BYTES, 0)
-        return cls(len(data), hashlib.sha256(data).hexdigest())
+        return cls(len(data), sha256_hex(data))
 
     @classmethod
     def from_saved(cls, saved: dict[str, Any]) -> Head:
@@ -198,7 +224,7 @@ class Head:
 
     def matches(self, fd: int) -> bool:
         """The file at `fd` still starts with the bytes this fingerprint was taken of."""
-        return hashlib.sha256(os.pread(fd, self.length, 0)).hexdigest() == self.digest if self.length else True
+        return sha256_hex(os.pread(fd, self.length, 0)) == self.digest if self.length else True
 
 
 def line_split(data: bytes, newline: bytes) -> tuple[list[bytes], bytes]:
@@ -217,16 +243,13 @@ def line_split(data: bytes, newline: bytes) -> tuple[list[bytes], bytes]:
     return lines, data[start:]
 
 
-@dataclass
 class Reading:
     """One open file a follower reads: the current log, or a rotated one it finishes first."""
 
-    fh: Any
-    ledger: OffsetLedger
-    offset: int
-    encoding: str | None
-    final: bool  # a rotated file: read to its end, then go on to the next
-    buffer: bytes = b""
+    def __init__(self, fh: Any, ledger: OffsetLedger, offset: int, encoding: str | None, final: bool) -> None:
+        self.fh, self.ledger, self.offset, self.encoding = fh, ledger, offset, encoding
+        self.final = final  # a rotated file: read to its end, then go on to the next
+        self.buffer = b""
 
     @property
     def newline(self) -> bytes:
@@ -448,14 +471,16 @@ class LogFollower:
         if len(reading.buffer) > MAX_LINE_BYTES:
             reading.buffer = b""  # an endless line is dropped, not kept in memory
         texts = [decode_log(raw[:MAX_LINE_BYTES], reading.encoding).rstrip("\r") for raw in raw_lines]
-        cleaned = self._redacted(texts)
+        matches = [self._match(text) for text in texts]
+        cleaned = self._redacted(texts) if any(matches) else texts  # only event lines leave this object
+        self.last_line = texts[-1] if texts else self.last_line
         events = []
         position = start
         ledger, step = reading.ledger, len(reading.newline)
-        for raw, text, clean in zip(raw_lines, texts, cleaned, strict=True):
+        for raw, found, clean in zip(raw_lines, matches, cleaned, strict=True):
             end = position + len(raw) + step
-            event = self._match(text, clean, ledger, position)
-            if event is not None:
+            if found is not None:
+                event = self._event(*found, clean, ledger, position)
                 ledger.add(end)
                 event.done = functools.partial(ledger.done, end)
                 events.append(event)
@@ -467,31 +492,32 @@ class LogFollower:
 
     def _redacted(self, texts: list[str]) -> list[str]:
         """The lines redacted together with the line before them (a PAN may wrap)."""
-        if not texts:
-            return []
         from remote.redact import Redactor
 
         cleaned = Redactor().text("\n".join([self.last_line, *texts])).split("\n")[1:]
-        self.last_line = texts[-1]
         if len(cleaned) != len(texts):  # a redaction that joined lines: one by one instead
             cleaned = [Redactor().text(t) for t in texts]
         return cleaned
 
-    def _match(self, line: str, clean: str, ledger: OffsetLedger, start: int) -> ErrorEvent | None:
+    def _match(self, line: str) -> tuple[str, str | None] | None:
+        """(code, scheme) of the first pattern that finds a valid code in the line."""
         for pattern in self.patterns:
             m = pattern.search(line)
             code = (m.groupdict().get("code") or "").strip() if m else ""
             if valid_code(code):  # the same rule as for socket events: no empty or runaway codes
                 scheme = m.groupdict().get("scheme") or self.scheme
-                return ErrorEvent(
-                    id=event_id(self.identity, self.path, ledger.inode, ledger.generation, start),
-                    code=clean_code(code),
-                    scheme=scheme if scheme in SCHEMES else None,
-                    source=self.key,
-                    at=now_iso(),
-                    context={"line": clean.strip()[:512], "offset": start},
-                )
+                return code, scheme if scheme in SCHEMES else None
         return None
+
+    def _event(self, code: str, scheme: str | None, clean: str, ledger: OffsetLedger, start: int) -> ErrorEvent:
+        return ErrorEvent(
+            id=event_id(self.identity, self.path, ledger.inode, ledger.generation, start),
+            code=clean_code(code),
+            scheme=scheme,
+            source=self.key,
+            at=now_iso(),
+            context={"line": clean.strip()[:512], "offset": start},
+        )
 
     def close(self) -> None:
         for reading in [self.reading, *self.queue]:
@@ -527,7 +553,7 @@ class LastErrorFile:
                 mtime = os.fstat(fh.fileno()).st_mtime_ns
         except OSError:
             return []
-        version = f"{hashlib.sha256(raw).hexdigest()}:{mtime}"
+        version = f"{sha256_hex(raw)}:{mtime}"
         if version == self.seen:
             return []
         fresh_start = first and self.seen is None  # an error from before posdiag ever ran

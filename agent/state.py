@@ -4,10 +4,13 @@ cut leaves the old state or the new one, never half of either."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
+
+from agent.outbox import write_atomic
+
+TYPE_CHECKING = False  # typing's, without importing typing (0.4 MB): agent/resident.py says why
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class StateFile:
@@ -23,13 +26,4 @@ class StateFile:
 
     def save(self, value: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=".tmp-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(value, fh, ensure_ascii=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(value, ensure_ascii=False).encode("utf-8"))

@@ -13,7 +13,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from agent.sources import ErrorEvent
 
@@ -21,13 +20,15 @@ log = logging.getLogger("posdiag.triggers")
 HOUR_S = 3600.0
 
 
-@dataclass
 class Group:
-    code: str
-    scheme: str | None
-    opened: float
-    last: float
-    events: list[ErrorEvent] = field(default_factory=list)
+    """Events of one code (and scheme) diagnosed together; `opened` and `last` are
+    monotonic times. A plain class: the resident agent imports no dataclasses."""
+
+    __slots__ = ("code", "scheme", "opened", "last", "events")
+
+    def __init__(self, code: str, scheme: str | None, opened: float, last: float) -> None:
+        self.code, self.scheme, self.opened, self.last = code, scheme, opened, last
+        self.events: list[ErrorEvent] = []
 
     @property
     def key(self) -> tuple[str, str | None]:
@@ -50,7 +51,8 @@ class Gate:
         self.closed: dict[tuple[str, str | None], Group] = {}
         self.diagnosed: deque[float] = deque()
 
-    def add(self, event: ErrorEvent) -> None:
+    def add(self, event: ErrorEvent) -> bool:
+        """Count the event in; True when it opened a group, so a diagnosis will follow."""
         now = self.clock()
         key = (event.code, event.scheme)
         recent = self.closed.get(key)
@@ -60,12 +62,14 @@ class Gate:
             event.done()
             if event.reply:
                 event.reply({"repeat": True, "repeat_of": recent.events[0].id, "events": len(recent.events)})
-            return
+            return False
         group = self.open.get(key)
+        opened = group is None
         if group is None:
             group = self.open[key] = Group(event.code, event.scheme, now, now)
         group.events.append(event)
         group.last = now
+        return opened
 
     def due(self) -> list[Group]:
         """Groups ready for diagnosis, in the order they opened; over the hourly cap they

@@ -39,7 +39,7 @@ def pooled_nff(rates: list[sim.Rates]) -> float:
 
 def idle_imports() -> list[str]:
     """What of learning the idle agent has loaded (it must be nothing: read only by a diagnosis)."""
-    code = "import sys, agent.daemon; print(' '.join(m for m in ('agent.learned', 'agent.visits', 'agent.outcome_upload') if m in sys.modules))"
+    code = "import sys, agent.resident; print(' '.join(m for m in ('agent.learned', 'agent.visits', 'agent.outcome_upload') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     return done.stdout.split()
 
@@ -70,7 +70,7 @@ def main() -> int:
     print()
     print(f"largest learned table after {max(marks)} outcomes per model: {max(sizes.values())} bytes (limit {MAX_LEARNED_BYTES})")
     loaded = idle_imports()
-    print(f"idle agent (import agent.daemon) loads of learning: {' '.join(loaded) or 'nothing'}")
+    print(f"idle agent (import agent.resident) loads of learning: {' '.join(loaded) or 'nothing'}")
     print(f"time: {elapsed:.1f} s for {args.seeds * len(marks) * len(sim.SCENARIOS) * args.cases} judged errors")
     differs = [s.model for s in sim.SCENARIOS if s.differs]
     before = statistics.mean(statistics.mean(run[0][m].top1 for m in differs) for run in runs)

@@ -44,10 +44,24 @@ def pyusb_backend() -> object | None:
     except ImportError:
         return None
     for module in (libusb1, libusb0, openusb):
-        backend = module.get_backend()
+        backend = module.get_backend(find_library=bundled_library)
         if backend is not None:
             return backend
     return None
+
+
+def bundled_library(name: str) -> str | None:
+    """The libusb the one-file executable carries (in its unpacked directory), else the
+    system's: packaging/posdiag.spec leaves out PyInstaller's pyusb hook, which did this
+    at every start of every process."""
+    import ctypes.util
+    import sys
+
+    unpacked = getattr(sys, "_MEIPASS", None)
+    if unpacked:
+        for found in sorted(Path(unpacked).glob(f"lib{name}.so*")) + sorted(Path(unpacked).glob(f"{name}.so*")):
+            return str(found)
+    return ctypes.util.find_library(name)
 
 
 def find_with_pyusb(vid: int, pid: int, backend: object) -> UsbMatch | None:

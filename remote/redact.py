@@ -53,16 +53,17 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
-import difflib
 import functools
 import itertools
 import re
 import string
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from os.path import commonprefix
-from typing import Any
+
+TYPE_CHECKING = False  # typing's, without importing typing (0.4 MB): the resident agent loads this (docs/agent.md)
+if TYPE_CHECKING:
+    from typing import Any
 
 MASK = "***"
 TRACK_MARK = "[TRACK]"
@@ -325,21 +326,44 @@ def mask_pan(digits: str) -> str:
     return digits[:6] + "*" * (len(digits) - 10) + digits[-4:]
 
 
-@functools.cache
-def compat_table() -> dict[int, int]:
-    """Characters whose NFKC form is one ASCII character (full-width digits and letters,
-    no-break and thin spaces, full-width colon), other decimal digits, invisible spaces."""
-    table = {}
-    for cp in itertools.chain(range(0x80, 0x3400), range(0xF900, 0x10000), range(0x1D400, 0x1D800)):
-        ch = chr(cp)
-        norm = unicodedata.normalize("NFKC", ch)
-        if len(norm) == 1 and norm != ch and norm.isascii():
-            table[cp] = ord(norm)
-        elif unicodedata.category(ch) == "Nd":
-            table[cp] = 48 + unicodedata.decimal(ch)
-    table.update({cp: 0x20 for cp in (0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF)})
-    table[0xAD] = ord("-")
-    return table
+COMPAT_RANGES = ((0x80, 0x3400), (0xF900, 0x10000), (0x1D400, 0x1D800))
+INVISIBLE_SPACES = frozenset({0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF})
+
+
+def compat(cp: int) -> int | None:
+    """The ASCII character a non-ASCII one stands for in the view redaction works on: its
+    NFKC form when that is one ASCII character (full-width digits and letters, no-break and
+    thin spaces, the full-width colon), a decimal digit's value, a space for an invisible
+    space, `-` for a soft hyphen; None for every other character (CJK among them, without a
+    look-up)."""
+    if cp in INVISIBLE_SPACES:
+        return 0x20
+    if cp == 0xAD:
+        return ord("-")
+    if not any(low <= cp < high for low, high in COMPAT_RANGES):
+        return None
+    return _normalized(cp)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized(cp: int) -> int | None:
+    """Asked per character seen, not tabulated for every code point: the resident agent
+    redacts, and a table of them all would map most of the Unicode database into it."""
+    import unicodedata  # here, not at the top: the resident agent redacts ASCII lines without it
+
+    ch = chr(cp)
+    norm = unicodedata.normalize("NFKC", ch)
+    if len(norm) == 1 and norm != ch and norm.isascii():
+        return ord(norm)
+    if unicodedata.category(ch) == "Nd":
+        return 48 + unicodedata.decimal(ch)
+    return None
+
+
+def compat_view(text: str) -> str:
+    """`text` with every character `compat` maps replaced, length for length."""
+    table = {ord(ch): to for ch in set(text) if not ch.isascii() and (to := compat(ord(ch))) is not None}
+    return text.translate(table) if table else text
 
 
 def merge_view(original: str, view: str, cleaned: str) -> str:
@@ -349,6 +373,8 @@ def merge_view(original: str, view: str, cleaned: str) -> str:
         return original
     if original == view or len(view) > 4096:
         return cleaned
+    import difflib  # only for text whose compatibility view differs (full-width digits, say)
+
     out = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, view, cleaned, autojunk=False).get_opcodes():
         out.append(original[i1:i2] if op == "equal" else cleaned[j1:j2])
@@ -365,7 +391,7 @@ class Redactor:
 
     def text(self, text: str) -> str:
         if not text.isascii():
-            view = text.translate(compat_table())
+            view = compat_view(text)
             if view != text:
                 cleaned = self._passes(view)
                 originals, views, cleans = text.split("\n"), view.split("\n"), cleaned.split("\n")

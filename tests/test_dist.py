@@ -117,6 +117,49 @@ def test_x86_64_executable_runs_bare(dist, tmp_path):
     assert demo.returncode == 2 and "invalid choice: 'demo'" in demo.stderr  # the server is not in it
 
 
+def test_x86_64_agent_runs_its_workers_from_the_same_file(dist, tmp_path):
+    """`posdiag run` in the one-file executable: its workers are `posdiag worker` of the same
+    file and reuse the resident's unpacked files (one _MEI directory, however many workers);
+    a logged error becomes a bundle in the outbox; SIGTERM stops it and the files go."""
+    import signal
+    import time
+
+    bare = tmp_path / "bare"
+    home, temp = bare / "home", bare / "tmp"
+    home.mkdir(parents=True)
+    temp.mkdir()
+    program = bare / "posdiag"
+    shutil.copy2(dist[f"posdiag-{VERSION}-linux-x86_64"], program)
+    log = bare / "app.log"
+    log.write_text("")
+    config = bare / "agent.toml"
+    config.write_text(
+        f'[outbox]\ndir = "{bare / "outbox"}"\n[daemon]\nstate_dir = "{bare / "state"}"\nlog_level = "debug"\n'
+        f'snapshot_interval_seconds = 1.0\nworker_linger_seconds = 0.0\n'
+        f'[[daemon.log_sources]]\npath = "{log}"\npatterns = ["response code: (?P<code>[0-9]{{2}})"]\n'
+    )
+    stderr = bare / "agent.log"
+    command = ["env", "-i", f"HOME={home}", f"TMPDIR={temp}", str(program), "run", "--config", str(config)]
+    agent = subprocess.Popen(command, stderr=stderr.open("wb"), stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while "agent running" not in stderr.read_text(errors="replace"):
+            assert agent.poll() is None and time.monotonic() < deadline, stderr.read_text(errors="replace")
+            time.sleep(0.1)
+        with log.open("a") as fh:
+            fh.write("txn 1 response code: 51\n")
+        while "dispatch" not in (text := stderr.read_text(errors="replace")) or text.count("worker job snapshot") < 3:
+            assert time.monotonic() < deadline, text  # a snapshot a second, each in a worker of its own
+            time.sleep(0.1)
+        assert list((bare / "outbox").glob("*.tar.gz")) and "worker job diagnose" in text
+        assert len(list(temp.glob("_MEI*"))) == 1
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+    assert agent.returncode == 0
+    assert not list(temp.glob("_MEI*"))
+
+
 @contextlib.contextmanager
 def overlay_root(tmp_path: Path, without_python: bool) -> Iterator[Path]:
     """A writable throwaway view of the cached arm64 root, with /proc and /dev."""

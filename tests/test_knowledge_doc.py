@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from agent import bundle, config, pipeline
-from agent.daemon import Sources
+from agent.jobs import resident_view
+from agent.resident import ResidentConfig, Sources
 from agent.outbox import Outbox
 from agent.state import StateFile
 from probes.emulators import SimulatedTerminal
@@ -34,7 +35,8 @@ def test_the_documented_log_source_diagnoses_E3_and_3000_with_their_terminal_mea
     conf.write_text(f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n' + source, encoding="utf-8")
     with SimulatedTerminal.from_spec("healthy") as sim:
         cfg = config.load(str(conf), sim.overrides)
-        (follower,) = Sources(cfg, StateFile(tmp_path / "state" / "sources.json"), lambda event: None).followers
+        view = ResidentConfig(resident_view(cfg))
+        (follower,) = Sources(view, StateFile(tmp_path / "state" / "sources.json"), lambda event: None).followers
         follower.poll(first=True)
         with log.open("a", encoding="utf-8") as fh:
             fh.write("10:00:01 交易失败 错误码：E3\n10:00:09 签到失败 错误码: 3000\n")

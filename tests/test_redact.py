@@ -731,3 +731,25 @@ def test_a_labelled_field_exempts_whole_label_names_only(pan, data):
     assert_pan_hidden(out, pan)
     kept, _ = redact_text(f"{label}{between}{pan}")  # the whole name: documented, kept
     assert kept == f"{label}{between}{pan}"
+
+
+def test_the_compatibility_view_maps_every_code_point_as_the_full_table_did():
+    """compat() asks the Unicode database per character seen (the resident agent must not map
+    all of it); it gives what a table built over every code point gave."""
+    import itertools
+
+    from remote.redact import compat
+
+    table = {}
+    for cp in itertools.chain(range(0x80, 0x3400), range(0xF900, 0x10000), range(0x1D400, 0x1D800)):
+        ch = chr(cp)
+        norm = unicodedata.normalize("NFKC", ch)
+        if len(norm) == 1 and norm != ch and norm.isascii():
+            table[cp] = ord(norm)
+        elif unicodedata.category(ch) == "Nd":
+            table[cp] = 48 + unicodedata.decimal(ch)
+    table.update({cp: 0x20 for cp in (0x200B, 0x200C, 0x200D, 0x2060, 0xFEFF)})
+    table[0xAD] = ord("-")
+    assert len(table) > 1000
+    for cp in range(0x80, 0x20000):
+        assert compat(cp) == table.get(cp), hex(cp)

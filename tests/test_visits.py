@@ -86,6 +86,6 @@ def test_a_record_waits_while_an_older_bundle_waits(tmp_path):
 
 
 def test_the_idle_agent_loads_nothing_of_outcomes_or_learning():
-    code = "import sys, agent.daemon; print([m for m in ('agent.learned', 'agent.visits', 'agent.outcome_upload') if m in sys.modules])"
+    code = "import sys, agent.resident; print([m for m in ('agent.learned', 'agent.visits', 'agent.outcome_upload') if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"

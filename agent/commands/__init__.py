@@ -9,16 +9,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import pkgutil
 from collections.abc import Iterator
-from typing import Any
 
-from agent.config import Config
+TYPE_CHECKING = False  # typing's, without importing typing: the resident agent parses its command line here
+if TYPE_CHECKING:
+    from typing import Any
+
+    from agent.config import Config
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
+    import pkgutil
+
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        importlib.import_module(f"{__name__}.{info.name}").register(sub)
+        register(sub, info.name)
+
+
+def register(sub: argparse._SubParsersAction, name: str) -> None:
+    importlib.import_module(f"{__name__}.{name}").register(sub)
 
 
 def add_config_arg(parser: argparse.ArgumentParser) -> None:
