@@ -26,6 +26,17 @@ def run_cli(*args: str, timeout: float = 60, input: str | None = None, env: dict
     )
 
 
+def run_example(script: str, tmp: Path) -> subprocess.CompletedProcess:
+    """A ```sh block of the docs as a reader runs it: bash, from the repository root, with the
+    venv first on PATH. Its `mktemp -d` directories (every example makes its own) go under
+    `tmp`, so runs neither collide nor leave anything behind."""
+    env = {k: v for k, v in os.environ.items() if k != "POSDIAG_CONFIG"}
+    env.update(PATH=f"{POSDIAG.parent}:{os.environ['PATH']}", TMPDIR=str(tmp))
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 @pytest.fixture(scope="module")
 def support_server(tmp_path_factory):
     """A real support server (uvicorn, SQLite) on a loopback port, one per test module."""
