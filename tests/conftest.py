@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,15 @@ ROOT = Path(__file__).resolve().parent.parent
 # `make soak` sets this: fuzz examples and kill rounds are multiplied by it.
 SOAK = max(1, int(os.environ.get("POSDIAG_SOAK", "1")))
 POSDIAG = Path(sys.executable).parent / "posdiag"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_temp_directory(tmp_path_factory):
+    """TMPDIR of the test processes, and so of every program they start (servers, agents,
+    simulated terminals, the docs' `mktemp -d`), is a directory of this run: what earlier
+    runs or other programs left in /tmp is never seen, and nothing is left there."""
+    os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmpdir"))
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
 @pytest.fixture(autouse=True)
