@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "server"))
 
 from server_bundles import PASSWORD, make_bundle, sign, tar_gz  # noqa: E402
-from server_harness import fresh_pg_database, pg_reachable, start_server  # noqa: E402
+from server_harness import browser_env, fresh_pg_database, pg_reachable, start_server  # noqa: E402
 
 SUPPORT = Path(sys.executable).parent / "posdiag-support"
-__all__ = ["PASSWORD", "make_bundle", "fresh_pg_database", "pg_reachable", "sign", "start_server"]
+__all__ = ["PASSWORD", "browser_env", "make_bundle", "fresh_pg_database", "pg_reachable", "sign", "start_server"]
 
 
 SERVES = itertools.count(1)

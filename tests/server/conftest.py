@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS, running_seaweedfs, unavailable
-from server_harness import RunningServer, default_settings, fresh_pg_database, start_server
+from server_harness import RunningServer, browser_env, default_settings, fresh_pg_database, start_server
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +103,7 @@ def browser(tmp_path):
         "--no-first-run", "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'profile'}",
     ):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER, env=browser_env()), options=options)
     driver.implicitly_wait(5)
     try:
         yield driver

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 from server_kit import Serve, serving_port  # noqa: E402
 
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
+
 SUPPORT = Path(sys.executable).parent / "posdiag-support"
 
 

@@ -23,7 +23,7 @@ from remote.server import db, store
 from remote.server.fleet.schema import webhook_deliveries
 
 SECRET = "webhook-test-secret"
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.clock]  # clock: the date matters (tests/clock/run.py)
 
 
 class Receiver:
