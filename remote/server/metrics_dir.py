@@ -17,7 +17,6 @@ import re
 import shutil
 import stat
 import tempfile
-import time
 from pathlib import Path
 
 PREFIX = "posdiag-metrics-"
@@ -27,36 +26,39 @@ UNOWNED_GRACE_SECONDS = 3600.0
 
 
 def create() -> Path:
-    """A fresh directory for this process, after removing the stale ones beside it."""
-    base = Path(tempfile.gettempdir())
-    sweep(base)
-    return Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=base))
+    """A fresh directory for this process; the stale ones beside it are removed."""
+    made = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
+    sweep(made.parent, made)
+    return made
 
 
-def sweep(base: Path) -> list[Path]:
+def sweep(base: Path, made: Path) -> list[Path]:
     """Remove this user's metrics directories in `base` whose processes are all gone;
-    what was removed."""
+    what was removed. Ages are measured against the time stamp of `made`, a directory just
+    made there: the file system's clock, which may not be this process's (NFS, a clock
+    moved by faketime)."""
     removed = []
+    now = made.stat().st_mtime
     for path in base.glob(PREFIX + "*"):
         try:
             info = path.lstat()
         except OSError:
             continue
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        if path == made or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             continue  # a symlink or a file in a shared /tmp, or another user's: not ours to remove
-        if stale(path, info.st_mtime):
+        if stale(path, now - info.st_mtime):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
 
 
-def stale(path: Path, mtime: float) -> bool:
+def stale(path: Path, age_seconds: float) -> bool:
     owners = writers(path)
     named = NAMED.match(path.name)
     if named:
         owners.add(int(named.group(1)))
     if not owners:
-        return time.time() - mtime > UNOWNED_GRACE_SECONDS
+        return age_seconds > UNOWNED_GRACE_SECONDS
     return not any(alive(pid) for pid in owners)
 
 
