@@ -35,6 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SHIM = Path(__file__).resolve().parent
 STARTS_AT = "23:59:30"
+# The server tests' S3 variant: the blob store keeps no dates, and it adds a third server per
+# module. A -k after -- replaces this one.
+LEFT_OUT = "not postgresql+s3"
 
 
 def instants(now: datetime) -> list[datetime]:
@@ -75,7 +78,7 @@ def run_module(module: str, instant: datetime, libfaketime: str, pytest_args: li
     )
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "clock", module, *pytest_args],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "clock", "-k", LEFT_OUT, module, *pytest_args],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "(no output)"
