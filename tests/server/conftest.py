@@ -20,18 +20,6 @@ from server_harness import RunningServer, browser_env, default_settings, fresh_p
 
 
 @pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    with fresh_pg_database() as url:
-        yield url
-
-
-def backend_url(request: pytest.FixtureRequest, backend: str, tmp: Path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp / 'support.db'}"
-    return request.getfixturevalue("pg_database")
-
-
-@pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     """A real SeaweedFS S3 gateway for the session; skipped (with why) only if it cannot start."""
     reason = unavailable()
@@ -75,13 +63,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Each time it is made, on a fresh database: under pytest-xdist a worker runs its files in
+    the order given, not grouped by backend, so a backend's server may be made more than once."""
     tmp = tmp_path_factory.mktemp(f"server-{request.param}")
-    if request.param == "postgresql+s3":
-        settings = s3_settings(request.getfixturevalue("seaweedfs"))
-        with fresh_pg_database() as url:
-            yield from start_server(url, tmp / "data", "postgresql", settings)
+    if request.param == "sqlite":
+        yield from start_server(f"sqlite:///{tmp / 'support.db'}", tmp / "data", "sqlite")
         return
-    yield from start_server(backend_url(request, request.param, tmp), tmp / "data", request.param)
+    settings = s3_settings(request.getfixturevalue("seaweedfs")) if request.param == "postgresql+s3" else None
+    with fresh_pg_database() as url:
+        yield from start_server(url, tmp / "data", "postgresql", settings)
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
