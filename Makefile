@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 
 # pytest-xdist: the tests mostly wait (on servers, agents, emulators, subprocesses), so more
 # workers than cores; each file runs whole in one worker, its module fixtures made once.
+# The modules that assert a latency or a timeout (marked serial in tests/conftest.py) run
+# afterwards, alone.
 TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -p no:cacheprovider -m serial
 
 # The tests that depend on the date, with the clock just before midnight UTC: tonight and on
 # 31 December (tests/clock/run.py; needs libfaketime, Debian package faketime).

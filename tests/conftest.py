@@ -12,6 +12,23 @@ SOAK = max(1, int(os.environ.get("POSDIAG_SOAK", "1")))
 POSDIAG = Path(sys.executable).parent / "posdiag"
 
 
+# Modules whose tests assert a latency or a timeout window (the agent's 3 s from log line to
+# stored bundle, a reader's or printer's timeout, the server's header timeout, a linear-time
+# bound): `make test` runs them after the parallel part, one at a time, so that the other
+# workers' load does not decide them.
+SERIAL = {
+    "test_daemon.py", "test_card_reader.py", "test_printer.py", "test_modem.py", "test_pcsc.py",
+    "test_runner.py", "test_probe_trees.py", "test_redact.py",
+    "reliability/test_slow_clients.py", "reliability/test_terminal_faults.py",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(ROOT / "tests").as_posix() in SERIAL:
+            item.add_marker(pytest.mark.serial)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _own_temp_directory(tmp_path_factory):
     """TMPDIR of the test processes, and so of every program they start (servers, agents,
