@@ -36,12 +36,9 @@ SOURCES = (
 SKIP = {"__pycache__", ".pytest_cache"}
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-# libpython3.11: PyInstaller bundles it; binutils: PyInstaller's strip; adduser: the .deb's postinst
-# (the root is also where tests/test_dist.py installs the arm64 package). Every package costs
-# its maintainer scripts under qemu: python3-venv, which pulled pip's and setuptools' wheels,
-# ca-certificates (a c_rehash of every certificate) and byte-compiling postinsts, is left
-# out: the build venv is made without pip and filled from this side (freeze_in_root).
-ROOT_PACKAGES = ("python3", "libpython3.11", "binutils", "adduser")
+# libpython3.11: PyInstaller bundles it; python3-venv: the build's venv; binutils: PyInstaller's strip; adduser: the .deb's postinst
+# (the root is also where tests/test_dist.py installs the arm64 package).
+ROOT_PACKAGES = ("python3", "libpython3.11", "python3-venv", "binutils", "adduser")
 MAX_EXECUTABLE = 40 << 20
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
 
@@ -235,18 +232,12 @@ def freeze_in_root(cache: Path, arch: Arch, log: Path, out: Path) -> str:
     with mounted_proc(root):
         if not (root / venv.lstrip("/") / "bin/python").exists():
             with step(f"{arch.name}: build venv in the root"):
-                partial = root / (venv + ".partial").lstrip("/")
-                shutil.rmtree(partial, ignore_errors=True)
-                run([*chroot, "/usr/bin/python3", "-m", "venv", "--without-pip", venv + ".partial"], log, env=CLEAN_ENV)
-                # The wheels are unpacked (and byte-compiled) by this machine's pip, not by one under qemu.
-                platforms = [arg for tag in arch.platforms for arg in ("--platform", tag)]
-                run(
-                    [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels),
-                     "--only-binary=:all:", *platforms, "--implementation", "cp", "--python-version", "3.11",
-                     "--target", str(partial / "lib/python3.11/site-packages"), *requirements()],
-                    log,
-                )  # fmt: skip
-                partial.rename(root / venv.lstrip("/"))
+                shutil.copytree(wheels, build / "wheels", dirs_exist_ok=True)
+                shutil.rmtree(root / (venv + ".partial").lstrip("/"), ignore_errors=True)
+                run([*chroot, "/usr/bin/python3", "-m", "venv", venv + ".partial"], log, env=CLEAN_ENV)
+                run([*chroot, venv + ".partial/bin/python", "-m", "pip", "install", "--quiet", "--no-index",
+                     "--find-links", "/opt/build/wheels", *requirements()], log, env=CLEAN_ENV)  # fmt: skip
+                (root / (venv + ".partial").lstrip("/")).rename(root / venv.lstrip("/"))
         copy_sources(build / "src")
         shutil.rmtree(build / "dist", ignore_errors=True)
         with step(f"{arch.name}: PyInstaller under qemu"):
