@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench soak clean dist
+.PHONY: test test-clock demo bench soak clean dist
 
 $(STAMP): pyproject.toml
 	@echo "installing posdiag and its dependencies into $(VENV) (log: $(VENV)/install.log)"
@@ -14,8 +14,19 @@ $(STAMP): pyproject.toml
 		|| { cat $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
 
+# pytest-xdist: the tests mostly wait (on servers, agents, emulators, subprocesses), so more
+# workers than cores; each file runs whole in one worker, its module fixtures made once.
+# The modules that assert a latency or a timeout (marked serial in tests/conftest.py) run
+# afterwards, alone.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(PY) -m pytest -q -p no:cacheprovider -m serial
+
+# The tests that depend on the date, with the clock just before midnight UTC: tonight and on
+# 31 December (tests/clock/run.py; needs libfaketime, Debian package faketime).
+test-clock: $(STAMP)
+	$(PY) tests/clock/run.py
 
 demo: $(STAMP)
 	$(VENV)/bin/posdiag demo

@@ -6,9 +6,11 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from agent import bundle
+from agent import bundle, outbox
+from agent.state import StateFile
 from tests.conftest import POSDIAG
 
 PATTERN = r"(?:response code|应答码)[:=]\s*(?P<code>[0-9A-Z]{2})"
@@ -57,17 +59,50 @@ scheme = "iso8583"
 """
         )
 
+    @property
+    def state(self) -> Path:
+        """Where the agent saves its log positions."""
+        return self.workdir / "state" / "sources.json"
+
     def start(self) -> None:
+        """Start `posdiag run` and return once it follows its log: its first look at the log
+        saves the position it starts from (on a first start, the log's end: lines written
+        before then are not new errors), which replaces the state file."""
+        before = inode(self.state)
         self.proc = subprocess.Popen(
             [str(POSDIAG), "run", "--config", str(self.config), "--simulate", "healthy"],
             stderr=self.stderr.open("ab"),
             env={**os.environ, **(self.env or {})},
         )
-        deadline = time.monotonic() + 15
-        while "agent running" not in self.stderr.read_text(errors="replace"):
-            assert time.monotonic() < deadline and self.proc.poll() is None, self.stderr.read_text()
+        self.wait_until(
+            lambda: "agent running" in self.stderr.read_text(errors="replace") and inode(self.state) != before,
+            15, "the agent to start and save its log position",
+        )  # fmt: skip
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll `condition` until it holds; fail naming `what`, with the agent's log, if it
+        does not within `timeout` seconds or the agent exits first."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            running = self.proc is not None and self.proc.poll() is None
+            assert running and time.monotonic() < deadline, f"waited for {what}: {self.stderr.read_text(errors='replace')[-3000:]}"
             time.sleep(0.05)
-        time.sleep(0.2)
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        self.wait_until(lambda: text in self.stderr.read_text(errors="replace"), timeout, repr(text))
+
+    def wait_idle(self, timeout: float) -> None:
+        """Until the agent is done with everything it was given: every line of its log
+        committed (which happens only once its bundle is in the outbox) and the outbox empty
+        (a bundle leaves it only when the server has confirmed it). Nothing more reaches the
+        server after this unless something new happens: a test that counts bundles waits for
+        this, not for a while."""
+
+        def idle() -> bool:
+            committed = StateFile(self.state).load().get(f"log:{self.log}", {}).get("offset")
+            return committed == self.log.stat().st_size and not outbox.scan(self.outbox)
+
+        self.wait_until(idle, timeout, "the agent to commit its log and empty its outbox")
 
     def stop(self, sig=signal.SIGTERM) -> float:
         t0 = time.monotonic()
@@ -99,3 +134,10 @@ scheme = "iso8583"
         raw = self.server.get(f"/api/v1/bundles/{bundle_id}/download").content
         _, members = bundle.read(raw)
         return [json.loads(line) for line in members["events.jsonl"].decode().splitlines() if line]
+
+
+def inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None

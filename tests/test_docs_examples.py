@@ -1,16 +1,13 @@
 """The documentation as written: every ```sh block of README.md and docs/*.md runs from the repo
-root with the venv first on PATH, and docs/configuration.md describes every key of the packaged
-config."""
+root with the venv first on PATH, each in a directory of its own, and docs/configuration.md
+describes every key of the packaged config."""
 
-import os
 import re
-import subprocess
-import sys
 import tomllib
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_example
 
 # docs/knowledge.md runs its own blocks (tests/test_knowledge_doc.py).
 OWN_TEST = {"docs/knowledge.md"}
@@ -56,25 +53,21 @@ def block_id(block: tuple[str, str]) -> str:
 
 
 @pytest.mark.parametrize("block", sh_blocks(), ids=block_id)
-def test_every_shell_example_runs_as_written(block):
+def test_every_shell_example_runs_as_written(block, tmp_path):
     name, script = block
     if (name, script.splitlines()[0]) in NOT_RUNNABLE:
         pytest.skip("needs root, a network, real hardware or a long build")
-    env = {
-        **os.environ,
-        "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
-    }
-    env.pop("POSDIAG_CONFIG", None)
-    proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_example(script, tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_no_example_that_runs_uses_a_fixed_path_in_tmp():
+    """What a fixed /tmp path holds depends on earlier runs, and two runs collide: an example
+    makes its own directory (`mktemp -d`)."""
+    knowledge = re.findall(r"```sh\n(.*?)```", (ROOT / "docs/knowledge.md").read_text(encoding="utf-8"), flags=re.S)
+    runnable = [s for n, s in sh_blocks() if (n, s.splitlines()[0]) not in NOT_RUNNABLE] + knowledge
+    assert len(runnable) > 10
+    assert [s.splitlines()[0] for s in runnable if "/tmp/" in s] == []
 
 
 def key_paths(table: dict, prefix: str = "") -> list[str]:

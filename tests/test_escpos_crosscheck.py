@@ -70,7 +70,9 @@ def test_escpos_text_and_cut_land_in_the_emulator_as_print_data():
             client.cut()
         finally:
             client.close()
-        time.sleep(0.05)
+        deadline = time.monotonic() + 3
+        while b"posdiag\n" not in device.printed and time.monotonic() < deadline:
+            time.sleep(0.01)  # the emulator reads the pty in its own thread
         assert b"posdiag\n" in device.printed and device.received == device.printed
 
 

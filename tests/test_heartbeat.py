@@ -14,6 +14,8 @@ from agent.outbox import Outbox
 from probes.contract import config_file
 from probes.emulators import SimulatedTerminal
 
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
+
 HEALTH_KEYS = {
     "battery_pct", "battery_wear_ratio", "battery_cycle_count", "emmc_life_used_pct",
     "free_mib", "signal_dbm", "max_temp_c", "memory_available_mib",

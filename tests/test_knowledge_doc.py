@@ -2,10 +2,7 @@
 into diagnoses through the agent's real log source and pipeline; its shell examples run."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -15,7 +12,7 @@ from agent.resident import ResidentConfig, Sources
 from agent.outbox import Outbox
 from agent.state import StateFile
 from probes.emulators import SimulatedTerminal
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_example
 
 DOC = (ROOT / "docs" / "knowledge.md").read_text(encoding="utf-8")
 TERMINAL_MEANING = "generic terminal error (no public definition; the checks decide)"
@@ -58,12 +55,8 @@ def test_the_documented_log_source_diagnoses_E3_and_3000_with_their_terminal_mea
 
 
 @pytest.mark.parametrize("script", blocks("sh"), ids=lambda s: s.splitlines()[-1][:40])
-def test_every_shell_example_runs_as_written(script):
-    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-    env.pop("POSDIAG_CONFIG", None)
-    proc = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+def test_every_shell_example_runs_as_written(script, tmp_path):
+    proc = run_example(script, tmp_path)
     assert proc.returncode == 0, proc.stderr
 
 

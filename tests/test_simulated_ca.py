@@ -8,6 +8,8 @@ from agent.runner import run_probes
 from probes.contract.errors import UsageError
 from probes.emulators import SimulatedTerminal, _ca, acquirer
 
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
+
 
 def network_findings(spec: str) -> set[str]:
     with SimulatedTerminal.from_spec(spec) as terminal:

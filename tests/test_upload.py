@@ -18,6 +18,8 @@ from remote.client import Client, Halt, parse_retry_after
 from tests.conftest import ROOT, run_cli
 from tests.uploadserver import UploadServer, free_port
 
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
+
 TOKEN = "upload-token"
 
 

@@ -21,6 +21,7 @@ import argparse
 import getpass
 import os
 import shutil
+import signal
 import socket
 import sys
 import tomllib
@@ -162,35 +163,52 @@ def engine(args: argparse.Namespace):  # -> Engine
 DB_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
-def serve_problem(url: str, host: str, port: int) -> str | None:
-    """Why `serve` cannot start with this database URL and address, checked before anything
+def serve_problem(url: str, port: int) -> str | None:
+    """Why `serve` cannot start with this database URL and port, checked before anything
     is printed or any worker starts; None when it can."""
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in DB_SCHEMES:
         return f"unsupported database URL {url.split('://', 1)[0]}://...: use sqlite:///PATH or postgresql://USER@HOST/DB"
     if not 0 <= port <= 65535:  # 0: any free port
         return f"port {port} is out of range (0-65535)"
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            probe.bind((host, port))
-    except OSError as exc:
-        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
     return None
 
 
+def reserve_address(host: str, port: int) -> socket.socket:
+    """host:port bound, not listening, with SO_REUSEADDR as uvicorn binds: a port in use is
+    refused before anything starts, port 0 becomes the real port serve prints, and no other
+    program can take that port before uvicorn listens on it (Linux lets uvicorn's bind sit
+    beside a bound socket that does not listen). Kept open until serve exits."""
+    from probes.contract.errors import UsageError
+
+    reserved = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reserved.bind((host, port))
+    except OSError as exc:
+        reserved.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return reserved
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from probes.contract.errors import UsageError
+
+    problem = serve_problem(args.db or "sqlite://", args.port)
+    if problem:
+        raise UsageError(problem)
+    with reserve_address(args.host, args.port) as reserved:
+        return serve(args, reserved.getsockname()[1])
+
+
+def serve(args: argparse.Namespace, port: int) -> int:
+    """Serve on `port` (reserved by the caller) until SIGTERM or SIGINT."""
     import uvicorn
 
-    from probes.contract.errors import UsageError
     from remote.server import preflight, retention
     from remote.server.logs import log_config
     from remote.server.metrics import Metrics
     from remote.server.service import open_blobs
-
-    problem = serve_problem(args.db or "sqlite://", args.host, args.port)
-    if problem:
-        raise UsageError(problem)
 
     os.environ["POSDIAG_SUPPORT_DB"] = db_url(args)
     os.environ["POSDIAG_SUPPORT_DATA"] = str(Path(args.data).resolve())
@@ -211,13 +229,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     janitor = retention.Janitor(eng, blobs, settings.retention, metrics)
     janitor.start()
-    print(f"posdiag-support: serving on http://{args.host}:{args.port}/ (blobs: {blobs.describe()})", file=sys.stderr)
+    print(f"posdiag-support: serving on http://{args.host}:{port}/ (blobs: {blobs.describe()})", file=sys.stderr)
     try:
         uvicorn.run(
             "remote.server.cli:app_from_env",
             factory=True,
             host=args.host,
-            port=args.port,
+            port=port,
             workers=args.workers,
             log_config=log_config(args.access_log),
             log_level=None,
@@ -236,12 +254,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-def metrics_dir() -> None:
-    """A fresh directory for every worker's samples (remote/server/metrics.py); set before
-    prometheus_client is first imported, in this process and (inherited) in each worker."""
-    import tempfile
-
-    os.environ[METRICS_DIR_ENV] = tempfile.mkdtemp(prefix="posdiag-metrics-")
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends serve through its `finally` blocks (the retention thread, the SQLite
+    lease, the metrics directory). While it serves, uvicorn handles SIGTERM itself, shuts
+    down gracefully and then raises the signal again for the handler it found: this one."""
+    raise SystemExit(0)
 
 
 def app_from_env():  # -> FastAPI; uvicorn's factory, also in each worker process
@@ -406,8 +423,14 @@ def cmd_user_remove(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    scratch = None
     if args.command == "serve":
-        metrics_dir()
+        from remote.server import metrics_dir
+
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
+        # Set before prometheus_client is first imported, here and (inherited) in each worker.
+        scratch = metrics_dir.create()
+        os.environ[METRICS_DIR_ENV] = str(scratch)
     from sqlalchemy.exc import SQLAlchemyError
 
     from probes.contract.errors import PosdiagError
@@ -422,8 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        if args.command == "serve":
-            shutil.rmtree(os.environ[METRICS_DIR_ENV], ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

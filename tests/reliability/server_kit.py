@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -26,20 +26,25 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "server"))
 
 from server_bundles import PASSWORD, make_bundle, sign, tar_gz  # noqa: E402
-from server_harness import fresh_pg_database, pg_reachable, start_server  # noqa: E402
+from server_harness import browser_env, fresh_pg_database, pg_reachable, start_server  # noqa: E402
 
 SUPPORT = Path(sys.executable).parent / "posdiag-support"
-__all__ = ["PASSWORD", "make_bundle", "fresh_pg_database", "pg_reachable", "sign", "start_server"]
+__all__ = ["PASSWORD", "browser_env", "make_bundle", "fresh_pg_database", "pg_reachable", "sign", "start_server"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVES = itertools.count(1)
+
+
+def serving_port(stderr: str) -> int | None:
+    """The port in serve's `serving on http://HOST:PORT/` line, once it is printed."""
+    found = re.search(r"serving on http://\S+?:(\d+)/", stderr)
+    return int(found.group(1)) if found else None
 
 
 class Serve:
-    """One `posdiag-support serve` process; restartable on the same port, database and data."""
+    """One `posdiag-support serve` process; restartable on the same port, database and data.
+    The first start listens on a port the system picks (`--port 0`, read from what serve
+    prints), so parallel tests never race for one; a restart asks for the same port again."""
 
     def __init__(
         self, db_url: str, data: Path, logs: Path, access_log: bool = False, workers: int = 1,
@@ -52,10 +57,15 @@ class Serve:
         self.access_log, self.workers = access_log, workers
         self.config, self.files_limit = config, files_limit
         self.extra, self.env, self.prefix = list(extra), env, list(prefix)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0
+        self.name = f"serve-{next(SERVES)}"
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+
+    @property
+    def url(self) -> str:
+        assert self.port, "not started yet"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30) -> None:
         self.starts += 1
@@ -63,8 +73,9 @@ class Serve:
         cmd += ["--workers", str(self.workers)] + (["--access-log"] if self.access_log else []) + self.extra
         cmd += ["--config", str(self.config)] if self.config else []
         self.logs.mkdir(parents=True, exist_ok=True)
-        out = open(self.logs / f"stdout-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115 (kept by the child)
-        err = open(self.logs / f"stderr-{self.port}-{self.starts}.log", "wb")  # noqa: SIM115
+        out = open(self.logs / f"{self.name}-{self.starts}-stdout.log", "wb")  # noqa: SIM115 (kept by the child)
+        err_path = self.logs / f"{self.name}-{self.starts}-stderr.log"
+        err = open(err_path, "wb")  # noqa: SIM115
         env = dict(os.environ, **self.env) if self.env else None
         limit = self.files_limit
 
@@ -81,13 +92,16 @@ class Serve:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited {self.proc.returncode}: {self.output()[-2000:]}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
+            if not self.port:
+                self.port = serving_port(err_path.read_text(errors="replace")) or 0
+            else:
+                try:
+                    if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                        return
+                except requests.RequestException:
+                    pass
             time.sleep(0.05)
-        raise RuntimeError("serve did not come up")
+        raise RuntimeError(f"serve did not come up: {self.output()[-2000:]}")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown handler, no flush, no WAL checkpoint."""
@@ -105,7 +119,7 @@ class Serve:
                 self.proc.wait(5)
 
     def output(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob(f"*-{self.port}-*.log")))
+        return "".join(p.read_text(errors="replace") for p in sorted(self.logs.glob(f"{self.name}-*.log")))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from server_kit import PASSWORD, make_bundle, rebuild, signed_in, start_server
+from server_kit import PASSWORD, browser_env, make_bundle, rebuild, signed_in, start_server
 
 from tests.conftest import ROOT
 
@@ -66,7 +66,7 @@ def browser(tmp_path):
         f"--user-data-dir={tmp_path / 'profile'}",
     ):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path, env=browser_env()), options=options)
     try:
         yield driver
     finally:

@@ -23,6 +23,7 @@ from probes.contract.records import Status
 from probes.emulators import SimulatedTerminal
 
 LIBFAKETIME = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), None)
+CLOCK_SHIM = Path(__file__).resolve().parents[1] / "clock"
 
 
 @contextlib.contextmanager
@@ -71,7 +72,7 @@ def test_disk_full_under_the_outbox_is_logged_retried_and_loses_nothing(agent):
         assert not [p for p in a.outbox.iterdir() if p.name.startswith(".tmp")], "a half-written bundle was left"
         filler.unlink()
         found = a.wait_for(1, 6.0)
-        time.sleep(1.0)
+        a.wait_idle(6.0)
         assert [b["code"] for b in a.bundles()] == ["96"] == [b["code"] for b in found]
         a.stop()
 
@@ -99,6 +100,7 @@ def test_wall_clock_jumping_back_and_forward_loses_and_duplicates_nothing(agent,
         "FAKETIME_TIMESTAMP_FILE": str(offset),
         "FAKETIME_NO_CACHE": "1",
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # an NTP step moves the wall clock only
+        "PYTHONPATH": str(CLOCK_SHIM),  # time.sleep as without libfaketime (tests/clock/sitecustomize.py)
     }
     a = agent(env=env, settle_seconds=0.2, max_wait_seconds=0.5)
     a.start()
@@ -107,9 +109,8 @@ def test_wall_clock_jumping_back_and_forward_loses_and_duplicates_nothing(agent,
         offset.write_text(jump + "\n")
         a.write(f"txn response code: {code}")
         codes.append(code)
-        time.sleep(0.6)
+        a.wait_idle(15.0)  # diagnosed and uploaded under this clock before it jumps again
     found = a.wait_for(len(codes), 8.0)
-    time.sleep(1.0)
     assert sorted(b["code"] for b in a.bundles()) == sorted(codes) == sorted(b["code"] for b in found)
     assert a.proc.poll() is None
     assert a.stop() < 2.0

@@ -16,19 +16,7 @@ from pathlib import Path
 
 import pytest
 from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS, running_seaweedfs, unavailable
-from server_harness import RunningServer, default_settings, fresh_pg_database, start_server
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    with fresh_pg_database() as url:
-        yield url
-
-
-def backend_url(request: pytest.FixtureRequest, backend: str, tmp: Path) -> str:
-    if backend == "sqlite":
-        return f"sqlite:///{tmp / 'support.db'}"
-    return request.getfixturevalue("pg_database")
+from server_harness import RunningServer, browser_env, default_settings, fresh_pg_database, start_server
 
 
 @pytest.fixture(scope="session")
@@ -75,13 +63,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """Each time it is made, on a fresh database: under pytest-xdist a worker runs its files in
+    the order given, not grouped by backend, so a backend's server may be made more than once."""
     tmp = tmp_path_factory.mktemp(f"server-{request.param}")
-    if request.param == "postgresql+s3":
-        settings = s3_settings(request.getfixturevalue("seaweedfs"))
-        with fresh_pg_database() as url:
-            yield from start_server(url, tmp / "data", "postgresql", settings)
+    if request.param == "sqlite":
+        yield from start_server(f"sqlite:///{tmp / 'support.db'}", tmp / "data", "sqlite")
         return
-    yield from start_server(backend_url(request, request.param, tmp), tmp / "data", request.param)
+    settings = s3_settings(request.getfixturevalue("seaweedfs")) if request.param == "postgresql+s3" else None
+    with fresh_pg_database() as url:
+        yield from start_server(url, tmp / "data", "postgresql", settings)
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -103,7 +93,7 @@ def browser(tmp_path):
         "--no-first-run", "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'profile'}",
     ):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER, env=browser_env()), options=options)
     driver.implicitly_wait(5)
     try:
         yield driver

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -76,6 +77,13 @@ class RunningServer:
 
     def post(self, path: str, user: str = "support", **kw) -> requests.Response:
         return requests.post(self.url + path, auth=(user, PASSWORD), timeout=30, **kw)
+
+
+def browser_env() -> dict[str, str]:
+    """Chromium's environment. The browser is a support person's, on its own clock: a clock
+    run (tests/clock/run.py) moves the servers' and the tests' clocks, not the browser's
+    (Chromium hangs at start under libfaketime)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
 
 
 def default_settings():

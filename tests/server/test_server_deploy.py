@@ -1,9 +1,13 @@
 """`posdiag-support serve`, `check` and `gc` as real processes: what serve refuses to start
-on, one /metrics for all workers, what check prints, what gc would remove and removes."""
+on, one /metrics for all workers, what check prints, what gc would remove and removes, the
+port serve prints and the metrics directories it leaves (none)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +25,9 @@ from remote.server import db, store
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "reliability"))
-from server_kit import Serve  # noqa: E402
+from server_kit import Serve, serving_port  # noqa: E402
+
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
 
 SUPPORT = Path(sys.executable).parent / "posdiag-support"
 
@@ -159,6 +165,17 @@ def test_serve_with_a_malformed_s3_url_is_a_one_line_error(tmp_path, bad):
     assert "Traceback" not in result.stderr
 
 
+def removed_total(servers: list[Serve]) -> dict[str, float]:
+    """posdiag_retention_removed_total by kind, summed over `servers`."""
+    removed = {"rows": 0.0, "blobs": 0.0}
+    for s in servers:
+        for line in requests.get(s.url + "/metrics", timeout=10).text.splitlines():
+            for kind in removed:
+                if line.startswith(f'posdiag_retention_removed_total{{kind="{kind}"}}'):
+                    removed[kind] += float(line.split()[-1])
+    return removed
+
+
 def test_two_servers_run_retention_in_the_background_and_count_each_removal_once(tmp_path):
     with fresh_pg_database() as url:
         tid, token = enrol(url)
@@ -182,15 +199,77 @@ def test_two_servers_run_retention_in_the_background_and_count_each_removal_once
                 time.sleep(0.5)
             engine.dispose()
             assert sorted(left) == sorted(ids[4:])
-            time.sleep(1)
-            removed = {"rows": 0.0, "blobs": 0.0}
-            for s in servers:
-                for line in requests.get(s.url + "/metrics", timeout=10).text.splitlines():
-                    for kind in removed:
-                        if line.startswith(f'posdiag_retention_removed_total{{kind="{kind}"}}'):
-                            removed[kind] += float(line.split()[-1])
+            deadline = time.monotonic() + 30  # each pass counts what it removed after its commit
+            while (removed := removed_total(servers)) != {"rows": 4.0, "blobs": 4.0} and time.monotonic() < deadline:
+                time.sleep(0.2)
         finally:
             for s in servers:
                 s.stop()
     assert removed == {"rows": 4.0, "blobs": 4.0}
     assert len(list((tmp_path / "blobs").glob("*/*"))) == 2
+
+
+def serve_in(tmp: Path, data: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    """`serve --port 0` with its own temp directory; the process and the port it printed."""
+    err = data.parent / f"{data.name}-stderr.log"
+    proc = subprocess.Popen(
+        [str(SUPPORT), "--data", str(data), "serve", "--port", "0", *args],
+        stdout=subprocess.DEVNULL, stderr=err.open("wb"), env=dict(os.environ, TMPDIR=str(tmp)), cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (port := serving_port(err.read_text(errors="replace"))):
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+        time.sleep(0.05)
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc, port
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_port_0_prints_the_port_it_got_and_sigterm_leaves_no_metrics_directory(tmp_path, workers):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc, port = serve_in(scratch, tmp_path / "data", "--workers", workers)
+    assert port != 0
+    (mine,) = scratch.glob("posdiag-metrics-*")
+    assert mine.name.startswith(f"posdiag-metrics-{proc.pid}-")
+    assert "posdiag_bundles_received_total" in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert list(scratch.iterdir()) == []
+
+
+def test_serve_removes_the_metrics_directories_of_servers_that_are_gone(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    gone, alive = ended.pid, os.getpid()
+    old = scratch.stat().st_mtime - 2 * 3600  # by the file system's clock, as serve measures
+    made = {  # name: (files in it, modified at)
+        f"posdiag-metrics-{gone}-a1b2c3d4": ([], None),  # its serve was SIGKILLed
+        f"posdiag-metrics-{alive}-e5f6g7h8": ([], None),  # its serve runs
+        "posdiag-metrics-k9l0m1n2": ([f"counter_{gone}.db", f"histogram_{gone}.db"], None),  # an older release's
+        "posdiag-metrics-o3p4q5r6": ([f"counter_{alive}.db"], old),
+        "posdiag-metrics-s7t8u9v0": ([], old),  # nobody ever wrote in it, two hours ago
+        "posdiag-metrics-w1x2y3z4": ([], None),  # nobody wrote in it yet
+    }
+    for name, (files, modified) in made.items():
+        (scratch / name).mkdir()
+        for file in files:
+            (scratch / name / file).write_bytes(b"\0" * 64)
+        if modified:
+            os.utime(scratch / name, (modified, modified))
+    (scratch / "posdiag-metrics-not-a-directory").write_text("")
+    kept = {f"posdiag-metrics-{alive}-e5f6g7h8", "posdiag-metrics-o3p4q5r6", "posdiag-metrics-w1x2y3z4", "posdiag-metrics-not-a-directory"}
+
+    proc, _ = serve_in(scratch, tmp_path / "data")
+    running = {p.name for p in scratch.iterdir()}
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    (own,) = running - kept
+    assert own.startswith(f"posdiag-metrics-{proc.pid}-")
+    assert {p.name for p in scratch.iterdir()} == kept

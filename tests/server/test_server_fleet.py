@@ -20,7 +20,7 @@ from remote.server.fleet.problems import rebuild_counts
 from remote.server.fleet.schema import problem_counts, problem_terminals
 
 # A simulated fleet is a few hundred requests through the real API: more than the default limit.
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.clock]  # clock: the date matters (tests/clock/run.py)
 
 
 def sim_settings():

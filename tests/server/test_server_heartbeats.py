@@ -15,6 +15,8 @@ from server_harness import default_settings, fresh_pg_database, start_server
 
 from remote.server import db
 
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
+
 AHEAD_SECONDS = 3600.0
 PAN = "4111111111111111"
 

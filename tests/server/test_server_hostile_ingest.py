@@ -21,6 +21,8 @@ from test_server_ingest import assert_error, assert_serving, stored_count
 
 from remote.server.db import bundle_views
 
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
+
 PAN = "4111 1111 1111 1111"
 
 

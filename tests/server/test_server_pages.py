@@ -7,9 +7,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 import sqlalchemy as sa
 from server_bundles import PASSWORD, make_bundle
+
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
 
 XSS = '<script>alert("x")</script>'
 

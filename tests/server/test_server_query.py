@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from server_bundles import make_bundle
 
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
+
 
 def iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")

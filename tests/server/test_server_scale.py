@@ -20,6 +20,8 @@ from server_harness import default_settings, fresh_pg_database, start_server
 from remote.server import db, retention, store
 from remote.server.blobs import BlobError, DirectoryBlobs, open_store
 
+pytestmark = pytest.mark.clock  # the date matters: tests/clock/run.py runs this module at midnight
+
 BACKENDS = ["sqlite", "postgresql", "postgresql+s3"]
 
 
