@@ -28,12 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
 # What the executable is made from: the terminal side and its data, not the server.
-SOURCES = (
-    "agent", "probes", "config", "remote/__init__.py", "remote/client.py", "remote/commands.py",
-    "remote/link.py", "remote/redact.py", "remote/wire.py", "remote/logtext.py", "remote/server_settings.py",
-    "packaging/posdiag.spec", "packaging/entry.py",
-)  # fmt: skip
+# What the terminal executable is made of: everything but the support server (which the
+# spec leaves out too), so a new module of the terminal's is never missing from the build.
+SOURCES = ("agent", "probes", "config", "remote", "packaging/posdiag.spec", "packaging/entry.py")
 SKIP = {"__pycache__", ".pytest_cache"}
+SERVER_ONLY = {"remote/server"}
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # libpython3.11: PyInstaller bundles it; python3-venv: the build's venv; binutils: PyInstaller's strip; adduser: the .deb's postinst
@@ -86,7 +85,8 @@ def source_files() -> list[Path]:
             files.append(path)
             continue
         for dirpath, dirnames, filenames in os.walk(path):
-            dirnames[:] = sorted(d for d in dirnames if d not in SKIP)
+            here = Path(dirpath).relative_to(ROOT)
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIP and (here / d).as_posix() not in SERVER_ONLY)
             files += [Path(dirpath) / f for f in sorted(filenames) if not f.endswith(".pyc")]
     return files
 
