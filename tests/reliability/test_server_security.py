@@ -44,7 +44,21 @@ ACCESS = {
     ("get", "/api/v1/problems/{problem_id}"): "users",
     ("get", "/api/v1/incidents"): "users",
     ("get", "/api/v1/incidents/{incident_id}"): "users",
+    ("post", "/api/v1/outcomes"): "terminal",
+    ("get", "/api/v1/terminals/{terminal_id}/learned"): "terminal",
+    ("post", "/api/v1/bundles/{bundle_id}/outcome"): "users",
+    ("get", "/api/v1/bundles/{bundle_id}/outcome"): "users",
+    ("get", "/api/v1/outcomes/measures"): "users",
+    ("get", "/api/v1/learning"): "users",
+    ("get", "/api/v1/learning/table"): "users",
+    ("post", "/api/v1/learning/switch"): "admin",
+    ("post", "/api/v1/learning/revert"): "admin",
+    ("post", "/api/v1/learning/resume"): "admin",
+    ("post", "/api/v1/learning/rebuild"): "admin",
 }
+# An allowed caller's answer when the request is right but names nothing there: reverting
+# to a table version no model has is 404 once access is granted.
+ALLOWED_NOT_FOUND = {("post", "/api/v1/learning/revert")}
 PRINCIPALS = ("nobody", "terminal", "other_terminal", "support", "technician", "admin")
 
 
@@ -113,9 +127,37 @@ def call(server, method: str, path: str, who: str, tid: str, tokens: dict[str, s
         kw["json"] = {"id": f"NEW-{uuid.uuid4().hex[:8]}"}
     elif (method, path) == ("post", "/api/v1/heartbeats"):
         kw["json"] = {"terminal_id": tid, "sent_at": "2026-01-01T00:00:00Z"}
+    elif (method, path) == ("post", "/api/v1/outcomes"):
+        kw["json"] = outcome_record(tokens[tid], tid, stored_id)
+    elif (method, path) == ("post", "/api/v1/bundles/{bundle_id}/outcome"):
+        kw["json"] = {"found": "nothing"}
+    elif (method, path) == ("post", "/api/v1/learning/switch"):
+        kw["json"] = {"enabled": True, "model": "ACCESS-MODEL"}
+    elif (method, path) == ("post", "/api/v1/learning/revert"):
+        kw["json"] = {"model": "ACCESS-MODEL", "version": 999}
+    elif (method, path) == ("post", "/api/v1/learning/resume"):
+        kw["json"] = {"model": "ACCESS-MODEL"}
+    elif (method, path) == ("post", "/api/v1/learning/rebuild"):
+        pass
+    elif (method, path) == ("get", "/api/v1/learning/table"):
+        kw["params"] = {"model": "ACCESS-MODEL"}
     elif method == "post":
         kw["json"] = {"probes": ["printer"]}
     return requests.request(method, url, **kw)
+
+
+def outcome_record(token: str, tid: str, bundle_id: str) -> dict:
+    """A signed posdiag.outcome/1 record about the terminal's own stored bundle."""
+    import hashlib
+
+    from remote.outcome_wire import record_signature
+
+    record = {
+        "schema": "posdiag.outcome/1", "outcome_id": str(uuid.uuid4()), "terminal_id": tid, "bundle_id": bundle_id,
+        "found": "nothing", "fixed": None, "note": "", "by": "tech", "visited_at": "2026-01-01T00:00:00.000000Z",
+    }  # fmt: skip
+    record["signature"] = record_signature(hashlib.sha256(token.encode("utf-8")).digest(), record)
+    return record
 
 
 def fleet_ids(server, bundle_id: str) -> dict[str, str]:
@@ -156,7 +198,9 @@ def test_each_operation_answers_only_who_may(pair, method, path):
     }[rule]
     for who in PRINCIPALS:
         status = call(server, method, path, who, tid, tokens).status_code
-        if who in allowed:
+        if who in allowed and (method, path) in ALLOWED_NOT_FOUND:
+            assert status == 404, (who, status)
+        elif who in allowed:
             assert 200 <= status < 300, (who, status)
         elif who == "other_terminal" and path == "/api/v1/bundles":
             # Another terminal's bundle fails the signature under this token, which is
