@@ -380,7 +380,8 @@ def read_password(given: str | None) -> str:
 def cmd_user_add(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    store.add_user(engine(args), args.name, args.role, read_password(args.password))
+    least = settings_for(args).password_min_length
+    store.add_user(engine(args), args.name, args.role, read_password(args.password), least)
     print(f"user {args.name} ({args.role}) added", file=sys.stderr)
     return 0
 
@@ -400,7 +401,7 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
     eng = engine(args)
     if store.get_user(eng, args.name) is None:
         raise store.StoreError("no_user", f"no user {args.name!r}")
-    store.set_password(eng, args.name, read_password(args.password))
+    store.set_password(eng, args.name, read_password(args.password), settings_for(args).password_min_length)
     print(f"user {args.name}: password changed", file=sys.stderr)
     return 0
 

@@ -8,6 +8,7 @@ sort as text the same way on both databases and `substr(t, 1, 10)` is the day.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -52,8 +53,23 @@ users = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("password_hash", sa.String(256), nullable=False),
     sa.Column("created_at", TIME, nullable=False),
-    sa.Column("sessions_after", TIME),  # set by a password change: sessions issued before it are over
+    # Who a session belongs to (auth.py): a random identity, new for every user created (a
+    # user re-created under a removed user's name is someone else), and a generation that a
+    # password or role change raises (NULL reads as 0). Nullable: added to older databases.
+    sa.Column("uid", sa.String(32)),
+    sa.Column("generation", sa.Integer),
+    sa.Index("ix_users_uid", "uid", unique=True),
 )
+
+
+def _fill_user_ids(conn: sa.Connection) -> None:
+    """Users made before identities were kept get one each (their old cookies named them
+    by name only, and are no longer read)."""
+    for name in conn.execute(sa.select(users.c.name).where(users.c.uid.is_(None))).scalars().all():
+        conn.execute(users.update().where(users.c.name == name).values(uid=secrets.token_hex(16), generation=0))
+
+
+users.c.uid.info["fill"] = _fill_user_ids
 
 # Per-user page settings; a table of its own so that adding one needs no change to `users`.
 user_prefs = sa.Table(
@@ -220,6 +236,14 @@ def writing(engine: Engine) -> Iterator[sa.Connection]:
     lock = _SQLITE_WRITERS.setdefault(id(engine), threading.Lock())
     with lock, engine.begin() as conn:
         yield conn
+
+
+def lock_for_writing(conn: sa.Connection) -> None:
+    """On SQLite, take the database's write lock now, before the transaction's reads: the
+    driver begins a transaction only at its first write, so reads before it see a moment that
+    another process's commit may already have changed (PostgreSQL: SELECT ... FOR UPDATE)."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(server_keys.update().where(sa.false()).values(value=server_keys.c.value))
 
 
 def create_schema(engine: Engine) -> None:
