@@ -165,6 +165,22 @@ signin_failures = sa.Table(
     sa.Column("failures", sa.Integer, nullable=False),
 )
 
+# Administration actions (remote/server/audit.py): who, when, from where, what, to which object.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", TIME, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("source", sa.String(8), nullable=False),  # web | api | cli
+    sa.Column("action", sa.String(32), nullable=False),  # user.add, terminal.revoke, ...
+    sa.Column("object_kind", sa.String(16), nullable=False),  # user | terminal
+    sa.Column("object_id", sa.String(128), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON object: what changed, never a secret
+    sa.Index("ix_audit_at", "at", "id"),
+    sa.Index("ix_audit_object", "object_kind", "object_id", "at"),
+)
+
 # Sessions ended by sign-out before their cookie expires.
 revoked_sessions = sa.Table(
     "revoked_sessions",

@@ -151,6 +151,20 @@ def terminal_for_token(engine: Engine, token: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def enrolled_terminals(engine: Engine, prefix: str, after: str, limit: int) -> list[dict[str, Any]]:
+    """Terminals by id after `after` whose id starts with `prefix` (case-insensitive), with
+    enrolment and revocation times only (no bundle counts: a page of an enrolment list must
+    not scan every bundle)."""
+    query = sa.select(terminals.c.id, terminals.c.created_at, terminals.c.revoked_at).order_by(terminals.c.id).limit(limit)
+    if prefix:
+        escaped = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(sa.func.lower(terminals.c.id).like(escaped + "%", escape="\\"))
+    if after:
+        query = query.where(terminals.c.id > after)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
 # -- users --------------------------------------------------------------------------------
 
 
