@@ -50,7 +50,8 @@ async def audit_log(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> Any:
-    filters = {k: v for k, v in {"actor": actor, "action": action, "object_kind": object_kind, "object_id": object_id}.items() if v}
+    given = {"actor": actor, "action": action, "object_kind": object_kind, "object_id": object_id}
+    filters = {k: v for k, v in given.items() if v}
     try:
         items, next_cursor = await run_in_threadpool(audit.entries, service(request).engine, filters, limit, cursor)
     except ValueError as exc:

@@ -55,7 +55,10 @@ def admin_page(request: Request, name: str, user: User, status: int = 200, **con
     return render(request, name, status=status, user=user, a=words(request), **context)
 
 
-async def record(request: Request, user: User, action: str, kind: str, object_id: str, detail: dict[str, Any] | None = None) -> None:
+async def record(
+    request: Request, user: User, action: str, kind: str, object_id: str, detail: dict[str, Any] | None = None
+) -> None:
+    """An audit log entry for a change this admin made on a page."""
     await run_in_threadpool(audit.record, service(request).engine, user.name, "web", action, kind, object_id, detail)
 
 

@@ -123,7 +123,8 @@ def test_the_audit_log_pages_by_cursor_and_refuses_a_bad_one(server):
         audit.record(server.service.engine, f"pager-{tag}", "api", "terminal.enrol", "terminal", f"P-{tag}-{i}")
     seen, cursor = [], None
     while True:
-        answer = server.get("/api/v1/audit", user="admin", params={"actor": f"pager-{tag}", "limit": 2, **({"cursor": cursor} if cursor else {})})
+        params = {"actor": f"pager-{tag}", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        answer = server.get("/api/v1/audit", user="admin", params=params)
         seen += [e["object_id"] for e in answer.json()["items"]]
         cursor = answer.json()["next_cursor"]
         if cursor is None:
@@ -136,10 +137,10 @@ def test_the_settings_page_shows_the_effective_config_with_secrets_masked(server
     page = signed_in(server, "admin").get(server.url + "/settings", timeout=10).text
     assert "server.session_hours" in page and "server.retention.days" in page and "server.fleet.outage_scopes" in page
     assert 'id="masked-server.webhooks.secret"' not in page  # empty: shown as empty, not as set
-    settings = dataclasses.replace(
-        default_settings(),
-        webhooks=dataclasses.replace(default_settings().webhooks, url="https://hook:pw123@alerts.example.com/in?key=k42", secret="whsec-9"),
-    )  # fmt: skip
+    hook = dataclasses.replace(
+        default_settings().webhooks, url="https://hook:pw123@alerts.example.com/in?key=k42", secret="whsec-9"
+    )
+    settings = dataclasses.replace(default_settings(), webhooks=hook)
     rows = {key: (value, masked) for key, value, masked in admin_web.settings_rows(settings)}
     assert rows["server.webhooks.secret"] == ("", True)
     assert rows["server.webhooks.url"] == ('"https://•••@alerts.example.com/in?•••"', False)

@@ -195,3 +195,36 @@ def test_passwords_follow_the_rules_in_cli_and_pages(pair):
             assert added.returncode == 0, added.stderr
     assert cli(first, "users", "passwd", "support", "--password", " " * 10).returncode == 2
     assert store.get_user(first.service.engine, "newcomer-9")["role"] == "support"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_users_of_a_database_made_before_identities_get_one_and_sign_in(backend, tmp_path):
+    """An older database's users table has no uid or generation: start-up adds both, gives
+    every user an identity, and their passwords still sign them in."""
+    import sqlalchemy as sa
+
+    from remote.server import auth, db
+    from remote.server.service import Service
+
+    with contextlib.ExitStack() as stack:
+        url = f"sqlite:///{tmp_path / 'old.db'}" if backend == "sqlite" else stack.enter_context(fresh_pg_database())
+        old = db.make_engine(url)
+        with old.begin() as conn:
+            conn.execute(sa.text(
+                "CREATE TABLE users (name VARCHAR(128) PRIMARY KEY, role VARCHAR(16) NOT NULL,"
+                " password_hash VARCHAR(256) NOT NULL, created_at VARCHAR(27) NOT NULL, sessions_after VARCHAR(27))"
+            ))  # fmt: skip
+            for name in ("old-admin", "old-clerk"):
+                conn.execute(
+                    sa.text("INSERT INTO users VALUES (:n, 'admin', :h, '2026-01-01T00:00:00.000000Z', NULL)"),
+                    {"n": name, "h": auth.hash_password(PASSWORD)},
+                )
+        old.dispose()
+        service = Service(url, tmp_path / "data", default_settings())
+        try:
+            users = [store.get_user(service.engine, n) for n in ("old-admin", "old-clerk")]
+            assert all(len(u["uid"]) == 32 and u["generation"] == 0 for u in users) and users[0]["uid"] != users[1]["uid"]
+            signed = service.verify_password("old-clerk", PASSWORD)
+            assert signed is not None and service.user_by_session(service.session_cookie(signed)) == signed
+        finally:
+            service.close()
