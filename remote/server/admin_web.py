@@ -156,10 +156,12 @@ async def change_enrolment(request: Request) -> Response:
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)]["form_expired"])
-    terminal_id = clean(form.get("id", [""])[0]).strip()
+    terminal_id, action = clean(form.get("id", [""])[0]).strip(), form.get("action", [""])[0]
+    if action not in ("enrol", "revoke"):
+        return await _enrolment_page(request, user, status=400, error=None)
     engine = service(request).engine
     try:
-        if form.get("action", [""])[0] == "revoke":
+        if action == "revoke":
             await run_in_threadpool(store.revoke_terminal, engine, terminal_id)
             await record(request, user, "terminal.revoke", "terminal", terminal_id)
             done = words(request)["terminal_revoked"].format(id=terminal_id)

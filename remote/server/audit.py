@@ -58,6 +58,8 @@ def record(
     detail: dict[str, Any] | None = None,
 ) -> None:  # fmt: skip
     """One entry, now. `detail` says what changed (a role, labels), never a secret."""
+    if source not in SOURCES:
+        raise ValueError(f"an audit entry's source is one of {', '.join(SOURCES)}")
     with db.writing(engine) as conn:
         conn.execute(
             audit_log.insert().values(

@@ -187,3 +187,42 @@ def test_retention_removes_audit_entries_as_old_as_removed_bundles(engine, tmp_p
     assert [e["object_id"] for e in audit.entries(engine, {}, 10)[0]] == ["kept"]
     forever = dataclasses.replace(keep, days=0)
     assert retention.run_pass(engine, open_store("", tmp_path / "data", {}), forever).audit_entries == 0
+
+
+def test_another_source_joins_the_log_in_time_order_and_pages_with_it(server, monkeypatch):
+    """The seam for incident actions (kept in their own table): a source added with
+    audit.add_source is read with the log, newest first, one cursor for both."""
+    tag = uuid.uuid4().hex[:8]
+    base = datetime.now(UTC) + timedelta(days=3650)  # newer than anything the log holds
+
+    def stamp(minutes: int) -> str:
+        return db.stamp(base + timedelta(minutes=minutes))
+
+    with server.service.engine.begin() as conn:
+        for minute in (0, 2, 4):
+            conn.execute(db.audit_log.insert().values(
+                at=stamp(minute), actor=f"seam-{tag}", source="web", action="user.add", object_kind="user",
+                object_id=f"u{minute}", detail="{}",
+            ))  # fmt: skip
+    incident_actions = [
+        {"id": f"i-{tag}-{m}", "at": stamp(m), "actor": f"seam-{tag}", "source": "web", "action": "incident.ack",
+         "object_kind": "incident", "object_id": f"inc{m}", "detail": {"note": "looking"}}
+        for m in (1, 3)
+    ]  # fmt: skip
+
+    def source(engine, filters, before, limit):
+        rows = [e for e in incident_actions if all(e.get(k) == v for k, v in filters.items())]
+        return [e for e in rows if before is None or e["at"] <= before[0]][::-1][:limit]
+
+    monkeypatch.setattr(audit, "_extra_sources", [])
+    audit.add_source(source)
+    seen, cursor = [], None
+    while True:
+        params = {"actor": f"seam-{tag}", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        answer = server.get("/api/v1/audit", user="admin", params=params).json()
+        seen += [e["object_id"] for e in answer["items"]]
+        if not (cursor := answer["next_cursor"]):
+            break
+    assert seen == ["u4", "inc3", "u2", "inc1", "u0"]
+    page = signed_in(server, "admin").get(server.url + "/audit", params={"actor": f"seam-{tag}"}, timeout=10).text
+    assert 'href="/incidents/inc3"' in page and "incident.ack" in page
