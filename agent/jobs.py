@@ -82,8 +82,9 @@ def snapshot(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def flush(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Send what waits in the outbox, oldest first (agent/upload.py keeps the order and the
-    outbox's rules; remote/client.py the retries and Retry-After)."""
+    """Send what waits in the outbox, oldest first: the bundles, then the visit outcome
+    records (agent/upload.py keeps the order and the outbox's rules; remote/client.py the
+    retries and Retry-After)."""
     from agent.outbox import OutboxBusy
     from agent.upload import flush as send
     from remote.client import Client, Halt
@@ -95,8 +96,15 @@ def flush(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         return {"postponed": str(exc)}
     if report.sent or report.duplicates:
         log.info("uploaded %d bundle(s), %d already on the server", len(report.sent), len(report.duplicates))
+    outcomes = report.outcomes
+    if outcomes.sent or outcomes.duplicates:
+        log.info("uploaded %d visit outcome(s), %d already on the server", len(outcomes.sent), len(outcomes.duplicates))
+    if outcomes.dead:
+        log.warning("%d visit outcome(s) refused by the server, moved to dead/: %s", len(outcomes.dead), " ".join(outcomes.dead))
     if report.stopped:
         log.warning("upload stopped, %d bundle(s) waiting: %s", report.remaining, report.stopped)
+    elif outcomes.stopped and outcomes.remaining:
+        log.warning("upload stopped, %d visit outcome(s) waiting: %s", outcomes.remaining, outcomes.stopped)
     return report.to_dict()
 
 
