@@ -118,10 +118,11 @@ def served(engine: Engine, model: str) -> dict[str, Any]:
     return learning.document(row["model"], row["version"], row["hash"], json.loads(row["content"]))
 
 
-def for_heartbeat(engine: Engine, terminal_id: str, held: str | None) -> dict[str, Any] | None:
+def for_heartbeat(engine: Engine, terminal_id: str, held: str | None, model: str = "") -> dict[str, Any] | None:
     """The table a heartbeat's answer carries: the one the terminal should hold, when the hash
-    of the one it holds (`held`, None: none) differs; else None, and the answer stays small."""
-    doc = served(engine, model_of_terminal(engine, terminal_id))
+    of the one it holds (`held`, None: none) differs; else None, and the answer stays small.
+    `model`: the one the heartbeat states (else the inventory's)."""
+    doc = served(engine, model or model_of_terminal(engine, terminal_id))
     return None if doc["hash"] == held else doc
 
 
