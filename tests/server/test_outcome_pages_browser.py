@@ -1,0 +1,53 @@
+"""A real browser (headless chromium, the `browser` fixture of conftest.py) records a visit
+outcome on the bundle page and finds it counted on /outcomes, in English, then in Chinese.
+Screenshots go to the test's tmp dir."""
+
+from __future__ import annotations
+
+import uuid
+
+from outcome_bundles import uploaded
+from server_bundles import PASSWORD
+
+
+def test_a_technician_records_an_outcome_and_sees_it_measured(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    model = f"BR-{uuid.uuid4().hex[:6]}"
+    tid, token = server.terminal("OB")
+    bid = uploaded(server, token, tid, ["printer.mechanism_fault", "printer.not_connected"], model=model)
+
+    browser.get(f"{server.url}/bundles/{bid}")
+    browser.find_element(By.ID, "name").send_keys("technician")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "sign-in").click()
+    assert browser.find_element(By.ID, "outcome-current").text == "No visit outcome recorded yet."
+    Select(browser.find_element(By.ID, "outcome-found")).select_by_value("printer.not_connected")
+    Select(browser.find_element(By.ID, "outcome-fixed")).select_by_value("true")
+    browser.find_element(By.ID, "outcome-note").send_keys("driver restarted")
+    browser.save_screenshot(str(shots / "1-form.png"))
+    browser.find_element(By.ID, "record-outcome").click()
+    current = browser.find_element(By.ID, "outcome-current").text
+    assert "printer disconnected or not responding" in current and "fixed" in current and "driver restarted" in current
+    assert browser.current_url.endswith(f"/bundles/{bid}#outcome")
+    browser.save_screenshot(str(shots / "2-recorded.png"))
+
+    browser.find_element(By.ID, "nav-outcomes").click()
+    Select(browser.find_element(By.ID, "o-by")).select_by_value("model")
+    browser.find_element(By.ID, "o-model").send_keys(model)
+    browser.find_element(By.ID, "o-show").click()
+    row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#measures tr.group") if model in r.text)
+    assert row.find_element(By.CSS_SELECTOR, "td[data-measure=found_in_top3]").text == "100% (1)"
+    assert row.find_element(By.CSS_SELECTOR, "td[data-measure=found_as_predicted]").text == "0% (0)"
+    browser.save_screenshot(str(shots / "3-measures.png"))
+
+    browser.find_element(By.ID, "lang-zh").click()
+    assert browser.find_element(By.TAG_NAME, "h1").text == "上门结果"
+    assert "首次修复" in browser.find_element(By.ID, "measures").text
+    browser.save_screenshot(str(shots / "4-zh.png"))
+    browser.find_element(By.ID, "lang-en").click()  # the choice is remembered for the user: back, for the other tests
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Visit outcomes"
+    assert all((shots / f).stat().st_size > 1000 for f in ("1-form.png", "2-recorded.png", "3-measures.png"))
