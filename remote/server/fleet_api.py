@@ -16,8 +16,8 @@ from remote.server.api import ApiError, Reader, bearer_scheme, errors, label_par
 from remote.server.fleet import incidents, problems
 from remote.server.fleet.models import Heartbeat, HeartbeatAccepted, Incident, IncidentList, Problem, ProblemList
 from remote.server.ingest import IngestError
-from remote.server.outcomes import tables
 from remote.server.models import NextCommand
+from remote.server.outcomes import tables
 
 router = APIRouter(prefix="/api/v1")
 MAX_HEARTBEAT_BYTES = 16384
