@@ -14,7 +14,13 @@ from remote.server import store
 
 def test_a_technician_records_an_outcome_and_sees_it_measured(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    def after(click_id: str, condition) -> None:
+        """Click, then wait for the next page: the old one's elements answer until it comes."""
+        browser.find_element(By.ID, click_id).click()
+        WebDriverWait(browser, 15).until(condition)
 
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -33,23 +39,22 @@ def test_a_technician_records_an_outcome_and_sees_it_measured(server, browser, t
     Select(browser.find_element(By.ID, "outcome-fixed")).select_by_value("true")
     browser.find_element(By.ID, "outcome-note").send_keys("driver restarted")
     browser.save_screenshot(str(shots / "1-form.png"))
-    browser.find_element(By.ID, "record-outcome").click()
+    after("record-outcome", expected_conditions.url_contains("#outcome"))
     current = browser.find_element(By.ID, "outcome-current").text
     assert "printer disconnected or not responding" in current and "fixed" in current and "driver restarted" in current
     assert browser.current_url.endswith(f"/bundles/{bid}#outcome")
     browser.save_screenshot(str(shots / "2-recorded.png"))
 
-    browser.find_element(By.ID, "nav-outcomes").click()
+    after("nav-outcomes", expected_conditions.url_contains("/outcomes"))
     Select(browser.find_element(By.ID, "o-by")).select_by_value("model")
     browser.find_element(By.ID, "o-model").send_keys(model)
-    browser.find_element(By.ID, "o-show").click()
+    after("o-show", expected_conditions.url_contains(f"model={model}"))
     row = next(r for r in browser.find_elements(By.CSS_SELECTOR, "#measures tr.group") if model in r.text)
     assert row.find_element(By.CSS_SELECTOR, "td[data-measure=found_in_top3]").text == "100% (1)"
     assert row.find_element(By.CSS_SELECTOR, "td[data-measure=found_as_predicted]").text == "0% (0)"
     browser.save_screenshot(str(shots / "3-measures.png"))
 
-    browser.find_element(By.ID, "lang-zh").click()
-    assert browser.find_element(By.TAG_NAME, "h1").text == "上门结果"
+    after("lang-zh", expected_conditions.text_to_be_present_in_element((By.TAG_NAME, "h1"), "上门结果"))
     assert "首次修复" in browser.find_element(By.ID, "measures").text
     browser.save_screenshot(str(shots / "4-zh.png"))
     assert all((shots / f).stat().st_size > 1000 for f in ("1-form.png", "2-recorded.png", "3-measures.png"))
