@@ -15,9 +15,18 @@ from tests.conftest import ROOT
 CJK = re.compile(r"[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]")
 # Areas with no [en] table: their English is what the probes write (agent/i18n.py).
 CHINESE_ONLY = {"probes"}
-# Chinese in agent code that is not a word of the program's own: an example search term in
-# the help text (what a user types, not what the program says).
-ALLOWED = {("agent/cli.py", "签到")}
+SCANNED = ("agent", "probes", "remote")
+# Chinese in code that is not a word of the program's own, by file: None allows the whole file.
+ALLOWED: dict[str, str | None] = {
+    "agent/cli.py": "签到",  # an example search term in the help text: what a user types
+    "remote/redact.py": None,  # labels of card data in Chinese logs: patterns read, never shown
+    # Not yet moved: the bilingual summaries the fleet detectors write into incidents and
+    # trends (the words of their own pages' areas once those files settle).
+    "remote/server/fleet/incidents.py": None,
+    "remote/server/fleet/inventory.py": None,
+    "remote/server/fleet/outage.py": None,
+    "remote/server/fleet/regression.py": None,
+}
 
 
 def keys(table: dict[str, Any], prefix: str = "") -> set[str]:
@@ -50,13 +59,11 @@ def user_strings(path: Path) -> list[tuple[int, str]]:
 
 def chinese_outside_catalogue(root: Path) -> list[str]:
     problems = []
-    for path in sorted((root / "agent").rglob("*.py")):
+    for path in sorted(p for package in SCANNED for p in (root / package).rglob("*.py")):
         name = path.relative_to(root).as_posix()
-        for line, text in user_strings(path):
-            rest = text
-            for allowed_file, allowed in ALLOWED:
-                rest = rest.replace(allowed, "") if allowed_file == name else rest
-            if CJK.search(rest):
+        allowed = ALLOWED.get(name, "")
+        for line, text in [] if name in ALLOWED and allowed is None else user_strings(path):
+            if CJK.search(text.replace(allowed, "") if allowed else text):
                 problems.append(f"{name}:{line}: {text[:60]!r}")
     return problems
 
@@ -88,7 +95,7 @@ def test_placeholders_match_across_languages(area):
     assert fields(tables["en"]) == fields(tables["zh"])
 
 
-def test_no_agent_module_holds_chinese_words():
+def test_no_module_holds_chinese_words():
     assert chinese_outside_catalogue(ROOT) == []
 
 
