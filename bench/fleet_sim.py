@@ -7,8 +7,10 @@ regression, worn battery batch, silent terminals), against an in-process server.
         [--late 0] [--db sqlite|postgresql]
 
 Printed: requests sent and their rate, then each incident found (kind, scope, start
-against the injected start, terminals), the at-risk and missing terminals against the
-injected ones, and whether anything else opened.
+against the injected start, terminals), recall (injected events found with their scope),
+holds (host/network bundles held inside the injected outages, and outside them: false
+holds), the at-risk and missing terminals against the injected ones, and whether anything
+else opened.
 """
 
 from __future__ import annotations
@@ -66,11 +68,32 @@ def main() -> int:
                   f"{incident['terminals_in_scope']} terminals  {delay}  {'INJECTED' if match else 'NOT INJECTED'}")  # fmt: skip
         for missed in injected.values():
             print(f"  missed: {missed.name} {missed.scope}")
+        print(f"  recall: {len(sim.injected) - len(injected)}/{len(sim.injected)} injected events found with their scope")
+        held = _held(server)
+        outage_names = {i.name for i in sim.injected if i.kind == "outage"}
+        failures = {b: w for b, w in sent.bundles.items() if w["category"] in ("host", "network")}
+        inside = [b for b, w in failures.items() if w["injected"] in outage_names]
+        outside = [b for b in failures if b not in inside]
+        print(f"  held inside injected outages: {sum(b in held for b in inside)}/{len(inside)}; "
+              f"false holds (host/network outside them): {sum(b in held for b in outside)}/{len(outside)}; "
+              f"other bundles held: {sum(b in held for b in sent.bundles if b not in failures)}")  # fmt: skip
         at_risk = {t["id"] for t in server.get("/api/v1/terminals", params={"status": "at_risk", "limit": 500}).json()["items"]}
         missing = {t["id"] for t in server.get("/api/v1/terminals", params={"status": "missing", "limit": 500}).json()["items"]}
         print(f"  at risk: {len(at_risk)} (worn batch {len(sim.battery_batch)}, {len(at_risk & sim.battery_batch)} found)")
         print(f"  missing: {len(missing)} (silent {len(sim.silent)}, {len(missing & sim.silent)} found)")
     return 0
+
+
+def _held(server) -> set[str]:
+    """Ids of the bundles that carry a fleet hold."""
+    held, cursor = set(), None
+    while True:
+        params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+        page = server.get("/api/v1/bundles", params=params).json()
+        held |= {b["id"] for b in page["items"] if b.get("fleet_dispatch")}
+        cursor = page["next_cursor"]
+        if not cursor:
+            return held
 
 
 @contextlib.contextmanager
