@@ -70,6 +70,7 @@ class FleetSettings:
     outage_min_ratio: float = bounded(1, 1e6)
     outage_p_value: float = bounded(0, 1)
     outage_close_p_value: float = bounded(0, 1)
+    outage_young_p_value: float = bounded(0, 1)
     outage_close_after_minutes: float = bounded(1, 10080)
     outage_explain_fraction: float = bounded(0.5, 1)
     outage_new_terminal_hours: float = bounded(0, 24 * 365)

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from server_harness import default_settings
 
 from remote.server import db
-from remote.server.fleet import baseline, timing
+from remote.server.fleet import baseline, seasonal, timing
 from remote.server.fleet.schema import (
     bundle_fleet,
     failure_hours,
@@ -125,3 +125,19 @@ def test_one_terminal_back_dating_2000_failures_adds_one_terminal_hour():
         first, after, _hours = baseline.whole_hours(at(0), at(120))
         assert baseline.unheld_events(conn, "a=1", first, after) == 2
         assert baseline.unheld_events(conn, "b=2", first, after) == 1
+
+
+def test_a_diurnal_history_gives_busy_hours_their_own_higher_rate():
+    """Seven days where every failure falls between 09:00 and 12:00 UTC: the shrunk rate at
+    10:00 is several times the whole-day rate, at 03:00 far below it; a history with the same
+    count every hour gives the whole-day rate at every hour."""
+    hours = baseline.hour_keys("2026-05-04T00", "2026-05-11T00")
+    assert len(hours) == 168
+    busy = {k: 6 for k in hours if 9 <= int(k[11:13]) < 12}
+    whole_day = sum(busy.values()) / (100 * 168)
+    at_ten = seasonal.shrunk_rate(busy, hours, "2026-05-11T10", 100)
+    at_three = seasonal.shrunk_rate(busy, hours, "2026-05-11T03", 100)
+    assert at_ten > 5 * whole_day and at_three < whole_day / 5
+    flat = {k: 2 for k in hours}
+    assert all(abs(seasonal.shrunk_rate(flat, hours, f"2026-05-11T{h:02d}", 100) - 2 / 100) < 1e-12 for h in range(24))
+    assert seasonal.shrunk_rate({}, [], "2026-05-11T10", 100) is None

@@ -88,6 +88,22 @@ def unheld_events(conn: sa.Connection, scope_key: str, first_hour: str, after_ho
     return int(total or 0)
 
 
+def unheld_by_hour(conn: sa.Connection, scope_key: str, first_hour: str, after_hour: str) -> dict[str, int]:
+    """unheld_events hour by hour (hours without a failure left out)."""
+    h = scope_hours.c
+    rows = conn.execute(sa.select(h.hour, h.events - h.held).where(h.scope_key == scope_key, h.hour >= first_hour, h.hour < after_hour))
+    return {hour_key: int(n) for hour_key, n in rows if n}
+
+
+def hour_keys(first_hour: str, after_hour: str) -> list[str]:
+    """Every hour key in [first_hour, after_hour)."""
+    keys, at = [], _hour_start(first_hour)
+    while hour(at) < after_hour:
+        keys.append(hour(at))
+        at = timing.shift(at, hours=1)
+    return keys
+
+
 def see(conn: sa.Connection, terminal_id: str, event_at: str, settings: FleetSettings) -> None:
     """Move the terminal's seen_at in its scopes, in steps (a write per step, not per heartbeat)."""
     stale = timing.shift(event_at, hours=-settings.missing_after_hours / SEEN_STEPS)

@@ -35,7 +35,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from remote.server.fleet import baseline, breadth, incidents, inventory, timing
+from remote.server.fleet import baseline, breadth, incidents, inventory, seasonal, timing
 from remote.server.fleet.schema import (
     incidents as incidents_t,
     outage_events,
@@ -56,6 +56,7 @@ class Window:
     active: int
     expected: float
     p_value: float
+    young: bool = False
 
 
 def _failing(conn: sa.Connection, scope_key: str, start: str, end: str) -> tuple[set[str], str | None]:
@@ -96,20 +97,26 @@ class ScopeCounts:
         return baseline.active(self.conn, self.scope_key, self.at, self.settings)
 
     @functools.cached_property
-    def history(self) -> tuple[int, float]:
-        """(failures, hours) over the whole UTC hours of the baseline days before `before`,
-        or of the history there is (whole hours: read from scope_hours alone)."""
+    def history(self) -> tuple[dict[str, int], list[str]]:
+        """(failing terminal-hours by hour, the hours) over the whole UTC hours of the
+        baseline days before `before`, or of the history there is (read from scope_hours)."""
         first_day = self.conn.execute(sa.select(sa.func.min(terminal_days.c.day))).scalar()
         begin = timing.shift(self.before, days=-self.settings.outage_baseline_days)
         if first_day and first_day + "T00:00:00.000000Z" > begin:
             begin = first_day + "T00:00:00.000000Z"
-        first, after, hours = baseline.whole_hours(begin, self.before)
-        return baseline.unheld_events(self.conn, self.scope_key, first, after), max(hours, 1.0)
+        first, after, _hours = baseline.whole_hours(begin, self.before)
+        return baseline.unheld_by_hour(self.conn, self.scope_key, first, after), baseline.hour_keys(first, after)
+
+    @property
+    def young(self) -> bool:
+        """Less than a day of history: the stricter outage_young_p_value applies."""
+        return len(self.history[1]) < 24
 
     def rate(self, active: int) -> float:
-        """Failures per terminal-hour, never below the floor."""
-        count, hours = self.history
-        return max(count / (max(active, 1) * hours), self.settings.outage_baseline_floor_per_terminal_hour)
+        """Failures per terminal-hour at the hour of `at` (seasonal.py), never below the floor."""
+        counts, hours = self.history
+        seasonal_rate = seasonal.shrunk_rate(counts, hours, baseline.hour(self.at), active) or 0.0
+        return max(seasonal_rate, self.settings.outage_baseline_floor_per_terminal_hour)
 
 
 def test_window(
@@ -124,11 +131,12 @@ def test_window(
         return None
     active = max(base.active, len(failing))
     expected = base.rate(active) * active * timing.hours_between(start, end)
-    return Window(scope_key, start, end, failing, first_at, active, expected, poisson_sf(len(failing), expected))
+    return Window(scope_key, start, end, failing, first_at, active, expected, poisson_sf(len(failing), expected), base.young)
 
 
 def opens(w: Window, settings: FleetSettings) -> bool:
-    return w.p_value < settings.outage_p_value and len(w.failing) >= settings.outage_min_ratio * w.expected
+    threshold = settings.outage_young_p_value if w.young else settings.outage_p_value
+    return w.p_value < threshold and len(w.failing) >= settings.outage_min_ratio * w.expected
 
 
 def _scopes_of_terminals(conn: sa.Connection, terminal_ids: set[str], settings: FleetSettings) -> dict[str, set[str]]:
