@@ -186,7 +186,7 @@ def test_a_large_hold_waits_for_acknowledgement_and_a_dismissed_outage_lets_go(d
     assert f.held(first + more) == set(first + more)
 
     with db.writing(f.engine) as conn:
-        assert incidents.dismiss(conn, outage["id"], "lead", at(10))
+        assert incidents.dismiss(conn, outage["id"])
     assert not f.held() and incidents.get_incident(f.engine, outage["id"])["status"] == "dismissed"
     again = [f.fail(tid, 12 + i % 5) for i, tid in enumerate(tids[:24])]  # the same terminals: no new outage
     assert [o["status"] for o in f.outages()] == ["dismissed"] and not f.held(again)
@@ -224,3 +224,19 @@ def test_an_older_incidents_table_is_widened_for_dismissed():
             kinds = {c["name"]: c["type"] for c in sa.inspect(conn).get_columns("incidents")}
         engine.dispose()
         assert kinds["status"].length == 16
+
+
+def test_an_acquirer_outage_never_opens_as_its_link_type(db_url):
+    """The same failures as above with the packaged settings: link=cellular, whose failing
+    terminals are four fifths acquirer B's, opens nothing; B opens once its wifi terminals
+    fail too, and holds all of its own bundles and no other acquirer's."""
+    f = Fleetlet(db_url)
+    b_cell = f.enrol(16, link="cellular")
+    b_wifi = f.enrol(4, link="wifi")
+    c_cell = f.enrol(180, prefix="C", acquirer="C", link="cellular")
+    early = [f.fail(tid, i) for i, tid in enumerate(b_cell[:4])] + [f.fail(c_cell[0], 4)]
+    assert f.outages() == []
+    late = [f.fail(tid, 5 + i) for i, tid in enumerate(b_wifi + b_cell[4:8])]
+    (outage,) = f.outages()
+    assert outage["scope"] == {"acquirer": "B"} and outage["terminals_in_scope"] == 20
+    assert f.held(early + late) == set(early[:4] + late)

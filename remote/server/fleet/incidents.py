@@ -97,13 +97,13 @@ def _release(conn: sa.Connection, which: Any) -> None:
     baseline.add_held(conn, list(freed), -1)
 
 
-def dismiss(conn: sa.Connection, incident_id: str, by: str, at: str) -> bool:
+def dismiss(conn: sa.Connection, incident_id: str) -> bool:
     """A person says this outage is not one: it closes as `dismissed`, releases its holds,
-    and its failing terminals open no new outage for the baseline days."""
+    and its failing terminals open no new outage for the baseline days (who and when: the
+    caller's audit record)."""
     done = conn.execute(
         incidents.update().where(incidents.c.id == incident_id, incidents.c.kind == "outage", incidents.c.status != "dismissed")
-        .values(status="dismissed", open_key=None, ended_at=sa.func.coalesce(incidents.c.ended_at, incidents.c.last_hit_at),
-                acknowledged_by=by, acknowledged_at=at)
+        .values(status="dismissed", open_key=None, ended_at=sa.func.coalesce(incidents.c.ended_at, incidents.c.last_hit_at))
     ).rowcount  # fmt: skip
     settle_dismissed(conn)
     return bool(done)
