@@ -240,3 +240,17 @@ def test_an_acquirer_outage_never_opens_as_its_link_type(db_url):
     (outage,) = f.outages()
     assert outage["scope"] == {"acquirer": "B"} and outage["terminals_in_scope"] == 20
     assert f.held(early + late) == set(early[:4] + late)
+
+
+def test_no_two_open_outages_cover_the_same_failing_terminals(db_url):
+    """Acquirer B fails in both regions; three of acquirer C's north terminals fail at the
+    same time. region=north is significant (13 of its 30 fail) but ten of those are B's, an
+    outage already open: the three left open nothing, and B stays the only outage."""
+    f = Fleetlet(db_url)
+    b = f.enrol(20)
+    c = f.enrol(40, prefix="C", acquirer="C")
+    for i, tid in enumerate(b):
+        f.fail(tid, i / 2)
+    for i, tid in enumerate([t for t in c if f.labels[t]["region"] == "north"][:3]):
+        f.fail(tid, 5 + i)
+    assert [o["scope"] for o in f.outages()] == [{"acquirer": "B"}]
