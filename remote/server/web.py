@@ -332,6 +332,7 @@ async def bundle_page(request: Request, bundle_id: str) -> Response:
     return render(
         request, "bundle.html", user=user, r=record, d=detail["diagnosis"], manifest=detail["manifest"],
         probes=probes if isinstance(probes, list) else [], logs=detail["logs"], fleet=fleet,
+        outcome=await run_in_threadpool(outcomes_web.bundle_outcome, srv, record, detail["diagnosis"]),
     )  # fmt: skip
 
 
@@ -421,3 +422,4 @@ async def local_time_script() -> Response:
 
 
 from remote.server import fleet_web  # noqa: E402  (fleet_web builds on this module's helpers)
+from remote.server import outcomes_web  # noqa: E402  (likewise)
