@@ -4,15 +4,14 @@ UTC times into the viewer's zone.
 Everything on a page that came from a terminal is escaped by the template engine, and its
 control, bidi and zero-width characters are written as escapes (`_visible`). Every
 form carries a CSRF token (see auth.py); the session cookie is HttpOnly and SameSite=Lax.
-A page speaks one language (templates/words.toml): the user's choice, remembered in the
-database, else the browser's Accept-Language, else English.
+A page speaks one language (its words: the catalogue's `pages` area): the user's choice,
+remembered in the database, else the browser's Accept-Language, else English.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import pass_context
 
+from probes.contract import catalogue
 from remote import wire
 from remote.server import chart, db, signin, store, titles
 from remote.server.fleet import inventory as fleet_inventory
@@ -37,7 +37,7 @@ CSRF_COOKIE = "posdiag_csrf"
 FILTERS = ("terminal", "code", "cause", "category", "model", "firmware", "verdict", "since", "until")
 VERDICTS = ("none", "merchant", "remote", "onsite", "hold")
 TEMPLATES = Path(__file__).parent / "templates"
-WORDS = tomllib.loads((TEMPLATES / "words.toml").read_text(encoding="utf-8"))
+WORDS = catalogue.area("pages")
 # The server does not import the terminal's probe code; these are the probes DESIGN.md names.
 PROBE_NAMES = ("card_reader", "printer", "power", "storage", "network", "system")
 
