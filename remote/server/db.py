@@ -230,6 +230,7 @@ def create_schema(engine: Engine) -> None:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263001)"))
         metadata.create_all(conn)
         added = _add_missing_columns(conn)
+        _widen_columns(conn)
         for table in metadata.sorted_tables:  # indexes added to a table an older release made
             for index in table.indexes:
                 index.create(conn, checkfirst=True)
@@ -256,3 +257,16 @@ def _add_missing_columns(conn: sa.Connection) -> list[sa.Column]:
                 conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
                 added.append(column)
     return added
+
+def _widen_columns(conn: sa.Connection) -> None:
+    """A text column made wider in a later release (incidents.status for `dismissed`) is
+    widened in a PostgreSQL database made before it; SQLite does not enforce lengths."""
+    if conn.dialect.name != "postgresql":
+        return
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"]: c["type"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            length, stored = getattr(column.type, "length", None), getattr(have.get(column.name), "length", None)
+            if length and stored and stored < length:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ALTER COLUMN {column.name} TYPE VARCHAR({length})"))

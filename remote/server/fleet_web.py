@@ -70,15 +70,6 @@ async def problems_page(request: Request) -> Response:
     return render(request, "problems.html", user=user, items=items, next_cursor=next_cursor, params=params, error=error)
 
 
-@router.get("/incidents")
-async def incidents_page(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
-    items = await run_in_threadpool(incidents.list_incidents, service(request).engine, "all")
-    return render(request, "incidents.html", user=user, items=items)
-
-
 @router.get("/problems/{problem_id}")
 async def problem_page(request: Request, problem_id: str) -> Response:
     user = await page_user(request)

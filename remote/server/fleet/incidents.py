@@ -32,6 +32,7 @@ def view(row: Any) -> dict[str, Any]:
         "started_at": row["started_at"], "detected_at": row["detected_at"], "ended_at": row["ended_at"],
         "terminals_affected": row["terminals_affected"], "terminals_in_scope": row["terminals_in_scope"],
         "bundles": row["bundles"], "expected": row["expected"], "p_value": row["p_value"], "summary": summary,
+        "acknowledged_at": row["acknowledged_at"], "acknowledged_by": row["acknowledged_by"],
     }  # fmt: skip
 
 
@@ -93,7 +94,7 @@ def refresh_counts(conn: sa.Connection, incident_id: str) -> dict[str, Any]:
 def list_incidents(engine: Engine, status: str = "all", since: str | None = None, until: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     """Newest first; since/until select incidents whose span overlaps [since, until)."""
     query = sa.select(incidents)
-    if status in ("open", "closed"):
+    if status in ("open", "closed", "dismissed"):
         query = query.where(incidents.c.status == status)
     if since:
         query = query.where(sa.or_(incidents.c.ended_at.is_(None), incidents.c.ended_at >= since))

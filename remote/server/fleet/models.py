@@ -150,7 +150,7 @@ class ProblemList(BaseModel):
 class Incident(BaseModel):
     id: str
     kind: Literal["outage", "regression"]
-    status: Literal["open", "closed"]
+    status: Literal["open", "closed", "dismissed"] = Field(description="dismissed: support marked it not an outage")
     scope: dict[str, str]
     categories: list[str]
     codes: list[str]
@@ -163,7 +163,29 @@ class Incident(BaseModel):
     expected: float = Field(description="count the scope's baseline predicts for the test")
     p_value: float
     summary: Bilingual
+    acknowledged_at: str | None = None
+    acknowledged_by: str | None = None
 
 
 class IncidentList(BaseModel):
     items: list[Incident]
+
+
+class IncidentAction(BaseModel):
+    at: str
+    by: str
+    action: Literal["acknowledged", "note", "resolved", "dismissed"]
+    note: str | None
+
+
+class IncidentDetail(Incident):
+    notes: list[IncidentAction] = Field(description="the notes support added, oldest first")
+    actions: list[IncidentAction] = Field(description="every action on it, notes too, oldest first")
+
+
+class IncidentNote(BaseModel):
+    note: str = Field(min_length=1, max_length=4000)
+
+
+class IncidentChange(BaseModel):
+    note: str | None = Field(default=None, max_length=4000, description="why, kept with the action")

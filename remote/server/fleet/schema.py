@@ -186,7 +186,7 @@ incidents = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open | closed | dismissed ("not an outage")
     sa.Column("scope_key", sa.String(400), nullable=False),
     sa.Column("open_key", sa.String(420), unique=True),  # kind + scope while open: one open per scope
     sa.Column("scope", sa.Text, nullable=False),
@@ -202,8 +202,22 @@ incidents = sa.Table(
     sa.Column("expected", sa.Float, nullable=False),
     sa.Column("p_value", sa.Float, nullable=False),
     sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("acknowledged_at", TIME),
+    sa.Column("acknowledged_by", sa.String(128)),
     sa.Index("ix_incidents_status", "status", "started_at"),
     sa.Index("ix_incidents_scope", "scope_key", "started_at"),
+)
+
+incident_actions = sa.Table(  # what support did to an incident, and its notes (incident_actions.py)
+    "incident_actions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.String(36), nullable=False),
+    sa.Column("at", TIME, nullable=False),
+    sa.Column("by", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # acknowledged | note | resolved | dismissed
+    sa.Column("note", sa.Text),
+    sa.Index("ix_incident_actions_incident", "incident_id", "at"),
 )
 
 webhook_deliveries = sa.Table(
