@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from remote.server import db, quotas
-from remote.server.fleet import charts, incidents, inventory, problems
+from remote.server.fleet import charts, incidents, inventory, problems, triage
 from remote.server.service import Service
 from remote.server.web import page_user, render, service, to_login
 
@@ -54,11 +54,13 @@ async def problems_page(request: Request) -> Response:
     if key and value:
         labels[key[:32]] = value[:64]
     error = None
+    new = q.get("new") == "24h"
     try:
         items, next_cursor = await run_in_threadpool(
             lambda: problems.list_problems(
                 srv.engine, labels=labels, model=q.get("model") or None, firmware=q.get("firmware") or None,
                 limit=srv.settings.page_size, cursor=q.get("cursor") or None,
+                first_seen_since=triage.since_24h(db.now()) if new else None,
             )
         )  # fmt: skip
     except ValueError as exc:
@@ -66,7 +68,7 @@ async def problems_page(request: Request) -> Response:
     today = datetime.now(UTC).date()
     for item in items:
         item["spark"] = charts.sparkline(item["daily"], today)
-    params = {"label_key": key, "label_value": value, "model": q.get("model", ""), "firmware": q.get("firmware", "")}
+    params = {"label_key": key, "label_value": value, "model": q.get("model", ""), "firmware": q.get("firmware", ""), "new": "24h" if new else ""}
     return render(request, "problems.html", user=user, items=items, next_cursor=next_cursor, params=params, error=error)
 
 

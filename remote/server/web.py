@@ -25,22 +25,26 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import pass_context
 
+import probes
 from remote import wire
 from remote.server import auth, chart, db, signin, store, titles
-from remote.server.fleet import inventory as fleet_inventory
+from remote.server.fleet import incidents as fleet_incidents, inventory as fleet_inventory, triage
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
 from remote.server.logs import redacted_path
 from remote.server.service import Service, User
 
 CSRF_COOKIE = "posdiag_csrf"
-FILTERS = ("terminal", "code", "cause", "category", "model", "firmware", "verdict", "since", "until")
+FILTERS = ("terminal", "code", "cause", "category", "model", "firmware", "verdict", "held", "since", "until")
 VERDICTS = ("none", "merchant", "remote", "onsite", "hold")
 TEMPLATES = Path(__file__).parent / "templates"
 WORDS = tomllib.loads((TEMPLATES / "words.toml").read_text(encoding="utf-8"))
-# The server does not import the terminal's probe code; these are the probes DESIGN.md names.
-PROBE_NAMES = ("card_reader", "printer", "power", "storage", "network", "system")
 
+
+
+def probe_names() -> tuple[str, ...]:
+    """Every probe the agent has, from the probe registry (the modules of probes/)."""
+    return tuple(probes.probe_modules())
 
 
 def _visible(value: Any) -> Any:
@@ -263,7 +267,7 @@ async def logout(request: Request) -> Response:
 # -- pages ----------------------------------------------------------------------------------
 
 
-@router.get("/")
+@router.get("/overview")
 async def overview(request: Request) -> Response:
     user = await page_user(request)
     if user is None:
@@ -273,10 +277,17 @@ async def overview(request: Request) -> Response:
     stats = await run_in_threadpool(store.stats, srv.engine, days)
     first_day = db.parse_time(stats["since"]).date()
     recent, _ = await run_in_threadpool(store.list_bundles, srv.engine, store.BundleFilter(), 10)
+    held = await run_in_threadpool(triage.held_by_verdict, srv.engine, stats["since"])
     return render(
-        request, "overview.html", user=user, stats=stats, days=days, recent=recent,
+        request, "overview.html", user=user, stats=stats, days=days, recent=await with_holds(srv, recent), held=held,
         chart=chart.build(stats["per_day"], first_day, days),
     )  # fmt: skip
+
+
+async def with_holds(srv: Service, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, each with `hold`: its fleet_dispatch when an incident holds it (one query)."""
+    holds = await run_in_threadpool(fleet_incidents.dispatch_for, srv.engine, [r["id"] for r in rows])
+    return [dict(r, hold=holds.get(r["id"])) for r in rows]
 
 
 @router.get("/bundles")
@@ -289,8 +300,9 @@ async def bundle_list(request: Request) -> Response:
     error = None
     try:
         flt = store.BundleFilter(
-            **{k: params[k] or None for k in FILTERS if k not in ("since", "until", "verdict")},
+            **{k: params[k] or None for k in FILTERS if k not in ("since", "until", "verdict", "held")},
             verdict=params["verdict"] if params["verdict"] in VERDICTS else None,
+            held={"yes": True, "no": False}.get(params["held"]),
             since=_day(params["since"]),
             until=_day(params["until"], next_day=True),
         )
@@ -300,14 +312,21 @@ async def bundle_list(request: Request) -> Response:
     except (ValueError, store.StoreError) as exc:
         rows, next_cursor, error = [], None, str(getattr(exc, "detail", exc))
     return render(
-        request, "bundles.html", user=user, rows=rows, params=params, next_cursor=next_cursor, error=error, verdicts=VERDICTS
-    )
+        request, "bundles.html", user=user, rows=await with_holds(srv, rows), params=params, next_cursor=next_cursor,
+        error=error, verdicts=VERDICTS,
+    )  # fmt: skip
 
 
 def _day(text: str, next_day: bool = False) -> str | None:
-    """A filter date (YYYY-MM-DD, UTC) as a stored time; `until` includes its whole day."""
+    """A filter date (YYYY-MM-DD, UTC) as a stored time, `until` including its whole day;
+    or a time with its zone (the home page's links: the last 24 hours), as it is."""
     if not text:
         return None
+    if "T" in text:
+        try:
+            return db.stamp(db.parse_time(text))
+        except (ValueError, OverflowError):
+            raise ValueError(f"not a time (ISO-8601 with zone): {text[:40]}") from None
     try:
         day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
         return db.stamp(day + timedelta(days=1) if next_day else day)
@@ -369,8 +388,8 @@ async def terminal_page(request: Request, terminal_id: str, requested: str = "")
     commands = await run_in_threadpool(store.list_commands, srv.engine, terminal_id)
     fleet = await run_in_threadpool(fleet_web.terminal_health, srv, terminal_id)
     return render(
-        request, "terminal.html", user=user, term=terminal, rows=rows, commands=commands,
-        probe_names=PROBE_NAMES, requested=requested, **fleet,
+        request, "terminal.html", user=user, term=terminal, rows=await with_holds(srv, rows), commands=commands,
+        probe_names=probe_names(), requested=requested, **fleet,
     )  # fmt: skip
 
 
@@ -382,7 +401,7 @@ async def request_probes(request: Request, terminal_id: str) -> Response:
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message="The form expired; please try again.")
-    chosen = [p for p in form.get("probe", []) if p in PROBE_NAMES]
+    chosen = [p for p in form.get("probe", []) if p in probe_names()]
     code = clean(form.get("code", [""])[0] or "").strip()[:64] or None
     srv = service(request)
     try:

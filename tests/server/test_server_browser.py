@@ -37,7 +37,7 @@ def walk(browser, base: str, user: str, password: str, code: str, terminal_id: s
     browser.find_element(By.ID, "password").send_keys(password)
     browser.save_screenshot(str(shots / "1-sign-in.png"))
     browser.find_element(By.ID, "sign-in").click()
-    assert browser.find_element(By.ID, "chart").is_displayed()
+    assert browser.find_element(By.ID, "failing-hours").is_displayed()  # home: the fleet today
     browser.save_screenshot(str(shots / "2-fleet.png"))
 
     browser.find_element(By.LINK_TEXT, "Bundles").click()

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from remote.server import db
 from remote.server.db import bundles
 from remote.server.fleet import incident_actions, timing
+from remote.server.fleet.incidents import hold as incidents_hold
 from remote.server.fleet.schema import bundle_fleet, incidents, outage_events, webhook_deliveries
 from remote.server_settings import FleetSettings
 
@@ -59,7 +60,7 @@ def page(engine: Engine, incident_id: str, settings: FleetSettings) -> dict[str,
     return {
         "incident": found, "slots": slots, "slot_minutes": slot_minutes,
         "terminals": [dict(t) for t in terminals], "causes": [dict(c) for c in causes],
-        "held": [dict(h) for h in held], "held_count": held_count, "webhooks": [dict(h) for h in hooks],
+        "held": [dict(h, hold=incidents_hold(incident_id, found["summary"])) for h in held], "held_count": held_count, "webhooks": [dict(h) for h in hooks],
     }  # fmt: skip
 
 

@@ -208,12 +208,17 @@ def _uncursor(cursor: str) -> tuple[int, str]:
 def list_problems(
     engine: Engine, *, since: str | None = None, until: str | None = None, labels: dict[str, str] | None = None,
     model: str | None = None, firmware: str | None = None, limit: int = 50, cursor: str | None = None,
+    first_seen_since: str | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
     """Ranked by terminals affected. Unfiltered: straight from `problems`; by one label,
     model, firmware or model and firmware, over all time: from that value's count; since
     alone: from the terminals counted by their newest day with each problem; any other filter: from the per
-    problem, terminal and day rollup (since/until are whole UTC days)."""
+    problem, terminal and day rollup (since/until are whole UTC days). first_seen_since:
+    only the problems first seen then or later (new ones), the other filters left aside."""
     labels = labels or {}
+    if first_seen_since:
+        since = until = model = firmware = None
+        labels = {}
     one = _one_count(labels, model, firmware) if not (since or until) else None
     recent = since and not (until or labels or model or firmware)
     if recent:  # the last days, up to now: a terminal counts if its newest day is in them
@@ -246,6 +251,8 @@ def list_problems(
     else:
         query = sa.select(problems.c.id, problems.c.terminals_affected.label("terminals"), problems.c.bundles)
         rank_t, rank_id = problems.c.terminals_affected, problems.c.id
+        if first_seen_since:
+            query = query.where(problems.c.first_seen >= first_seen_since)
     if cursor:
         after_t, after_id = _uncursor(cursor)
         query = query.where(sa.or_(rank_t < after_t, sa.and_(rank_t == after_t, rank_id > after_id)))
