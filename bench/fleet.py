@@ -225,6 +225,7 @@ def load(url: str, args: argparse.Namespace, settings) -> list[dict]:
         conn.execute("DROP TABLE bench_signatures")
     with engine.begin() as sa_conn:  # the server's own rebuilds, as an upgraded database gets them
         timed("problem_counts and breakdowns", problems.rebuild_counts, sa_conn)
+        timed("problems' verdicts", problems.fill_verdicts, sa_conn)
         timed("bundle_days (the overview's daily counts)", daily.rebuild, sa_conn)
         timed("scope_hours and scope members' seen_at", baseline.rebuild, sa_conn)
     engine.dispose()

@@ -96,13 +96,16 @@ async def list_problems(
     firmware: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    kind: Annotated[Literal["all", "faults", "outcomes"], Query(description="faults: highest verdict above none; outcomes: business and issuer answers (none)")] = "all",
+    verdict: Annotated[Literal["none", "merchant", "remote", "onsite"] | None, Query(description="only problems whose highest verdict is this")] = None,
 ) -> Any:
     srv = service(request)
+    verdicts = problems.verdicts_of(kind, verdict)
     try:
         items, next_cursor = await run_in_threadpool(
             lambda: problems.list_problems(
                 srv.engine, since=time_param(since), until=time_param(until), labels=label_params(request),
-                model=model, firmware=firmware, limit=limit or srv.settings.page_size, cursor=cursor,
+                model=model, firmware=firmware, limit=limit or srv.settings.page_size, cursor=cursor, verdicts=verdicts,
             )
         )  # fmt: skip
     except ValueError as exc:

@@ -129,6 +129,7 @@ class KeyCount(BaseModel):
 class Problem(BaseModel):
     id: str
     signature: str
+    verdict: str | None = Field(default=None, description="the highest dispatch verdict of its bundles; above none: a fault")
     code: str | None
     scheme: str | None
     top_cause: str | None

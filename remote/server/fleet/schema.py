@@ -137,6 +137,7 @@ problems = sa.Table(
     sa.Column("bundles", sa.Integer, nullable=False),
     sa.Column("terminals_affected", sa.Integer, nullable=False),
     sa.Column("breakdown", sa.Text),  # JSON {dim: [[key, count], ...]}, the top values per dimension
+    sa.Column("verdict_rank", sa.Integer),  # the highest dispatch verdict of its bundles: 0 none .. 3 onsite
     sa.Index("ix_problems_rank", "terminals_affected", "id"),
 )
 

@@ -2,7 +2,7 @@
 
 The open incidents with the bundles each holds; the last 24 hours' bundles by what they ask
 for (dispatch on site or remote, none held; held by an incident), the missing and at-risk
-terminals, the problems first seen in the last 24 hours; and terminals failing per hour
+terminals, the faults (problems above verdict none) first seen in the last 24 hours; and terminals failing per hour
 (a bundle with a verdict above `none`) against the band the seven days before predict.
 Each figure is one grouped query; the band is computed once an hour per process.
 """
@@ -55,7 +55,7 @@ def counts(engine: Engine, settings: FleetSettings, now: str) -> dict[str, int]:
             .select_from(bundles.outerjoin(bundle_fleet, bundle_fleet.c.bundle_id == bundles.c.id))
             .where(bundles.c.created_at >= since).group_by(bundles.c.verdict, held)
         ).all()  # fmt: skip
-        new_problems = conn.execute(sa.select(sa.func.count()).where(problems.c.first_seen >= since)).scalar_one()
+        new_problems = conn.execute(sa.select(sa.func.count()).where(problems.c.first_seen >= since, problems.c.verdict_rank >= 1)).scalar_one()
     out = {"onsite": 0, "remote": 0, "held": 0, "bundles": 0, "new_problems": new_problems}
     for verdict, is_held, n in rows:
         out["bundles"] += n

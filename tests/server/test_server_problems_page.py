@@ -1,0 +1,32 @@
+"""Problems separate faults from business and issuer outcomes: the default view lists the
+problems whose bundles ask for an action (a verdict above none), a tab the card's and
+issuer's answers; a verdict filter; the page in the reader's language."""
+
+from __future__ import annotations
+
+import uuid
+
+from server_bundles import make_bundle
+from test_server_pages import signed_in
+
+
+def test_faults_by_default_outcomes_on_their_tab(server):
+    model = f"M{uuid.uuid4().hex[:6]}"  # this test's problems alone, whatever else the server holds
+    fault, outcome = f"F{uuid.uuid4().hex[:5]}", f"O{uuid.uuid4().hex[:5]}"
+    tid, token = server.terminal("PR")
+    for code, cause, category, verdict in ((fault, "printer.mechanism_fault", "printer", "onsite"), (outcome, "card.insufficient_funds", "card", "none")):
+        for _ in range(2):
+            bundle_id, body = make_bundle(token, tid, code=code, cause=cause, category=category, verdict=verdict, model=model)
+            assert server.upload(token, body, bundle_id).status_code == 201
+    session = signed_in(server)
+    page = lambda **q: session.get(f"{server.url}/problems", params=dict(q, model=model), timeout=30).text  # noqa: E731
+    default = page()
+    assert fault in default and outcome not in default and 'id="tab-faults" class="on"' in default
+    outcomes = page(kind="outcomes")
+    assert outcome in outcomes and fault not in outcomes
+    assert fault in page(kind="all") and outcome in page(kind="all")
+    assert fault in page(kind="all", verdict="onsite") and outcome not in page(kind="all", verdict="onsite")
+    listed = server.get("/api/v1/problems", params={"model": model, "kind": "faults"}).json()["items"]
+    assert [(p["code"], p["verdict"], p["bundles"]) for p in listed] == [(fault, "onsite", 2)]
+    chinese = session.get(f"{server.url}/problems", params={"model": model}, headers={"Accept-Language": "zh"}, timeout=30).text
+    assert "业务与发卡行结果" in chinese and "Problems, ranked" not in chinese and "现场处理" in chinese
