@@ -60,10 +60,10 @@ async def incident_act(request: Request, incident_id: str, act: str) -> Response
     hooks, engine, who, key = srv.settings.webhooks, srv.engine, user.name, incident_id[:36]
     try:
         if act == "note":
-            await run_in_threadpool(incident_actions.add_note, engine, key, who, note)
+            await run_in_threadpool(incident_actions.add_note, engine, key, who, note, "web")
         else:
             action = {"ack": incident_actions.acknowledge, "resolve": incident_actions.resolve, "dismiss": incident_actions.dismiss}[act]
-            await run_in_threadpool(action, engine, hooks, key, who, note)
+            await run_in_threadpool(action, engine, hooks, key, who, note, "web")
     except incident_actions.Refused as exc:
         message = words.get("refused_" + exc.code, exc.detail)
         return render(request, "error.html", status=exc.status, user=user, message=message)

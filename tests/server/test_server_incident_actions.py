@@ -16,6 +16,7 @@ from test_server_fleet_webhooks import Receiver, db_url, enrol, settings, wait_f
 from test_server_pages import csrf_of, signed_in
 
 from remote.server import db
+from remote.server.fleet import incident_actions
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.clock]  # clock: the date matters (tests/clock/run.py)
 
@@ -79,6 +80,12 @@ def test_acknowledge_note_and_dismiss_through_the_api(hooked):
     assert [(a["action"], a["by"]) for a in detail["actions"]] == [("acknowledged", "support"), ("note", "admin"), ("dismissed", "support")]
     assert detail["actions"][0]["note"] == "calling the acquirer" and all(a["at"] for a in detail["actions"])
     assert [i["id"] for i in server.get("/api/v1/incidents", params={"status": "dismissed"}).json()["items"]] == [incident]
+    logged = incident_actions.audit_entries(server.service.engine, {"object_id": incident}, None, 10)  # the audit log's source
+    assert [(e["action"], e["actor"], e["source"], e["object_kind"]) for e in logged] == [
+        ("incident.dismissed", "support", "api", "incident"), ("incident.note", "admin", "api", "incident"),
+        ("incident.acknowledged", "support", "api", "incident"),
+    ]
+    assert logged[0]["detail"] == {"note": "test traffic"}
     assert server.get("/api/v1/incidents/nope").status_code == 404
     events = lambda: {b["event"] for _, b in receiver.taken if b["data"].get("id") == incident}  # noqa: E731
     assert wait_for(lambda: {"incident.opened", "incident.acknowledged", "incident.dismissed"} <= events())
@@ -113,6 +120,8 @@ def test_the_incident_page_and_its_forms(hooked):
     record = server.get(f"/api/v1/incidents/{incident}").json()
     assert record["status"] == "closed" and record["ended_at"]
     assert held(server, bundles) == set(bundles)  # resolved, not dismissed: the holds were right
+    logged = incident_actions.audit_entries(server.service.engine, {"object_id": incident, "action": "incident.resolved"}, None, 10)
+    assert [(e["actor"], e["source"]) for e in logged] == [("support", "web")]
     assert wait_for(lambda: any(b["event"] == "incident.resolved" for _, b in receiver.taken))
     assert "incident.resolved" in session.get(f"{server.url}/incidents/{incident}", timeout=30).text  # webhooks sent
 

@@ -33,28 +33,28 @@ class Refused(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
-def acknowledge(engine: Engine, hooks: WebhookSettings, incident_id: str, who: str, note: str | None = None) -> dict[str, Any]:
+def acknowledge(engine: Engine, hooks: WebhookSettings, incident_id: str, who: str, note: str | None = None, source: str = "api") -> dict[str, Any]:
     """Someone is on it. Acknowledging again changes nothing (the first one stays)."""
     with db.writing(engine) as conn:
         row = _locked(conn, incident_id)
         if row["acknowledged_at"] is None:
             at = db.now()
             conn.execute(incidents_t.update().where(incidents_t.c.id == incident_id).values(acknowledged_at=at, acknowledged_by=who))
-            _record(conn, hooks, incident_id, at, who, "acknowledged", note)
+            _record(conn, hooks, incident_id, (at, who, source), "acknowledged", note)
     return detail(engine, incident_id)
 
 
-def add_note(engine: Engine, incident_id: str, who: str, note: str) -> dict[str, Any]:
+def add_note(engine: Engine, incident_id: str, who: str, note: str, source: str = "api") -> dict[str, Any]:
     text = (note or "").strip()[:MAX_NOTE]
     if not text:
         raise Refused(422, "empty_note", "the note is empty")
     with db.writing(engine) as conn:
         _locked(conn, incident_id)
-        _record(conn, None, incident_id, db.now(), who, "note", text)
+        _record(conn, None, incident_id, (db.now(), who, source), "note", text)
     return detail(engine, incident_id)
 
 
-def resolve(engine: Engine, hooks: WebhookSettings, incident_id: str, who: str, note: str | None = None) -> dict[str, Any]:
+def resolve(engine: Engine, hooks: WebhookSettings, incident_id: str, who: str, note: str | None = None, source: str = "api") -> dict[str, Any]:
     """Close an open incident now: the fault is fixed (its holds stay: they were right)."""
     with db.writing(engine) as conn:
         row = _locked(conn, incident_id)
@@ -62,11 +62,11 @@ def resolve(engine: Engine, hooks: WebhookSettings, incident_id: str, who: str, 
             raise Refused(409, "not_open", f"the incident is {row['status']}, not open")
         at = db.now()
         incidents.close(conn, incident_id, at)
-        _record(conn, hooks, incident_id, at, who, "resolved", note)
+        _record(conn, hooks, incident_id, (at, who, source), "resolved", note)
     return detail(engine, incident_id)
 
 
-def dismiss(engine: Engine, hooks: WebhookSettings, incident_id: str, who: str, note: str | None = None) -> dict[str, Any]:
+def dismiss(engine: Engine, hooks: WebhookSettings, incident_id: str, who: str, note: str | None = None, source: str = "api") -> dict[str, Any]:
     """Not an outage: open or closed, it becomes `dismissed` and its holds are released."""
     with db.writing(engine) as conn:
         row = _locked(conn, incident_id)
@@ -78,7 +78,7 @@ def dismiss(engine: Engine, hooks: WebhookSettings, incident_id: str, who: str, 
             .values(status="dismissed", open_key=None, ended_at=row["ended_at"] or at)
         )  # fmt: skip
         release_holds(conn, incident_id)
-        _record(conn, hooks, incident_id, at, who, "dismissed", note)
+        _record(conn, hooks, incident_id, (at, who, source), "dismissed", note)
     return detail(engine, incident_id)
 
 
@@ -104,9 +104,11 @@ def _locked(conn: sa.Connection, incident_id: str) -> Any:
     return row
 
 
-def _record(conn: sa.Connection, hooks: WebhookSettings | None, incident_id: str, at: str, who: str, action: str, note: str | None) -> None:
+def _record(conn: sa.Connection, hooks: WebhookSettings | None, incident_id: str, done: tuple[str, str, str], action: str, note: str | None) -> None:
+    """One action row (done: when, who, from where), and its webhook."""
+    at, who, source = done
     note = (note or "").strip()[:MAX_NOTE] or None
-    conn.execute(incident_actions.insert().values(incident_id=incident_id, at=at, by=who, action=action, note=note))
+    conn.execute(incident_actions.insert().values(incident_id=incident_id, at=at, by=who, action=action, note=note, source=source))
     if hooks is not None and action in EVENTS:
         row = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == incident_id)).mappings().one()
         data = dict(incidents.view(row), action={"at": at, "by": who, "note": note})
@@ -127,3 +129,27 @@ def detail(engine: Engine, incident_id: str) -> dict[str, Any]:
         raise Refused(404, "no_incident", "no incident with this id")
     actions = history(engine, incident_id)
     return dict(found, actions=actions, notes=[a for a in actions if a["action"] == "note"])
+
+
+def audit_entries(engine: Engine, filters: dict[str, str], before: tuple[str, str] | None, limit: int) -> list[dict[str, Any]]:
+    """The actions as entries of the audit log (audit.py's sources), newest first:
+    action `incident.<action>`, object `incident` and its id, the note as detail."""
+    a = incident_actions.c
+    query = sa.select(incident_actions).order_by(a.at.desc(), a.id.desc()).limit(limit)
+    if filters.get("object_kind") not in (None, "", "incident"):
+        return []
+    if filters.get("actor"):
+        query = query.where(a.by == filters["actor"])
+    if filters.get("action"):
+        query = query.where(a.action == filters["action"].removeprefix("incident."))
+    if filters.get("object_id"):
+        query = query.where(a.incident_id == filters["object_id"])
+    if before is not None:
+        query = query.where(a.at <= before[0])
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    return [
+        {"id": f"i{r['id']:012d}", "at": r["at"], "actor": r["by"], "source": r["source"] or "api", "action": f"incident.{r['action']}",
+         "object_kind": "incident", "object_id": r["incident_id"], "detail": {"note": r["note"]} if r["note"] else {}}
+        for r in rows
+    ]  # fmt: skip

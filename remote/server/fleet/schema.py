@@ -218,7 +218,9 @@ incident_actions = sa.Table(  # what support did to an incident, and its notes (
     sa.Column("by", sa.String(128), nullable=False),
     sa.Column("action", sa.String(16), nullable=False),  # acknowledged | note | resolved | dismissed
     sa.Column("note", sa.Text),
+    sa.Column("source", sa.String(8)),  # web | api: where it was done (the audit log shows it)
     sa.Index("ix_incident_actions_incident", "incident_id", "at"),
+    sa.Index("ix_incident_actions_at", "at", "id"),
 )
 
 webhook_deliveries = sa.Table(
