@@ -62,6 +62,10 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     async def _api_error(_: Request, exc: api.ApiError) -> JSONResponse:
         return api.error_response(exc.status, exc.code, exc.detail, exc.headers)
 
+    @app.exception_handler(web.PageAnswer)
+    async def _page_answer(_: Request, exc: web.PageAnswer) -> Response:
+        return exc.response
+
     @app.exception_handler(IngestError)
     async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
         return api.error_response(exc.status, exc.code, exc.detail)

@@ -1,53 +1,24 @@
-"""Fleet pages: Problems (the support team's main view), Incidents; the pieces the other
-pages add (open-outage banner, terminal health, bundle links) are built here too."""
+"""Problems pages: faults ranked by terminals affected, business and issuer outcomes, one
+problem."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from remote.server import db, quotas
-from remote.server.fleet import charts, incidents, inventory, problems, triage
-from remote.server.service import Service
-from remote.server.web import WORDS, lang_of, page_user, render, service, to_login
+from remote.server import db
+from remote.server.fleet import charts, problems, triage
+from remote.server.web import WORDS, SignedIn, lang_of, render, service
 
 router = APIRouter(include_in_schema=False)
 KINDS = ("faults", "outcomes", "all")  # the Problems tabs; faults (verdict above none) first
-HEALTH_CHARTS = (
-    ("battery_pct", "Battery %"), ("battery_wear_ratio", "Battery health (share of design)"),
-    ("max_temp_c", "Temperature °C"), ("free_mib", "Free space MiB"), ("signal_dbm", "Signal dBm"),
-    ("emmc_life_used_pct", "eMMC life used %"),
-)  # fmt: skip
-
-
-def open_outages(srv: Service) -> list[dict[str, Any]]:
-    """For the banner on every page."""
-    return [i for i in incidents.list_incidents(srv.engine, "open", limit=20) if i["kind"] == "outage"]
-
-
-def terminal_health(srv: Service, terminal_id: str) -> dict[str, Any]:
-    fleet = inventory.get_terminal(srv.engine, srv.settings.fleet, terminal_id, db.now())
-    rows = inventory.health_series(srv.engine, terminal_id)
-    lines = [line for metric, title in HEALTH_CHARTS if (line := charts.health_line(rows, metric, title))]
-    usage = quotas.usage(srv.engine, terminal_id, srv.quota_limits)
-    return {"fleet": fleet, "health_charts": lines, "covering": srv.fleet.notices(terminal_id), "usage": usage}
-
-
-def bundle_fleet(srv: Service, bundle_id: str) -> dict[str, Any]:
-    links = incidents.bundle_links(srv.engine, bundle_id) or {}
-    hold = incidents.dispatch_for(srv.engine, [bundle_id]).get(bundle_id)
-    return {"problem_id": links.get("problem_id"), "fleet_dispatch": hold, "clock_clamped": links.get("clock_clamped")}
 
 
 @router.get("/problems")
-async def problems_page(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def problems_page(request: Request, user: SignedIn) -> Response:
     srv = service(request)
     q = request.query_params
     labels = {}
@@ -82,10 +53,7 @@ async def problems_page(request: Request) -> Response:
 
 
 @router.get("/problems/{problem_id}")
-async def problem_page(request: Request, problem_id: str) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def problem_page(request: Request, user: SignedIn, problem_id: str) -> Response:
     found = await run_in_threadpool(problems.get_problem, service(request).engine, problem_id[:32])
     if found is None:
         return render(request, "error.html", status=404, user=user, message=WORDS[lang_of(request)]["no_problem"])

@@ -10,16 +10,13 @@ from fastapi.responses import Response
 
 from remote.server import db
 from remote.server.fleet import charts, triage
-from remote.server.web import page_user, render, service, to_login
+from remote.server.web import SignedIn, render, service
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/")
-async def home(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def home(request: Request, user: SignedIn) -> Response:
     srv = service(request)
     now = db.now()
     found = await run_in_threadpool(triage.open_incidents, srv.engine)

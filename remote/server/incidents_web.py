@@ -3,35 +3,32 @@ forms that acknowledge, note, resolve or dismiss it (support and admin roles, CS
 
 from __future__ import annotations
 
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from remote.server.fleet import charts, incident_actions, incident_view, incidents
-from remote.server.web import WORDS, form_checked, lang_of, page_user, render, service, to_login
+from remote.server.service import User
+from remote.server.web import WORDS, SignedIn, form_checked, lang_of, page_role, render, service
 
 router = APIRouter(include_in_schema=False)
 ACTS = ("ack", "note", "resolve", "dismiss")
 ACTORS = ("support", "admin")
+Actor = Annotated[User, Depends(page_role(*ACTORS, refusal="support_only"))]
 
 
 @router.get("/incidents")
-async def incidents_page(request: Request, status: str = "all") -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def incidents_page(request: Request, user: SignedIn, status: str = "all") -> Response:
     shown = status if status in ("open", "closed", "dismissed") else "all"
     items = await run_in_threadpool(incidents.list_incidents, service(request).engine, shown)
     return render(request, "incidents.html", user=user, items=items, shown=shown)
 
 
 @router.get("/incidents/{incident_id}")
-async def incident_page(request: Request, incident_id: str, done: str = "") -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def incident_page(request: Request, user: SignedIn, incident_id: str, done: str = "") -> Response:
     srv = service(request)
     found = await run_in_threadpool(incident_view.page, srv.engine, incident_id[:36], srv.settings.fleet)
     if found is None:
@@ -43,15 +40,10 @@ async def incident_page(request: Request, incident_id: str, done: str = "") -> R
 
 
 @router.post("/incidents/{incident_id}/{act}")
-async def incident_act(request: Request, incident_id: str, act: str) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def incident_act(request: Request, user: Actor, incident_id: str, act: str) -> Response:
     words = WORDS[lang_of(request)]
     if act not in ACTS:
         return render(request, "error.html", status=404, user=user, message=words["no_page"])
-    if user.role not in ACTORS:
-        return render(request, "error.html", status=403, user=user, message=words["support_only"])
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message=words["form_expired"])

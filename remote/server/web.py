@@ -15,19 +15,19 @@ import math
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import jinja2
 import markupsafe
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import pass_context
 
 import probes
 from remote import wire
-from remote.server import auth, chart, db, signin, store, titles
+from remote.server import auth, chart, db, fleet_panels, signin, store, titles
 from remote.server.fleet import incidents as fleet_incidents, inventory as fleet_inventory, triage
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
@@ -191,8 +191,40 @@ async def page_user(request: Request) -> User | None:
     user = await run_in_threadpool(srv.user_by_session, request.cookies.get(SESSION_COOKIE))
     if user is not None:
         request.state.lang = await run_in_threadpool(store.user_lang, srv.engine, user.name)
-        request.state.open_outages = await run_in_threadpool(fleet_web.open_outages, srv)
+        request.state.open_outages = await run_in_threadpool(fleet_panels.open_outages, srv)
     return user
+
+
+class PageAnswer(Exception):
+    """A page's answer decided before its handler runs (sign in first, a role refused);
+    app.py answers it."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def signed_in(request: Request) -> User:
+    """Dependency of every page: the signed-in user; anyone else is sent to sign in."""
+    user = await page_user(request)
+    if user is None:
+        raise PageAnswer(to_login(request))
+    return user
+
+
+SignedIn = Annotated[User, Depends(signed_in)]
+
+
+def page_role(*roles: str, refusal: str) -> Any:
+    """Dependency: the signed-in user if their role is one of `roles`, else a 403 page
+    saying `refusal` (a key of words.toml)."""
+
+    async def check(request: Request, user: SignedIn) -> User:
+        if user.role not in roles:
+            raise PageAnswer(render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)][refusal]))
+        return user
+
+    return check
 
 
 def to_login(request: Request) -> RedirectResponse:
@@ -268,10 +300,7 @@ async def logout(request: Request) -> Response:
 
 
 @router.get("/overview")
-async def overview(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def overview(request: Request, user: SignedIn) -> Response:
     srv = service(request)
     days = srv.settings.stats_days
     stats = await run_in_threadpool(store.stats, srv.engine, days)
@@ -291,10 +320,7 @@ async def with_holds(srv: Service, rows: list[dict[str, Any]]) -> list[dict[str,
 
 
 @router.get("/bundles")
-async def bundle_list(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def bundle_list(request: Request, user: SignedIn) -> Response:
     srv = service(request)
     params = {k: request.query_params.get(k, "").strip() for k in FILTERS}
     error = None
@@ -335,10 +361,7 @@ def _day(text: str, next_day: bool = False) -> str | None:
 
 
 @router.get("/bundles/{bundle_id}")
-async def bundle_page(request: Request, bundle_id: str) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def bundle_page(request: Request, user: SignedIn, bundle_id: str) -> Response:
     srv = service(request)
     record = await run_in_threadpool(store.get_bundle, srv.engine, bundle_id[:64])
     if record is None:
@@ -347,7 +370,7 @@ async def bundle_page(request: Request, bundle_id: str) -> Response:
     probes = detail["probes"]
     if isinstance(probes, dict):
         probes = probes.get("probes", [])
-    fleet = await run_in_threadpool(fleet_web.bundle_fleet, srv, record["id"])
+    fleet = await run_in_threadpool(fleet_panels.bundle_fleet, srv, record["id"])
     return render(
         request, "bundle.html", user=user, r=record, d=detail["diagnosis"], manifest=detail["manifest"],
         probes=probes if isinstance(probes, list) else [], logs=detail["logs"], fleet=fleet,
@@ -355,10 +378,7 @@ async def bundle_page(request: Request, bundle_id: str) -> Response:
 
 
 @router.get("/terminals")
-async def terminal_list(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def terminal_list(request: Request, user: SignedIn) -> Response:
     srv = service(request)
     status = request.query_params.get("status") or None
     status = status if status in ("ok", "missing", "at_risk") else None
@@ -374,10 +394,7 @@ async def terminal_list(request: Request) -> Response:
 
 
 @router.get("/terminals/{terminal_id}")
-async def terminal_page(request: Request, terminal_id: str, requested: str = "") -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def terminal_page(request: Request, user: SignedIn, terminal_id: str, requested: str = "") -> Response:
     srv = service(request)
     terminal = await run_in_threadpool(store.get_terminal, srv.engine, terminal_id)
     if terminal is None:
@@ -386,7 +403,7 @@ async def terminal_page(request: Request, terminal_id: str, requested: str = "")
         store.list_bundles, srv.engine, store.BundleFilter(terminal=terminal_id), srv.settings.page_size
     )
     commands = await run_in_threadpool(store.list_commands, srv.engine, terminal_id)
-    fleet = await run_in_threadpool(fleet_web.terminal_health, srv, terminal_id)
+    fleet = await run_in_threadpool(fleet_panels.terminal_health, srv, terminal_id)
     return render(
         request, "terminal.html", user=user, term=terminal, rows=await with_holds(srv, rows), commands=commands,
         probe_names=probe_names(), requested=requested, **fleet,
@@ -394,10 +411,7 @@ async def terminal_page(request: Request, terminal_id: str, requested: str = "")
 
 
 @router.post("/terminals/{terminal_id}/probes")
-async def request_probes(request: Request, terminal_id: str) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def request_probes(request: Request, user: SignedIn, terminal_id: str) -> Response:
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message="The form expired; please try again.")
@@ -414,11 +428,8 @@ async def request_probes(request: Request, terminal_id: str) -> Response:
 
 
 @router.post("/lang")
-async def choose_language(request: Request) -> Response:
+async def choose_language(request: Request, user: SignedIn) -> Response:
     """The language switch in the page header: remembered for the user."""
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)]["form_expired"])
@@ -493,5 +504,3 @@ async def not_found_page(request: Request, status: int) -> Response:
 async def local_time_script() -> Response:
     return Response((TEMPLATES / "local-time.js").read_bytes(), media_type="text/javascript")
 
-
-from remote.server import fleet_web  # noqa: E402  (fleet_web builds on this module's helpers)

@@ -311,7 +311,7 @@ def stored_xss(pair):
     tid, token = server.terminal("XSS")
     bundle_id, body = xss_bundle(token, tid)
     assert server.upload(token, body, bundle_id).status_code == 201
-    pages = ("/", f"/bundles?terminal={tid}", f"/bundles?model={XSS}", f"/bundles/{bundle_id}", f"/terminals/{tid}")
+    pages = ("/overview", f"/bundles?terminal={tid}", f"/bundles?model={XSS}", f"/bundles/{bundle_id}", f"/terminals/{tid}")
     return tid, bundle_id, pages
 
 
