@@ -93,3 +93,22 @@ def test_probe_requests_offer_every_probe_the_agent_has(fleet):
     session.post(f"{server.url}/terminals/F-0/probes", data={"csrf": csrf_of(page), "probe": ["modem", "payment_app"]}, timeout=30)
     commands = server.get("/api/v1/terminals/F-0/commands").json()
     assert [c["probes"] for c in commands] == [["modem", "payment_app"]]
+
+
+ALLOWED = {"posdiag", "support", "English", "UTC", "Webhook", "MiB", "dBm", "eMMC", "acquirer", "region", "east", "west", "host", "printer"}  # brand, switch, units, data
+
+
+def test_the_new_pages_speak_chinese_throughout(fleet):
+    """Home, incidents, one incident, problems and the bundle list in 中文 with data on them:
+    no English word but names, units and what the terminals sent (label keys and values,
+    cause categories)."""
+    from test_server_pages_i18n import visible_text
+
+    server, incident, *_ = fleet
+    session = signed_in(server)
+    for path in ("/", "/incidents", f"/incidents/{incident}", "/problems", "/problems?kind=outcomes", "/bundles?verdict=hold", "/terminals/H-0"):
+        html = session.get(server.url + path, headers={"Accept-Language": "zh"}, timeout=30).text
+        text = visible_text(html).replace("&nbsp;", " ")
+        english = set(re.findall(r"(?<![\w.=/-])[A-Za-z][A-Za-z']{2,}(?![\w.=/-])", text)) - ALLOWED
+        english -= set(probes.probe_modules())  # probe names are ids
+        assert not english, (path, english)
