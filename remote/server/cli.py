@@ -289,7 +289,10 @@ def cmd_demo_fleet(args: argparse.Namespace) -> int:
     if not 1 <= args.terminals <= 100_000 or not 0.1 <= args.days <= 60:
         raise UsageError("--terminals 1-100000, --days 0.1-60")
     try:
-        filled = demo_fleet.fill(db_url(args), Path(args.data), settings_for(args), args.terminals, args.days)
+        filled = demo_fleet.fill(
+            db_url(args), Path(args.data), settings_for(args), args.terminals, args.days,
+            lambda done, total: print(f"posdiag-support: demo-fleet: {done} of {total} heartbeats and bundles sent", file=sys.stderr, flush=True),
+        )  # fmt: skip
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     opened = ", ".join(f"{i['kind']} {' '.join(f'{k}={v}' for k, v in sorted(i['scope'].items()))}" for i in filled.incidents)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import secrets
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -55,19 +56,27 @@ def scenario() -> dict[str, Any]:
     return tomllib.loads(resources.files("config").joinpath("demo_fleet.toml").read_text(encoding="utf-8"))
 
 
-def fill(db_url: str, data_dir: Path, settings: ServerSettings, terminals: int = 300, days: float = 3.0, end: datetime | None = None) -> Filled:
-    """Fill an empty database and blob store; ValueError when the database holds bundles."""
+def fill(
+    db_url: str, data_dir: Path, settings: ServerSettings, terminals: int = 300, days: float = 3.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Filled:  # fmt: skip
+    """Fill an empty database and blob store; ValueError when the database holds bundles.
+    progress(done, total) is told of every tenth of the events sent."""
     srv = Service(db_url, data_dir, settings)
     try:
         if store.list_bundles(srv.engine, store.BundleFilter(), 1)[0]:
             raise ValueError("the database holds bundles already: give demo-fleet an empty data directory")
         sc = scenario()
-        end = (end or datetime.now(UTC)).replace(microsecond=0) - timedelta(seconds=30)
+        end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=30)
         start = end - timedelta(days=days)
         rng = random.Random(sc["seed"])
         fleet = _enrol(srv, sc, terminals, start, end)
         done = Filled(terminals=len(fleet), password=_lead(srv))
-        for when, kind, terminal, payload in sorted(_events(sc, fleet, start, end, rng), key=lambda e: (e[0], e[2].id)):
+        events = sorted(_events(sc, fleet, start, end, rng), key=lambda e: (e[0], e[2].id))
+        step = max(1, len(events) // 10)
+        for n, (when, kind, terminal, payload) in enumerate(events, 1):
+            if progress is not None and n % step == 0:
+                progress(n, len(events))
             if kind == "heartbeat":
                 _heartbeat(srv, terminal, when, payload)
                 done.heartbeats += 1
