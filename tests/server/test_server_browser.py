@@ -223,6 +223,10 @@ def test_triage_home_and_an_incident_in_both_languages(server, browser):
     browser.find_element(By.ID, "act-note").click()
     assert "主机侧已在处理" in browser.find_element(By.ID, "actions").text
     browser.save_screenshot(str(shots / "incident-zh.png"))
+    browser.find_element(By.LINK_TEXT, "问题").click()  # the header's Problems
+    assert "业务与发卡行结果" in browser.find_element(By.ID, "kind-tabs").text
+    browser.save_screenshot(str(shots / "problems-zh.png"))
+    browser.back()
 
     in_language("en")
     main = browser.find_element(By.TAG_NAME, "main").text
