@@ -30,3 +30,30 @@ def test_faults_by_default_outcomes_on_their_tab(server):
     assert [(p["code"], p["verdict"], p["bundles"]) for p in listed] == [(fault, "onsite", 2)]
     chinese = session.get(f"{server.url}/problems", params={"model": model}, headers={"Accept-Language": "zh"}, timeout=30).text
     assert "业务与发卡行结果" in chinese and "Problems, ranked" not in chinese and "现场处理" in chinese
+
+
+def test_a_database_made_before_problem_verdicts_gets_them_on_start(tmp_path):
+    import sqlalchemy as sa
+
+    from remote.server import db
+    from remote.server.fleet.schema import bundle_fleet, problems
+
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    db.create_schema(engine)
+    stamp = "2026-01-01T00:00:00.000000Z"
+    with engine.begin() as conn:
+        for i, verdict in enumerate(("merchant", "onsite", "none")):
+            conn.execute(db.bundles.insert().values(
+                id=f"00000000-0000-0000-0000-00000000000{i}", terminal_id="T", serial="S", model="M", firmware="F", app_version="A",
+                agent_version="0", trigger_kind="error", verdict=verdict, created_at=stamp, received_at=stamp, sha256="0" * 64, size=1,
+            ))  # fmt: skip
+            conn.execute(bundle_fleet.insert().values(
+                bundle_id=f"00000000-0000-0000-0000-00000000000{i}", terminal_id="T", event_at=stamp, problem_id="p1" if i < 2 else "p2",
+                model="M", firmware="F", app_version="A",
+            ))  # fmt: skip
+        for pid in ("p1", "p2"):
+            conn.execute(problems.insert().values(id=pid, signature=pid, first_seen=stamp, last_seen=stamp, bundles=1, terminals_affected=1))
+        conn.execute(sa.text("ALTER TABLE problems DROP COLUMN verdict_rank"))
+    db.create_schema(engine)  # the next start
+    with engine.connect() as conn:
+        assert dict(conn.execute(sa.select(problems.c.id, problems.c.verdict_rank)).all()) == {"p1": 3, "p2": 0}
