@@ -215,7 +215,7 @@ def test_triage_home_and_an_incident_in_both_languages(server, browser):
     row.find_element(By.LINK_TEXT, f"acquirer={scope}, region=east").click()
     main = browser.find_element(By.TAG_NAME, "main").text
     assert "受影响终端" in main and "暂缓派单的诊断包" in main and "Terminals affected" not in main
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline rect.slot")) >= 8
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline rect.slot")) >= 5  # from 40 min before it began to now
     assert {a.text for a in browser.find_elements(By.CSS_SELECTOR, "#affected td:first-child a")} == {f"{scope}-{i}" for i in range(7)}
     browser.find_element(By.ID, "act-ack").click()
     assert "已确认" in browser.find_element(By.ID, "done").text

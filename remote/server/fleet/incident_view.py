@@ -105,7 +105,8 @@ def _timeline(conn: sa.Connection, row: Any, span: tuple[str, str], settings: Fl
         expected = row["expected"] / days
         m = _members(row, (db.stamp(first), span[1]))
         events = conn.execute(sa.select(m.c.terminal_id, m.c.event_at)).all()
-    count = min(MAX_SLOTS + 8, int(length // minutes) + 1)
+    until_now = (db.parse_time(db.now()) - first).total_seconds() // (minutes * 60) + 1  # no slot in the future
+    count = max(1, min(MAX_SLOTS + 8, int(length // minutes) + 1, int(until_now)))
     failing: list[set[str]] = [set() for _ in range(count)]
     for terminal_id, event_at in events:
         index = int((db.parse_time(event_at) - first).total_seconds() // (minutes * 60))
