@@ -27,7 +27,7 @@ from jinja2 import pass_context
 
 import probes
 from remote import wire
-from remote.server import auth, chart, db, fleet_panels, signin, store, titles
+from remote.server import chart, db, fleet_panels, signin, store, titles
 from remote.server.fleet import incidents as fleet_incidents, inventory as fleet_inventory, triage
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
@@ -268,16 +268,16 @@ async def login(request: Request) -> Response:
         return response
     if user is None:
         return render(request, "login.html", status=401, next=target, error=WORDS[lang_of(request)]["wrong_login"])
-    return _start_session(request, RedirectResponse(target, status_code=303), user.name)
+    return _start_session(request, RedirectResponse(target, status_code=303), user)
 
 
-def _start_session(request: Request, response: Response, name: str) -> Response:
-    """`response` with a new session cookie for `name`."""
+def _start_session(request: Request, response: Response, user: User) -> Response:
+    """`response` with a new session cookie for `user` as it is now."""
     srv = service(request)
     lifetime = srv.settings.session_hours * 3600
     response.set_cookie(
         SESSION_COOKIE,
-        srv.signer.session_cookie(name, lifetime),
+        srv.session_cookie(user),
         max_age=int(lifetime),
         httponly=True,
         samesite="lax",
@@ -437,61 +437,6 @@ async def choose_language(request: Request, user: SignedIn) -> Response:
     if lang in WORDS:
         await run_in_threadpool(store.set_user_lang, service(request).engine, user.name, lang)
     return RedirectResponse(_safe_next(form.get("next", ["/"])[0]), status_code=303)
-
-
-async def admin_or_answer(request: Request) -> User | Response:
-    """The signed-in admin, or the answer for anyone else (sign-in, or 403)."""
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
-    if user.role != "admin":
-        return render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)]["admins_only"])
-    return user
-
-
-@router.get("/users")
-async def users_page(request: Request, done: str = "") -> Response:
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
-    rows = await run_in_threadpool(store.list_users, service(request).engine)
-    return render(request, "users.html", user=user, rows=rows, roles=auth.ROLES, done=done[:200], error=None)
-
-
-@router.post("/users")
-async def change_users(request: Request) -> Response:
-    """Add a user, or change (role, password) or remove one; admins only."""
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
-    words = WORDS[lang_of(request)]
-    form = await form_checked(request)
-    if form is None:
-        return render(request, "error.html", status=403, user=user, message=words["form_expired"])
-    field = {k: (v[0] if v else "") for k, v in form.items()}
-    name, action, engine = clean(field.get("name", "")).strip(), field.get("action", ""), service(request).engine
-    try:
-        if action == "add":
-            await run_in_threadpool(store.add_user, engine, name, field.get("role", ""), field.get("password", ""))
-            done = words["user_added"].format(name=name)
-        elif action == "remove":
-            if name == user.name:
-                raise store.StoreError("self", words["cannot_remove_self"])
-            await run_in_threadpool(store.remove_user, engine, name)
-            done = words["user_removed"].format(name=name)
-        else:
-            if field.get("role"):
-                await run_in_threadpool(store.set_role, engine, name, field["role"])
-            if field.get("password"):
-                await run_in_threadpool(service(request).set_password, name, field["password"])
-            done = words["user_changed"].format(name=name)
-    except store.StoreError as exc:
-        rows = await run_in_threadpool(store.list_users, engine)
-        return render(request, "users.html", status=400, user=user, rows=rows, roles=auth.ROLES, done="", error=exc.detail)
-    response = RedirectResponse(f"/users?{urlencode({'done': done})}", status_code=303)
-    if name == user.name and field.get("password"):  # the admin's other sessions end, this one goes on
-        return _start_session(request, response, name)
-    return response
 
 
 async def not_found_page(request: Request, status: int) -> Response:
