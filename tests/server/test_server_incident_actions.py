@@ -86,6 +86,8 @@ def test_acknowledge_note_and_dismiss_through_the_api(hooked):
         ("incident.acknowledged", "support", "api", "incident"),
     ]
     assert logged[0]["detail"] == {"note": "test traffic"}
+    audit = server.get("/api/v1/audit", params={"object_kind": "incident", "object_id": incident}, user="admin").json()["items"]
+    assert [(e["action"], e["actor"]) for e in audit] == [("incident.dismissed", "support"), ("incident.note", "admin"), ("incident.acknowledged", "support")]
     assert server.get("/api/v1/incidents/nope").status_code == 404
     events = lambda: {b["event"] for _, b in receiver.taken if b["data"].get("id") == incident}  # noqa: E731
     assert wait_for(lambda: {"incident.opened", "incident.acknowledged", "incident.dismissed"} <= events())

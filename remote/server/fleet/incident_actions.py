@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from remote.server import db
+from remote.server import audit, db
 from remote.server.fleet import baseline, incidents, sql, webhooks
 from remote.server.fleet.schema import bundle_fleet, incident_actions, incidents as incidents_t, outage_events, scope_hours
 from remote.server_settings import WebhookSettings
@@ -153,3 +153,6 @@ def audit_entries(engine: Engine, filters: dict[str, str], before: tuple[str, st
          "object_kind": "incident", "object_id": r["incident_id"], "detail": {"note": r["note"]} if r["note"] else {}}
         for r in rows
     ]  # fmt: skip
+
+
+audit.add_source(audit_entries)
