@@ -374,6 +374,7 @@ async def bundle_page(request: Request, user: SignedIn, bundle_id: str) -> Respo
     return render(
         request, "bundle.html", user=user, r=record, d=detail["diagnosis"], manifest=detail["manifest"],
         probes=probes if isinstance(probes, list) else [], logs=detail["logs"], fleet=fleet,
+        outcome=await run_in_threadpool(outcomes_web.bundle_outcome, srv, record, detail["diagnosis"]),
     )  # fmt: skip
 
 
@@ -449,3 +450,5 @@ async def not_found_page(request: Request, status: int) -> Response:
 async def local_time_script() -> Response:
     return Response((TEMPLATES / "local-time.js").read_bytes(), media_type="text/javascript")
 
+
+from remote.server import outcomes_web  # noqa: E402  (outcomes_web builds on this module's helpers)
