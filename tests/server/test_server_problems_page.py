@@ -28,6 +28,9 @@ def test_faults_by_default_outcomes_on_their_tab(server):
     assert fault in page(kind="all", verdict="onsite") and outcome not in page(kind="all", verdict="onsite")
     listed = server.get("/api/v1/problems", params={"model": model, "kind": "faults"}).json()["items"]
     assert [(p["code"], p["verdict"], p["bundles"]) for p in listed] == [(fault, "onsite", 2)]
+    one = session.get(f"{server.url}/problems/{listed[0]['id']}", timeout=30)
+    assert one.status_code == 200 and fault in one.text and 'id="kind-tabs"' not in one.text
+    assert session.get(f"{server.url}/problems/{'0' * 32}", timeout=30).status_code == 404
     chinese = session.get(f"{server.url}/problems", params={"model": model}, headers={"Accept-Language": "zh"}, timeout=30).text
     assert "业务与发卡行结果" in chinese and "Problems, ranked" not in chinese and "现场处理" in chinese
 
