@@ -284,6 +284,20 @@ def create_schema(engine: Engine) -> None:
             raise RuntimeError(f"database schema {have} is newer than this server ({SCHEMA_VERSION})")
 
 
+def _widen_columns(conn: sa.Connection) -> None:
+    """A VARCHAR a later release made longer is widened on PostgreSQL (SQLite does not
+    enforce lengths)."""
+    if conn.dialect.name != "postgresql":
+        return
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"]: c["type"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            want, got = getattr(column.type, "length", None), getattr(have.get(column.name), "length", None)
+            if isinstance(column.type, sa.String) and want and got and got < want:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ALTER COLUMN {column.name} TYPE VARCHAR({want})"))
+
+
 def _add_missing_columns(conn: sa.Connection) -> list[sa.Column]:
     """create_all makes missing tables, not missing columns: a nullable column added to a
     table in a later release is added here to a database made before it. The added columns."""

@@ -3,22 +3,22 @@
 written in one transaction with its effect and its webhook (incident.acknowledged,
 incident.resolved, incident.dismissed).
 
-Dismissing releases the bundles the incident holds (their dispatch is the terminal's own
-again) and gives their failures back to their scopes' baselines; the incident keeps its
-row with status `dismissed`, so the detector's figures count it as a false positive.
+Dismissing an outage releases the bundles it holds (their dispatch is the terminal's own
+again) and remembers its failing terminals (incidents.dismiss, the detector's side); the
+incident keeps its row with status `dismissed`, so the detector's figures count it as a
+false positive.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from remote.server import audit, db
-from remote.server.fleet import baseline, incidents, sql, webhooks
-from remote.server.fleet.schema import bundle_fleet, incident_actions, incidents as incidents_t, outage_events, scope_hours
+from remote.server.fleet import incidents, webhooks
+from remote.server.fleet.schema import incident_actions, incidents as incidents_t
 from remote.server_settings import WebhookSettings
 
 EVENTS = {"acknowledged": "incident.acknowledged", "resolved": "incident.resolved", "dismissed": "incident.dismissed"}
@@ -73,28 +73,15 @@ def dismiss(engine: Engine, hooks: WebhookSettings, incident_id: str, who: str, 
         if row["status"] == "dismissed":
             raise Refused(409, "dismissed", "the incident is dismissed already")
         at = db.now()
-        conn.execute(
-            incidents_t.update().where(incidents_t.c.id == incident_id)
-            .values(status="dismissed", open_key=None, ended_at=row["ended_at"] or at)
-        )  # fmt: skip
-        release_holds(conn, incident_id)
+        if row["kind"] == "outage":  # its holds released, its failing terminals remembered (incidents.dismiss)
+            incidents.dismiss(conn, incident_id)
+        else:
+            conn.execute(
+                incidents_t.update().where(incidents_t.c.id == incident_id)
+                .values(status="dismissed", open_key=None, ended_at=row["ended_at"] or at)
+            )  # fmt: skip
         _record(conn, hooks, incident_id, (at, who, source), "dismissed", note)
     return detail(engine, incident_id)
-
-
-def release_holds(conn: sa.Connection, incident_id: str) -> int:
-    """The incident's bundles are held no more; their failures count in the baselines again."""
-    held = conn.execute(
-        bundle_fleet.update().where(bundle_fleet.c.hold_incident == incident_id).values(hold_incident=None).returning(bundle_fleet.c.bundle_id)
-    ).scalars().all()  # fmt: skip
-    released: Counter[tuple[str, str]] = Counter()
-    for start in range(0, len(held), 500):
-        e = outage_events.c
-        for scope_key, event_at in conn.execute(sa.select(e.scope_key, e.event_at).where(e.bundle_id.in_(held[start : start + 500]))):
-            released[(scope_key, baseline.hour(event_at))] -= 1
-    rows = [{"scope_key": k, "hour": h, "events": 0, "held": n} for (k, h), n in sorted(released.items())]
-    sql.add_counts(conn, scope_hours, ["scope_key", "hour"], rows, "held")
-    return len(held)
 
 
 def _locked(conn: sa.Connection, incident_id: str) -> Any:
