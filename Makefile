@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-clock demo bench soak clean dist
+.PHONY: test test-clock demo demo-fleet bench soak clean dist
 
 $(STAMP): pyproject.toml
 	@echo "installing posdiag and its dependencies into $(VENV) (log: $(VENV)/install.log)"
@@ -32,6 +32,11 @@ test-clock: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/posdiag demo
+
+# A simulated fleet of 300 terminals (an open outage, a regression, missing and at-risk
+# terminals) in a fresh directory, then served on http://127.0.0.1:8080/ until Ctrl-C.
+demo-fleet: $(STAMP)
+	@dir=$$(mktemp -d) && $(VENV)/bin/posdiag-support --data $$dir demo-fleet && $(VENV)/bin/posdiag-support --data $$dir serve --port 8080
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

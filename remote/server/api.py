@@ -386,10 +386,11 @@ async def list_bundles(
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     verdict: Annotated[Verdict | None, Query(description="dispatch verdict; hold: held by a fleet outage (fleet_dispatch)")] = None,
+    held: Annotated[bool | None, Query(description="true: only bundles a fleet outage holds; false: only those none holds")] = None,
 ) -> Any:
     srv = service(request)
     flt = store.BundleFilter(
-        terminal, code, cause, category, model, firmware, verdict, since=time_param(since), until=time_param(until)
+        terminal, code, cause, category, model, firmware, verdict, since=time_param(since), until=time_param(until), held=held
     )
     try:
         rows, next_cursor = await run_in_threadpool(

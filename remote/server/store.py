@@ -422,11 +422,13 @@ class BundleFilter:
     verdict: str | None = None
     since: str | None = None
     until: str | None = None
+    held: bool | None = None
 
     def clauses(self) -> list[Any]:
         """Exact matches, except model and firmware: case-insensitive prefixes ("a9" finds
-        A920 and A930), as support types them from a label or a complaint; verdict `hold`:
-        the bundles a fleet incident holds (their fleet_dispatch), whatever the terminal said."""
+        A920 and A930), as support types them from a label or a complaint; verdict `hold`
+        (or held True): the bundles a fleet incident holds (their fleet_dispatch), whatever
+        the terminal said; held False: those no incident holds."""
         out: list[Any] = []
         for column, value in (
             (bundles.c.terminal_id, self.terminal),
@@ -437,11 +439,11 @@ class BundleFilter:
         ):
             if value:
                 out.append(column == value)
-        if self.verdict == "hold":
+        if self.verdict == "hold" or self.held is not None:
             held = sa.select(bundle_fleet.c.bundle_id).where(
                 bundle_fleet.c.bundle_id == bundles.c.id, bundle_fleet.c.hold_incident.is_not(None)
             )
-            out.append(held.exists())
+            out.append(held.exists() if self.verdict == "hold" or self.held else ~held.exists())
         for column, value in ((bundles.c.model, self.model), (bundles.c.firmware, self.firmware)):
             if value:
                 out.append(sa.func.lower(column).startswith(value.lower(), autoescape=True))

@@ -111,7 +111,7 @@ def test_outage_webhook_survives_a_restart_and_terminals_are_told(db_url, tmp_pa
     assert [(i["kind"], i["scope"]) for i in told["incidents"]] == [("outage", labels)]
     assert "acquirer Z" in told["incidents"][0]["summary"]["en"]
     page = signed_in(server).get(f"{server.url}/terminals", timeout=30).text  # support sees it on every page
-    assert 'id="outage-banner"' in page and f"/incidents#{told['incidents'][0]['id']}" in page
+    assert 'id="outage-banner"' in page and f"/incidents/{told['incidents'][0]['id']}" in page
     poll = http.get(f"{server.url}/api/v1/terminals/W-7/commands/next", headers={"Authorization": f"Bearer {terminals[7]}"}, timeout=30)
     assert poll.status_code == 204 and json.loads(poll.headers["X-Posdiag-Incidents"])[0]["id"] == told["incidents"][0]["id"]
     store.add_command(server.service.engine, "W-7", ["network"], None, "support")
