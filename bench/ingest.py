@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import ingest_floor
 from server_bundles import make_bundle
 
-from remote.server import db, store
+from remote.server import db, fleet_queue, store
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 CLI = Path(sys.executable).parent / "posdiag-support"
@@ -134,14 +134,24 @@ def client(url: str, fleet, kind: str, per_terminal: int, sign: bool, barrier, r
 
 @dataclass
 class Run:
-    sent: int
-    per_second: float
-    p50_ms: float
-    p99_ms: float
-    failures: int
+    """One side's requests of one kind, over its rounds."""
+
+    sent: int = 0
+    wall: float = 0.0
+    failures: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        return self.sent / self.wall
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
 
 
-WARM_UP = 4  # requests of each kind a warm-up terminal sends before the measured run
+WARM_UP = 4  # requests of each kind a warm-up terminal sends before the measured rounds
+ROUNDS = ("floor", "posdiag", "posdiag", "floor")  # drift in the machine's load falls on both alike
 
 
 def warm_up(url: str, terminal: tuple[str, str], kind: str, sign: bool) -> None:
@@ -151,9 +161,7 @@ def warm_up(url: str, terminal: tuple[str, str], kind: str, sign: bool) -> None:
             session.post(url, data=body, headers=headers, timeout=60).raise_for_status()
 
 
-def measure(url: str, fleet: list[tuple[str, str]], kind: str, per_terminal: int, sign: bool, procs: int) -> Run:
-    warm_up(url, fleet[-1], kind, sign)
-    fleet = fleet[:-1]
+def measure(url: str, fleet: list[tuple[str, str]], kind: str, per_terminal: int, sign: bool, procs: int, into: Run) -> None:
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(procs), ctx.Queue()
     clients = [ctx.Process(target=client, args=(url, fleet[i::procs], kind, per_terminal, sign, barrier, results)) for i in range(procs)]
@@ -162,11 +170,42 @@ def measure(url: str, fleet: list[tuple[str, str]], kind: str, per_terminal: int
     parts = [results.get(timeout=600) for _ in clients]
     for c in clients:
         c.join()
-    wall = max(p[1] for p in parts) - min(p[0] for p in parts)
-    latencies = sorted(x for p in parts for x in p[2])
-    sent = len(fleet) * per_terminal
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return Run(sent, sent / wall, statistics.median(latencies) * 1000, p99 * 1000, sum(len(p[3]) for p in parts))
+    into.wall += max(p[1] for p in parts) - min(p[0] for p in parts)
+    into.sent += len(fleet) * per_terminal
+    into.latencies += [x for p in parts for x in p[2]]
+    into.failures += sum(len(p[3]) for p in parts)
+
+
+class QueueWatch:
+    """The fleet queue's depth and lag, read every 0.1 s while posdiag is measured."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.peak_depth = 0
+        self.lags: list[float] = []
+        self.tails: list[float] = []  # after a round: seconds until the fleet had counted it all
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            found = fleet_queue.backlog(self.engine)
+            self.peak_depth = max(self.peak_depth, found.depth)
+            self.lags.append(found.lag_seconds)
+
+    def settle(self) -> None:
+        started = time.monotonic()
+        while fleet_queue.backlog(self.engine).depth:
+            time.sleep(0.05)
+        self.tails.append(time.monotonic() - started)
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join()
+        lags = sorted(self.lags) or [0.0]
+        p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+        return f"fleet queue: peak {self.peak_depth}, lag p99 {p99:.1f} s, max {lags[-1]:.1f} s, counted {max(self.tails, default=0):.1f} s after the last answer"
 
 
 @contextlib.contextmanager
@@ -195,32 +234,40 @@ def count(engine: sa.Engine, table: sa.Table) -> int:
 
 
 def run_one(label: str, url: str, data: Path, args: argparse.Namespace) -> dict[str, float]:
-    """The floor, then posdiag, on one database; each serves the bundles, then the heartbeats.
-    The ratios of posdiag to the floor."""
+    """The floor and posdiag served side by side on one database, measured in turns (floor,
+    posdiag, posdiag, floor) for the bundles, then the heartbeats; after each posdiag turn
+    the fleet queue is left to drain. The ratios of posdiag to the floor."""
     engine = db.make_engine(url)
     db.create_schema(engine)
     ingest_floor.metadata.create_all(engine)
     fleet = [(f"BENCH-{i:03d}", store.add_terminal(engine, f"BENCH-{i:03d}")) for i in range(args.terminals)]
-    fleet.append(("BENCH-WARM", store.add_terminal(engine, "BENCH-WARM")))
+    warm = ("BENCH-WARM", store.add_terminal(engine, "BENCH-WARM"))
     keys = data / "floor-keys.json"
-    keys.write_text(json.dumps({hashlib.sha256(token.encode()).hexdigest(): tid for tid, token in fleet}))
+    keys.write_text(json.dumps({hashlib.sha256(token.encode()).hexdigest(): tid for tid, token in fleet + [warm]}))
     (data / "floor").mkdir()
     workers, procs, per = str(args.workers), args.client_processes, {"bundles": args.bundles, "heartbeats": args.heartbeats}
     env = dict(os.environ, FLOOR_DB=url, FLOOR_DATA=str(data / "floor"), FLOOR_KEYS=str(keys), PYTHONPATH=f"{ROOT / 'bench'}:{ROOT}")
-    runs: dict[tuple[str, str], Run] = {}
-    port = free_port()
-    floor_cmd = [sys.executable, "-m", "uvicorn", "ingest_floor:app", "--port", str(port), "--workers", workers, "--no-access-log", "--log-level", "warning"]
-    with serving(floor_cmd, env, f"http://127.0.0.1:{port}", None):
-        for kind in per:
-            runs["floor", kind] = measure(f"http://127.0.0.1:{port}/floor", fleet, kind, per[kind], True, procs)
-    floor_stored = count(engine, ingest_floor.received)
-    port = free_port()
+    floor_port, port = free_port(), free_port()
+    floor_cmd = [sys.executable, "-m", "uvicorn", "ingest_floor:app", "--port", str(floor_port), "--workers", workers, "--no-access-log", "--log-level", "warning"]
     serve_cmd = [str(CLI), "--db", url, "--data", str(data), "serve", "--port", str(port), "--workers", workers]
+    urls = {
+        ("floor", "bundles"): f"http://127.0.0.1:{floor_port}/floor", ("floor", "heartbeats"): f"http://127.0.0.1:{floor_port}/floor",
+        ("posdiag", "bundles"): f"http://127.0.0.1:{port}/api/v1/bundles", ("posdiag", "heartbeats"): f"http://127.0.0.1:{port}/api/v1/heartbeats",
+    }  # fmt: skip
+    runs = {key: Run() for key in urls}
     profile = args.profile / f"{label}.svg" if args.profile else None
-    with serving(serve_cmd, dict(os.environ), f"http://127.0.0.1:{port}", profile):
-        for kind, path in (("bundles", "/api/v1/bundles"), ("heartbeats", "/api/v1/heartbeats")):
-            runs["posdiag", kind] = measure(f"http://127.0.0.1:{port}{path}", fleet, kind, per[kind], False, procs)
-    stored = {"bundles": count(engine, db.bundles), "floor": floor_stored}
+    with serving(floor_cmd, env, f"http://127.0.0.1:{floor_port}", None), serving(serve_cmd, dict(os.environ), f"http://127.0.0.1:{port}", profile):
+        watch = QueueWatch(engine)
+        for kind in per:
+            for who in ("floor", "posdiag"):
+                warm_up(urls[who, kind], warm, kind, who == "floor")
+            watch.settle()
+            for who in ROUNDS:
+                measure(urls[who, kind], fleet, kind, max(1, per[kind] // 2), who == "floor", procs, runs[who, kind])
+                if who == "posdiag":
+                    watch.settle()
+        queue = watch.stop()
+    stored = {"bundles": count(engine, db.bundles), "floor": count(engine, ingest_floor.received)}
     engine.dispose()
     ratios = {}
     for kind in per:
@@ -229,13 +276,14 @@ def run_one(label: str, url: str, data: Path, args: argparse.Namespace) -> dict[
         for who, run in (("floor", floor), ("posdiag", mine)):
             extra = f"  {ratios[kind]:.2f} x floor" if who == "posdiag" else ""
             print(
-                f"{label:<11} {who:<8} {args.terminals} terminals x {per[kind]} {kind}, {args.workers} workers: "
-                f"{run.per_second:7.1f} {kind}/s  p50 {run.p50_ms:6.1f} ms  p99 {run.p99_ms:6.1f} ms  "
+                f"{label:<11} {who:<8} {args.terminals} terminals x {run.sent // args.terminals} {kind}, {args.workers} workers: "
+                f"{run.per_second:7.1f} {kind}/s  p50 {run.quantile(0.5):6.1f} ms  p99 {run.quantile(0.99):6.1f} ms  "
                 f"sent {run.sent}  non-2xx {run.failures}{extra}"
             )
-    sent = args.terminals * args.bundles + WARM_UP
-    lost = stored["bundles"] != sent or stored["floor"] != sent + args.terminals * args.heartbeats + WARM_UP
-    print(f"{label:<11} stored: posdiag {stored['bundles']} of {sent} bundles, floor {stored['floor']} of {sent + args.terminals * args.heartbeats + WARM_UP}"
+    sent = runs["posdiag", "bundles"].sent + WARM_UP
+    floor_sent = runs["floor", "bundles"].sent + runs["floor", "heartbeats"].sent + 2 * WARM_UP
+    lost = stored["bundles"] != sent or stored["floor"] != floor_sent
+    print(f"{label:<11} {queue}; stored: posdiag {stored['bundles']} of {sent} bundles, floor {stored['floor']} of {floor_sent}"
           + ("  LOST OR DUPLICATED" if lost else ""))  # fmt: skip
     if lost:
         ratios["lost"] = 1.0
