@@ -186,6 +186,7 @@ class ServerSettings:
     max_concurrent_reads: int = bounded(1, 1000)
     read_wait_seconds: float = bounded(0, 600)
     fleet_queue_max: int = bounded(1, 100_000_000)
+    fleet_queue_threads: int = bounded(1, 64)
     ingest_slots: int = bounded(1, 1000)
     ingest_max_waiting: int = bounded(0, 1_000_000)
     shed_retry_after_seconds: int = bounded(1, 3600)

@@ -21,6 +21,7 @@ SERIAL = {
     "test_runner.py", "test_probe_trees.py", "test_redact.py",
     "reliability/test_slow_clients.py", "reliability/test_terminal_faults.py",
     "reliability/test_blob_store_hangs.py", "reliability/test_signin_flood.py", "server/test_ingest_floor.py",
+    "reliability/test_herd.py",
 }  # fmt: skip
 
 

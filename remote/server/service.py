@@ -46,7 +46,7 @@ class Service:
         self._view_builders = threading.BoundedSemaphore(VIEW_BUILDERS)
         self.fleet = Fleet(self.engine, settings, self.metrics)
         self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
-        self.fleet_queue = fleet_queue.Drainer(self.engine, self.fleet, self.metrics)
+        self.fleet_queue = fleet_queue.Drainer(self.engine, self.fleet, self.metrics, settings.fleet_queue_threads)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, User]] = {}
         self._cache_lock = threading.Lock()

@@ -4,6 +4,7 @@ itself, every arrival is counted once, and nothing queued is lost to a restart."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 from server_bundles import make_bundle
-from server_harness import fresh_pg_database, start_server
+from server_harness import default_settings, fresh_pg_database, start_server
 
 from remote.server import db, fleet_queue, store
 from remote.server.fleet.schema import heartbeats
@@ -161,5 +162,30 @@ def test_an_entry_counted_but_not_yet_deleted_is_not_counted_again(db_url, tmp_p
         with engine.connect() as conn:
             assert conn.execute(sa.text("SELECT bundles FROM problems")).scalar() == 1
             assert conn.execute(sa.select(sa.func.count()).select_from(heartbeats)).scalar() == 1
+    finally:
+        servers.close()
+
+
+def test_past_the_queue_bound_uploads_and_heartbeats_are_shed_and_healthz_still_answers(tmp_path):
+    settings = dataclasses.replace(default_settings(), fleet_queue_max=2, shed_retry_after_seconds=7)
+    servers = start_server(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "data", "shed", settings, users=False)
+    server = next(servers)
+    try:
+        token = store.add_terminal(server.service.engine, "S-0")
+        queue = server.service.fleet_queue
+        queue.stop()  # the fleet falls behind
+        made = [make_bundle(token, "S-0", labels=OTHER) for _ in range(3)]
+        assert [server.upload(token, body, bid).status_code for bid, body in made[:2]] == [201, 201]
+        assert queue.look().depth == 2
+        shed = server.upload(token, made[2][1], made[2][0])
+        assert shed.status_code == 503 and shed.json()["error"] == "fleet_behind", shed.text
+        assert 7 <= int(shed.headers["Retry-After"]) <= 14
+        beat_answer = requests.post(f"{server.url}/api/v1/heartbeats", json=beat("S-0", datetime.now(UTC), OTHER, 100),
+                                    headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
+        assert beat_answer.status_code == 503 and 7 <= int(beat_answer.headers["Retry-After"]) <= 14
+        assert requests.get(f"{server.url}/healthz", timeout=30).status_code == 200
+        assert fleet_queue.Drainer(server.service.engine, server.service.fleet).drain() == 2
+        assert queue.look().depth == 0
+        assert server.upload(token, made[2][1], made[2][0]).status_code == 201  # the agent, back when told
     finally:
         servers.close()
