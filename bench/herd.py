@@ -87,7 +87,7 @@ def herd_process(base: str, fleet, window: float, seed: int, start_at: float, re
         time.sleep(max(0.0, start_at + delay - time.time()))
 
         def note(text: str) -> None:
-            code = text.split("HTTP ", 1)[1][:3] if "HTTP " in text else "transport"
+            code = text.split("HTTP ", 1)[1][:3] if "HTTP " in text else text.split("failed: ", 1)[-1].split(";")[0][:60]
             with lock:
                 answers[code] = answers.get(code, 0) + 1
 
@@ -174,7 +174,8 @@ def run(url: str, data: Path, args: argparse.Namespace) -> bool:
     store.add_user(engine, "support", "support", PASSWORD)
     fleet = enrol(engine, args.terminals)
     config = data / "herd.toml"
-    config.write_text("[server]\n" + (f"fleet_queue_max = {args.queue_max}\n" if args.queue_max else "")
+    # Every simulated terminal connects from 127.0.0.1: no per-address cap (as behind a balancer).
+    config.write_text("[server]\nmax_connections_per_client = 0\n" + (f"fleet_queue_max = {args.queue_max}\n" if args.queue_max else "")
                       + (f"shed_retry_after_seconds = {args.retry_after}\n" if args.retry_after else ""))
     port = free_port()
     base = f"http://127.0.0.1:{port}"

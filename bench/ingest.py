@@ -314,6 +314,8 @@ def main() -> int:
     parser.add_argument("--min-ratio", type=float, default=0.0, help="exit 1 when posdiag serves less than this share of the floor")
     parser.add_argument("--profile", type=Path, help="a directory: py-spy flame graphs of posdiag's server, one per database")
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     failed = False
     for kind in args.db.split(","):
         with tempfile.TemporaryDirectory(prefix="posdiag-bench-") as tmp:
