@@ -56,6 +56,7 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     )
     app.state.service = service
     app.router.add_event_handler("startup", service.fleet.start)
+    app.router.add_event_handler("startup", service.fleet_queue.start)
     app.router.add_event_handler("shutdown", service.close)
 
     @app.exception_handler(api.ApiError)

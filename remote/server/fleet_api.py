@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from remote.server import db, inputs, store
+from remote.server import db, fleet_queue, inputs, store
 from remote.server.api import ApiError, Reader, bearer_scheme, errors, label_params, read_capped, role, service, terminal_auth, time_param
 from remote.server.fleet import incident_actions, incidents, problems
 from remote.server.fleet.models import (
@@ -43,7 +43,7 @@ HEARTBEAT_BODY = {
     tags=["terminal"],
     summary="A terminal's heartbeat (terminal token); the answer lists open incidents covering it",
     openapi_extra=HEARTBEAT_BODY,
-    responses=errors(400, 401, 403, 413, 422),
+    responses=errors(400, 401, 403, 413, 422, 503),
 )
 async def heartbeat(
     request: Request,
@@ -69,13 +69,20 @@ async def heartbeat(
         raise ApiError(403, "wrong_terminal", "the heartbeat names another terminal than the token's")
     received = db.now()
     event_at, clamped = srv.fleet.clamp(sent_at, received)
-    await run_in_threadpool(srv.fleet.on_heartbeat, beat, event_at, clamped, received)
-    notices = await run_in_threadpool(srv.fleet.notices, terminal["id"])
-    command = None
-    if poll:
-        found = await run_in_threadpool(store.next_command, srv.engine, terminal["id"], srv.settings.command_redeliver_seconds)
-        command = None if found is None else NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"]).model_dump()
-    learned = await run_in_threadpool(tables.for_heartbeat, srv.engine, terminal["id"], beat.learned_hash, beat.model)
+    try:
+        srv.shed_when_behind()
+        async with srv.gate.turn():
+            # Acknowledged once durably queued; folded into the inventory and trends by the fleet queue's worker.
+            await run_in_threadpool(fleet_queue.enqueue, srv.engine, fleet_queue.heartbeat_entry(beat, event_at, clamped, received))
+            srv.fleet_queue.nudge()
+            notices = await run_in_threadpool(srv.fleet.notices, terminal["id"])
+            command = None
+            if poll:
+                found = await run_in_threadpool(store.next_command, srv.engine, terminal["id"], srv.settings.command_redeliver_seconds)
+                command = None if found is None else NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"]).model_dump()
+            learned = await run_in_threadpool(tables.for_heartbeat, srv.engine, terminal["id"], beat.learned_hash, beat.model)
+    except IngestError as exc:  # shed (shedding.py)
+        raise ApiError(exc.status, exc.code, exc.detail, {"Retry-After": str(exc.retry_after)}) from None
     answer = HeartbeatAccepted(status="accepted", event_at=event_at, clock_clamped=clamped, incidents=notices, command=command, learned=learned)
     return JSONResponse(answer.model_dump(), status_code=202)
 

@@ -356,6 +356,7 @@ def insert_bundle(
     view: str,
     received_at: str,
     rewrite_blob: Callable[[], object],
+    queue: Callable[[sa.Connection, dict[str, Any]], object] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store one bundle row and its view (bundleview.py); (record, True) if new, (stored record,
     False) if its id exists.
@@ -363,7 +364,8 @@ def insert_bundle(
     The primary key decides under concurrency: of two servers inserting the same id at
     once, one commits and the other gets an IntegrityError and reads the winner's row.
     A probe request the bundle answers is closed in the same transaction, and so is the
-    blob's claim against retention (`rewrite_blob` runs if retention deleted it meanwhile).
+    blob's claim against retention (`rewrite_blob` runs if retention deleted it meanwhile),
+    and so is `queue(conn, record)` (the fleet's queue entry: counted once it is stored).
     """
     row = dict(index, sha256=digest, size=size, received_at=received_at)
     try:
@@ -383,6 +385,8 @@ def insert_bundle(
                     )
                     .values(status="done", done_at=row["received_at"], bundle_id=row["id"])
                 )
+            if queue is not None:
+                queue(conn, row)
     except IntegrityError:
         existing = get_bundle(engine, row["id"])
         if existing is None:

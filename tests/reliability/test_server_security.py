@@ -181,6 +181,7 @@ def fleet_ids(server, bundle_id: str, still_open: bool = False) -> dict[str, str
     from remote.server.fleet.schema import bundle_fleet
 
     engine = server.service.engine
+    server.counted()  # the fleet counts the stored bundle after its upload was answered
     with engine.begin() as conn:
         problem = conn.execute(sa.select(bundle_fleet.c.problem_id).where(bundle_fleet.c.bundle_id == bundle_id)).scalar_one()
         values = {
