@@ -23,7 +23,6 @@ from typing import Any
 from agent import learned, learned_table
 from agent.config import Config
 from agent.correlate import Correlation, RankedCause
-from agent.facts import terminal_identity
 from agent.incidents import IncidentMemory, advice
 from agent.knowledge import ROLES, Code, KnowledgeBase, Text, load_for
 from agent.merchant_fixes import review
@@ -184,6 +183,7 @@ def learned_for(config: Config) -> learned_table.LearnedTable | None:
     """The kept learned table if it is for this terminal's model as its bundles and
     heartbeats name it (the config's, else what the firmware says: the server chose the
     table by that name), or the fleet's."""
-    model = terminal_identity(config.section("terminal"), config.section("host"))["model"]
-    return learned_table.load(config.section("daemon").state_dir, model)
+    from agent.heartbeat import wire_identity
+
+    return learned_table.load(config.section("daemon").state_dir, wire_identity(config)["model"])
 

@@ -14,6 +14,7 @@ from typing import Any
 from agent import __version__
 from agent.facts import iso_utc, terminal_identity
 from agent.learned_table import held_hash
+from remote.redact import Redactor
 
 DIRECT = (
     "battery_pct", "battery_wear_ratio", "battery_cycle_count", "emmc_life_used_pct", "free_mib", "max_temp_c",
@@ -45,9 +46,17 @@ def uptime_s(procfs_root: str) -> float | None:
         return None
 
 
+def wire_identity(config: Any) -> dict[str, str]:
+    """The terminal's identity as its bundles' manifests carry it: redacted, so a model or
+    firmware string holding card data leaves the terminal masked, and the server's learned
+    table for this model is named the same way (agent/diagnosis.py learned_for)."""
+    terminal = terminal_identity(config.section("terminal"), config.section("host"))
+    return Redactor().data({key: str(value) for key, value in terminal.items()})
+
+
 def payload(config: Any, snap: dict[str, Any] | None, counters: Counters, outbox: Any, labels: dict[str, str]) -> dict[str, Any]:
     host = config.section("host")
-    identity = terminal_identity(config.section("terminal"), host)
+    identity = wire_identity(config)
     return {
         "terminal_id": identity["id"],
         "sent_at": iso_utc(datetime.now(UTC)),
@@ -55,7 +64,7 @@ def payload(config: Any, snap: dict[str, Any] | None, counters: Counters, outbox
         "firmware": identity["firmware"],
         "app_version": identity["app_version"],
         "agent_version": __version__,
-        "labels": labels,
+        "labels": Redactor().data(labels),
         "learned_hash": held_hash(config.section("daemon").state_dir),
         "health": health(snap),
         "counters": {
