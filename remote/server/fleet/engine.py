@@ -84,7 +84,7 @@ class Fleet:
             labels = inventory.record(conn, seen, s)
             if text:
                 problems.add(conn, text, record, t, labels)
-            if record["top_category"] in s.outage_categories:
+            if record["top_category"] in s.outage_categories and inventory.counts_toward_outages(conn, record["terminal_id"], t, s):
                 scopes = inventory.scopes_of(labels, s)
                 if scopes:
                     conn.execute(outage_events.insert(), [

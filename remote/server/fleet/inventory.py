@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from remote.server import db
 from remote.server.db import terminals
-from remote.server.fleet import baseline, sql, timing
+from remote.server.fleet import baseline, labels, sql, timing
 from remote.server.fleet.schema import fleet_terminals, heartbeats, scope_members, terminal_days, terminal_labels
 from remote.server_settings import FleetSettings, TrendRule
 
@@ -57,27 +57,36 @@ def scopes_of(labels: dict[str, str], settings: FleetSettings) -> list[str]:
 
 
 def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict[str, str]:
-    """Update the terminal's row if this sighting is its newest; the labels now in force."""
+    """Update the terminal's row if this sighting is its newest; the labels now in force
+    (the operator's and the observed, labels.py): what it is filtered and cut into scopes by."""
     row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == seen.terminal_id)).mappings().first()
     stored_labels = json.loads(row["labels"]) if row else {}
+    stored_claims, changes = labels.stored(row)
     newest = row is None or row["last_seen_at"] is None or seen.event_at >= row["last_seen_at"]
-    labels = seen.labels if seen.labels is not None and newest else stored_labels
+    claimed = seen.labels if seen.labels is not None and newest else stored_claims
     values: dict[str, Any] = {}
     if newest:
+        if row is not None and row["last_seen_at"] is not None:
+            moved = labels.note_change(changes, stored_claims, claimed, seen.event_at, settings)
+            if moved != changes:
+                values["observed_changes"] = json.dumps(moved)
         values.update(
             model=seen.model, firmware=seen.firmware, app_version=seen.app_version,
-            agent_version=seen.agent_version, labels=json.dumps(labels, sort_keys=True), last_seen_at=seen.event_at,
+            agent_version=seen.agent_version, claimed_labels=json.dumps(claimed, sort_keys=True), last_seen_at=seen.event_at,
         )  # fmt: skip
     if seen.heartbeat and (row is None or row["last_heartbeat_at"] is None or seen.event_at > row["last_heartbeat_at"]):
         values["last_heartbeat_at"] = seen.event_at
     if seen.clamped:
         values["clock_flagged_at"] = seen.received_at
+    in_force = labels.in_force(labels.operator_of(conn, seen.terminal_id), claimed, settings)
+    if in_force != stored_labels:
+        values["labels"] = json.dumps(in_force, sort_keys=True)
     if row is None:
         conn.execute(sql.insert(conn, fleet_terminals).on_conflict_do_nothing(), dict(values, id=seen.terminal_id, labels=values.get("labels", "{}")))
     elif values:
         conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(**values))
-    if newest and labels != stored_labels or row is None:
-        _set_labels(conn, seen.terminal_id, labels, settings)
+    if in_force != stored_labels or row is None:
+        _set_labels(conn, seen.terminal_id, in_force, settings)
     if newest:
         baseline.see(conn, seen.terminal_id, seen.event_at, settings)
     sql.insert_new(
@@ -85,16 +94,44 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
         [{"terminal_id": seen.terminal_id, "day": timing.day(seen.event_at), "model": seen.model,
           "firmware": seen.firmware, "app_version": seen.app_version}],
     )  # fmt: skip
-    return labels
+    return in_force
 
 
-def _set_labels(conn: sa.Connection, terminal_id: str, labels: dict[str, str], settings: FleetSettings) -> None:
+def relabel(conn: sa.Connection, terminal_id: str, changes: dict[str, str | None], source: str, settings: FleetSettings) -> bool:
+    """Set or remove (None or "") operator labels of one terminal and move it between
+    scopes at once; whether its operator labels changed."""
+    if not labels.set_operator(conn, terminal_id, changes, source, db.now()):
+        return False
+    labels.ensure_row(conn, terminal_id)
+    row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id)).mappings().one()
+    claimed, _ = labels.stored(row)
+    in_force = labels.in_force(labels.operator_of(conn, terminal_id), claimed, settings)
+    if in_force != json.loads(row["labels"] or "{}"):
+        conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == terminal_id).values(labels=json.dumps(in_force, sort_keys=True)))
+        _set_labels(conn, terminal_id, in_force, settings)
+        if row["last_seen_at"]:
+            baseline.see(conn, terminal_id, row["last_seen_at"], settings)
+    return True
+
+
+def label_terminal(engine: Engine, terminal_id: str, changes: dict[str, str | None], source: str, settings: FleetSettings) -> bool:
+    """relabel() an enrolled terminal in a transaction of its own; LookupError for another."""
+    with db.writing(engine) as conn:
+        if conn.execute(sa.select(terminals.c.id).where(terminals.c.id == terminal_id)).first() is None:
+            raise LookupError(f"no terminal {terminal_id!r} is enrolled")
+        return relabel(conn, terminal_id, changes, source, settings)
+
+
+counts_toward_outages = labels.counts_toward_outages
+
+
+def _set_labels(conn: sa.Connection, terminal_id: str, in_force: dict[str, str], settings: FleetSettings) -> None:
     conn.execute(terminal_labels.delete().where(terminal_labels.c.terminal_id == terminal_id))
     baseline.leave(conn, terminal_id)
     conn.execute(scope_members.delete().where(scope_members.c.terminal_id == terminal_id))
-    if labels:
-        conn.execute(terminal_labels.insert(), [{"terminal_id": terminal_id, "key": k, "value": v} for k, v in labels.items()])
-    scopes = scopes_of(labels, settings)
+    if in_force:
+        conn.execute(terminal_labels.insert(), [{"terminal_id": terminal_id, "key": k, "value": v} for k, v in in_force.items()])
+    scopes = scopes_of(in_force, settings)
     if scopes:
         conn.execute(scope_members.insert(), [{"scope_key": s, "terminal_id": terminal_id} for s in scopes])
 
@@ -189,13 +226,16 @@ def status_of(row: dict[str, Any], cutoff: str) -> str:
     return "at_risk" if row.get("risk_metric") else "ok"
 
 
-def _view(row: dict[str, Any], cutoff: str) -> dict[str, Any]:
+def _view(row: dict[str, Any], cutoff: str, settings: FleetSettings) -> dict[str, Any]:
+    claimed, changes = labels.stored(row)
     return {
         "id": row["id"],
         "status": status_of(row, cutoff),
         "created_at": row["created_at"],
         "revoked_at": row["revoked_at"],
         "labels": json.loads(row["labels"] or "{}"),
+        "claimed_labels": claimed,
+        "labels_settled": not row["last_seen_at"] or labels.settled(changes, row["last_seen_at"], settings),
         "model": row["model"],
         "firmware": row["firmware"],
         "app_version": row["app_version"],
@@ -212,7 +252,7 @@ def _query() -> sa.Select:
     f = fleet_terminals.c
     return sa.select(
         terminals.c.id, terminals.c.created_at, terminals.c.revoked_at, f.model, f.firmware, f.app_version, f.agent_version,
-        sa.func.coalesce(f.labels, "{}").label("labels"), f.last_heartbeat_at, f.last_seen_at, f.health,
+        sa.func.coalesce(f.labels, "{}").label("labels"), f.claimed_labels, f.observed_changes, f.last_heartbeat_at, f.last_seen_at, f.health,
         f.risk, f.risk_metric, f.clock_flagged_at,
     ).select_from(terminals.outerjoin(fleet_terminals, f.id == terminals.c.id))  # fmt: skip
 
@@ -245,13 +285,13 @@ def list_terminals(
         rows = [dict(r) for r in conn.execute(query).mappings()]
     more = len(rows) > limit
     rows = rows[:limit]
-    return [_view(r, cutoff) for r in rows], _encode(rows[-1]["id"]) if more and rows else None
+    return [_view(r, cutoff, settings) for r in rows], _encode(rows[-1]["id"]) if more and rows else None
 
 
 def get_terminal(engine: Engine, settings: FleetSettings, terminal_id: str, now: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(_query().where(terminals.c.id == terminal_id)).mappings().first()
-    return _view(dict(row), _missing_cutoff(now, settings)) if row else None
+    return _view(dict(row), _missing_cutoff(now, settings), settings) if row else None
 
 
 def status_counts(engine: Engine, settings: FleetSettings, now: str) -> dict[str, int]:
