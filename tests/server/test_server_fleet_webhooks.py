@@ -84,8 +84,9 @@ def beat(tid: str, when: datetime, labels: dict[str, str]) -> dict:
 
 
 def enrol(server, prefix: str, labels: dict[str, str], now: datetime, hours_ago=(3, 2, 1), count: int = 8) -> list[str]:
-    """`count` terminals PREFIX-0.. with these labels, each heard from `hours_ago`; their tokens."""
-    tokens = [store.add_terminal(server.service.engine, f"{prefix}-{i}") for i in range(count)]
+    """`count` terminals PREFIX-0.. enrolled with these labels (and claiming them), each heard
+    from `hours_ago`; their tokens."""
+    tokens = [store.add_terminal(server.service.engine, f"{prefix}-{i}", labels, server.service.settings.fleet) for i in range(count)]
     for i, token in enumerate(tokens):
         for hours in hours_ago:
             answer = requests.post(f"{server.url}/api/v1/heartbeats", json=beat(f"{prefix}-{i}", now - timedelta(hours=hours), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)
@@ -200,7 +201,7 @@ def test_a_bundle_whose_counting_failed_is_counted_when_sent_again_and_only_once
     servers = start_server(db_url, tmp_path / "data", "once", settings(""))
     server = next(servers)
     try:
-        token = store.add_terminal(server.service.engine, "R-0")
+        token = store.add_terminal(server.service.engine, "R-0", labels, server.service.settings.fleet)
         bundle_id, body = make_bundle(token, "R-0", code="96", cause="host.unreachable", category="host", verdict="remote", labels=labels)
         fleet = server.service.fleet
         counting = fleet._count_bundle
