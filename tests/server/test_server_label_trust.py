@@ -13,6 +13,7 @@ import requests
 import sqlalchemy as sa
 from server_bundles import PASSWORD, make_bundle
 from server_harness import default_settings, fresh_pg_database, start_server
+from test_server_pages import signed_in
 
 from remote.server import cli, db, store
 from remote.server.fleet import labels
@@ -80,6 +81,8 @@ def test_a_terminal_claiming_acquirer_b_but_enrolled_with_a_counts_toward_a_only
     shown = terminal(server, "A-0")
     assert shown["labels"] == {"acquirer": "A", "carrier": "C0"}
     assert shown["claimed_labels"] == {"acquirer": "B", "carrier": "C0"}  # the claim: a hint beside the trusted labels
+    page = signed_in(server).get(f"{server.url}/terminals/A-0", timeout=30).text
+    assert "acquirer=A carrier=C0" in page and "(the terminal says (a hint, not counted): acquirer=B carrier=C0)" in page
     b_listed = server.get("/api/v1/terminals", params={"label.acquirer": "B", "limit": 500}).json()["items"]
     assert sorted(t["id"] for t in b_listed) == [tid for tid, _ in fleet["B"]]
 
@@ -124,6 +127,7 @@ def test_flapping_observed_labels_are_not_counted_until_they_settle(server):
                 flap = carrier == "F" and step % 2 == 1
                 beat(server, token, tid, now - timedelta(minutes=minutes), {"carrier": "G" if flap else carrier})
     assert terminal(server, groups["F"][0][0])["labels_settled"] is False
+    assert "not counted toward outages" in signed_in(server).get(f"{server.url}/terminals/{groups['F'][0][0]}", timeout=30).text
     assert terminal(server, groups["S"][0][0])["labels_settled"] is True
     for carrier, ids in groups.items():
         for i, (tid, token) in enumerate(ids[:7]):
