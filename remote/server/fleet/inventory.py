@@ -58,8 +58,9 @@ def scopes_of(labels: dict[str, str], settings: FleetSettings) -> list[str]:
 
 def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict[str, str]:
     """Update the terminal's row if this sighting is its newest; the labels now in force
-    (the operator's and the observed, labels.py): what it is filtered and cut into scopes by."""
-    row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == seen.terminal_id)).mappings().first()
+    (the operator's and the observed, labels.py): what it is filtered and cut into scopes by.
+    The row is locked first, as relabel() locks it: the two never rewrite its scopes at once."""
+    row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == seen.terminal_id).with_for_update()).mappings().first()
     stored_labels = json.loads(row["labels"]) if row else {}
     stored_claims, changes = labels.stored(row)
     newest = row is None or row["last_seen_at"] is None or seen.event_at >= row["last_seen_at"]
@@ -100,10 +101,11 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
 def relabel(conn: sa.Connection, terminal_id: str, changes: dict[str, str | None], source: str, settings: FleetSettings) -> bool:
     """Set or remove (None or "") operator labels of one terminal and move it between
     scopes at once; whether its operator labels changed."""
+    labels.check(changes)
+    labels.ensure_row(conn, terminal_id)
+    row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id).with_for_update()).mappings().one()
     if not labels.set_operator(conn, terminal_id, changes, source, db.now()):
         return False
-    labels.ensure_row(conn, terminal_id)
-    row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id)).mappings().one()
     claimed, _ = labels.stored(row)
     in_force = labels.in_force(labels.operator_of(conn, terminal_id), claimed, settings)
     if in_force != json.loads(row["labels"] or "{}"):
