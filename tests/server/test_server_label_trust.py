@@ -16,7 +16,7 @@ from server_harness import default_settings, fresh_pg_database, start_server
 from test_server_pages import signed_in
 
 from remote.server import cli, db, store
-from remote.server.fleet import labels
+from remote.server.fleet import baseline, labels
 from remote.server.fleet.schema import operator_labels, scope_members
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.clock]  # clock: event times near now
@@ -102,12 +102,21 @@ def test_the_api_sets_and_removes_operator_labels_and_moves_the_terminal_between
     def patch(body: dict) -> requests.Response:
         return requests.patch(f"{server.url}/api/v1/terminals/{tid}/labels", json=body, auth=("admin", PASSWORD), timeout=30)
 
+    now = datetime.now(UTC)
+    beat(server, token, tid, now - timedelta(minutes=5), {"acquirer": "Z"})
     assert patch({"acquirer": "A", "site": "s1"}).json()["labels"] == {"acquirer": "A", "site": "s1"}
     assert members(server.service.engine, tid) == {"acquirer=A"}
+    assert active(server, ("acquirer=A", "acquirer=B", "acquirer=Z"), now) == [1, 0, 0]  # counted where it is, at once
     assert patch({"acquirer": "B", "site": None}).json()["labels"] == {"acquirer": "B"}
     assert members(server.service.engine, tid) == {"acquirer=B"}
+    assert active(server, ("acquirer=A", "acquirer=B", "acquirer=Z"), now) == [0, 1, 0]
     assert patch({"region": "a=b"}).status_code == 422
     assert requests.patch(f"{server.url}/api/v1/terminals/NOPE-1/labels", json={"acquirer": "A"}, auth=("admin", PASSWORD), timeout=30).status_code == 404
+
+
+def active(server, scope_keys, at: datetime) -> list[int]:
+    with server.service.engine.connect() as conn:
+        return [baseline.active(conn, key, db.stamp(at), server.service.settings.fleet) for key in scope_keys]
 
 
 def members(engine, tid: str) -> set[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +15,7 @@ from sqlalchemy.engine import Engine
 from remote.server import db
 from remote.server.db import terminals
 from remote.server.fleet import baseline, labels, sql, timing
-from remote.server.fleet.schema import fleet_terminals, heartbeats, scope_members, terminal_days, terminal_labels
+from remote.server.fleet.schema import fleet_terminals, heartbeats, scope_members, scope_seen_hours, terminal_days, terminal_labels
 from remote.server_settings import FleetSettings, TrendRule
 
 HEALTH_COLUMNS = (
@@ -98,22 +99,75 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
     return in_force
 
 
+RELABEL_CHUNK = 500
+
+
 def relabel(conn: sa.Connection, terminal_id: str, changes: dict[str, str | None], source: str, settings: FleetSettings) -> bool:
     """Set or remove (None or "") operator labels of one terminal and move it between
     scopes at once; whether its operator labels changed."""
-    labels.check(changes)
-    labels.ensure_row(conn, terminal_id)
-    row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id).with_for_update()).mappings().one()
-    if not labels.set_operator(conn, terminal_id, changes, source, db.now()):
-        return False
-    claimed, _ = labels.stored(row)
-    in_force = labels.in_force(labels.operator_of(conn, terminal_id), claimed, settings)
-    if in_force != json.loads(row["labels"] or "{}"):
-        conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == terminal_id).values(labels=json.dumps(in_force, sort_keys=True)))
-        _set_labels(conn, terminal_id, in_force, settings)
-        if row["last_seen_at"]:
-            baseline.see(conn, terminal_id, row["last_seen_at"], settings)
-    return True
+    return bool(relabel_many(conn, [(terminal_id, changes)], source, settings))
+
+
+def relabel_many(
+    conn: sa.Connection, rows: list[tuple[str, dict[str, str | None]]], source: str, settings: FleetSettings,
+) -> set[str]:  # fmt: skip
+    """relabel() for many terminals (one row each), a few statements per chunk of them: a
+    TMS import of 100,000 terminals is one pass, not a million round trips. The terminals
+    whose operator labels changed."""
+    for _, changes in rows:
+        labels.check(changes)
+    changed: set[str] = set()
+    for i in range(0, len(rows), RELABEL_CHUNK):
+        changed |= _relabel_chunk(conn, dict(rows[i : i + RELABEL_CHUNK]), source, settings)
+    return changed
+
+
+def _relabel_chunk(conn: sa.Connection, rows: dict[str, dict[str, str | None]], source: str, settings: FleetSettings) -> set[str]:
+    ids = sorted(rows)
+    f = fleet_terminals.c
+    conn.execute(sql.insert(conn, fleet_terminals).on_conflict_do_nothing(), [{"id": t, "labels": "{}"} for t in ids])
+    # locked in id order, as record() locks one: two writers never wait on each other crosswise
+    fleet = {r["id"]: r for r in conn.execute(sa.select(fleet_terminals).where(f.id.in_(ids)).order_by(f.id).with_for_update()).mappings()}
+    before = labels.operator_of_many(conn, ids)
+    operator = {t: labels.apply(before.get(t, {}), rows[t]) for t in ids}
+    changed = {t for t in ids if operator[t] != before.get(t, {})}
+    labels.write_operator(conn, {t: (before.get(t, {}), operator[t]) for t in changed}, source, db.now())
+    moving = {}
+    for t in sorted(changed):
+        in_force = labels.in_force(operator[t], labels.stored(fleet[t])[0], settings)
+        if in_force != json.loads(fleet[t]["labels"] or "{}"):
+            moving[t] = in_force
+    if moving:
+        conn.execute(
+            fleet_terminals.update().where(f.id == sa.bindparam("tid")).values(labels=sa.bindparam("in_force")),
+            [{"tid": t, "in_force": json.dumps(v, sort_keys=True)} for t, v in moving.items()],
+        )
+        _move_scopes(conn, moving, {t: fleet[t]["last_seen_at"] for t in moving}, settings)
+    return changed
+
+
+def _move_scopes(conn: sa.Connection, moving: dict[str, dict[str, str]], seen: dict[str, str | None], settings: FleetSettings) -> None:
+    """_set_labels() for many terminals: their labels in force, scopes and active counts."""
+    ids = sorted(moving)
+    m = scope_members.c
+    old = conn.execute(sa.select(m.scope_key, m.seen_at).where(m.terminal_id.in_(ids)).with_for_update()).all()
+    conn.execute(terminal_labels.delete().where(terminal_labels.c.terminal_id.in_(ids)))
+    conn.execute(scope_members.delete().where(m.terminal_id.in_(ids)))
+    label_rows = [{"terminal_id": t, "key": k, "value": v} for t in ids for k, v in moving[t].items()]
+    if label_rows:
+        conn.execute(terminal_labels.insert(), label_rows)
+    member_rows = [{"scope_key": key, "terminal_id": t, "seen_at": seen[t]} for t in ids for key in scopes_of(moving[t], settings)]
+    if member_rows:
+        conn.execute(scope_members.insert(), member_rows)
+    count: Counter[tuple[str, str]] = Counter()
+    for key, at in old:
+        if at:
+            count[(key, baseline.hour(at))] -= 1
+    for r in member_rows:
+        if r["seen_at"]:
+            count[(r["scope_key"], baseline.hour(r["seen_at"]))] += 1
+    changes = [{"scope_key": k, "hour": h, "members": n} for (k, h), n in sorted(count.items()) if n]
+    sql.move_counts(conn, scope_seen_hours, ["scope_key", "hour"], changes, "members")
 
 
 def label_terminal(engine: Engine, terminal_id: str, changes: dict[str, str | None], source: str, settings: FleetSettings) -> bool:

@@ -122,22 +122,27 @@ def apply(
 ) -> Summary:  # fmt: skip
     """Write the rows' labels (source "import") in one transaction; what changed, or would."""
     summary = Summary(file=name, rows=len(rows), dry_run=dry_run)
+    changing = []
     with db.writing(engine) as conn:
         enrolled = _enrolled(conn, [t for t, _ in rows])
-        for terminal_id, changes in rows:
-            before = labels.operator_of(conn, terminal_id)
-            sets = sum(1 for k, v in changes.items() if v and before.get(k) != v)
-            removes = sum(1 for k, v in changes.items() if not v and k in before)
-            summary.labels_set += sets
-            summary.labels_removed += removes
-            if sets or removes:
-                summary.changed += 1
-            else:
-                summary.unchanged += 1
-            if terminal_id not in enrolled:
-                summary.not_enrolled.append(terminal_id)
-            if (sets or removes) and not dry_run:
-                inventory.relabel(conn, terminal_id, changes, "import", settings)
+        for i in range(0, len(rows), inventory.RELABEL_CHUNK):
+            chunk = rows[i : i + inventory.RELABEL_CHUNK]
+            before = labels.operator_of_many(conn, [t for t, _ in chunk])
+            for terminal_id, changes in chunk:
+                had = before.get(terminal_id, {})
+                sets = sum(1 for k, v in changes.items() if v and had.get(k) != v)
+                removes = sum(1 for k, v in changes.items() if not v and k in had)
+                summary.labels_set += sets
+                summary.labels_removed += removes
+                if sets or removes:
+                    summary.changed += 1
+                    changing.append((terminal_id, changes))
+                else:
+                    summary.unchanged += 1
+                if terminal_id not in enrolled:
+                    summary.not_enrolled.append(terminal_id)
+        if not dry_run:
+            inventory.relabel_many(conn, changing, "import", settings)
     return summary
 
 

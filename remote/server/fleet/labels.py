@@ -77,19 +77,33 @@ def counts_toward_outages(conn: sa.Connection, terminal_id: str, at: str, settin
     return settled(json.loads(raw) if raw else [], at, settings)
 
 
-def set_operator(conn: sa.Connection, terminal_id: str, changes: dict[str, str | None], source: str, now: str) -> bool:
-    """Write the operator's changes (None or "": remove the key); whether anything changed."""
-    assert source in SOURCES
-    check(changes)
-    before = operator_of(conn, terminal_id)
-    gone = [k for k, v in changes.items() if not v and k in before]
-    new = {k: v for k, v in changes.items() if v and before.get(k) != v}
+def operator_of_many(conn: sa.Connection, terminal_ids: list[str]) -> dict[str, dict[str, str]]:
     o = operator_labels.c
-    if gone or new:
-        conn.execute(operator_labels.delete().where(o.terminal_id == terminal_id, o.key.in_(gone + list(new))))
+    out: dict[str, dict[str, str]] = {}
+    for r in conn.execute(sa.select(o.terminal_id, o.key, o.value).where(o.terminal_id.in_(terminal_ids))):
+        out.setdefault(r.terminal_id, {})[r.key] = r.value
+    return out
+
+
+def apply(operator: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    """The operator's labels after these changes (None or "": the key removed)."""
+    out = {k: v for k, v in operator.items() if k not in changes}
+    out.update({k: v for k, v in changes.items() if v})
+    return out
+
+
+def write_operator(conn: sa.Connection, moves: dict[str, tuple[dict[str, str], dict[str, str]]], source: str, now: str) -> None:
+    """Each terminal's operator labels from `before` to `after`: only the keys that differ
+    are written, so a key's set_at and source say when and how its value was last set."""
+    assert source in SOURCES
+    o = operator_labels.c
+    gone = [(t, k) for t, (before, after) in moves.items() for k in before if before[k] != after.get(k)]
+    new = [{"terminal_id": t, "key": k, "value": v, "set_at": now, "source": source}
+           for t, (before, after) in moves.items() for k, v in after.items() if before.get(k) != v]  # fmt: skip
+    if gone:
+        conn.execute(operator_labels.delete().where(sa.tuple_(o.terminal_id, o.key).in_(gone)))
     if new:
-        conn.execute(operator_labels.insert(), [{"terminal_id": terminal_id, "key": k, "value": v, "set_at": now, "source": source} for k, v in new.items()])
-    return bool(gone or new)
+        conn.execute(operator_labels.insert(), new)
 
 
 def stored(row: Any) -> tuple[dict[str, str], list[str]]:
