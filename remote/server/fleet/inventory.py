@@ -88,7 +88,7 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
     elif values:
         conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(**values))
     if in_force != stored_labels or row is None:
-        _set_labels(conn, seen.terminal_id, in_force, settings)
+        _move_scopes(conn, {seen.terminal_id: in_force}, {seen.terminal_id: row["last_seen_at"] if row else None}, settings)
     if newest:
         baseline.see(conn, seen.terminal_id, seen.event_at, settings)
     sql.insert_new(
@@ -147,7 +147,8 @@ def _relabel_chunk(conn: sa.Connection, rows: dict[str, dict[str, str | None]], 
 
 
 def _move_scopes(conn: sa.Connection, moving: dict[str, dict[str, str]], seen: dict[str, str | None], settings: FleetSettings) -> None:
-    """_set_labels() for many terminals: their labels in force, scopes and active counts."""
+    """The terminals' labels in force, their scopes, and the scopes' active counts (the
+    members as of `seen`, their last sighting before), written for all of them at once."""
     ids = sorted(moving)
     m = scope_members.c
     old = conn.execute(sa.select(m.scope_key, m.seen_at).where(m.terminal_id.in_(ids)).with_for_update()).all()
@@ -179,17 +180,6 @@ def label_terminal(engine: Engine, terminal_id: str, changes: dict[str, str | No
 
 
 counts_toward_outages = labels.counts_toward_outages
-
-
-def _set_labels(conn: sa.Connection, terminal_id: str, in_force: dict[str, str], settings: FleetSettings) -> None:
-    conn.execute(terminal_labels.delete().where(terminal_labels.c.terminal_id == terminal_id))
-    baseline.leave(conn, terminal_id)
-    conn.execute(scope_members.delete().where(scope_members.c.terminal_id == terminal_id))
-    if in_force:
-        conn.execute(terminal_labels.insert(), [{"terminal_id": terminal_id, "key": k, "value": v} for k, v in in_force.items()])
-    scopes = scopes_of(in_force, settings)
-    if scopes:
-        conn.execute(scope_members.insert(), [{"scope_key": s, "terminal_id": terminal_id} for s in scopes])
 
 
 def add_heartbeat(conn: sa.Connection, seen: Sighting, health: dict[str, Any], counters: dict[str, Any]) -> None:
