@@ -99,7 +99,7 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
     return in_force
 
 
-RELABEL_CHUNK = 500
+RELABEL_CHUNK = 200  # terminals per statement: 200 x 32 keys x 2 stays under SQLite's 32,766 parameters
 
 
 def relabel(conn: sa.Connection, terminal_id: str, changes: dict[str, str | None], source: str, settings: FleetSettings) -> bool:
@@ -179,7 +179,7 @@ def label_terminal(engine: Engine, terminal_id: str, changes: dict[str, str | No
         return relabel(conn, terminal_id, changes, source, settings)
 
 
-counts_toward_outages = labels.counts_toward_outages
+counts_toward_outages = labels.counts_toward_outages  # what the engine asks before an outage event
 
 
 def add_heartbeat(conn: sa.Connection, seen: Sighting, health: dict[str, Any], counters: dict[str, Any]) -> None:
