@@ -104,7 +104,10 @@ def add_terminal(
             )
         if labels:
             assert fleet is not None, "labels are cut into scopes by [server.fleet]"
-            inventory.relabel(conn, terminal_id, dict(labels), "enrolment", fleet)
+            try:
+                inventory.relabel(conn, terminal_id, dict(labels), "enrolment", fleet)
+            except fleet_labels.LabelError as exc:
+                raise StoreError("bad_label", f"labels: {exc}") from None
     return token
 
 

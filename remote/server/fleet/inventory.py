@@ -129,7 +129,7 @@ def _relabel_chunk(conn: sa.Connection, rows: dict[str, dict[str, str | None]], 
     # locked in id order, as record() locks one: two writers never wait on each other crosswise
     fleet = {r["id"]: r for r in conn.execute(sa.select(fleet_terminals).where(f.id.in_(ids)).order_by(f.id).with_for_update()).mappings()}
     before = labels.operator_of_many(conn, ids)
-    operator = {t: labels.apply(before.get(t, {}), rows[t]) for t in ids}
+    operator = {t: labels.apply(t, before.get(t, {}), rows[t]) for t in ids}
     changed = {t for t in ids if operator[t] != before.get(t, {})}
     labels.write_operator(conn, {t: (before.get(t, {}), operator[t]) for t in changed}, source, db.now())
     moving = {}

@@ -85,10 +85,13 @@ def operator_of_many(conn: sa.Connection, terminal_ids: list[str]) -> dict[str, 
     return out
 
 
-def apply(operator: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
-    """The operator's labels after these changes (None or "": the key removed)."""
+def apply(terminal_id: str, operator: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    """The operator's labels after these changes (None or "": the key removed); at most
+    wire.MAX_LABELS, as a terminal may send."""
     out = {k: v for k, v in operator.items() if k not in changes}
     out.update({k: v for k, v in changes.items() if v})
+    if len(out) > wire.MAX_LABELS:
+        raise LabelError(f"terminal {terminal_id} would have {len(out)} operator labels: at most {wire.MAX_LABELS}")
     return out
 
 
