@@ -16,7 +16,7 @@ from server_harness import default_settings, fresh_pg_database, start_server
 from test_server_pages import signed_in
 
 from remote.server import cli, db, store
-from remote.server.fleet import baseline, labels
+from remote.server.fleet import baseline, inventory, labels
 from remote.server.fleet.schema import operator_labels, scope_members
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.clock]  # clock: event times near now
@@ -289,3 +289,54 @@ def test_an_existing_database_keeps_no_claim_in_force_and_its_claims_can_be_revi
     finally:
         servers.close()
 
+
+
+def test_imports_and_heartbeats_at_once_leave_scopes_and_counts_consistent(db_url, tmp_path):
+    """An operator imports while the same terminals send heartbeats: no request fails, and
+    afterwards every terminal's scopes and the scopes' active counts are what its labels say."""
+    import threading
+
+    from remote.server.fleet import label_import
+    from remote.server.fleet.schema import scope_seen_hours, terminal_labels
+
+    servers = start_server(db_url, tmp_path / "data", "race", default_settings())
+    server = next(servers)
+    try:
+        fleet = [server.terminal("R") for _ in range(30)]
+        settings = server.service.settings.fleet
+        now = datetime.now(UTC)
+        failures: list[str] = []
+
+        def imports() -> None:
+            for n in range(6):
+                rows = [(tid, {"acquirer": "AB"[(n + i) % 2], "region": f"r{n % 3}"}) for i, (tid, _) in enumerate(fleet)]
+                label_import.apply(server.service.engine, "race.csv", rows, settings, dry_run=False)
+
+        def beats() -> None:
+            for n in range(4):
+                for tid, token in fleet:
+                    try:
+                        beat(server, token, tid, now - timedelta(minutes=40 - n), {"carrier": "XY"[n % 2]})
+                    except AssertionError as exc:
+                        failures.append(str(exc))
+
+        threads = [threading.Thread(target=imports), threading.Thread(target=beats)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not failures, failures[:3]
+        with server.service.engine.connect() as conn:
+            expected_members: dict[tuple[str, str], int] = {}
+            for tid, _ in fleet:
+                row = terminal(server, tid)
+                in_force = dict(conn.execute(sa.select(terminal_labels.c.key, terminal_labels.c.value).where(terminal_labels.c.terminal_id == tid)).all())
+                assert in_force == row["labels"] == {"acquirer": row["labels"]["acquirer"], "region": "r2", "carrier": "Y"}
+                assert members(server.service.engine, tid) == set(inventory.scopes_of(in_force, settings))
+            for key, at in conn.execute(sa.select(scope_members.c.scope_key, scope_members.c.seen_at)):
+                if at:
+                    expected_members[(key, baseline.hour(at))] = expected_members.get((key, baseline.hour(at)), 0) + 1
+            counted = {(r.scope_key, r.hour): r.members for r in conn.execute(sa.select(scope_seen_hours)) if r.members}
+        assert counted == expected_members
+    finally:
+        servers.close()

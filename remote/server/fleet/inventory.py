@@ -61,14 +61,14 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
     """Update the terminal's row if this sighting is its newest; the labels now in force
     (the operator's and the observed, labels.py): what it is filtered and cut into scopes by.
     The row is locked first, as relabel() locks it: the two never rewrite its scopes at once."""
-    row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == seen.terminal_id).with_for_update()).mappings().first()
-    stored_labels = json.loads(row["labels"]) if row else {}
+    row = _locked_row(conn, seen.terminal_id)
+    stored_labels = json.loads(row["labels"] or "{}")
     stored_claims, changes = labels.stored(row)
-    newest = row is None or row["last_seen_at"] is None or seen.event_at >= row["last_seen_at"]
+    newest = row["last_seen_at"] is None or seen.event_at >= row["last_seen_at"]
     claimed = seen.labels if seen.labels is not None and newest else stored_claims
     values: dict[str, Any] = {}
     if newest:
-        if row is not None and row["last_seen_at"] is not None:
+        if row["last_seen_at"] is not None:
             moved = labels.note_change(changes, stored_claims, claimed, seen.event_at, settings)
             if moved != changes:
                 values["observed_changes"] = json.dumps(moved)
@@ -76,19 +76,17 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
             model=seen.model, firmware=seen.firmware, app_version=seen.app_version,
             agent_version=seen.agent_version, claimed_labels=json.dumps(claimed, sort_keys=True), last_seen_at=seen.event_at,
         )  # fmt: skip
-    if seen.heartbeat and (row is None or row["last_heartbeat_at"] is None or seen.event_at > row["last_heartbeat_at"]):
+    if seen.heartbeat and (row["last_heartbeat_at"] is None or seen.event_at > row["last_heartbeat_at"]):
         values["last_heartbeat_at"] = seen.event_at
     if seen.clamped:
         values["clock_flagged_at"] = seen.received_at
     in_force = labels.in_force(labels.operator_of(conn, seen.terminal_id), claimed, settings)
     if in_force != stored_labels:
         values["labels"] = json.dumps(in_force, sort_keys=True)
-    if row is None:
-        conn.execute(sql.insert(conn, fleet_terminals).on_conflict_do_nothing(), dict(values, id=seen.terminal_id, labels=values.get("labels", "{}")))
-    elif values:
+    if values:
         conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(**values))
-    if in_force != stored_labels or row is None:
-        _move_scopes(conn, {seen.terminal_id: in_force}, {seen.terminal_id: row["last_seen_at"] if row else None}, settings)
+    if in_force != stored_labels:
+        _move_scopes(conn, {seen.terminal_id: in_force}, {seen.terminal_id: row["last_seen_at"]}, settings)
     if newest:
         baseline.see(conn, seen.terminal_id, seen.event_at, settings)
     sql.insert_new(
@@ -97,6 +95,17 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
           "firmware": seen.firmware, "app_version": seen.app_version}],
     )  # fmt: skip
     return in_force
+
+
+def _locked_row(conn: sa.Connection, terminal_id: str) -> Any:
+    """The terminal's fleet row, locked; made first at its first sighting, so that even
+    then nothing rewrites its labels and scopes beside this transaction."""
+    query = sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id).with_for_update()
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        labels.ensure_row(conn, terminal_id)
+        row = conn.execute(query).mappings().one()
+    return row
 
 
 RELABEL_CHUNK = 200  # terminals per statement: 200 x 32 keys x 2 stays under SQLite's 32,766 parameters
