@@ -23,7 +23,7 @@ from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
 from remote import wire
 from remote.redact import redact_text
-from remote.server import admission, db, signin, store
+from remote.server import admission, audit, db, signin, store
 from remote.server.fleet import incidents as fleet_incidents
 from remote.server.fleet import inventory
 from remote.server.fleet import labels as fleet_labels
@@ -339,6 +339,8 @@ async def enrol(request: Request, body: TerminalCreate, user: Admin) -> Any:
         token = await run_in_threadpool(store.add_terminal, srv.engine, body.id, body.labels, srv.settings.fleet)
     except store.StoreError as exc:
         raise ApiError(409 if exc.code == "terminal_exists" else 422, exc.code, exc.detail) from None
+    detail = {"labels": body.labels} if body.labels else None
+    await run_in_threadpool(audit.record, service(request).engine, user.name, "api", "terminal.enrol", "terminal", body.id, detail)
     return TerminalEnrolled(id=body.id, token=token)
 
 
@@ -354,11 +356,13 @@ async def set_labels(
 ) -> Any:  # fmt: skip
     srv = service(request)
     try:
-        await run_in_threadpool(inventory.label_terminal, srv.engine, terminal_id, body.root, "api", srv.settings.fleet)
+        changed = await run_in_threadpool(inventory.label_terminal, srv.engine, terminal_id, body.root, "api", srv.settings.fleet)
     except LookupError as exc:
         raise ApiError(404, "no_terminal", str(exc)) from None
     except fleet_labels.LabelError as exc:
         raise ApiError(422, "bad_label", f"labels.{exc}") from None
+    if changed:
+        await run_in_threadpool(audit.record, srv.engine, user.name, "api", "terminal.label", "terminal", terminal_id, {"labels": body.root})
     return await run_in_threadpool(inventory.get_terminal, srv.engine, srv.settings.fleet, terminal_id, db.now())
 
 
@@ -374,6 +378,7 @@ async def revoke(request: Request, terminal_id: Annotated[str, Path(max_length=1
         await run_in_threadpool(store.revoke_terminal, service(request).engine, terminal_id)
     except store.StoreError as exc:
         raise ApiError(404, exc.code, exc.detail) from None
+    await run_in_threadpool(audit.record, service(request).engine, user.name, "api", "terminal.revoke", "terminal", terminal_id)
     return Response(status_code=204)
 
 

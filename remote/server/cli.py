@@ -315,7 +315,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         print(f"{verb} {result.rows} bundles ({result.by_age} by age over {keep.days} days, "
               f"{result.by_count} over {keep.max_per_terminal} per terminal) "
-              f"and {result.blobs} blobs ({result.bytes} bytes)")  # fmt: skip
+              f"and {result.blobs} blobs ({result.bytes} bytes); {result.audit_entries} audit log entries")  # fmt: skip
         for error in result.errors:
             print(f"posdiag-support: {error}", file=sys.stderr)
     return 1 if result.errors else 0
@@ -371,7 +371,9 @@ def cmd_terminal_add(args: argparse.Namespace) -> int:
     from remote.server import store
 
     labels = {k: str(v) for k, v in label_args(args.label, removable=False).items()}
-    token = store.add_terminal(engine(args), args.id, labels, settings_for(args).fleet if labels else None)
+    eng = engine(args)
+    token = store.add_terminal(eng, args.id, labels, settings_for(args).fleet if labels else None)
+    audited(eng, "terminal.enrol", "terminal", args.id, {"labels": labels} if labels else None)
     print(token)
     print(f"terminal {args.id} enrolled; the token above is shown only this once", file=sys.stderr)
     return 0
@@ -391,7 +393,9 @@ def cmd_terminal_list(args: argparse.Namespace) -> int:
 def cmd_terminal_revoke(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    store.revoke_terminal(engine(args), args.id)
+    eng = engine(args)
+    store.revoke_terminal(eng, args.id)
+    audited(eng, "terminal.revoke", "terminal", args.id)
     print(f"terminal {args.id}: token revoked", file=sys.stderr)
     return 0
 
@@ -402,10 +406,13 @@ def cmd_terminal_label(args: argparse.Namespace) -> int:
 
     settings = settings_for(args).fleet
     eng = engine(args)
+    changes = label_args(args.labels, removable=True)
     try:
-        changed = inventory.label_terminal(eng, args.id, label_args(args.labels, removable=True), "command", settings)
+        changed = inventory.label_terminal(eng, args.id, changes, "command", settings)
     except LookupError as exc:
         raise ValueError(str(exc)) from None
+    if changed:
+        audited(eng, "terminal.label", "terminal", args.id, {"labels": changes})
     view = inventory.get_terminal(eng, settings, args.id, db.now())
     assert view is not None
     shown = " ".join(f"{k}={v}" for k, v in sorted(view["labels"].items())) or "(none)"
@@ -430,7 +437,11 @@ def cmd_terminal_import(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"posdiag-support: {problem}", file=sys.stderr)
         return 2
-    summary = label_import.apply(engine(args), str(args.file), rows, settings, args.dry_run)
+    eng = engine(args)
+    summary = label_import.apply(eng, str(args.file), rows, settings, args.dry_run)
+    if summary.changed and not args.dry_run:
+        audited(eng, "terminal.import", "labels", args.file.name, {"file": str(args.file), "terminals": summary.changed,
+                "labels_set": summary.labels_set, "labels_removed": summary.labels_removed})  # fmt: skip
     if args.json:
         print(json.dumps(dict(dataclasses.asdict(summary), ok=True, errors=[])))
         return 0
@@ -450,6 +461,17 @@ def cmd_terminal_claims(args: argparse.Namespace) -> int:
     return 0
 
 
+def audited(eng, action: str, kind: str, object_id: str, detail: dict | None = None) -> None:
+    """An audit log entry for a change made here, in the name of the account running it."""
+    from remote.server import audit
+
+    try:
+        actor = getpass.getuser()
+    except (KeyError, OSError):
+        actor = f"uid {os.getuid()}"
+    audit.record(eng, actor, "cli", action, kind, object_id, detail)
+
+
 def read_password(given: str | None) -> str:
     if given is not None:
         return given
@@ -464,7 +486,9 @@ def read_password(given: str | None) -> str:
 def cmd_user_add(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    store.add_user(engine(args), args.name, args.role, read_password(args.password))
+    least, eng = settings_for(args).password_min_length, engine(args)
+    store.add_user(eng, args.name, args.role, read_password(args.password), least)
+    audited(eng, "user.add", "user", args.name, {"role": args.role})
     print(f"user {args.name} ({args.role}) added", file=sys.stderr)
     return 0
 
@@ -484,7 +508,8 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
     eng = engine(args)
     if store.get_user(eng, args.name) is None:
         raise store.StoreError("no_user", f"no user {args.name!r}")
-    store.set_password(eng, args.name, read_password(args.password))
+    store.set_password(eng, args.name, read_password(args.password), settings_for(args).password_min_length)
+    audited(eng, "user.password", "user", args.name)
     print(f"user {args.name}: password changed", file=sys.stderr)
     return 0
 
@@ -492,7 +517,9 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
 def cmd_user_role(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    store.set_role(engine(args), args.name, args.role)
+    eng = engine(args)
+    if store.set_role(eng, args.name, args.role):
+        audited(eng, "user.role", "user", args.name, {"role": args.role})
     print(f"user {args.name}: role {args.role}", file=sys.stderr)
     return 0
 
@@ -500,7 +527,9 @@ def cmd_user_role(args: argparse.Namespace) -> int:
 def cmd_user_remove(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    store.remove_user(engine(args), args.name)
+    eng = engine(args)
+    store.remove_user(eng, args.name)
+    audited(eng, "user.remove", "user", args.name)
     print(f"user {args.name} removed", file=sys.stderr)
     return 0
 
