@@ -8,7 +8,11 @@ labels     which labels are trusted: the operator's, the observed, claims as hin
 label_import  the operator's labels from a CSV file (a TMS export)
 problems   signatures and their rollups
 outage     the outage detector; regression: the version detector
-incidents  incidents, fleet dispatch (hold), what a terminal is told
+incidents  incidents, fleet dispatch (hold), acknowledgement and dismissal, what a terminal is told
+baseline   the outage baseline's rollups (failing terminal-hours, active members)
+seasonal   the seasonal, shrunk baseline rate
+breadth    who may open an outage and when it may hold
+signal     which bundles the detectors count (no business outcomes)
 webhooks   the delivery table and its sender
 engine     Fleet: what ingest calls, and the background sweep
 """

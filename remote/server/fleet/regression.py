@@ -69,7 +69,7 @@ def _hits(conn: sa.Connection, dim: str, since: str, settings: FleetSettings) ->
         sa.select(b.model, b[dim].label("version"), b.top_category, sa.func.count().label("x"),
                   sa.func.count(sa.distinct(b.terminal_id)).label("affected"), sa.func.count().label("bundles"),
                   sa.func.min(b.event_at).label("first"))
-        .where(b.event_at >= since, b.top_category.is_not(None), b.hold_incident.is_(None))
+        .where(b.event_at >= since, b.top_category.is_not(None), b.hold_incident.is_(None), b.excluded.is_(None))
         .group_by(b.model, b[dim], b.top_category)
     ):  # fmt: skip
         counts[(r.model, r.top_category)][r.version] = (r.x, r.affected, r.bundles, r.first)
