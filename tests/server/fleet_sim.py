@@ -11,6 +11,7 @@ whose bundles arrive `late_hours` after they happened.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ import requests
 from server_bundles import make_bundle
 from server_harness import default_settings
 
-from remote.server import db, store
+from remote.server import db, fleet_queue, store
 
 HOST = ("96", "host.unreachable", "host")
 NETWORK = ("ConnectError", "network.no_data_session", "network")
@@ -86,6 +87,7 @@ class FleetSim:
         the operator's labels given at enrolment are cut into scopes."""
         self.url = base_url
         self.settings = fleet or default_settings().fleet
+        self.engine = engine
         self.sc = scenario
         self.rng = random.Random(scenario.seed)
         self.http = requests.Session()
@@ -185,6 +187,13 @@ class FleetSim:
                 self.bundle(t, when, payload, sent)
         return sent
 
+    def counted(self) -> None:
+        """Wait until the server's fleet queue has counted everything answered so far."""
+        deadline = time.monotonic() + 60
+        while fleet_queue.backlog(self.engine).depth:
+            assert time.monotonic() < deadline, "the fleet queue did not drain"
+            time.sleep(0.02)
+
     def heartbeat(self, t: Terminal, when: datetime, health: dict[str, Any], sent: Sent) -> dict[str, Any]:
         body = {
             "terminal_id": t.id, "sent_at": db.stamp(when), "model": t.model, "firmware": t.firmware,
@@ -209,6 +218,7 @@ class FleetSim:
         sent.bundles[bundle_id] = dict(p, terminal=t.id, at=when)
 
     def incidents(self, status: str = "all") -> list[dict[str, Any]]:
+        self.counted()
         answer = self.http.get(f"{self.url}/api/v1/incidents", params={"status": status}, auth=self.user, timeout=30)
         answer.raise_for_status()
         return answer.json()["items"]
