@@ -44,12 +44,14 @@ def beat(server, token: str, tid: str, when: datetime, labels: dict[str, str]) -
     body = {"terminal_id": tid, "sent_at": db.stamp(when), "model": "A920", "firmware": "1.0", "labels": labels, "health": {}, "counters": {}}
     answer = requests.post(f"{server.url}/api/v1/heartbeats", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert answer.status_code == 202, answer.text
+    server.counted()
 
 
 def fail(server, token: str, tid: str, when: datetime, labels: dict[str, str], category: str = "host") -> None:
     cause = "host.unreachable" if category == "host" else "network.connect_timeout"
     bundle_id, body = make_bundle(token, tid, code="96", cause=cause, category=category, verdict="remote", created_at=db.stamp(when), labels=labels)
     assert server.upload(token, body, bundle_id).status_code == 201
+    server.counted()
 
 
 def outages(server) -> list[dict]:
