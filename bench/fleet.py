@@ -108,13 +108,18 @@ def load_terminals(conn, terminals: list[dict], settings, now: datetime) -> None
         for t in terminals:
             for k, v in t["labels"].items():
                 copy.write_row((t["id"], k, v))
+    with conn.cursor().copy("COPY operator_labels (terminal_id, key, value, set_at, source) FROM STDIN") as copy:
+        for t in terminals:  # the operator's labels, as a TMS import leaves them
+            for k, v in t["labels"].items():
+                if k not in settings.fleet.observed_label_keys:
+                    copy.write_row((t["id"], k, v, created, "import"))
     with conn.cursor().copy("COPY scope_members (scope_key, terminal_id) FROM STDIN") as copy:
         for t in terminals:
             for key in inventory.scopes_of(t["labels"], settings.fleet):
                 copy.write_row((key, t["id"]))
     seen = db.stamp(now - timedelta(minutes=30))
     with conn.cursor().copy(
-        "COPY fleet_terminals (id, model, firmware, app_version, agent_version, labels, last_heartbeat_at, last_seen_at, risk, risk_metric) FROM STDIN"
+        "COPY fleet_terminals (id, model, firmware, app_version, agent_version, labels, claimed_labels, last_heartbeat_at, last_seen_at, risk, risk_metric) FROM STDIN"
     ) as copy:
         for i, t in enumerate(terminals):
             risk = None
@@ -123,7 +128,8 @@ def load_terminals(conn, terminals: list[dict], settings, now: datetime) -> None
                                    "reason": {"en": "battery health trending down", "zh": "电池健康度下降"}})  # fmt: skip
             missing = i % 97 == 0
             at = db.stamp(now - timedelta(days=3)) if missing else seen
-            copy.write_row((t["id"], t["model"], t["firmware"], "5.0", "0.1.0", json.dumps(t["labels"], sort_keys=True), at, at,
+            labels = json.dumps(t["labels"], sort_keys=True)
+            copy.write_row((t["id"], t["model"], t["firmware"], "5.0", "0.1.0", labels, labels, at, at,
                             risk, "battery_wear_ratio" if risk else None))  # fmt: skip
 
 
@@ -302,8 +308,10 @@ def measure(label: str, fn, n: int) -> None:
 
 
 def ingest_samples(base: str, engine, terminals: list[dict], n: int, prefix: str) -> None:
-    tokens = [(f"{prefix}{i}", store.add_terminal(engine, f"{prefix}{i}")) for i in range(10)]
+    from server_harness import default_settings
+
     labels = terminals[0]["labels"] if terminals else {"acquirer": "A"}
+    tokens = [(f"{prefix}{i}", store.add_terminal(engine, f"{prefix}{i}", labels, default_settings().fleet)) for i in range(10)]
     http = requests.Session()
     rng = random.Random(5)
 

@@ -10,7 +10,7 @@ Printed: requests sent and their rate, then each incident found (kind, scope, st
 against the injected start, terminals), recall (injected events found with their scope),
 holds (host/network bundles held inside the injected outages, and outside them: false
 holds), the at-risk and missing terminals against the injected ones, and whether anything
-else opened. With --hostile N, after the timeline N terminals claiming acquirer B (seen
+else opened. With --hostile N, after the timeline N terminals enrolled in acquirer B (stolen; seen
 since the fleet's start, each of its own merchant) send a host failure every 10 minutes over
 its last 3 hours, and one honest B terminal a host failure in the middle: printed is how
 many of those bundles a hold covers (issue 21: none).
@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--days", type=float, default=2.0)
     parser.add_argument("--heartbeat-hours", type=float, default=1.0)
     parser.add_argument("--late", type=int, default=0, help="terminals of the host outage that upload 3 h late")
-    parser.add_argument("--hostile", type=int, default=0, help="terminals claiming acquirer B that send host failures")
+    parser.add_argument("--hostile", type=int, default=0, help="stolen terminals enrolled in acquirer B that send host failures")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
     scenario = Scenario(terminals=args.terminals, days=args.days, heartbeat_hours=args.heartbeat_hours, late_terminals=args.late)
@@ -101,7 +101,9 @@ def _hostile(server, sim: FleetSim, count: int) -> Sent:
     for i in range(count):
         terminal_id = f"EVIL-{i:02d}"
         labels = {"acquirer": "B", "region": "north", "merchant": f"x{i}", "carrier": "X", "link": "cellular"}
-        t = Terminal(terminal_id, store.add_terminal(server.service.engine, terminal_id), labels, "A920", "1.0")
+        # enrolled in B (stolen terminals): a terminal merely claiming B counts toward no outage of B
+        operator = {k: v for k, v in labels.items() if k not in sim.settings.observed_label_keys}
+        t = Terminal(terminal_id, store.add_terminal(server.service.engine, terminal_id, operator, sim.settings), labels, "A920", "1.0")
         hostile.append(t)
     begin = sim.sc.end - timedelta(hours=3)
     for t in hostile:

@@ -63,6 +63,9 @@ class FleetSettings:
     signature_fields: list[str]
     outage_categories: list[str]
     outage_scopes: list[list[str]]
+    observed_label_keys: list[str]
+    observed_label_max_changes: int = bounded(0, 10000)
+    observed_label_window_hours: float = bounded(0.1, 720)
     outage_window_minutes: float = bounded(1, 1440)
     outage_baseline_days: float = bounded(0.1, 365)
     outage_baseline_floor_per_terminal_hour: float = bounded(0, 1)

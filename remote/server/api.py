@@ -26,7 +26,8 @@ from remote.redact import redact_text
 from remote.server import admission, audit, db, signin, store
 from remote.server.fleet import incidents as fleet_incidents
 from remote.server.fleet import inventory
-from remote.server.fleet.models import FleetTerminalList
+from remote.server.fleet import labels as fleet_labels
+from remote.server.fleet.models import FleetTerminal, FleetTerminalList, LabelChanges
 from remote.server.ingest import IngestError
 from remote.server.models import (
     BundleDetail,
@@ -333,11 +334,35 @@ def label_params(request: Request) -> dict[str, str]:
 )
 async def enrol(request: Request, body: TerminalCreate, user: Admin) -> Any:
     try:
-        token = await run_in_threadpool(store.add_terminal, service(request).engine, body.id)
+        srv = service(request)
+        token = await run_in_threadpool(store.add_terminal, srv.engine, body.id, body.labels, srv.settings.fleet)
     except store.StoreError as exc:
         raise ApiError(409 if exc.code == "terminal_exists" else 422, exc.code, exc.detail) from None
-    await run_in_threadpool(audit.record, service(request).engine, user.name, "api", "terminal.enrol", "terminal", body.id)
+    detail = {"labels": body.labels} if body.labels else None
+    await run_in_threadpool(audit.record, service(request).engine, user.name, "api", "terminal.enrol", "terminal", body.id, detail)
     return TerminalEnrolled(id=body.id, token=token)
+
+
+@router.patch(
+    "/terminals/{terminal_id}/labels",
+    response_model=FleetTerminal,
+    tags=["terminals"],
+    summary="Set the operator's labels of a terminal (admin): {KEY: VALUE} sets, {KEY: null} removes",
+    responses=errors(401, 403, 404, 422),
+)
+async def set_labels(
+    request: Request, terminal_id: Annotated[str, Path(max_length=128)], body: LabelChanges, user: Admin,
+) -> Any:  # fmt: skip
+    srv = service(request)
+    try:
+        changed = await run_in_threadpool(inventory.label_terminal, srv.engine, terminal_id, body.root, "api", srv.settings.fleet)
+    except LookupError as exc:
+        raise ApiError(404, "no_terminal", str(exc)) from None
+    except fleet_labels.LabelError as exc:
+        raise ApiError(422, "bad_label", f"labels.{exc}") from None
+    if changed:
+        await run_in_threadpool(audit.record, srv.engine, user.name, "api", "terminal.label", "terminal", terminal_id, {"labels": body.root})
+    return await run_in_threadpool(inventory.get_terminal, srv.engine, srv.settings.fleet, terminal_id, db.now())
 
 
 @router.delete(

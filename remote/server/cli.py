@@ -2,7 +2,10 @@
 
   posdiag-support serve [--db URL] [--data DIR] [--blobs URL] [--host H] [--port P]
                         [--workers N] [--access-log] [--forwarded-allow-ips IPS]
-  posdiag-support terminals add ID | list | revoke ID
+  posdiag-support terminals add ID [--label K=V ...] | list | revoke ID
+  posdiag-support terminals label ID K=V [K=V ...]   the operator's labels (K= removes)
+  posdiag-support terminals import FILE.csv [--dry-run] [--json]   labels from a TMS export
+  posdiag-support terminals claims          what terminals claim of the operator's labels, as CSV
   posdiag-support users add NAME --role support|technician|admin [--password P]
   posdiag-support users list | passwd NAME [--password P] | role NAME ROLE | remove NAME
   posdiag-support gc [--dry-run] [--json]   remove what [server.retention] expires
@@ -87,10 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="machine-readable output")
     check.set_defaults(handler=cmd_check)
 
-    term = sub.add_parser("terminals", help="enrol, list and revoke terminals").add_subparsers(dest="action", required=True)
+    term = sub.add_parser("terminals", help="enrol, label, list and revoke terminals").add_subparsers(dest="action", required=True)
     add = term.add_parser("add", parents=[common], help="enrol a terminal and print its token once")
     add.add_argument("id")
+    add.add_argument("--label", action="append", default=[], metavar="K=V", help="an operator label (repeatable): trusted, outages are cut by it")
     add.set_defaults(handler=cmd_terminal_add)
+    label = term.add_parser("label", parents=[common], help="set (K=V) or remove (K=) the operator's labels of a terminal")
+    label.add_argument("id")
+    label.add_argument("labels", nargs="+", metavar="K=V")
+    label.set_defaults(handler=cmd_terminal_label)
+    imp = term.add_parser("import", parents=[common], help="the operator's labels from a CSV file: terminal_id,KEY,KEY,...")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--dry-run", action="store_true", help="check the file and say what would change; write nothing")
+    imp.add_argument("--json", action="store_true", help="machine-readable summary")
+    imp.set_defaults(handler=cmd_terminal_import)
+    term.add_parser(
+        "claims", parents=[common], help="what terminals claim of the operator's labels, as CSV to review and import"
+    ).set_defaults(handler=cmd_terminal_claims)
     term.add_parser("list", parents=[common], help="enrolled terminals").set_defaults(handler=cmd_terminal_list)
     revoke = term.add_parser("revoke", parents=[common], help="revoke a terminal's token")
     revoke.add_argument("id")
@@ -367,12 +383,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if report.problems else 0
 
 
+def label_args(given: list[str], removable: bool) -> dict[str, str | None]:
+    """K=V arguments; K= removes the key where `removable`."""
+    from probes.contract.errors import UsageError
+
+    out: dict[str, str | None] = {}
+    for arg in given:
+        key, sep, value = arg.partition("=")
+        if not sep or not key or (not value and not removable):
+            raise UsageError(f"{arg!r}: a label is KEY=VALUE" + (" (KEY= removes it)" if removable else ""))
+        out[key] = value or None
+    return out
+
+
 def cmd_terminal_add(args: argparse.Namespace) -> int:
     from remote.server import store
 
+    labels = {k: str(v) for k, v in label_args(args.label, removable=False).items()}
     eng = engine(args)
-    token = store.add_terminal(eng, args.id)
-    audited(eng, "terminal.enrol", "terminal", args.id)
+    token = store.add_terminal(eng, args.id, labels, settings_for(args).fleet if labels else None)
+    audited(eng, "terminal.enrol", "terminal", args.id, {"labels": labels} if labels else None)
     print(token)
     print(f"terminal {args.id} enrolled; the token above is shown only this once", file=sys.stderr)
     return 0
@@ -396,6 +426,67 @@ def cmd_terminal_revoke(args: argparse.Namespace) -> int:
     store.revoke_terminal(eng, args.id)
     audited(eng, "terminal.revoke", "terminal", args.id)
     print(f"terminal {args.id}: token revoked", file=sys.stderr)
+    return 0
+
+
+def cmd_terminal_label(args: argparse.Namespace) -> int:
+    from remote.server import db
+    from remote.server.fleet import inventory
+
+    settings = settings_for(args).fleet
+    eng = engine(args)
+    changes = label_args(args.labels, removable=True)
+    try:
+        changed = inventory.label_terminal(eng, args.id, changes, "command", settings)
+    except LookupError as exc:
+        raise ValueError(str(exc)) from None
+    if changed:
+        audited(eng, "terminal.label", "terminal", args.id, {"labels": changes})
+    view = inventory.get_terminal(eng, settings, args.id, db.now())
+    assert view is not None
+    shown = " ".join(f"{k}={v}" for k, v in sorted(view["labels"].items())) or "(none)"
+    print(f"{args.id}: {shown}")
+    if not changed:
+        print(f"terminal {args.id}: its operator labels were already so", file=sys.stderr)
+    return 0
+
+
+def cmd_terminal_import(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from remote.server.fleet import label_import
+
+    settings = settings_for(args).fleet
+    try:
+        rows = label_import.parse(args.file)
+    except label_import.BadFile as exc:
+        if args.json:
+            print(json.dumps({"file": str(args.file), "ok": False, "errors": exc.problems}))
+        for problem in exc.problems:
+            print(f"posdiag-support: {problem}", file=sys.stderr)
+        return 2
+    eng = engine(args)
+    summary = label_import.apply(eng, str(args.file), rows, settings, args.dry_run)
+    if summary.changed and not args.dry_run:
+        audited(eng, "terminal.import", "labels", args.file.name, {"file": str(args.file), "terminals": summary.changed,
+                "labels_set": summary.labels_set, "labels_removed": summary.labels_removed})  # fmt: skip
+    if args.json:
+        print(json.dumps(dict(dataclasses.asdict(summary), ok=True, errors=[])))
+        return 0
+    verb = "would change" if args.dry_run else "changed"
+    print(f"{summary.file}: {summary.rows} rows; {verb} {summary.changed} terminals ({summary.labels_set} labels set, "
+          f"{summary.labels_removed} removed), {summary.unchanged} unchanged")  # fmt: skip
+    if summary.not_enrolled:
+        listed = " ".join(summary.not_enrolled[:10]) + (" ..." if len(summary.not_enrolled) > 10 else "")
+        print(f"{len(summary.not_enrolled)} not enrolled (their labels wait for their enrolment): {listed}")
+    return 0
+
+
+def cmd_terminal_claims(args: argparse.Namespace) -> int:
+    from remote.server.fleet import label_import
+
+    sys.stdout.write(label_import.claims_csv(engine(args), settings_for(args).fleet))
     return 0
 
 

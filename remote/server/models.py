@@ -117,6 +117,10 @@ class NextCommand(BaseModel):
 
 class TerminalCreate(BaseModel):
     id: str = Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f/]+$")
+    labels: dict[str, str] | None = Field(
+        default=None, max_length=32,
+        description="the operator's labels (acquirer, region, merchant, site...): trusted, outages are cut by them (docs/fleet.md)",
+    )  # fmt: skip
 
 
 class TerminalEnrolled(BaseModel):

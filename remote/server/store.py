@@ -19,6 +19,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from remote.server import auth, daily, db, retention
+from remote.server.fleet import inventory
+from remote.server.fleet import labels as fleet_labels
 from remote.server.fleet.schema import bundle_fleet
 from remote.server.db import (
     bundle_views,
@@ -31,6 +33,7 @@ from remote.server.db import (
     user_prefs,
     users,
 )
+from remote.server_settings import FleetSettings
 from remote.wire import terminal_id_problem
 
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -70,11 +73,18 @@ def server_secret(engine: Engine) -> bytes:
 # -- terminals ----------------------------------------------------------------------------
 
 
-def add_terminal(engine: Engine, terminal_id: str) -> str:
-    """Enrol (or re-enrol a revoked) terminal; the token is returned once and not kept."""
+def add_terminal(
+    engine: Engine, terminal_id: str, labels: dict[str, str] | None = None, fleet: FleetSettings | None = None,
+) -> str:  # fmt: skip
+    """Enrol (or re-enrol a revoked) terminal, with the operator's labels if given (trusted:
+    fleet/labels.py); the token is returned once and not kept."""
     problem = terminal_id_problem(terminal_id)
     if problem:
         raise StoreError("bad_terminal_id", f"a terminal id is {problem}")
+    try:
+        fleet_labels.check(labels or {})
+    except fleet_labels.LabelError as exc:
+        raise StoreError("bad_label", f"labels.{exc}") from None
     token = auth.new_terminal_token()
     digest = auth.token_digest(token)
     with engine.begin() as conn:
@@ -92,6 +102,12 @@ def add_terminal(engine: Engine, terminal_id: str) -> str:
                 .where(terminals.c.id == terminal_id)
                 .values(token_sha256=digest, revoked_at=None, created_at=db.now())
             )
+        if labels:
+            assert fleet is not None, "labels are cut into scopes by [server.fleet]"
+            try:
+                inventory.relabel(conn, terminal_id, dict(labels), "enrolment", fleet)
+            except fleet_labels.LabelError as exc:
+                raise StoreError("bad_label", f"labels: {exc}") from None
     return token
 
 

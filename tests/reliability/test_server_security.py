@@ -40,6 +40,7 @@ ACCESS = {
     ("post", "/api/v1/terminals/{terminal_id}/commands"): "users",
     ("post", "/api/v1/terminals"): "admin",
     ("delete", "/api/v1/terminals/{terminal_id}"): "admin",
+    ("patch", "/api/v1/terminals/{terminal_id}/labels"): "admin",
     ("post", "/api/v1/heartbeats"): "terminal",
     ("get", "/api/v1/problems"): "users",
     ("get", "/api/v1/problems/{problem_id}"): "users",
@@ -131,6 +132,8 @@ def call(server, method: str, path: str, who: str, tid: str, tokens: dict[str, s
         kw.setdefault("headers", {})["Content-Type"] = "application/gzip"
     elif (method, path) == ("post", "/api/v1/terminals"):
         kw["json"] = {"id": f"NEW-{uuid.uuid4().hex[:8]}"}
+    elif (method, path) == ("patch", "/api/v1/terminals/{terminal_id}/labels"):
+        kw["json"] = {"acquirer": "ACCESS", "site": None}
     elif (method, path) == ("post", "/api/v1/heartbeats"):
         kw["json"] = {"terminal_id": tid, "sent_at": "2026-01-01T00:00:00Z"}
     elif (method, path) == ("post", "/api/v1/outcomes"):

@@ -19,6 +19,7 @@ from typing import Any
 
 import requests
 from server_bundles import make_bundle
+from server_harness import default_settings
 
 from remote.server import db, fleet_queue, store
 
@@ -81,8 +82,11 @@ class Sent:
 
 
 class FleetSim:
-    def __init__(self, base_url: str, engine: Any, scenario: Scenario, user: tuple[str, str]) -> None:
+    def __init__(self, base_url: str, engine: Any, scenario: Scenario, user: tuple[str, str], fleet: Any = None) -> None:
+        """`fleet`: the server's [server.fleet] (the packaged defaults when None), by which
+        the operator's labels given at enrolment are cut into scopes."""
         self.url = base_url
+        self.settings = fleet or default_settings().fleet
         self.engine = engine
         self.sc = scenario
         self.rng = random.Random(scenario.seed)
@@ -107,8 +111,8 @@ class FleetSim:
 
     def _enrol(self, engine: Any, i: int) -> Terminal:
         terminal_id = f"SIM-{i:03d}-{uuid.uuid4().hex[:4]}"
-        token = store.add_terminal(engine, terminal_id)
         labels = {"acquirer": "ABC"[i % 3], "region": ("north", "south")[(i // 3) % 2], "merchant": f"m{i % 7}"}
+        token = store.add_terminal(engine, terminal_id, labels, self.settings)  # the operator's; carrier and link observed
         if i % 4 != 3:
             labels.update(link="cellular", carrier=("X", "Y")[(i // 6) % 2])
         else:

@@ -59,10 +59,11 @@ class RunningServer:
     backend: str
     tokens: dict[str, str] = field(default_factory=dict)
 
-    def terminal(self, prefix: str = "T") -> tuple[str, str]:
-        """A newly enrolled terminal: (id, token)."""
+    def terminal(self, prefix: str = "T", labels: dict[str, str] | None = None) -> tuple[str, str]:
+        """A newly enrolled terminal, with the operator's `labels` (outages are cut by
+        these, not by what the terminal claims: docs/fleet.md): (id, token)."""
         terminal_id = f"{prefix}-{uuid.uuid4().hex[:8]}"
-        token = store.add_terminal(self.service.engine, terminal_id)
+        token = store.add_terminal(self.service.engine, terminal_id, labels, self.service.settings.fleet)
         self.tokens[terminal_id] = token
         return terminal_id, token
 

@@ -23,6 +23,7 @@ from remote.server.fleet.schema import (
     bundle_fleet,
     fleet_terminals,
     incidents as incidents_t,
+    operator_labels,
     outage_events,
     scope_hours,
     scope_members,
@@ -70,6 +71,10 @@ class Fleetlet:
                 for t in ids
             ])  # fmt: skip
             conn.execute(terminal_labels.insert(), [{"terminal_id": t, "key": k, "value": v} for t in ids for k, v in self.labels[t].items()])
+            conn.execute(operator_labels.insert(), [  # the operator's, as an import leaves them: what scopes are cut by
+                {"terminal_id": t, "key": k, "value": v, "set_at": last, "source": "import"}
+                for t in ids for k, v in self.labels[t].items() if k not in self.settings.fleet.observed_label_keys
+            ])  # fmt: skip
             members = [{"scope_key": k, "terminal_id": t, "seen_at": last} for t in ids for k in inventory.scopes_of(self.labels[t], self.settings.fleet)]
             conn.execute(scope_members.insert(), members)
             days = {(t, at(m)[:10]) for t in ids for m in (first_seen, -120)}

@@ -84,7 +84,8 @@ def run(db_url, data_dir, now, inline: bool) -> dict:
     servers = start_server(db_url, data_dir, "queue")
     server = next(servers)
     try:
-        tokens = {t: store.add_terminal(server.service.engine, t) for t in [f"Q-{i}" for i in range(8)] + ["P-0", "P-1"]}
+        fleet = server.service.settings.fleet  # the operator's labels: outages are cut by them
+        tokens = {t: store.add_terminal(server.service.engine, t, OUTAGE if t[0] == "Q" else OTHER, fleet) for t in [f"Q-{i}" for i in range(8)] + ["P-0", "P-1"]}
         if not inline:
             server.service.fleet_queue.stop()
         send(server, tokens, arrivals(now), server.counted if inline else lambda: None)

@@ -45,7 +45,7 @@ def simulate(db_url: str, data_dir, scenario: Scenario):
     servers = start_server(db_url, data_dir, "fleet", sim_settings())
     server = next(servers)
     try:
-        sim = FleetSim(server.url, server.service.engine, scenario, ("support", PASSWORD))
+        sim = FleetSim(server.url, server.service.engine, scenario, ("support", PASSWORD), server.service.settings.fleet)
         sent = sim.run()
         server.counted()
         server.service.fleet.sweep()  # the background sweep runs every sweep_seconds; no waiting here

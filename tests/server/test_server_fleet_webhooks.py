@@ -84,8 +84,9 @@ def beat(tid: str, when: datetime, labels: dict[str, str]) -> dict:
 
 
 def enrol(server, prefix: str, labels: dict[str, str], now: datetime, hours_ago=(3, 2, 1), count: int = 8) -> list[str]:
-    """`count` terminals PREFIX-0.. with these labels, each heard from `hours_ago`; their tokens."""
-    tokens = [store.add_terminal(server.service.engine, f"{prefix}-{i}") for i in range(count)]
+    """`count` terminals PREFIX-0.. enrolled with these labels (and claiming them), each heard
+    from `hours_ago`; their tokens."""
+    tokens = [store.add_terminal(server.service.engine, f"{prefix}-{i}", labels, server.service.settings.fleet) for i in range(count)]
     for i, token in enumerate(tokens):
         for hours in hours_ago:
             answer = requests.post(f"{server.url}/api/v1/heartbeats", json=beat(f"{prefix}-{i}", now - timedelta(hours=hours), labels), headers={"Authorization": f"Bearer {token}"}, timeout=30)

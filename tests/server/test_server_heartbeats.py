@@ -55,23 +55,27 @@ def inventory_row(server, tid: str) -> dict:
 def test_a_bundle_from_an_agent_without_labels_keeps_the_terminals_labels(server):
     tid, token = server.terminal("L")
     now = datetime.now(UTC)
-    send(server, token, tid, now - timedelta(minutes=10), labels={"acquirer": "A", "region": "east"})
+    send(server, token, tid, now - timedelta(minutes=10), labels={"acquirer": "A", "region": "east", "carrier": "X"})
     bundle_id, body = make_bundle(token, tid, created_at=db.stamp(now - timedelta(minutes=5)))  # no terminal.labels
     assert server.upload(token, body, bundle_id).status_code == 201
-    assert inventory_row(server, tid)["labels"] == {"acquirer": "A", "region": "east"}
+    row = inventory_row(server, tid)
+    assert row["claimed_labels"] == {"acquirer": "A", "region": "east", "carrier": "X"}
+    assert row["labels"] == {"carrier": "X"}  # acquirer and region are the operator's: a claim is a hint
     bundle_id, body = make_bundle(token, tid, created_at=db.stamp(now - timedelta(minutes=1)), labels={"acquirer": "B"})
     assert server.upload(token, body, bundle_id).status_code == 201
-    assert inventory_row(server, tid)["labels"] == {"acquirer": "B"}  # a newer sighting that has labels replaces them
+    row = inventory_row(server, tid)  # a newer sighting that has labels replaces them
+    assert (row["claimed_labels"], row["labels"]) == ({"acquirer": "B"}, {})
 
 
 def test_card_numbers_in_labels_and_versions_are_stored_masked(server):
     tid, token = server.terminal("P")
     now = datetime.now(UTC)
-    send(server, token, tid, now - timedelta(minutes=10), labels={"shop": f"card {PAN}"}, model=f"A920 {PAN}")
+    send(server, token, tid, now - timedelta(minutes=10), labels={"carrier": f"card {PAN}", "shop": f"card {PAN}"}, model=f"A920 {PAN}")
     row = inventory_row(server, tid)
-    assert row["labels"] == {"shop": "card 411111******1111"} and row["model"] == "A920 411111******1111"
-    bundle_id, body = make_bundle(token, tid, created_at=db.stamp(now - timedelta(minutes=5)), labels={"shop": f"pan {PAN}"})
+    assert row["labels"] == {"carrier": "card 411111******1111"} and row["model"] == "A920 411111******1111"
+    assert row["claimed_labels"]["shop"] == "card 411111******1111"
+    bundle_id, body = make_bundle(token, tid, created_at=db.stamp(now - timedelta(minutes=5)), labels={"carrier": f"pan {PAN}"})
     assert server.upload(token, body, bundle_id).status_code == 201
-    assert inventory_row(server, tid)["labels"] == {"shop": "pan 411111******1111"}
-    pages = [server.get("/api/v1/terminals", params={"label.shop": "pan 411111******1111"}).text, server.get("/api/v1/problems").text]
+    assert inventory_row(server, tid)["labels"] == {"carrier": "pan 411111******1111"}
+    pages = [server.get("/api/v1/terminals", params={"label.carrier": "pan 411111******1111"}).text, server.get("/api/v1/problems").text]
     assert all(PAN not in text for text in pages)

@@ -92,10 +92,10 @@ def test_hostile_text_in_model_firmware_or_labels_is_refused_with_400(server, ki
 @pytest.mark.parametrize("text", FINE)
 def test_printable_text_of_any_script_is_taken(server, text):
     tid, token = server.terminal()
-    bundle_id, body = make_bundle(token, tid, model=text, firmware=text, labels={"region": text})
+    bundle_id, body = make_bundle(token, tid, model=text, firmware=text, labels={"carrier": text})
     assert server.upload(token, body, bundle_id).status_code == 201
-    assert heartbeat(server, token, tid, model=text, firmware=text, labels={"region": text}).status_code == 202
-    shown = server.get(f"/api/v1/terminals?label.region={requests.utils.quote(text)}").json()["items"]
+    assert heartbeat(server, token, tid, model=text, firmware=text, labels={"carrier": text}).status_code == 202
+    shown = server.get(f"/api/v1/terminals?label.carrier={requests.utils.quote(text)}").json()["items"]
     assert [t["id"] for t in shown] == [tid] and shown[0]["model"] == text
 
 

@@ -4,6 +4,8 @@ schema     tables (on db.metadata, created with the rest)
 timing     event time and its clamp
 stats      Poisson and binomial tails
 inventory  terminals, labels, heartbeats, health trends (at risk)
+labels     which labels are trusted: the operator's, the observed, claims as hints
+label_import  the operator's labels from a CSV file (a TMS export)
 problems   signatures and their rollups
 outage     the outage detector; regression: the version detector
 incidents  incidents, fleet dispatch (hold), acknowledgement and dismissal, what a terminal is told

@@ -88,7 +88,8 @@ class Fleet:
             breadth.note_seen(conn, record["terminal_id"], t)
             if text:
                 problems.add(conn, text, record, t, labels)
-            if row["excluded"] is None and record["top_category"] in s.outage_categories:
+            if (row["excluded"] is None and record["top_category"] in s.outage_categories
+                    and inventory.counts_toward_outages(conn, record["terminal_id"], t, s)):  # fmt: skip
                 scopes = inventory.scopes_of(labels, s)
                 if scopes:
                     repeat = outage.repeats(conn, record["terminal_id"], t, s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -13,8 +14,8 @@ from sqlalchemy.engine import Engine
 
 from remote.server import db
 from remote.server.db import terminals
-from remote.server.fleet import baseline, sql, timing
-from remote.server.fleet.schema import fleet_terminals, heartbeats, scope_members, terminal_days, terminal_labels
+from remote.server.fleet import baseline, labels, sql, timing
+from remote.server.fleet.schema import fleet_terminals, heartbeats, scope_members, scope_seen_hours, terminal_days, terminal_labels
 from remote.server_settings import FleetSettings, TrendRule
 
 HEALTH_COLUMNS = (
@@ -57,27 +58,35 @@ def scopes_of(labels: dict[str, str], settings: FleetSettings) -> list[str]:
 
 
 def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict[str, str]:
-    """Update the terminal's row if this sighting is its newest; the labels now in force."""
-    row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == seen.terminal_id)).mappings().first()
-    stored_labels = json.loads(row["labels"]) if row else {}
-    newest = row is None or row["last_seen_at"] is None or seen.event_at >= row["last_seen_at"]
-    labels = seen.labels if seen.labels is not None and newest else stored_labels
+    """Update the terminal's row if this sighting is its newest; the labels now in force
+    (the operator's and the observed, labels.py): what it is filtered and cut into scopes by.
+    The row is locked first, as relabel() locks it: the two never rewrite its scopes at once."""
+    row = _locked_row(conn, seen.terminal_id)
+    stored_labels = json.loads(row["labels"] or "{}")
+    stored_claims, changes = labels.stored(row)
+    newest = row["last_seen_at"] is None or seen.event_at >= row["last_seen_at"]
+    claimed = seen.labels if seen.labels is not None and newest else stored_claims
     values: dict[str, Any] = {}
     if newest:
+        if row["last_seen_at"] is not None:
+            moved = labels.note_change(changes, stored_claims, claimed, seen.event_at, settings)
+            if moved != changes:
+                values["observed_changes"] = json.dumps(moved)
         values.update(
             model=seen.model, firmware=seen.firmware, app_version=seen.app_version,
-            agent_version=seen.agent_version, labels=json.dumps(labels, sort_keys=True), last_seen_at=seen.event_at,
+            agent_version=seen.agent_version, claimed_labels=json.dumps(claimed, sort_keys=True), last_seen_at=seen.event_at,
         )  # fmt: skip
-    if seen.heartbeat and (row is None or row["last_heartbeat_at"] is None or seen.event_at > row["last_heartbeat_at"]):
+    if seen.heartbeat and (row["last_heartbeat_at"] is None or seen.event_at > row["last_heartbeat_at"]):
         values["last_heartbeat_at"] = seen.event_at
     if seen.clamped:
         values["clock_flagged_at"] = seen.received_at
-    if row is None:
-        conn.execute(sql.insert(conn, fleet_terminals).on_conflict_do_nothing(), dict(values, id=seen.terminal_id, labels=values.get("labels", "{}")))
-    elif values:
+    in_force = labels.in_force(labels.operator_of(conn, seen.terminal_id), claimed, settings)
+    if in_force != stored_labels:
+        values["labels"] = json.dumps(in_force, sort_keys=True)
+    if values:
         conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(**values))
-    if newest and labels != stored_labels or row is None:
-        _set_labels(conn, seen.terminal_id, labels, settings)
+    if in_force != stored_labels:
+        _move_scopes(conn, {seen.terminal_id: in_force}, {seen.terminal_id: row["last_seen_at"]}, settings)
     if newest:
         baseline.see(conn, seen.terminal_id, seen.event_at, settings)
     sql.insert_new(
@@ -85,18 +94,101 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
         [{"terminal_id": seen.terminal_id, "day": timing.day(seen.event_at), "model": seen.model,
           "firmware": seen.firmware, "app_version": seen.app_version}],
     )  # fmt: skip
-    return labels
+    return in_force
 
 
-def _set_labels(conn: sa.Connection, terminal_id: str, labels: dict[str, str], settings: FleetSettings) -> None:
-    conn.execute(terminal_labels.delete().where(terminal_labels.c.terminal_id == terminal_id))
-    baseline.leave(conn, terminal_id)
-    conn.execute(scope_members.delete().where(scope_members.c.terminal_id == terminal_id))
-    if labels:
-        conn.execute(terminal_labels.insert(), [{"terminal_id": terminal_id, "key": k, "value": v} for k, v in labels.items()])
-    scopes = scopes_of(labels, settings)
-    if scopes:
-        conn.execute(scope_members.insert(), [{"scope_key": s, "terminal_id": terminal_id} for s in scopes])
+def _locked_row(conn: sa.Connection, terminal_id: str) -> Any:
+    """The terminal's fleet row, locked; made first at its first sighting, so that even
+    then nothing rewrites its labels and scopes beside this transaction."""
+    query = sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id).with_for_update()
+    row = conn.execute(query).mappings().first()
+    if row is None:
+        labels.ensure_row(conn, terminal_id)
+        row = conn.execute(query).mappings().one()
+    return row
+
+
+RELABEL_CHUNK = 200  # terminals per statement: 200 x 32 keys x 2 stays under SQLite's 32,766 parameters
+
+
+def relabel(conn: sa.Connection, terminal_id: str, changes: dict[str, str | None], source: str, settings: FleetSettings) -> bool:
+    """Set or remove (None or "") operator labels of one terminal and move it between
+    scopes at once; whether its operator labels changed."""
+    return bool(relabel_many(conn, [(terminal_id, changes)], source, settings))
+
+
+def relabel_many(
+    conn: sa.Connection, rows: list[tuple[str, dict[str, str | None]]], source: str, settings: FleetSettings,
+) -> set[str]:  # fmt: skip
+    """relabel() for many terminals (one row each), a few statements per chunk of them: a
+    TMS import of 100,000 terminals is one pass, not a million round trips. The terminals
+    whose operator labels changed."""
+    for _, changes in rows:
+        labels.check(changes)
+    changed: set[str] = set()
+    for i in range(0, len(rows), RELABEL_CHUNK):
+        changed |= _relabel_chunk(conn, dict(rows[i : i + RELABEL_CHUNK]), source, settings)
+    return changed
+
+
+def _relabel_chunk(conn: sa.Connection, rows: dict[str, dict[str, str | None]], source: str, settings: FleetSettings) -> set[str]:
+    ids = sorted(rows)
+    f = fleet_terminals.c
+    conn.execute(sql.insert(conn, fleet_terminals).on_conflict_do_nothing(), [{"id": t, "labels": "{}"} for t in ids])
+    # locked in id order, as record() locks one: two writers never wait on each other crosswise
+    fleet = {r["id"]: r for r in conn.execute(sa.select(fleet_terminals).where(f.id.in_(ids)).order_by(f.id).with_for_update()).mappings()}
+    before = labels.operator_of_many(conn, ids)
+    operator = {t: labels.apply(t, before.get(t, {}), rows[t]) for t in ids}
+    changed = {t for t in ids if operator[t] != before.get(t, {})}
+    labels.write_operator(conn, {t: (before.get(t, {}), operator[t]) for t in changed}, source, db.now())
+    moving = {}
+    for t in sorted(changed):
+        in_force = labels.in_force(operator[t], labels.stored(fleet[t])[0], settings)
+        if in_force != json.loads(fleet[t]["labels"] or "{}"):
+            moving[t] = in_force
+    if moving:
+        conn.execute(
+            fleet_terminals.update().where(f.id == sa.bindparam("tid")).values(labels=sa.bindparam("in_force")),
+            [{"tid": t, "in_force": json.dumps(v, sort_keys=True)} for t, v in moving.items()],
+        )
+        _move_scopes(conn, moving, {t: fleet[t]["last_seen_at"] for t in moving}, settings)
+    return changed
+
+
+def _move_scopes(conn: sa.Connection, moving: dict[str, dict[str, str]], seen: dict[str, str | None], settings: FleetSettings) -> None:
+    """The terminals' labels in force, their scopes, and the scopes' active counts (the
+    members as of `seen`, their last sighting before), written for all of them at once."""
+    ids = sorted(moving)
+    m = scope_members.c
+    old = conn.execute(sa.select(m.scope_key, m.seen_at).where(m.terminal_id.in_(ids)).with_for_update()).all()
+    conn.execute(terminal_labels.delete().where(terminal_labels.c.terminal_id.in_(ids)))
+    conn.execute(scope_members.delete().where(m.terminal_id.in_(ids)))
+    label_rows = [{"terminal_id": t, "key": k, "value": v} for t in ids for k, v in moving[t].items()]
+    if label_rows:
+        conn.execute(terminal_labels.insert(), label_rows)
+    member_rows = [{"scope_key": key, "terminal_id": t, "seen_at": seen[t]} for t in ids for key in scopes_of(moving[t], settings)]
+    if member_rows:
+        conn.execute(scope_members.insert(), member_rows)
+    count: Counter[tuple[str, str]] = Counter()
+    for key, at in old:
+        if at:
+            count[(key, baseline.hour(at))] -= 1
+    for r in member_rows:
+        if r["seen_at"]:
+            count[(r["scope_key"], baseline.hour(r["seen_at"]))] += 1
+    changes = [{"scope_key": k, "hour": h, "members": n} for (k, h), n in sorted(count.items()) if n]
+    sql.move_counts(conn, scope_seen_hours, ["scope_key", "hour"], changes, "members")
+
+
+def label_terminal(engine: Engine, terminal_id: str, changes: dict[str, str | None], source: str, settings: FleetSettings) -> bool:
+    """relabel() an enrolled terminal in a transaction of its own; LookupError for another."""
+    with db.writing(engine) as conn:
+        if conn.execute(sa.select(terminals.c.id).where(terminals.c.id == terminal_id)).first() is None:
+            raise LookupError(f"no terminal {terminal_id!r} is enrolled")
+        return relabel(conn, terminal_id, changes, source, settings)
+
+
+counts_toward_outages = labels.counts_toward_outages  # what the engine asks before an outage event
 
 
 def add_heartbeat(conn: sa.Connection, seen: Sighting, health: dict[str, Any], counters: dict[str, Any]) -> None:
@@ -189,13 +281,16 @@ def status_of(row: dict[str, Any], cutoff: str) -> str:
     return "at_risk" if row.get("risk_metric") else "ok"
 
 
-def _view(row: dict[str, Any], cutoff: str) -> dict[str, Any]:
+def _view(row: dict[str, Any], cutoff: str, settings: FleetSettings) -> dict[str, Any]:
+    claimed, changes = labels.stored(row)
     return {
         "id": row["id"],
         "status": status_of(row, cutoff),
         "created_at": row["created_at"],
         "revoked_at": row["revoked_at"],
         "labels": json.loads(row["labels"] or "{}"),
+        "claimed_labels": claimed,
+        "labels_settled": not row["last_seen_at"] or labels.settled(changes, row["last_seen_at"], settings),
         "model": row["model"],
         "firmware": row["firmware"],
         "app_version": row["app_version"],
@@ -212,7 +307,7 @@ def _query() -> sa.Select:
     f = fleet_terminals.c
     return sa.select(
         terminals.c.id, terminals.c.created_at, terminals.c.revoked_at, f.model, f.firmware, f.app_version, f.agent_version,
-        sa.func.coalesce(f.labels, "{}").label("labels"), f.last_heartbeat_at, f.last_seen_at, f.health,
+        sa.func.coalesce(f.labels, "{}").label("labels"), f.claimed_labels, f.observed_changes, f.last_heartbeat_at, f.last_seen_at, f.health,
         f.risk, f.risk_metric, f.clock_flagged_at,
     ).select_from(terminals.outerjoin(fleet_terminals, f.id == terminals.c.id))  # fmt: skip
 
@@ -245,13 +340,13 @@ def list_terminals(
         rows = [dict(r) for r in conn.execute(query).mappings()]
     more = len(rows) > limit
     rows = rows[:limit]
-    return [_view(r, cutoff) for r in rows], _encode(rows[-1]["id"]) if more and rows else None
+    return [_view(r, cutoff, settings) for r in rows], _encode(rows[-1]["id"]) if more and rows else None
 
 
 def get_terminal(engine: Engine, settings: FleetSettings, terminal_id: str, now: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(_query().where(terminals.c.id == terminal_id)).mappings().first()
-    return _view(dict(row), _missing_cutoff(now, settings)) if row else None
+    return _view(dict(row), _missing_cutoff(now, settings), settings) if row else None
 
 
 def status_counts(engine: Engine, settings: FleetSettings, now: str) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 # Labels and texts are checked after the shape (remote/server/inputs.py, wire.label_problem and
 # wire.text_problem): a bad one is 400 `bad_label` or `bad_text`, as in a bundle's manifest.
@@ -108,7 +108,9 @@ class FleetTerminal(BaseModel):
     status: Literal["ok", "missing", "at_risk"]
     created_at: str
     revoked_at: str | None
-    labels: dict[str, str]
+    labels: dict[str, str] = Field(description="in force: the operator's labels and the observed (carrier, link); outages are cut by these")
+    claimed_labels: dict[str, str] = Field(description="what the terminal last said of its labels: a hint, never cut into a scope")
+    labels_settled: bool = Field(description="false while its observed labels change too often: not counted toward outages")
     model: str | None
     firmware: str | None
     app_version: str | None
@@ -118,6 +120,12 @@ class FleetTerminal(BaseModel):
     health: dict[str, Any] | None
     risk: Risk | None
     clock_flagged_at: str | None
+
+
+class LabelChanges(RootModel[dict[str, str | None]]):
+    """The operator's label changes of one terminal: a value sets the key, null removes it."""
+
+    root: dict[str, str | None] = Field(max_length=32)
 
 
 class FleetTerminalList(BaseModel):

@@ -14,7 +14,9 @@ fleet_terminals = sa.Table(
     sa.Column("firmware", sa.String(128)),
     sa.Column("app_version", sa.String(128)),
     sa.Column("agent_version", sa.String(64)),
-    sa.Column("labels", sa.Text, nullable=False, default="{}"),
+    sa.Column("labels", sa.Text, nullable=False, default="{}"),  # in force: the operator's and the observed (labels.py)
+    sa.Column("claimed_labels", sa.Text),  # what the terminal last said of its labels, JSON: hints
+    sa.Column("observed_changes", sa.Text),  # event times its observed labels changed at, JSON, the newest window
     sa.Column("last_heartbeat_at", TIME),
     sa.Column("last_seen_at", TIME),  # newest event time of a heartbeat or bundle
     sa.Column("health", sa.Text),  # newest heartbeat's health, JSON
@@ -35,6 +37,16 @@ terminal_labels = sa.Table(
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(128), nullable=False),
     sa.Index("ix_terminal_labels_kv", "key", "value", "terminal_id"),
+)
+
+operator_labels = sa.Table(  # the labels the operator set: trusted, whatever the terminal says
+    "operator_labels",
+    metadata,
+    sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+    sa.Column("set_at", TIME, nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # enrolment, command, import, api
 )
 
 scope_members = sa.Table(
@@ -258,3 +270,17 @@ webhook_deliveries = sa.Table(
     sa.Column("last_error", sa.String(300)),
     sa.Index("ix_webhook_due", "delivered_at", "next_at"),
 )
+
+
+def _claims_are_not_trusted(conn: sa.Connection) -> None:
+    """A database from before operator labels (issue 21): every label in it is a terminal's
+    claim, and none is trusted (docs/fleet.md, "Which labels are trusted"). The claims are
+    kept as hints; each terminal's observed labels come back in force at its next heartbeat
+    or bundle; `posdiag-support terminals claims` writes the claims as CSV to review and import."""
+    conn.execute(fleet_terminals.update().values(claimed_labels=fleet_terminals.c.labels, labels="{}"))
+    conn.execute(terminal_labels.delete())
+    conn.execute(scope_members.delete())
+    conn.execute(scope_seen_hours.delete())
+
+
+fleet_terminals.c.claimed_labels.info["fill"] = _claims_are_not_trusted
