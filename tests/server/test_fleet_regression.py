@@ -112,3 +112,19 @@ def test_a_firmware_that_breaks_the_printer_on_its_terminals_days_is_found():
             summary = got[0]["summary"]
             assert "of its terminal-days" in summary and "of 25 terminals" in summary
     assert found >= 9
+
+
+def test_the_day_a_terminal_is_updated_counts_on_its_new_version_too():
+    """terminal_days keeps a day's first sighting (the old firmware); the faults that day on
+    the new one still have their terminal-day beside them: never more than 100 %."""
+    fleet = Fleet()
+    fleet.background(random.Random(5))
+    day0 = T0.date().isoformat()
+    with fleet.engine.begin() as conn:
+        conn.execute(terminal_days.update().where(terminal_days.c.day == day0, terminal_days.c.firmware == "1.1").values(firmware="1.0"))
+    for t, firmware in fleet.firmware.items():
+        if firmware == "1.1":
+            for d in range(DAYS):
+                fleet.bundles(t, T0 + timedelta(days=d, hours=15), "printer")
+    (found,) = fleet.detect()
+    assert found["scope_key"] == "firmware=1.1&model=M" and "printer problems on 100% of its terminal-days" in found["summary"]

@@ -73,16 +73,9 @@ def _found(conn: sa.Connection, since: str, settings: FleetSettings) -> dict[str
 
 
 def _hits(conn: sa.Connection, dim: str, since: str, settings: FleetSettings) -> list[dict[str, Any]]:
-    days = terminal_days.c
-    exposure = {
-        (r.model, r.version): (r.days, r.terminals)
-        for r in conn.execute(
-            sa.select(days.model, days[dim].label("version"), sa.func.count().label("days"), sa.func.count(sa.distinct(days.terminal_id)).label("terminals"))
-            .where(days.day >= since[:10]).group_by(days.model, days[dim])
-        )
-    }  # fmt: skip
     b = bundle_fleet.c
     day = sa.func.substr(b.event_at, 1, 10)
+    exposure = _exposure(conn, dim, since)
     days_hit = (
         sa.select(b.model, b[dim].label("version"), b.top_category.label("category"), b.terminal_id,
                   sa.func.count().label("bundles"), sa.func.min(b.event_at).label("first"))
@@ -115,6 +108,24 @@ def _hits(conn: sa.Connection, dim: str, since: str, settings: FleetSettings) ->
                             "terminals": terminals, "bundles": bundles, "expected": expected, "p_value": p_value,
                             "x": x_v, "rate": x_v / e_v, "other_rate": x_o / e_o, "first": first})  # fmt: skip
     return out
+
+
+def _exposure(conn: sa.Connection, dim: str, since: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """(terminal-days, terminals) per model and version: a terminal's day counts on each
+    version it was seen on that day. terminal_days keeps the day's first sighting, so a
+    terminal updated during the day shows its new version only in its bundles: without them
+    the day's faults on the new version would have no exposure beside them."""
+    days, b = terminal_days.c, bundle_fleet.c
+    both = sa.union(
+        sa.select(days.model, days[dim].label("version"), days.terminal_id, days.day).where(days.day >= since[:10]),
+        sa.select(b.model, b[dim].label("version"), b.terminal_id, sa.func.substr(b.event_at, 1, 10).label("day")).where(b.event_at >= since),
+    ).subquery()  # fmt: skip
+    u = both.c
+    rows = conn.execute(
+        sa.select(u.model, u.version, sa.func.count().label("days"), sa.func.count(sa.distinct(u.terminal_id)).label("terminals"))
+        .group_by(u.model, u.version)
+    )  # fmt: skip
+    return {(r.model, r.version): (r.days, r.terminals) for r in rows}
 
 
 def _values(hit: dict[str, Any], now: str) -> dict[str, Any]:
