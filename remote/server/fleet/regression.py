@@ -10,10 +10,9 @@ regression_window_days of event time:
   e_v = active terminal-days on v (a terminal that sent a heartbeat or bundle that day);
   x_o, e_o the same for the model's other versions.
 
-Given x_v + x_o, under "same rate" x_v is at most as spread as Binomial(x_v + x_o,
-e_v / (e_v + e_o)): the conditional test of two Poisson rates. Each terminal-day is a 0/1
-count, so the exact conditional law is hypergeometric, narrower than that binomial: the
-binomial tail is conservative. A regression opens when that upper tail is below
+Each terminal-day is a trial that has c or not; under "same share" and given x_v + x_o, x_v is
+hypergeometric (e_v + e_o terminal-days, x_v + x_o of them with c, e_v drawn): Fisher's
+exact test of two proportions, one-sided. A regression opens when that upper tail is below
 regression_p_value, the rate ratio is at least regression_min_ratio, v has at least
 regression_min_terminals active terminals and regression_min_affected distinct terminals
 have c (so that a few noisy terminals never make a regression).
@@ -34,7 +33,7 @@ import sqlalchemy as sa
 
 from remote.server.fleet import incidents, inventory, timing
 from remote.server.fleet.schema import bundle_fleet, incidents as incidents_t, terminal_days
-from remote.server.fleet.stats import binom_sf
+from remote.server.fleet.stats import hypergeom_sf
 from remote.server_settings import FleetSettings
 
 VERSIONS = ("firmware", "app_version")
@@ -102,7 +101,7 @@ def _hits(conn: sa.Connection, dim: str, since: str, settings: FleetSettings) ->
             if not e_o or terminals < settings.regression_min_terminals or affected < settings.regression_min_affected:
                 continue
             expected = max(x_o, 0.5) / e_o * e_v
-            p_value = binom_sf(x_v, x_v + x_o, e_v / (e_v + e_o))
+            p_value = hypergeom_sf(x_v, e_v + e_o, x_v + x_o, e_v)
             if x_v >= settings.regression_min_ratio * expected and p_value < settings.regression_p_value:
                 out.append({"scope": {"model": model, dim: version}, "category": category, "affected": affected,
                             "terminals": terminals, "bundles": bundles, "expected": expected, "p_value": p_value,
