@@ -76,7 +76,7 @@ class GenConfig:
     promotion_terminals: int = 40
     decline_per_hour: float = 0.4  # per chain terminal and hour at activity 1, on the promotion day
     fault_per_hour: float = 0.08  # the rollout's fault, per awake terminal-hour at activity 1
-    end: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1))
+    end: datetime = field(default_factory=lambda: datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=1))
 
     @property
     def start(self) -> datetime:
@@ -328,8 +328,8 @@ class FleetGen:
         start = self._local_time(members[0], around, night)
         minutes = {"host outage": rng.uniform(20, 60), "certificate expiry": rng.uniform(60, 150), "host degradation": rng.uniform(60, 100),
                    "night DNS outage": rng.uniform(30, 90), "link outage": rng.uniform(20, 50)}[kind]  # fmt: skip
-        if kind == "certificate expiry":  # a certificate runs out on the hour
-            start = start.replace(minute=0, second=0)
+        if kind == "certificate expiry":  # a certificate runs out on the (local) hour
+            start -= timedelta(hours=members[0].local_hour(start) % 1)
         end = start + timedelta(minutes=minutes)
         truth = Truth(kind, "outage", scope, start, end, category, late=kind == "link outage")
         truth.awake = {m.t.id for m in members if any(m.awake(start + timedelta(minutes=k)) for k in range(0, int(minutes) + 1, 5))}
