@@ -23,6 +23,7 @@ from typing import Any
 from agent import learned, learned_table
 from agent.config import Config
 from agent.correlate import Correlation, RankedCause
+from agent.facts import terminal_identity
 from agent.incidents import IncidentMemory, advice
 from agent.knowledge import ROLES, Code, KnowledgeBase, Text, load_for
 from agent.merchant_fixes import review
@@ -170,10 +171,19 @@ def diagnose(
     if strict_scheme and scheme is not None and scheme not in kb.schemes:
         raise UsageError(f"unknown scheme {scheme!r}; known schemes: {', '.join(kb.schemes)}")
     sweep = run_probes(config, only, on_result=on_result, skip=skip)
-    table = learned_table.load(config.section("daemon").state_dir, config.section("terminal").model)
+    table = learned_for(config)
     safety = config.section("learning").safety_causes
     diagnosis = explain(kb, code, scheme, order, sweep, strict_scheme, table, safety)
     if remember:
         diagnosis = replace(diagnosis, correlation=review(config, kb, diagnosis.correlation, sweep.results))
     incidents = IncidentMemory(config.section("daemon").state_dir).open()
     return replace(diagnosis, fleet=advice(incidents, diagnosis.top.cause.category))
+
+
+def learned_for(config: Config) -> learned_table.LearnedTable | None:
+    """The kept learned table if it is for this terminal's model as its bundles and
+    heartbeats name it (the config's, else what the firmware says: the server chose the
+    table by that name), or the fleet's."""
+    model = terminal_identity(config.section("terminal"), config.section("host"))["model"]
+    return learned_table.load(config.section("daemon").state_dir, model)
+

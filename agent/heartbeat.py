@@ -1,6 +1,8 @@
 """The heartbeat: a small health report the agent sends every `heartbeat_seconds` (the
 contract of `POST /api/v1/heartbeats`, docs/fleet.md). Built from the newest health
-snapshot, so sending one reads no device and writes nothing."""
+snapshot, so sending one reads no device and writes nothing. It names the learned table the
+terminal holds (`learned_hash`), so that the answer carries a table only when the server has
+another for this model (docs/outcomes.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 
 from agent import __version__
 from agent.facts import iso_utc, terminal_identity
+from agent.learned_table import held_hash
 
 DIRECT = (
     "battery_pct", "battery_wear_ratio", "battery_cycle_count", "emmc_life_used_pct", "free_mib", "max_temp_c",
@@ -53,6 +56,7 @@ def payload(config: Any, snap: dict[str, Any] | None, counters: Counters, outbox
         "app_version": identity["app_version"],
         "agent_version": __version__,
         "labels": labels,
+        "learned_hash": held_hash(config.section("daemon").state_dir),
         "health": health(snap),
         "counters": {
             "errors": counters.errors,

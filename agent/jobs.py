@@ -82,8 +82,9 @@ def snapshot(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def flush(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
-    """Send what waits in the outbox, oldest first (agent/upload.py keeps the order and the
-    outbox's rules; remote/client.py the retries and Retry-After)."""
+    """Send what waits in the outbox, oldest first: the bundles, then the visit outcome
+    records (agent/upload.py keeps the order and the outbox's rules; remote/client.py the
+    retries and Retry-After)."""
     from agent.outbox import OutboxBusy
     from agent.upload import flush as send
     from remote.client import Client, Halt
@@ -95,8 +96,15 @@ def flush(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
         return {"postponed": str(exc)}
     if report.sent or report.duplicates:
         log.info("uploaded %d bundle(s), %d already on the server", len(report.sent), len(report.duplicates))
+    outcomes = report.outcomes
+    if outcomes.sent or outcomes.duplicates:
+        log.info("uploaded %d visit outcome(s), %d already on the server", len(outcomes.sent), len(outcomes.duplicates))
+    if outcomes.dead:
+        log.warning("%d visit outcome(s) refused by the server, moved to dead/: %s", len(outcomes.dead), " ".join(outcomes.dead))
     if report.stopped:
         log.warning("upload stopped, %d bundle(s) waiting: %s", report.remaining, report.stopped)
+    elif outcomes.stopped and outcomes.remaining:
+        log.warning("upload stopped, %d visit outcome(s) waiting: %s", outcomes.remaining, outcomes.stopped)
     return report.to_dict()
 
 
@@ -116,7 +124,8 @@ def poll(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
 def heartbeat(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     """The hourly health report from the newest snapshot and the resident's counters,
     carrying the poll due with it; one that cannot be sent is dropped (the next supersedes
-    it) and the poll is made on its own."""
+    it) and the poll is made on its own. A learned table in the answer is kept for the next
+    diagnosis (agent/learned_table.py)."""
     from agent.heartbeat import Counters, payload
     from agent.history import ring_for
     from agent.labels import labels_for
@@ -130,7 +139,24 @@ def heartbeat(ctx: Context, args: dict[str, Any]) -> dict[str, Any]:
     except PollError as exc:  # as for a poll
         log.info("heartbeat not sent: %s", exc)
         return {"sent": False, **poll(ctx, args)}
+    if reply.learned is not None:
+        _keep_learned(ctx, reply.learned)
     return {"sent": True, "command": _take(ctx, reply)}
+
+
+def _keep_learned(ctx: Context, doc: dict[str, Any]) -> None:
+    """Hold the learned table a heartbeat's answer carried; a bad one leaves the held one."""
+    from agent.learned_table import TableError, store
+
+    state_dir = ctx.config.section("daemon").state_dir
+    try:
+        table = store(state_dir, doc)
+    except TableError as exc:
+        log.warning("learned table from the server not kept: %s", exc)
+    except OSError as exc:
+        log.warning("learned table not saved in %s: %s", state_dir, exc.strerror)
+    else:
+        log.info("learned table %s version %d kept (%s, %d codes)", table.model, table.version, table.hash, len(table.codes))
 
 
 def _take(ctx: Context, reply: Any) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ Layout of the outbox directory:
 
     <UTC stamp>-<bundle_id>.tar.gz    a whole bundle; lexical order is creation order
     <UTC stamp>-<outcome_id>.outcome.json  an outcome record (`posdiag visit close`): sent once
-                                      every bundle older than it has left (agent/outcome_upload.py)
+                                      every bundle older than it has left (agent/upload.py)
     .tmp-<pid>-<random>               being written; never listed, removed once its writer is gone
     state.json                        {"evicted": n} bundles evicted and not yet reported in a manifest
     dead/<name>.tar.gz + .reason.json bundles the server refused for good, with its answer
@@ -82,6 +82,11 @@ class Outbox:
 
     def entries(self) -> list[Entry]:
         return scan(self.root)
+
+    def waiting(self) -> bool:
+        """Whether a bundle or an outcome record waits to be sent (one directory read, for
+        the resident's schedule)."""
+        return any(NAME.match(name) or OUTCOME_NAME.match(name) for name in os.listdir(self.root))
 
     def dead_entries(self) -> list[Entry]:
         return scan(self.dead)

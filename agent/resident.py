@@ -453,12 +453,13 @@ class Resident:
 
     def routine_loop(self) -> None:
         """A snapshot every `snapshot_interval_seconds` (the first at once); the outbox sent
-        after each new bundle and every `upload_retry_seconds` while bundles wait; a poll
-        every `command_poll_seconds` (+-10 %) and after each new bundle; a heartbeat every
-        `heartbeat_seconds` (+-10 %) carrying the poll due with it. The first poll and
-        heartbeat wait a random part of `start_jitter_seconds`, so a fleet that reboots
-        together does not call in at once. Whatever is due within a fifth of its interval
-        joins a round that starts anyway: one worker start serves them all."""
+        after each new bundle and every `upload_retry_seconds` while bundles or visit
+        outcome records wait; a poll every `command_poll_seconds` (+-10 %) and after each
+        new bundle; a heartbeat every `heartbeat_seconds` (+-10 %) carrying the poll due
+        with it. The first poll and heartbeat wait a random part of `start_jitter_seconds`,
+        so a fleet that reboots together does not call in at once. Whatever is due within a
+        fifth of its interval joins a round that starts anyway: one worker start serves
+        them all."""
         settings = self.config.daemon
         now = time.monotonic()
         plan = {"snapshot": now, "poll": now + uniform(0, settings.start_jitter_seconds), "flush": now}
@@ -527,7 +528,7 @@ class Resident:
 
     def _waiting(self) -> bool:
         try:
-            return bool(self.outbox.entries())
+            return self.outbox.waiting()
         except OSError:
             return False
 

@@ -1,6 +1,6 @@
 """An outcome record made at the terminal (`posdiag visit close`): what a visit found, checked
 against the knowledge base, signed with the terminal's token and put into the outbox, where it
-waits for the bundles older than it and is sent by agent/outcome_upload.py (docs/outcomes.md).
+waits for the bundles older than it and is sent by agent/upload.py (docs/outcomes.md).
 """
 
 from __future__ import annotations

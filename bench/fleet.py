@@ -341,7 +341,8 @@ def main() -> int:
         store.add_user(engine, "bench", "support", PASSWORD)
         add_closed_outage(engine)
         secret = store.server_secret(engine)
-        cookie = {"posdiag_session": auth.Signer(secret).session_cookie("bench", 3600)}
+        bench_user = store.get_user(engine, "bench")
+        cookie = {"posdiag_session": auth.Signer(secret).session_cookie(bench_user["uid"], bench_user["generation"], 3600)}
         with tempfile.TemporaryDirectory() as tmp:
             proc, base = serve(url, Path(tmp) / "data")
             procs.append(proc)

@@ -39,7 +39,7 @@ def pooled_nff(rates: list[sim.Rates]) -> float:
 
 def idle_imports() -> list[str]:
     """What of learning the idle agent has loaded (it must be nothing: read only by a diagnosis)."""
-    code = "import sys, agent.resident; print(' '.join(m for m in ('agent.learned', 'agent.visits', 'agent.outcome_upload') if m in sys.modules))"
+    code = "import sys, agent.resident; print(' '.join(m for m in ('agent.learned', 'agent.visits', 'agent.learned_table', 'agent.upload') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     return done.stdout.split()
 

@@ -1,6 +1,5 @@
-"""Upload bundles to the support server, each exactly once (agent/upload.py sends the
-outbox through this client, oldest first), and outcome records the same way
-(agent/outcome_upload.py).
+"""Upload bundles to the support server, each exactly once, and outcome records the same
+way (agent/upload.py sends the outbox through this client, oldest first).
 
 POST {server}/api/v1/bundles with the raw .tar.gz, `Authorization: Bearer <token>` and the
 bundle id as `Idempotency-Key`; the server stores a bundle once and answers 200 when it

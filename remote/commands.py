@@ -2,7 +2,8 @@
 heartbeat (whose answer may carry the next probe request too, so a poll that falls due
 with a heartbeat costs no second exchange). Both tell the open fleet incidents that cover
 the terminal: the heartbeat in its JSON, the poll in the X-Posdiag-Incidents header (a poll
-usually answers 204, with no body)."""
+usually answers 204, with no body). A heartbeat's answer also carries the learned table for
+the terminal's model when it differs from the one the heartbeat said it holds."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class PollError(Exception):
 class Reply:
     command: dict[str, Any] | None
     incidents: list[dict[str, Any]] | None = field(default=None)  # None: the server did not say
+    learned: dict[str, Any] | None = None  # a heartbeat's answer: the learned table to hold instead
 
 
 def link_for(upload: Any) -> Link:
@@ -53,7 +55,9 @@ def send_heartbeat(link: Link, payload: dict[str, Any], poll: bool) -> Reply:
         raise PollError(f"server answered {answer.status} to the heartbeat")
     body = answer.body if isinstance(answer.body, dict) else {}
     command = body.get("command")
-    return Reply(None if command is None else _command(command, "the heartbeat"), _incidents(body))
+    learned = body.get("learned")
+    command = None if command is None else _command(command, "the heartbeat")
+    return Reply(command, _incidents(body), learned if isinstance(learned, dict) else None)
 
 
 def _exchange(link: Link, method: str, path: str, payload: Any, what: str) -> Answer:

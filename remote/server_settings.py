@@ -182,6 +182,7 @@ class ServerSettings:
     signin_max_failures_per_address: int = bounded(1, 1 << 20)
     password_hash_workers: int = bounded(1, 64)
     password_hash_queue: int = bounded(1, 10000)
+    password_min_length: int = bounded(8, 256)
     max_label_filters: int = bounded(1, 32)
     statement_timeout_seconds: float = bounded(0.1, 3600)
     max_concurrent_reads: int = bounded(1, 1000)

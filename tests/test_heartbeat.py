@@ -38,7 +38,7 @@ def simulated(tmp_path):
 def test_a_heartbeat_follows_the_contract_from_the_newest_snapshot(simulated):
     snap = snapshot(simulated)
     body = payload(simulated, snap, Counters(errors=3, diagnoses=2), Outbox.from_config(simulated), labels_for(simulated))
-    assert set(body) == {"terminal_id", "sent_at", "model", "firmware", "app_version", "agent_version", "labels", "health", "counters"}
+    assert set(body) == {"terminal_id", "sent_at", "model", "firmware", "app_version", "agent_version", "labels", "learned_hash", "health", "counters"}
     assert (body["terminal_id"], body["model"], body["firmware"], body["app_version"]) == ("HB-1", "A920", "2.1", "5.0")
     assert body["sent_at"].endswith("Z")
     assert set(body["health"]) == HEALTH_KEYS and set(body["counters"]) == COUNTER_KEYS

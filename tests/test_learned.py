@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from agent import knowledge, learned_table
-from agent.diagnosis import explain
+from agent import config, knowledge, learned_table
+from agent.diagnosis import explain, learned_for
 from agent.explain import diagnosis_text
 from agent.model import ProbeResult, Sweep
 from probes.contract.records import Finding, Status
@@ -84,6 +84,21 @@ def test_a_table_carried_in_an_answer_is_kept_and_its_hash_told_back(tmp_path):
     doc = json.loads(table(e3({"printer.not_connected": 5.0})))
     kept = learned_table.store(tmp_path, doc)
     assert learned_table.held_hash(tmp_path) == kept.hash == doc["hash"]
+
+
+def test_a_terminal_whose_config_names_no_model_uses_the_table_of_the_model_its_firmware_names(tmp_path):
+    """The packaged config leaves [terminal] model empty: bundles and heartbeats then name the
+    model the firmware reports, the server picks the table by it, and the diagnosis must too."""
+    dmi = tmp_path / "sys" / "class" / "dmi" / "id"
+    dmi.mkdir(parents=True)
+    (dmi / "product_name").write_text("K300\n")
+    learned_table.store(tmp_path / "state", table(e3({"printer.not_connected": 5.0})))
+    overrides = {"terminal": {"id": "T-L2", "model": ""}, "host": {"sysfs_root": str(tmp_path / "sys"), "procfs_root": str(tmp_path / "proc")},
+                 "daemon": {"state_dir": str(tmp_path / "state")}}  # fmt: skip
+    kept = learned_for(config.load(overrides=overrides))
+    assert kept is not None and kept.model == "K300"
+    (dmi / "product_name").write_text("M50\n")
+    assert learned_for(config.load(overrides=overrides)) is None  # another model's table is not used
 
 
 def test_a_damaged_file_is_ignored(tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -246,6 +247,49 @@ def test_requeue_moves_refused_bundles_back(outbox):
         assert list(outbox.dead.glob("*.reason.json")) and len(list(outbox.dead.glob("*.reason.json"))) == 1
         server.max_bytes = 8 << 20
         assert flush(outbox, Client(upload_settings(server.url))).sent == [ids[0]]
+
+
+def put_record(outbox: Outbox) -> str:
+    """A visit outcome record (agent/visits.py) as the stand-in server takes it."""
+    outcome_id = str(uuid.uuid4())
+    outbox.put_outcome(json.dumps({"outcome_id": outcome_id}).encode(), outcome_id)
+    return outcome_id
+
+
+def test_outcome_records_go_with_the_flush_after_the_bundles_once_retry_after_honoured(outbox):
+    ids = fill(outbox, 2)
+    record = put_record(outbox)
+    slept: list[float] = []
+    with UploadServer(TOKEN) as server:
+        server.faults.extend(["", "", "429:1"])
+        report = flush(outbox, Client(upload_settings(server.url), sleep=slept.append))
+        assert server.store_order == ids + [record]
+        assert server.seen[-1]["Content-Type"] == "application/json" and server.seen[-1]["Idempotency-Key"] == record
+        assert report.sent == ids and report.outcomes.sent == [record] and report.outcomes.remaining == 0
+        assert len(slept) == 1 and 1.0 <= slept[0] <= 1.2
+        outbox.put_outcome(server.stored[record], record)  # the answer was lost: sent again, stored once
+        again = flush(outbox, Client(upload_settings(server.url)))
+    assert again.outcomes.duplicates == [record] and server.store_order == ids + [record]
+    assert outbox.outcome_entries() == [] and report.to_dict()["outcomes"]["sent"] == [record]
+
+
+def test_outcome_records_wait_while_the_bundles_cannot_go(outbox):
+    fill(outbox, 1)
+    put_record(outbox)
+    with UploadServer("the-new-token") as server:
+        report = flush(outbox, Client(upload_settings(server.url)))
+    assert server.requests == 1  # the bundle's only: the record would hear the same
+    assert report.outcomes.remaining == 1 and report.outcomes.stopped == report.stopped and "401" in report.stopped
+
+
+def test_a_refused_outcome_record_goes_to_dead_letter_with_the_answer(outbox):
+    record = put_record(outbox)
+    with UploadServer(TOKEN) as server:
+        server.faults.append("422")
+        report = flush(outbox, Client(upload_settings(server.url)))
+    assert report.outcomes.dead == [record] and [e.bundle_id for e in outbox.dead_outcome_entries()] == [record]
+    reason = json.loads(next(outbox.dead.glob("*.reason.json")).read_text())
+    assert reason["status"] == 422 and reason["bundle_id"] == record
 
 
 def test_no_server_configured():

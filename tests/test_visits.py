@@ -1,5 +1,5 @@
 """Outcome records at the terminal (agent/visits.py) and in the outbox (agent/outbox.py,
-agent/outcome_upload.py): checked and signed, ordered after older bundles, never evicted, and
+agent/upload.py): checked and signed, ordered after older bundles, never evicted, and
 held back while an older bundle waits. The trip to a real server: tests/server/test_server_visit.py."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from agent import knowledge, visits
 from agent.outbox import Outbox
-from agent.outcome_upload import OLDER_BUNDLE_WAITING, send_outcomes
+from agent.upload import OLDER_BUNDLE_WAITING, send_outcomes
 from probes.contract.errors import UsageError
 from remote.client import Client
 from remote.outcome_wire import record_signature
@@ -86,6 +86,6 @@ def test_a_record_waits_while_an_older_bundle_waits(tmp_path):
 
 
 def test_the_idle_agent_loads_nothing_of_outcomes_or_learning():
-    code = "import sys, agent.resident; print([m for m in ('agent.learned', 'agent.visits', 'agent.outcome_upload') if m in sys.modules])"
+    code = "import sys, agent.resident; print([m for m in ('agent.learned', 'agent.visits', 'agent.learned_table', 'agent.upload') if m in sys.modules])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"

@@ -1,7 +1,8 @@
 """A loopback stand-in for the support server's bundle upload endpoint, for tests and bench.
 
 It answers like the real server (201 stored, 200 already had it, 401 bad token, 413 too
-large, 422 bad signature or malformed bundle), records every bundle it stored and every
+large, 422 bad signature or malformed bundle), takes visit outcome records (`/api/v1/outcomes`,
+stored once by their `outcome_id`), records every bundle or record it stored and every
 answer it gave, and can misbehave on purpose: queue actions in `faults`, one per request:
 
     "500", "503", "408", ...  answer that status
@@ -117,7 +118,7 @@ class Handler(BaseHTTPRequestHandler):
         with server.lock:
             server.seen.append(dict(self.headers))
         server._call("headers", number)
-        if self.path != "/api/v1/bundles":
+        if self.path not in ("/api/v1/bundles", "/api/v1/outcomes"):
             return self.answer(404, {"error": "not_found", "detail": self.path})
         if self.headers.get("Authorization") != f"Bearer {server.token}":
             return self.answer(401, {"error": "unauthorized", "detail": "unknown or revoked token"})
@@ -136,6 +137,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(int(fault), {"error": "unavailable", "detail": "fault injected"})
         if fault.startswith("429:"):
             return self.answer(429, {"error": "slow_down", "detail": "fault injected"}, retry_after(fault))
+        if self.path == "/api/v1/outcomes":  # a visit outcome record: stored once by its id
+            return self.record(json.loads(body)["outcome_id"], body)
         problems = bundle.verify(body, server.token)
         if problems:
             return self.answer(422, {"error": "bad_bundle", "detail": "; ".join(problems)})
@@ -152,6 +155,13 @@ class Handler(BaseHTTPRequestHandler):
         with server.lock:
             server.answers.append((manifest["bundle_id"], status))
         server._call("answered", number)
+
+    def record(self, outcome_id: str, body: bytes) -> None:
+        server = self.owner
+        status = server._store(outcome_id, body)
+        self.answer(status, {"outcome_id": outcome_id})
+        with server.lock:
+            server.answers.append((outcome_id, status))
 
     def answer(self, status: int, body: dict, retry_after_value: str | None = None) -> None:
         data = json.dumps(body).encode()

@@ -106,7 +106,6 @@ def reason(entry) -> dict:
 
 def handle_flush(args: argparse.Namespace) -> int:
     from agent.outbox import OutboxBusy
-    from agent.outcome_upload import flush_outcomes
     from agent.upload import flush
     from probes.contract.errors import ConfigError, UsageError
     from remote.client import Client
@@ -124,11 +123,11 @@ def handle_flush(args: argparse.Namespace) -> int:
     client = Client(settings)
     try:
         report = flush(outbox, client, progress)
-        outcomes = flush_outcomes(outbox, client, progress)
     except OutboxBusy as exc:
         raise UsageError(str(exc)) from None
+    outcomes = report.outcomes
     if args.json:
-        print(json.dumps(dict(report.to_dict(), outcomes=outcomes.to_dict()), indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
         print(
             f"sent {len(report.sent)}, already on the server {len(report.duplicates)}, refused {len(report.dead)}, "

@@ -101,7 +101,6 @@ def send_now(config, outbox, outcome_id: str, lang: str) -> bool:
     outcome, in `lang`. True when it reached the server."""
     from agent.i18n import phrase
     from agent.outbox import OutboxBusy, reason_file
-    from agent.outcome_upload import flush_outcomes
     from agent.upload import flush
     from remote.client import Client
 
@@ -118,11 +117,11 @@ def send_now(config, outbox, outcome_id: str, lang: str) -> bool:
 
     client = Client(config.section("upload"))
     try:
-        bundles = flush(outbox, client, progress)
-        report = flush_outcomes(outbox, client, progress)
+        flushed = flush(outbox, client, progress)
     except OutboxBusy:
         say(f"outcome {outcome_id} queued: another process is uploading the outbox")
         return False
+    report = flushed.outcomes
     if outcome_id in report.sent or outcome_id in report.duplicates:
         say(f"outcome {outcome_id} recorded on the server")
         return True
@@ -131,6 +130,6 @@ def send_now(config, outbox, outcome_id: str, lang: str) -> bool:
         why = json.loads(reason_file(outbox.dead, dead.name).read_text(encoding="utf-8")).get("message", "")
         say(f"upload refused by the server ({why}); outcome {outcome_id} moved to {outbox.dead} with the reason", "posdiag: ")
     else:
-        why = report.stopped or bundles.stopped or "an earlier bundle is still waiting"
+        why = report.stopped or "an earlier bundle is still waiting"
         say(f"upload failed: {why}; outcome {outcome_id} kept in {outbox.root}", "posdiag: ")
     return False

@@ -23,7 +23,7 @@ from fastapi.security import APIKeyCookie, HTTPBasic, HTTPBearer
 
 from remote import wire
 from remote.redact import redact_text
-from remote.server import admission, db, signin, store
+from remote.server import admission, audit, db, signin, store
 from remote.server.fleet import incidents as fleet_incidents
 from remote.server.fleet import inventory
 from remote.server.fleet.models import FleetTerminalList
@@ -337,6 +337,7 @@ async def enrol(request: Request, body: TerminalCreate, user: Admin) -> Any:
         token = await run_in_threadpool(store.add_terminal, service(request).engine, body.id)
     except store.StoreError as exc:
         raise ApiError(409 if exc.code == "terminal_exists" else 422, exc.code, exc.detail) from None
+    await run_in_threadpool(audit.record, service(request).engine, user.name, "api", "terminal.enrol", "terminal", body.id)
     return TerminalEnrolled(id=body.id, token=token)
 
 
@@ -352,6 +353,7 @@ async def revoke(request: Request, terminal_id: Annotated[str, Path(max_length=1
         await run_in_threadpool(store.revoke_terminal, service(request).engine, terminal_id)
     except store.StoreError as exc:
         raise ApiError(404, exc.code, exc.detail) from None
+    await run_in_threadpool(audit.record, service(request).engine, user.name, "api", "terminal.revoke", "terminal", terminal_id)
     return Response(status_code=204)
 
 

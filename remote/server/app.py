@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from remote.server import api, budgets, fleet_api, fleet_web, outcomes_api, web
+from remote.server import admin_api, admin_web, api, budgets, fleet_api, fleet_web, outcomes_api, outcomes_web, web
 from remote.server.blobs import BlobError
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
@@ -126,8 +126,11 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     app.add_middleware(RefuseNul)
     app.include_router(api.router)
     app.include_router(fleet_api.router)
+    app.include_router(admin_api.router)
     app.include_router(web.router)
     app.include_router(fleet_web.router)
+    app.include_router(admin_web.router)
+    app.include_router(outcomes_web.router)
     outcomes_api.install(app)
     fleet_api.document(app)
     return app

@@ -3,9 +3,14 @@
 - Terminal tokens: `pdt_` + 32 random bytes; the server keeps SHA-256(token) only. Its raw
   digest is also the HMAC key the terminal signs manifest.json with.
 - Passwords: scrypt (n=2^14, r=8, p=1, 16-byte salt), stored as `scrypt$n$r$p$salt$hash`.
-- Sessions: a cookie `payload.mac`, payload = base64url JSON {user, exp, sid}, mac =
-  HMAC-SHA256 under the server secret (shared through the database by every server). Sign-out
-  puts the sid on a revocation list in the database (until the cookie would have expired).
+- Sessions: a cookie `payload.mac`, payload = base64url JSON {uid, gen, exp, sid}, mac =
+  HMAC-SHA256 under the server secret (shared through the database by every server). `uid`
+  is the user's random identity (a user re-created under a removed user's name gets a new
+  one) and `gen` the user's generation, which a password or role change raises: a cookie
+  names the user as they were when it was issued, never by name. Sign-out puts the sid on a
+  revocation list in the database (until the cookie would have expired).
+- Passwords chosen by people: at least [server] password_min_length characters (never fewer
+  than PASSWORD_FLOOR), not only white space, not the user's name (password_problem).
 - CSRF: a form carries HMAC(secret, "csrf:" + binding). Signed in, the binding is the session's
   sid: a token is good for one session only and dies with it. Before sign-in (the sign-in form)
   it is a nonce the server issued in the `posdiag_csrf` cookie, itself MAC'd with its issue
@@ -58,15 +63,34 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got.hex(), digest)
 
 
+PASSWORD_FLOOR = 8  # the least [server] password_min_length may be
+
+
+def password_problem(password: str, name: str, min_length: int) -> str | None:
+    """Why `password` may not be `name`'s password (None: it may)."""
+    least = max(min_length, PASSWORD_FLOOR)
+    if len(password) < least:
+        return f"a password has at least {least} characters"
+    if not password.strip():
+        return "a password is not only spaces"
+    if password.strip().casefold() == name.strip().casefold():
+        return "a password is not the user's name"
+    return None
+
+
+def new_user_id() -> str:
+    return secrets.token_hex(16)
+
+
 PRESESSION_SECONDS = 86400.0  # a sign-in form's nonce is good for a day
 
 
 @dataclass(frozen=True)
 class Session:
-    user: str
+    uid: str
+    generation: int
     expires: float
     sid: str
-    issued: float  # 0 for a cookie made before cookies said when they were issued
 
 
 class Signer:
@@ -76,9 +100,9 @@ class Signer:
     def _mac(self, text: str) -> str:
         return hmac.new(self.secret, text.encode("ascii"), hashlib.sha256).hexdigest()
 
-    def session_cookie(self, user: str, lifetime_seconds: float) -> str:
-        now = time.time()
-        body = {"user": user, "exp": now + lifetime_seconds, "sid": secrets.token_hex(16), "iat": now}
+    def session_cookie(self, uid: str, generation: int, lifetime_seconds: float) -> str:
+        """A session of the user `uid` as of `generation` (store.get_user's uid, generation)."""
+        body = {"uid": uid, "gen": generation, "exp": time.time() + lifetime_seconds, "sid": secrets.token_hex(16)}
         payload = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
         return f"{payload}.{self._mac('session:' + payload)}"
 
@@ -90,7 +114,7 @@ class Signer:
             if not hmac.compare_digest(mac, self._mac("session:" + payload)):
                 return None
             body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-            session = Session(str(body["user"]), float(body["exp"]), str(body["sid"]), float(body.get("iat", 0)))
+            session = Session(str(body["uid"]), int(body["gen"]), float(body["exp"]), str(body["sid"]))
         except (ValueError, KeyError, TypeError, UnicodeError):
             return None
         return session if session.expires > time.time() else None

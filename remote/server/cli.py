@@ -299,7 +299,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         verb = "would remove" if args.dry_run else "removed"
         print(f"{verb} {result.rows} bundles ({result.by_age} by age over {keep.days} days, "
               f"{result.by_count} over {keep.max_per_terminal} per terminal) "
-              f"and {result.blobs} blobs ({result.bytes} bytes)")  # fmt: skip
+              f"and {result.blobs} blobs ({result.bytes} bytes); {result.audit_entries} audit log entries")  # fmt: skip
         for error in result.errors:
             print(f"posdiag-support: {error}", file=sys.stderr)
     return 1 if result.errors else 0
@@ -341,7 +341,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_terminal_add(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    token = store.add_terminal(engine(args), args.id)
+    eng = engine(args)
+    token = store.add_terminal(eng, args.id)
+    audited(eng, "terminal.enrol", "terminal", args.id)
     print(token)
     print(f"terminal {args.id} enrolled; the token above is shown only this once", file=sys.stderr)
     return 0
@@ -361,9 +363,22 @@ def cmd_terminal_list(args: argparse.Namespace) -> int:
 def cmd_terminal_revoke(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    store.revoke_terminal(engine(args), args.id)
+    eng = engine(args)
+    store.revoke_terminal(eng, args.id)
+    audited(eng, "terminal.revoke", "terminal", args.id)
     print(f"terminal {args.id}: token revoked", file=sys.stderr)
     return 0
+
+
+def audited(eng, action: str, kind: str, object_id: str, detail: dict | None = None) -> None:
+    """An audit log entry for a change made here, in the name of the account running it."""
+    from remote.server import audit
+
+    try:
+        actor = getpass.getuser()
+    except (KeyError, OSError):
+        actor = f"uid {os.getuid()}"
+    audit.record(eng, actor, "cli", action, kind, object_id, detail)
 
 
 def read_password(given: str | None) -> str:
@@ -380,7 +395,9 @@ def read_password(given: str | None) -> str:
 def cmd_user_add(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    store.add_user(engine(args), args.name, args.role, read_password(args.password))
+    least, eng = settings_for(args).password_min_length, engine(args)
+    store.add_user(eng, args.name, args.role, read_password(args.password), least)
+    audited(eng, "user.add", "user", args.name, {"role": args.role})
     print(f"user {args.name} ({args.role}) added", file=sys.stderr)
     return 0
 
@@ -400,7 +417,8 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
     eng = engine(args)
     if store.get_user(eng, args.name) is None:
         raise store.StoreError("no_user", f"no user {args.name!r}")
-    store.set_password(eng, args.name, read_password(args.password))
+    store.set_password(eng, args.name, read_password(args.password), settings_for(args).password_min_length)
+    audited(eng, "user.password", "user", args.name)
     print(f"user {args.name}: password changed", file=sys.stderr)
     return 0
 
@@ -408,7 +426,9 @@ def cmd_user_passwd(args: argparse.Namespace) -> int:
 def cmd_user_role(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    store.set_role(engine(args), args.name, args.role)
+    eng = engine(args)
+    if store.set_role(eng, args.name, args.role):
+        audited(eng, "user.role", "user", args.name, {"role": args.role})
     print(f"user {args.name}: role {args.role}", file=sys.stderr)
     return 0
 
@@ -416,7 +436,9 @@ def cmd_user_role(args: argparse.Namespace) -> int:
 def cmd_user_remove(args: argparse.Namespace) -> int:
     from remote.server import store
 
-    store.remove_user(engine(args), args.name)
+    eng = engine(args)
+    store.remove_user(eng, args.name)
+    audited(eng, "user.remove", "user", args.name)
     print(f"user {args.name} removed", file=sys.stderr)
     return 0
 

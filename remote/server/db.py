@@ -8,6 +8,7 @@ sort as text the same way on both databases and `substr(t, 1, 10)` is the day.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -52,8 +53,23 @@ users = sa.Table(
     sa.Column("role", sa.String(16), nullable=False),
     sa.Column("password_hash", sa.String(256), nullable=False),
     sa.Column("created_at", TIME, nullable=False),
-    sa.Column("sessions_after", TIME),  # set by a password change: sessions issued before it are over
+    # Who a session belongs to (auth.py): a random identity, new for every user created (a
+    # user re-created under a removed user's name is someone else), and a generation that a
+    # password or role change raises (NULL reads as 0). Nullable: added to older databases.
+    sa.Column("uid", sa.String(32)),
+    sa.Column("generation", sa.Integer),
+    sa.Index("ix_users_uid", "uid", unique=True),
 )
+
+
+def _fill_user_ids(conn: sa.Connection) -> None:
+    """Users made before identities were kept get one each (their old cookies named them
+    by name only, and are no longer read)."""
+    for name in conn.execute(sa.select(users.c.name).where(users.c.uid.is_(None))).scalars().all():
+        conn.execute(users.update().where(users.c.name == name).values(uid=secrets.token_hex(16), generation=0))
+
+
+users.c.uid.info["fill"] = _fill_user_ids
 
 # Per-user page settings; a table of its own so that adding one needs no change to `users`.
 user_prefs = sa.Table(
@@ -149,6 +165,22 @@ signin_failures = sa.Table(
     sa.Column("failures", sa.Integer, nullable=False),
 )
 
+# Administration actions (remote/server/audit.py): who, when, from where, what, to which object.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", TIME, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("source", sa.String(8), nullable=False),  # web | api | cli
+    sa.Column("action", sa.String(32), nullable=False),  # user.add, terminal.revoke, ...
+    sa.Column("object_kind", sa.String(16), nullable=False),  # user | terminal
+    sa.Column("object_id", sa.String(128), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON object: what changed, never a secret
+    sa.Index("ix_audit_at", "at", "id"),
+    sa.Index("ix_audit_object", "object_kind", "object_id", "at"),
+)
+
 # Sessions ended by sign-out before their cookie expires.
 revoked_sessions = sa.Table(
     "revoked_sessions",
@@ -220,6 +252,14 @@ def writing(engine: Engine) -> Iterator[sa.Connection]:
     lock = _SQLITE_WRITERS.setdefault(id(engine), threading.Lock())
     with lock, engine.begin() as conn:
         yield conn
+
+
+def lock_for_writing(conn: sa.Connection) -> None:
+    """On SQLite, take the database's write lock now, before the transaction's reads: the
+    driver begins a transaction only at its first write, so reads before it see a moment that
+    another process's commit may already have changed (PostgreSQL: SELECT ... FOR UPDATE)."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(server_keys.update().where(sa.false()).values(value=server_keys.c.value))
 
 
 def create_schema(engine: Engine) -> None:

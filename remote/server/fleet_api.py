@@ -17,6 +17,7 @@ from remote.server.fleet import incidents, problems
 from remote.server.fleet.models import Heartbeat, HeartbeatAccepted, Incident, IncidentList, Problem, ProblemList
 from remote.server.ingest import IngestError
 from remote.server.models import NextCommand
+from remote.server.outcomes import tables
 
 router = APIRouter(prefix="/api/v1")
 MAX_HEARTBEAT_BYTES = 16384
@@ -69,7 +70,8 @@ async def heartbeat(
     if poll:
         found = await run_in_threadpool(store.next_command, srv.engine, terminal["id"], srv.settings.command_redeliver_seconds)
         command = None if found is None else NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"]).model_dump()
-    answer = HeartbeatAccepted(status="accepted", event_at=event_at, clock_clamped=clamped, incidents=notices, command=command)
+    learned = await run_in_threadpool(tables.for_heartbeat, srv.engine, terminal["id"], beat.learned_hash, beat.model)
+    answer = HeartbeatAccepted(status="accepted", event_at=event_at, clock_clamped=clamped, incidents=notices, command=command, learned=learned)
     return JSONResponse(answer.model_dump(), status_code=202)
 
 

@@ -68,9 +68,10 @@ def rebuild(srv: Service, by: str) -> dict[str, int]:
     return tables.rebuild(srv.engine, knowledge_of(srv), Params.of(s), s.learning_window_days, by)
 
 
-def _record(srv: Service, bundle: dict[str, Any], say: records.Said) -> tuple[dict[str, Any], bool]:
+def record_and_learn(srv: Service, bundle: dict[str, Any], say: records.Said) -> tuple[dict[str, Any], bool]:
     """Store the outcome, then rebuild the learned tables from it (a failed rebuild costs no
-    outcome: the next one, or `posdiag-support learning rebuild`, rebuilds)."""
+    outcome: the next one, or `posdiag-support learning rebuild`, rebuilds). Every way in
+    (the API, a terminal's record, the bundle page's form) records through this."""
     diagnosis = srv.detail(bundle)["diagnosis"]
     stored, new = records.record(srv.engine, bundle, diagnosis if isinstance(diagnosis, dict) else {}, say)
     if new:
@@ -103,7 +104,7 @@ async def record_outcome(request: Request, bundle_id: BundleId, body: OutcomeIn,
         raise ApiError(404, "no_bundle", "no bundle with this id")
     try:
         say = records.said(knowledge_of(srv), body.found, body.fixed, body.note, user.name, "api", body.visited_at, body.outcome_id)
-        stored, new = await run_in_threadpool(_record, srv, bundle, say)
+        stored, new = await run_in_threadpool(record_and_learn, srv, bundle, say)
     except records.OutcomeError as exc:
         raise _refused(exc) from None
     return JSONResponse(Outcome(**stored).model_dump(), status_code=201 if new else 200)
@@ -163,7 +164,7 @@ async def terminal_outcome(
     try:
         say = records.said(knowledge_of(srv), sent.found, sent.fixed, sent.note, sent.by, "terminal", sent.visited_at, sent.outcome_id)
         bundle = await run_in_threadpool(_bundle_of_record, srv, terminal["id"], sent.bundle_id, say.visited_at)
-        stored, new = await run_in_threadpool(_record, srv, bundle, say)
+        stored, new = await run_in_threadpool(record_and_learn, srv, bundle, say)
     except records.OutcomeError as exc:
         raise _refused(exc) from None
     return JSONResponse(Outcome(**stored).model_dump(), status_code=201 if new else 200)

@@ -1,5 +1,6 @@
 """Retention: bundles older than `days`, or past the newest `max_per_terminal` of their
-terminal, are removed, rows first and then the blobs no row names any more.
+terminal, are removed, rows first and then the blobs no row names any more; audit log
+entries older than `days` go with them.
 
 One pass at a time across all servers (leases.exclusive). Rows go in batches; each batch's
 digests are recorded in blob_orphans in the same transaction. A blob is then deleted
@@ -23,9 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from remote.server import daily, db, leases
+from remote.server import audit, daily, db, leases
 from remote.server.blobs import BlobError, BlobStore
-from remote.server.db import blob_orphans, bundle_views, bundles
+from remote.server.db import audit_log, blob_orphans, bundle_views, bundles
 from remote.server.metrics import Metrics
 from remote.server_settings import RetentionSettings
 
@@ -43,6 +44,7 @@ class Plan:
     by_count: int = 0
     blobs: int = 0
     bytes: int = 0
+    audit_entries: int = 0  # audit log entries older than `days` (audit.py), kept like the bundles
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -110,6 +112,10 @@ def plan(engine: Engine, settings: RetentionSettings) -> Plan:
                     sizes.pop(r.sha256, None)
     result.blobs = len(sizes)
     result.bytes = sum(sizes.values())
+    if settings.days:
+        with engine.connect() as conn:
+            old_entries = sa.select(sa.func.count()).select_from(audit_log).where(audit_log.c.at < _cutoff(settings.days))
+            result.audit_entries = conn.execute(old_entries).scalar_one()
     return result
 
 
@@ -175,6 +181,7 @@ def run_pass(engine: Engine, blobs: BlobStore, settings: RetentionSettings, metr
                 if metrics:
                     metrics.removed(removed, 0)
         done.blobs = _remove_orphans(engine, blobs, settings.batch, done, metrics)
+        done.audit_entries = audit.expire(engine, settings.days, settings.batch)
         with db.writing(engine) as conn:
             conn.execute(
                 blob_orphans.delete().where(

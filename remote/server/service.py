@@ -29,6 +29,12 @@ VIEW_BUILDERS = 2  # bundle views redacted at once (each may take ~50 MB and sec
 class User:
     name: str
     role: str
+    uid: str = ""  # the identity and generation a session of this user is issued for (auth.py)
+    generation: int = 0
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> User:
+        return cls(row["name"], row["role"], row["uid"] or "", row["generation"] or 0)
 
 
 class Service:
@@ -46,7 +52,7 @@ class Service:
         self.fleet = Fleet(self.engine, settings, self.metrics)
         self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
         self.signer = auth.Signer(store.server_secret(self.engine))
-        self._basic_cache: dict[str, tuple[float, User]] = {}
+        self._basic_cache: dict[str, tuple[float, str, int]] = {}  # key -> (until, uid, generation)
         self._cache_lock = threading.Lock()
         self._blocked: dict[str, float] = {}  # signin key -> monotonic time until which it is refused
         self._decoy = auth.hash_password(auth.new_nonce())
@@ -73,12 +79,27 @@ class Service:
     def _cache_key(self, name: str, password: str) -> str:
         return hashlib.sha256(self.signer.secret + f"{name}\x00{password}".encode()).hexdigest()
 
-    def cached_user(self, name: str, password: str) -> User | None:
-        """A pair verified within the last minute (keyed by a salted hash, never the
-        password), so HTTP basic clients do not pay scrypt per request."""
+    def remembered_pair(self, name: str, password: str) -> tuple[str, int] | None:
+        """(uid, generation) of a pair this process verified within the last minute (keyed by
+        a salted hash, never the password), so HTTP basic clients do not pay scrypt per
+        request; current_user then asks the database whether it still stands."""
         with self._cache_lock:
             hit = self._basic_cache.get(self._cache_key(name, password))
-        return hit[1] if hit and hit[0] > time.monotonic() else None
+        return (hit[1], hit[2]) if hit and hit[0] > time.monotonic() else None
+
+    def current_user(self, uid: str, generation: int) -> User | None:
+        """The user of this identity if still at this generation: one primary-key read, so
+        that a removal, password or role change made on any server stops a remembered pair
+        or a session from the next request on (issue 21: a removed user's basic pair worked
+        for up to 60 s)."""
+        row = store.user_by_id(self.engine, uid) if uid else None
+        if row is None or (row["generation"] or 0) != generation:
+            return None
+        return User.of(row)
+
+    def user(self, name: str) -> User | None:
+        row = store.get_user(self.engine, name)
+        return User.of(row) if row else None
 
     def verify_password(self, name: str, password: str) -> User | None:
         """scrypt, slow on purpose: run it in signin's pool, never on the event loop."""
@@ -87,11 +108,12 @@ class Service:
         stored = row["password_hash"] if row else self._decoy
         if not auth.check_password(password, stored) or row is None:
             return None
-        user = User(row["name"], row["role"])
+        user = User.of(row)
         with self._cache_lock:
             if len(self._basic_cache) > 1000:
                 self._basic_cache.clear()
-            self._basic_cache[self._cache_key(name, password)] = (time.monotonic() + BASIC_CACHE_SECONDS, user)
+            until = time.monotonic() + BASIC_CACHE_SECONDS
+            self._basic_cache[self._cache_key(name, password)] = (until, user.uid, user.generation)
         return user
 
     def signin_keys(self, name: str, host: str | None) -> dict[str, int]:
@@ -140,20 +162,16 @@ class Service:
         return store.terminal_for_token(self.engine, token)
 
     def user_by_session(self, cookie: str | None) -> User | None:
-        """None when signed out, and when the user was removed or changed password since."""
+        """None when signed out, and when the user was removed (a user made again under the
+        name is another identity), or changed password or role since the cookie was issued."""
         session = self.signer.read_session(cookie)
         if session is None or store.session_revoked(self.engine, session.sid):
             return None
-        row = store.get_user(self.engine, session.user)
-        if row is None or (row["sessions_after"] or "") > db.stamp(datetime.fromtimestamp(session.issued, UTC)):
-            return None
-        return User(row["name"], row["role"])
+        return self.current_user(session.uid, session.generation)
 
-    def set_password(self, name: str, password: str) -> None:
-        """Ends the user's sessions, and drops the HTTP basic pairs this process verified."""
-        store.set_password(self.engine, name, password)
-        with self._cache_lock:
-            self._basic_cache.clear()
+    def session_cookie(self, user: User) -> str:
+        """A new session of `user` as it is now, for [server] session_hours."""
+        return self.signer.session_cookie(user.uid, user.generation, self.settings.session_hours * 3600)
 
     def sign_out(self, cookie: str | None) -> None:
         """The session ends on every server now, not when its cookie would have expired."""

@@ -1,6 +1,7 @@
 """Sign-in by password, limited before hashing and hashed off the event loop.
 
-An attempt goes: the minute-long cache of verified pairs (HTTP basic clients); what this
+An attempt goes: the minute-long cache of verified pairs (HTTP basic clients), good only
+while the user's identity and generation in the database are those it was verified at; what this
 process already knows is refused (a key found over its limit, remembered up to 5 s); then
 the attempt is counted against its user name and its client address in the database, shared
 by every server, in a small pool of its own (429 with Retry-After when either is past its
@@ -27,6 +28,8 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+
+from fastapi.concurrency import run_in_threadpool
 
 from remote.server.auth import address_key
 
@@ -86,9 +89,11 @@ def _lower_priority() -> None:
 
 async def sign_in(srv: Service, name: str, password: str, host: str | None) -> User | None:
     """The user, None for a wrong pair; Refused when this name or address must wait."""
-    cached = srv.cached_user(name, password)
-    if cached is not None:
-        return cached
+    remembered = srv.remembered_pair(name, password)
+    if remembered is not None:
+        current = await run_in_threadpool(srv.current_user, *remembered)
+        if current is not None:
+            return current
     try:
         wait = srv.known_wait(name, host)
         if wait <= 0:

@@ -151,17 +151,36 @@ def terminal_for_token(engine: Engine, token: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def enrolled_terminals(engine: Engine, prefix: str, after: str, limit: int) -> list[dict[str, Any]]:
+    """Terminals by id after `after` whose id starts with `prefix` (case-insensitive), with
+    enrolment and revocation times only (no bundle counts: a page of an enrolment list must
+    not scan every bundle)."""
+    query = sa.select(terminals.c.id, terminals.c.created_at, terminals.c.revoked_at).order_by(terminals.c.id).limit(limit)
+    if prefix:
+        escaped = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(sa.func.lower(terminals.c.id).like(escaped + "%", escape="\\"))
+    if after:
+        query = query.where(terminals.c.id > after)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
 # -- users --------------------------------------------------------------------------------
 
 
-def add_user(engine: Engine, name: str, role: str, password: str) -> None:
+def add_user(engine: Engine, name: str, role: str, password: str, min_length: int = auth.PASSWORD_FLOOR) -> None:
+    """A new user, with an identity of its own (never a removed user's, whatever the name)."""
     if role not in auth.ROLES:
         raise StoreError("bad_role", f"role must be one of {', '.join(auth.ROLES)}")
-    if not name or len(name) > 128 or not name.isprintable() or ":" in name:
-        raise StoreError("bad_name", "a user name is 1-128 printable characters without ':'")
-    if len(password) < 8:
-        raise StoreError("weak_password", "a password has at least 8 characters")
-    values = {"name": name, "role": role, "password_hash": auth.hash_password(password), "created_at": db.now()}
+    if not name or len(name) > 128 or not name.isprintable() or ":" in name or name != name.strip():
+        raise StoreError("bad_name", "a user name is 1-128 printable characters without ':' or spaces around it")
+    problem = auth.password_problem(password, name, min_length)
+    if problem:
+        raise StoreError("weak_password", problem)
+    values = {
+        "name": name, "role": role, "password_hash": auth.hash_password(password), "created_at": db.now(),
+        "uid": auth.new_user_id(), "generation": 0,
+    }  # fmt: skip
     try:
         with engine.begin() as conn:
             conn.execute(users.insert().values(**values))
@@ -172,6 +191,14 @@ def add_user(engine: Engine, name: str, role: str, password: str) -> None:
 def get_user(engine: Engine, name: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(sa.select(users).where(users.c.name == name)).mappings().first()
+    return dict(row) if row else None
+
+
+def user_by_id(engine: Engine, uid: str) -> dict[str, Any] | None:
+    """The user of this identity (auth.Session.uid), with role and generation."""
+    query = sa.select(users.c.name, users.c.role, users.c.uid, users.c.generation).where(users.c.uid == uid)
+    with engine.connect() as conn:
+        row = conn.execute(query).mappings().first()
     return dict(row) if row else None
 
 
@@ -186,30 +213,60 @@ def list_users(engine: Engine) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def _change_user(engine: Engine, name: str, **values: Any) -> None:
+NEXT_GENERATION = sa.func.coalesce(users.c.generation, 0) + 1
+
+
+def set_password(engine: Engine, name: str, password: str, min_length: int = auth.PASSWORD_FLOOR) -> None:
+    """The new password, and the end of every session and remembered HTTP basic pair the user
+    has, on every server (the generation rises; Service.user_by_session)."""
+    problem = auth.password_problem(password, name, min_length)
+    if problem:
+        raise StoreError("weak_password", problem)
+    digest = auth.hash_password(password)
     with db.writing(engine) as conn:
-        if conn.execute(users.update().where(users.c.name == name).values(**values)).rowcount == 0:
-            raise StoreError("no_user", f"no user {name!r}")
+        done = conn.execute(
+            users.update().where(users.c.name == name).values(password_hash=digest, generation=NEXT_GENERATION)
+        ).rowcount
+    if not done:
+        raise StoreError("no_user", f"no user {name!r}")
 
 
-def set_password(engine: Engine, name: str, password: str) -> None:
-    """The new password, and the end of every session the user has (Service.user_by_session)."""
-    if len(password) < 8:
-        raise StoreError("weak_password", "a password has at least 8 characters")
-    _change_user(engine, name, password_hash=auth.hash_password(password), sessions_after=db.now())
-
-
-def set_role(engine: Engine, name: str, role: str) -> None:
+def set_role(engine: Engine, name: str, role: str) -> bool:
+    """A new role (False: it had it already). The user's sessions end: they sign in again
+    with what the role allows. The last admin keeps the role (StoreError last_admin)."""
     if role not in auth.ROLES:
         raise StoreError("bad_role", f"role must be one of {', '.join(auth.ROLES)}")
-    _change_user(engine, name, role=role)
+    with db.writing(engine) as conn:
+        current = _role_keeping_an_admin(conn, name, "demoted" if role != "admin" else "")
+        if current == role:
+            return False
+        conn.execute(users.update().where(users.c.name == name).values(role=role, generation=NEXT_GENERATION))
+    return True
 
 
 def remove_user(engine: Engine, name: str) -> None:
+    """The user, their page settings and (with the row) every session and basic pair."""
     with db.writing(engine) as conn:
+        _role_keeping_an_admin(conn, name, "removed")
         conn.execute(user_prefs.delete().where(user_prefs.c.name == name))
-        if conn.execute(users.delete().where(users.c.name == name)).rowcount == 0:
-            raise StoreError("no_user", f"no user {name!r}")
+        conn.execute(users.delete().where(users.c.name == name))
+
+
+def _role_keeping_an_admin(conn: sa.Connection, name: str, change: str) -> str:
+    """The user's role; StoreError when the user is the last admin and `change` (demoted,
+    removed; empty: none) would leave no admin. The admins' rows are locked first, in one
+    order, then the user's: two admins demoting each other at once on two servers cannot
+    both succeed (on SQLite the database's write lock is taken first)."""
+    db.lock_for_writing(conn)
+    admins = conn.execute(
+        sa.select(users.c.name).where(users.c.role == "admin").order_by(users.c.name).with_for_update()
+    ).scalars().all()
+    role = conn.execute(sa.select(users.c.role).where(users.c.name == name).with_for_update()).scalar()
+    if role is None:
+        raise StoreError("no_user", f"no user {name!r}")
+    if change and role == "admin" and set(admins) <= {name}:
+        raise StoreError("last_admin", f"{name} is the last admin and cannot be {change}; make another user admin first")
+    return str(role)
 
 
 def user_lang(engine: Engine, name: str) -> str | None:

@@ -26,7 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import pass_context
 
 from remote import wire
-from remote.server import auth, chart, db, signin, store, titles
+from remote.server import chart, db, signin, store, titles
 from remote.server.fleet import inventory as fleet_inventory
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
@@ -232,16 +232,16 @@ async def login(request: Request) -> Response:
         return response
     if user is None:
         return render(request, "login.html", status=401, next=target, error=WORDS[lang_of(request)]["wrong_login"])
-    return _start_session(request, RedirectResponse(target, status_code=303), user.name)
+    return _start_session(request, RedirectResponse(target, status_code=303), user)
 
 
-def _start_session(request: Request, response: Response, name: str) -> Response:
-    """`response` with a new session cookie for `name`."""
+def _start_session(request: Request, response: Response, user: User) -> Response:
+    """`response` with a new session cookie for `user` as it is now."""
     srv = service(request)
     lifetime = srv.settings.session_hours * 3600
     response.set_cookie(
         SESSION_COOKIE,
-        srv.signer.session_cookie(name, lifetime),
+        srv.session_cookie(user),
         max_age=int(lifetime),
         httponly=True,
         samesite="lax",
@@ -332,6 +332,7 @@ async def bundle_page(request: Request, bundle_id: str) -> Response:
     return render(
         request, "bundle.html", user=user, r=record, d=detail["diagnosis"], manifest=detail["manifest"],
         probes=probes if isinstance(probes, list) else [], logs=detail["logs"], fleet=fleet,
+        outcome=await run_in_threadpool(outcomes_web.bundle_outcome, srv, record, detail["diagnosis"]),
     )  # fmt: skip
 
 
@@ -409,61 +410,6 @@ async def choose_language(request: Request) -> Response:
     return RedirectResponse(_safe_next(form.get("next", ["/"])[0]), status_code=303)
 
 
-async def admin_or_answer(request: Request) -> User | Response:
-    """The signed-in admin, or the answer for anyone else (sign-in, or 403)."""
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
-    if user.role != "admin":
-        return render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)]["admins_only"])
-    return user
-
-
-@router.get("/users")
-async def users_page(request: Request, done: str = "") -> Response:
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
-    rows = await run_in_threadpool(store.list_users, service(request).engine)
-    return render(request, "users.html", user=user, rows=rows, roles=auth.ROLES, done=done[:200], error=None)
-
-
-@router.post("/users")
-async def change_users(request: Request) -> Response:
-    """Add a user, or change (role, password) or remove one; admins only."""
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
-    words = WORDS[lang_of(request)]
-    form = await form_checked(request)
-    if form is None:
-        return render(request, "error.html", status=403, user=user, message=words["form_expired"])
-    field = {k: (v[0] if v else "") for k, v in form.items()}
-    name, action, engine = clean(field.get("name", "")).strip(), field.get("action", ""), service(request).engine
-    try:
-        if action == "add":
-            await run_in_threadpool(store.add_user, engine, name, field.get("role", ""), field.get("password", ""))
-            done = words["user_added"].format(name=name)
-        elif action == "remove":
-            if name == user.name:
-                raise store.StoreError("self", words["cannot_remove_self"])
-            await run_in_threadpool(store.remove_user, engine, name)
-            done = words["user_removed"].format(name=name)
-        else:
-            if field.get("role"):
-                await run_in_threadpool(store.set_role, engine, name, field["role"])
-            if field.get("password"):
-                await run_in_threadpool(service(request).set_password, name, field["password"])
-            done = words["user_changed"].format(name=name)
-    except store.StoreError as exc:
-        rows = await run_in_threadpool(store.list_users, engine)
-        return render(request, "users.html", status=400, user=user, rows=rows, roles=auth.ROLES, done="", error=exc.detail)
-    response = RedirectResponse(f"/users?{urlencode({'done': done})}", status_code=303)
-    if name == user.name and field.get("password"):  # the admin's other sessions end, this one goes on
-        return _start_session(request, response, name)
-    return response
-
-
 async def not_found_page(request: Request, status: int) -> Response:
     """What a browser gets for an address that is no page (the API answers JSON)."""
     user = await page_user(request)
@@ -476,3 +422,4 @@ async def local_time_script() -> Response:
 
 
 from remote.server import fleet_web  # noqa: E402  (fleet_web builds on this module's helpers)
+from remote.server import outcomes_web  # noqa: E402  (likewise)

@@ -46,7 +46,7 @@ def s3_settings(weed: SeaweedFS):
 # S3 variant leaves out the modules that never read or write a blob through the API under
 # test (agent protocol, browser, auth, commands, OpenAPI): `make test` stays under 10 min.
 BACKENDS = ["sqlite", "postgresql", "postgresql+s3"]
-S3_LEFT_OUT = {"test_server_agent", "test_server_browser", "test_server_auth", "test_server_commands", "test_server_openapi", "test_server_outcomes", "test_server_learning", "test_server_visit", "test_outcome_format_doc"}
+S3_LEFT_OUT = {"test_server_agent", "test_server_admin", "test_server_admin_browser", "test_server_browser", "test_server_auth", "test_server_commands", "test_server_openapi", "test_server_outcomes", "test_server_learning", "test_server_visit", "test_outcome_format_doc", "test_outcome_pages", "test_outcome_pages_browser"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -30,13 +30,13 @@ def test_password_hash_is_salted_scrypt_and_checks():
 
 def test_session_cookie_is_signed_and_expires():
     signer = auth.Signer(b"k" * 32)
-    cookie = signer.session_cookie("alice", 60)
-    assert signer.read_session(cookie).user == "alice"
+    cookie = signer.session_cookie("u-alice", 3, 60)
+    assert (signer.read_session(cookie).uid, signer.read_session(cookie).generation) == ("u-alice", 3)
     payload, mac = cookie.split(".")
-    forged = auth.Signer(b"x" * 32).session_cookie("admin", 60)
+    forged = auth.Signer(b"x" * 32).session_cookie("u-admin", 0, 60)
     assert signer.read_session(forged) is None
     assert signer.read_session(payload[:-2] + "AA." + mac) is None
-    assert signer.read_session(signer.session_cookie("alice", -1)) is None
+    assert signer.read_session(signer.session_cookie("u-alice", 3, -1)) is None
     assert signer.read_session("é.ü") is None and signer.read_session(None) is None
 
 
@@ -89,7 +89,7 @@ def test_session_cookie_reads_the_api_but_never_changes_anything(server):
     from remote.server.api import SESSION_COOKIE
 
     tid, _ = server.terminal()
-    cookie = {SESSION_COOKIE: server.service.signer.session_cookie("support", 600)}
+    cookie = {SESSION_COOKIE: server.service.session_cookie(server.service.user("support"))}
     assert requests.get(server.url + "/api/v1/bundles", cookies=cookie, timeout=10).status_code == 200
     posted = requests.post(server.url + f"/api/v1/terminals/{tid}/commands", json={}, cookies=cookie, timeout=10)
     assert posted.status_code == 401
@@ -173,6 +173,9 @@ def test_cli_users_list_passwd_role_remove(tmp_path):
     assert store.get_user(engine, "ann")["role"] == "admin"
     missing = run(tmp_path, "users", "passwd", "nobody", "--password", "whatever123")
     assert missing.returncode == 2 and missing.stderr.strip() == "posdiag-support: no user 'nobody'"
+    last = run(tmp_path, "users", "remove", "ann")
+    assert last.returncode == 2 and "ann is the last admin" in last.stderr
+    assert run(tmp_path, "users", "add", "bo", "--role", "admin", "--password", "third password").returncode == 0
     assert run(tmp_path, "users", "remove", "ann").returncode == 0
     assert store.get_user(engine, "ann") is None
     assert run(tmp_path, "users", "remove", "ann").returncode == 2

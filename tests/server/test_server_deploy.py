@@ -145,7 +145,7 @@ def test_gc_dry_run_says_what_it_would_remove_and_gc_removes_it(tmp_path):
     assert dry.returncode == 0, dry.stderr
     assert json.loads(dry.stdout) | {"errors": []} == {
         "by_age": 0, "by_count": 3, "rows": 3, "blobs": 3, "bytes": json.loads(dry.stdout)["bytes"],
-        "errors": [], "dry_run": True,
+        "audit_entries": 0, "errors": [], "dry_run": True,
     }  # fmt: skip
     assert json.loads(dry.stdout)["bytes"] > 0
     assert len(list((data / "blobs").glob("*/*"))) == 4

@@ -3,6 +3,7 @@ terminal of the model, versioned by content, switched off and on, reverted and r
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import requests
@@ -46,6 +47,32 @@ def test_a_terminal_receives_its_models_table_learned_from_visits(server):
     # what a heartbeat's answer will carry: the table only when the terminal holds another
     assert tables.for_heartbeat(server.service.engine, tid, None) == table
     assert tables.for_heartbeat(server.service.engine, tid, table["hash"]) is None
+
+
+def heartbeat(server, terminal_id: str, token: str, model: str, held: str | None) -> requests.Response:
+    body = {"terminal_id": terminal_id, "sent_at": "2026-11-30T10:00:00Z", "model": model, "learned_hash": held}
+    return requests.post(f"{server.url}/api/v1/heartbeats", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+def test_a_heartbeats_answer_carries_the_table_only_when_the_terminal_holds_another(server):
+    model = f"M52-{uuid.uuid4().hex[:6]}"
+    fleet = [server.terminal("LH") for _ in range(4)]
+    tid, token = fleet[0]
+    first = heartbeat(server, tid, token, model, None)
+    assert first.status_code == 202, first.text
+    fleets = first.json()["learned"]  # nothing learned for this model yet: the fleet's table (or the empty one)
+    assert fleets["schema"] == "posdiag.learned/1" and fleets["model"] in ("*", model)
+    assert heartbeat(server, tid, token, model, fleets["hash"]).json()["learned"] is None
+    visit(server, model, "network.apn_wrong", fleet, 12)
+    answer = heartbeat(server, tid, token, model, fleets["hash"])
+    table = answer.json()["learned"]
+    assert table == learned(server, tid, token).json() and table["model"] == model
+    assert len(json.dumps(table).encode()) <= 4096 and len(answer.content) < 4096 + 300
+    assert heartbeat(server, tid, token, model, table["hash"]).json()["learned"] is None
+    server.post("/api/v1/learning/switch", user="admin", json={"enabled": False, "model": model})
+    off = heartbeat(server, tid, token, model, table["hash"]).json()["learned"]
+    assert (off["version"], off["codes"]) == (0, {})  # switched off: the terminal is told to drop it
+    server.post("/api/v1/learning/switch", user="admin", json={"enabled": True, "model": model})
 
 
 def test_an_admin_switches_a_model_off_reverts_and_resumes(server):

@@ -120,7 +120,7 @@ def test_admins_manage_users_on_a_page_and_others_may_not(server):
         return admin.post(server.url + "/users", data={"csrf": token, **fields}, timeout=10)
 
     assert "User carol added." in post(action="add", name="carol", role="support", password="correct horse").text
-    assert "at least 8 characters" in post(action="add", name="dave", role="support", password="short").text
+    assert "at least 10 characters" in post(action="add", name="dave", role="support", password="short").text
     post(action="change", name="carol", role="technician")
     post(action="change", name="carol", password="battery staple")
     carol = requests.Session()

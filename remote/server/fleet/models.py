@@ -55,6 +55,7 @@ class Heartbeat(BaseModel):
     app_version: Text = ""
     agent_version: Annotated[str, Field(max_length=64, description="printable text (400 bad_text otherwise)")] = ""
     labels: Labels = Field(default_factory=dict)
+    learned_hash: str | None = Field(default=None, max_length=64, description="the hash of the learned table the terminal holds; null: none")
     health: Health = Field(default_factory=Health)
     counters: Counters = Field(default_factory=Counters)
 
@@ -82,6 +83,9 @@ class HeartbeatAccepted(BaseModel):
     incidents: list[IncidentNotice]
     command: dict[str, Any] | None = Field(
         default=None, description="with ?poll=1: the next probe request ({command_id, probes, code}, as commands/next answers), if any"
+    )
+    learned: dict[str, Any] | None = Field(
+        default=None, description="the learned table for the terminal's model (posdiag.learned/1, as terminals/{id}/learned answers), only when its hash differs from learned_hash"
     )
 
 

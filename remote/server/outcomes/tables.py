@@ -11,6 +11,8 @@ until resumed.
 from __future__ import annotations
 
 import json
+import time
+import weakref
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -87,6 +89,7 @@ def _store(engine: Engine, model: str, codes: dict[str, Any], origin: str, by: s
         try:
             with db.writing(engine) as conn:
                 conn.execute(learned_tables.insert().values(**row))
+            _forget_served(engine)
             return number
         except IntegrityError:  # another server stored this version first: take the next
             continue
@@ -118,11 +121,33 @@ def served(engine: Engine, model: str) -> dict[str, Any]:
     return learning.document(row["model"], row["version"], row["hash"], json.loads(row["content"]))
 
 
-def for_heartbeat(engine: Engine, terminal_id: str, held: str | None) -> dict[str, Any] | None:
+def for_heartbeat(engine: Engine, terminal_id: str, held: str | None, model: str = "") -> dict[str, Any] | None:
     """The table a heartbeat's answer carries: the one the terminal should hold, when the hash
-    of the one it holds (`held`, None: none) differs; else None, and the answer stays small."""
-    doc = served(engine, model_of_terminal(engine, terminal_id))
+    of the one it holds (`held`, None: none) differs; else None, and the answer stays small.
+    `model`: the one the heartbeat states (else the inventory's). Read through a cache of
+    SERVED_CACHE_S: every heartbeat asks, tables change only when outcomes come."""
+    doc = _served_cached(engine, model or model_of_terminal(engine, terminal_id))
     return None if doc["hash"] == held else doc
+
+
+SERVED_CACHE_S = 10.0  # another server process's change reaches heartbeats within this; this process's at once
+_served: weakref.WeakKeyDictionary[Engine, dict[str, tuple[float, dict[str, Any]]]] = weakref.WeakKeyDictionary()
+
+
+def _served_cached(engine: Engine, model: str) -> dict[str, Any]:
+    cache = _served.setdefault(engine, {})
+    hit = cache.get(model)
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    doc = served(engine, model)
+    cache[model] = (now + SERVED_CACHE_S, doc)
+    return doc
+
+
+def _forget_served(engine: Engine) -> None:
+    """A table or a switch changed here: heartbeats read it again."""
+    _served.pop(engine, None)
 
 
 def model_of_terminal(engine: Engine, terminal_id: str) -> str:
@@ -171,6 +196,7 @@ def _set_control(engine: Engine, scope: str, by: str, *, enabled: bool | None = 
             conn.execute(learning_control.insert().values(scope=scope, **{"enabled": True, "pinned": None, **values}))
         else:
             conn.execute(learning_control.update().where(learning_control.c.scope == scope).values(**values))
+    _forget_served(engine)
 
 
 def _control(engine: Engine) -> dict[str, dict[str, Any]]:
