@@ -70,8 +70,18 @@ class FleetSettings:
     outage_min_ratio: float = bounded(1, 1e6)
     outage_p_value: float = bounded(0, 1)
     outage_close_p_value: float = bounded(0, 1)
+    outage_young_p_value: float = bounded(0, 1)
     outage_close_after_minutes: float = bounded(1, 10080)
     outage_explain_fraction: float = bounded(0.5, 1)
+    outage_new_terminal_hours: float = bounded(0, 24 * 365)
+    outage_spread_labels: list[str]
+    outage_min_spread: int = bounded(1, 1000)
+    outage_wide_scopes: list[list[str]]
+    outage_child_labels: list[str]
+    outage_hold_min_share: float = bounded(0, 1)
+    outage_hold_max_bundles: int = bounded(1, 1 << 30)
+    ignored_categories: list[str]
+    counted_categories: list[str]
     regression_window_days: float = bounded(0.1, 365)
     regression_min_terminals: int = bounded(2, 100000)
     regression_min_affected: int = bounded(1, 100000)

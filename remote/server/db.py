@@ -270,6 +270,7 @@ def create_schema(engine: Engine) -> None:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263001)"))
         metadata.create_all(conn)
         added = _add_missing_columns(conn)
+        _widen_columns(conn)
         for table in metadata.sorted_tables:  # indexes added to a table an older release made
             for index in table.indexes:
                 index.create(conn, checkfirst=True)
@@ -281,6 +282,20 @@ def create_schema(engine: Engine) -> None:
             conn.execute(schema_version.insert().values(version=SCHEMA_VERSION, applied_at=now()))
         elif have > SCHEMA_VERSION:
             raise RuntimeError(f"database schema {have} is newer than this server ({SCHEMA_VERSION})")
+
+
+def _widen_columns(conn: sa.Connection) -> None:
+    """A VARCHAR a later release made longer is widened on PostgreSQL (SQLite does not
+    enforce lengths)."""
+    if conn.dialect.name != "postgresql":
+        return
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"]: c["type"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            want, got = getattr(column.type, "length", None), getattr(have.get(column.name), "length", None)
+            if isinstance(column.type, sa.String) and want and got and got < want:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ALTER COLUMN {column.name} TYPE VARCHAR({want})"))
 
 
 def _add_missing_columns(conn: sa.Connection) -> list[sa.Column]:

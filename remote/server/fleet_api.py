@@ -119,7 +119,7 @@ async def problem(request: Request, problem_id: Annotated[str, Path(pattern=r"^[
 async def list_incidents(
     request: Request,
     user: Reader,
-    status: Annotated[Literal["open", "closed", "all"], Query()] = "all",
+    status: Annotated[Literal["open", "closed", "dismissed", "all"], Query()] = "all",
     since: Annotated[datetime | None, Query(description="incidents still going on at or after this")] = None,
     until: Annotated[datetime | None, Query(description="incidents started before this")] = None,
 ) -> Any:

@@ -1,6 +1,7 @@
-"""The outage detector's kept baseline: failures counted by whole hours plus the partial
-hours at the ends equal a count of every failure, held ones left out; scope members'
-last sighting moves in steps."""
+"""The outage detector's kept baseline: failing terminal-hours counted by whole hours equal
+a count of each terminal's hours with a failure, those whose counted failure is held left
+out (a terminal counts once per hour however many it sends); scope members' last sighting
+moves in steps."""
 
 from __future__ import annotations
 
@@ -12,25 +13,35 @@ from hypothesis import given, settings, strategies as st
 from server_harness import default_settings
 
 from remote.server import db
-from remote.server.fleet import baseline, timing
-from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events, scope_hours, scope_members, scope_seen_hours
+from remote.server.fleet import baseline, seasonal, timing
+from remote.server.fleet.schema import (
+    bundle_fleet,
+    failure_hours,
+    fleet_terminals,
+    outage_events,
+    scope_hours,
+    scope_members,
+    scope_seen_hours,
+)
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
-TABLES = [bundle_fleet, outage_events, scope_hours, scope_members, scope_seen_hours, fleet_terminals]
+TABLES = [bundle_fleet, outage_events, failure_hours, scope_hours, scope_members, scope_seen_hours, fleet_terminals]
 
 
 def at(minutes: float) -> str:
     return db.stamp(T0 + timedelta(minutes=minutes))
 
 
-def store_failure(conn, n: int, minutes: float, scopes: list[str]) -> None:
+def store_failure(conn, n: int, terminal: str, minutes: float, scopes: list[str]) -> None:
     bid = f"b{n}"
-    conn.execute(bundle_fleet.insert().values(bundle_id=bid, terminal_id="T", event_at=at(minutes), model="M", firmware="F", app_version="A"))
-    conn.execute(outage_events.insert(), [{"bundle_id": bid, "scope_key": s, "terminal_id": "T", "event_at": at(minutes)} for s in scopes])
-    baseline.add_events(conn, scopes, at(minutes))
+    conn.execute(bundle_fleet.insert().values(bundle_id=bid, terminal_id=terminal, event_at=at(minutes), model="M", firmware="F", app_version="A"))
+    conn.execute(outage_events.insert(), [{"bundle_id": bid, "scope_key": s, "terminal_id": terminal, "event_at": at(minutes)} for s in scopes])
+    baseline.count_failure(conn, terminal, bid, scopes, at(minutes))
 
 
-events = st.lists(st.tuples(st.floats(0, 600), st.sampled_from([["a=1"], ["a=1", "b=2"], ["b=2"]]), st.booleans()), max_size=60)
+events = st.lists(
+    st.tuples(st.sampled_from(["T", "U"]), st.floats(0, 600), st.sampled_from([["a=1"], ["a=1", "b=2"], ["b=2"]]), st.booleans()), max_size=60
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -39,14 +50,16 @@ def test_unheld_failures_of_the_whole_hours_equal_a_count_of_each_one(spec, begi
     engine = sa.create_engine("sqlite://")
     db.metadata.create_all(engine, tables=TABLES)
     with engine.begin() as conn:
-        for n, (minutes, scopes, _held) in enumerate(spec):
-            store_failure(conn, n, minutes, scopes)
-        held = [f"b{n}" for n, (_m, _s, h) in enumerate(spec) if h]
+        counted: dict[tuple[str, str], int] = {}  # (terminal, hour) -> the first failure's index
+        for n, (terminal, minutes, scopes, _held) in enumerate(spec):
+            store_failure(conn, n, terminal, minutes, scopes)
+            counted.setdefault((terminal, at(minutes)[:13]), n)
+        held = [f"b{n}" for n, (_t, _m, _s, h) in enumerate(spec) if h]
         conn.execute(bundle_fleet.update().where(bundle_fleet.c.bundle_id.in_(held)).values(hold_incident="I"))
         baseline.add_held(conn, held)
         first, after, hours = baseline.whole_hours(at(begin), at(begin + length))
         for scope in ("a=1", "b=2"):
-            expected = sum(1 for m, s, h in spec if scope in s and not h and first <= at(m)[:13] < after)
+            expected = sum(1 for (_t, h), n in counted.items() if scope in spec[n][2] and not spec[n][3] and first <= h < after)
             assert baseline.unheld_events(conn, scope, first, after) == expected
         if hours:  # every whole hour inside [begin, end], and no other
             start, stop = first + ":00:00.000000Z", after + ":00:00.000000Z"
@@ -98,3 +111,33 @@ def test_active_members_equal_a_count_of_the_members_seen_since(spec, at_minutes
             seen = conn.execute(sa.select(scope_members.c.seen_at).where(scope_members.c.scope_key == scope)).scalars().all()
             assert baseline.active(conn, scope, t, fleet) == sum(1 for x in seen if x and baseline.hour(x) >= since)
         assert conn.execute(sa.select(sa.func.count()).where(scope_seen_hours.c.members <= 0)).scalar() == 0
+
+
+def test_one_terminal_back_dating_2000_failures_adds_one_terminal_hour():
+    """2,000 failures one terminal dates into one minute raise its scopes' baseline by one
+    terminal-hour, as one failure would; a second terminal's failure adds one more."""
+    engine = sa.create_engine("sqlite://")
+    db.metadata.create_all(engine, tables=TABLES)
+    with engine.begin() as conn:
+        for n in range(2000):
+            store_failure(conn, n, "T", 30 + n / 2000, ["a=1", "b=2"])
+        store_failure(conn, 2000, "U", 45, ["a=1"])
+        first, after, _hours = baseline.whole_hours(at(0), at(120))
+        assert baseline.unheld_events(conn, "a=1", first, after) == 2
+        assert baseline.unheld_events(conn, "b=2", first, after) == 1
+
+
+def test_a_diurnal_history_gives_busy_hours_their_own_higher_rate():
+    """Seven days where every failure falls between 09:00 and 12:00 UTC: the shrunk rate at
+    10:00 is several times the whole-day rate, at 03:00 far below it; a history with the same
+    count every hour gives the whole-day rate at every hour."""
+    hours = baseline.hour_keys("2026-05-04T00", "2026-05-11T00")
+    assert len(hours) == 168
+    busy = {k: 6 for k in hours if 9 <= int(k[11:13]) < 12}
+    whole_day = sum(busy.values()) / (100 * 168)
+    at_ten = seasonal.shrunk_rate(busy, hours, "2026-05-11T10", 100)
+    at_three = seasonal.shrunk_rate(busy, hours, "2026-05-11T03", 100)
+    assert at_ten > 5 * whole_day and at_three < whole_day / 5
+    flat = {k: 2 for k in hours}
+    assert all(abs(seasonal.shrunk_rate(flat, hours, f"2026-05-11T{h:02d}", 100) - 2 / 100) < 1e-12 for h in range(24))
+    assert seasonal.shrunk_rate({}, [], "2026-05-11T10", 100) is None

@@ -1,7 +1,12 @@
 """What the outage detector compares a window with, kept so that no arrival counts a
-scope's history: host/network failures per scope and hour (`scope_hours`, with how many an
+scope's history: failing terminal-hours per scope and hour (`scope_hours`, with how many an
 incident holds), each scope member's last sighting (`scope_members.seen_at`) and the
 members per scope by the hour of that sighting (`scope_seen_hours`).
+
+Evidence is bounded per terminal: a terminal's host/network failures count in a baseline
+at most once per UTC hour of their event time (`failure_hours` remembers which bundle
+counted), so one terminal sending or back-dating 2,000 failures adds one terminal-hour, not
+2,000, and cannot raise its scopes' baselines above what one failing terminal does.
 
 At a million bundles, counting a large scope's seven days of failures and joining its
 tens of thousands of members at each arrival took seconds; these make it a handful of rows.
@@ -15,7 +20,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from remote.server.fleet import sql, timing
-from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events, scope_hours, scope_members, scope_seen_hours
+from remote.server.fleet.schema import (
+    bundle_fleet,
+    failure_hours,
+    fleet_terminals,
+    outage_events,
+    scope_hours,
+    scope_members,
+    scope_seen_hours,
+)
 from remote.server_settings import FleetSettings
 
 SEEN_STEPS = 10  # seen_at moves when a sighting is a tenth of missing_after_hours newer
@@ -29,19 +42,31 @@ def _hour_start(key: str) -> str:
     return key + ":00:00.000000Z"
 
 
+def count_failure(conn: sa.Connection, terminal_id: str, bundle_id: str, scope_keys: list[str], event_at: str) -> bool:
+    """Count a host/network failure into its scopes' baselines, unless the terminal has one
+    counted in that hour already. Whether it was counted."""
+    row = {"terminal_id": terminal_id, "hour": hour(event_at), "bundle_id": bundle_id}
+    if not sql.insert_new(conn, failure_hours, ["terminal_id", "hour"], [row]):
+        return False
+    add_events(conn, scope_keys, event_at)
+    return True
+
+
 def add_events(conn: sa.Connection, scope_keys: list[str], event_at: str) -> None:
     rows = [{"scope_key": k, "hour": hour(event_at), "events": 1, "held": 0} for k in sorted(scope_keys)]
     sql.add_counts(conn, scope_hours, ["scope_key", "hour"], rows, "events")
 
 
-def add_held(conn: sa.Connection, bundle_ids: list[str]) -> None:
-    """These bundles were just held: their failures leave every scope's baseline."""
+def add_held(conn: sa.Connection, bundle_ids: list[str], sign: int = 1) -> None:
+    """These bundles were just held (sign -1: released): the terminal-hours they count
+    leave every scope's baseline (or come back to it)."""
     if not bundle_ids:
         return
     e = outage_events.c
     held: Counter[tuple[str, str]] = Counter()
-    for scope_key, event_at in conn.execute(sa.select(e.scope_key, e.event_at).where(e.bundle_id.in_(bundle_ids))):
-        held[(scope_key, hour(event_at))] += 1
+    counted = outage_events.join(failure_hours, failure_hours.c.bundle_id == e.bundle_id)
+    for scope_key, event_at in conn.execute(sa.select(e.scope_key, e.event_at).select_from(counted).where(e.bundle_id.in_(bundle_ids))):
+        held[(scope_key, hour(event_at))] += sign
     rows = [{"scope_key": k, "hour": h, "events": 0, "held": n} for (k, h), n in sorted(held.items())]
     sql.add_counts(conn, scope_hours, ["scope_key", "hour"], rows, "held")
 
@@ -54,12 +79,29 @@ def whole_hours(begin: str, end: str) -> tuple[str, str, float]:
 
 
 def unheld_events(conn: sa.Connection, scope_key: str, first_hour: str, after_hour: str) -> int:
-    """Failures of the scope in the hours [first_hour, after_hour) that no incident holds."""
+    """Failing terminal-hours of the scope in the hours [first_hour, after_hour) whose
+    counted bundle no incident holds."""
     h = scope_hours.c
     total = conn.execute(
         sa.select(sa.func.sum(h.events - h.held)).where(h.scope_key == scope_key, h.hour >= first_hour, h.hour < after_hour)
     ).scalar()
     return int(total or 0)
+
+
+def unheld_by_hour(conn: sa.Connection, scope_key: str, first_hour: str, after_hour: str) -> dict[str, int]:
+    """unheld_events hour by hour (hours without a failure left out)."""
+    h = scope_hours.c
+    rows = conn.execute(sa.select(h.hour, h.events - h.held).where(h.scope_key == scope_key, h.hour >= first_hour, h.hour < after_hour))
+    return {hour_key: int(n) for hour_key, n in rows if n}
+
+
+def hour_keys(first_hour: str, after_hour: str) -> list[str]:
+    """Every hour key in [first_hour, after_hour)."""
+    keys, at = [], _hour_start(first_hour)
+    while hour(at) < after_hour:
+        keys.append(hour(at))
+        at = timing.shift(at, hours=1)
+    return keys
 
 
 def see(conn: sa.Connection, terminal_id: str, event_at: str, settings: FleetSettings) -> None:
@@ -108,19 +150,32 @@ def rebuild(conn: sa.Connection) -> None:
 
 
 @sa.event.listens_for(scope_hours, "after_create")
+@sa.event.listens_for(failure_hours, "after_create")
 def _fill_new_table(_table: sa.Table, conn: sa.Connection, **_kw: Any) -> None:
-    rebuild_hours(conn)
+    """A database made before either table (an older one counted every bundle) gets both
+    counted from what it holds, once every table they are read from exists."""
+    inspector = sa.inspect(conn)
+    if all(inspector.has_table(t.name) for t in (outage_events, bundle_fleet, failure_hours, scope_hours)):
+        rebuild_hours(conn)
 
 
 def rebuild_hours(conn: sa.Connection) -> None:
+    """failure_hours (each terminal-hour's first bundle by id) and scope_hours from them."""
     e = outage_events.c
-    held = sa.func.sum(sa.case((bundle_fleet.c.hold_incident.is_not(None), 1), else_=0))
     key = sa.func.substr(e.event_at, 1, 13)
+    conn.execute(failure_hours.delete())
+    conn.execute(failure_hours.insert().from_select(
+        ["terminal_id", "hour", "bundle_id"], sa.select(e.terminal_id, key, sa.func.min(e.bundle_id)).group_by(e.terminal_id, key)
+    ))  # fmt: skip
+    held = sa.func.sum(sa.case((bundle_fleet.c.hold_incident.is_not(None), 1), else_=0))
     conn.execute(scope_hours.delete())
     conn.execute(scope_hours.insert().from_select(
         ["scope_key", "hour", "events", "held"],
         sa.select(e.scope_key, key, sa.func.count(), held)
-        .select_from(outage_events.join(bundle_fleet, bundle_fleet.c.bundle_id == e.bundle_id))
+        .select_from(
+            outage_events.join(failure_hours, failure_hours.c.bundle_id == e.bundle_id)
+            .join(bundle_fleet, bundle_fleet.c.bundle_id == e.bundle_id)
+        )
         .group_by(e.scope_key, key),
     ))  # fmt: skip
 

@@ -11,10 +11,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from remote.server import db, ingest
-from remote.server.fleet import baseline, incidents, inventory, outage, problems, regression, sql, timing, webhooks
+from remote.server.fleet import baseline, breadth, incidents, inventory, outage, problems, regression, signal, sql, timing, webhooks
 from remote.server.fleet.models import Heartbeat
 from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events
 from remote.server.metrics import Metrics
+from remote.server.outcomes import knowledge
 from remote.server_settings import ServerSettings
 
 log = logging.getLogger("posdiag.fleet")
@@ -39,6 +40,7 @@ class Fleet:
         self.settings = settings.fleet
         self.clock_ahead_seconds = settings.clock_ahead_seconds
         self.hooks = settings.webhooks
+        self.knowledge = knowledge.load(tuple(settings.outcomes.knowledge_extra_paths))
         self.webhooks = webhooks.Worker(engine, settings.webhooks, metrics)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,22 +79,26 @@ class Fleet:
             "bundle_id": record["id"], "terminal_id": record["terminal_id"], "event_at": t, "clock_clamped": clamped,
             "problem_id": problems.problem_id(text) if text else None, "top_category": record["top_category"],
             "model": record["model"], "firmware": record["firmware"], "app_version": record["app_version"],
+            "excluded": signal.excluded(record, self.knowledge, s),
         }  # fmt: skip
         with db.writing(self.engine) as conn:
             if not sql.insert_new(conn, bundle_fleet, ["bundle_id"], [row]):
                 return  # counted before
             labels = inventory.record(conn, seen, s)
+            breadth.note_seen(conn, record["terminal_id"], t)
             if text:
                 problems.add(conn, text, record, t, labels)
-            if record["top_category"] in s.outage_categories:
+            if row["excluded"] is None and record["top_category"] in s.outage_categories:
                 scopes = inventory.scopes_of(labels, s)
                 if scopes:
+                    repeat = outage.repeats(conn, record["terminal_id"], t, s)
                     conn.execute(outage_events.insert(), [
                         {"bundle_id": record["id"], "scope_key": k, "terminal_id": record["terminal_id"], "event_at": t} for k in scopes
                     ])  # fmt: skip
-                    baseline.add_events(conn, scopes, t)
+                    baseline.count_failure(conn, record["terminal_id"], record["id"], scopes, t)
                     outage.follow(conn, scopes, t, s)
-                    self._announce(conn, outage.evaluate(conn, scopes, t, s, db.now()))
+                    if not repeat:  # a terminal failing again near t changes no window's count of terminals
+                        self._announce(conn, outage.evaluate(conn, scopes, t, s, db.now()))
             self._close_quiet(conn)
 
     def on_heartbeat(self, beat: Heartbeat, event_at: str, clamped: bool, received_at: str) -> None:
@@ -104,6 +110,7 @@ class Fleet:
         )  # fmt: skip
         with db.writing(self.engine) as conn:
             inventory.record(conn, seen, self.settings)
+            breadth.note_seen(conn, beat.terminal_id, event_at)
             inventory.add_heartbeat(conn, seen, beat.health.model_dump(), beat.counters.model_dump())
             before = conn.execute(sa.select(fleet_terminals.c.risk_metric).where(fleet_terminals.c.id == beat.terminal_id)).scalar()
             risk = inventory.assess_risk(conn, beat.terminal_id, self.settings)
@@ -153,6 +160,7 @@ class Fleet:
             if mark is None:
                 return
             self._announce(conn, regression.detect(conn, min(mark, now), self.settings, now), "regression.opened")
+            incidents.settle_dismissed(conn)
             self._close_quiet(conn)
             self._missing(conn, now)
 

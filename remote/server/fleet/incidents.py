@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from remote.server.db import bundles
 from remote.server.fleet import baseline, sql
-from remote.server.fleet.schema import bundle_fleet, incidents, outage_events, scope_members
+from remote.server.fleet.schema import bundle_fleet, dismissed_terminals, incidents, outage_events, scope_members
 
 HEADER_DOC = {
     "description": "JSON list of the open incidents covering the terminal (ids, kind, scope, summary), ASCII-escaped",
@@ -32,6 +32,7 @@ def view(row: Any) -> dict[str, Any]:
         "started_at": row["started_at"], "detected_at": row["detected_at"], "ended_at": row["ended_at"],
         "terminals_affected": row["terminals_affected"], "terminals_in_scope": row["terminals_in_scope"],
         "bundles": row["bundles"], "expected": row["expected"], "p_value": row["p_value"], "summary": summary,
+        "acknowledged_at": row["acknowledged_at"], "acknowledged_by": row["acknowledged_by"],
     }  # fmt: skip
 
 
@@ -58,26 +59,84 @@ def close(conn: sa.Connection, incident_id: str, ended_at: str) -> bool:
     )  # fmt: skip
 
 
-def mark_holds(conn: sa.Connection, incident_id: str, scope_key: str, start: str, end: str) -> None:
-    """Hold every bundle of the scope's host/network failures in [start, end] not held yet."""
-    events = sa.select(outage_events.c.bundle_id).where(
-        outage_events.c.scope_key == scope_key, outage_events.c.event_at >= start, outage_events.c.event_at <= end
-    )
+def mark_holds(conn: sa.Connection, incident_id: str, scope_key: str, start: str, end: str, room: int | None = None) -> None:
+    """Hold the scope's host/network failures in [start, end] not held yet, the oldest
+    first and at most `room` of them (None: all)."""
+    if room is not None and room <= 0:
+        return
+    e = outage_events.c
+    free = (
+        sa.select(e.bundle_id)
+        .select_from(outage_events.join(bundle_fleet, bundle_fleet.c.bundle_id == e.bundle_id))
+        .where(e.scope_key == scope_key, e.event_at >= start, e.event_at <= end, bundle_fleet.c.hold_incident.is_(None))
+        .order_by(e.event_at, e.bundle_id)
+    )  # fmt: skip
+    if room is not None:
+        free = free.limit(room)
+    ids = list(conn.execute(free).scalars())
+    if not ids:
+        return
     held = conn.execute(
         bundle_fleet.update()
-        .where(bundle_fleet.c.bundle_id.in_(events), bundle_fleet.c.hold_incident.is_(None))
+        .where(bundle_fleet.c.bundle_id.in_(ids), bundle_fleet.c.hold_incident.is_(None))
         .values(hold_incident=incident_id)
         .returning(bundle_fleet.c.bundle_id)
     ).scalars().all()
     baseline.add_held(conn, list(held))
 
 
-def refresh_counts(conn: sa.Connection, incident_id: str) -> dict[str, Any]:
-    """terminals_affected, bundles, categories and codes from the bundles it holds."""
+def release_outside(conn: sa.Connection, incident_id: str, scope_key: str, start: str, end: str) -> None:
+    """Release the incident's holds that its scope and span no longer cover (re-scoped)."""
+    e = outage_events.c
+    inside = sa.select(e.bundle_id).where(e.scope_key == scope_key, e.event_at >= start, e.event_at <= end)
+    _release(conn, sa.and_(bundle_fleet.c.hold_incident == incident_id, bundle_fleet.c.bundle_id.not_in(inside)))
+
+
+def _release(conn: sa.Connection, which: Any) -> None:
+    freed = conn.execute(bundle_fleet.update().where(which).values(hold_incident=None).returning(bundle_fleet.c.bundle_id)).scalars().all()
+    baseline.add_held(conn, list(freed), -1)
+
+
+def dismiss(conn: sa.Connection, incident_id: str) -> bool:
+    """A person says this outage is not one: it closes as `dismissed`, releases its holds,
+    and its failing terminals open no new outage for the baseline days (who and when: the
+    caller's audit record)."""
+    done = conn.execute(
+        incidents.update().where(incidents.c.id == incident_id, incidents.c.kind == "outage", incidents.c.status != "dismissed")
+        .values(status="dismissed", open_key=None, ended_at=sa.func.coalesce(incidents.c.ended_at, incidents.c.last_hit_at))
+    ).rowcount  # fmt: skip
+    settle_dismissed(conn)
+    return bool(done)
+
+
+def settle_dismissed(conn: sa.Connection) -> list[str]:
+    """Dismissed outages that still hold bundles (their status set by a page or by hand):
+    remember their failing terminals, release the holds. The ids settled."""
+    b = bundle_fleet.c
+    rows = conn.execute(
+        sa.select(incidents.c.id, incidents.c.scope_key, incidents.c.started_at, incidents.c.last_hit_at)
+        .where(incidents.c.status == "dismissed", incidents.c.kind == "outage", sa.exists().where(b.hold_incident == incidents.c.id))
+    ).all()  # fmt: skip
+    for r in rows:
+        e = outage_events.c
+        failing = conn.execute(
+            sa.select(e.terminal_id).distinct().where(e.scope_key == r.scope_key, e.event_at >= r.started_at, e.event_at <= r.last_hit_at)
+        ).scalars().all()  # fmt: skip
+        held = conn.execute(sa.select(b.terminal_id).distinct().where(b.hold_incident == r.id)).scalars().all()
+        sql.insert_new(conn, dismissed_terminals, ["incident_id", "terminal_id"], [{"incident_id": r.id, "terminal_id": t} for t in sorted({*failing, *held})])
+        _release(conn, b.hold_incident == r.id)
+        refresh_counts(conn, r.id)
+    return [r.id for r in rows]
+
+
+def refresh_counts(conn: sa.Connection, incident_id: str, failing: int = 0) -> dict[str, Any]:
+    """terminals_affected (those it holds, or `failing` if more), bundles, categories and
+    codes from the bundles it holds."""
     held = bundle_fleet.c.hold_incident == incident_id
     terminals, count = conn.execute(
         sa.select(sa.func.count(sa.distinct(bundle_fleet.c.terminal_id)), sa.func.count()).where(held)
     ).one()
+    terminals = max(terminals, failing)
     rows = conn.execute(
         sa.select(bundles.c.code, bundles.c.top_category, sa.func.count().label("n"))
         .select_from(bundle_fleet.join(bundles, bundles.c.id == bundle_fleet.c.bundle_id))
@@ -93,7 +152,7 @@ def refresh_counts(conn: sa.Connection, incident_id: str) -> dict[str, Any]:
 def list_incidents(engine: Engine, status: str = "all", since: str | None = None, until: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     """Newest first; since/until select incidents whose span overlaps [since, until)."""
     query = sa.select(incidents)
-    if status in ("open", "closed"):
+    if status in ("open", "closed", "dismissed"):
         query = query.where(incidents.c.status == status)
     if since:
         query = query.where(sa.or_(incidents.c.ended_at.is_(None), incidents.c.ended_at >= since))

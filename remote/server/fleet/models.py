@@ -154,7 +154,7 @@ class ProblemList(BaseModel):
 class Incident(BaseModel):
     id: str
     kind: Literal["outage", "regression"]
-    status: Literal["open", "closed"]
+    status: Literal["open", "closed", "dismissed"] = Field(description="dismissed: a person said it is no outage; its holds are released")
     scope: dict[str, str]
     categories: list[str]
     codes: list[str]
@@ -167,6 +167,8 @@ class Incident(BaseModel):
     expected: float = Field(description="count the scope's baseline predicts for the test")
     p_value: float
     summary: Bilingual
+    acknowledged_at: str | None = Field(default=None, description="when a person confirmed the outage (a large hold waits for it)")
+    acknowledged_by: str | None = None
 
 
 class IncidentList(BaseModel):

@@ -27,6 +27,7 @@ open outage joins it; an open outage explained by a wider new one is widened in 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from dataclasses import dataclass
@@ -34,9 +35,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from remote.server.fleet import baseline, incidents, inventory, timing
+from remote.server.fleet import baseline, breadth, incidents, inventory, seasonal, timing
 from remote.server.fleet.schema import (
-    bundle_fleet,
     incidents as incidents_t,
     outage_events,
     terminal_days,
@@ -56,6 +56,7 @@ class Window:
     active: int
     expected: float
     p_value: float
+    young: bool = False
 
 
 def _failing(conn: sa.Connection, scope_key: str, start: str, end: str) -> tuple[set[str], str | None]:
@@ -96,20 +97,26 @@ class ScopeCounts:
         return baseline.active(self.conn, self.scope_key, self.at, self.settings)
 
     @functools.cached_property
-    def history(self) -> tuple[int, float]:
-        """(failures, hours) over the whole UTC hours of the baseline days before `before`,
-        or of the history there is (whole hours: read from scope_hours alone)."""
+    def history(self) -> tuple[dict[str, int], list[str]]:
+        """(failing terminal-hours by hour, the hours) over the whole UTC hours of the
+        baseline days before `before`, or of the history there is (read from scope_hours)."""
         first_day = self.conn.execute(sa.select(sa.func.min(terminal_days.c.day))).scalar()
         begin = timing.shift(self.before, days=-self.settings.outage_baseline_days)
         if first_day and first_day + "T00:00:00.000000Z" > begin:
             begin = first_day + "T00:00:00.000000Z"
-        first, after, hours = baseline.whole_hours(begin, self.before)
-        return baseline.unheld_events(self.conn, self.scope_key, first, after), max(hours, 1.0)
+        first, after, _hours = baseline.whole_hours(begin, self.before)
+        return baseline.unheld_by_hour(self.conn, self.scope_key, first, after), baseline.hour_keys(first, after)
+
+    @property
+    def young(self) -> bool:
+        """Less than a day of history: the stricter outage_young_p_value applies."""
+        return len(self.history[1]) < 24
 
     def rate(self, active: int) -> float:
-        """Failures per terminal-hour, never below the floor."""
-        count, hours = self.history
-        return max(count / (max(active, 1) * hours), self.settings.outage_baseline_floor_per_terminal_hour)
+        """Failures per terminal-hour at the hour of `at` (seasonal.py), never below the floor."""
+        counts, hours = self.history
+        seasonal_rate = seasonal.shrunk_rate(counts, hours, baseline.hour(self.at), active) or 0.0
+        return max(seasonal_rate, self.settings.outage_baseline_floor_per_terminal_hour)
 
 
 def test_window(
@@ -124,11 +131,12 @@ def test_window(
         return None
     active = max(base.active, len(failing))
     expected = base.rate(active) * active * timing.hours_between(start, end)
-    return Window(scope_key, start, end, failing, first_at, active, expected, poisson_sf(len(failing), expected))
+    return Window(scope_key, start, end, failing, first_at, active, expected, poisson_sf(len(failing), expected), base.young)
 
 
 def opens(w: Window, settings: FleetSettings) -> bool:
-    return w.p_value < settings.outage_p_value and len(w.failing) >= settings.outage_min_ratio * w.expected
+    threshold = settings.outage_young_p_value if w.young else settings.outage_p_value
+    return w.p_value < threshold and len(w.failing) >= settings.outage_min_ratio * w.expected
 
 
 def _scopes_of_terminals(conn: sa.Connection, terminal_ids: set[str], settings: FleetSettings) -> dict[str, set[str]]:
@@ -152,10 +160,33 @@ def _explains(b: Window, a: Window, scopes: dict[str, set[str]], frac: float) ->
     return (b.active, b.scope_key.count("&") * -1, b.scope_key) < (a.active, a.scope_key.count("&") * -1, a.scope_key)
 
 
+def _trusted(w: Window | None, trust: breadth.Trust, settings: FleetSettings) -> Window | None:
+    """The window counted over the terminals that may open an outage (breadth.py)."""
+    if w is None:
+        return None
+    eligible = trust.eligible(w.failing, w.start)
+    if len(eligible) < settings.outage_min_terminals:
+        return None
+    if eligible == w.failing:
+        return w
+    return dataclasses.replace(w, failing=eligible, p_value=poisson_sf(len(eligible), w.expected))
+
+
+def repeats(conn: sa.Connection, terminal_id: str, t: str, settings: FleetSettings) -> bool:
+    """The terminal has a host/network failure within half a window of t already: a new
+    one adds no terminal to the windows around t, so they need no new test (and a terminal
+    sending thousands costs a lookup each, not a detector pass)."""
+    half = settings.outage_window_minutes / 2
+    e = outage_events.c
+    near = sa.select(e.bundle_id).where(e.terminal_id == terminal_id, e.event_at >= timing.shift(t, minutes=-half), e.event_at <= timing.shift(t, minutes=half))
+    return conn.execute(near.limit(1)).first() is not None
+
+
 def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: FleetSettings, now: str) -> list[tuple[str, bool]]:
     """Test the windows around event time t for these scopes; open, join or widen outages.
     Returns (incident id, newly opened) of every outage touched."""
     width = settings.outage_window_minutes
+    trust = breadth.Trust(conn, t, settings)
     windows: list[Window] = []
     for key in scope_keys:
         best = None
@@ -163,10 +194,10 @@ def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: Fleet
         early, late = timing.shift(t, minutes=-width), timing.shift(t, minutes=width)
         base = ScopeCounts(conn, key, t, early, settings, span=(early, late))
         for end in (t, timing.shift(t, minutes=width / 2), timing.shift(t, minutes=width)):
-            w = test_window(conn, key, timing.shift(end, minutes=-width), end, settings, settings.outage_min_terminals, base)
+            w = _trusted(test_window(conn, key, timing.shift(end, minutes=-width), end, settings, settings.outage_min_terminals, base), trust, settings)
             if w and opens(w, settings) and (best is None or w.p_value < best.p_value):
                 best = w
-        if best:
+        if best and trust.spread(best.scope_key, best.failing):
             windows.append(best)
     if not windows:
         return []
@@ -175,7 +206,7 @@ def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: Fleet
     open_rows = conn.execute(
         sa.select(incidents_t).where(
             incidents_t.c.kind == "outage", incidents_t.c.started_at <= timing.shift(t, minutes=2 * width),
-            sa.or_(incidents_t.c.status == "open", incidents_t.c.ended_at >= near),
+            sa.or_(incidents_t.c.status == "open", sa.and_(incidents_t.c.status == "closed", incidents_t.c.ended_at >= near)),
         )
     ).mappings().all()  # fmt: skip
     everyone = set().union(*(w.failing for w in windows))
@@ -193,32 +224,56 @@ def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: Fleet
                 _widen(conn, narrower, w)
                 same = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == narrower["id"])).mappings().one()
         if same is not None:
-            _extend(conn, same, w, settings)
+            _extend(conn, same, w, settings, trust)
             touched.append((same["id"], False))
+            continue
+        w = _explained_away(conn, w, [r for r in open_rows if r["status"] == "open"], settings)
+        if w is None:
             continue
         incident_id, new = incidents.open_incident(conn, "outage", w.scope_key, _values(w, now, settings))
         row = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == incident_id)).mappings().one()
-        _extend(conn, row, w, settings)
+        _extend(conn, row, w, settings, trust)
         touched.append((incident_id, new))
     return touched
 
 
+def _span_failing(conn: sa.Connection, scope_key: str, start: str, end: str) -> set[str]:
+    e = outage_events.c
+    return set(conn.execute(sa.select(e.terminal_id).distinct().where(e.scope_key == scope_key, e.event_at >= start, e.event_at <= end)).scalars())
+
+
+def _explained_away(conn: sa.Connection, w: Window, open_rows: list[Any], settings: FleetSettings) -> Window | None:
+    """The window without the terminals open outages already cover, if it still opens one:
+    no two open outages cover the same failing terminals."""
+    covered: set[str] = set()
+    for row in open_rows:
+        covered |= _span_failing(conn, row["scope_key"], row["started_at"], max(row["last_hit_at"], w.end)) & w.failing
+    if not covered:
+        return w
+    rest = w.failing - covered
+    left = dataclasses.replace(w, failing=rest, p_value=poisson_sf(len(rest), w.expected))
+    return left if len(rest) >= settings.outage_min_terminals and opens(left, settings) else None
+
+
 def _incident_inside(conn: sa.Connection, row: Any, w: Window, scopes: dict[str, set[str]], settings: FleetSettings) -> bool:
     """An open outage whose failing terminals lie within the new window's wider scope."""
-    held = {r[0] for r in conn.execute(sa.select(sa.distinct(bundle_fleet.c.terminal_id)).where(bundle_fleet.c.hold_incident == row["id"]))}
-    if not held:
+    failing = _span_failing(conn, row["scope_key"], row["started_at"], row["last_hit_at"])
+    if not failing:
         return False
-    missing = held - set(scopes)
+    missing = failing - set(scopes)
     scopes.update(_scopes_of_terminals(conn, missing, settings) if missing else {})
-    return _share_in(held, w.scope_key, scopes) >= settings.outage_explain_fraction and _share_in(w.failing, row["scope_key"], scopes) < settings.outage_explain_fraction
+    return _share_in(failing, w.scope_key, scopes) >= settings.outage_explain_fraction and _share_in(w.failing, row["scope_key"], scopes) < settings.outage_explain_fraction
 
 
 def _widen(conn: sa.Connection, row: Any, w: Window) -> None:
+    """Re-scope in place: the new scope's figures, and no hold its scope does not cover."""
     conn.execute(
         incidents_t.update().where(incidents_t.c.id == row["id"]).values(
-            scope_key=w.scope_key, open_key=f"outage:{w.scope_key}", scope=json.dumps(inventory.parse_scope_key(w.scope_key), sort_keys=True)
+            scope_key=w.scope_key, open_key=f"outage:{w.scope_key}", scope=json.dumps(inventory.parse_scope_key(w.scope_key), sort_keys=True),
+            terminals_in_scope=w.active, expected=w.expected, p_value=w.p_value,
         )
     )  # fmt: skip
+    incidents.release_outside(conn, row["id"], w.scope_key, row["started_at"], row["last_hit_at"])
 
 
 def _values(w: Window, now: str, settings: FleetSettings) -> dict[str, Any]:
@@ -240,22 +295,34 @@ def summary(scope_key: str, failing: int, active: int, expected: float, settings
     }
 
 
-def _extend(conn: sa.Connection, row: Any, w: Window, settings: FleetSettings) -> None:
+def _extend(conn: sa.Connection, row: Any, w: Window, settings: FleetSettings, trust: breadth.Trust) -> None:
     """Grow the incident's span to the window's failures and hold the bundles in it."""
     start = min(row["started_at"], w.first_at)
     last = max(row["last_hit_at"], max(_last_event(conn, w) or w.first_at, w.first_at))
-    values: dict[str, Any] = {"started_at": start, "last_hit_at": last, "terminals_in_scope": max(row["terminals_in_scope"], w.active)}
+    values: dict[str, Any] = {"started_at": start, "last_hit_at": last}
+    if w.scope_key == row["scope_key"]:  # a window of another scope joining says nothing of this one's size
+        values["terminals_in_scope"] = max(row["terminals_in_scope"], w.active)
     if row["status"] == "closed":
         values["ended_at"] = max(row["ended_at"], last)
     if w.p_value < row["p_value"]:
         values.update(p_value=w.p_value, expected=w.expected)
     conn.execute(incidents_t.update().where(incidents_t.c.id == row["id"]).values(**values))
-    scope_key = conn.execute(sa.select(incidents_t.c.scope_key).where(incidents_t.c.id == row["id"])).scalar_one()
-    incidents.mark_holds(conn, row["id"], scope_key, start, last)
-    counts = incidents.refresh_counts(conn, row["id"])
-    fresh = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == row["id"])).mappings().one()
-    text = summary(scope_key, counts["terminals_affected"], fresh["terminals_in_scope"], fresh["expected"], settings)
-    conn.execute(incidents_t.update().where(incidents_t.c.id == row["id"]).values(summary=json.dumps(text, ensure_ascii=False)))
+    _hold(conn, row["id"], w.start, w.end, settings, trust)
+
+
+def _hold(conn: sa.Connection, incident_id: str, start: str, end: str, settings: FleetSettings, trust: breadth.Trust) -> None:
+    """Hold the span's bundles while the scope's failing share in (start, end] is above
+    the floor (and the hold within what needs no acknowledgement); then the figures."""
+    row = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == incident_id)).mappings().one()
+    scope_key = row["scope_key"]
+    base = ScopeCounts(conn, scope_key, end, start, settings)
+    failing = trust.eligible(base.failing(start, end)[0], start)
+    if len(failing) >= breadth.hold_floor(max(base.active, len(failing)), settings):
+        incidents.mark_holds(conn, incident_id, scope_key, row["started_at"], row["last_hit_at"], breadth.hold_room(row, settings))
+    affected = len(_span_failing(conn, scope_key, row["started_at"], row["last_hit_at"]))
+    counts = incidents.refresh_counts(conn, incident_id, affected)
+    text = summary(scope_key, counts["terminals_affected"], row["terminals_in_scope"], row["expected"], settings)
+    conn.execute(incidents_t.update().where(incidents_t.c.id == incident_id).values(summary=json.dumps(text, ensure_ascii=False)))
 
 
 def _last_event(conn: sa.Connection, w: Window) -> str | None:
@@ -268,34 +335,36 @@ def _last_event(conn: sa.Connection, w: Window) -> str | None:
 
 def follow(conn: sa.Connection, scope_keys: list[str], t: str, settings: FleetSettings) -> list[str]:
     """A host/network failure at t on these scopes joins an outage it falls in: a closed
-    one's span, or near an open one's span while the scope is still above baseline
-    (tail below outage_close_p_value over the window either side of t)."""
+    one's span (held if the outage held), or near an open one's span while the scope is
+    still above baseline (tail below outage_close_p_value over the window either side of t)."""
     if not scope_keys:
         return []
     width = settings.outage_window_minutes
     rows = conn.execute(
         sa.select(incidents_t).where(
-            incidents_t.c.kind == "outage", incidents_t.c.scope_key.in_(scope_keys),
+            incidents_t.c.kind == "outage", incidents_t.c.scope_key.in_(scope_keys), incidents_t.c.status != "dismissed",
             incidents_t.c.started_at <= timing.shift(t, minutes=width),
             sa.or_(incidents_t.c.ended_at.is_(None), incidents_t.c.ended_at >= t),
         )
     ).mappings().all()  # fmt: skip
     touched = []
+    trust = breadth.Trust(conn, t, settings)
     for row in rows:
         if row["status"] == "closed":
             if row["started_at"] <= t <= row["ended_at"]:
-                incidents.mark_holds(conn, row["id"], row["scope_key"], t, t)
-                incidents.refresh_counts(conn, row["id"])
+                if row["bundles"]:
+                    incidents.mark_holds(conn, row["id"], row["scope_key"], t, t, breadth.hold_room(row, settings))
+                incidents.refresh_counts(conn, row["id"], row["terminals_affected"])
                 touched.append(row["id"])
             continue
         if t > timing.shift(row["last_hit_at"], minutes=width):
             continue
-        w = test_window(conn, row["scope_key"], timing.shift(t, minutes=-width), timing.shift(t, minutes=width), settings, 1)
+        early, late = timing.shift(t, minutes=-width), timing.shift(t, minutes=width)
+        w = test_window(conn, row["scope_key"], early, late, settings, 1)
         if w is not None and w.p_value < settings.outage_close_p_value:
             start, last = min(row["started_at"], t), max(row["last_hit_at"], t)
             conn.execute(incidents_t.update().where(incidents_t.c.id == row["id"]).values(started_at=start, last_hit_at=last))
-            incidents.mark_holds(conn, row["id"], row["scope_key"], start, last)
-            incidents.refresh_counts(conn, row["id"])
+            _hold(conn, row["id"], early, late, settings, trust)
             touched.append(row["id"])
     return touched
 

@@ -78,7 +78,7 @@ def _hits(conn: sa.Connection, dim: str, since: str, settings: FleetSettings) ->
     days_hit = (
         sa.select(b.model, b[dim].label("version"), b.top_category.label("category"), b.terminal_id,
                   sa.func.count().label("bundles"), sa.func.min(b.event_at).label("first"))
-        .where(b.event_at >= since, b.top_category.is_not(None), b.hold_incident.is_(None))
+        .where(b.event_at >= since, b.top_category.is_not(None), b.hold_incident.is_(None), b.excluded.is_(None))
         .group_by(b.model, b[dim], b.top_category, b.terminal_id, day)
         .subquery()
     )  # fmt: skip

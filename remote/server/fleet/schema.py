@@ -22,6 +22,7 @@ fleet_terminals = sa.Table(
     sa.Column("risk_metric", sa.String(64)),
     sa.Column("clock_flagged_at", TIME),  # last receipt whose event time was clamped
     sa.Column("missing_notified_at", TIME),
+    sa.Column("first_seen_at", TIME),  # oldest event time of a heartbeat or bundle: new terminals open no outage
     sa.Index("ix_fleet_terminals_seen", "last_seen_at"),
     sa.Index("ix_fleet_terminals_risk", "risk_metric"),
     sa.Index("ix_fleet_terminals_model", "model", "firmware"),
@@ -91,6 +92,8 @@ bundle_fleet = sa.Table(  # the fleet's view of one bundle, beside its row in `b
     sa.Column("firmware", sa.String(128), nullable=False),
     sa.Column("app_version", sa.String(128), nullable=False),
     sa.Column("hold_incident", sa.String(36)),
+    # why the bundle feeds no detector (a business or issuer outcome: signal.py); NULL: it does
+    sa.Column("excluded", sa.String(48)),
     sa.Index("ix_bundle_fleet_event", "event_at"),
     sa.Index("ix_bundle_fleet_hold", "hold_incident"),
     sa.Index("ix_bundle_fleet_problem", "problem_id", "event_at"),
@@ -104,9 +107,19 @@ outage_events = sa.Table(  # host/network bundles, once per scope their terminal
     sa.Column("terminal_id", sa.String(128), nullable=False),
     sa.Column("event_at", TIME, nullable=False),
     sa.Index("ix_outage_events_scope", "scope_key", "event_at"),
+    sa.Index("ix_outage_events_terminal", "terminal_id", "event_at"),
 )
 
-scope_hours = sa.Table(  # outage_events per scope and UTC hour ("YYYY-MM-DDTHH"), and how many are held
+failure_hours = sa.Table(  # the one host/network bundle per terminal and UTC hour that counts in a baseline
+    "failure_hours",
+    metadata,
+    sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Column("hour", sa.String(13), primary_key=True),
+    sa.Column("bundle_id", sa.String(36), nullable=False),
+    sa.Index("ix_failure_hours_bundle", "bundle_id"),
+)
+
+scope_hours = sa.Table(  # failing terminal-hours (failure_hours) per scope and UTC hour ("YYYY-MM-DDTHH"), and how many are held
     "scope_hours",
     metadata,
     sa.Column("scope_key", sa.String(400), primary_key=True),
@@ -186,7 +199,7 @@ incidents = sa.Table(
     metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("status", sa.String(8), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open, closed, dismissed
     sa.Column("scope_key", sa.String(400), nullable=False),
     sa.Column("open_key", sa.String(420), unique=True),  # kind + scope while open: one open per scope
     sa.Column("scope", sa.Text, nullable=False),
@@ -202,8 +215,18 @@ incidents = sa.Table(
     sa.Column("expected", sa.Float, nullable=False),
     sa.Column("p_value", sa.Float, nullable=False),
     sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("acknowledged_at", TIME),  # a person confirmed the outage: a hold may cover more bundles
+    sa.Column("acknowledged_by", sa.String(128)),
     sa.Index("ix_incidents_status", "status", "started_at"),
     sa.Index("ix_incidents_scope", "scope_key", "started_at"),
+)
+
+dismissed_terminals = sa.Table(  # the failing terminals of a dismissed outage: they open no new one
+    "dismissed_terminals",
+    metadata,
+    sa.Column("incident_id", sa.String(36), primary_key=True),
+    sa.Column("terminal_id", sa.String(128), primary_key=True),
+    sa.Index("ix_dismissed_terminals_terminal", "terminal_id"),
 )
 
 webhook_deliveries = sa.Table(
