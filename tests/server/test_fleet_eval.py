@@ -51,8 +51,15 @@ def test_staged_rollouts_with_a_printer_or_reader_fault_are_found(score):
 
 
 def test_outages_are_found_with_their_scope_and_nothing_else(score):
-    assert score.recall >= 0.9, score.summary()
+    """One outage of the seeds' eight or so may be missed or open with another scope."""
+    assert score.recall >= 0.85, (score.wrong_scope, score.summary())
     assert len(score.false_incidents) <= 1, (score.false_incidents, score.summary())
+
+
+def test_the_figures_of_found_outages_are_right(score):
+    """terminals_in_scope within 10 % of the scope's awake terminals, terminals_affected at
+    least 90 % of those that failed."""
+    assert score.in_scope_within(0.1) >= 0.85, score.summary()
     assert score.affected_at_least(0.9) >= 0.9, score.summary()
 
 
