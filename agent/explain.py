@@ -8,65 +8,16 @@ from agent.i18n import finding_detail
 from agent.knowledge import finding_title
 from agent.learned import moved
 from agent.render import fit, screen_width
+from probes.contract import catalogue
 from probes.contract.records import Finding
 
 # Evidence and actions are shown for the top cause and for any other at least this likely;
 # the rest are named with their confidence.
 DETAILED_CONFIDENCE = 0.10
-LABELS = {
-    "en": {
-        "error": "Error",
-        "unknown": "not in the knowledge base: the causes below come from the findings alone",
-        "not_in": "not in scheme {scheme} (--scheme): the causes below come from the findings alone",
-        "known_in": "known in: {schemes}",
-        "hinted": "not in {scheme}, the scheme the error named; {answered} answered (knowledge.scheme_order)",
-        "given": "{given} read as {code} (ISO 8583 codes have two digits)",
-        "also_in": "read as {scheme}; also in {other}: {meaning}",
-        "follows": "follows from {root}",
-        "also": "Also to fix (not the cause of this code, but it will fail the next transaction)",
-        "host": "answer from the host (the host was reached)",
-        "local": "local failure (no answer from the host)",
-        "causes": "Likely causes",
-        "for": "for",
-        "against": "against",
-        "todo": "what to do",
-        "other": "Other findings (not the cause of this code)",
-        "probe_ok": "probe {probe} ok",
-        "learned": "learned from {visits} visits ({model_visits} on this model)",
-        "dispatch": "Dispatch",
-        "fleet": "Fleet",
-        "verdicts": {"none": "none", "merchant": "merchant fixes it", "remote": "remote", "onsite": "on site"},
-        "roles": {"merchant": "merchant", "technician": "technician", "support": "support"},
-    },
-    "zh": {
-        "error": "错误码",
-        "unknown": "知识库中没有此码：以下原因仅根据检测结果推断",
-        "not_in": "码制 {scheme}（--scheme）中没有此码：以下原因仅根据检测结果推断",
-        "known_in": "以下码制中有此码：{schemes}",
-        "hinted": "来源指定的码制 {scheme} 中没有此码，按 knowledge.scheme_order 在 {answered} 中找到",
-        "given": "{given} 按 {code} 解读（ISO 8583 应答码为两位）",
-        "also_in": "按 {scheme} 解读；{other} 中此码为：{meaning}",
-        "follows": "由 {root} 导致",
-        "also": "另需处理（不是此错误码的原因，但会使下一笔交易失败）",
-        "host": "主机应答（当时与主机的通讯正常）",
-        "local": "本地失败（未收到主机应答）",
-        "causes": "可能原因",
-        "for": "支持",
-        "against": "反对",
-        "todo": "处理建议",
-        "other": "其他发现（与此错误码无关）",
-        "probe_ok": "{probe} 检测正常",
-        "learned": "根据 {visits} 次上门结果调整（本机型 {model_visits} 次）",
-        "dispatch": "派单建议",
-        "fleet": "机群",
-        "verdicts": {"none": "无需派人", "merchant": "商户自行处理", "remote": "远程处理", "onsite": "现场处理"},
-        "roles": {"merchant": "商户", "technician": "技术员", "support": "客服"},
-    },
-}
 
 
 def diagnosis_text(diagnosis: Diagnosis, lang: str, role: str, width: int | None = None) -> str:
-    words = LABELS.get(lang, LABELS["en"])
+    words = catalogue.words("explain", lang)
     findings = {f.id: f for f in diagnosis.sweep.findings()}
     lines = header(diagnosis, lang, words)
     lines.append("")

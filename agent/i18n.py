@@ -1,10 +1,11 @@
 """Which language a person reads, and the Chinese wording of what probes say in English.
 
-A probe writes a finding's detail in English (it travels in bundles as written).
-config/messages_zh.toml holds, per finding id, Chinese templates over the finding's `data`
-fields, and the Chinese form of the short phrases probes write as reasons and data values
-(why a probe was skipped, why a printer is offline). Shown in Chinese, a finding whose data
-fit none of its templates reads as its title, never as English.
+A probe writes a finding's detail in English (it travels in bundles as written). The
+catalogue's `probes` area (config/catalogue/probes.toml) holds, per finding id, Chinese
+templates over the finding's `data` fields, and the Chinese form of the short phrases
+probes write as reasons and data values (why a probe was skipped, why a printer is
+offline). Shown in Chinese, a finding whose data fit none of its templates reads as its
+title, never as English.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tomllib
 from collections.abc import Mapping
-from importlib import resources
 from typing import Any
 
+from probes.contract import catalogue
 from probes.contract.records import Finding
 
 LOCALE_VARS = ("LC_ALL", "LC_MESSAGES", "LANG")  # POSIX precedence for message language
@@ -38,10 +38,9 @@ def choose_lang(requested: str | None, configured: str, environ: Mapping[str, st
     return configured if configured in ("zh", "en") else locale_lang(environ)
 
 
-@functools.cache
 def zh_messages() -> dict[str, Any]:
-    text = resources.files("config").joinpath("messages_zh.toml").read_text(encoding="utf-8")
-    return tomllib.loads(text)
+    """The Chinese of what probes say: templates per finding id, and short phrases."""
+    return catalogue.words("probes", "zh")
 
 
 def finding_detail(finding: Finding, lang: str) -> str:
@@ -67,7 +66,7 @@ def zh_detail(finding: Finding) -> str | None:
 
 def _localized(value: Any) -> Any:
     if isinstance(value, list):
-        return "、".join(str(_localized(v)) for v in value)
+        return catalogue.words("cli", "zh")["separator"].join(str(_localized(v)) for v in value)
     return phrase(value, "zh") if isinstance(value, str) else value
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.state import StateFile
+from probes.contract import catalogue
 
 MAX_INCIDENTS = 20
 
@@ -43,9 +44,12 @@ def advice(incidents: list[dict[str, Any]], top_category: str | None) -> dict[st
             return {
                 "incident_id": incident["id"],
                 "kind": incident.get("kind"),
-                "message": {
-                    "zh": f"{summary.get('zh') or '机群故障'}：正在发生，请勿派技术员上门",
-                    "en": f"{summary.get('en') or 'fleet outage'}: in progress, do not call a technician",
-                },
+                "message": {lang: hold_message(summary.get(lang), lang) for lang in ("zh", "en")},
             }
     return None
+
+
+def hold_message(summary: str | None, lang: str) -> str:
+    """What a terminal under a fleet outage says about dispatch, in `lang`."""
+    words = catalogue.words("explain", lang)
+    return words["outage_hold"].format(summary=summary or words["fleet_outage"])

@@ -17,40 +17,13 @@ from agent.config import Config
 from agent.diagnosis import Diagnosis
 from agent.i18n import finding_detail, phrase
 from agent.knowledge import finding_title
+from probes.contract import catalogue
 from probes.contract.records import Severity, Status
 
 WIDTH = 32  # columns of a 58 mm roll in font A
 INIT, CHINESE_ON = b"\x1b@", b"\x1c&"
 FEED_AND_CUT = b"\x1bd\x04\x1dV\x01"
 WRITE_TIMEOUT_S = 5.0
-MESSAGES = {
-    "en": {
-        "sent": "summary printed on {port}",
-        "skipped": "summary not printed: the printer was not checked ({why})",
-        "fault": "summary not printed: the printer has a fault: {faults}",
-        "failed": "summary not printed: {error}",
-        "title": "posdiag diagnosis",
-        "code": "Code",
-        "unknown": "unknown code",
-        "cause": "Cause",
-        "todo": "To do",
-        "dispatch": "Dispatch",
-        "bundle": "Bundle",
-    },
-    "zh": {
-        "sent": "诊断摘要已打印（{port}）",
-        "skipped": "未打印摘要：未检测打印机（{why}）",
-        "fault": "未打印摘要：打印机有故障：{faults}",
-        "failed": "未打印摘要：{error}",
-        "title": "posdiag 诊断",
-        "code": "错误码",
-        "unknown": "未知错误码",
-        "cause": "原因",
-        "todo": "处理",
-        "dispatch": "派单",
-        "bundle": "诊断包",
-    },
-}
 
 
 def print_summary(config: Config, diagnosis: Diagnosis, lang: str, role: str, bundle_id: str | None = None) -> str:
@@ -58,7 +31,7 @@ def print_summary(config: Config, diagnosis: Diagnosis, lang: str, role: str, bu
     from probes._escpos import open_printer
     from probes._serial_line import LineError
 
-    words = MESSAGES.get(lang, MESSAGES["en"])
+    words = catalogue.words("receipt", lang)
     blocked = printer_problem(diagnosis, lang)
     if blocked is not None:
         return blocked
@@ -74,7 +47,7 @@ def print_summary(config: Config, diagnosis: Diagnosis, lang: str, role: str, bu
 
 def printer_problem(diagnosis: Diagnosis, lang: str) -> str | None:
     """Why the summary must not be printed, or None when the printer is fit."""
-    words = MESSAGES.get(lang, MESSAGES["en"])
+    words = catalogue.words("receipt", lang)
     result = next((r for r in diagnosis.sweep.results if r.name == "printer"), None)
     if result is None or result.status in (Status.SKIPPED, Status.TIMEOUT, Status.ERROR):
         why = "--only" if result is None else phrase(str(result.metrics.get("reason", result.status.value)), lang)
@@ -86,7 +59,7 @@ def printer_problem(diagnosis: Diagnosis, lang: str) -> str | None:
 
 
 def receipt_bytes(diagnosis: Diagnosis, lang: str, role: str, terminal_id: str, bundle_id: str | None) -> bytes:
-    words = MESSAGES.get(lang, MESSAGES["en"])
+    words = catalogue.words("receipt", lang)
     error, top = diagnosis.error, diagnosis.top
     meaning = error.meaning.get(lang) if error.meaning else words["unknown"]
     lines = [words["title"], f"{terminal_id}  {diagnosis.sweep.started_at[:19]}Z", "-" * WIDTH]

@@ -9,28 +9,8 @@ from typing import TextIO
 from agent.i18n import finding_detail, phrase
 from agent.knowledge import finding_title
 from agent.model import ProbeResult, Sweep
-from probes.contract.records import Status
+from probes.contract import catalogue
 
-STATUS_WORDS = {
-    "en": {s: s.value for s in Status},
-    "zh": {
-        Status.OK: "正常",
-        Status.WARN: "警告",
-        Status.FAIL: "故障",
-        Status.ABSENT: "未检测到",
-        Status.ERROR: "出错",
-        Status.TIMEOUT: "超时",
-        Status.SKIPPED: "跳过",
-    },
-}
-WORDS = {
-    "en": {"sweep": "sweep", "reason": "why", "metrics": "figures"},
-    "zh": {"sweep": "全部检测耗时", "reason": "原因", "metrics": "数据"},
-}
-HEADERS = {
-    "en": ("probe", "status", "time", "findings"),
-    "zh": ("检测项", "状态", "耗时", "发现"),
-}
 MIN_WIDTH = 40
 
 
@@ -57,9 +37,8 @@ class Progress:
             self.stream.flush()
 
     def text(self, done: int, total: int) -> str:
-        if self.lang == "zh":
-            return f"[{done}/{total}] 检测中：{'、'.join(self.running)}"
-        return f"[{done}/{total}] running: {', '.join(self.running)}"
+        said = catalogue.words("cli", self.lang)
+        return said["running"].format(done=done, total=total, names=said["separator"].join(self.running))
 
     def clear(self) -> None:
         if self.live:
@@ -70,11 +49,10 @@ class Progress:
 def sweep_table(sweep: Sweep, lang: str = "en", width: int | None = None) -> str:
     """One row per probe, its findings indented under it, then its reason or figures."""
     width = width or screen_width()
-    words = STATUS_WORDS.get(lang, STATUS_WORDS["en"])
-    labels = WORDS.get(lang, WORDS["en"])
-    head = HEADERS.get(lang, HEADERS["en"])
+    labels = catalogue.words("cli", lang)
+    head = tuple(labels["headers"])
     rows = [head] + [
-        (r.name, words[r.status], f"{r.duration_ms:.0f} ms", str(len(r.findings))) for r in sweep.results
+        (r.name, labels["status"][r.status], f"{r.duration_ms:.0f} ms", str(len(r.findings))) for r in sweep.results
     ]
     widths = [max(display_width(row[i]) for row in rows) for i in range(4)]
 

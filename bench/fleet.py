@@ -12,8 +12,8 @@ the outage baseline's hourly counts by the server's own rebuilds (those an older
 gets on upgrade). The database is a fresh one on 127.0.0.1:5432 (dropped at the end unless
 --keep).
 
-Printed: load times, row counts, then p50/p95 (ms) of the overview, problems (API and
-page, unfiltered and by label), incidents, the bundle list with filters, the terminal page
+Printed: load times, row counts, then p50/p95 (ms) of the home page, the overview, problems
+(API and page, unfiltered and by label), incidents and one incident, the bundle list with filters, the terminal page
 and inventory, and ingest of new bundles at that size, next to ingest on an empty database.
 """
 
@@ -225,6 +225,7 @@ def load(url: str, args: argparse.Namespace, settings) -> list[dict]:
         conn.execute("DROP TABLE bench_signatures")
     with engine.begin() as sa_conn:  # the server's own rebuilds, as an upgraded database gets them
         timed("problem_counts and breakdowns", problems.rebuild_counts, sa_conn)
+        timed("problems' verdicts", problems.fill_verdicts, sa_conn)
         timed("bundle_days (the overview's daily counts)", daily.rebuild, sa_conn)
         timed("scope_hours and scope members' seen_at", baseline.rebuild, sa_conn)
     engine.dispose()
@@ -238,18 +239,20 @@ def load(url: str, args: argparse.Namespace, settings) -> list[dict]:
     return terminals
 
 
-def add_closed_outage(engine) -> None:
-    """One closed outage, so that the incidents page has a row to show."""
+def add_closed_outage(engine) -> str:
+    """One closed outage, so that the incidents page has a row to show; its id."""
     when = datetime.now(UTC) - timedelta(days=3)
+    incident_id = str(uuid.uuid4())
     with engine.begin() as conn:
         conn.execute(incidents.insert().values(
-            id=str(uuid.uuid4()), kind="outage", status="closed", scope_key="acquirer=B", open_key=None,
+            id=incident_id, kind="outage", status="closed", scope_key="acquirer=B", open_key=None,
             scope=json.dumps({"acquirer": "B"}), categories='["host"]', codes='["96"]', started_at=db.stamp(when),
             detected_at=db.stamp(when), last_hit_at=db.stamp(when + timedelta(minutes=40)),
             ended_at=db.stamp(when + timedelta(minutes=40)), terminals_affected=120, terminals_in_scope=20000,
             bundles=300, expected=3.1, p_value=1e-30,
             summary=json.dumps({"en": "Host outage on acquirer B (bench)", "zh": "收单机构 B 主机故障（基准）"}, ensure_ascii=False),
         ))  # fmt: skip
+    return incident_id
 
 
 # -- measuring --------------------------------------------------------------------------------
@@ -339,7 +342,7 @@ def main() -> int:
         terminals = load(url, args, settings)
         engine = server_db.make_engine(url)
         store.add_user(engine, "bench", "support", PASSWORD)
-        add_closed_outage(engine)
+        outage_id = add_closed_outage(engine)
         secret = store.server_secret(engine)
         bench_user = store.get_user(engine, "bench")
         cookie = {"posdiag_session": auth.Signer(secret).session_cookie(bench_user["uid"], bench_user["generation"], 3600)}
@@ -354,7 +357,8 @@ def main() -> int:
             some = [t["id"] for t in rng.sample(terminals, 50)]
             n = args.requests
             print(f"\n  {'p50 / p95 in ms, ' + str(n) + ' requests each':<48}{'p50':>8}{'p95':>9}")
-            measure("overview page (/)", lambda: page.get(base + "/", timeout=60).status_code, n)
+            measure("home page (/: open incidents, 24 h counts, failing per hour)", lambda: page.get(base + "/", timeout=60).status_code, n)
+            measure("overview page (/overview)", lambda: page.get(base + "/overview", timeout=60).status_code, n)
             measure("problems API, unfiltered", lambda: http.get(base + "/api/v1/problems", timeout=60).status_code, n)
             measure("problems API, label.acquirer=B", lambda: http.get(base + "/api/v1/problems?label.acquirer=B", timeout=60).status_code, n)
             measure("problems API, label.region=r03 + last 7 days", lambda: http.get(base + "/api/v1/problems", params={"label.region": "r03", "since": db.stamp(datetime.now(UTC) - timedelta(days=7))}, timeout=60).status_code, n)
@@ -365,6 +369,7 @@ def main() -> int:
             measure("problems page", lambda: page.get(base + "/problems", timeout=60).status_code, n)
             measure("incidents API", lambda: http.get(base + "/api/v1/incidents", timeout=60).status_code, n)
             measure("incidents page", lambda: page.get(base + "/incidents", timeout=60).status_code, n)
+            measure("incident page", lambda: page.get(base + f"/incidents/{outage_id}", timeout=60).status_code, n)
             measure("bundles API, code=96&model=P2", lambda: http.get(base + "/api/v1/bundles?code=96&model=P2", timeout=60).status_code, n)
             measure("bundles API, category=host, last day", lambda: http.get(base + "/api/v1/bundles", params={"category": "host", "since": db.stamp(datetime.now(UTC) - timedelta(days=1))}, timeout=60).status_code, n)
             measure("bundles page, terminal filter", lambda: page.get(base + f"/bundles?terminal={rng.choice(some)}", timeout=60).status_code, n)

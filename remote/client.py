@@ -154,8 +154,10 @@ class Client:
         after = getattr(exc, "retry_after", None)
         if after is None:
             return backoff
-        # Honour the server, plus a little jitter so a fleet told "30 s" does not come back at once.
-        return min(after, self.settings.retry_after_max_seconds) + random.uniform(0, min(1.0, after / 10))
+        # Honour the server (429 and 503 alike), plus up to a tenth of it as jitter: a fleet
+        # told "30 s" after an outage comes back spread over 3 s, not in the same second.
+        wait = min(after, self.settings.retry_after_max_seconds)
+        return wait + random.uniform(0, wait / 10)
 
 
 def classify(response: requests.Response) -> int:

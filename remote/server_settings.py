@@ -197,6 +197,11 @@ class ServerSettings:
     statement_timeout_seconds: float = bounded(0.1, 3600)
     max_concurrent_reads: int = bounded(1, 1000)
     read_wait_seconds: float = bounded(0, 600)
+    fleet_queue_max: int = bounded(1, 100_000_000)
+    fleet_queue_threads: int = bounded(1, 64)
+    ingest_slots: int = bounded(1, 1000)
+    ingest_max_waiting: int = bounded(0, 1_000_000)
+    shed_retry_after_seconds: int = bounded(1, 3600)
     quota_bundles_per_terminal_hour: int = bounded(0, 1_000_000)
     quota_mib_per_terminal_day: float = bounded(0, 1 << 20)
     blobs: BlobSettings

@@ -20,7 +20,8 @@ SERIAL = {
     "test_daemon.py", "test_card_reader.py", "test_printer.py", "test_modem.py", "test_pcsc.py",
     "test_runner.py", "test_probe_trees.py", "test_redact.py",
     "reliability/test_slow_clients.py", "reliability/test_terminal_faults.py",
-    "reliability/test_blob_store_hangs.py", "reliability/test_signin_flood.py",
+    "reliability/test_blob_store_hangs.py", "reliability/test_signin_flood.py", "server/test_ingest_floor.py",
+    "reliability/test_herd.py", "server/test_server_query_budgets.py",
 }  # fmt: skip
 
 

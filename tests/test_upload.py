@@ -117,13 +117,25 @@ def test_retry_after_is_honoured_in_seconds_and_as_a_date(outbox):
     assert 0.9 <= slept[1] <= 2.3  # an HTTP date has whole seconds
 
 
+def test_a_server_shedding_load_is_waited_out_as_it_asks_with_jitter(outbox):
+    """503 + Retry-After (a server shedding load after an outage) is honoured as 429 is, each
+    terminal adding up to a tenth: a fleet told the same does not come back at once."""
+    ids = fill(outbox, 1)
+    slept: list[float] = []
+    with UploadServer(TOKEN) as server:
+        server.faults.extend(["503:4"] * 3)
+        report = flush(outbox, Client(upload_settings(server.url, retry_after_max_seconds=10.0), sleep=slept.append))
+    assert report.sent == ids
+    assert len(slept) == 3 and all(4.0 <= s <= 4.4 for s in slept) and len(set(slept)) == 3
+
+
 def test_retry_after_is_capped(outbox):
     fill(outbox, 1)
     slept: list[float] = []
     with UploadServer(TOKEN) as server:
         server.faults.append("429:3600")
         flush(outbox, Client(upload_settings(server.url, retry_after_max_seconds=0.2), sleep=slept.append))
-    assert slept and slept[0] <= 0.2 + 1.0
+    assert slept and slept[0] <= 0.2 * 1.1
 
 
 def test_connection_cut_mid_body_and_lost_answer(outbox):

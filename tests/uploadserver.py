@@ -7,6 +7,7 @@ answer it gave, and can misbehave on purpose: queue actions in `faults`, one per
 
     "500", "503", "408", ...  answer that status
     "429:N"                  429 with Retry-After: N (seconds); "429:date:N" as an HTTP date
+    "503:N"                  503 with Retry-After: N (a server shedding load)
     "cut-body"               read half the body, then drop the connection without answering
     "cut-after-store"        store the bundle, then drop the connection without answering
     "slow:S"                 sleep S seconds before answering normally
@@ -135,8 +136,8 @@ class Handler(BaseHTTPRequestHandler):
         server._call("body", number)
         if fault.isdigit():
             return self.answer(int(fault), {"error": "unavailable", "detail": "fault injected"})
-        if fault.startswith("429:"):
-            return self.answer(429, {"error": "slow_down", "detail": "fault injected"}, retry_after(fault))
+        if fault.startswith(("429:", "503:")):
+            return self.answer(int(fault[:3]), {"error": "slow_down", "detail": "fault injected"}, retry_after(fault))
         if self.path == "/api/v1/outcomes":  # a visit outcome record: stored once by its id
             return self.record(json.loads(body)["outcome_id"], body)
         problems = bundle.verify(body, server.token)

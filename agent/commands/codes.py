@@ -6,6 +6,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from agent.commands import add_config_arg, add_json_arg, add_lang_arg, output_lang
+from probes.contract import catalogue
 
 if TYPE_CHECKING:
     from agent.knowledge import Code, KnowledgeBase
@@ -60,9 +61,10 @@ def handle_show(args: argparse.Namespace) -> int:
 
         shown = redact_text(args.code)[0]  # a PAN looked up by mistake is not echoed
         maybe = suggestions(kb, args.code)
-        message = f"{shown}: not in the knowledge base" if lang == "en" else f"{shown}：知识库中没有此码"
+        said = catalogue.words("codes", lang)
+        message = said["not_found"].format(code=shown)
         if maybe:
-            message += (f"; did you mean {' or '.join(maybe)}?" if lang == "en" else f"；是否要查 {'、'.join(maybe)}？")
+            message += said["did_you_mean"].format(codes=said["or"].join(maybe))
         print(message, file=sys.stderr)
     for code in [] if args.json else found:
         print(code_text(kb, code, lang))
@@ -73,10 +75,7 @@ def handle_show(args: argparse.Namespace) -> int:
 
 def answers_line(order: list[str], lang: str) -> str:
     """Which entry a bare code gets in `diagnose` and from the agent's sources."""
-    chain = " > ".join(order)
-    if lang == "zh":
-        return f"  ← 不指定码制时以此为准（knowledge.scheme_order: {chain}）"
-    return f"  ← answers the bare code (knowledge.scheme_order: {chain})"
+    return catalogue.words("codes", lang)["answers"].format(chain=" > ".join(order))
 
 
 def handle_search(args: argparse.Namespace) -> int:
@@ -92,7 +91,7 @@ def handle_search(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([code_dict(kb, c) for c in found], ensure_ascii=False, indent=2))
     elif not found:
-        print("no match" if lang == "en" else "没有匹配的错误码", file=sys.stderr)
+        print(catalogue.words("codes", lang)["no_match"], file=sys.stderr)
     width = max((len(c.code) for c in found), default=0)
     rows = [f"{code.scheme:9}  {code.code:{width}}  {code.meaning.get(lang)}" for code in found]
     for line in [] if args.json else fit(rows, screen_width()):
@@ -117,12 +116,12 @@ def code_dict(kb: KnowledgeBase, code: Code) -> dict[str, Any]:
 def code_text(kb: KnowledgeBase, code: Code, lang: str) -> str:
     from agent.render import fit, screen_width
 
-    zh = lang == "zh"
-    side = ("主机应答" if zh else "answer from the host") if code.host_answer else ("本地失败" if zh else "local failure")
+    said = catalogue.words("codes", lang)
+    side = said["host"] if code.host_answer else said["local"]
     lines = [f"{code.code} ({code.scheme}): {code.meaning.get(lang)}", f"  {side}"]
     if code.open:
-        lines.append("  通用错误码：由检测结果判断原因" if zh else "  generic code: the probes decide the cause")
-    lines.append("  候选原因:" if zh else "  candidate causes:")
+        lines.append(said["open"])
+    lines.append(said["causes"])
     total = sum(code.causes.values()) or 1.0
     for cid, prior in sorted(code.causes.items(), key=lambda item: (-item[1], item[0])):
         lines.append(f"    {prior / total * 100:3.0f}%  {kb.causes[cid].title.get(lang)}  [{cid}]")

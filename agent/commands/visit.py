@@ -5,6 +5,7 @@ import json
 import sys
 
 from agent.commands import add_config_arg, add_json_arg, add_lang_arg, output_lang
+from probes.contract import catalogue
 
 UPLOAD_FAILED = 3  # the outcome is kept in the outbox (or dead/), not on the server yet
 
@@ -76,24 +77,19 @@ def handle_close(args: argparse.Namespace) -> int:
     return UPLOAD_FAILED if delivered is False else 0
 
 
-WORDS = {
-    "en": {"outcome": "outcome", "found": "found", "nothing": "no fault found", "other": "other",
-           True: "fixed", False: "not fixed", "bundle": "bundle", "newest": "the newest dispatched one"},
-    "zh": {"outcome": "上门结果", "found": "发现", "nothing": "未发现故障", "other": "其他",
-           True: "已修复", False: "未修复", "bundle": "诊断包", "newest": "最近一个派单的诊断包"},
-}  # fmt: skip
-
-
 def summary(record: dict, lang: str) -> str:
     """One line: what was recorded, for which bundle."""
-    words = WORDS["zh" if lang == "zh" else "en"]
+    words = catalogue.words("visit", lang)
     found = record["found"]
     said = words["nothing"] if found == "nothing" else f"{words['found']} {words['other'] if found == 'other' else found}"
-    parts = [said] + ([words[record["fixed"]]] if record["fixed"] is not None else [])
-    bundle = record["bundle_id"] or words["newest"]
-    if lang == "zh":
-        return f"{words['outcome']} {record['outcome_id']}：{'，'.join(parts)}；{words['bundle']}：{bundle}"
-    return f"{words['outcome']} {record['outcome_id']}: {', '.join(parts)}; {words['bundle']}: {bundle}"
+    fixed = {True: [words["fixed"]], False: [words["not_fixed"]], None: []}[record["fixed"]]
+    return words["line"].format(
+        outcome=words["outcome"],
+        id=record["outcome_id"],
+        parts=words["separator"].join([said, *fixed]),
+        bundle=words["bundle"],
+        which=record["bundle_id"] or words["newest"],
+    )
 
 
 def send_now(config, outbox, outcome_id: str, lang: str) -> bool:

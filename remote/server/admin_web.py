@@ -3,14 +3,13 @@ settings (read only, secrets masked) and the audit log.
 
 Every change is a CSRF-checked form post (web.form_checked) and an audit log entry
 (audit.record, source "web"). Errors are shown in the page's language, keyed by the
-StoreError's code (templates/admin_words.toml).
+StoreError's code (the catalogue's `admin` area).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -18,12 +17,13 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
+from probes.contract import catalogue
 from remote.server import audit, auth, store
 from remote.server.ingest import clean
 from remote.server.service import User
-from remote.server.web import TEMPLATES, WORDS, _start_session, form_checked, lang_of, page_user, render, service, to_login
+from remote.server.web import WORDS, _start_session, form_checked, lang_of, page_user, render, service, to_login
 
-ADMIN_WORDS = tomllib.loads((TEMPLATES / "admin_words.toml").read_text(encoding="utf-8"))
+ADMIN_WORDS = catalogue.area("admin")
 # Settings shown masked on the settings page (the last part of the key); URLs lose any
 # user:password and query string too.
 SECRET_KEYS = frozenset({"secret", "secret_access_key", "access_key_id", "token", "password"})

@@ -169,20 +169,19 @@ async def upload(
     srv = service(request)
     started = time.perf_counter()
     try:
+        srv.shed_when_behind()  # 503 at once, before any database work (shedding.py)
         token = _bearer(request)
-        terminal = await run_in_threadpool(srv.terminal_for_token, token) if token else None
-        if terminal is None:
-            raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
-        size = declared_length(request, srv.settings.max_bundle_bytes) or srv.settings.max_bundle_bytes
-        reservation = await run_in_threadpool(admission.admit, srv, terminal["id"], size)  # 503 or 429 before the body
-        stored = None
-        try:
-            async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
-                body = await read_capped(request, srv.settings.max_bundle_bytes)
+        async with srv.gate.turn():
+            terminal = await run_in_threadpool(srv.terminal_for_token, token) if token else None
+            if terminal is None:
+                raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
+            declared = declared_length(request, srv.settings.max_bundle_bytes)
+            await run_in_threadpool(admission.admit, srv, terminal["id"], declared or 0)  # 503 or 429 before the body
+        size = declared or srv.settings.max_bundle_bytes
+        async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
+            body = await read_capped(request, srv.settings.max_bundle_bytes)
+            async with srv.gate.turn():
                 record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
-                stored = len(body) if new else None
-        finally:
-            await run_in_threadpool(admission.settle, srv, reservation, stored)
     except IngestError as exc:
         srv.metrics.reject(exc.code, time.perf_counter() - started)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -386,10 +385,11 @@ async def list_bundles(
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     verdict: Annotated[Verdict | None, Query(description="dispatch verdict; hold: held by a fleet outage (fleet_dispatch)")] = None,
+    held: Annotated[bool | None, Query(description="true: only bundles a fleet outage holds; false: only those none holds")] = None,
 ) -> Any:
     srv = service(request)
     flt = store.BundleFilter(
-        terminal, code, cause, category, model, firmware, verdict, since=time_param(since), until=time_param(until)
+        terminal, code, cause, category, model, firmware, verdict, since=time_param(since), until=time_param(until), held=held
     )
     try:
         rows, next_cursor = await run_in_threadpool(

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from remote.server import admin_api, admin_web, api, budgets, fleet_api, fleet_web, outcomes_api, outcomes_web, web
+from remote.server import admin_api, admin_web, api, budgets, fleet_api, fleet_web, home_web, incidents_web, outcomes_api, outcomes_web, web
 from remote.server.blobs import BlobError
 from remote.server.ingest import IngestError
 from remote.server.models import ErrorBody, Health
@@ -56,11 +56,16 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     )
     app.state.service = service
     app.router.add_event_handler("startup", service.fleet.start)
+    app.router.add_event_handler("startup", service.fleet_queue.start)
     app.router.add_event_handler("shutdown", service.close)
 
     @app.exception_handler(api.ApiError)
     async def _api_error(_: Request, exc: api.ApiError) -> JSONResponse:
         return api.error_response(exc.status, exc.code, exc.detail, exc.headers)
+
+    @app.exception_handler(web.PageAnswer)
+    async def _page_answer(_: Request, exc: web.PageAnswer) -> Response:
+        return exc.response
 
     @app.exception_handler(IngestError)
     async def _ingest_error(_: Request, exc: IngestError) -> JSONResponse:
@@ -127,8 +132,10 @@ def create_app(db_url: str, data_dir: Path, settings: ServerSettings) -> FastAPI
     app.include_router(api.router)
     app.include_router(fleet_api.router)
     app.include_router(admin_api.router)
+    app.include_router(home_web.router)
     app.include_router(web.router)
     app.include_router(fleet_web.router)
+    app.include_router(incidents_web.router)
     app.include_router(admin_web.router)
     app.include_router(outcomes_web.router)
     outcomes_api.install(app)

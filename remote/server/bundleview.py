@@ -20,18 +20,44 @@ from remote.server import ingest
 CUT_NOTE = "[posdiag-support: {n} earlier bytes of this log are not shown here; download the bundle]\n"
 
 
-def build(found: ingest.Scan) -> str:
-    """The stored view of a scanned upload: manifest, diagnosis, probes, system and logs."""
-    again = Redactor()
-    kept = found.kept
+def build(found: ingest.Scan, parsed: dict[str, Any] | None = None) -> str:
+    """The stored view of a scanned upload: manifest, diagnosis, probes, system and logs.
+    `parsed`: the JSON members as ingest already read them (not read again)."""
+    again = _Remembering()
+    kept, parsed = found.kept, parsed or {}
+    member = lambda name, default: parsed[name] if name in parsed else _json(kept.get(name), default)  # noqa: E731
     view = {
         "manifest": _cleaned(_manifest(kept.get(wire.MANIFEST))),
-        "diagnosis": _cleaned(again.data(_json(kept.get("diagnosis.json"), {}))),
-        "probes": _cleaned(again.data(_json(kept.get("probes.json"), None))),
-        "system": _cleaned(again.data(_json(kept.get("system.json"), None))),
+        "diagnosis": _cleaned(again.data(member("diagnosis.json", {}))),
+        "probes": _cleaned(again.data(member("probes.json", None))),
+        "system": _cleaned(again.data(member("system.json", None))),
         "logs": _logs(found.logs),
     }
     return json.dumps(view, ensure_ascii=False)
+
+
+SHORT = 256  # strings up to this long are remembered when redaction leaves them as they are
+REMEMBERED = 50_000  # at most this many (then forgotten all at once): a few MB
+
+
+class _Remembering(Redactor):
+    """Redaction of only what is new: most strings of a bundle's JSON (probe ids, keys,
+    statuses, versions) are the same in every bundle, and redaction leaves them unchanged.
+    Such short strings are remembered across uploads and not redacted again; a string
+    redaction changes is never remembered, so it is redacted every time it comes."""
+
+    unchanged: set[str] = set()
+
+    def text(self, text: str) -> str:
+        outermost = not (self._kv_depth or self._base64_depth)  # nested calls redact with less depth left
+        if outermost and text in self.unchanged:
+            return text
+        cleaned = super().text(text)
+        if outermost and cleaned == text and len(text) <= SHORT:
+            if len(self.unchanged) >= REMEMBERED:
+                self.unchanged.clear()
+            self.unchanged.add(text)
+        return cleaned
 
 
 def parse(stored: str) -> dict[str, Any]:

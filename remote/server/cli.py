@@ -8,6 +8,7 @@
   posdiag-support gc [--dry-run] [--json]   remove what [server.retention] expires
   posdiag-support check [--json]            verify database, blob store, config
   posdiag-support learning ACTION           learned tables (learning --help)
+  posdiag-support demo-fleet [--terminals N] [--days D]   a simulated fleet to look at
 
 --db defaults to SQLite in the data directory; postgresql://user@host/db for PostgreSQL.
 --blobs defaults to DATA/blobs; s3://BUCKET[/PREFIX] for an S3-compatible store.
@@ -113,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     remove = users.add_parser("remove", parents=[common], help="remove a user")
     remove.add_argument("name")
     remove.set_defaults(handler=cmd_user_remove)
+    demo = sub.add_parser("demo-fleet", parents=[common], help="fill an empty data directory with a simulated fleet")
+    demo.add_argument("--terminals", type=int, default=300, help="how many (default 300)")
+    demo.add_argument("--days", type=float, default=3.0, help="of event time, ending now (default 3)")
+    demo.set_defaults(handler=cmd_demo_fleet)
     from remote.server import learning_cli
 
     learning_cli.register(sub, common)
@@ -272,6 +277,30 @@ def app_from_env():  # -> FastAPI; uvicorn's factory, also in each worker proces
             settings, blobs=dataclasses.replace(settings.blobs, url=os.environ["POSDIAG_SUPPORT_BLOBS"])
         )
     return create_app(os.environ["POSDIAG_SUPPORT_DB"], Path(os.environ["POSDIAG_SUPPORT_DATA"]), settings)
+
+
+def cmd_demo_fleet(args: argparse.Namespace) -> int:
+    """Fill --data (or --db) with a simulated fleet; print how to serve it and a sign-in."""
+    import shlex
+
+    from probes.contract.errors import UsageError
+    from remote.server import demo_fleet
+
+    if not 1 <= args.terminals <= 100_000 or not 0.1 <= args.days <= 60:
+        raise UsageError("--terminals 1-100000, --days 0.1-60")
+    try:
+        filled = demo_fleet.fill(
+            db_url(args), Path(args.data), settings_for(args), args.terminals, args.days,
+            lambda done, total: print(f"posdiag-support: demo-fleet: {done} of {total} heartbeats and bundles sent", file=sys.stderr, flush=True),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    opened = ", ".join(f"{i['kind']} {' '.join(f'{k}={v}' for k, v in sorted(i['scope'].items()))}" for i in filled.incidents)
+    print(f"{filled.terminals} terminals, {filled.heartbeats} heartbeats, {filled.bundles} bundles; open: {opened or 'nothing'}")
+    where = f"--data {shlex.quote(args.data)}" + (f" --db {shlex.quote(args.db)}" if args.db else "")
+    print(f"serve:       posdiag-support {where} serve --port 8080")
+    print(f"sign in:     {demo_fleet.LEAD} / {filled.password}", flush=True)
+    return 0
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

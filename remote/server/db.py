@@ -311,3 +311,16 @@ def _add_missing_columns(conn: sa.Connection) -> list[sa.Column]:
                 conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
                 added.append(column)
     return added
+
+def _widen_columns(conn: sa.Connection) -> None:
+    """A text column made wider in a later release (incidents.status for `dismissed`) is
+    widened in a PostgreSQL database made before it; SQLite does not enforce lengths."""
+    if conn.dialect.name != "postgresql":
+        return
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        have = {c["name"]: c["type"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            length, stored = getattr(column.type, "length", None), getattr(have.get(column.name), "length", None)
+            if length and stored and stored < length:
+                conn.execute(sa.text(f"ALTER TABLE {table.name} ALTER COLUMN {column.name} TYPE VARCHAR({length})"))

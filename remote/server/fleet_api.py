@@ -11,15 +11,20 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from remote.server import db, inputs, store
-from remote.server.api import ApiError, Reader, bearer_scheme, errors, label_params, read_capped, service, terminal_auth, time_param
-from remote.server.fleet import incidents, problems
-from remote.server.fleet.models import Heartbeat, HeartbeatAccepted, Incident, IncidentList, Problem, ProblemList
+from remote.server import db, fleet_queue, inputs, store
+from remote.server.api import ApiError, Reader, bearer_scheme, errors, label_params, read_capped, role, service, terminal_auth, time_param
+from remote.server.fleet import incident_actions, incidents, problems
+from remote.server.fleet.models import (
+    Heartbeat, HeartbeatAccepted, IncidentChange, IncidentDetail, IncidentList, IncidentNote, Problem, ProblemList,
+)  # fmt: skip
+from remote.server.service import User
 from remote.server.ingest import IngestError
 from remote.server.models import NextCommand
 from remote.server.outcomes import tables
 
 router = APIRouter(prefix="/api/v1")
+Support = Annotated[User, Depends(role("support", "admin"))]
+IncidentId = Annotated[str, Path(max_length=36)]
 MAX_HEARTBEAT_BYTES = 16384
 
 HEARTBEAT_BODY = {
@@ -38,7 +43,7 @@ HEARTBEAT_BODY = {
     tags=["terminal"],
     summary="A terminal's heartbeat (terminal token); the answer lists open incidents covering it",
     openapi_extra=HEARTBEAT_BODY,
-    responses=errors(400, 401, 403, 413, 422),
+    responses=errors(400, 401, 403, 413, 422, 503),
 )
 async def heartbeat(
     request: Request,
@@ -64,13 +69,20 @@ async def heartbeat(
         raise ApiError(403, "wrong_terminal", "the heartbeat names another terminal than the token's")
     received = db.now()
     event_at, clamped = srv.fleet.clamp(sent_at, received)
-    await run_in_threadpool(srv.fleet.on_heartbeat, beat, event_at, clamped, received)
-    notices = await run_in_threadpool(srv.fleet.notices, terminal["id"])
-    command = None
-    if poll:
-        found = await run_in_threadpool(store.next_command, srv.engine, terminal["id"], srv.settings.command_redeliver_seconds)
-        command = None if found is None else NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"]).model_dump()
-    learned = await run_in_threadpool(tables.for_heartbeat, srv.engine, terminal["id"], beat.learned_hash, beat.model)
+    try:
+        srv.shed_when_behind()
+        async with srv.gate.turn():
+            # Acknowledged once durably queued; folded into the inventory and trends by the fleet queue's worker.
+            await run_in_threadpool(fleet_queue.enqueue, srv.engine, fleet_queue.heartbeat_entry(beat, event_at, clamped, received))
+            srv.fleet_queue.nudge()
+            notices = await run_in_threadpool(srv.fleet.notices, terminal["id"])
+            command = None
+            if poll:
+                found = await run_in_threadpool(store.next_command, srv.engine, terminal["id"], srv.settings.command_redeliver_seconds)
+                command = None if found is None else NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"]).model_dump()
+            learned = await run_in_threadpool(tables.for_heartbeat, srv.engine, terminal["id"], beat.learned_hash, beat.model)
+    except IngestError as exc:  # shed (shedding.py)
+        raise ApiError(exc.status, exc.code, exc.detail, {"Retry-After": str(exc.retry_after)}) from None
     answer = HeartbeatAccepted(status="accepted", event_at=event_at, clock_clamped=clamped, incidents=notices, command=command, learned=learned)
     return JSONResponse(answer.model_dump(), status_code=202)
 
@@ -93,13 +105,16 @@ async def list_problems(
     firmware: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int | None, Query(ge=1, le=500)] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
+    kind: Annotated[Literal["all", "faults", "outcomes"], Query(description="faults: highest verdict above none; outcomes: business and issuer answers (none)")] = "all",
+    verdict: Annotated[Literal["none", "merchant", "remote", "onsite"] | None, Query(description="only problems whose highest verdict is this")] = None,
 ) -> Any:
     srv = service(request)
+    verdicts = problems.verdicts_of(kind, verdict)
     try:
         items, next_cursor = await run_in_threadpool(
             lambda: problems.list_problems(
                 srv.engine, since=time_param(since), until=time_param(until), labels=label_params(request),
-                model=model, firmware=firmware, limit=limit or srv.settings.page_size, cursor=cursor,
+                model=model, firmware=firmware, limit=limit or srv.settings.page_size, cursor=cursor, verdicts=verdicts,
             )
         )  # fmt: skip
     except ValueError as exc:
@@ -127,12 +142,39 @@ async def list_incidents(
     return IncidentList(items=items)
 
 
-@router.get("/incidents/{incident_id}", response_model=Incident, tags=["fleet"], responses=errors(401, 404, 422))
-async def incident(request: Request, incident_id: Annotated[str, Path(max_length=36)], user: Reader) -> Any:
-    found = await run_in_threadpool(incidents.get_incident, service(request).engine, incident_id)
-    if found is None:
-        raise ApiError(404, "no_incident", "no incident with this id")
-    return found
+@router.get("/incidents/{incident_id}", response_model=IncidentDetail, tags=["fleet"], summary="An incident with its notes and actions", responses=errors(401, 404, 422))
+async def incident(request: Request, incident_id: IncidentId, user: Reader) -> Any:
+    return await _act(incident_actions.detail, service(request).engine, incident_id)
+
+
+@router.post("/incidents/{incident_id}/ack", response_model=IncidentDetail, tags=["fleet"], summary="Acknowledge: someone is on it (once; again changes nothing)", responses=errors(401, 403, 404, 422))
+async def acknowledge(request: Request, incident_id: IncidentId, user: Support, body: IncidentChange | None = None) -> Any:
+    srv = service(request)
+    return await _act(incident_actions.acknowledge, srv.engine, srv.settings.webhooks, incident_id, user.name, body.note if body else None)
+
+
+@router.post("/incidents/{incident_id}/notes", response_model=IncidentDetail, tags=["fleet"], summary="Add a note", responses=errors(401, 403, 404, 422))
+async def add_note(request: Request, incident_id: IncidentId, user: Support, body: IncidentNote) -> Any:
+    return await _act(incident_actions.add_note, service(request).engine, incident_id, user.name, body.note)
+
+
+@router.post("/incidents/{incident_id}/resolve", response_model=IncidentDetail, tags=["fleet"], summary="Close an open incident: fixed", responses=errors(401, 403, 404, 409, 422))
+async def resolve(request: Request, incident_id: IncidentId, user: Support, body: IncidentChange | None = None) -> Any:
+    srv = service(request)
+    return await _act(incident_actions.resolve, srv.engine, srv.settings.webhooks, incident_id, user.name, body.note if body else None)
+
+
+@router.post("/incidents/{incident_id}/dismiss", response_model=IncidentDetail, tags=["fleet"], summary="Not an outage: status dismissed, its holds released", responses=errors(401, 403, 404, 409, 422))
+async def dismiss(request: Request, incident_id: IncidentId, user: Support, body: IncidentChange | None = None) -> Any:
+    srv = service(request)
+    return await _act(incident_actions.dismiss, srv.engine, srv.settings.webhooks, incident_id, user.name, body.note if body else None)
+
+
+async def _act(action: Any, *args: Any) -> Any:
+    try:
+        return await run_in_threadpool(action, *args)
+    except incident_actions.Refused as exc:
+        raise ApiError(exc.status, exc.code, exc.detail) from None
 
 
 def document(app: Any) -> None:

@@ -21,7 +21,7 @@ import re
 import tarfile
 import unicodedata
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -85,6 +85,7 @@ class Bundle:
     diagnosis: dict[str, Any]
     created: datetime
     scan: Scan
+    parsed: dict[str, Any] = field(default_factory=dict)  # the JSON members as read once (bundleview uses them)
 
     @property
     def id(self) -> str:
@@ -398,7 +399,7 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, limits: Limits) -
     diagnosis = parsed["diagnosis.json"]
     if not isinstance(diagnosis, dict):
         raise IngestError(422, "bad_member", "diagnosis.json is not a JSON object")
-    return Bundle(manifest, raw, diagnosis, created, found)
+    return Bundle(manifest, raw, diagnosis, created, found, parsed)
 
 
 def _same(sig: bytes, expected: str) -> bool:

@@ -88,6 +88,11 @@ class Metrics:
             "Webhook deliveries dropped unsent, oldest first, because more than max_queued_deliveries waited.",
             registry=reg,
         )
+        self.fleet_queue_dropped = Counter(
+            "posdiag_fleet_queue_dropped",
+            "Queued arrivals the fleet could not count (an error, logged with the entry), dropped so the rest are counted.",
+            registry=reg,
+        )
         for outcome in ("new", "duplicate"):
             self.received.labels(outcome)
         for kind in ("rows", "blobs"):

@@ -5,12 +5,11 @@ The form records through the same checks and the same function as the API and th
 terminals' records (outcomes_api.record_and_learn, `via` page). It carries an outcome id
 made when the page was drawn, so a form sent twice (a double click, the back button) records
 once, and the same form sent again saying something else is refused (409
-outcome_id_reused). The pages' words are templates/outcome_words.toml.
+outcome_id_reused). The pages' words are the catalogue's `outcomes` area.
 """
 
 from __future__ import annotations
 
-import tomllib
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -20,14 +19,15 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
+from probes.contract import catalogue
 from remote.server import db, store
 from remote.server.outcomes import measures, records
 from remote.server.outcomes_api import knowledge_of, record_and_learn
 from remote.server.service import Service
-from remote.server.web import TEMPLATES, VERDICTS, form_checked, lang_of, page_user, render, service, to_login
+from remote.server.web import VERDICTS, form_checked, lang_of, page_user, render, service, to_login
 
 router = APIRouter(include_in_schema=False)
-WORDS = tomllib.loads((TEMPLATES / "outcome_words.toml").read_text(encoding="utf-8"))
+WORDS = catalogue.area("outcomes")
 RECORDERS = ("support", "technician", "admin")  # who may record an outcome, as for the API
 WINDOW_DAYS = (7, 30, 90, 365)
 FIXED = {"true": True, "false": False}

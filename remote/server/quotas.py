@@ -1,15 +1,16 @@
 """Per-terminal upload quotas (issue 21): bundles per UTC hour and bytes per UTC day.
 
-One terminal token could write 23 MiB/s (about 1.9 TiB a day) before. Each upload reserves
-one bundle of the terminal's hour and its size (Content-Length, or max_bundle_bytes when
-the body is chunked) of its day before the body is read; past either limit it is refused
-with 429 `over_quota` and Retry-After (seconds to the end of that window), and the agent
-keeps the bundle for later. Once the upload is done the reservation is settled: a stored
-bundle keeps its bundle and its real size, a repeat or a refusal gives both back.
+One terminal token could write 23 MiB/s (about 1.9 TiB a day) before. Before the body is
+read, the counts are read (`check`): a terminal with no bundle of its hour left, or whose
+Content-Length would take it past its day's bytes, is refused with 429 `over_quota` and
+Retry-After (seconds to the end of that window), and the agent keeps the bundle for later.
+The bundle and its real size are counted in the transaction that stores it (`take`, issue
+22: one transaction per upload), so a repeat or a failed upload costs nothing.
 
 The counts live in the table `terminal_usage`, one row per terminal and window, changed by
-conditional updates in one transaction: every server behind a balancer sees the same counts
-and two uploads racing for the last slot never both get it. Limits of 0 are off.
+conditional updates: every server behind a balancer sees the same counts and two uploads
+racing for the last slot never both get it (the loser's transaction stores nothing, 429).
+Limits of 0 are off.
 """
 
 from __future__ import annotations
@@ -53,14 +54,6 @@ class Limits:
         return cls(settings.quota_bundles_per_terminal_hour, int(settings.quota_mib_per_terminal_day * (1 << 20)))
 
 
-@dataclass(frozen=True)
-class Reservation:
-    terminal_id: str
-    hour: str
-    day: str
-    size: int
-
-
 def windows(now: datetime) -> tuple[str, str, int, int]:
     """The hour and day `now` is in, and the seconds left in each."""
     hour_start = now.replace(minute=0, second=0, microsecond=0)
@@ -69,51 +62,51 @@ def windows(now: datetime) -> tuple[str, str, int, int]:
     return hour_start.strftime("%Y-%m-%dT%H"), day_start.strftime("%Y-%m-%d"), left(hour_start, timedelta(hours=1)), left(day_start, timedelta(days=1))
 
 
-def reserve(engine: Engine, terminal_id: str, size: int, limits: Limits, now: datetime | None = None) -> Reservation:
-    """One bundle of this hour and `size` bytes of this day, or OverQuota."""
+def _refusal(limits: Limits, quota: str, hour_left: int, day_left: int) -> OverQuota:
+    if quota == "bundles_per_hour":
+        return OverQuota(quota, f"this terminal has sent {limits.bundles_per_hour} bundles this hour", hour_left)
+    return OverQuota(quota, f"this bundle would take this terminal past {limits.bytes_per_day >> 20} MiB today", day_left)
+
+
+def check(engine: Engine, terminal_id: str, size: int, limits: Limits, now: datetime | None = None) -> None:
+    """Before the body is read, by reading alone: OverQuota when the terminal has no bundle of
+    this hour left, or `size` (Content-Length) would take it past today's bytes."""
+    if not (limits.bundles_per_hour or limits.bytes_per_day):
+        return
+    found = usage(engine, terminal_id, limits, now)
+    _, _, hour_left, day_left = windows(now or datetime.now(UTC))
+    if limits.bundles_per_hour and found["bundles_this_hour"] >= limits.bundles_per_hour:
+        raise _refusal(limits, "bundles_per_hour", hour_left, day_left)
+    if limits.bytes_per_day and found["bytes_today"] + size > limits.bytes_per_day:
+        raise _refusal(limits, "bytes_per_day", hour_left, day_left)
+
+
+def take(conn: sa.Connection, terminal_id: str, size: int, limits: Limits, now: datetime | None = None) -> None:
+    """In the transaction that stores the bundle: one bundle of this hour and its `size`
+    bytes of today, or OverQuota (the caller's transaction then stores nothing). The
+    conditional updates decide between uploads racing for the last slot, on any server."""
     now = now or datetime.now(UTC)
     hour, day, hour_left, day_left = windows(now)
     u = terminal_usage.c
-    with db.writing(engine) as conn:
-        _open_window(conn, terminal_id, "hour", hour)
-        _open_window(conn, terminal_id, "day", day)
-        mine = u.terminal_id == terminal_id
-        if limits.bundles_per_hour and not conn.execute(
-            terminal_usage.update().where(mine, u.window == "hour", u.bundles < limits.bundles_per_hour).values(bundles=u.bundles + 1)
-        ).rowcount:
-            refusal = OverQuota("bundles_per_hour", f"this terminal has sent {limits.bundles_per_hour} bundles this hour", hour_left)
-        elif limits.bytes_per_day and not conn.execute(
-            terminal_usage.update().where(mine, u.window == "day", u.bytes + size <= limits.bytes_per_day).values(bytes=u.bytes + size)
-        ).rowcount:
-            refusal = OverQuota("bytes_per_day", f"this bundle would take this terminal past {limits.bytes_per_day >> 20} MiB today", day_left)
-        else:
-            if not limits.bundles_per_hour:
-                conn.execute(terminal_usage.update().where(mine, u.window == "hour").values(bundles=u.bundles + 1))
-            if not limits.bytes_per_day:
-                conn.execute(terminal_usage.update().where(mine, u.window == "day").values(bytes=u.bytes + size))
-            return Reservation(terminal_id, hour, day, size)
-    with db.writing(engine) as conn:  # the reservation rolled back; the refusal is counted in both windows
-        for window in ("hour", "day"):  # rows in one order in every transaction: no deadlock between uploads
-            conn.execute(terminal_usage.update().where(u.terminal_id == terminal_id, u.window == window).values(refused=u.refused + 1))
-    raise refusal
+    _open_window(conn, terminal_id, "hour", hour)
+    _open_window(conn, terminal_id, "day", day)
+    mine = u.terminal_id == terminal_id
+    hour_ok = (u.bundles < limits.bundles_per_hour) if limits.bundles_per_hour else sa.true()
+    day_ok = (u.bytes + size <= limits.bytes_per_day) if limits.bytes_per_day else sa.true()
+    if not conn.execute(terminal_usage.update().where(mine, u.window == "hour", hour_ok).values(bundles=u.bundles + 1)).rowcount:
+        raise _refusal(limits, "bundles_per_hour", hour_left, day_left)
+    if not conn.execute(terminal_usage.update().where(mine, u.window == "day", day_ok).values(bytes=u.bytes + size)).rowcount:
+        raise _refusal(limits, "bytes_per_day", hour_left, day_left)
 
 
-def settle(engine: Engine, reservation: Reservation, stored_bytes: int | None) -> None:
-    """`stored_bytes`: the size of the bundle stored by this upload; None when nothing new was
-    stored (a repeat, a refusal, a failure), which gives the reservation back. A window that
-    has rolled over since is left alone."""
+def count_refusal(engine: Engine, terminal_id: str, now: datetime | None = None) -> None:
+    """A refused upload, counted in both windows (the terminal page shows them)."""
+    hour, day, _, _ = windows(now or datetime.now(UTC))
     u = terminal_usage.c
-    r = reservation
-    change = (stored_bytes or 0) - r.size
-    if stored_bytes is not None and not change:
-        return  # stored, and as large as reserved (the agent always sends Content-Length)
     with db.writing(engine) as conn:
-        if stored_bytes is None:
-            conn.execute(terminal_usage.update().where(u.terminal_id == r.terminal_id, u.window == "hour", u.started == r.hour)
-                         .values(bundles=sql.greatest(conn, u.bundles - 1, 0)))  # fmt: skip
-        if change:
-            conn.execute(terminal_usage.update().where(u.terminal_id == r.terminal_id, u.window == "day", u.started == r.day)
-                         .values(bytes=sql.greatest(conn, u.bytes + change, 0)))  # fmt: skip
+        for window, started in (("hour", hour), ("day", day)):  # rows in one order in every transaction: no deadlock between uploads
+            _open_window(conn, terminal_id, window, started)
+            conn.execute(terminal_usage.update().where(u.terminal_id == terminal_id, u.window == window).values(refused=u.refused + 1))
 
 
 def _open_window(conn: sa.Connection, terminal_id: str, window: str, started: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from remote.server import auth, budgets, bundleview, db, ingest, quotas, signin, store
+from remote.server import admission, auth, budgets, bundleview, db, fleet_queue, ingest, quotas, shedding, signin, store
 from remote.server.blobs import BlobStore, Deadlines, open_store
 from remote.server.budget import ByteBudget
 from remote.server.fleet.engine import Fleet
@@ -48,9 +48,11 @@ class Service:
         self.limits = ingest.Limits.of(settings)
         self.quota_limits = quotas.Limits.of(settings)
         self.ingest_budget = ByteBudget(settings.ingest_memory_mib << 20)
+        self.gate = shedding.IngestGate(settings)
         self._view_builders = threading.BoundedSemaphore(VIEW_BUILDERS)
         self.fleet = Fleet(self.engine, settings, self.metrics)
         self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
+        self.fleet_queue = fleet_queue.Drainer(self.engine, self.fleet, self.metrics, settings.fleet_queue_threads)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, str, int]] = {}  # key -> (until, uid, generation)
         self._cache_lock = threading.Lock()
@@ -66,6 +68,7 @@ class Service:
         self.hash_pool.close()
         self.count_pool.close()
         self.health_pool.shutdown(wait=False, cancel_futures=True)
+        self.fleet_queue.stop()
         self.fleet.stop()
         self.engine.dispose()
 
@@ -181,6 +184,10 @@ class Service:
 
     # -- ingest -------------------------------------------------------------------------
 
+    def shed_when_behind(self) -> None:
+        """503 + Retry-After while the fleet queue is past its bound (shedding.py)."""
+        shedding.check_queue(self.settings, self.fleet_queue.last.depth)
+
     def ingest(self, body: bytes, terminal: dict[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
         s = self.settings
         bundle = ingest.validate(body, terminal["token_sha256"], terminal["id"], self.limits)
@@ -192,16 +199,24 @@ class Service:
             clock_flag=ingest.clock_flag(bundle.created, received, s.clock_ahead_seconds, s.clock_behind_days),
         )
         with self._view_builders:  # redaction is CPU- and memory-hungry: a few at a time
-            view = bundleview.build(bundle.scan)
+            view = bundleview.build(bundle.scan, bundle.parsed)
         digest = self.blobs.put(body)  # same bytes again: already there, a no-op
         index["created_at"], clamped = self.fleet.clamp(index["created_at"], db.stamp(received))  # event time
-        existing, new = store.insert_bundle(
-            self.engine, index, digest, len(body), view, db.stamp(received), lambda: self.blobs.put(body)
-        )
+
+        def counted(conn: sa.Connection, record: dict[str, Any]) -> None:  # in the bundle's own transaction
+            quotas.take(conn, terminal["id"], len(body), self.quota_limits)
+            fleet_queue.add(conn, fleet_queue.bundle_entry(bundle, record, clamped))
+
+        try:
+            existing, new = store.insert_bundle(
+                self.engine, index, digest, len(body), view, db.stamp(received), lambda: self.blobs.put(body), counted
+            )
+        except quotas.OverQuota as exc:  # another upload of the terminal took the last of its quota
+            admission.refused(self, terminal["id"], exc)
         if existing["terminal_id"] != terminal["id"]:
             raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
-        # Every upload, not only the first: one whose counting failed is counted when sent again.
-        self.fleet.on_bundle(bundle, existing, clamped if new else existing["clock_flag"] == "ahead")
+        if new:  # counted by the fleet queue's worker, after the answer (fleet_queue.py)
+            self.fleet_queue.nudge()
         return existing, new
 
     # -- reading a stored bundle ----------------------------------------------------------

@@ -356,6 +356,7 @@ def insert_bundle(
     view: str,
     received_at: str,
     rewrite_blob: Callable[[], object],
+    queue: Callable[[sa.Connection, dict[str, Any]], object] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store one bundle row and its view (bundleview.py); (record, True) if new, (stored record,
     False) if its id exists.
@@ -363,7 +364,8 @@ def insert_bundle(
     The primary key decides under concurrency: of two servers inserting the same id at
     once, one commits and the other gets an IntegrityError and reads the winner's row.
     A probe request the bundle answers is closed in the same transaction, and so is the
-    blob's claim against retention (`rewrite_blob` runs if retention deleted it meanwhile).
+    blob's claim against retention (`rewrite_blob` runs if retention deleted it meanwhile),
+    and so is `queue(conn, record)` (the fleet's queue entry: counted once it is stored).
     """
     row = dict(index, sha256=digest, size=size, received_at=received_at)
     try:
@@ -383,6 +385,8 @@ def insert_bundle(
                     )
                     .values(status="done", done_at=row["received_at"], bundle_id=row["id"])
                 )
+            if queue is not None:
+                queue(conn, row)
     except IntegrityError:
         existing = get_bundle(engine, row["id"])
         if existing is None:
@@ -422,11 +426,13 @@ class BundleFilter:
     verdict: str | None = None
     since: str | None = None
     until: str | None = None
+    held: bool | None = None
 
     def clauses(self) -> list[Any]:
         """Exact matches, except model and firmware: case-insensitive prefixes ("a9" finds
-        A920 and A930), as support types them from a label or a complaint; verdict `hold`:
-        the bundles a fleet incident holds (their fleet_dispatch), whatever the terminal said."""
+        A920 and A930), as support types them from a label or a complaint; verdict `hold`
+        (or held True): the bundles a fleet incident holds (their fleet_dispatch), whatever
+        the terminal said; held False: those no incident holds."""
         out: list[Any] = []
         for column, value in (
             (bundles.c.terminal_id, self.terminal),
@@ -437,11 +443,11 @@ class BundleFilter:
         ):
             if value:
                 out.append(column == value)
-        if self.verdict == "hold":
+        if self.verdict == "hold" or self.held is not None:
             held = sa.select(bundle_fleet.c.bundle_id).where(
                 bundle_fleet.c.bundle_id == bundles.c.id, bundle_fleet.c.hold_incident.is_not(None)
             )
-            out.append(held.exists())
+            out.append(held.exists() if self.verdict == "hold" or self.held else ~held.exists())
         for column, value in ((bundles.c.model, self.model), (bundles.c.firmware, self.firmware)):
             if value:
                 out.append(sa.func.lower(column).startswith(value.lower(), autoescape=True))

@@ -4,43 +4,47 @@ UTC times into the viewer's zone.
 Everything on a page that came from a terminal is escaped by the template engine, and its
 control, bidi and zero-width characters are written as escapes (`_visible`). Every
 form carries a CSRF token (see auth.py); the session cookie is HttpOnly and SameSite=Lax.
-A page speaks one language (templates/words.toml): the user's choice, remembered in the
-database, else the browser's Accept-Language, else English.
+A page speaks one language (its words: the catalogue's `pages` area): the user's choice,
+remembered in the database, else the browser's Accept-Language, else English.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
 import jinja2
 import markupsafe
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import pass_context
 
+import probes
+from probes.contract import catalogue
 from remote import wire
-from remote.server import chart, db, signin, store, titles
-from remote.server.fleet import inventory as fleet_inventory
+from remote.server import chart, db, fleet_panels, signin, store, titles
+from remote.server.fleet import incidents as fleet_incidents, inventory as fleet_inventory, triage
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
 from remote.server.logs import redacted_path
 from remote.server.service import Service, User
 
 CSRF_COOKIE = "posdiag_csrf"
-FILTERS = ("terminal", "code", "cause", "category", "model", "firmware", "verdict", "since", "until")
+FILTERS = ("terminal", "code", "cause", "category", "model", "firmware", "verdict", "held", "since", "until")
 VERDICTS = ("none", "merchant", "remote", "onsite", "hold")
 TEMPLATES = Path(__file__).parent / "templates"
-WORDS = tomllib.loads((TEMPLATES / "words.toml").read_text(encoding="utf-8"))
-# The server does not import the terminal's probe code; these are the probes DESIGN.md names.
-PROBE_NAMES = ("card_reader", "printer", "power", "storage", "network", "system")
+WORDS = catalogue.area("pages")
 
+
+
+def probe_names() -> tuple[str, ...]:
+    """Every probe the agent has, from the probe registry (the modules of probes/)."""
+    return tuple(probes.probe_modules())
 
 
 def _visible(value: Any) -> Any:
@@ -187,8 +191,40 @@ async def page_user(request: Request) -> User | None:
     user = await run_in_threadpool(srv.user_by_session, request.cookies.get(SESSION_COOKIE))
     if user is not None:
         request.state.lang = await run_in_threadpool(store.user_lang, srv.engine, user.name)
-        request.state.open_outages = await run_in_threadpool(fleet_web.open_outages, srv)
+        request.state.open_outages = await run_in_threadpool(fleet_panels.open_outages, srv)
     return user
+
+
+class PageAnswer(Exception):
+    """A page's answer decided before its handler runs (sign in first, a role refused);
+    app.py answers it."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def signed_in(request: Request) -> User:
+    """Dependency of every page: the signed-in user; anyone else is sent to sign in."""
+    user = await page_user(request)
+    if user is None:
+        raise PageAnswer(to_login(request))
+    return user
+
+
+SignedIn = Annotated[User, Depends(signed_in)]
+
+
+def page_role(*roles: str, refusal: str) -> Any:
+    """Dependency: the signed-in user if their role is one of `roles`, else a 403 page
+    saying `refusal` (a key of config/catalogue/pages.toml)."""
+
+    async def check(request: Request, user: SignedIn) -> User:
+        if user.role not in roles:
+            raise PageAnswer(render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)][refusal]))
+        return user
+
+    return check
 
 
 def to_login(request: Request) -> RedirectResponse:
@@ -263,34 +299,36 @@ async def logout(request: Request) -> Response:
 # -- pages ----------------------------------------------------------------------------------
 
 
-@router.get("/")
-async def overview(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+@router.get("/overview")
+async def overview(request: Request, user: SignedIn) -> Response:
     srv = service(request)
     days = srv.settings.stats_days
     stats = await run_in_threadpool(store.stats, srv.engine, days)
     first_day = db.parse_time(stats["since"]).date()
     recent, _ = await run_in_threadpool(store.list_bundles, srv.engine, store.BundleFilter(), 10)
+    held = await run_in_threadpool(triage.held_by_verdict, srv.engine, stats["since"])
     return render(
-        request, "overview.html", user=user, stats=stats, days=days, recent=recent,
+        request, "overview.html", user=user, stats=stats, days=days, recent=await with_holds(srv, recent), held=held,
         chart=chart.build(stats["per_day"], first_day, days),
     )  # fmt: skip
 
 
+async def with_holds(srv: Service, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows, each with `hold`: its fleet_dispatch when an incident holds it (one query)."""
+    holds = await run_in_threadpool(fleet_incidents.dispatch_for, srv.engine, [r["id"] for r in rows])
+    return [dict(r, hold=holds.get(r["id"])) for r in rows]
+
+
 @router.get("/bundles")
-async def bundle_list(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def bundle_list(request: Request, user: SignedIn) -> Response:
     srv = service(request)
     params = {k: request.query_params.get(k, "").strip() for k in FILTERS}
     error = None
     try:
         flt = store.BundleFilter(
-            **{k: params[k] or None for k in FILTERS if k not in ("since", "until", "verdict")},
+            **{k: params[k] or None for k in FILTERS if k not in ("since", "until", "verdict", "held")},
             verdict=params["verdict"] if params["verdict"] in VERDICTS else None,
+            held={"yes": True, "no": False}.get(params["held"]),
             since=_day(params["since"]),
             until=_day(params["until"], next_day=True),
         )
@@ -300,14 +338,21 @@ async def bundle_list(request: Request) -> Response:
     except (ValueError, store.StoreError) as exc:
         rows, next_cursor, error = [], None, str(getattr(exc, "detail", exc))
     return render(
-        request, "bundles.html", user=user, rows=rows, params=params, next_cursor=next_cursor, error=error, verdicts=VERDICTS
-    )
+        request, "bundles.html", user=user, rows=await with_holds(srv, rows), params=params, next_cursor=next_cursor,
+        error=error, verdicts=VERDICTS,
+    )  # fmt: skip
 
 
 def _day(text: str, next_day: bool = False) -> str | None:
-    """A filter date (YYYY-MM-DD, UTC) as a stored time; `until` includes its whole day."""
+    """A filter date (YYYY-MM-DD, UTC) as a stored time, `until` including its whole day;
+    or a time with its zone (the home page's links: the last 24 hours), as it is."""
     if not text:
         return None
+    if "T" in text:
+        try:
+            return db.stamp(db.parse_time(text))
+        except (ValueError, OverflowError):
+            raise ValueError(f"not a time (ISO-8601 with zone): {text[:40]}") from None
     try:
         day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
         return db.stamp(day + timedelta(days=1) if next_day else day)
@@ -316,10 +361,7 @@ def _day(text: str, next_day: bool = False) -> str | None:
 
 
 @router.get("/bundles/{bundle_id}")
-async def bundle_page(request: Request, bundle_id: str) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def bundle_page(request: Request, user: SignedIn, bundle_id: str) -> Response:
     srv = service(request)
     record = await run_in_threadpool(store.get_bundle, srv.engine, bundle_id[:64])
     if record is None:
@@ -328,7 +370,7 @@ async def bundle_page(request: Request, bundle_id: str) -> Response:
     probes = detail["probes"]
     if isinstance(probes, dict):
         probes = probes.get("probes", [])
-    fleet = await run_in_threadpool(fleet_web.bundle_fleet, srv, record["id"])
+    fleet = await run_in_threadpool(fleet_panels.bundle_fleet, srv, record["id"])
     return render(
         request, "bundle.html", user=user, r=record, d=detail["diagnosis"], manifest=detail["manifest"],
         probes=probes if isinstance(probes, list) else [], logs=detail["logs"], fleet=fleet,
@@ -337,10 +379,7 @@ async def bundle_page(request: Request, bundle_id: str) -> Response:
 
 
 @router.get("/terminals")
-async def terminal_list(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def terminal_list(request: Request, user: SignedIn) -> Response:
     srv = service(request)
     status = request.query_params.get("status") or None
     status = status if status in ("ok", "missing", "at_risk") else None
@@ -356,10 +395,7 @@ async def terminal_list(request: Request) -> Response:
 
 
 @router.get("/terminals/{terminal_id}")
-async def terminal_page(request: Request, terminal_id: str, requested: str = "") -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def terminal_page(request: Request, user: SignedIn, terminal_id: str, requested: str = "") -> Response:
     srv = service(request)
     terminal = await run_in_threadpool(store.get_terminal, srv.engine, terminal_id)
     if terminal is None:
@@ -368,22 +404,19 @@ async def terminal_page(request: Request, terminal_id: str, requested: str = "")
         store.list_bundles, srv.engine, store.BundleFilter(terminal=terminal_id), srv.settings.page_size
     )
     commands = await run_in_threadpool(store.list_commands, srv.engine, terminal_id)
-    fleet = await run_in_threadpool(fleet_web.terminal_health, srv, terminal_id)
+    fleet = await run_in_threadpool(fleet_panels.terminal_health, srv, terminal_id)
     return render(
-        request, "terminal.html", user=user, term=terminal, rows=rows, commands=commands,
-        probe_names=PROBE_NAMES, requested=requested, **fleet,
+        request, "terminal.html", user=user, term=terminal, rows=await with_holds(srv, rows), commands=commands,
+        probe_names=probe_names(), requested=requested, **fleet,
     )  # fmt: skip
 
 
 @router.post("/terminals/{terminal_id}/probes")
-async def request_probes(request: Request, terminal_id: str) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def request_probes(request: Request, user: SignedIn, terminal_id: str) -> Response:
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message="The form expired; please try again.")
-    chosen = [p for p in form.get("probe", []) if p in PROBE_NAMES]
+    chosen = [p for p in form.get("probe", []) if p in probe_names()]
     code = clean(form.get("code", [""])[0] or "").strip()[:64] or None
     srv = service(request)
     try:
@@ -396,11 +429,8 @@ async def request_probes(request: Request, terminal_id: str) -> Response:
 
 
 @router.post("/lang")
-async def choose_language(request: Request) -> Response:
+async def choose_language(request: Request, user: SignedIn) -> Response:
     """The language switch in the page header: remembered for the user."""
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)]["form_expired"])
@@ -421,5 +451,4 @@ async def local_time_script() -> Response:
     return Response((TEMPLATES / "local-time.js").read_bytes(), media_type="text/javascript")
 
 
-from remote.server import fleet_web  # noqa: E402  (fleet_web builds on this module's helpers)
-from remote.server import outcomes_web  # noqa: E402  (likewise)
+from remote.server import outcomes_web  # noqa: E402  (outcomes_web builds on this module's helpers)

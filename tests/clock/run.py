@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     ours, pytest_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Options after -- go to pytest.")
     parser.add_argument("-j", "--jobs", type=int, default=2, help="modules run at once (default 2)")
+    parser.add_argument(
+        "--only", choices=("tonight", "year-end"),
+        help="one of the two instants: CI runs year-end alone (a day's, a month's and a year's end at once)",
+    )  # fmt: skip
     parser.add_argument("--at", action="append", metavar="'YYYY-MM-DD HH:MM:SS'", help="UTC instants instead of the two above")
     parser.add_argument("paths", nargs="*", default=["tests"], help="where to look for modules marked clock (default: tests)")
     args = parser.parse_args(ours)
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     now = datetime.now(UTC)
     chosen = [datetime.fromisoformat(a).replace(tzinfo=UTC) for a in args.at] if args.at else instants(now)
+    if args.only and not args.at:
+        chosen = chosen[:1] if args.only == "tonight" else chosen[1:]
     modules = clock_modules(args.paths)
     print(f"clock: {len(modules)} modules at {', '.join(f'{i:%Y-%m-%d %H:%M:%S}' for i in chosen)} UTC", flush=True)
     runs = [(m, i) for i in chosen for m in modules]

@@ -24,7 +24,8 @@ XSS = "<script>alert(1)</script>"
 ESCAPED = "&lt;script&gt;alert(1)&lt;/script&gt;"
 SUPPORT = ROOT / ".venv" / "bin" / "posdiag-support"
 
-# (method, OpenAPI path) -> who may: "terminal" (its own), "users" (every role), "admin", "anyone"
+# (method, OpenAPI path) -> who may: "terminal" (its own), "users" (every role), "support"
+# (support and admin), "admin", "anyone"
 ACCESS = {
     ("get", "/healthz"): "anyone",
     ("get", "/metrics"): "anyone",
@@ -44,6 +45,10 @@ ACCESS = {
     ("get", "/api/v1/problems/{problem_id}"): "users",
     ("get", "/api/v1/incidents"): "users",
     ("get", "/api/v1/incidents/{incident_id}"): "users",
+    ("post", "/api/v1/incidents/{incident_id}/ack"): "support",
+    ("post", "/api/v1/incidents/{incident_id}/notes"): "support",
+    ("post", "/api/v1/incidents/{incident_id}/resolve"): "support",
+    ("post", "/api/v1/incidents/{incident_id}/dismiss"): "support",
     ("post", "/api/v1/outcomes"): "terminal",
     ("get", "/api/v1/terminals/{terminal_id}/learned"): "terminal",
     ("post", "/api/v1/bundles/{bundle_id}/outcome"): "users",
@@ -114,7 +119,7 @@ def call(server, method: str, path: str, who: str, tid: str, tokens: dict[str, s
     target = tid
     if path == "/api/v1/terminals/{terminal_id}" and who == "admin":
         target, _ = server.terminal("VICTIM")  # the admin's DELETE really revokes
-    url = server.url + path.format(terminal_id=target, bundle_id=stored_id, **fleet_ids(server, stored_id))
+    url = server.url + path.format(terminal_id=target, bundle_id=stored_id, **fleet_ids(server, stored_id, still_open=path.endswith("/resolve")))
     kw: dict = {"timeout": 30}
     if who in ("terminal", "other_terminal"):
         token = tokens[tid] if who == "terminal" else tokens["other"]
@@ -140,6 +145,8 @@ def call(server, method: str, path: str, who: str, tid: str, tokens: dict[str, s
         kw["json"] = {"model": "ACCESS-MODEL"}
     elif (method, path) == ("post", "/api/v1/learning/rebuild"):
         pass
+    elif path.startswith("/api/v1/incidents/"):
+        kw["json"] = {"note": "looked at it"}
     elif (method, path) == ("get", "/api/v1/audit"):
         kw["params"] = {"action": "terminal.enrol", "limit": 5}
     elif (method, path) == ("get", "/api/v1/learning/table"):
@@ -163,8 +170,9 @@ def outcome_record(token: str, tid: str, bundle_id: str) -> dict:
     return record
 
 
-def fleet_ids(server, bundle_id: str) -> dict[str, str]:
-    """The stored bundle's problem, and an incident (a closed one is made for the test)."""
+def fleet_ids(server, bundle_id: str, still_open: bool = False) -> dict[str, str]:
+    """The stored bundle's problem, and an incident (a closed one is made for the test,
+    an open one when the operation resolves it)."""
     import json
 
     import sqlalchemy as sa
@@ -173,6 +181,7 @@ def fleet_ids(server, bundle_id: str) -> dict[str, str]:
     from remote.server.fleet.schema import bundle_fleet
 
     engine = server.service.engine
+    server.counted()  # the fleet counts the stored bundle after its upload was answered
     with engine.begin() as conn:
         problem = conn.execute(sa.select(bundle_fleet.c.problem_id).where(bundle_fleet.c.bundle_id == bundle_id)).scalar_one()
         values = {
@@ -182,7 +191,8 @@ def fleet_ids(server, bundle_id: str) -> dict[str, str]:
             "summary": json.dumps({"en": "test", "zh": "测试"}),
         }  # fmt: skip
         incident, _ = incidents.open_incident(conn, "outage", f"acquirer=S-{uuid.uuid4().hex[:6]}", values)
-        incidents.close(conn, incident, "2026-01-01T00:10:00.000000Z")
+        if not still_open:
+            incidents.close(conn, incident, "2026-01-01T00:10:00.000000Z")
     return {"problem_id": problem, "incident_id": incident}
 
 
@@ -197,6 +207,7 @@ def test_each_operation_answers_only_who_may(pair, method, path):
         "anyone": set(PRINCIPALS),
         "terminal": {"terminal"},
         "users": {"support", "technician", "admin"},
+        "support": {"support", "admin"},
         "admin": {"admin"},
     }[rule]
     for who in PRINCIPALS:
@@ -304,7 +315,7 @@ def stored_xss(pair):
     tid, token = server.terminal("XSS")
     bundle_id, body = xss_bundle(token, tid)
     assert server.upload(token, body, bundle_id).status_code == 201
-    pages = ("/", f"/bundles?terminal={tid}", f"/bundles?model={XSS}", f"/bundles/{bundle_id}", f"/terminals/{tid}")
+    pages = ("/overview", f"/bundles?terminal={tid}", f"/bundles?model={XSS}", f"/bundles/{bundle_id}", f"/terminals/{tid}")
     return tid, bundle_id, pages
 
 

@@ -126,6 +126,7 @@ def run_seed(db_url: str, data_dir: Path, backend: str, cfg: GenConfig, settings
     try:
         gen = FleetGen(server.url, server.service.engine, cfg, ("support", PASSWORD))
         sent = gen.run(workers=workers)
+        server.counted()  # the fleet queue counts uploads after their answer
         server.service.fleet.sweep()  # the background sweep runs every sweep_seconds; no waiting here
         with server.service.engine.connect() as conn:
             held = set(conn.execute(sa.select(bundle_fleet.c.bundle_id).where(bundle_fleet.c.hold_incident.is_not(None))).scalars())

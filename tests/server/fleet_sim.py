@@ -12,6 +12,7 @@ whose bundles arrive `late_hours` after they happened.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any
 import requests
 from server_bundles import make_bundle
 
-from remote.server import db, store
+from remote.server import db, fleet_queue, store
 
 HOST = ("96", "host.unreachable", "host")
 NETWORK = ("ConnectError", "network.no_data_session", "network")
@@ -83,6 +84,7 @@ class Sent:
 class FleetSim:
     def __init__(self, base_url: str, engine: Any, scenario: Scenario, user: tuple[str, str]) -> None:
         self.url = base_url
+        self.engine = engine
         self.sc = scenario
         self.rng = random.Random(scenario.seed)
         self.client = Client(base_url, user)
@@ -181,7 +183,15 @@ class FleetSim:
                 self.client.bundle(t, when, payload, sent)
         return sent
 
+    def counted(self) -> None:
+        """Wait until the server's fleet queue has counted everything answered so far."""
+        deadline = time.monotonic() + 60
+        while fleet_queue.backlog(self.engine).depth:
+            assert time.monotonic() < deadline, "the fleet queue did not drain"
+            time.sleep(0.02)
+
     def incidents(self, status: str = "all") -> list[dict[str, Any]]:
+        self.counted()
         return self.client.incidents(status)
 
 

@@ -73,10 +73,17 @@ class RunningServer:
         return requests.post(f"{self.url}/api/v1/bundles", data=body, headers=headers, timeout=30, **kw)
 
     def get(self, path: str, user: str = "support", **kw) -> requests.Response:
+        self.counted()
         return requests.get(self.url + path, auth=(user, PASSWORD), timeout=30, **kw)
 
     def post(self, path: str, user: str = "support", **kw) -> requests.Response:
+        self.counted()
         return requests.post(self.url + path, auth=(user, PASSWORD), timeout=30, **kw)
+
+    def counted(self) -> None:
+        """Wait until the fleet has counted every upload and heartbeat answered so far (its
+        queue's worker counts them after the answer): what a support user reads next shows them."""
+        assert self.service.fleet_queue.wait_drained(60), "the fleet queue did not drain"
 
 
 def browser_env() -> dict[str, str]:

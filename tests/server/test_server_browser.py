@@ -37,7 +37,7 @@ def walk(browser, base: str, user: str, password: str, code: str, terminal_id: s
     browser.find_element(By.ID, "password").send_keys(password)
     browser.save_screenshot(str(shots / "1-sign-in.png"))
     browser.find_element(By.ID, "sign-in").click()
-    assert browser.find_element(By.ID, "chart").is_displayed()
+    assert browser.find_element(By.ID, "failing-hours").is_displayed()  # home: the fleet today
     browser.save_screenshot(str(shots / "2-fleet.png"))
 
     browser.find_element(By.LINK_TEXT, "Bundles").click()
@@ -176,3 +176,67 @@ def test_the_bundle_page_in_chinese_and_in_english(server, browser, tmp_path):
     # times were turned into the browser's zone by the page's own script, UTC kept on hover
     stamp = browser.find_element(By.CSS_SELECTOR, "time[datetime]")
     assert "UTC" not in stamp.text and stamp.get_attribute("title").endswith(" UTC")
+
+
+def test_triage_home_and_an_incident_in_both_languages(server, browser):
+    """A support lead's morning: the home page shows the outage going on, its page tells
+    what happened to whom; acknowledge, a note, then "not an outage", in Chinese and in
+    English. Screenshots are kept in bench/out/pages/."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
+    from test_server_incident_actions import outage
+
+    from remote.server import store
+
+    lead = f"lead-{uuid.uuid4().hex[:8]}"
+    store.add_user(server.service.engine, lead, "support", PASSWORD)
+    scope = f"T{uuid.uuid4().hex[:6]}"
+    incident, held = outage(server, scope, {"acquirer": scope, "region": "east"})
+    shots = Path(__file__).resolve().parents[2] / "bench" / "out" / "pages"
+    shots.mkdir(parents=True, exist_ok=True)
+    wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+
+    def in_language(lang: str) -> None:
+        browser.find_element(By.ID, f"lang-{lang}").click()
+        wait.until(lambda b: b.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang)
+
+    browser.get(server.url + "/")
+    browser.find_element(By.ID, "name").send_keys(lead)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.ID, "sign-in").click()
+    in_language("zh")
+    row = browser.find_element(By.ID, f"open-{incident}")
+    assert f"acquirer={scope}" in row.text and str(len(held)) in row.text
+    assert "今日机群" in browser.find_element(By.TAG_NAME, "main").text
+    assert browser.find_element(By.ID, "failing-hours").is_displayed()
+    browser.save_screenshot(str(shots / "home-zh.png"))
+
+    row.find_element(By.LINK_TEXT, f"acquirer={scope}, region=east").click()
+    main = browser.find_element(By.TAG_NAME, "main").text
+    assert "受影响终端" in main and "暂缓派单的诊断包" in main and "Terminals affected" not in main
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline rect.slot")) >= 5  # from 40 min before it began to now
+    assert {a.text for a in browser.find_elements(By.CSS_SELECTOR, "#affected td:first-child a")} == {f"{scope}-{i}" for i in range(7)}
+    browser.find_element(By.ID, "act-ack").click()
+    assert "已确认" in browser.find_element(By.ID, "done").text
+    browser.find_element(By.ID, "note-text").send_keys("主机侧已在处理")
+    browser.find_element(By.ID, "act-note").click()
+    assert "主机侧已在处理" in browser.find_element(By.ID, "actions").text
+    browser.save_screenshot(str(shots / "incident-zh.png"))
+    browser.find_element(By.LINK_TEXT, "问题").click()  # the header's Problems
+    assert "业务与发卡行结果" in browser.find_element(By.ID, "kind-tabs").text
+    browser.save_screenshot(str(shots / "problems-zh.png"))
+    browser.back()
+
+    in_language("en")
+    main = browser.find_element(By.TAG_NAME, "main").text
+    assert "Terminals affected" in main and "受影响终端" not in main and f"acknowledged by {lead}" in main
+    browser.find_element(By.ID, "act-dismiss").click()
+    assert "not an outage" in browser.find_element(By.ID, "incident-summary").text
+    assert browser.find_elements(By.ID, "act-dismiss") == []
+    browser.save_screenshot(str(shots / "incident-en.png"))
+    browser.get(server.url + "/")
+    assert browser.find_elements(By.ID, f"open-{incident}") == []
+    browser.save_screenshot(str(shots / "home-en.png"))
+    record = server.get(f"/api/v1/incidents/{incident}").json()
+    assert [(a["action"], a["by"]) for a in record["actions"]] == [("acknowledged", lead), ("note", lead), ("dismissed", lead)]

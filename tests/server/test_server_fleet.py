@@ -47,6 +47,7 @@ def simulate(db_url: str, data_dir, scenario: Scenario):
     try:
         sim = FleetSim(server.url, server.service.engine, scenario, ("support", PASSWORD))
         sent = sim.run()
+        server.counted()
         server.service.fleet.sweep()  # the background sweep runs every sweep_seconds; no waiting here
         return server, sim, sent, contextlib.closing(servers)
     except BaseException:

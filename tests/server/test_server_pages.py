@@ -68,7 +68,7 @@ def test_terminal_data_is_escaped_everywhere(server):
     bundle_id, body = make_bundle(token, tid, code="E3", cause=XSS, category="printer", model=XSS, log_text=XSS)
     assert server.upload(token, body, bundle_id).status_code == 201
     session = signed_in(server)
-    for path in ("/", f"/bundles?terminal={tid}", f"/bundles/{bundle_id}", f"/terminals/{tid}"):
+    for path in ("/overview", f"/bundles?terminal={tid}", f"/bundles/{bundle_id}", f"/terminals/{tid}"):
         html = session.get(server.url + path, timeout=10).text
         assert XSS not in html, path
         assert "&lt;script&gt;" in html, path
@@ -78,7 +78,7 @@ def test_overview_draws_a_chart_and_counts(server):
     tid, token = server.terminal()
     bundle_id, body = make_bundle(token, tid, category="printer")
     server.upload(token, body, bundle_id)
-    html = signed_in(server).get(server.url + "/", timeout=10).text
+    html = signed_in(server).get(server.url + "/overview", timeout=10).text
     assert '<svg id="chart"' in html and "<rect" in html and "printer" in html
     assert re.search(r'id="total" href="/bundles">\d+<', html)
     assert re.search(r'id="verdict-onsite" href="/bundles\?verdict=onsite">\d+<', html)  # every count is a link

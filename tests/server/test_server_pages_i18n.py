@@ -51,10 +51,10 @@ def test_one_language_at_a_time_remembered_for_the_user(server):
     assert "派单" in chinese and "Dispatch" not in chinese and "检测结果" in chinese
 
     # remembered for the user, not the browser: a new sign-in elsewhere gets Chinese too
-    elsewhere = signed_in(server, user).get(server.url + "/", timeout=10).text
+    elsewhere = signed_in(server, user).get(server.url + "/overview", timeout=10).text
     assert "机群概况" in elsewhere
     switch(session, server, "en")
-    assert "Fleet, last" in signed_in(server, user).get(server.url + "/", timeout=10).text
+    assert "Fleet, last" in signed_in(server, user).get(server.url + "/overview", timeout=10).text
 
 
 def test_without_a_choice_the_browser_language_decides(server):

@@ -133,6 +133,7 @@ class KeyCount(BaseModel):
 class Problem(BaseModel):
     id: str
     signature: str
+    verdict: str | None = Field(default=None, description="the highest dispatch verdict of its bundles; above none: a fault")
     code: str | None
     scheme: str | None
     top_cause: str | None
@@ -173,3 +174,23 @@ class Incident(BaseModel):
 
 class IncidentList(BaseModel):
     items: list[Incident]
+
+
+class IncidentAction(BaseModel):
+    at: str
+    by: str
+    action: Literal["acknowledged", "note", "resolved", "dismissed"]
+    note: str | None
+
+
+class IncidentDetail(Incident):
+    notes: list[IncidentAction] = Field(description="the notes support added, oldest first")
+    actions: list[IncidentAction] = Field(description="every action on it, notes too, oldest first")
+
+
+class IncidentNote(BaseModel):
+    note: str = Field(min_length=1, max_length=4000)
+
+
+class IncidentChange(BaseModel):
+    note: str | None = Field(default=None, max_length=4000, description="why, kept with the action")

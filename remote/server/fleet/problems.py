@@ -11,8 +11,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from remote.server.db import bundles
 from remote.server.fleet import sql, timing
-from remote.server.fleet.schema import problem_counts, problem_hits, problem_last_days, problem_terminals, problems, terminal_labels
+from remote.server.fleet.schema import bundle_fleet, problem_counts, problem_hits, problem_last_days, problem_terminals, problems, terminal_labels
 
 BREAKDOWN_TOP = 10  # values shown per model, firmware and label breakdown
 UNSHOWN = ("day", "build")  # counted dimensions that are no breakdown
@@ -49,6 +50,35 @@ def signature(index: dict[str, Any], findings: list[str], fields: list[str]) -> 
     return " | ".join(parts[f] or "-" for f in fields)
 
 
+VERDICT_ORDER = ("none", "merchant", "remote", "onsite")  # a problem is a fault when its verdict is above none
+
+
+def verdict_rank(verdict: str | None) -> int | None:
+    return VERDICT_ORDER.index(verdict) if verdict in VERDICT_ORDER else None
+
+
+def verdicts_of(kind: str, verdict: str | None) -> list[str] | None:
+    """The verdicts a Problems view lists: one asked for, else those of faults (above none)
+    or of business and issuer outcomes (none); None: all."""
+    if verdict in VERDICT_ORDER:
+        return [verdict]
+    return {"faults": list(VERDICT_ORDER[1:]), "outcomes": [VERDICT_ORDER[0]]}.get(kind)
+
+
+def fill_verdicts(conn: sa.Connection) -> None:
+    """verdict_rank of every problem from its bundles (a database made before the column)."""
+    b = bundles.c
+    rank = sa.case(*((b.verdict == v, i) for i, v in enumerate(VERDICT_ORDER)), else_=-1)
+    highest = (
+        sa.select(sa.func.max(rank)).select_from(bundle_fleet.join(bundles, b.id == bundle_fleet.c.bundle_id))
+        .where(bundle_fleet.c.problem_id == problems.c.id).scalar_subquery()
+    )  # fmt: skip
+    conn.execute(problems.update().values(verdict_rank=highest))
+
+
+problems.c.verdict_rank.info["fill"] = fill_verdicts
+
+
 def problem_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -82,12 +112,14 @@ def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, la
                 "terminals_affected": problems.c.terminals_affected + stmt.excluded.terminals_affected,
                 "first_seen": sql.least(conn, problems.c.first_seen, stmt.excluded.first_seen),
                 "last_seen": sql.greatest(conn, problems.c.last_seen, stmt.excluded.last_seen),
+                "verdict_rank": sql.greatest(conn, sa.func.coalesce(problems.c.verdict_rank, -1), sa.func.coalesce(stmt.excluded.verdict_rank, -1)),
             },
         ),
         {
             "id": pid, "signature": text, "scheme": index.get("scheme"), "code": index.get("code"),
             "top_cause": index.get("top_cause"), "top_category": index.get("top_category"),
             "first_seen": event_at, "last_seen": event_at, "bundles": 1, "terminals_affected": int(first_for_terminal),
+            "verdict_rank": verdict_rank(index.get("verdict")),
         },
     )  # fmt: skip
     counts = [("build", build_key(index["model"], index["firmware"])), ("day", day), ("firmware", index["firmware"])]
@@ -208,12 +240,18 @@ def _uncursor(cursor: str) -> tuple[int, str]:
 def list_problems(
     engine: Engine, *, since: str | None = None, until: str | None = None, labels: dict[str, str] | None = None,
     model: str | None = None, firmware: str | None = None, limit: int = 50, cursor: str | None = None,
+    first_seen_since: str | None = None, verdicts: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
     """Ranked by terminals affected. Unfiltered: straight from `problems`; by one label,
     model, firmware or model and firmware, over all time: from that value's count; since
     alone: from the terminals counted by their newest day with each problem; any other filter: from the per
-    problem, terminal and day rollup (since/until are whole UTC days)."""
+    problem, terminal and day rollup (since/until are whole UTC days). first_seen_since:
+    only the problems first seen then or later (new ones), the other filters left aside;
+    verdicts: only the problems whose highest verdict is one of these."""
     labels = labels or {}
+    if first_seen_since:
+        since = until = model = firmware = None
+        labels = {}
     one = _one_count(labels, model, firmware) if not (since or until) else None
     recent = since and not (until or labels or model or firmware)
     if recent:  # the last days, up to now: a terminal counts if its newest day is in them
@@ -246,6 +284,11 @@ def list_problems(
     else:
         query = sa.select(problems.c.id, problems.c.terminals_affected.label("terminals"), problems.c.bundles)
         rank_t, rank_id = problems.c.terminals_affected, problems.c.id
+        if first_seen_since:
+            query = query.where(problems.c.first_seen >= first_seen_since)
+    if verdicts is not None:
+        ranks = [VERDICT_ORDER.index(v) for v in verdicts if v in VERDICT_ORDER]
+        query = query.where(rank_id.in_(sa.select(problems.c.id).where(problems.c.verdict_rank.in_(ranks))))
     if cursor:
         after_t, after_id = _uncursor(cursor)
         query = query.where(sa.or_(rank_t < after_t, sa.and_(rank_t == after_t, rank_id > after_id)))
@@ -291,12 +334,17 @@ def _items(conn: sa.Connection, ranked: list[Any], since: str | None, until: str
         out.append({
             "id": p["id"], "signature": p["signature"], "code": p["code"], "scheme": p["scheme"], "top_cause": p["top_cause"],
             "first_seen": p["first_seen"], "last_seen": p["last_seen"], "bundles": int(r.bundles),
+            "top_category": p["top_category"], "verdict": _verdict_of(p["verdict_rank"]),
             "terminals_affected": int(r.terminals),
             "by_model": _ranked(c.get("model", [])), "by_firmware": _ranked(c.get("firmware", [])),
             "by_label": dict(sorted(by_label.items())),
             "daily": [{"key": d, "count": n} for d, n in days],
         })  # fmt: skip
     return out
+
+
+def _verdict_of(rank: int | None) -> str | None:
+    return VERDICT_ORDER[rank] if rank is not None and 0 <= rank < len(VERDICT_ORDER) else None
 
 
 def _ranked(pairs: list[tuple[str, int]]) -> list[dict[str, Any]]:

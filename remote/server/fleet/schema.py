@@ -150,6 +150,7 @@ problems = sa.Table(
     sa.Column("bundles", sa.Integer, nullable=False),
     sa.Column("terminals_affected", sa.Integer, nullable=False),
     sa.Column("breakdown", sa.Text),  # JSON {dim: [[key, count], ...]}, the top values per dimension
+    sa.Column("verdict_rank", sa.Integer),  # the highest dispatch verdict of its bundles: 0 none .. 3 onsite
     sa.Index("ix_problems_rank", "terminals_affected", "id"),
 )
 
@@ -219,6 +220,20 @@ incidents = sa.Table(
     sa.Column("acknowledged_by", sa.String(128)),
     sa.Index("ix_incidents_status", "status", "started_at"),
     sa.Index("ix_incidents_scope", "scope_key", "started_at"),
+)
+
+incident_actions = sa.Table(  # what support did to an incident, and its notes (incident_actions.py)
+    "incident_actions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("incident_id", sa.String(36), nullable=False),
+    sa.Column("at", TIME, nullable=False),
+    sa.Column("by", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # acknowledged | note | resolved | dismissed
+    sa.Column("note", sa.Text),
+    sa.Column("source", sa.String(8)),  # web | api: where it was done (the audit log shows it)
+    sa.Index("ix_incident_actions_incident", "incident_id", "at"),
+    sa.Index("ix_incident_actions_at", "at", "id"),
 )
 
 dismissed_terminals = sa.Table(  # the failing terminals of a dismissed outage: they open no new one

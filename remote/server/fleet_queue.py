@@ -1,0 +1,254 @@
+"""The fleet's arrivals queue (issue 22): what the fleet counts, written durably in the
+upload's or the heartbeat's own transaction, counted by a worker thread after the answer.
+
+Counting a bundle into the inventory, its problem and the outage detector took a third to a
+half of an upload's time, and two uploads locked the same rollup rows crosswise. Now an
+upload writes one queue row beside its bundle row (one transaction: a stored bundle is
+always queued, a queued one always stored) and a heartbeat writes one queue row, and each is
+answered. One drainer at a time across every server (leases.py) takes the rows oldest
+first and calls the fleet's public entries, Fleet.on_bundle and Fleet.on_heartbeat, one
+transaction each, then deletes them:
+
+- idempotent: on_bundle counts a bundle once (bundle_fleet's key); a heartbeat already
+  folded (its row in `heartbeats`, same terminal, event and receipt time) is skipped. A
+  drainer killed between counting and deleting leaves rows its successor skips.
+- event time: the counting judges the bundle's created_at and the heartbeat's sent_at, as
+  before, never when the drainer reaches them.
+- bounded: depth and lag are exported (posdiag_fleet_queue_depth, _lag_seconds); past
+  `[server] fleet_queue_max` entries, uploads and heartbeats are answered 503 with
+  Retry-After (shedding.py) until the drainer catches up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from remote.server import db, ingest, leases
+from remote.server.db import TIME, metadata
+from remote.server.fleet.models import Heartbeat
+from remote.server.fleet.schema import heartbeats
+
+if TYPE_CHECKING:
+    from remote.server.fleet.engine import Fleet
+    from remote.server.metrics import Metrics
+
+log = logging.getLogger("posdiag.fleet_queue")
+LEASE = "fleet-queue"
+LEASE_SECONDS = 30.0
+TICK_SECONDS = 0.2  # how often an idle drainer looks, and a waiting one asks for the lease
+BATCH = 200  # rows read at once
+ROUND_SECONDS = 5.0  # a drainer gives the lease back this often (SQLite's lease is not renewed)
+
+fleet_queue = sa.Table(
+    "fleet_queue",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # bundle | heartbeat
+    sa.Column("terminal_id", sa.String(128), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),  # JSON: what the fleet's entry is called with
+    sa.Column("enqueued_at", TIME, nullable=False),
+)
+
+
+def bundle_entry(bundle: ingest.Bundle, record: dict[str, Any], clamped: bool) -> dict[str, Any]:
+    """The queue row of a bundle just stored: its record, the manifest and probes.json as
+    already read (the archive is never read again), and whether its time was clamped."""
+    probes = bundle.scan.kept.get("probes.json")
+    payload = {
+        "record": record,
+        "clamped": clamped,
+        "manifest": bundle.manifest_raw,
+        "probes": probes.decode("utf-8", "replace") if probes is not None else None,
+    }
+    return _row("bundle", record["terminal_id"], payload)
+
+
+def heartbeat_entry(beat: Heartbeat, event_at: str, clamped: bool, received_at: str) -> dict[str, Any]:
+    """Its texts masked before they are written (the fleet masks them again, to the same)."""
+    texts = {k: ingest.shown(getattr(beat, k)) for k in ("model", "firmware", "app_version", "agent_version")}
+    masked = beat.model_copy(update=dict(texts, labels={k: ingest.shown(v) for k, v in beat.labels.items()}))
+    payload = {"beat": masked.model_dump(), "event_at": event_at, "clamped": clamped, "received_at": received_at}
+    return _row("heartbeat", beat.terminal_id, payload)
+
+
+def _row(kind: str, terminal_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, "terminal_id": terminal_id, "payload": json.dumps(payload), "enqueued_at": db.now()}
+
+
+def add(conn: sa.Connection, entry: dict[str, Any]) -> None:
+    conn.execute(fleet_queue.insert(), [entry])
+
+
+def enqueue(engine: Engine, entry: dict[str, Any]) -> None:
+    """A heartbeat's durable write: once this returns, the heartbeat is folded in later even
+    if the server is killed now."""
+    with db.writing(engine) as conn:
+        conn.execute(fleet_queue.insert(), [entry])
+
+
+@dataclass(frozen=True)
+class Backlog:
+    depth: int
+    lag_seconds: float  # age of the oldest entry
+
+
+def backlog(engine: Engine) -> Backlog:
+    with engine.connect() as conn:
+        depth, oldest = conn.execute(sa.select(sa.func.count(), sa.func.min(fleet_queue.c.enqueued_at))).one()
+    lag = (datetime.now(UTC) - db.parse_time(oldest)).total_seconds() if oldest else 0.0
+    return Backlog(depth, max(0.0, lag))
+
+
+def _bundle_of(payload: dict[str, Any]) -> ingest.Bundle:
+    """The parts of the bundle the fleet reads (manifest, probes.json), as they were stored."""
+    raw = payload["manifest"]
+    probes = payload["probes"]
+    scan = ingest.Scan([], {}, {} if probes is None else {"probes.json": probes.encode("utf-8")}, {})
+    manifest = ingest.Manifest.model_validate(raw)
+    return ingest.Bundle(manifest, raw, {}, db.parse_time(manifest.created_at), scan)
+
+
+class Drainer:
+    """The worker thread of one server process; one of all processes holds the lease and drains."""
+
+    def __init__(self, engine: Engine, fleet: Fleet, metrics: Metrics | None = None, threads: int = 4) -> None:
+        self.engine = engine
+        self.fleet = fleet
+        self.threads = threads if engine.dialect.name == "postgresql" else 1
+        self._executor: ThreadPoolExecutor | None = None
+        self.metrics = metrics
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last = Backlog(0, 0.0)  # as last read (by this process's drainer thread)
+        self.counted = 0
+        self.failed = 0
+        if metrics is not None:
+            metrics.gauge("posdiag_fleet_queue_depth", "Arrivals (bundles, heartbeats) waiting to be counted into the fleet.",
+                          lambda: {"": float(backlog(self.engine).depth)})  # fmt: skip
+            metrics.gauge("posdiag_fleet_queue_lag_seconds", "Age of the oldest arrival waiting to be counted into the fleet.",
+                          lambda: {"": backlog(self.engine).lag_seconds})  # fmt: skip
+
+    def look(self) -> Backlog:
+        """Read the queue's depth and lag (what shedding judges by, until the next look)."""
+        self.last = backlog(self.engine)
+        return self.last
+
+    def nudge(self) -> None:
+        """Something was queued by this process: look now rather than at the next tick."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True, name="fleet-queue")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(TICK_SECONDS)
+            self._wake.clear()
+            try:
+                if self.look().depth:
+                    with leases.exclusive(self.engine, LEASE, LEASE_SECONDS) as mine:
+                        if mine:
+                            self.drain(ROUND_SECONDS)
+            except sa.exc.SQLAlchemyError as exc:  # a database restart: the rows wait for the next tick
+                log.warning("fleet queue: %s", exc)
+
+    def drain(self, seconds: float = float("inf")) -> int:
+        """Count queued arrivals, oldest first, for about `seconds` or until none is left;
+        how many were taken. Call only while holding the lease (or alone, in a test).
+
+        On PostgreSQL a batch is shared out among `threads` by terminal (a terminal's
+        arrivals stay in order, in one thread): counting a bundle is some twenty statements,
+        mostly waiting on the database, and two terminals' counts seldom meet (the fleet
+        retries a deadlock). SQLite admits one writer: one thread."""
+        deadline = time.monotonic() + seconds
+        taken = 0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.select(fleet_queue).order_by(fleet_queue.c.id).limit(BATCH)).mappings().all()
+            if not rows:
+                break
+            lanes: dict[int, list[Any]] = {}
+            for row in rows:
+                lanes.setdefault(hash(row["terminal_id"]) % self.threads, []).append(row)
+            if len(lanes) == 1:
+                done = self._lane(next(iter(lanes.values())), deadline)
+            else:
+                done = [i for part in self._pool().map(lambda lane: self._lane(lane, deadline), lanes.values()) for i in part]
+            self._delete(done)
+            taken += len(done)
+        return taken
+
+    def _lane(self, rows: list[Any], deadline: float) -> list[int]:
+        done = []
+        for row in rows:
+            if time.monotonic() >= deadline and done:
+                break
+            self._apply(row)
+            done.append(row["id"])
+        return done
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="fleet-queue-lane")
+        return self._executor
+
+    def _delete(self, ids: list[int]) -> None:
+        if ids:
+            with db.writing(self.engine) as conn:
+                conn.execute(fleet_queue.delete().where(fleet_queue.c.id.in_(ids)))
+
+    def _apply(self, row: Any) -> None:
+        try:
+            payload = json.loads(row["payload"])
+            if row["kind"] == "bundle":
+                self.fleet.on_bundle(_bundle_of(payload), payload["record"], payload["clamped"])
+            elif not self._folded(payload):
+                beat = Heartbeat.model_validate(payload["beat"])
+                self.fleet.on_heartbeat(beat, payload["event_at"], payload["clamped"], payload["received_at"])
+            self.counted += 1
+        except sa.exc.OperationalError:
+            raise  # the database, not the row: keep it for the next round
+        except Exception:  # a row the fleet cannot count must not stop every row after it
+            self.failed += 1
+            if self.metrics is not None:
+                self.metrics.fleet_queue_dropped.inc()
+            log.exception("fleet queue: entry %s (%s of %s) dropped", row["id"], row["kind"], row["terminal_id"])
+
+    def _folded(self, payload: dict[str, Any]) -> bool:
+        h = heartbeats.c
+        tid = payload["beat"]["terminal_id"]
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(h.id).where(h.terminal_id == tid, h.sent_at == payload["event_at"], h.received_at == payload["received_at"]).limit(1)
+            ).first()  # fmt: skip
+        return found is not None
+
+    def wait_drained(self, timeout: float = 30.0) -> bool:
+        """True once nothing waits in the queue (tests, and a server shutting down)."""
+        deadline = time.monotonic() + timeout
+        while backlog(self.engine).depth:
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            time.sleep(0.02)
+        return True
