@@ -45,8 +45,7 @@ from server_bundles import make_bundle
 
 from remote.client import Client, UploadError
 from remote.server import db, fleet_queue, store
-from remote.server.fleet.incidents import incidents
-from remote.server.fleet.schema import bundle_fleet
+from remote.server.fleet.schema import bundle_fleet, incidents
 
 PER_TERMINAL = 3
 PASSWORD = "herd-support-pass"

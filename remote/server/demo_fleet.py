@@ -167,3 +167,4 @@ def _heartbeat(srv: Service, t: Terminal, when: datetime, health: dict[str, Any]
 def _bundle(srv: Service, t: Terminal, when: datetime, fault: dict[str, str]) -> None:
     bundle_id, body = sim_bundle.build(t.token, t.identity(), t.labels, db.stamp(when), fault)
     srv.ingest(body, srv.terminal_for_token(t.token), bundle_id)
+    srv.fleet_queue.drain()  # counted now, in event-time order with the heartbeats (no worker runs here)
