@@ -90,6 +90,7 @@ class FleetSettings:
     regression_min_affected: int = bounded(1, 100000)
     regression_min_ratio: float = bounded(1, 1e6)
     regression_p_value: float = bounded(0, 1)
+    regression_close_p_value: float = bounded(0, 1)
     sweep_seconds: float = bounded(0.1, 86400)
 
 

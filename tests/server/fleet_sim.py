@@ -1,7 +1,8 @@
 """A fleet simulator: enrols labelled terminals on a real support server and sends hourly
 heartbeats and bundles through its HTTP API, each stamped with its event time, with
 injected fleet events on top of background noise. Used by test_server_fleet.py and
-bench/fleet_sim.py.
+bench/fleet_sim.py; its Client (what a terminal sends, what support reads) also by
+fleet_gen.py, the generator of random fleets.
 
 The timeline ends at the real now (event times are never in the future) and starts
 `days` before it. Arrival order is event time, except for terminals listed as late,
@@ -90,8 +91,7 @@ class FleetSim:
         self.engine = engine
         self.sc = scenario
         self.rng = random.Random(scenario.seed)
-        self.http = requests.Session()
-        self.user = user
+        self.client = Client(base_url, user)
         self.terminals = [self._enrol(engine, i) for i in range(scenario.terminals)]
         s = scenario.start
         self.injected = [
@@ -182,9 +182,9 @@ class FleetSim:
             while checkpoints and arrival > checkpoints[0][0]:
                 sent.open_at_checkpoint[checkpoints.pop(0)[1]] = self.incidents("open")
             if kind == "heartbeat":
-                self.heartbeat(t, when, payload, sent)
+                self.client.heartbeat(t, when, payload, sent)
             else:
-                self.bundle(t, when, payload, sent)
+                self.client.bundle(t, when, payload, sent)
         return sent
 
     def counted(self) -> None:
@@ -193,6 +193,20 @@ class FleetSim:
         while fleet_queue.backlog(self.engine).depth:
             assert time.monotonic() < deadline, "the fleet queue did not drain"
             time.sleep(0.02)
+
+    def incidents(self, status: str = "all") -> list[dict[str, Any]]:
+        self.counted()
+        return self.client.incidents(status)
+
+
+class Client:
+    """A simulated terminal's heartbeats and signed bundles, and support's reading of the
+    incidents, through the server's HTTP API."""
+
+    def __init__(self, base_url: str, user: tuple[str, str]) -> None:
+        self.url = base_url
+        self.http = requests.Session()
+        self.user = user
 
     def heartbeat(self, t: Terminal, when: datetime, health: dict[str, Any], sent: Sent) -> dict[str, Any]:
         body = {
@@ -218,7 +232,6 @@ class FleetSim:
         sent.bundles[bundle_id] = dict(p, terminal=t.id, at=when)
 
     def incidents(self, status: str = "all") -> list[dict[str, Any]]:
-        self.counted()
         answer = self.http.get(f"{self.url}/api/v1/incidents", params={"status": status}, auth=self.user, timeout=30)
         answer.raise_for_status()
         return answer.json()["items"]

@@ -38,3 +38,19 @@ def binom_sf(k: int, n: int, p: float) -> float:
     log_p, log_q = math.log(p), math.log1p(-p)
     head = math.lgamma(n + 1)
     return min(1.0, sum(math.exp(head - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q) for i in range(k, n + 1)))
+
+
+def hypergeom_sf(k: int, total: int, marked: int, drawn: int) -> float:
+    """P(X >= k) for X ~ Hypergeometric: `drawn` items taken from `total`, of which `marked`
+    are marked (Fisher's exact test of two proportions, one-sided)."""
+    low, high = max(k, 0, drawn - (total - marked)), min(marked, drawn)
+    if low > high:
+        return 0.0
+    head = math.lgamma(marked + 1) + math.lgamma(total - marked + 1) + math.lgamma(drawn + 1) + math.lgamma(total - drawn + 1) - math.lgamma(total + 1)
+    out = 0.0
+    for i in range(low, high + 1):
+        term = math.exp(head - math.lgamma(i + 1) - math.lgamma(marked - i + 1) - math.lgamma(drawn - i + 1) - math.lgamma(total - marked - drawn + i + 1))
+        out += term
+        if term < out * 1e-15 and i > low + 1:  # terms only shrink past the mode
+            break
+    return min(1.0, out)
