@@ -57,6 +57,10 @@ def test_a_technician_records_an_outcome_on_the_bundle_page_once(server):
     assert again.status_code == 303 and len(history(server, bid)) == 1  # the same form twice: once
     changed = session.post(f"{server.url}/bundles/{bid}/outcome", data=dict(form, found="nothing"), timeout=10)
     assert changed.status_code == 409 and "outcome_id_reused" in changed.text and len(history(server, bid)) == 1
+    home = html.unescape(session.get(server.url + "/", timeout=10).text)
+    line = home[home.index('id="home-visits"') :].split("</p>")[0]
+    assert re.search(r"Visit outcomes, last \d+ days: [1-9]\d* visits; found as predicted \d+%, no fault found \d+%", line), line
+    assert 'href="/outcomes"' in line
 
 
 def test_bad_outcomes_from_the_page_are_refused_with_why(server):
