@@ -99,7 +99,9 @@ def _enrol(srv: Service, sc: dict[str, Any], count: int, start: datetime, end: d
             "acquirer": sc["acquirers"][i % len(sc["acquirers"])], "region": sc["regions"][(i // 3) % len(sc["regions"])],
             "carrier": sc["carriers"][(i // 9) % len(sc["carriers"])], "merchant": f"m{i % 40:02d}",
         }  # fmt: skip
-        fleet.append(Terminal(terminal_id, store.add_terminal(srv.engine, terminal_id), labels, model, firmwares[(i // 4) % len(firmwares)]))
+        owned = {k: v for k, v in labels.items() if k not in srv.settings.fleet.observed_label_keys}  # enrolled with the operator's labels
+        token = store.add_terminal(srv.engine, terminal_id, owned, srv.settings.fleet)
+        fleet.append(Terminal(terminal_id, token, labels, model, firmwares[(i // 4) % len(firmwares)]))
     worn, silent = sc["worn"], sc["silent"]
     for t in fleet[: worn["terminals"]]:
         t.wear = worn["wear_start"]
