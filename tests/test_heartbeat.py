@@ -126,8 +126,17 @@ def test_a_running_agent_reports_to_the_fleet_and_takes_probe_requests_with_its_
     out from the heartbeat's answer (no separate poll: polls are an hour apart here)."""
     import time
 
+    import requests
+    from server_bundles import PASSWORD  # tests/server, on the path once a server runs
+
     a = agent(heartbeat_seconds=2.0, command_poll_seconds=3600.0)
-    a.write_config('[terminal.labels]\nacquirer = "B"\nregion = "north"\n')
+    a.write_config('[terminal.labels]\nacquirer = "B"\nregion = "north"\n')  # the terminal's claim: a hint
+    # The labels outages are cut by are the operator's (docs/fleet.md, which labels are trusted).
+    owned = requests.patch(
+        f"{a.server.url}/api/v1/terminals/{a.terminal}/labels", json={"acquirer": "B", "region": "north"},
+        auth=("admin", PASSWORD), timeout=30,
+    )  # fmt: skip
+    assert owned.status_code == 200, owned.text
     command = a.server.post(f"/api/v1/terminals/{a.terminal}/commands", json={"probes": ["power"], "code": None}).json()
     a.start()
     deadline = time.monotonic() + 20
@@ -139,6 +148,7 @@ def test_a_running_agent_reports_to_the_fleet_and_takes_probe_requests_with_its_
         assert time.monotonic() < deadline, (items, a.stderr.read_text())
         time.sleep(0.2)
     assert mine[0]["labels"]["region"] == "north" and mine[0]["labels"]["link"] == "cellular"
+    assert {k: mine[0]["claimed_labels"][k] for k in ("acquirer", "region")} == {"acquirer": "B", "region": "north"}
     assert mine[0]["model"] == "SIM-POS" and mine[0]["status"] == "ok"
     (done,) = a.bundles()
     assert done["command_id"] == command["id"] and done["trigger_kind"] == "remote"
