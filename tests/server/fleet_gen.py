@@ -145,8 +145,11 @@ class Send:
 
 
 class FleetGen:
-    def __init__(self, base_url: str, engine: Any, cfg: GenConfig, user: tuple[str, str]) -> None:
+    def __init__(self, base_url: str, engine: Any, cfg: GenConfig, user: tuple[str, str], fleet: Any) -> None:
+        """`fleet`: the server's [server.fleet] settings; terminals are enrolled with the
+        operator's labels (all but the observed ones, which they report)."""
         self.cfg = cfg
+        self.fleet = fleet
         self.rng = random.Random(cfg.seed)
         self.client = Client(base_url, user)
         self.members: list[Member] = []
@@ -196,7 +199,8 @@ class FleetGen:
                     t_model = rng.choices(list(models), weights=model_weights)[0]
                     firmware = rng.choices(models[t_model], weights=[3, 2, 1][: len(models[t_model])])[0]
                 terminal_id = f"GEN{cfg.seed}-{n:04d}-{uuid.uuid4().hex[:4]}"
-                token = store.add_terminal(engine, terminal_id)
+                owned = {k: v for k, v in labels.items() if k not in self.fleet.observed_label_keys}
+                token = store.add_terminal(engine, terminal_id, owned, self.fleet)
                 t = Terminal(terminal_id, token, labels, t_model, firmware, battery_wear=rng.uniform(0.85, 0.97))
                 self.members.append(Member(
                     t, f"m{merchant_no}", regions[region], opens, closes, rng.uniform(0.5, 1.8),

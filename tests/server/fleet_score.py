@@ -124,7 +124,7 @@ def run_seed(db_url: str, data_dir: Path, backend: str, cfg: GenConfig, settings
     servers = start_server(db_url, data_dir, backend, settings)
     server = next(servers)
     try:
-        gen = FleetGen(server.url, server.service.engine, cfg, ("support", PASSWORD))
+        gen = FleetGen(server.url, server.service.engine, cfg, ("support", PASSWORD), server.service.settings.fleet)
         sent = gen.run(workers=workers)
         server.counted()  # the fleet queue counts uploads after their answer
         server.service.fleet.sweep()  # the background sweep runs every sweep_seconds; no waiting here
