@@ -34,7 +34,7 @@ def score(tmp_path_factory) -> Score:
     total = Score()
     for seed in SEEDS:
         tmp = tmp_path_factory.mktemp(f"gen-{seed}")
-        one, _gen, sent = run_seed(f"sqlite:///{tmp / 's.db'}", tmp / "data", "sqlite", GenConfig(seed=seed, **FLEET), settings, workers=4)
+        one, _gen, sent = run_seed(f"sqlite:///{tmp / 's.db'}", tmp / "data", "sqlite", GenConfig(seed=seed, **FLEET), settings, workers=1)
         assert not sent.errors, sent.errors[:3]
         total.add(one)
     print(f"\n{len(SEEDS)} generated fleets on SQLite: {total.summary()}")  # shown with pytest -s
