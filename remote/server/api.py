@@ -181,8 +181,9 @@ async def upload(
         size = declared or srv.settings.max_bundle_bytes
         async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
             body = await read_capped(request, srv.settings.max_bundle_bytes)
+            prepared = await run_in_threadpool(srv.prepare_upload, body, terminal, idempotency_key)
             async with srv.gate.turn():
-                record, new = await run_in_threadpool(srv.ingest, body, terminal, idempotency_key)
+                record, new = await run_in_threadpool(srv.store_upload, prepared)
     except IngestError as exc:
         srv.metrics.reject(exc.code, time.perf_counter() - started)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None

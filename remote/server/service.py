@@ -189,6 +189,11 @@ class Service:
         shedding.check_queue(self.settings, self.fleet_queue.last.depth)
 
     def ingest(self, body: bytes, terminal: dict[str, Any], idempotency_key: str | None) -> tuple[dict[str, Any], bool]:
+        return self.store_upload(self.prepare_upload(body, terminal, idempotency_key))
+
+    def prepare_upload(self, body: bytes, terminal: dict[str, Any], idempotency_key: str | None) -> PreparedUpload:
+        """What needs no database turn: the checks, the view and the blob (the API holds a
+        turn at the database only for `store_upload`, so a slow store never holds one)."""
         s = self.settings
         bundle = ingest.validate(body, terminal["token_sha256"], terminal["id"], self.limits)
         if idempotency_key and idempotency_key.strip().lower() != bundle.id:
@@ -202,6 +207,13 @@ class Service:
             view = bundleview.build(bundle.scan, bundle.parsed)
         digest = self.blobs.put(body)  # same bytes again: already there, a no-op
         index["created_at"], clamped = self.fleet.clamp(index["created_at"], db.stamp(received))  # event time
+        return PreparedUpload(body, terminal, bundle, index, view, digest, clamped, received)
+
+    def store_upload(self, up: PreparedUpload) -> tuple[dict[str, Any], bool]:
+        """The prepared upload's rows, in one transaction; (record, True) when new."""
+        body, terminal, bundle, index, view, digest, clamped, received = (
+            up.body, up.terminal, up.bundle, up.index, up.view, up.digest, up.clamped, up.received,
+        )  # fmt: skip
 
         def counted(conn: sa.Connection, record: dict[str, Any]) -> None:  # in the bundle's own transaction
             quotas.take(conn, terminal["id"], len(body), self.quota_limits)
@@ -227,6 +239,18 @@ class Service:
             stored = bundleview.build(ingest.scan(self.blobs.get(record["sha256"]), self.limits))
             store.keep_bundle_view(self.engine, record["id"], stored)
         return {"record": record, **bundleview.parse(stored)}
+
+
+@dataclass(frozen=True)
+class PreparedUpload:
+    body: bytes
+    terminal: dict[str, Any]
+    bundle: ingest.Bundle
+    index: dict[str, Any]
+    view: str
+    digest: str
+    clamped: bool
+    received: datetime
 
 
 def open_blobs(settings: ServerSettings, data_dir: Path, metrics: Metrics | None = None) -> BlobStore:
