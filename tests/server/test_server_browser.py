@@ -197,6 +197,11 @@ def test_triage_home_and_an_incident_in_both_languages(server, browser):
     shots.mkdir(parents=True, exist_ok=True)
     wait = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
 
+    def shows(element_id: str, text: str) -> None:
+        """Waits for the text: an action reloads the page, so an element found just after the
+        click may belong to the page being left."""
+        wait.until(lambda b: text in b.find_element(By.ID, element_id).text)
+
     def in_language(lang: str) -> None:
         browser.find_element(By.ID, f"lang-{lang}").click()
         wait.until(lambda b: b.find_element(By.TAG_NAME, "html").get_attribute("lang") == lang)
@@ -213,18 +218,19 @@ def test_triage_home_and_an_incident_in_both_languages(server, browser):
     browser.save_screenshot(str(shots / "home-zh.png"))
 
     row.find_element(By.LINK_TEXT, f"acquirer={scope}, region=east").click()
+    shows("incident-summary", scope)
     main = browser.find_element(By.TAG_NAME, "main").text
     assert "受影响终端" in main and "暂缓派单的诊断包" in main and "Terminals affected" not in main
     assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline rect.slot")) >= 5  # from 40 min before it began to now
     assert {a.text for a in browser.find_elements(By.CSS_SELECTOR, "#affected td:first-child a")} == {f"{scope}-{i}" for i in range(7)}
     browser.find_element(By.ID, "act-ack").click()
-    assert "已确认" in browser.find_element(By.ID, "done").text
+    shows("done", "已确认")
     browser.find_element(By.ID, "note-text").send_keys("主机侧已在处理")
     browser.find_element(By.ID, "act-note").click()
-    assert "主机侧已在处理" in browser.find_element(By.ID, "actions").text
+    shows("actions", "主机侧已在处理")
     browser.save_screenshot(str(shots / "incident-zh.png"))
     browser.find_element(By.LINK_TEXT, "问题").click()  # the header's Problems
-    assert "业务与发卡行结果" in browser.find_element(By.ID, "kind-tabs").text
+    shows("kind-tabs", "业务与发卡行结果")
     browser.save_screenshot(str(shots / "problems-zh.png"))
     browser.back()
 
@@ -232,7 +238,7 @@ def test_triage_home_and_an_incident_in_both_languages(server, browser):
     main = browser.find_element(By.TAG_NAME, "main").text
     assert "Terminals affected" in main and "受影响终端" not in main and f"acknowledged by {lead}" in main
     browser.find_element(By.ID, "act-dismiss").click()
-    assert "not an outage" in browser.find_element(By.ID, "incident-summary").text
+    shows("incident-summary", "not an outage")
     assert browser.find_elements(By.ID, "act-dismiss") == []
     browser.save_screenshot(str(shots / "incident-en.png"))
     browser.get(server.url + "/")
