@@ -10,46 +10,23 @@ outcome_id_reused). The pages' words are the catalogue's `outcomes` area.
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
-from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
-from probes.contract import catalogue
 from remote.server import db, store
+from remote.server.outcome_form import RECORDERS, WORDS
 from remote.server.outcomes import measures, records
 from remote.server.outcomes_api import knowledge_of, record_and_learn
 from remote.server.service import Service
 from remote.server.web import VERDICTS, form_checked, lang_of, page_user, render, service, to_login
 
 router = APIRouter(include_in_schema=False)
-WORDS = catalogue.area("outcomes")
-RECORDERS = ("support", "technician", "admin")  # who may record an outcome, as for the API
 WINDOW_DAYS = (7, 30, 90, 365)
 FIXED = {"true": True, "false": False}
-
-
-def bundle_outcome(srv: Service, bundle: dict[str, Any], diagnosis: Any) -> dict[str, Any]:
-    """What the bundle page's outcome part shows (templates/_outcome_form.html): the current
-    outcome and the earlier ones, the form's choices (the bundle's own causes first) and a
-    fresh outcome id for the form."""
-    shown = records.of_bundle(srv.engine, bundle["id"])
-    causes = diagnosis.get("causes") if isinstance(diagnosis, dict) and isinstance(diagnosis.get("causes"), list) else []
-    listed = [c["id"] for c in causes if isinstance(c, dict) and isinstance(c.get("id"), str)]
-    known = knowledge_of(srv).dispatch
-    return {
-        "current": shown["current"],
-        "history": shown["history"],
-        "listed": [c for c in listed if c in known],
-        "others": sorted(c for c in known if c not in listed),
-        "recorders": RECORDERS,
-        "outcome_id": str(uuid.uuid4()),
-        "words": WORDS,
-    }
 
 
 @router.post("/bundles/{bundle_id}/outcome")

@@ -27,7 +27,7 @@ from jinja2 import pass_context
 import probes
 from probes.contract import catalogue
 from remote import wire
-from remote.server import chart, db, fleet_panels, signin, store, titles
+from remote.server import chart, db, fleet_panels, outcome_form, signin, store, titles
 from remote.server.fleet import incidents as fleet_incidents, inventory as fleet_inventory, triage
 from remote.server.api import SESSION_COOKIE
 from remote.server.ingest import clean
@@ -104,11 +104,24 @@ def _cause_title(context: Any, cause_id: Any) -> str:
     return _pick(title, context.get("lang", "en")) if title else ""
 
 
-def _counts_text(value: Any) -> str:
-    """{"pan": 3, "track": 1} as "pan 3 · track 1"."""
+@pass_context
+def _counts_text(context: Any, value: Any) -> str:
+    """The redaction counts {"pan": 3, "track": 1} as "card numbers 3 · track data 1"."""
     if not isinstance(value, dict):
         return ""
-    return " · ".join(f"{k} {v}" for k, v in sorted(value.items()) if isinstance(v, int) and v)
+    kinds = WORDS[context.get("lang", "en")]["redaction_kinds"]
+    return " · ".join(f"{kinds.get(k, k)} {v}" for k, v in sorted(value.items()) if isinstance(v, int) and v)
+
+
+def _word(group: str) -> Any:
+    """A filter naming a value of the catalogue's `group` (a cause category, a probe status)
+    in the page's language; a value the catalogue does not know is shown as it came."""
+
+    @pass_context
+    def named(context: Any, value: Any) -> str:
+        return str(catalogue_groups[group][context.get("lang", "en")].get(str(value), value))
+
+    return named
 
 
 def _finite(value: Any) -> float | None:
@@ -137,6 +150,12 @@ templates.filters["percent"] = _percent
 templates.filters["items"] = _items
 templates.filters["cause_title"] = _cause_title
 templates.filters["counts"] = _counts_text
+catalogue_groups = {
+    "category": {lang: words["categories"] for lang, words in WORDS.items()},
+    "probe_status": {lang: words["status"] for lang, words in catalogue.area("cli").items()},
+}
+templates.filters["category"] = _word("category")
+templates.filters["probe_status"] = _word("probe_status")
 templates.globals["qs"] = lambda **kw: urlencode({k: v for k, v in kw.items() if v})
 
 router = APIRouter(include_in_schema=False)
@@ -374,7 +393,7 @@ async def bundle_page(request: Request, user: SignedIn, bundle_id: str) -> Respo
     return render(
         request, "bundle.html", user=user, r=record, d=detail["diagnosis"], manifest=detail["manifest"],
         probes=probes if isinstance(probes, list) else [], logs=detail["logs"], fleet=fleet,
-        outcome=await run_in_threadpool(outcomes_web.bundle_outcome, srv, record, detail["diagnosis"]),
+        outcome=await run_in_threadpool(outcome_form.bundle_outcome, srv, record, detail["diagnosis"]),
     )  # fmt: skip
 
 
@@ -450,5 +469,3 @@ async def not_found_page(request: Request, status: int) -> Response:
 async def local_time_script() -> Response:
     return Response((TEMPLATES / "local-time.js").read_bytes(), media_type="text/javascript")
 
-
-from remote.server import outcomes_web  # noqa: E402  (outcomes_web builds on this module's helpers)
