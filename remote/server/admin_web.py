@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
@@ -21,7 +21,7 @@ from probes.contract import catalogue
 from remote.server import audit, auth, store
 from remote.server.ingest import clean
 from remote.server.service import User
-from remote.server.web import WORDS, _start_session, form_checked, lang_of, page_user, render, service, to_login
+from remote.server.web import WORDS, _start_session, form_checked, lang_of, page_role, render, service
 
 ADMIN_WORDS = catalogue.area("admin")
 # Settings shown masked on the settings page (the last part of the key); URLs lose any
@@ -41,14 +41,7 @@ def error_text(request: Request, exc: store.StoreError, **values: Any) -> str:
     return template.format(**values) if template else exc.detail
 
 
-async def admin_or_answer(request: Request) -> User | Response:
-    """The signed-in admin, or the answer for anyone else (sign-in, or 403)."""
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
-    if user.role != "admin":
-        return render(request, "error.html", status=403, user=user, message=words(request)["admins_only"])
-    return user
+Admin = Annotated[User, Depends(page_role("admin", refusal="admins_only", area="admin"))]
 
 
 def admin_page(request: Request, name: str, user: User, status: int = 200, **context: Any) -> Response:
@@ -74,19 +67,13 @@ async def _users_page(request: Request, user: User, status: int = 200, done: str
 
 
 @router.get("/users")
-async def users_page(request: Request, done: str = "") -> Response:
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
+async def users_page(request: Request, user: Admin, done: str = "") -> Response:
     return await _users_page(request, user, done=done)
 
 
 @router.post("/users")
-async def change_users(request: Request) -> Response:
+async def change_users(request: Request, user: Admin) -> Response:
     """Add a user, or change (role, password) or remove one."""
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
     said = WORDS[lang_of(request)]
     form = await form_checked(request)
     if form is None:
@@ -140,19 +127,13 @@ async def _enrolment_page(request: Request, user: User, status: int = 200, error
 
 
 @router.get("/enrolment")
-async def enrolment_page(request: Request) -> Response:
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
+async def enrolment_page(request: Request, user: Admin) -> Response:
     return await _enrolment_page(request, user)
 
 
 @router.post("/enrolment")
-async def change_enrolment(request: Request) -> Response:
+async def change_enrolment(request: Request, user: Admin) -> Response:
     """Enrol a terminal (its token shown once, on the answer to this post) or revoke one."""
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)]["form_expired"])
@@ -222,10 +203,7 @@ def _without_credentials(value: Any) -> Any:
 
 
 @router.get("/settings")
-async def settings_page(request: Request) -> Response:
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
+async def settings_page(request: Request, user: Admin) -> Response:
     srv = service(request)
     database = srv.engine.url.render_as_string(hide_password=True)
     return admin_page(request, "admin_settings.html", user, rows=settings_rows(srv.settings), database=database)
@@ -235,10 +213,7 @@ async def settings_page(request: Request) -> Response:
 
 
 @router.get("/audit")
-async def audit_page(request: Request) -> Response:
-    user = await admin_or_answer(request)
-    if isinstance(user, Response):
-        return user
+async def audit_page(request: Request, user: Admin) -> Response:
     srv = service(request)
     filters = {k: request.query_params.get(k, "").strip()[:128] for k in audit.FILTERS}
     error = None

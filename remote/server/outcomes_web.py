@@ -11,9 +11,10 @@ outcome_id_reused). The pages' words are the catalogue's `outcomes` area.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
@@ -21,25 +22,21 @@ from remote.server import db, store
 from remote.server.outcome_form import RECORDERS, WORDS
 from remote.server.outcomes import measures, records
 from remote.server.outcomes_api import knowledge_of, record_and_learn
-from remote.server.service import Service
-from remote.server.web import VERDICTS, form_checked, lang_of, page_user, render, service, to_login
+from remote.server.service import Service, User
+from remote.server.web import VERDICTS, SignedIn, form_checked, lang_of, page_role, render, service
 
 router = APIRouter(include_in_schema=False)
+Recorder = Annotated[User, Depends(page_role(*RECORDERS, refusal="not_allowed", area="outcomes"))]
 WINDOW_DAYS = (7, 30, 90, 365)
 FIXED = {"true": True, "false": False}
 
 
 @router.post("/bundles/{bundle_id}/outcome")
-async def record_outcome_page(request: Request, bundle_id: str) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def record_outcome_page(request: Request, user: Recorder, bundle_id: str) -> Response:
     words = WORDS[lang_of(request)]
     form = await form_checked(request)
     if form is None:
         return render(request, "error.html", status=403, user=user, message=words["form_expired"])
-    if user.role not in RECORDERS:
-        return render(request, "error.html", status=403, user=user, message=words["not_allowed"])
     srv = service(request)
     bundle = await run_in_threadpool(store.get_bundle, srv.engine, bundle_id[:64])
     if bundle is None:
@@ -68,10 +65,7 @@ def _first_sent_at(srv: Service, bundle_id: str, outcome_id: str | None) -> str 
 
 
 @router.get("/outcomes")
-async def outcomes_page(request: Request) -> Response:
-    user = await page_user(request)
-    if user is None:
-        return to_login(request)
+async def outcomes_page(request: Request, user: SignedIn) -> Response:
     srv = service(request)
     q = request.query_params
     days = int(q["days"]) if q.get("days", "").isdigit() and int(q["days"]) in WINDOW_DAYS else srv.settings.outcomes.measures_days

@@ -234,13 +234,14 @@ async def signed_in(request: Request) -> User:
 SignedIn = Annotated[User, Depends(signed_in)]
 
 
-def page_role(*roles: str, refusal: str) -> Any:
+def page_role(*roles: str, refusal: str, area: str = "pages") -> Any:
     """Dependency: the signed-in user if their role is one of `roles`, else a 403 page
-    saying `refusal` (a key of config/catalogue/pages.toml)."""
+    saying `refusal` (a key of the catalogue's `area`, config/catalogue/AREA.toml)."""
+    said = catalogue.area(area)
 
     async def check(request: Request, user: SignedIn) -> User:
         if user.role not in roles:
-            raise PageAnswer(render(request, "error.html", status=403, user=user, message=WORDS[lang_of(request)][refusal]))
+            raise PageAnswer(render(request, "error.html", status=403, user=user, message=said[lang_of(request)][refusal]))
         return user
 
     return check
