@@ -5,13 +5,15 @@ against what was injected (issue 20's targets).
 
     .venv/bin/python bench/fleet_eval.py [--seeds 20] [--first-seed 1] [--terminals 60]
         [--hours 24] [--heartbeat-minutes 60] [--outages 4] [--storm-scale 1]
-        [--regression-min-terminals N] [--workers 4] [--db sqlite|postgresql|both] [--strict]
+        [--regression-min-terminals N] [--workers 4] [--db sqlite|postgresql|both] [--strict] [--holds]
 
 Each seed's events are sent in arrival order, those within 5 minutes of arrival time by
 --workers threads at once. The server runs the packaged [server.fleet] settings, but for
 --regression-min-terminals when given (a small fleet's rollout has fewer than 20 terminals).
 
-A progress line per seed on stderr; per database, the figures over all seeds; the last line
+A progress line per seed on stderr, with each outage missed or found only with another scope
+(what, where, when, failing of awake terminals; the incidents it met) and, with --holds, which
+incidents held bundles outside true outages and which outages left bundles unheld; per database, the figures over all seeds; the last line
 one summary. With --strict, the exit status is 1 when a target is missed.
 """
 
@@ -60,6 +62,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4, help="threads sending the events of one 5-minute bucket")
     parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="sqlite")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target of issue 20 is missed")
+    parser.add_argument("--holds", action="store_true", help="per seed, the incidents holding bundles outside true outages and the outages with bundles not held")
     args = parser.parse_args()
     settings = default_settings()
     if args.regression_min_terminals:
@@ -87,6 +90,10 @@ def main() -> int:
                 print(f"    false: {what}", file=sys.stderr, flush=True)
             for what in one.wrong_scope:
                 print(f"    wrong scope: {what}", file=sys.stderr, flush=True)
+            for what in one.missed:
+                print(f"    missed: {what}", file=sys.stderr, flush=True)
+            for what in one.hold_detail if args.holds else ():
+                print(f"    {what}", file=sys.stderr, flush=True)
         totals[backend] = total
         report(backend, args, total)
     missed = sorted({name for s in totals.values() for name, holds in TARGETS.items() if not holds(s)})

@@ -41,6 +41,8 @@ class Score:
     found: Counter = field(default_factory=Counter)  # kind -> found with the right scope
     undetectable: int = 0
     wrong_scope: list[str] = field(default_factory=list)  # injected outages found only with another scope
+    missed: list[str] = field(default_factory=list)  # detectable injected outages no incident met
+    hold_detail: list[str] = field(default_factory=list)  # where held-outside and unheld-inside bundles went
     delays: list[float] = field(default_factory=list)  # minutes of event time, on-time outages
     late_delays: list[float] = field(default_factory=list)  # minutes after the first late bundle arrived
     closed_in_time: int = 0
@@ -129,7 +131,7 @@ def run_seed(db_url: str, data_dir: Path, backend: str, cfg: GenConfig, settings
         server.counted()  # the fleet queue counts uploads after their answer
         server.service.fleet.sweep()  # the background sweep runs every sweep_seconds; no waiting here
         with server.service.engine.connect() as conn:
-            held = set(conn.execute(sa.select(bundle_fleet.c.bundle_id).where(bundle_fleet.c.hold_incident.is_not(None))).scalars())
+            held = dict(conn.execute(sa.select(bundle_fleet.c.bundle_id, bundle_fleet.c.hold_incident).where(bundle_fleet.c.hold_incident.is_not(None))).all())
         at_risk, cursor = set(), None
         while True:
             page = server.get("/api/v1/terminals", params={"status": "at_risk", "limit": 500} | ({"cursor": cursor} if cursor else {})).json()
@@ -142,8 +144,8 @@ def run_seed(db_url: str, data_dir: Path, backend: str, cfg: GenConfig, settings
         servers.close()
 
 
-def score(gen: FleetGen, sent: Sent, incidents: list[dict[str, Any]], held: set[str], at_risk: set[str], settings: Any) -> Score:
-    """One run's score. `held`: ids of the bundles some incident holds; `settings`: the
+def score(gen: FleetGen, sent: Sent, incidents: list[dict[str, Any]], held: dict[str, str], at_risk: set[str], settings: Any) -> Score:
+    """One run's score. `held`: the bundles some incident holds, each with its incident's id; `settings`: the
     server's FleetSettings (what is detectable is measured by its minimums)."""
     s = Score(terminal_days=len(gen.members) * gen.cfg.hours / 24)
     outages = [tr for tr in gen.truth if tr.kind == "outage"]
@@ -169,7 +171,9 @@ def score(gen: FleetGen, sent: Sent, incidents: list[dict[str, Any]], held: set[
         right = sorted((i for i in matched[id(tr)] if i["scope"] == tr.scope), key=lambda i: i["detected_at"])
         if not right:
             if matched[id(tr)]:
-                s.wrong_scope.append(f"{tr.name} {tr.scope} opened as {[i['scope'] for i in matched[id(tr)]]}")
+                s.wrong_scope.append(f"{_outage(gen, tr)} opened as {[_incident(i) for i in matched[id(tr)]]}")
+            else:
+                s.missed.append(_outage(gen, tr))
             continue
         s.found[tr.name] += 1
         first = right[0]
@@ -182,15 +186,30 @@ def score(gen: FleetGen, sent: Sent, incidents: list[dict[str, Any]], held: set[
             s.closed_in_time += 1
         s.in_scope_errors.append(abs(first["terminals_in_scope"] - len(tr.awake)) / max(len(tr.awake), 1))
         s.affected_shares.append(first["terminals_affected"] / len(tr.failing))
-    _holds(s, gen, sent, held, outages, members, settings)
+    _holds(s, gen, sent, held, outages, members, settings, {i["id"]: i for i in incidents})
     _regressions(s, gen, incidents, settings)
     wear = set().union(*(tr.failing for tr in gen.truth if tr.kind == "wear"))
     s.at_risk_truth, s.at_risk_found, s.at_risk_extra = len(wear), len(wear & at_risk), len(at_risk - wear)
     return s
 
 
-def _holds(s: Score, gen: FleetGen, sent: Sent, held: set[str], outages: list[Truth], members: dict, settings: Any) -> None:
+def _outage(gen: FleetGen, tr: Truth) -> str:
+    """An injected outage in a line: what, where, when, how many failed of how many awake."""
+    late = f", arriving from {tr.first_arrival:%H:%M}" if tr.late and tr.first_arrival else ""
+    return (f"{tr.name} {tr.scope} {tr.start:%m-%d %H:%M}-{tr.end:%H:%M}{late}: {len(tr.failing)} failing of {len(tr.awake)} awake, "
+            f"{len(gen.in_scope(tr.scope))} in scope")  # fmt: skip
+
+
+def _incident(i: dict[str, Any]) -> str:
+    return f"{i['scope']} {i['started_at'][5:16]}-{(i['ended_at'] or '')[11:16]} {i['terminals_affected']}/{i['terminals_in_scope']}"
+
+
+def _holds(s: Score, gen: FleetGen, sent: Sent, held: dict[str, str], outages: list[Truth], members: dict, settings: Any,
+           incidents: dict[str, dict[str, Any]] | None = None) -> None:  # fmt: skip
+    """`held`: bundle id -> the incident holding it."""
     scopes = {id(tr): {m.t.id for m in gen.in_scope(tr.scope)} for tr in outages}
+    wrong: Counter[str] = Counter()
+    unheld: Counter[str] = Counter()
     for bundle_id, what in sent.bundles.items():
         if what["category"] not in settings.outage_categories:
             continue
@@ -199,9 +218,16 @@ def _holds(s: Score, gen: FleetGen, sent: Sent, held: set[str], outages: list[Tr
         if not inside:
             s.outside += 1
             s.held_outside += bundle_id in held
+            if bundle_id in held:
+                incident = (incidents or {}).get(held[bundle_id])
+                wrong[_incident(incident) if incident else held[bundle_id]] += 1
         elif any(len(tr.failing) >= settings.outage_min_terminals for tr in inside):
             s.inside += 1
             s.held_inside += bundle_id in held
+            if bundle_id not in held:
+                unheld[_outage(gen, inside[0])] += 1
+    s.hold_detail += [f"held outside by {k}: {n}" for k, n in sorted(wrong.items())]
+    s.hold_detail += [f"not held inside {k}: {n}" for k, n in sorted(unheld.items())]
 
 
 def _regressions(s: Score, gen: FleetGen, incidents: list[dict[str, Any]], settings: Any) -> None:

@@ -20,9 +20,7 @@ from fleet_gen import GenConfig
 from fleet_score import Score, run_seed
 from server_harness import default_settings
 
-# Not in the clock run: at 31 December 23:59:30 the held-inside rate of these seeds fell to
-# 53 % (99 % on an ordinary day); not yet understood, issue 20 (open) tracks it.
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.clock]  # clock: days and hours of the day matter
 
 SEEDS = (1, 2, 3)
 FLEET = {"terminals": 60, "hours": 48.0, "heartbeat_minutes": 720.0, "outages": 2, "storm_uploads": (20, 20, 20, 12),

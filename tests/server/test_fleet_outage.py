@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from server_harness import default_settings, fresh_pg_database
 
 from remote.server import db
-from remote.server.fleet import baseline, incidents, inventory, signal
+from remote.server.fleet import baseline, incidents, inventory, outage, signal
 from remote.server.fleet.engine import Fleet
 from remote.server.fleet.schema import (
     bundle_fleet,
@@ -47,9 +47,10 @@ def db_url(request, tmp_path):
 
 class Fleetlet:
     """A fleet whose terminals all belong to acquirer B (merchants m0..m9 in turn) unless
-    told otherwise, each seen 40 hours and 2 hours before T."""
+    told otherwise, each seen 40 hours and 2 hours before T (or `now`)."""
 
-    def __init__(self, url: str, **fleet: object) -> None:
+    def __init__(self, url: str, now: datetime = T, **fleet: object) -> None:
+        self.now = now
         settings = default_settings()
         self.settings = dataclasses.replace(settings, fleet=dataclasses.replace(settings.fleet, **fleet))
         self.engine = db.make_engine(url)
@@ -60,6 +61,7 @@ class Fleetlet:
     def enrol(self, count: int, prefix: str = "T", first_seen: float = -40 * 60, **labels: str) -> list[str]:
         """Terminals first seen at `first_seen` and last 2 hours before T, written in bulk as
         bench/fleet.py loads a fleet (the rollups the detector reads counted again after)."""
+        at = self.at
         ids = [f"{prefix}{len(self.labels) + i:04d}" for i in range(count)]
         for i, tid in enumerate(ids):
             self.labels[tid] = {"acquirer": "B", "merchant": f"m{i % 10}", "region": ("north", "south")[i % 2], **labels}
@@ -82,8 +84,12 @@ class Fleetlet:
             baseline.rebuild_seen_hours(conn)
         return ids
 
+    def at(self, minutes: float) -> str:
+        return db.stamp(self.now + timedelta(minutes=minutes))
+
     def fail(self, tid: str, minutes: float, category: str = "host", code: str = "", cause: str | None = None) -> str:
         """A bundle (with no code or cause by default: the problem rollups are not what is tested)."""
+        at = self.at
         bundle_id = str(uuid.uuid4())
         record = {
             "id": bundle_id, "terminal_id": tid, "created_at": at(minutes), "received_at": at(max(minutes, 0)),
@@ -148,6 +154,24 @@ def test_new_terminals_and_one_merchant_open_no_outage(db_url):
     for i, tid in enumerate(one_shop):
         f.fail(tid, 60 + i)
     assert f.outages() == []
+
+
+def test_a_fleet_first_seen_just_before_new_year_has_founding_terminals_and_young_history(db_url):
+    """A fleet first seen at 23:50 UTC on 31 December, whose shops open at 08:00 on 1 January:
+    the shops are founding terminals (first seen within a day of the fleet's first sighting,
+    not of its first UTC day's midnight), so an outage at noon opens, and the baseline's
+    history is the 12 hours there are (young), not 36 (counted from 31 December 00:00, the
+    shops were new for a day and no outage opened: the clock run at the year's end)."""
+    noon = datetime(2027, 1, 1, 12, 0, tzinfo=UTC)
+    f = Fleetlet(db_url, now=noon)
+    f.enrol(1, prefix="E", first_seen=-(12 * 60 + 10))  # 2026-12-31 23:50
+    shops = f.enrol(40, first_seen=-240)  # 2027-01-01 08:00
+    with f.engine.connect() as conn:
+        base = outage.ScopeCounts(conn, "acquirer=B", f.at(0), f.at(-10), f.settings.fleet)
+        assert base.young and len(base.history[1]) == 11  # the whole hours 00:00-11:00 of 1 January
+    for i, tid in enumerate(shops[:8]):
+        f.fail(tid, i / 2)
+    assert [o["scope"] for o in f.outages()] == [{"acquirer": "B"}]
 
 
 def test_business_outcomes_feed_no_detector(db_url):

@@ -4,7 +4,7 @@ terminals must not hold a whole acquirer's technicians).
 - Terminals first seen less than `outage_new_terminal_hours` before a window, and the
   failing terminals of an outage a person dismissed (for `outage_baseline_days`), are not
   counted toward opening one. The fleet's founding terminals (first seen within that many
-  hours of the fleet's first day) are not new: a fleet's first day may have outages too.
+  hours of the fleet's first sighting) are not new: a fleet's first day may have outages too.
 - An outage's failing terminals must be spread: over at least `outage_min_spread` values
   of one of `outage_spread_labels` (merchant, site) when they carry such labels.
 - A wide scope (`outage_wide_scopes`: a link type, a carrier) opens only when its failures
@@ -44,6 +44,16 @@ def fill_first_seen(conn: sa.Connection) -> None:
 fleet_terminals.c.first_seen_at.info["fill"] = fill_first_seen
 
 
+def fleet_origin(conn: sa.Connection) -> str | None:
+    """The fleet's oldest event time (its first sighting of any terminal), by index.
+
+    Decision: an event time, not the UTC day it falls on. Counted from the first day's
+    midnight, a fleet first seen at 23:58 UTC had two minutes of founding terminals (every
+    shop opening the next morning was new for a day, and no outage opened) and 24 empty hours
+    of baseline history (its young fleet looked old)."""
+    return conn.execute(sa.select(sa.func.min(fleet_terminals.c.first_seen_at))).scalar()
+
+
 class Trust:
     """The terminals of one detector pass that may open an outage, and their labels; each
     terminal read once."""
@@ -59,8 +69,7 @@ class Trust:
         if unknown:
             hours = self.settings.outage_new_terminal_hours
             settled = timing.shift(window_start, hours=-hours)
-            first_day = self.conn.execute(sa.select(sa.func.min(terminal_days.c.day))).scalar() or window_start[:10]
-            founding = timing.shift(first_day + "T00:00:00.000000Z", hours=hours)
+            founding = timing.shift(fleet_origin(self.conn) or window_start, hours=hours)
             f = fleet_terminals.c
             old = {r[0] for r in self.conn.execute(sa.select(f.id).where(f.id.in_(unknown), sa.or_(f.first_seen_at <= settled, f.first_seen_at < founding)))}
             for tid in unknown:

@@ -39,7 +39,6 @@ from remote.server.fleet import baseline, breadth, incidents, inventory, seasona
 from remote.server.fleet.schema import (
     incidents as incidents_t,
     outage_events,
-    terminal_days,
     terminal_labels,
 )
 from remote.server.fleet.stats import poisson_sf
@@ -99,11 +98,9 @@ class ScopeCounts:
     @functools.cached_property
     def history(self) -> tuple[dict[str, int], list[str]]:
         """(failing terminal-hours by hour, the hours) over the whole UTC hours of the
-        baseline days before `before`, or of the history there is (read from scope_hours)."""
-        first_day = self.conn.execute(sa.select(sa.func.min(terminal_days.c.day))).scalar()
-        begin = timing.shift(self.before, days=-self.settings.outage_baseline_days)
-        if first_day and first_day + "T00:00:00.000000Z" > begin:
-            begin = first_day + "T00:00:00.000000Z"
+        baseline days before `before`, or of the history there is: since the fleet's first
+        sighting (read from scope_hours)."""
+        begin = max(timing.shift(self.before, days=-self.settings.outage_baseline_days), breadth.fleet_origin(self.conn) or "")
         first, after, _hours = baseline.whole_hours(begin, self.before)
         return baseline.unheld_by_hour(self.conn, self.scope_key, first, after), baseline.hour_keys(first, after)
 

@@ -28,6 +28,7 @@ fleet_terminals = sa.Table(
     sa.Index("ix_fleet_terminals_seen", "last_seen_at"),
     sa.Index("ix_fleet_terminals_risk", "risk_metric"),
     sa.Index("ix_fleet_terminals_model", "model", "firmware"),
+    sa.Index("ix_fleet_terminals_first_seen", "first_seen_at"),  # the fleet's first sighting (breadth.fleet_origin)
 )
 
 terminal_labels = sa.Table(
