@@ -173,11 +173,11 @@ async def upload(
         srv.shed_when_behind()  # 503 at once, before any database work (shedding.py)
         token = _bearer(request)
         async with srv.gate.turn():
-            terminal = await run_in_threadpool(srv.terminal_for_token, token) if token else None
+            terminal, found = await run_in_threadpool(admission.uploader, srv, token) if token else (None, None)
             if terminal is None:
                 raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
             declared = declared_length(request, srv.settings.max_bundle_bytes)
-            await run_in_threadpool(admission.admit, srv, terminal["id"], declared or 0)  # 503 or 429 before the body
+            await run_in_threadpool(admission.admit, srv, terminal["id"], declared or 0, found)  # 503 or 429 before the body
         size = declared or srv.settings.max_bundle_bytes
         async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
             body = await read_capped(request, srv.settings.max_bundle_bytes)

@@ -158,12 +158,16 @@ def get_terminal(engine: Engine, terminal_id: str) -> dict[str, Any] | None:
 
 def terminal_for_token(engine: Engine, token: str) -> dict[str, Any] | None:
     """The active terminal the bearer token belongs to, or None."""
+    with engine.connect() as conn:
+        return terminal_of_token(conn, token)
+
+
+def terminal_of_token(conn: sa.Connection, token: str) -> dict[str, Any] | None:
     digest = auth.token_digest(token)
     query = sa.select(terminals.c.id, terminals.c.token_sha256).where(
         terminals.c.token_sha256 == digest, terminals.c.revoked_at.is_(None)
     )
-    with engine.connect() as conn:
-        row = conn.execute(query).mappings().first()
+    row = conn.execute(query).mappings().first()
     return dict(row) if row else None
 
 
