@@ -83,8 +83,13 @@ def problem_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, labels: dict[str, str]) -> str:
-    """Count one new bundle into its problem's rollups; the problem id."""
+def add(
+    conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, labels: dict[str, str],
+    breakdowns: dict[str, set[str]] | None = None,
+) -> str:  # fmt: skip
+    """Count one new bundle into its problem's rollups; the problem id. `breakdowns`: the
+    dimensions whose top values to refresh are added there, for `refresh_breakdowns` once
+    for all bundles a transaction counts (else refreshed now)."""
     pid = problem_id(text)
     terminal, day = index["terminal_id"], timing.day(event_at)
     new_terminal = sql.insert_new(
@@ -130,8 +135,19 @@ def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, la
           "terminals": int(bool(new_terminal) if dim == "day" else first_for_terminal)} for dim, key in counts],
         "count", "terminals",
     )  # fmt: skip
-    _refresh_breakdown(conn, pid, [dim for dim, _ in counts if dim not in UNSHOWN])
+    dims = [dim for dim, _ in counts if dim not in UNSHOWN]
+    if breakdowns is None:
+        _refresh_breakdown(conn, pid, dims)
+    else:
+        breakdowns.setdefault(pid, set()).update(dims)
     return pid
+
+
+def refresh_breakdowns(conn: sa.Connection, breakdowns: dict[str, set[str]]) -> None:
+    """The top values of the dimensions several bundles touched, once per problem (in id
+    order, as every writer locks them): what refreshing after each bundle would leave."""
+    for pid in sorted(breakdowns):
+        _refresh_breakdown(conn, pid, sorted(breakdowns[pid]))
 
 
 def build_key(model: str, firmware: str) -> str:
