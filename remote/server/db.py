@@ -8,6 +8,8 @@ sort as text the same way on both databases and `substr(t, 1, 10)` is the day.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -235,23 +237,49 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-_SQLITE_WRITERS: dict[int, threading.Lock] = {}
+_SQLITE_WRITERS: dict[str | int, tuple[threading.Lock, int | None]] = {}
+_WRITERS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def writing(engine: Engine) -> Iterator[sa.Connection]:
-    """engine.begin(), with SQLite writers of this process taking turns on a lock first.
+    """engine.begin(), with SQLite writers taking turns on locks first.
 
     SQLite admits one writer; others wait in its busy handler, which sleeps in growing
-    steps and makes the tail latency long. Threads queue on a lock instead, so only the
-    workers of other processes ever meet the busy handler."""
+    steps (up to 100 ms a step) and makes the tail latency long: two server processes
+    storing uploads met it on most transactions (issue 22). Threads of a process queue on
+    a lock, and processes on an flock of `DATABASE-writer.lock` beside the database file, so
+    a writer waits only as long as the one before it writes."""
     if engine.dialect.name != "sqlite":
         with engine.begin() as conn:
             yield conn
         return
-    lock = _SQLITE_WRITERS.setdefault(id(engine), threading.Lock())
-    with lock, engine.begin() as conn:
-        yield conn
+    lock, fd = _sqlite_writer(engine)
+    with lock:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            with engine.begin() as conn:
+                yield conn
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _sqlite_writer(engine: Engine) -> tuple[threading.Lock, int | None]:
+    """This process's lock of the database file and its lock file's descriptor (one per file,
+    whichever engines open it; an in-memory database has a lock per engine and no file)."""
+    path = engine.url.database
+    on_disk = bool(path) and path != ":memory:" and not str(path).startswith("file:")
+    key: str | int = os.path.abspath(path) if on_disk else id(engine)
+    found = _SQLITE_WRITERS.get(key)
+    if found is None:
+        with _WRITERS_LOCK:
+            found = _SQLITE_WRITERS.get(key)
+            if found is None:
+                fd = os.open(f"{key}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if on_disk else None
+                found = _SQLITE_WRITERS[key] = (threading.Lock(), fd)
+    return found
 
 
 def lock_for_writing(conn: sa.Connection) -> None:
