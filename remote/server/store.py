@@ -387,11 +387,10 @@ def insert_bundle(
     blob's claim against retention (`rewrite_blob` runs if retention deleted it meanwhile),
     and so is `queue(conn, record)` (the fleet's queue entry: counted once it is stored).
     """
-    row = dict(index, sha256=digest, size=size, received_at=received_at)
+    row = bundle_row(index, digest, size, received_at)
     try:
         with db.writing(engine) as conn:
             conn.execute(bundles.insert().values(**row))
-            daily.count(conn, [row])
             conn.execute(bundle_views.insert().values(bundle_id=row["id"], view=view))
             if retention.claim_blob(conn, digest):
                 rewrite_blob()
@@ -407,12 +406,20 @@ def insert_bundle(
                 )
             if queue is not None:
                 queue(conn, row)
+            # Last: every upload of a day adds to the same rows (the day's model, category, ...),
+            # and on PostgreSQL the next upload waits for their lock until this one commits.
+            daily.count(conn, [row])
     except IntegrityError:
         existing = get_bundle(engine, row["id"])
         if existing is None:
             raise
         return existing, False
     return row, True
+
+
+def bundle_row(index: dict[str, Any], digest: str, size: int, received_at: str) -> dict[str, Any]:
+    """The bundles row insert_bundle stores (the record an upload is answered with)."""
+    return dict(index, sha256=digest, size=size, received_at=received_at)
 
 
 def bundle_view(engine: Engine, bundle_id: str) -> str | None:
