@@ -165,8 +165,22 @@ def _text(value: Any, limit: int) -> str | None:
 
 def shown(text: str) -> str:
     """A free-text manifest field as the API and pages show it: cleaned, card data masked
-    (the agent redacts logs, not its configured model or firmware strings)."""
-    return redact_text(clean(text))[0]
+    (the agent redacts logs, not its configured model or firmware strings). Every upload
+    and heartbeat states the same few models and versions: a short text that masking left
+    as it was is remembered and not masked again (a text masking changes never is)."""
+    if text in _SHOWN_AS_IS:
+        return text
+    masked = redact_text(clean(text))[0]
+    if masked == text and len(text) <= SHOWN_REMEMBERED_CHARS:
+        if len(_SHOWN_AS_IS) >= SHOWN_REMEMBERED:
+            _SHOWN_AS_IS.clear()
+        _SHOWN_AS_IS.add(text)
+    return masked
+
+
+SHOWN_REMEMBERED_CHARS = 128
+SHOWN_REMEMBERED = 10_000
+_SHOWN_AS_IS: set[str] = set()
 
 
 def clean(text: str) -> str:

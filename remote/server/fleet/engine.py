@@ -81,11 +81,10 @@ class Fleet:
 
     def notices(self, terminal_id: str) -> list[dict[str, Any]]:
         """Open incidents that cover the terminal, as it is told of them."""
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id)).mappings().first()
-        if row is None:
-            return []
-        found = incidents.covering(self.engine, terminal_id, row["model"], row["firmware"], row["app_version"])
+        f = fleet_terminals.c
+        with self.engine.connect() as conn:  # one connection: a heartbeat's answer reads both
+            row = conn.execute(sa.select(f.model, f.firmware, f.app_version).where(f.id == terminal_id)).first()
+            found = [] if row is None else incidents.covering(conn, terminal_id, row.model, row.firmware, row.app_version)
         return [incidents.notice(i) for i in found]
 
     def open_counts(self) -> dict[str, float]:
