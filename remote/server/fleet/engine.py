@@ -170,11 +170,13 @@ class Counting:
     another would do, with the work they share done once: a problem's breakdown is
     refreshed once at the end for the dimensions its bundles touched, and quiet outages are
     closed only before a bundle that may reach the outage detector (which reads the open
-    ones) and at the end, as closing after every arrival would leave them."""
+    ones) and at the end, as closing after every arrival would leave them. The rows a
+    problem's bundles from every terminal share are summed and written at the end
+    (problems.Pending)."""
 
     def __init__(self, fleet: Fleet, conn: sa.Connection) -> None:
         self.fleet, self.conn = fleet, conn
-        self.breakdowns: dict[str, set[str]] = {}
+        self.rollups = problems.Pending()
         self.quiet_unchecked = False
 
     def bundle(self, bundle: ingest.Bundle, record: dict[str, Any], clamped: bool) -> None:
@@ -200,7 +202,7 @@ class Counting:
         labels = inventory.record(conn, seen, s)
         breadth.note_seen(conn, record["terminal_id"], t)
         if text:
-            problems.add(conn, text, record, t, labels, self.breakdowns)
+            problems.add(conn, text, record, t, labels, self.rollups)
         if (row["excluded"] is None and record["top_category"] in s.outage_categories
                 and inventory.counts_toward_outages(conn, record["terminal_id"], t, s)):  # fmt: skip
             scopes = inventory.scopes_of(labels, s)
@@ -238,8 +240,7 @@ class Counting:
             self.quiet_unchecked = False
 
     def finish(self) -> None:
-        problems.refresh_breakdowns(self.conn, self.breakdowns)
-        self.breakdowns = {}
+        self.rollups.write(self.conn)
         self._close_quiet()
 
 
