@@ -15,12 +15,14 @@ Limits of 0 are off.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from remote.server import db
@@ -91,35 +93,44 @@ def take(conn: sa.Connection, terminal_id: str, size: int, limits: Limits, now: 
     server (a window begun anew starts from this bundle)."""
     now = now or datetime.now(UTC)
     hour, day, hour_left, day_left = windows(now)
-    u = terminal_usage.c
     if limits.bytes_per_day and size > limits.bytes_per_day:
         raise _refusal(limits, "bytes_per_day", hour_left, day_left)
-    hour_ok = (u.bundles < limits.bundles_per_hour) if limits.bundles_per_hour else sa.true()
-    if not _count_in(conn, terminal_id, "hour", hour, 1, 0, hour_ok):
+    if not _count_in(conn, terminal_id, "hour", hour, 1, 0, limits.bundles_per_hour):
         raise _refusal(limits, "bundles_per_hour", hour_left, day_left)
-    day_ok = (u.bytes + size <= limits.bytes_per_day) if limits.bytes_per_day else sa.true()
-    if not _count_in(conn, terminal_id, "day", day, 0, size, day_ok):
+    if not _count_in(conn, terminal_id, "day", day, 0, size, limits.bytes_per_day):
         raise _refusal(limits, "bytes_per_day", hour_left, day_left)
 
 
-def _count_in(conn: sa.Connection, terminal_id: str, window: str, started: str, bundles: int, size: int, room: Any) -> bool:
+def _count_in(conn: sa.Connection, terminal_id: str, window: str, started: str, bundles: int, size: int, limit: int) -> bool:
     """Add to the terminal's row of `window` (a row of an older window starts over), when the
-    window was begun anew or `room` holds; whether it was added."""
+    window was begun anew or it has room under `limit` (0: no limit); whether it was added."""
+    row = {"terminal_id": terminal_id, "window": window, "started": started, "bundles": bundles, "bytes": size, "refused": 0}
+    params = dict(row, room_limit=limit) if limit else row
+    return conn.execute(_counting(conn.dialect.name, window, bool(limit)), params).first() is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _counting(dialect: str, window: str, limited: bool) -> Any:
+    """The conditional upsert of _count_in, made once (building it cost more than running it)."""
     u = terminal_usage.c
-    stmt = sql.insert(conn, terminal_usage)
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(terminal_usage)
     same = u.started == stmt.excluded.started
-    upsert = stmt.on_conflict_do_update(
+    if not limited:
+        room = sa.true()
+    elif window == "hour":
+        room = u.bundles < sa.bindparam("room_limit")
+    else:
+        room = u.bytes + stmt.excluded.bytes <= sa.bindparam("room_limit")
+    return stmt.on_conflict_do_update(
         index_elements=["terminal_id", "window"],
         set_={
             "started": stmt.excluded.started,
-            "bundles": sa.case((same, u.bundles + bundles), else_=bundles),
-            "bytes": sa.case((same, u.bytes + size), else_=size),
+            "bundles": sa.case((same, u.bundles + stmt.excluded.bundles), else_=stmt.excluded.bundles),
+            "bytes": sa.case((same, u.bytes + stmt.excluded.bytes), else_=stmt.excluded.bytes),
             "refused": sa.case((same, u.refused), else_=0),
         },
         where=sa.or_(u.started != stmt.excluded.started, room),
     ).returning(sa.literal(1))
-    row = {"terminal_id": terminal_id, "window": window, "started": started, "bundles": bundles, "bytes": size, "refused": 0}
-    return conn.execute(upsert, row).first() is not None
 
 
 def count_refusal(engine: Engine, terminal_id: str, now: datetime | None = None) -> None:

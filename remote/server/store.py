@@ -390,8 +390,8 @@ def insert_bundle(
     row = bundle_row(index, digest, size, received_at)
     try:
         with db.writing(engine) as conn:
-            conn.execute(bundles.insert().values(**row))
-            conn.execute(bundle_views.insert().values(bundle_id=row["id"], view=view))
+            conn.execute(bundles.insert(), row)  # values as parameters: the statement is built once
+            conn.execute(bundle_views.insert(), {"bundle_id": row["id"], "view": view})
             if retention.claim_blob(conn, digest):
                 rewrite_blob()
             if row["command_id"]:
