@@ -247,8 +247,8 @@ class Drainer:
             return
         except sa.exc.OperationalError:
             raise  # the database, not a row: keep them for the next round
-        except Exception:  # noqa: BLE001 - which row: found one by one below
-            pass
+        except Exception as exc:  # which row: found one by one below, and logged there
+            log.warning("fleet queue: a chunk of %d rows could not be counted (%s: %s); counting them one by one", len(rows), type(exc).__name__, exc)
         for row in rows:
             self._apply(row)
         self._delete(ids)

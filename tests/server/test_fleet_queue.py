@@ -225,7 +225,7 @@ def drained_in_chunks(db_url, data_dir, now, chunk: int) -> dict:
         servers.close()
 
 
-def test_counting_a_chunk_in_one_transaction_gives_the_figures_of_one_by_one(db_url, tmp_path):
+def test_counting_a_chunk_in_one_transaction_gives_the_figures_of_one_by_one(db_url, tmp_path, caplog):
     now = datetime.now(UTC).replace(microsecond=0)
     chunked = drained_in_chunks(db_url, tmp_path / "chunked", now, fleet_queue.CHUNK)
     if db_url.startswith("sqlite"):
@@ -234,6 +234,7 @@ def test_counting_a_chunk_in_one_transaction_gives_the_figures_of_one_by_one(db_
         with fresh_pg_database() as url:
             single = drained_in_chunks(url, tmp_path / "single", now, 1)
     assert chunked == single
+    assert not [r for r in caplog.records if "one by one" in r.getMessage()]  # counted in chunks, not after a fallback
     assert sorted(status for kind, _, status, *_ in chunked["incidents"]) == ["closed", "open"], chunked["incidents"]
     by_label = {json.loads(b)[2]["acquirer"][0]["key"]: json.loads(b)[2]["acquirer"] for _, b in chunked["breakdowns"]}
     assert by_label == {"P": [{"count": 9, "key": "P"}, {"count": 1, "key": "Q"}], "Q": [{"count": 13, "key": "Q"}]}

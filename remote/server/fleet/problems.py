@@ -85,6 +85,22 @@ def problem_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+_h = problem_hits.c
+_HIT_AGAIN = (
+    problem_hits.update().where(_h.problem_id == sa.bindparam("pid"), _h.terminal_id == sa.bindparam("tid"), _h.day == sa.bindparam("b_day"))
+    .values(bundles=_h.bundles + 1)
+)  # fmt: skip
+_OTHER_DAY = sa.select(sa.literal(1)).where(_h.problem_id == sa.bindparam("pid"), _h.terminal_id == sa.bindparam("tid"), _h.day != sa.bindparam("b_day")).limit(1)
+_pc = problem_counts.c
+_BREAKDOWN = sa.select(problems.c.breakdown).where(problems.c.id == sa.bindparam("pid"))
+_TOP_VALUES = (
+    sa.select(_pc.key, _pc.count).where(_pc.problem_id == sa.bindparam("pid"), _pc.dim == sa.bindparam("dim"))
+    .order_by(_pc.count.desc(), _pc.key).limit(BREAKDOWN_TOP)
+)  # fmt: skip
+_SET_BREAKDOWN = problems.update().where(problems.c.id == sa.bindparam("pid")).values(breakdown=sa.bindparam("b_breakdown"))
+# (the statements above are built once: every bundle counted runs them)
+
+
 def add(
     conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, labels: dict[str, str], pending: Pending | None = None,
 ) -> str:  # fmt: skip
@@ -101,18 +117,11 @@ def add(
         conn, problem_hits, ["problem_id", "terminal_id", "day"],
         [{"problem_id": pid, "terminal_id": terminal, "day": day, "model": index["model"], "firmware": index["firmware"], "bundles": 0}],
     )  # fmt: skip
-    conn.execute(
-        problem_hits.update()
-        .where(problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day == day)
-        .values(bundles=problem_hits.c.bundles + 1)
-    )
+    hit = {"pid": pid, "tid": terminal, "b_day": day}
+    conn.execute(_HIT_AGAIN, hit)
     if new_terminal:  # a new day for this problem and terminal: it may be its newest
         _newest_day(conn, pid, terminal, day, pending)
-    first_for_terminal = bool(new_terminal) and not conn.execute(
-        sa.select(sa.literal(1)).where(
-            problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day != day
-        ).limit(1)
-    ).first()
+    first_for_terminal = bool(new_terminal) and not conn.execute(_OTHER_DAY, hit).first()
     pending.problem({
         "id": pid, "signature": text, "scheme": index.get("scheme"), "code": index.get("code"),
         "top_cause": index.get("top_cause"), "top_category": index.get("top_category"),
@@ -262,16 +271,12 @@ def _refresh_breakdown(conn: sa.Connection, pid: str, dims: list[str]) -> None:
     that a page of problems reads no per-value counts (a label such as merchant has
     thousands of values). Two servers racing may leave one dimension a bundle stale; the
     next bundle of that problem and dimension puts it right."""
-    stored = conn.execute(sa.select(problems.c.breakdown).where(problems.c.id == pid)).scalar()
+    stored = conn.execute(_BREAKDOWN, {"pid": pid}).scalar()
     breakdown = json.loads(stored) if stored else {}
-    pc = problem_counts.c
     for dim in dims:
-        rows = conn.execute(
-            sa.select(pc.key, pc.count).where(pc.problem_id == pid, pc.dim == dim)
-            .order_by(pc.count.desc(), pc.key).limit(BREAKDOWN_TOP)
-        ).all()  # fmt: skip
+        rows = conn.execute(_TOP_VALUES, {"pid": pid, "dim": dim}).all()
         breakdown[dim] = [[r.key, r.count] for r in rows]
-    conn.execute(problems.update().where(problems.c.id == pid).values(breakdown=json.dumps(breakdown, sort_keys=True)))
+    conn.execute(_SET_BREAKDOWN, {"pid": pid, "b_breakdown": json.dumps(breakdown, sort_keys=True)})
 
 
 def _cursor(terminals: int, pid: str) -> str:
