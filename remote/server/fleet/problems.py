@@ -166,20 +166,7 @@ class Pending:
 
     def write(self, conn: sa.Connection) -> None:
         if self.problems:
-            stmt = sql.insert(conn, problems)
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["id"],
-                    set_={
-                        "bundles": problems.c.bundles + stmt.excluded.bundles,
-                        "terminals_affected": problems.c.terminals_affected + stmt.excluded.terminals_affected,
-                        "first_seen": sql.least(conn, problems.c.first_seen, stmt.excluded.first_seen),
-                        "last_seen": sql.greatest(conn, problems.c.last_seen, stmt.excluded.last_seen),
-                        "verdict_rank": sql.greatest(conn, sa.func.coalesce(problems.c.verdict_rank, -1), sa.func.coalesce(stmt.excluded.verdict_rank, -1)),
-                    },
-                ),
-                [self.problems[pid] for pid in sorted(self.problems)],
-            )  # fmt: skip
+            conn.execute(_adding_problems(conn), [self.problems[pid] for pid in sorted(self.problems)])
         sql.add_counts(
             conn, problem_counts, ["problem_id", "dim", "key"],
             [{"problem_id": pid, "dim": dim, "key": key, "count": n["count"], "terminals": n["terminals"]}
@@ -191,6 +178,27 @@ class Pending:
         for pid in sorted(self.breakdowns):
             _refresh_breakdown(conn, pid, sorted(self.breakdowns[pid]))
         self.problems, self.counts, self.last_days, self.breakdowns = {}, defaultdict(Counter), Counter(), {}
+
+
+_ADDING_PROBLEMS: dict[str, Any] = {}
+
+
+def _adding_problems(conn: sa.Connection) -> Any:
+    """The upsert of `problems` rows (Pending.write), built once per dialect."""
+    found = _ADDING_PROBLEMS.get(conn.dialect.name)
+    if found is None:
+        stmt = sql.insert(conn, problems)
+        found = _ADDING_PROBLEMS[conn.dialect.name] = stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={
+                "bundles": problems.c.bundles + stmt.excluded.bundles,
+                "terminals_affected": problems.c.terminals_affected + stmt.excluded.terminals_affected,
+                "first_seen": sql.least(conn, problems.c.first_seen, stmt.excluded.first_seen),
+                "last_seen": sql.greatest(conn, problems.c.last_seen, stmt.excluded.last_seen),
+                "verdict_rank": sql.greatest(conn, sa.func.coalesce(problems.c.verdict_rank, -1), sa.func.coalesce(stmt.excluded.verdict_rank, -1)),
+            },
+        )  # fmt: skip
+    return found
 
 
 def build_key(model: str, firmware: str) -> str:
