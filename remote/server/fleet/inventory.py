@@ -84,7 +84,7 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
     if in_force != stored_labels:
         values["labels"] = json.dumps(in_force, sort_keys=True)
     if values:
-        conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(**values))
+        conn.execute(_UPDATE_ROW, dict(values, tid=seen.terminal_id))  # the columns set: the parameters' keys
     if in_force != stored_labels:
         _move_scopes(conn, {seen.terminal_id: in_force}, {seen.terminal_id: row["last_seen_at"]}, settings)
     if newest:
@@ -101,6 +101,7 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
 # cost more Python than SQLite takes to run it, and the fleet queue's drainer runs them per
 # bundle and heartbeat inside the write lock).
 _LOCKED_ROW = sa.select(fleet_terminals).where(fleet_terminals.c.id == sa.bindparam("tid")).with_for_update()
+_UPDATE_ROW = fleet_terminals.update().where(fleet_terminals.c.id == sa.bindparam("tid"))
 _LAST_HEARTBEAT = sa.select(fleet_terminals.c.last_heartbeat_at).where(fleet_terminals.c.id == sa.bindparam("tid"))
 _SET_HEALTH = fleet_terminals.update().where(fleet_terminals.c.id == sa.bindparam("tid")).values(health=sa.bindparam("b_health"))
 _SET_RISK = (
