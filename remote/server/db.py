@@ -237,7 +237,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-_SQLITE_WRITERS: dict[str | int, tuple[threading.Lock, int | None]] = {}
+_SQLITE_WRITERS: dict[str | int, threading.Lock] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
@@ -254,32 +254,32 @@ def writing(engine: Engine) -> Iterator[sa.Connection]:
         with engine.begin() as conn:
             yield conn
         return
-    lock, fd = _sqlite_writer(engine)
+    lock, path = _sqlite_writer(engine)
     with lock:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        # Opened per transaction (two system calls): a descriptor kept per database would
+        # pile up in a process that opens many (a test session).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if path else None
         try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
             with engine.begin() as conn:
                 yield conn
         finally:
             if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)  # releases the flock
 
 
-def _sqlite_writer(engine: Engine) -> tuple[threading.Lock, int | None]:
-    """This process's lock of the database file and its lock file's descriptor (one per file,
-    whichever engines open it; an in-memory database has a lock per engine and no file)."""
+def _sqlite_writer(engine: Engine) -> tuple[threading.Lock, str | None]:
+    """This process's lock of the database file and the path of its lock file (one lock per
+    file, whichever engines open it; an in-memory database has a lock per engine, no file)."""
     path = engine.url.database
     on_disk = bool(path) and path != ":memory:" and not str(path).startswith("file:")
     key: str | int = os.path.abspath(path) if on_disk else id(engine)
-    found = _SQLITE_WRITERS.get(key)
-    if found is None:
+    lock = _SQLITE_WRITERS.get(key)
+    if lock is None:
         with _WRITERS_LOCK:
-            found = _SQLITE_WRITERS.get(key)
-            if found is None:
-                fd = os.open(f"{key}-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if on_disk else None
-                found = _SQLITE_WRITERS[key] = (threading.Lock(), fd)
-    return found
+            lock = _SQLITE_WRITERS.setdefault(key, threading.Lock())
+    return lock, f"{key}-writer.lock" if on_disk else None
 
 
 def lock_for_writing(conn: sa.Connection) -> None:
