@@ -27,6 +27,18 @@ def uploader(srv: Service, token: str) -> tuple[dict[str, Any] | None, dict[str,
     return terminal, found
 
 
+def admit_upload(srv: Service, token: str, declared: int | None, bad_length: Exception | None) -> dict[str, Any]:
+    """An upload's turn before its body, in one thread hop: its terminal (else 401), its
+    Content-Length (`bad_length`: the 400 or 413 it earned), then `admit`."""
+    terminal, found = uploader(srv, token)
+    if terminal is None:
+        raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
+    if bad_length is not None:
+        raise bad_length
+    admit(srv, terminal["id"], declared or 0, found)
+    return terminal
+
+
 def admit(srv: Service, terminal_id: str, size: int, found: dict[str, Any] | None = None) -> None:
     """IngestError 503 while the store's breaker is open, 429 when the terminal is past a
     quota already (read only: the quota is taken where the bundle is stored, `refused`).
