@@ -6,12 +6,14 @@ Prints bundles/s and heartbeats/s, p50/p99 latency, posdiag as a ratio to the fl
 stored vs sent.
 
     .venv/bin/python bench/ingest.py [--terminals 50] [--bundles 20] [--heartbeats 40] [--workers 2]
-        [--db sqlite,postgresql] [--client-processes 4] [--min-ratio 0.5] [--profile DIR]
+        [--db sqlite,postgresql] [--client-processes 4] [--min-ratio 0.5] [--profile DIR [--profile-raw]]
 
 --min-ratio: exit 1 when posdiag serves less than that share of the floor (or loses a
 bundle). --profile: py-spy flame graphs of posdiag's server, DIR/sqlite.svg and
-DIR/postgresql.svg. PostgreSQL: a fresh database on 127.0.0.1:5432 (user postgres),
-dropped afterwards; skipped with a note when that server does not answer.
+DIR/postgresql.svg; with --profile-raw, collapsed stacks per thread instead (DIR/sqlite.txt,
+one stack and its sample count a line, to sum by frame). PostgreSQL: a fresh database on
+127.0.0.1:5432 (user postgres), dropped afterwards; skipped with a note when that server
+does not answer.
 """
 
 from __future__ import annotations
@@ -216,7 +218,8 @@ def serving(command: list[str], env: dict[str, str], base: str, profile: Path | 
         wait_up(base, server)
         if profile is not None:
             spy = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--rate", "50", "-o", str(profile), "--pid", str(server.pid)],
+                [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--threads", "--rate", "50", "--format", PROFILE_FORMATS[profile.suffix],
+                 "-o", str(profile), "--pid", str(server.pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         yield
@@ -226,6 +229,9 @@ def serving(command: list[str], env: dict[str, str], base: str, profile: Path | 
             spy.wait(60)
         server.terminate()
         server.wait(30)
+
+
+PROFILE_FORMATS = {".svg": "flamegraph", ".txt": "raw"}  # raw: collapsed stacks, one line each, to sum by frame
 
 
 def count(engine: sa.Engine, table: sa.Table) -> int:
@@ -255,7 +261,7 @@ def run_one(label: str, url: str, data: Path, args: argparse.Namespace) -> dict[
         ("posdiag", "bundles"): f"http://127.0.0.1:{port}/api/v1/bundles", ("posdiag", "heartbeats"): f"http://127.0.0.1:{port}/api/v1/heartbeats",
     }  # fmt: skip
     runs = {key: Run() for key in urls}
-    profile = args.profile / f"{label}.svg" if args.profile else None
+    profile = args.profile / f"{label}.{'txt' if args.profile_raw else 'svg'}" if args.profile else None
     with serving(floor_cmd, env, f"http://127.0.0.1:{floor_port}", None), serving(serve_cmd, dict(os.environ), f"http://127.0.0.1:{port}", profile):
         watch = QueueWatch(engine)
         for kind in per:
@@ -313,6 +319,7 @@ def main() -> int:
     parser.add_argument("--client-processes", type=int, default=4, help="the terminals are shared out among these")
     parser.add_argument("--min-ratio", type=float, default=0.0, help="exit 1 when posdiag serves less than this share of the floor")
     parser.add_argument("--profile", type=Path, help="a directory: py-spy flame graphs of posdiag's server, one per database")
+    parser.add_argument("--profile-raw", action="store_true", help="with --profile: collapsed stacks (DIR/sqlite.txt) instead of SVG, per thread")
     args = parser.parse_args()
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)

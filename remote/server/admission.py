@@ -7,23 +7,50 @@ transaction that stores the bundle (Service.ingest)."""
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from remote.server import quotas
+from remote.server import quotas, store
 from remote.server.ingest import IngestError
 
 if TYPE_CHECKING:
     from remote.server.service import Service
 
 
-def admit(srv: Service, terminal_id: str, size: int) -> None:
+def uploader(srv: Service, token: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The token's active terminal and its quota counts (None when quotas are off), read in
+    one connection: an upload's only database visit before its body."""
+    with srv.engine.connect() as conn:
+        terminal = store.terminal_of_token(conn, token)
+        limits = srv.quota_limits
+        counted = limits.bundles_per_hour or limits.bytes_per_day
+        found = quotas.usage_of(conn, terminal["id"], limits) if terminal is not None and counted else None
+    return terminal, found
+
+
+def admit_upload(srv: Service, token: str, declared: int | None, bad_length: Exception | None) -> dict[str, Any]:
+    """An upload's turn before its body, in one thread hop: its terminal (else 401), its
+    Content-Length (`bad_length`: the 400 or 413 it earned), then `admit`."""
+    terminal, found = uploader(srv, token)
+    if terminal is None:
+        raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
+    if bad_length is not None:
+        raise bad_length
+    admit(srv, terminal["id"], declared or 0, found)
+    return terminal
+
+
+def admit(srv: Service, terminal_id: str, size: int, found: dict[str, Any] | None = None) -> None:
     """IngestError 503 while the store's breaker is open, 429 when the terminal is past a
-    quota already (read only: the quota is taken where the bundle is stored, `refused`)."""
+    quota already (read only: the quota is taken where the bundle is stored, `refused`).
+    `found`: its counts as `uploader` read them (else read here)."""
     wait = srv.blobs.breaker.wait()
     if wait > 0:
         raise IngestError(503, "blob_store_unavailable", "the blob store is failing; try again later", math.ceil(wait))
     try:
-        quotas.check(srv.engine, terminal_id, size, srv.quota_limits)
+        if found is not None:
+            quotas.check_usage(found, size, srv.quota_limits)
+        else:
+            quotas.check(srv.engine, terminal_id, size, srv.quota_limits)
     except quotas.OverQuota as exc:
         refused(srv, terminal_id, exc)
 

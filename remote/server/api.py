@@ -172,12 +172,15 @@ async def upload(
     try:
         srv.shed_when_behind()  # 503 at once, before any database work (shedding.py)
         token = _bearer(request)
-        async with srv.gate.turn():
-            terminal = await run_in_threadpool(srv.terminal_for_token, token) if token else None
-            if terminal is None:
-                raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
-            declared = declared_length(request, srv.settings.max_bundle_bytes)
-            await run_in_threadpool(admission.admit, srv, terminal["id"], declared or 0)  # 503 or 429 before the body
+        if not token:
+            raise IngestError(401, "bad_token", "missing, unknown or revoked terminal token")
+        try:
+            declared: int | None = declared_length(request, srv.settings.max_bundle_bytes)
+            bad_length = None
+        except IngestError as exc:  # answered after the token: an unknown token is 401 whatever it sends
+            declared, bad_length = None, exc
+        async with srv.gate.turn():  # 401, then 400/413, then 503 or 429, all before the body
+            terminal = await run_in_threadpool(admission.admit_upload, srv, token, declared, bad_length)
         size = declared or srv.settings.max_bundle_bytes
         async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
             body = await read_capped(request, srv.settings.max_bundle_bytes)

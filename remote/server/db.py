@@ -8,6 +8,8 @@ sort as text the same way on both databases and `substr(t, 1, 10)` is the day.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import secrets
 import threading
 from collections.abc import Iterator
@@ -235,23 +237,49 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-_SQLITE_WRITERS: dict[int, threading.Lock] = {}
+_SQLITE_WRITERS: dict[str | int, threading.Lock] = {}
+_WRITERS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def writing(engine: Engine) -> Iterator[sa.Connection]:
-    """engine.begin(), with SQLite writers of this process taking turns on a lock first.
+    """engine.begin(), with SQLite writers taking turns on locks first.
 
     SQLite admits one writer; others wait in its busy handler, which sleeps in growing
-    steps and makes the tail latency long. Threads queue on a lock instead, so only the
-    workers of other processes ever meet the busy handler."""
+    steps (up to 100 ms a step) and makes the tail latency long: two server processes
+    storing uploads met it on most transactions (issue 22). Threads of a process queue on
+    a lock, and processes on an flock of `DATABASE-writer.lock` beside the database file, so
+    a writer waits only as long as the one before it writes."""
     if engine.dialect.name != "sqlite":
         with engine.begin() as conn:
             yield conn
         return
-    lock = _SQLITE_WRITERS.setdefault(id(engine), threading.Lock())
-    with lock, engine.begin() as conn:
-        yield conn
+    lock, path = _sqlite_writer(engine)
+    with lock:
+        # Opened per transaction (two system calls): a descriptor kept per database would
+        # pile up in a process that opens many (a test session).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) if path else None
+        try:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            with engine.begin() as conn:
+                yield conn
+        finally:
+            if fd is not None:
+                os.close(fd)  # releases the flock
+
+
+def _sqlite_writer(engine: Engine) -> tuple[threading.Lock, str | None]:
+    """This process's lock of the database file and the path of its lock file (one lock per
+    file, whichever engines open it; an in-memory database has a lock per engine, no file)."""
+    path = engine.url.database
+    on_disk = bool(path) and path != ":memory:" and not str(path).startswith("file:")
+    key: str | int = os.path.abspath(path) if on_disk else id(engine)
+    lock = _SQLITE_WRITERS.get(key)
+    if lock is None:
+        with _WRITERS_LOCK:
+            lock = _SQLITE_WRITERS.setdefault(key, threading.Lock())
+    return lock, f"{key}-writer.lock" if on_disk else None
 
 
 def lock_for_writing(conn: sa.Connection) -> None:

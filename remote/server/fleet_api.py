@@ -73,18 +73,26 @@ async def heartbeat(
         srv.shed_when_behind()
         async with srv.gate.turn():
             # Acknowledged once durably queued; folded into the inventory and trends by the fleet queue's worker.
-            await run_in_threadpool(fleet_queue.enqueue, srv.engine, fleet_queue.heartbeat_entry(beat, event_at, clamped, received))
-            srv.fleet_queue.nudge()
-            notices = await run_in_threadpool(srv.fleet.notices, terminal["id"])
-            command = None
-            if poll:
-                found = await run_in_threadpool(store.next_command, srv.engine, terminal["id"], srv.settings.command_redeliver_seconds)
-                command = None if found is None else NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"]).model_dump()
-            learned = await run_in_threadpool(tables.for_heartbeat, srv.engine, terminal["id"], beat.learned_hash, beat.model)
+            entry = fleet_queue.heartbeat_entry(beat, event_at, clamped, received)
+            notices, command, learned = await run_in_threadpool(_take_heartbeat, srv, terminal["id"], beat, entry, poll)
     except IngestError as exc:  # shed (shedding.py)
         raise ApiError(exc.status, exc.code, exc.detail, {"Retry-After": str(exc.retry_after)}) from None
     answer = HeartbeatAccepted(status="accepted", event_at=event_at, clock_clamped=clamped, incidents=notices, command=command, learned=learned)
     return JSONResponse(answer.model_dump(), status_code=202)
+
+
+def _take_heartbeat(srv: Any, terminal_id: str, beat: Heartbeat, entry: dict[str, Any], poll: bool) -> tuple[Any, Any, Any]:
+    """Queue the heartbeat durably, then read its answer: the open incidents covering the
+    terminal, its next probe request (poll), the learned table it should hold. One thread
+    hop for all of it (each hop cost a heartbeat a thread handover)."""
+    fleet_queue.enqueue(srv.engine, entry)
+    srv.fleet_queue.nudge()
+    notices = srv.fleet.notices(terminal_id)
+    command = None
+    if poll:
+        found = store.next_command(srv.engine, terminal_id, srv.settings.command_redeliver_seconds)
+        command = None if found is None else NextCommand(command_id=found["id"], probes=found["probes"], code=found["code"]).model_dump()
+    return notices, command, tables.for_heartbeat(srv.engine, terminal_id, beat.learned_hash, beat.model)
 
 
 def _short(exc: Exception) -> str:

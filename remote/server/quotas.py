@@ -15,12 +15,14 @@ Limits of 0 are off.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from remote.server import db
@@ -71,9 +73,12 @@ def _refusal(limits: Limits, quota: str, hour_left: int, day_left: int) -> OverQ
 def check(engine: Engine, terminal_id: str, size: int, limits: Limits, now: datetime | None = None) -> None:
     """Before the body is read, by reading alone: OverQuota when the terminal has no bundle of
     this hour left, or `size` (Content-Length) would take it past today's bytes."""
-    if not (limits.bundles_per_hour or limits.bytes_per_day):
-        return
-    found = usage(engine, terminal_id, limits, now)
+    if limits.bundles_per_hour or limits.bytes_per_day:
+        check_usage(usage(engine, terminal_id, limits, now), size, limits, now)
+
+
+def check_usage(found: dict[str, Any], size: int, limits: Limits, now: datetime | None = None) -> None:
+    """check() on counts already read (`usage_of`, in the connection that found the terminal)."""
     _, _, hour_left, day_left = windows(now or datetime.now(UTC))
     if limits.bundles_per_hour and found["bundles_this_hour"] >= limits.bundles_per_hour:
         raise _refusal(limits, "bundles_per_hour", hour_left, day_left)
@@ -83,20 +88,49 @@ def check(engine: Engine, terminal_id: str, size: int, limits: Limits, now: date
 
 def take(conn: sa.Connection, terminal_id: str, size: int, limits: Limits, now: datetime | None = None) -> None:
     """In the transaction that stores the bundle: one bundle of this hour and its `size`
-    bytes of today, or OverQuota (the caller's transaction then stores nothing). The
-    conditional updates decide between uploads racing for the last slot, on any server."""
+    bytes of today, or OverQuota (the caller's transaction then stores nothing). One
+    conditional upsert per window decides between uploads racing for the last slot, on any
+    server (a window begun anew starts from this bundle)."""
     now = now or datetime.now(UTC)
     hour, day, hour_left, day_left = windows(now)
-    u = terminal_usage.c
-    _open_window(conn, terminal_id, "hour", hour)
-    _open_window(conn, terminal_id, "day", day)
-    mine = u.terminal_id == terminal_id
-    hour_ok = (u.bundles < limits.bundles_per_hour) if limits.bundles_per_hour else sa.true()
-    day_ok = (u.bytes + size <= limits.bytes_per_day) if limits.bytes_per_day else sa.true()
-    if not conn.execute(terminal_usage.update().where(mine, u.window == "hour", hour_ok).values(bundles=u.bundles + 1)).rowcount:
-        raise _refusal(limits, "bundles_per_hour", hour_left, day_left)
-    if not conn.execute(terminal_usage.update().where(mine, u.window == "day", day_ok).values(bytes=u.bytes + size)).rowcount:
+    if limits.bytes_per_day and size > limits.bytes_per_day:
         raise _refusal(limits, "bytes_per_day", hour_left, day_left)
+    if not _count_in(conn, terminal_id, "hour", hour, 1, 0, limits.bundles_per_hour):
+        raise _refusal(limits, "bundles_per_hour", hour_left, day_left)
+    if not _count_in(conn, terminal_id, "day", day, 0, size, limits.bytes_per_day):
+        raise _refusal(limits, "bytes_per_day", hour_left, day_left)
+
+
+def _count_in(conn: sa.Connection, terminal_id: str, window: str, started: str, bundles: int, size: int, limit: int) -> bool:
+    """Add to the terminal's row of `window` (a row of an older window starts over), when the
+    window was begun anew or it has room under `limit` (0: no limit); whether it was added."""
+    row = {"terminal_id": terminal_id, "window": window, "started": started, "bundles": bundles, "bytes": size, "refused": 0}
+    params = dict(row, room_limit=limit) if limit else row
+    return conn.execute(_counting(conn.dialect.name, window, bool(limit)), params).first() is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _counting(dialect: str, window: str, limited: bool) -> Any:
+    """The conditional upsert of _count_in, made once (building it cost more than running it)."""
+    u = terminal_usage.c
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(terminal_usage)
+    same = u.started == stmt.excluded.started
+    if not limited:
+        room = sa.true()
+    elif window == "hour":
+        room = u.bundles < sa.bindparam("room_limit")
+    else:
+        room = u.bytes + stmt.excluded.bytes <= sa.bindparam("room_limit")
+    return stmt.on_conflict_do_update(
+        index_elements=["terminal_id", "window"],
+        set_={
+            "started": stmt.excluded.started,
+            "bundles": sa.case((same, u.bundles + stmt.excluded.bundles), else_=stmt.excluded.bundles),
+            "bytes": sa.case((same, u.bytes + stmt.excluded.bytes), else_=stmt.excluded.bytes),
+            "refused": sa.case((same, u.refused), else_=0),
+        },
+        where=sa.or_(u.started != stmt.excluded.started, room),
+    ).returning(sa.literal(1))
 
 
 def count_refusal(engine: Engine, terminal_id: str, now: datetime | None = None) -> None:
@@ -125,10 +159,14 @@ def _open_window(conn: sa.Connection, terminal_id: str, window: str, started: st
 
 def usage(engine: Engine, terminal_id: str, limits: Limits, now: datetime | None = None) -> dict[str, Any]:
     """This hour's and today's counts for the terminal page (0 for a window not begun)."""
+    with engine.connect() as conn:
+        return usage_of(conn, terminal_id, limits, now)
+
+
+def usage_of(conn: sa.Connection, terminal_id: str, limits: Limits, now: datetime | None = None) -> dict[str, Any]:
     hour, day, _, _ = windows(now or datetime.now(UTC))
     u = terminal_usage.c
-    with engine.connect() as conn:
-        rows = {r.window: r for r in conn.execute(sa.select(terminal_usage).where(u.terminal_id == terminal_id)).all()}
+    rows = {r.window: r for r in conn.execute(sa.select(terminal_usage).where(u.terminal_id == terminal_id)).all()}
     current = {w: rows[w] for w, started in (("hour", hour), ("day", day)) if w in rows and rows[w].started == started}
     hour_row, day_row = current.get("hour"), current.get("day")
     return {

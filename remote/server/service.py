@@ -215,13 +215,16 @@ class Service:
             up.body, up.terminal, up.bundle, up.index, up.view, up.digest, up.clamped, up.received,
         )  # fmt: skip
 
-        def counted(conn: sa.Connection, record: dict[str, Any]) -> None:  # in the bundle's own transaction
+        stamp = db.stamp(received)
+        entry = fleet_queue.bundle_entry(bundle, store.bundle_row(index, digest, len(body), stamp), clamped)  # made before the transaction
+
+        def counted(conn: sa.Connection, _record: dict[str, Any]) -> None:  # in the bundle's own transaction
             quotas.take(conn, terminal["id"], len(body), self.quota_limits)
-            fleet_queue.add(conn, fleet_queue.bundle_entry(bundle, record, clamped))
+            fleet_queue.add(conn, entry)
 
         try:
             existing, new = store.insert_bundle(
-                self.engine, index, digest, len(body), view, db.stamp(received), lambda: self.blobs.put(body), counted
+                self.engine, index, digest, len(body), view, stamp, lambda: self.blobs.put(body), counted
             )
         except quotas.OverQuota as exc:  # another upload of the terminal took the last of its quota
             admission.refused(self, terminal["id"], exc)

@@ -158,12 +158,16 @@ def get_terminal(engine: Engine, terminal_id: str) -> dict[str, Any] | None:
 
 def terminal_for_token(engine: Engine, token: str) -> dict[str, Any] | None:
     """The active terminal the bearer token belongs to, or None."""
+    with engine.connect() as conn:
+        return terminal_of_token(conn, token)
+
+
+def terminal_of_token(conn: sa.Connection, token: str) -> dict[str, Any] | None:
     digest = auth.token_digest(token)
     query = sa.select(terminals.c.id, terminals.c.token_sha256).where(
         terminals.c.token_sha256 == digest, terminals.c.revoked_at.is_(None)
     )
-    with engine.connect() as conn:
-        row = conn.execute(query).mappings().first()
+    row = conn.execute(query).mappings().first()
     return dict(row) if row else None
 
 
@@ -383,12 +387,11 @@ def insert_bundle(
     blob's claim against retention (`rewrite_blob` runs if retention deleted it meanwhile),
     and so is `queue(conn, record)` (the fleet's queue entry: counted once it is stored).
     """
-    row = dict(index, sha256=digest, size=size, received_at=received_at)
+    row = bundle_row(index, digest, size, received_at)
     try:
         with db.writing(engine) as conn:
-            conn.execute(bundles.insert().values(**row))
-            daily.count(conn, [row])
-            conn.execute(bundle_views.insert().values(bundle_id=row["id"], view=view))
+            conn.execute(bundles.insert(), row)  # values as parameters: the statement is built once
+            conn.execute(bundle_views.insert(), {"bundle_id": row["id"], "view": view})
             if retention.claim_blob(conn, digest):
                 rewrite_blob()
             if row["command_id"]:
@@ -403,12 +406,20 @@ def insert_bundle(
                 )
             if queue is not None:
                 queue(conn, row)
+            # Last: every upload of a day adds to the same rows (the day's model, category, ...),
+            # and on PostgreSQL the next upload waits for their lock until this one commits.
+            daily.count(conn, [row])
     except IntegrityError:
         existing = get_bundle(engine, row["id"])
         if existing is None:
             raise
         return existing, False
     return row, True
+
+
+def bundle_row(index: dict[str, Any], digest: str, size: int, received_at: str) -> dict[str, Any]:
+    """The bundles row insert_bundle stores (the record an upload is answered with)."""
+    return dict(index, sha256=digest, size=size, received_at=received_at)
 
 
 def bundle_view(engine: Engine, bundle_id: str) -> str | None:

@@ -190,3 +190,72 @@ def test_past_the_queue_bound_uploads_and_heartbeats_are_shed_and_healthz_still_
         assert server.upload(token, made[2][1], made[2][0]).status_code == 201  # the agent, back when told
     finally:
         servers.close()
+
+
+def outage_closed_then_another(now: datetime) -> list:
+    """An outage two hours ago; the fleet heard from since (its quiet outage closes by event
+    time); then a second burst on the same scope, which must open a new incident rather
+    than join the closed one; a bundle of a problem touched again between other arrivals."""
+    fleet = [(f"Q-{i}", OUTAGE) for i in range(8)] + [(f"P-{i}", OTHER) for i in range(2)]
+    out = arrivals(now - timedelta(hours=2))
+    out += [("beat", tid, beat(tid, now - timedelta(minutes=30), labels, 400)) for tid, labels in fleet]
+    for i in range(6):
+        out.append(("bundle", f"Q-{i + 1}", dict(code="96", cause="host.unreachable", category="host", verdict="remote",
+                                                 created_at=db.stamp(now - timedelta(minutes=8 - i)), labels=OUTAGE)))  # fmt: skip
+        out.append(("bundle", "P-1", dict(created_at=db.stamp(now - timedelta(minutes=8 - i, seconds=30)), labels=OTHER)))
+    out += [("beat", tid, beat(tid, now, labels, 300)) for tid, labels in fleet]
+    return out
+
+
+def drained_in_chunks(db_url, data_dir, now, chunk: int) -> dict:
+    servers = start_server(db_url, data_dir, "chunks")
+    server = next(servers)
+    try:
+        fleet = server.service.settings.fleet
+        tokens = {t: store.add_terminal(server.service.engine, t, OUTAGE if t[0] == "Q" else OTHER, fleet) for t in [f"Q-{i}" for i in range(8)] + ["P-0", "P-1"]}
+        server.service.fleet_queue.stop()
+        items = outage_closed_then_another(now)
+        send(server, tokens, items, lambda: None)
+        drainer = fleet_queue.Drainer(server.service.engine, server.service.fleet, chunk=chunk)
+        assert drainer.drain() == len(items) and drainer.failed == 0
+        problems = server.get("/api/v1/problems", params={"limit": 500}).json()["items"]
+        breakdowns = sorted((p["id"], json.dumps([p["by_model"], p["by_firmware"], p["by_label"], p["daily"]], sort_keys=True)) for p in problems)
+        return dict(figures(server), breakdowns=breakdowns)
+    finally:
+        servers.close()
+
+
+def test_counting_a_chunk_in_one_transaction_gives_the_figures_of_one_by_one(db_url, tmp_path, caplog):
+    now = datetime.now(UTC).replace(microsecond=0)
+    chunked = drained_in_chunks(db_url, tmp_path / "chunked", now, fleet_queue.CHUNK)
+    if db_url.startswith("sqlite"):
+        single = drained_in_chunks(f"sqlite:///{tmp_path / 'single.db'}", tmp_path / "single", now, 1)
+    else:
+        with fresh_pg_database() as url:
+            single = drained_in_chunks(url, tmp_path / "single", now, 1)
+    assert chunked == single
+    assert not [r for r in caplog.records if "one by one" in r.getMessage()]  # counted in chunks, not after a fallback
+    assert sorted(status for kind, _, status, *_ in chunked["incidents"]) == ["closed", "open"], chunked["incidents"]
+    by_label = {json.loads(b)[2]["acquirer"][0]["key"]: json.loads(b)[2]["acquirer"] for _, b in chunked["breakdowns"]}
+    assert by_label == {"P": [{"count": 9, "key": "P"}, {"count": 1, "key": "Q"}], "Q": [{"count": 13, "key": "Q"}]}
+
+
+def test_a_row_the_fleet_cannot_count_is_dropped_alone_from_its_chunk(tmp_path):
+    servers = start_server(f"sqlite:///{tmp_path / 's.db'}", tmp_path / "data", "bad-row", users=False)
+    server = next(servers)
+    try:
+        engine = server.service.engine
+        token = store.add_terminal(engine, "B-0")
+        server.service.fleet_queue.stop()
+        for _ in range(3):
+            bundle_id, body = make_bundle(token, "B-0", labels=OTHER)
+            assert server.upload(token, body, bundle_id).status_code == 201
+        with db.writing(engine) as conn:  # a row no release of the fleet can read
+            conn.execute(fleet_queue.fleet_queue.insert().values(kind="bundle", terminal_id="B-0", payload="{}", enqueued_at=db.now()))
+        drainer = fleet_queue.Drainer(engine, server.service.fleet)
+        assert drainer.drain() == 4 and drainer.counted == 3 and drainer.failed == 1
+        assert fleet_queue.backlog(engine).depth == 0
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM bundle_fleet")).scalar() == 3
+    finally:
+        servers.close()

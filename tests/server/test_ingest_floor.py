@@ -4,9 +4,10 @@ fsync'd file, one row) and to posdiag, in alternating turns, and prints posdiag'
 A ratio, not a time: it holds on a quiet machine and on a loaded one alike.
 
 The issue's target is half of the floor; what this machine measures today is lower for
-bundles (the tar.gz checks, redaction and the bundle row cost more than the floor's one
-row: docs/deployment.md, "Ingest"), so the guard is half of today's share: a loss like
-the 5x one that went unnoticed before fails here."""
+bundles at the bench's size (the tar.gz checks, redaction, the bundle row and counting it
+into the fleet cost more than the floor's one row: docs/deployment.md, "Ingest"), so the
+guard is well under today's share: a loss like the 5x one that went unnoticed before fails
+here."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# Half of the share measured on this 2-core machine under load (bundles 0.16-0.29, heartbeats 0.40-0.58).
-MIN_SHARE = {"bundles": 0.08, "heartbeats": 0.2}
+# About 40 % of the lowest share measured with this test's sizes on this 2-core machine at a
+# load average of 13 (bundles 0.38-0.78, heartbeats 0.68-1.33 after the drainer's chunks and
+# the statements built once; 0.16-0.29 and 0.40-0.58 before): a loss of 2.5 x fails here.
+MIN_SHARE = {"bundles": 0.15, "heartbeats": 0.3}
 
 pytestmark = pytest.mark.timeout(300)
 

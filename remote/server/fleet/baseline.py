@@ -104,13 +104,19 @@ def hour_keys(first_hour: str, after_hour: str) -> list[str]:
     return keys
 
 
+_MOVING = (
+    sa.select(scope_members.c.scope_key, scope_members.c.seen_at)
+    .where(scope_members.c.terminal_id == sa.bindparam("tid"), sa.or_(scope_members.c.seen_at.is_(None), scope_members.c.seen_at < sa.bindparam("stale")))
+    .with_for_update()
+)  # fmt: skip  (built once: every arrival asks)
+
+
 def see(conn: sa.Connection, terminal_id: str, event_at: str, settings: FleetSettings) -> None:
     """Move the terminal's seen_at in its scopes, in steps (a write per step, not per heartbeat)."""
     stale = timing.shift(event_at, hours=-settings.missing_after_hours / SEEN_STEPS)
     m = scope_members.c
-    moving = sa.and_(m.terminal_id == terminal_id, sa.or_(m.seen_at.is_(None), m.seen_at < stale))
     # Locked first: of two arrivals of one terminal, the second finds the rows moved already.
-    rows = conn.execute(sa.select(m.scope_key, m.seen_at).where(moving).with_for_update()).all()
+    rows = conn.execute(_MOVING, {"tid": terminal_id, "stale": stale}).all()
     if rows:
         conn.execute(scope_members.update().where(m.terminal_id == terminal_id, m.scope_key.in_([r.scope_key for r in rows])).values(seen_at=event_at))
         _recount(conn, [(r.scope_key, r.seen_at) for r in rows], event_at)

@@ -29,10 +29,16 @@ from remote.server.fleet.schema import dismissed_terminals, fleet_terminals, inc
 from remote.server_settings import FleetSettings
 
 
+_NOTE_SEEN = (
+    fleet_terminals.update()
+    .where(fleet_terminals.c.id == sa.bindparam("tid"), sa.or_(fleet_terminals.c.first_seen_at.is_(None), fleet_terminals.c.first_seen_at > sa.bindparam("at")))
+    .values(first_seen_at=sa.bindparam("at"))
+)  # fmt: skip  (built once: every arrival runs it)
+
+
 def note_seen(conn: sa.Connection, terminal_id: str, event_at: str) -> None:
     """Keep the terminal's oldest event time (one conditional write, none for most sightings)."""
-    f = fleet_terminals.c
-    conn.execute(fleet_terminals.update().where(f.id == terminal_id, sa.or_(f.first_seen_at.is_(None), f.first_seen_at > event_at)).values(first_seen_at=event_at))
+    conn.execute(_NOTE_SEEN, {"tid": terminal_id, "at": event_at})
 
 
 def fill_first_seen(conn: sa.Connection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,78 +56,35 @@ class Fleet:
 
     def on_bundle(self, bundle: ingest.Bundle, record: dict[str, Any], clamped: bool) -> None:
         """Count a stored bundle into the inventory, its problem and the detectors, once:
-        for a bundle counted before (an upload again) nothing changes. Ingest calls it for
-        every upload, so a bundle whose counting failed (a crash between the two
-        transactions) is counted when the terminal sends it again."""
+        for a bundle counted before (an upload again) nothing changes."""
+        self.count(lambda counting: counting.bundle(bundle, record, clamped))
+
+    def on_heartbeat(self, beat: Heartbeat, event_at: str, clamped: bool, received_at: str) -> None:
+        """Texts are masked as a bundle's are (ingest.shown); no labels: the stored stay."""
+        self.count(lambda counting: counting.heartbeat(beat, event_at, clamped, received_at))
+
+    def count(self, work: Callable[[Counting], object]) -> None:
+        """`work` counts arrivals (Counting.bundle, .heartbeat) in one transaction: several
+        arrivals share its commit and the rollups written once for all of them (the fleet
+        queue's drainer counts a batch so), with the same result as one by one. Retried
+        whole when PostgreSQL finds it locked rollup rows crosswise with another."""
         for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
             try:
-                self._count_bundle(bundle, record, clamped)
+                with db.writing(self.engine) as conn:
+                    counting = Counting(self, conn)
+                    work(counting)
+                    counting.finish()
                 return
             except sa.exc.OperationalError as exc:  # two arrivals locked rollup rows crosswise
                 if attempt == DEADLOCK_ATTEMPTS or getattr(exc.orig, "sqlstate", None) not in RETRIED_SQLSTATES:
                     raise
 
-    def _count_bundle(self, bundle: ingest.Bundle, record: dict[str, Any], clamped: bool) -> None:
-        s = self.settings
-        t = record["created_at"]
-        seen = inventory.Sighting(
-            record["terminal_id"], t, record["model"], record["firmware"], record["app_version"], record["agent_version"],
-            manifest_labels(bundle.manifest_raw), clamped, record["received_at"], heartbeat=False,
-        )  # fmt: skip
-        probes = _json(bundle.scan.kept.get("probes.json"))
-        text = problems.signature(record, problems.fail_findings(probes), s.signature_fields)
-        row = {
-            "bundle_id": record["id"], "terminal_id": record["terminal_id"], "event_at": t, "clock_clamped": clamped,
-            "problem_id": problems.problem_id(text) if text else None, "top_category": record["top_category"],
-            "model": record["model"], "firmware": record["firmware"], "app_version": record["app_version"],
-            "excluded": signal.excluded(record, self.knowledge, s),
-        }  # fmt: skip
-        with db.writing(self.engine) as conn:
-            if not sql.insert_new(conn, bundle_fleet, ["bundle_id"], [row]):
-                return  # counted before
-            labels = inventory.record(conn, seen, s)
-            breadth.note_seen(conn, record["terminal_id"], t)
-            if text:
-                problems.add(conn, text, record, t, labels)
-            if (row["excluded"] is None and record["top_category"] in s.outage_categories
-                    and inventory.counts_toward_outages(conn, record["terminal_id"], t, s)):  # fmt: skip
-                scopes = inventory.scopes_of(labels, s)
-                if scopes:
-                    repeat = outage.repeats(conn, record["terminal_id"], t, s)
-                    conn.execute(outage_events.insert(), [
-                        {"bundle_id": record["id"], "scope_key": k, "terminal_id": record["terminal_id"], "event_at": t} for k in scopes
-                    ])  # fmt: skip
-                    baseline.count_failure(conn, record["terminal_id"], record["id"], scopes, t)
-                    outage.follow(conn, scopes, t, s)
-                    if not repeat:  # a terminal failing again near t changes no window's count of terminals
-                        self._announce(conn, outage.evaluate(conn, scopes, t, s, db.now()))
-            self._close_quiet(conn)
-
-    def on_heartbeat(self, beat: Heartbeat, event_at: str, clamped: bool, received_at: str) -> None:
-        """Texts are masked as a bundle's are (ingest.shown); no labels: the stored stay."""
-        seen = inventory.Sighting(
-            beat.terminal_id, event_at, ingest.shown(beat.model), ingest.shown(beat.firmware),
-            ingest.shown(beat.app_version), ingest.shown(beat.agent_version),
-            {k: ingest.shown(v) for k, v in beat.labels.items()} or None, clamped, received_at, heartbeat=True,
-        )  # fmt: skip
-        with db.writing(self.engine) as conn:
-            inventory.record(conn, seen, self.settings)
-            breadth.note_seen(conn, beat.terminal_id, event_at)
-            inventory.add_heartbeat(conn, seen, beat.health.model_dump(), beat.counters.model_dump())
-            before = conn.execute(sa.select(fleet_terminals.c.risk_metric).where(fleet_terminals.c.id == beat.terminal_id)).scalar()
-            risk = inventory.assess_risk(conn, beat.terminal_id, self.settings)
-            if risk and not before:
-                webhooks.enqueue(conn, self.hooks, "terminal.at_risk", f"{beat.terminal_id}:{risk['metric']}:{risk['projected_at'][:10]}",
-                                 {"terminal_id": beat.terminal_id, "risk": risk})  # fmt: skip
-            self._close_quiet(conn)
-
     def notices(self, terminal_id: str) -> list[dict[str, Any]]:
         """Open incidents that cover the terminal, as it is told of them."""
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id)).mappings().first()
-        if row is None:
-            return []
-        found = incidents.covering(self.engine, terminal_id, row["model"], row["firmware"], row["app_version"])
+        f = fleet_terminals.c
+        with self.engine.connect() as conn:  # one connection: a heartbeat's answer reads both
+            row = conn.execute(sa.select(f.model, f.firmware, f.app_version).where(f.id == terminal_id)).first()
+            found = [] if row is None else incidents.covering(conn, terminal_id, row.model, row.firmware, row.app_version)
         return [incidents.notice(i) for i in found]
 
     def open_counts(self) -> dict[str, float]:
@@ -205,6 +163,85 @@ class Fleet:
             return False
         self._last_sweep = now
         return True
+
+
+class Counting:
+    """Arrivals counted in one transaction (Fleet.count). What counting one arrival after
+    another would do, with the work they share done once: a problem's breakdown is
+    refreshed once at the end for the dimensions its bundles touched, and quiet outages are
+    closed only before a bundle that may reach the outage detector (which reads the open
+    ones) and at the end, as closing after every arrival would leave them. The rows a
+    problem's bundles from every terminal share are summed and written at the end
+    (problems.Pending)."""
+
+    def __init__(self, fleet: Fleet, conn: sa.Connection) -> None:
+        self.fleet, self.conn = fleet, conn
+        self.rollups = problems.Pending()
+        self.quiet_unchecked = False
+
+    def bundle(self, bundle: ingest.Bundle, record: dict[str, Any], clamped: bool) -> None:
+        """Count a stored bundle once (a bundle counted before changes nothing)."""
+        conn, s = self.conn, self.fleet.settings
+        t = record["created_at"]
+        seen = inventory.Sighting(
+            record["terminal_id"], t, record["model"], record["firmware"], record["app_version"], record["agent_version"],
+            manifest_labels(bundle.manifest_raw), clamped, record["received_at"], heartbeat=False,
+        )  # fmt: skip
+        probes = _json(bundle.scan.kept.get("probes.json"))
+        text = problems.signature(record, problems.fail_findings(probes), s.signature_fields)
+        row = {
+            "bundle_id": record["id"], "terminal_id": record["terminal_id"], "event_at": t, "clock_clamped": clamped,
+            "problem_id": problems.problem_id(text) if text else None, "top_category": record["top_category"],
+            "model": record["model"], "firmware": record["firmware"], "app_version": record["app_version"],
+            "excluded": signal.excluded(record, self.fleet.knowledge, s),
+        }  # fmt: skip
+        if row["excluded"] is None and record["top_category"] in s.outage_categories:
+            self._close_quiet()  # the outage detector may read the open outages: as the arrivals before left them
+        if not sql.insert_new(conn, bundle_fleet, ["bundle_id"], [row]):
+            return  # counted before
+        labels = inventory.record(conn, seen, s)
+        breadth.note_seen(conn, record["terminal_id"], t)
+        if text:
+            problems.add(conn, text, record, t, labels, self.rollups)
+        if (row["excluded"] is None and record["top_category"] in s.outage_categories
+                and inventory.counts_toward_outages(conn, record["terminal_id"], t, s)):  # fmt: skip
+            scopes = inventory.scopes_of(labels, s)
+            if scopes:
+                repeat = outage.repeats(conn, record["terminal_id"], t, s)
+                conn.execute(outage_events.insert(), [
+                    {"bundle_id": record["id"], "scope_key": k, "terminal_id": record["terminal_id"], "event_at": t} for k in scopes
+                ])  # fmt: skip
+                baseline.count_failure(conn, record["terminal_id"], record["id"], scopes, t)
+                outage.follow(conn, scopes, t, s)
+                if not repeat:  # a terminal failing again near t changes no window's count of terminals
+                    self.fleet._announce(conn, outage.evaluate(conn, scopes, t, s, db.now()))
+        self.quiet_unchecked = True
+
+    def heartbeat(self, beat: Heartbeat, event_at: str, clamped: bool, received_at: str) -> None:
+        conn, fleet = self.conn, self.fleet
+        seen = inventory.Sighting(
+            beat.terminal_id, event_at, ingest.shown(beat.model), ingest.shown(beat.firmware),
+            ingest.shown(beat.app_version), ingest.shown(beat.agent_version),
+            {k: ingest.shown(v) for k, v in beat.labels.items()} or None, clamped, received_at, heartbeat=True,
+        )  # fmt: skip
+        inventory.record(conn, seen, fleet.settings)
+        breadth.note_seen(conn, beat.terminal_id, event_at)
+        inventory.add_heartbeat(conn, seen, beat.health.model_dump(), beat.counters.model_dump())
+        before = conn.execute(sa.select(fleet_terminals.c.risk_metric).where(fleet_terminals.c.id == beat.terminal_id)).scalar()
+        risk = inventory.assess_risk(conn, beat.terminal_id, fleet.settings)
+        if risk and not before:
+            webhooks.enqueue(conn, fleet.hooks, "terminal.at_risk", f"{beat.terminal_id}:{risk['metric']}:{risk['projected_at'][:10]}",
+                             {"terminal_id": beat.terminal_id, "risk": risk})  # fmt: skip
+        self.quiet_unchecked = True
+
+    def _close_quiet(self) -> None:
+        if self.quiet_unchecked:
+            self.fleet._close_quiet(self.conn)
+            self.quiet_unchecked = False
+
+    def finish(self) -> None:
+        self.rollups.write(self.conn)
+        self._close_quiet()
 
 
 def _json(data: bytes | None) -> Any:

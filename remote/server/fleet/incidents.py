@@ -169,8 +169,9 @@ def get_incident(engine: Engine, incident_id: str) -> dict[str, Any] | None:
     return view(row) if row else None
 
 
-def covering(engine: Engine, terminal_id: str, model: str | None, firmware: str | None, app_version: str | None) -> list[dict[str, Any]]:
-    """Open incidents that cover a terminal: outages on one of its scopes, regressions on its versions."""
+def covering(engine: Engine | sa.Connection, terminal_id: str, model: str | None, firmware: str | None, app_version: str | None) -> list[dict[str, Any]]:
+    """Open incidents that cover a terminal: outages on one of its scopes, regressions on its
+    versions (read in `engine`'s own connection, or in the one given)."""
     keys = sa.select(scope_members.c.scope_key).where(scope_members.c.terminal_id == terminal_id)
     versions = [f"firmware={firmware}&model={model}", f"app_version={app_version}&model={model}"]
     query = sa.select(incidents).where(
@@ -180,6 +181,8 @@ def covering(engine: Engine, terminal_id: str, model: str | None, firmware: str 
             sa.and_(incidents.c.kind == "regression", incidents.c.scope_key.in_(versions)),
         ),
     )
+    if isinstance(engine, sa.Connection):
+        return [view(r) for r in engine.execute(query).mappings()]
     with engine.connect() as conn:
         return [view(r) for r in conn.execute(query).mappings()]
 

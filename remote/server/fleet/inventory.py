@@ -84,7 +84,7 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
     if in_force != stored_labels:
         values["labels"] = json.dumps(in_force, sort_keys=True)
     if values:
-        conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(**values))
+        conn.execute(_UPDATE_ROW, dict(values, tid=seen.terminal_id))  # the columns set: the parameters' keys
     if in_force != stored_labels:
         _move_scopes(conn, {seen.terminal_id: in_force}, {seen.terminal_id: row["last_seen_at"]}, settings)
     if newest:
@@ -97,14 +97,26 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
     return in_force
 
 
+# Statements every arrival runs, built once with their values as parameters (building one
+# cost more Python than SQLite takes to run it, and the fleet queue's drainer runs them per
+# bundle and heartbeat inside the write lock).
+_LOCKED_ROW = sa.select(fleet_terminals).where(fleet_terminals.c.id == sa.bindparam("tid")).with_for_update()
+_UPDATE_ROW = fleet_terminals.update().where(fleet_terminals.c.id == sa.bindparam("tid"))
+_LAST_HEARTBEAT = sa.select(fleet_terminals.c.last_heartbeat_at).where(fleet_terminals.c.id == sa.bindparam("tid"))
+_SET_HEALTH = fleet_terminals.update().where(fleet_terminals.c.id == sa.bindparam("tid")).values(health=sa.bindparam("b_health"))
+_SET_RISK = (
+    fleet_terminals.update().where(fleet_terminals.c.id == sa.bindparam("tid"))
+    .values(risk=sa.bindparam("b_risk"), risk_metric=sa.bindparam("b_risk_metric"))
+)  # fmt: skip
+
+
 def _locked_row(conn: sa.Connection, terminal_id: str) -> Any:
     """The terminal's fleet row, locked; made first at its first sighting, so that even
     then nothing rewrites its labels and scopes beside this transaction."""
-    query = sa.select(fleet_terminals).where(fleet_terminals.c.id == terminal_id).with_for_update()
-    row = conn.execute(query).mappings().first()
+    row = conn.execute(_LOCKED_ROW, {"tid": terminal_id}).mappings().first()
     if row is None:
         labels.ensure_row(conn, terminal_id)
-        row = conn.execute(query).mappings().one()
+        row = conn.execute(_LOCKED_ROW, {"tid": terminal_id}).mappings().one()
     return row
 
 
@@ -193,15 +205,13 @@ counts_toward_outages = labels.counts_toward_outages  # what the engine asks bef
 
 def add_heartbeat(conn: sa.Connection, seen: Sighting, health: dict[str, Any], counters: dict[str, Any]) -> None:
     row = {k: health.get(k) for k in HEALTH_COLUMNS}
-    conn.execute(
-        heartbeats.insert().values(
-            terminal_id=seen.terminal_id, sent_at=seen.event_at, received_at=seen.received_at,
-            clock_clamped=seen.clamped, counters=json.dumps(counters), **row,
-        )
-    )  # fmt: skip
-    current = conn.execute(sa.select(fleet_terminals.c.last_heartbeat_at).where(fleet_terminals.c.id == seen.terminal_id)).scalar()
+    conn.execute(heartbeats.insert(), dict(
+        row, terminal_id=seen.terminal_id, sent_at=seen.event_at, received_at=seen.received_at,
+        clock_clamped=seen.clamped, counters=json.dumps(counters),
+    ))  # fmt: skip
+    current = conn.execute(_LAST_HEARTBEAT, {"tid": seen.terminal_id}).scalar()
     if current == seen.event_at:
-        conn.execute(fleet_terminals.update().where(fleet_terminals.c.id == seen.terminal_id).values(health=json.dumps(row)))
+        conn.execute(_SET_HEALTH, {"tid": seen.terminal_id, "b_health": json.dumps(row)})
 
 
 # -- trends -------------------------------------------------------------------------------
@@ -217,10 +227,7 @@ def assess_risk(conn: sa.Connection, terminal_id: str, settings: FleetSettings) 
     ).mappings().all()  # fmt: skip
     found = [risk for rule in settings.trends if (risk := _project(rule, rows, settings.at_risk_horizon_days))]
     risk = min(found, key=lambda r: r["projected_at"], default=None)
-    conn.execute(
-        fleet_terminals.update().where(fleet_terminals.c.id == terminal_id)
-        .values(risk=json.dumps(risk, ensure_ascii=False) if risk else None, risk_metric=risk["metric"] if risk else None)
-    )  # fmt: skip
+    conn.execute(_SET_RISK, {"tid": terminal_id, "b_risk": json.dumps(risk, ensure_ascii=False) if risk else None, "b_risk_metric": risk["metric"] if risk else None})
     return risk
 
 

@@ -41,9 +41,11 @@ def check(changes: dict[str, str | None]) -> None:
             raise LabelError(f"{key[:40]}: {problem}")
 
 
+_OPERATOR_OF = sa.select(operator_labels.c.key, operator_labels.c.value).where(operator_labels.c.terminal_id == sa.bindparam("tid"))
+
+
 def operator_of(conn: sa.Connection, terminal_id: str) -> dict[str, str]:
-    o = operator_labels.c
-    return dict(conn.execute(sa.select(o.key, o.value).where(o.terminal_id == terminal_id)).all())
+    return dict(conn.execute(_OPERATOR_OF, {"tid": terminal_id}).all())
 
 
 def observed(labels: dict[str, str], settings: FleetSettings) -> dict[str, str]:

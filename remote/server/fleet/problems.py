@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -83,55 +85,120 @@ def problem_id(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def add(conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, labels: dict[str, str]) -> str:
-    """Count one new bundle into its problem's rollups; the problem id."""
+_h = problem_hits.c
+_HIT_AGAIN = (
+    problem_hits.update().where(_h.problem_id == sa.bindparam("pid"), _h.terminal_id == sa.bindparam("tid"), _h.day == sa.bindparam("b_day"))
+    .values(bundles=_h.bundles + 1)
+)  # fmt: skip
+_OTHER_DAY = sa.select(sa.literal(1)).where(_h.problem_id == sa.bindparam("pid"), _h.terminal_id == sa.bindparam("tid"), _h.day != sa.bindparam("b_day")).limit(1)
+_pc = problem_counts.c
+_BREAKDOWN = sa.select(problems.c.breakdown).where(problems.c.id == sa.bindparam("pid"))
+_TOP_VALUES = (
+    sa.select(_pc.key, _pc.count).where(_pc.problem_id == sa.bindparam("pid"), _pc.dim == sa.bindparam("dim"))
+    .order_by(_pc.count.desc(), _pc.key).limit(BREAKDOWN_TOP)
+)  # fmt: skip
+_SET_BREAKDOWN = problems.update().where(problems.c.id == sa.bindparam("pid")).values(breakdown=sa.bindparam("b_breakdown"))
+# (the statements above are built once: every bundle counted runs them)
+
+
+def add(
+    conn: sa.Connection, text: str, index: dict[str, Any], event_at: str, labels: dict[str, str], pending: Pending | None = None,
+) -> str:  # fmt: skip
+    """Count one new bundle into its problem's rollups; the problem id. `pending`: the rows
+    every terminal's bundles of the problem share (the problem, its counts by dimension, its
+    terminals' last days, its breakdown) are summed there and written by Pending.write,
+    once for all bundles a transaction counts (else written now). The rows of one problem
+    and terminal are written now either way (later bundles of the terminal read them)."""
+    now = pending is None
+    pending = pending or Pending()
     pid = problem_id(text)
     terminal, day = index["terminal_id"], timing.day(event_at)
     new_terminal = sql.insert_new(
         conn, problem_hits, ["problem_id", "terminal_id", "day"],
         [{"problem_id": pid, "terminal_id": terminal, "day": day, "model": index["model"], "firmware": index["firmware"], "bundles": 0}],
     )  # fmt: skip
-    conn.execute(
-        problem_hits.update()
-        .where(problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day == day)
-        .values(bundles=problem_hits.c.bundles + 1)
-    )
+    hit = {"pid": pid, "tid": terminal, "b_day": day}
+    conn.execute(_HIT_AGAIN, hit)
     if new_terminal:  # a new day for this problem and terminal: it may be its newest
-        _newest_day(conn, pid, terminal, day)
-    first_for_terminal = bool(new_terminal) and not conn.execute(
-        sa.select(sa.literal(1)).where(
-            problem_hits.c.problem_id == pid, problem_hits.c.terminal_id == terminal, problem_hits.c.day != day
-        ).limit(1)
-    ).first()
-    stmt = sql.insert(conn, problems)
-    conn.execute(
-        stmt.on_conflict_do_update(
+        _newest_day(conn, pid, terminal, day, pending)
+    first_for_terminal = bool(new_terminal) and not conn.execute(_OTHER_DAY, hit).first()
+    pending.problem({
+        "id": pid, "signature": text, "scheme": index.get("scheme"), "code": index.get("code"),
+        "top_cause": index.get("top_cause"), "top_category": index.get("top_category"),
+        "first_seen": event_at, "last_seen": event_at, "bundles": 1, "terminals_affected": int(first_for_terminal),
+        "verdict_rank": verdict_rank(index.get("verdict")),
+    })  # fmt: skip
+    counts = [("build", build_key(index["model"], index["firmware"])), ("day", day), ("firmware", index["firmware"])]
+    counts += sorted((f"label:{k}", v) for k, v in labels.items()) + [("model", index["model"])]
+    for dim, key in counts:
+        pending.counts[(pid, dim, key[:200])] += Counter(count=1, terminals=int(bool(new_terminal) if dim == "day" else first_for_terminal))
+    pending.breakdowns.setdefault(pid, set()).update(dim for dim, _ in counts if dim not in UNSHOWN)
+    if now:
+        pending.write(conn)
+    return pid
+
+
+@dataclass
+class Pending:
+    """What several bundles add to the rows of their problems that every terminal's bundles
+    share, summed, to be written at once (Pending.write): a chunk of the fleet queue takes
+    these rows' locks only at its end, for its commit, and in one order (by key), so
+    counting in several threads neither waits long nor deadlocks on them. The rows left are
+    those counting one bundle after another would leave."""
+
+    problems: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counts: defaultdict[tuple[str, str, str], Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    last_days: Counter[tuple[str, str]] = field(default_factory=Counter)
+    breakdowns: dict[str, set[str]] = field(default_factory=dict)
+
+    def problem(self, row: dict[str, Any]) -> None:
+        """One bundle's row of `problems`: the first of a problem as it would be inserted,
+        the later ones summed into it as the upsert would (least, greatest, +)."""
+        have = self.problems.get(row["id"])
+        if have is None:
+            self.problems[row["id"]] = row
+            return
+        have["bundles"] += row["bundles"]
+        have["terminals_affected"] += row["terminals_affected"]
+        have["first_seen"] = min(have["first_seen"], row["first_seen"])
+        have["last_seen"] = max(have["last_seen"], row["last_seen"])
+        have["verdict_rank"] = max(-1 if have["verdict_rank"] is None else have["verdict_rank"], -1 if row["verdict_rank"] is None else row["verdict_rank"])
+
+    def write(self, conn: sa.Connection) -> None:
+        if self.problems:
+            conn.execute(_adding_problems(conn), [self.problems[pid] for pid in sorted(self.problems)])
+        sql.add_counts(
+            conn, problem_counts, ["problem_id", "dim", "key"],
+            [{"problem_id": pid, "dim": dim, "key": key, "count": n["count"], "terminals": n["terminals"]}
+             for (pid, dim, key), n in sorted(self.counts.items())],
+            "count", "terminals",
+        )  # fmt: skip
+        moves = [{"problem_id": pid, "day": day, "terminals": n} for (pid, day), n in sorted(self.last_days.items()) if n]
+        sql.move_counts(conn, problem_last_days, ["problem_id", "day"], moves, "terminals")
+        for pid in sorted(self.breakdowns):
+            _refresh_breakdown(conn, pid, sorted(self.breakdowns[pid]))
+        self.problems, self.counts, self.last_days, self.breakdowns = {}, defaultdict(Counter), Counter(), {}
+
+
+_ADDING_PROBLEMS: dict[str, Any] = {}
+
+
+def _adding_problems(conn: sa.Connection) -> Any:
+    """The upsert of `problems` rows (Pending.write), built once per dialect."""
+    found = _ADDING_PROBLEMS.get(conn.dialect.name)
+    if found is None:
+        stmt = sql.insert(conn, problems)
+        found = _ADDING_PROBLEMS[conn.dialect.name] = stmt.on_conflict_do_update(
             index_elements=["id"],
             set_={
-                "bundles": problems.c.bundles + 1,
+                "bundles": problems.c.bundles + stmt.excluded.bundles,
                 "terminals_affected": problems.c.terminals_affected + stmt.excluded.terminals_affected,
                 "first_seen": sql.least(conn, problems.c.first_seen, stmt.excluded.first_seen),
                 "last_seen": sql.greatest(conn, problems.c.last_seen, stmt.excluded.last_seen),
                 "verdict_rank": sql.greatest(conn, sa.func.coalesce(problems.c.verdict_rank, -1), sa.func.coalesce(stmt.excluded.verdict_rank, -1)),
             },
-        ),
-        {
-            "id": pid, "signature": text, "scheme": index.get("scheme"), "code": index.get("code"),
-            "top_cause": index.get("top_cause"), "top_category": index.get("top_category"),
-            "first_seen": event_at, "last_seen": event_at, "bundles": 1, "terminals_affected": int(first_for_terminal),
-            "verdict_rank": verdict_rank(index.get("verdict")),
-        },
-    )  # fmt: skip
-    counts = [("build", build_key(index["model"], index["firmware"])), ("day", day), ("firmware", index["firmware"])]
-    counts += sorted((f"label:{k}", v) for k, v in labels.items()) + [("model", index["model"])]
-    sql.add_counts(
-        conn, problem_counts, ["problem_id", "dim", "key"],
-        [{"problem_id": pid, "dim": dim, "key": key[:200], "count": 1,
-          "terminals": int(bool(new_terminal) if dim == "day" else first_for_terminal)} for dim, key in counts],
-        "count", "terminals",
-    )  # fmt: skip
-    _refresh_breakdown(conn, pid, [dim for dim, _ in counts if dim not in UNSHOWN])
-    return pid
+        )  # fmt: skip
+    return found
 
 
 def build_key(model: str, firmware: str) -> str:
@@ -170,7 +237,7 @@ def rebuild_counts(conn: sa.Connection) -> None:
         _refresh_breakdown(conn, pid, sorted(names))
 
 
-def _newest_day(conn: sa.Connection, pid: str, terminal: str, day: str) -> None:
+def _newest_day(conn: sa.Connection, pid: str, terminal: str, day: str, pending: Pending) -> None:
     """Move the terminal, in problem_last_days, to `day` if that is its newest with the problem."""
     pt = problem_terminals.c
     if sql.insert_new(conn, problem_terminals, ["problem_id", "terminal_id"], [{"problem_id": pid, "terminal_id": terminal, "last_day": day}]):
@@ -181,7 +248,8 @@ def _newest_day(conn: sa.Connection, pid: str, terminal: str, day: str) -> None:
             return
         conn.execute(problem_terminals.update().where(pt.problem_id == pid, pt.terminal_id == terminal).values(last_day=day))
         moves = [(before, -1), (day, 1)]
-    sql.move_counts(conn, problem_last_days, ["problem_id", "day"], [{"problem_id": pid, "day": d, "terminals": n} for d, n in moves], "terminals")
+    for d, n in moves:
+        pending.last_days[(pid, d)] += n
 
 
 def rebuild_terminals(conn: sa.Connection) -> None:
@@ -211,16 +279,12 @@ def _refresh_breakdown(conn: sa.Connection, pid: str, dims: list[str]) -> None:
     that a page of problems reads no per-value counts (a label such as merchant has
     thousands of values). Two servers racing may leave one dimension a bundle stale; the
     next bundle of that problem and dimension puts it right."""
-    stored = conn.execute(sa.select(problems.c.breakdown).where(problems.c.id == pid)).scalar()
+    stored = conn.execute(_BREAKDOWN, {"pid": pid}).scalar()
     breakdown = json.loads(stored) if stored else {}
-    pc = problem_counts.c
     for dim in dims:
-        rows = conn.execute(
-            sa.select(pc.key, pc.count).where(pc.problem_id == pid, pc.dim == dim)
-            .order_by(pc.count.desc(), pc.key).limit(BREAKDOWN_TOP)
-        ).all()  # fmt: skip
+        rows = conn.execute(_TOP_VALUES, {"pid": pid, "dim": dim}).all()
         breakdown[dim] = [[r.key, r.count] for r in rows]
-    conn.execute(problems.update().where(problems.c.id == pid).values(breakdown=json.dumps(breakdown, sort_keys=True)))
+    conn.execute(_SET_BREAKDOWN, {"pid": pid, "b_breakdown": json.dumps(breakdown, sort_keys=True)})
 
 
 def _cursor(terminals: int, pid: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,11 +25,15 @@ def add_counts(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list
     """Insert rows, or add their `columns` to the stored ones."""
     if not rows:
         return
-    stmt = insert(conn, table)
-    conn.execute(
-        stmt.on_conflict_do_update(index_elements=keys, set_={c: table.c[c] + stmt.excluded[c] for c in columns}),
-        rows,
-    )
+    conn.execute(_adding(conn.dialect.name, table, tuple(keys), columns), rows)
+
+
+@functools.lru_cache(maxsize=256)
+def _adding(dialect: str, table: sa.Table, keys: tuple[str, ...], columns: tuple[str, ...]) -> Any:
+    """Made once: building an upsert costs more Python than SQLite takes to run it (an
+    upload and every bundle the fleet counts run several)."""
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return stmt.on_conflict_do_update(index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in columns})
 
 
 def move_counts(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]], column: str) -> None:
@@ -45,6 +50,12 @@ def insert_new(conn: sa.Connection, table: sa.Table, keys: list[str], rows: list
     """Insert rows not there yet; how many were new."""
     if not rows:
         return 0
-    # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT DO NOTHING
-    stmt = insert(conn, table).on_conflict_do_nothing(index_elements=keys).returning(sa.literal(1))
+    stmt = _inserting_new(conn.dialect.name, table, tuple(keys))
     return sum(len(conn.execute(stmt, row).all()) for row in rows)
+
+
+@functools.lru_cache(maxsize=256)
+def _inserting_new(dialect: str, table: sa.Table, keys: tuple[str, ...]) -> Any:
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT DO NOTHING
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert_(table).on_conflict_do_nothing(index_elements=list(keys)).returning(sa.literal(1))
