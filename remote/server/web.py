@@ -113,15 +113,18 @@ def _counts_text(context: Any, value: Any) -> str:
     return " · ".join(f"{kinds.get(k, k)} {v}" for k, v in sorted(value.items()) if isinstance(v, int) and v)
 
 
-def _word(group: str) -> Any:
-    """A filter naming a value of the catalogue's `group` (a cause category, a probe status)
-    in the page's language; a value the catalogue does not know is shown as it came."""
+@pass_context
+def _category_title(context: Any, category: Any) -> str:
+    """A cause category by its knowledge-base title in the page's language; one the knowledge
+    base does not know (a terminal may send any) as it came."""
+    title = titles.category_titles().get(str(category or ""))
+    return _pick(title, context.get("lang", "en")) if title else str(category or "")
 
-    @pass_context
-    def named(context: Any, value: Any) -> str:
-        return str(catalogue_groups[group][context.get("lang", "en")].get(str(value), value))
 
-    return named
+@pass_context
+def _probe_status(context: Any, status: Any) -> str:
+    """A probe's status (ok, warn, fail ...) in the page's language, as the terminal's shell says it."""
+    return str(probe_statuses[context.get("lang", "en")].get(str(status), status))
 
 
 def _finite(value: Any) -> float | None:
@@ -150,12 +153,9 @@ templates.filters["percent"] = _percent
 templates.filters["items"] = _items
 templates.filters["cause_title"] = _cause_title
 templates.filters["counts"] = _counts_text
-catalogue_groups = {
-    "category": {lang: words["categories"] for lang, words in WORDS.items()},
-    "probe_status": {lang: words["status"] for lang, words in catalogue.area("cli").items()},
-}
-templates.filters["category"] = _word("category")
-templates.filters["probe_status"] = _word("probe_status")
+probe_statuses = {lang: words["status"] for lang, words in catalogue.area("cli").items()}
+templates.filters["category"] = _category_title
+templates.filters["probe_status"] = _probe_status
 templates.globals["qs"] = lambda **kw: urlencode({k: v for k, v in kw.items() if v})
 
 router = APIRouter(include_in_schema=False)

@@ -97,7 +97,7 @@ def test_probe_requests_offer_every_probe_the_agent_has(fleet):
 
 
 SENT = {"paper", "end", "sensor"}  # what make_bundle's printer finding and log line say, as the terminal sent them
-ALLOWED = {"posdiag", "support", "English", "UTC", "Webhook", "MiB", "dBm", "eMMC", "acquirer", "region", "east", "west", "host", "printer"}  # brand, switch, units, data
+ALLOWED = {"posdiag", "support", "English", "ISO", "UTC", "Webhook", "MiB", "dBm", "eMMC", "acquirer", "region", "east", "west", "host", "printer"}  # brand, switch, units, data
 
 
 def every_page() -> list[str]:
