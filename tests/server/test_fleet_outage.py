@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from server_harness import default_settings, fresh_pg_database
 
 from remote.server import db
-from remote.server.fleet import baseline, incidents, inventory, outage, signal
+from remote.server.fleet import baseline, breadth, incidents, inventory, outage, signal
 from remote.server.fleet.engine import Fleet
 from remote.server.fleet.schema import (
     bundle_fleet,
@@ -238,6 +238,44 @@ def test_a_rescoped_outage_recomputes_its_figures_and_holds(db_url):
     assert outage["scope"] == {"acquirer": "B"} and outage["terminals_in_scope"] == 20
     assert f.held(early + late) == set(early[:4] + late)
     assert outage["terminals_affected"] == 12 and "12 of 20" in outage["summary"]["en"]
+
+
+def test_a_late_carrier_outage_first_opened_by_one_acquirer_ends_as_the_carrier(db_url):
+    """A carrier's outage whose bundles all arrive after the fleet's newest event time has
+    moved on (a link outage: sent when the link is back): its first five late uploads, all of
+    acquirer A, open acquirer A's outage, closed at once; the rest, of acquirer B, re-scope that
+    closed outage to the carrier (on main a second outage opened beside it, and A's stayed)."""
+    f = Fleetlet(db_url)
+    a_x = f.enrol(20, prefix="A", acquirer="A", carrier="X", link="cellular")
+    b_x = f.enrol(20, prefix="B", acquirer="B", carrier="X", link="cellular")
+    f.enrol(40, prefix="Y", carrier="Y", link="cellular")
+    f.fail(b_x[-1], 120, "printer")  # the fleet's newest event time, two hours on
+    for i, tid in enumerate(a_x[:5] + b_x[:10]):
+        f.fail(tid, i)
+    assert [(o["scope"], o["status"]) for o in f.outages()] == [({"carrier": "X"}, "closed")]
+
+
+def test_of_two_scopes_holding_each_others_failures_the_better_fit_wins(db_url):
+    """Acquirer B's 14 terminals, 12 of them in the north: its north fails first (B&north
+    opens), then its south too. B's 13 failing of 14 explain all 13 where B&north's 11 of 12
+    leave two out: the outage ends as acquirer B (fewer terminals used to keep B&north)."""
+    f = Fleetlet(db_url)
+    north = f.enrol(12, region="north")
+    south = f.enrol(2, region="south")
+    f.enrol(20, prefix="C", acquirer="C", region="north")
+    for i, tid in enumerate(north[:11] + south):
+        f.fail(tid, i / 2)
+    assert [o["scope"] for o in f.outages()] == [{"acquirer": "B"}]
+
+
+def test_a_wide_scope_needs_failures_outside_its_largest_child():
+    """Five cellular terminals failing, three on carrier X and two elsewhere, are no spread
+    over the carriers (60 % is under the explain fraction); with three elsewhere they are."""
+    fleet = default_settings().fleet
+    labels = {f"T{i}": {"carrier": c, "acquirer": f"a{i}", "region": f"r{i}"} for i, c in enumerate("XXXYZ")}
+    assert breadth.concentrated("link=cellular", labels, fleet)
+    labels["T5"] = {"carrier": "Z", "acquirer": "a5", "region": "r5"}
+    assert not breadth.concentrated("link=cellular", labels, fleet)
 
 
 def test_an_older_incidents_table_is_widened_for_dismissed():
