@@ -268,6 +268,23 @@ def test_of_two_scopes_holding_each_others_failures_the_better_fit_wins(db_url):
     assert [o["scope"] for o in f.outages()] == [{"acquirer": "B"}]
 
 
+def test_an_acquirers_outage_explains_its_cellular_terminals_before_link_cellular_is_tested(db_url):
+    """Acquirer A's host outage (12 failing, half of them on cellular) and, in the same
+    minutes, five of acquirer B's cellular terminals: together they looked like `link=cellular`
+    spread over two acquirers and two carriers, which opened with B's five (as on main).
+    A's outage explains A's terminals first; what is left is B's alone: acquirer B opens."""
+    f = Fleetlet(db_url)
+    a_cell = f.enrol(15, prefix="A", acquirer="A", carrier="Y", link="cellular")
+    a_wifi = f.enrol(15, prefix="W", acquirer="A", link="wifi")
+    b_cell = f.enrol(20, prefix="B", acquirer="B", carrier="X", link="cellular")
+    for i, tid in enumerate(a_cell[:6] + a_wifi[:6]):
+        f.fail(tid, i / 2)
+    for i, tid in enumerate(b_cell[:5]):
+        f.fail(tid, 6 + i / 2)
+    assert sorted(o["scope"]["acquirer"] for o in f.outages() if "acquirer" in o["scope"]) == ["A", "B"]
+    assert not [o for o in f.outages() if "link" in o["scope"] or "carrier" in o["scope"]]
+
+
 def test_a_wide_scope_needs_failures_outside_its_largest_child():
     """Five cellular terminals failing, three on carrier X and two elsewhere, are no spread
     over the carriers (60 % is under the explain fraction); with three elsewhere they are."""

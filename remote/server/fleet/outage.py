@@ -303,8 +303,8 @@ def _foreign_removed(
     into it."""
     covered: set[str] = set()
     for row in rows:
-        if row["scope_key"] == w.scope_key or not _overlaps(row, w):
-            continue
+        if row["scope_key"] == w.scope_key or not _overlaps(row, w) or not any(row["scope_key"] in scopes.get(t, ()) for t in w.failing):
+            continue  # nothing of the window in it: its span is not read
         failing = _span_failing(conn, row["scope_key"], row["started_at"], row["last_hit_at"])
         _known(conn, scopes, failing, settings)
         if failing and _share_in(failing, w.scope_key, scopes) >= settings.outage_explain_fraction:
