@@ -339,9 +339,9 @@ def _related(
     """The outage (open, or closed near t) that the window's failures belong to, re-scoped in
     place to the window's scope when that scope explains both better: wider when the window's
     failures reach beyond the outage's scope and those beyond would open an outage of their
-    own, narrower when each holds the other's and the
-    window's scope fits better (_preferred). None when the window meets no outage,
-    or is a burst inside its scope that began after the outage's last failure.
+    own, narrower when each holds the other's and the window's scope fits better
+    (_preferred). None when the window meets no outage, or is a burst inside its scope that
+    began after the outage's last failure.
 
     Closed ones count too (decision): late uploads of a link outage arrive after the fleet's
     newest event time has closed whatever the first few opened; the rest of them must still
