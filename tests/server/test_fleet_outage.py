@@ -242,15 +242,17 @@ def test_a_rescoped_outage_recomputes_its_figures_and_holds(db_url):
 
 def test_a_late_carrier_outage_first_opened_by_one_acquirer_ends_as_the_carrier(db_url):
     """A carrier's outage whose bundles all arrive after the fleet's newest event time has
-    moved on (a link outage: sent when the link is back): its first five late uploads, all of
-    acquirer A, open acquirer A's outage, closed at once; the rest, of acquirer B, re-scope that
-    closed outage to the carrier (on main a second outage opened beside it, and A's stayed)."""
+    moved on (a link outage: sent when the link is back): its first late uploads, all of
+    acquirer A (half of A), open acquirer A's outage, closed at once; the rest, of acquirer B,
+    re-scope that closed outage to the carrier, all of which fails (on main a second outage
+    opened beside it, and A's stayed)."""
     f = Fleetlet(db_url)
-    a_x = f.enrol(20, prefix="A", acquirer="A", carrier="X", link="cellular")
-    b_x = f.enrol(20, prefix="B", acquirer="B", carrier="X", link="cellular")
-    f.enrol(40, prefix="Y", carrier="Y", link="cellular")
+    a_x = f.enrol(10, prefix="A", acquirer="A", carrier="X", link="cellular")
+    f.enrol(10, prefix="AY", acquirer="A", carrier="Y", link="cellular")
+    b_x = f.enrol(10, prefix="B", acquirer="B", carrier="X", link="cellular")
+    f.enrol(30, prefix="Y", carrier="Y", link="cellular")
     f.fail(b_x[-1], 120, "printer")  # the fleet's newest event time, two hours on
-    for i, tid in enumerate(a_x[:5] + b_x[:10]):
+    for i, tid in enumerate(a_x + b_x):
         f.fail(tid, i)
     assert [(o["scope"], o["status"]) for o in f.outages()] == [({"carrier": "X"}, "closed")]
 
@@ -283,6 +285,21 @@ def test_an_acquirers_outage_explains_its_cellular_terminals_before_link_cellula
         f.fail(tid, 6 + i / 2)
     assert sorted(o["scope"]["acquirer"] for o in f.outages() if "acquirer" in o["scope"]) == ["A", "B"]
     assert not [o for o in f.outages() if "link" in o["scope"] or "carrier" in o["scope"]]
+
+
+def test_an_acquirer_failing_whole_on_cellular_is_not_widened_by_failures_beside_it(db_url):
+    """Acquirer A's ten terminals, all on cellular, all fail (a certificate expiry); five of
+    acquirer B's forty cellular terminals fail in the next minutes. `link=cellular` (15 of 50
+    failing) fails less than A (10 of 10): A is not widened into it (the rule before widened it,
+    since B's five would open on their own), and B's five are B's."""
+    f = Fleetlet(db_url)
+    a_cell = f.enrol(10, prefix="A", acquirer="A", carrier="Y", link="cellular")
+    b_cell = f.enrol(40, prefix="B", acquirer="B", link="cellular", carrier="X")
+    for i, tid in enumerate(a_cell):
+        f.fail(tid, i / 2)
+    for i, tid in enumerate(b_cell[:5]):
+        f.fail(tid, 5 + i / 2)
+    assert sorted(o["scope"].get("acquirer", str(o["scope"])) for o in f.outages()) == ["A", "B"]
 
 
 def test_a_wide_scope_needs_failures_outside_its_largest_child():

@@ -293,9 +293,10 @@ def _foreign_removed(
     conn: sa.Connection, w: Window, rows: list[Any], scopes: dict[str, set[str]], trust: breadth.Trust, settings: FleetSettings,
 ) -> Window | None:  # fmt: skip
     """The window without the terminals that outages of other scopes explain: those failing
-    in the window's time inside an outage whose failures reach beyond the window's scope
-    (an outage lying inside the window's scope is left: the window may widen it). None when
-    what is left opens nothing (too few, not significant, not spread).
+    in the window's time inside an outage whose failures reach beyond the window's scope, or
+    lie inside it while a larger share of the outage's scope fails than of the window's (one
+    the window fails less than cannot be widened into it, _precision). None when what is left
+    opens nothing (too few, not significant, not spread).
 
     The most significant explanation first, then the rest tested again: during an
     acquirer's host outage, its cellular terminals and a carrier's late uploads together
@@ -308,7 +309,9 @@ def _foreign_removed(
         failing = _span_failing(conn, row["scope_key"], row["started_at"], row["last_hit_at"])
         _known(conn, scopes, failing, settings)
         if failing and _share_in(failing, w.scope_key, scopes) >= settings.outage_explain_fraction:
-            continue
+            now = test_window(conn, row["scope_key"], w.start, w.end, settings, 1)
+            if now is None or _precision(w) > _precision(now):
+                continue  # inside the window's scope, which fails more: the window may widen it
         covered |= w.failing & _span_failing(conn, row["scope_key"], max(row["started_at"], w.start), min(row["last_hit_at"], w.end))
     if not covered:
         return w
@@ -338,8 +341,8 @@ def _related(
 ) -> Any | None:  # fmt: skip
     """The outage (open, or closed near t) that the window's failures belong to, re-scoped in
     place to the window's scope when that scope explains both better: wider when the window's
-    failures reach beyond the outage's scope and those beyond would open an outage of their
-    own, narrower when each holds the other's and the window's scope fits better
+    failures reach beyond the outage's scope and a larger share of the window's scope fails,
+    narrower when each holds the other's and the window's scope fits better
     (_preferred). None when the window meets no outage, or is a burst inside its scope that
     began after the outage's last failure.
 
@@ -363,11 +366,11 @@ def _related(
     if not (inside or holds_theirs):
         return None
     if holds_theirs:
-        if inside:  # each holds the other's: the better fit over the same minutes
-            now = test_window(conn, row["scope_key"], w.start, w.end, settings, 1)
+        now = test_window(conn, row["scope_key"], w.start, w.end, settings, 1)  # the outage's scope over the same minutes
+        if inside:  # each holds the other's: the better fit
             better = now is None or _preferred(w, now, scopes)
-        else:  # the window reaches beyond: wider, if what lies beyond would open an outage itself
-            better = _beyond_opens(w, theirs.failing, trust, settings)
+        else:  # the window reaches beyond: wider, if the wider scope is the more failing one
+            better = now is None or _precision(w) > _precision(now)
         if better:
             _rescope(conn, row, w)
             row = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == row["id"])).mappings().one()
@@ -377,14 +380,15 @@ def _related(
     return row
 
 
-def _beyond_opens(w: Window, theirs: set[str], trust: breadth.Trust, settings: FleetSettings) -> bool:
-    """The window's failures beyond an outage's would open one of their own: a wider scope
-    takes an outage over only then. Otherwise a certificate expiry at one acquirer, all on
-    cellular, was widened to `link=cellular` by three ordinary failures of other acquirers'
-    cellular terminals in one of its windows (the rest tested again, as for a new outage)."""
-    rest = w.failing - theirs
-    left = dataclasses.replace(w, failing=rest, p_value=poisson_sf(len(rest), w.expected))
-    return len(rest) >= settings.outage_min_terminals and opens(left, settings) and breadth.spread_enough(trust.labels(rest), settings)
+def _precision(w: Window) -> float:
+    """The share of the scope's active terminals failing in the window.
+
+    Decision: a wider scope takes an outage over only when a larger share of it fails. A
+    carrier's outage first opened as an acquirer (its first late uploads, a fifth of the
+    acquirer) widens to the carrier, all of whose terminals fail; an acquirer's certificate
+    expiry (all of it failing) beside a carrier's outage, or beside a few ordinary failures, on
+    cellular stays the acquirer's: `link=cellular` fails less than either."""
+    return len(w.failing) / max(w.active, len(w.failing), 1)
 
 
 def _rescope(conn: sa.Connection, row: Any, w: Window) -> None:
