@@ -26,8 +26,9 @@ failing terminals are in B and B's failing terminals are not mostly in A (B's bu
 beyond A); when each holds the other's, the better fit wins (F1 over the failing terminals
 of both, then the smaller tail, fewer active terminals, more labels). A window meets the
 outages open or closed near it: explained by one, it joins it; one whose failures it holds
-is re-scoped in place to the window's scope, wider when the window's failures beyond it
-would open an outage of their own, narrower when the window's scope fits better.
+is re-scoped in place to the window's scope, wider when the window's failures reach beyond
+it and a larger share of the window's scope fails, narrower when the window's scope fits
+better.
 """
 
 from __future__ import annotations
