@@ -81,6 +81,7 @@ class FleetSettings:
     outage_min_spread: int = bounded(1, 1000)
     outage_wide_scopes: list[list[str]]
     outage_child_labels: list[str]
+    outage_wide_min_outside: int = bounded(0, 100000)
     outage_hold_min_share: float = bounded(0, 1)
     outage_hold_max_bundles: int = bounded(1, 1 << 30)
     ignored_categories: list[str]

@@ -42,6 +42,7 @@ class Score:
     undetectable: int = 0
     wrong_scope: list[str] = field(default_factory=list)  # injected outages found only with another scope
     missed: list[str] = field(default_factory=list)  # detectable injected outages no incident met
+    slow: list[str] = field(default_factory=list)  # on-time outages found more than 10 minutes after they began
     hold_detail: list[str] = field(default_factory=list)  # where held-outside and unheld-inside bundles went
     delays: list[float] = field(default_factory=list)  # minutes of event time, on-time outages
     late_delays: list[float] = field(default_factory=list)  # minutes after the first late bundle arrived
@@ -182,6 +183,8 @@ def score(gen: FleetGen, sent: Sent, incidents: list[dict[str, Any]], held: dict
             s.late_delays.append(max(0.0, (seen - tr.first_arrival).total_seconds() / 60))
         else:
             s.delays.append(max(0.0, (seen - tr.start).total_seconds() / 60))
+            if s.delays[-1] > 10:
+                s.slow.append(f"{_outage(gen, tr)} found {s.delays[-1]:.0f} min after it began (at {seen:%H:%M}) as {_incident(first)}")
         if first["status"] == "closed" and db.parse_time(first["ended_at"]) <= tr.end + AFTER:
             s.closed_in_time += 1
         s.in_scope_errors.append(abs(first["terminals_in_scope"] - len(tr.awake)) / max(len(tr.awake), 1))

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from server_harness import default_settings, fresh_pg_database
 
 from remote.server import db
-from remote.server.fleet import baseline, incidents, inventory, outage, signal
+from remote.server.fleet import baseline, breadth, incidents, inventory, outage, signal
 from remote.server.fleet.engine import Fleet
 from remote.server.fleet.schema import (
     bundle_fleet,
@@ -238,6 +238,78 @@ def test_a_rescoped_outage_recomputes_its_figures_and_holds(db_url):
     assert outage["scope"] == {"acquirer": "B"} and outage["terminals_in_scope"] == 20
     assert f.held(early + late) == set(early[:4] + late)
     assert outage["terminals_affected"] == 12 and "12 of 20" in outage["summary"]["en"]
+
+
+def test_a_late_carrier_outage_first_opened_by_one_acquirer_ends_as_the_carrier(db_url):
+    """A carrier's outage whose bundles all arrive after the fleet's newest event time has
+    moved on (a link outage: sent when the link is back): its first late uploads, all of
+    acquirer A (half of A), open acquirer A's outage, closed at once; the rest, of acquirer B,
+    re-scope that closed outage to the carrier, all of which fails (on main a second outage
+    opened beside it, and A's stayed)."""
+    f = Fleetlet(db_url)
+    a_x = f.enrol(10, prefix="A", acquirer="A", carrier="X", link="cellular")
+    f.enrol(10, prefix="AY", acquirer="A", carrier="Y", link="cellular")
+    b_x = f.enrol(10, prefix="B", acquirer="B", carrier="X", link="cellular")
+    f.enrol(30, prefix="Y", carrier="Y", link="cellular")
+    f.fail(b_x[-1], 120, "printer")  # the fleet's newest event time, two hours on
+    for i, tid in enumerate(a_x + b_x):
+        f.fail(tid, i)
+    assert [(o["scope"], o["status"]) for o in f.outages()] == [({"carrier": "X"}, "closed")]
+
+
+def test_of_two_scopes_holding_each_others_failures_the_better_fit_wins(db_url):
+    """Acquirer B's 14 terminals, 12 of them in the north: its north fails first (B&north
+    opens), then its south too. B's 13 failing of 14 explain all 13 where B&north's 11 of 12
+    leave two out: the outage ends as acquirer B (fewer terminals used to keep B&north)."""
+    f = Fleetlet(db_url)
+    north = f.enrol(12, region="north")
+    south = f.enrol(2, region="south")
+    f.enrol(20, prefix="C", acquirer="C", region="north")
+    for i, tid in enumerate(north[:11] + south):
+        f.fail(tid, i / 2)
+    assert [o["scope"] for o in f.outages()] == [{"acquirer": "B"}]
+
+
+def test_an_acquirers_outage_explains_its_cellular_terminals_before_link_cellular_is_tested(db_url):
+    """Acquirer A's host outage (12 failing, half of them on cellular) and, in the same
+    minutes, five of acquirer B's cellular terminals: together they looked like `link=cellular`
+    spread over two acquirers and two carriers, which opened with B's five (as on main).
+    A's outage explains A's terminals first; what is left is B's alone: acquirer B opens."""
+    f = Fleetlet(db_url)
+    a_cell = f.enrol(15, prefix="A", acquirer="A", carrier="Y", link="cellular")
+    a_wifi = f.enrol(15, prefix="W", acquirer="A", link="wifi")
+    b_cell = f.enrol(20, prefix="B", acquirer="B", carrier="X", link="cellular")
+    for i, tid in enumerate(a_cell[:6] + a_wifi[:6]):
+        f.fail(tid, i / 2)
+    for i, tid in enumerate(b_cell[:5]):
+        f.fail(tid, 6 + i / 2)
+    assert sorted(o["scope"]["acquirer"] for o in f.outages() if "acquirer" in o["scope"]) == ["A", "B"]
+    assert not [o for o in f.outages() if "link" in o["scope"] or "carrier" in o["scope"]]
+
+
+def test_an_acquirer_failing_whole_on_cellular_is_not_widened_by_failures_beside_it(db_url):
+    """Acquirer A's ten terminals, all on cellular, all fail (a certificate expiry); five of
+    acquirer B's forty cellular terminals fail in the next minutes. `link=cellular` (15 of 50
+    failing) fails less than A (10 of 10): A is not widened into it (the rule before widened it,
+    since B's five would open on their own), and B's five are B's."""
+    f = Fleetlet(db_url)
+    a_cell = f.enrol(10, prefix="A", acquirer="A", carrier="Y", link="cellular")
+    b_cell = f.enrol(40, prefix="B", acquirer="B", link="cellular", carrier="X")
+    for i, tid in enumerate(a_cell):
+        f.fail(tid, i / 2)
+    for i, tid in enumerate(b_cell[:5]):
+        f.fail(tid, 5 + i / 2)
+    assert sorted(o["scope"].get("acquirer", str(o["scope"])) for o in f.outages()) == ["A", "B"]
+
+
+def test_a_wide_scope_needs_failures_outside_its_largest_child():
+    """Five cellular terminals failing, three on carrier X and two elsewhere, are no spread
+    over the carriers (60 % is under the explain fraction); with three elsewhere they are."""
+    fleet = default_settings().fleet
+    labels = {f"T{i}": {"carrier": c, "acquirer": f"a{i}", "region": f"r{i}"} for i, c in enumerate("XXXYZ")}
+    assert breadth.concentrated("link=cellular", labels, fleet)
+    labels["T5"] = {"carrier": "Z", "acquirer": "a5", "region": "r5"}
+    assert not breadth.concentrated("link=cellular", labels, fleet)
 
 
 def test_an_older_incidents_table_is_widened_for_dismissed():

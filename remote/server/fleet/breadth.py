@@ -8,7 +8,8 @@ terminals must not hold a whole acquirer's technicians).
 - An outage's failing terminals must be spread: over at least `outage_min_spread` values
   of one of `outage_spread_labels` (merchant, site) when they carry such labels.
 - A wide scope (`outage_wide_scopes`: a link type, a carrier) opens only when its failures
-  are not concentrated in one value of a narrower label (`outage_child_labels`): a
+  are not concentrated in one value of a narrower label (`outage_child_labels`: no value
+  holds `outage_explain_fraction` of them, and `outage_wide_min_outside` lie outside it): a
   host outage at acquirer B is not `link=cellular`, a carrier outage in one region is not
   the whole carrier.
 - A hold applies only while the failing share of the scope's active terminals is at least
@@ -122,13 +123,22 @@ def is_wide(scope_key: str, settings: FleetSettings) -> bool:
 
 
 def concentrated(scope_key: str, labels: dict[str, dict[str, str]], settings: FleetSettings) -> bool:
-    """outage_explain_fraction of the failing terminals share one value of a child label."""
+    """outage_explain_fraction of the failing terminals share one value of a child label, or
+    fewer than outage_wide_min_outside of them lie outside that value.
+
+    The second rule is for small counts: five failures, three in carrier X and two elsewhere,
+    are not "spread over the carriers" (60 % is under the fraction), they are a carrier's
+    first late uploads beside two ordinary failures, and opened as `link=cellular` they went
+    on to swallow the carrier's outage and an acquirer's beside it."""
     own = inventory.parse_scope_key(scope_key)
     for key in settings.outage_child_labels:
         if key in own:
             continue
         values = Counter(lab[key] for lab in labels.values() if key in lab)
-        if values and values.most_common(1)[0][1] >= settings.outage_explain_fraction * len(labels):
+        if not values:
+            continue
+        top = values.most_common(1)[0][1]
+        if top >= settings.outage_explain_fraction * len(labels) or len(labels) - top < settings.outage_wide_min_outside:
             return True
     return False
 

@@ -18,11 +18,17 @@ of distinct failing terminals is at most a Poisson(μ) count: P(X' ≥ X) ≤ po
 A window opens an incident when that tail is below outage_p_value (small: many scopes and
 windows are tested), X ≥ outage_min_terminals and X ≥ outage_min_ratio · μ.
 
-Of the scopes that pass, the most specific one that explains the burst is kept: scope A
-is explained by B when at least outage_explain_fraction of A's failing terminals are in B
-and B's failing terminals are not mostly in A (B's burst reaches beyond A); when each
-holds the other's, the one with fewer active terminals wins. A scope explained by an
-open outage joins it; an open outage explained by a wider new one is widened in place.
+A window first loses the terminals that an outage of another scope, failing at the same
+time and reaching beyond the window's scope, explains (the most significant explanation
+first, the rest tested again). Of the scopes that still pass, the one that explains the
+burst is kept: scope A is explained by B when at least outage_explain_fraction of A's
+failing terminals are in B and B's failing terminals are not mostly in A (B's burst reaches
+beyond A); when each holds the other's, the better fit wins (F1 over the failing terminals
+of both, then the smaller tail, fewer active terminals, more labels). A window meets the
+outages open or closed near it: explained by one, it joins it; one whose failures it holds
+is re-scoped in place to the window's scope, wider when the window's failures reach beyond
+it and a larger share of the window's scope fails, narrower when the window's scope fits
+better.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,12 +156,51 @@ def _share_in(failing: set[str], scope_key: str, scopes: dict[str, set[str]]) ->
 
 
 def _explains(b: Window, a: Window, scopes: dict[str, set[str]], frac: float) -> bool:
-    """B explains A: A's failures lie in B, and B's reach beyond A (or B is narrower)."""
+    """B explains A: A's failures lie in B, and B's reach beyond A; when each holds the
+    other's, the better fit of the two (_preferred)."""
     if _share_in(a.failing, b.scope_key, scopes) < frac:
         return False
     if _share_in(b.failing, a.scope_key, scopes) < frac:
         return True
-    return (b.active, b.scope_key.count("&") * -1, b.scope_key) < (a.active, a.scope_key.count("&") * -1, a.scope_key)
+    return _preferred(b, a, scopes)
+
+
+def _preferred(b: Window, a: Window, scopes: dict[str, set[str]]) -> bool:
+    """Of two scopes that hold each other's failing terminals, B fits better: the higher F1
+    over the failing terminals of both (precision: B's failing of its active terminals;
+    recall: the failing terminals of both that lie in B), then the more surprising (smaller
+    tail), then fewer active terminals, then more labels (one set of terminals is named by its
+    most specific scope, as before: an acquirer whose terminals all lie in one region is the
+    acquirer in that region).
+
+    Decision: fit before size (the explanatory power of multi-dimensional root-cause
+    localization: Adtributor, HotSpot, RiskLoc). Fewer terminals first (the rule before) took
+    the region of an acquirer's host outage where it held most of the acquirer (11 of 12
+    failing against the acquirer's 13 of 14) and left two failing terminals unheld. Surprise
+    alone took a region (9 failing of 12) over the carrier in it whose 8 of 8 were down: one
+    ordinary failure beside them made the region's tail the smaller."""
+    union = b.failing | a.failing
+    return _fit(b, union, scopes) < _fit(a, union, scopes)
+
+
+def _fit(w: Window, union: set[str], scopes: dict[str, set[str]]) -> tuple[float, float, int, int, str]:
+    hit = sum(1 for t in union if w.scope_key in scopes.get(t, ()) or t in w.failing)
+    f1 = 2 * hit / max(len(union) + max(w.active, hit), 1)
+    return (-round(f1, 9), -surprise(w), w.active, -w.scope_key.count("&"), w.scope_key)
+
+
+def surprise(w: Window) -> float:
+    """-log of the window's tail, in log space where the tail itself underflows (a large
+    burst over a small expectation)."""
+    if w.p_value > 1e-300:
+        return -math.log(w.p_value)
+    k, mu = len(w.failing), max(w.expected, 1e-300)
+    return -(k * math.log(mu) - mu - math.lgamma(k + 1))
+
+
+def _overlaps(row: Any, w: Window) -> bool:
+    """The outage had failures during the window."""
+    return bool(row["started_at"] <= w.end and row["last_hit_at"] >= w.start)
 
 
 def _trusted(w: Window | None, trust: breadth.Trust, settings: FleetSettings) -> Window | None:
@@ -198,33 +244,20 @@ def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: Fleet
             windows.append(best)
     if not windows:
         return []
-    # Open outages, and closed ones near t: a late upload joins the incident it belongs to.
-    near = timing.shift(t, minutes=-(settings.outage_close_after_minutes + 2 * width))
-    open_rows = conn.execute(
-        sa.select(incidents_t).where(
-            incidents_t.c.kind == "outage", incidents_t.c.started_at <= timing.shift(t, minutes=2 * width),
-            sa.or_(incidents_t.c.status == "open", sa.and_(incidents_t.c.status == "closed", incidents_t.c.ended_at >= near)),
-        )
-    ).mappings().all()  # fmt: skip
     everyone = set().union(*(w.failing for w in windows))
     scopes = _scopes_of_terminals(conn, everyone, settings)
+    rows = _near(conn, t, settings)
+    windows = [left for w in windows if (left := _foreign_removed(conn, w, rows, scopes, trust, settings)) is not None]
     kept = [a for a in windows if not any(b is not a and _explains(b, a, scopes, settings.outage_explain_fraction) for b in windows)]
     touched: list[tuple[str, bool]] = []
     for w in kept:
-        same = next((r for r in open_rows if r["scope_key"] == w.scope_key), None)
-        inside = next((r for r in open_rows if r is not same and _share_in(w.failing, r["scope_key"], scopes) >= settings.outage_explain_fraction), None)
-        if same is None and inside is not None:
-            same = inside  # explained by an outage already open: it joins that one
-        elif same is None:
-            narrower = next((r for r in open_rows if r["status"] == "open" and _incident_inside(conn, r, w, scopes, settings)), None)
-            if narrower is not None:
-                _widen(conn, narrower, w)
-                same = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == narrower["id"])).mappings().one()
+        open_rows = _near(conn, t, settings)  # read again: the window before may have re-scoped one
+        same = next((r for r in open_rows if r["scope_key"] == w.scope_key), None) or _related(conn, w, open_rows, scopes, trust, settings)
         if same is not None:
             _extend(conn, same, w, settings, trust)
             touched.append((same["id"], False))
             continue
-        w = _explained_away(conn, w, [r for r in open_rows if r["status"] == "open"], settings)
+        w = _explained_away(conn, w, open_rows, settings)
         if w is None:
             continue
         incident_id, new = incidents.open_incident(conn, "outage", w.scope_key, _values(w, now, settings))
@@ -234,17 +267,69 @@ def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: Fleet
     return touched
 
 
+def _near(conn: sa.Connection, t: str, settings: FleetSettings) -> list[Any]:
+    """Open outages, and closed ones near t: a late upload joins the incident it belongs to."""
+    width = settings.outage_window_minutes
+    near = timing.shift(t, minutes=-(settings.outage_close_after_minutes + 2 * width))
+    return conn.execute(
+        sa.select(incidents_t).where(
+            incidents_t.c.kind == "outage", incidents_t.c.started_at <= timing.shift(t, minutes=2 * width),
+            sa.or_(incidents_t.c.status == "open", sa.and_(incidents_t.c.status == "closed", incidents_t.c.ended_at >= near)),
+        )
+    ).mappings().all()  # fmt: skip
+
+
 def _span_failing(conn: sa.Connection, scope_key: str, start: str, end: str) -> set[str]:
     e = outage_events.c
     return set(conn.execute(sa.select(e.terminal_id).distinct().where(e.scope_key == scope_key, e.event_at >= start, e.event_at <= end)).scalars())
 
 
-def _explained_away(conn: sa.Connection, w: Window, open_rows: list[Any], settings: FleetSettings) -> Window | None:
-    """The window without the terminals open outages already cover, if it still opens one:
-    no two open outages cover the same failing terminals."""
+def _known(conn: sa.Connection, scopes: dict[str, set[str]], terminal_ids: set[str], settings: FleetSettings) -> None:
+    missing = terminal_ids - set(scopes)
+    if missing:
+        scopes.update(_scopes_of_terminals(conn, missing, settings))
+
+
+def _foreign_removed(
+    conn: sa.Connection, w: Window, rows: list[Any], scopes: dict[str, set[str]], trust: breadth.Trust, settings: FleetSettings,
+) -> Window | None:  # fmt: skip
+    """The window without the terminals that outages of other scopes explain: those failing
+    in the window's time inside an outage whose failures reach beyond the window's scope, or
+    lie inside it while a larger share of the outage's scope fails than of the window's (one
+    the window fails less than cannot be widened into it, _precision). None when what is left
+    opens nothing (too few, not significant, not spread).
+
+    The most significant explanation first, then the rest tested again: during an
+    acquirer's host outage, its cellular terminals and a carrier's late uploads together
+    looked like `link=cellular` spread over three carriers, and widened the carrier's outage
+    into it."""
     covered: set[str] = set()
-    for row in open_rows:
-        covered |= _span_failing(conn, row["scope_key"], row["started_at"], max(row["last_hit_at"], w.end)) & w.failing
+    for row in rows:
+        if row["scope_key"] == w.scope_key or not _overlaps(row, w) or not any(row["scope_key"] in scopes.get(t, ()) for t in w.failing):
+            continue  # nothing of the window in it: its span is not read
+        failing = _span_failing(conn, row["scope_key"], row["started_at"], row["last_hit_at"])
+        _known(conn, scopes, failing, settings)
+        if failing and _share_in(failing, w.scope_key, scopes) >= settings.outage_explain_fraction:
+            now = test_window(conn, row["scope_key"], w.start, w.end, settings, 1)
+            if now is None or _precision(w) > _precision(now):
+                continue  # inside the window's scope, which fails more: the window may widen it
+        covered |= w.failing & _span_failing(conn, row["scope_key"], max(row["started_at"], w.start), min(row["last_hit_at"], w.end))
+    if not covered:
+        return w
+    rest = w.failing - covered
+    left = dataclasses.replace(w, failing=rest, p_value=poisson_sf(len(rest), w.expected))
+    if len(rest) < settings.outage_min_terminals or not opens(left, settings) or not trust.spread(left.scope_key, rest):
+        return None
+    return left
+
+
+def _explained_away(conn: sa.Connection, w: Window, rows: list[Any], settings: FleetSettings) -> Window | None:
+    """The window without the terminals that outages failing at the same time already
+    cover, if it still opens one: no two outages cover the same failing terminals."""
+    covered: set[str] = set()
+    for row in rows:
+        if _overlaps(row, w):
+            covered |= _span_failing(conn, row["scope_key"], row["started_at"], max(row["last_hit_at"], w.end)) & w.failing
     if not covered:
         return w
     rest = w.failing - covered
@@ -252,24 +337,70 @@ def _explained_away(conn: sa.Connection, w: Window, open_rows: list[Any], settin
     return left if len(rest) >= settings.outage_min_terminals and opens(left, settings) else None
 
 
-def _incident_inside(conn: sa.Connection, row: Any, w: Window, scopes: dict[str, set[str]], settings: FleetSettings) -> bool:
-    """An open outage whose failing terminals lie within the new window's wider scope."""
-    failing = _span_failing(conn, row["scope_key"], row["started_at"], row["last_hit_at"])
-    if not failing:
-        return False
-    missing = failing - set(scopes)
-    scopes.update(_scopes_of_terminals(conn, missing, settings) if missing else {})
-    return _share_in(failing, w.scope_key, scopes) >= settings.outage_explain_fraction and _share_in(w.failing, row["scope_key"], scopes) < settings.outage_explain_fraction
+def _related(
+    conn: sa.Connection, w: Window, rows: list[Any], scopes: dict[str, set[str]], trust: breadth.Trust, settings: FleetSettings,
+) -> Any | None:  # fmt: skip
+    """The outage (open, or closed near t) that the window's failures belong to, re-scoped in
+    place to the window's scope when that scope explains both better: wider when the window's
+    failures reach beyond the outage's scope and a larger share of the window's scope fails,
+    narrower when each holds the other's and the window's scope fits better
+    (_preferred). None when the window meets no outage, or is a burst inside its scope that
+    began after the outage's last failure.
+
+    Closed ones count too (decision): late uploads of a link outage arrive after the fleet's
+    newest event time has closed whatever the first few opened; the rest of them must still
+    re-scope it, or the outage stays cut by whichever scope its first five happened to share."""
+    frac = settings.outage_explain_fraction
+    best: tuple[float, Any, Window] | None = None
+    for row in rows:
+        failing = _span_failing(conn, row["scope_key"], row["started_at"], row["last_hit_at"])
+        _known(conn, scopes, failing, settings)
+        theirs = Window(row["scope_key"], row["started_at"], row["last_hit_at"], failing, row["started_at"], row["terminals_in_scope"], row["expected"], row["p_value"])
+        overlap = _share_in(w.failing, row["scope_key"], scopes) + (_share_in(failing, w.scope_key, scopes) if failing else 0.0)
+        if (overlap >= frac) and (best is None or overlap > best[0]):
+            best = (overlap, row, theirs)
+    if best is None:
+        return None
+    _, row, theirs = best
+    inside = _share_in(w.failing, row["scope_key"], scopes) >= frac
+    holds_theirs = bool(theirs.failing) and _share_in(theirs.failing, w.scope_key, scopes) >= frac
+    if not (inside or holds_theirs):
+        return None
+    if holds_theirs:
+        now = test_window(conn, row["scope_key"], w.start, w.end, settings, 1)  # the outage's scope over the same minutes
+        if inside:  # each holds the other's: the better fit
+            better = now is None or _preferred(w, now, scopes)
+        else:  # the window reaches beyond: wider, if the wider scope is the more failing one
+            better = now is None or _precision(w) > _precision(now)
+        if better:
+            _rescope(conn, row, w)
+            row = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == row["id"])).mappings().one()
+        return row
+    if row["last_hit_at"] < w.start:
+        return None  # a new burst inside its scope after its last failure: an outage of its own
+    return row
 
 
-def _widen(conn: sa.Connection, row: Any, w: Window) -> None:
+def _precision(w: Window) -> float:
+    """The share of the scope's active terminals failing in the window.
+
+    Decision: a wider scope takes an outage over only when a larger share of it fails. A
+    carrier's outage first opened as an acquirer (its first late uploads, a fifth of the
+    acquirer) widens to the carrier, all of whose terminals fail; an acquirer's certificate
+    expiry (all of it failing) beside a carrier's outage, or beside a few ordinary failures, on
+    cellular stays the acquirer's: `link=cellular` fails less than either."""
+    return len(w.failing) / max(w.active, len(w.failing), 1)
+
+
+def _rescope(conn: sa.Connection, row: Any, w: Window) -> None:
     """Re-scope in place: the new scope's figures, and no hold its scope does not cover."""
-    conn.execute(
-        incidents_t.update().where(incidents_t.c.id == row["id"]).values(
-            scope_key=w.scope_key, open_key=f"outage:{w.scope_key}", scope=json.dumps(inventory.parse_scope_key(w.scope_key), sort_keys=True),
-            terminals_in_scope=w.active, expected=w.expected, p_value=w.p_value,
-        )
-    )  # fmt: skip
+    values = {
+        "scope_key": w.scope_key, "scope": json.dumps(inventory.parse_scope_key(w.scope_key), sort_keys=True),
+        "terminals_in_scope": w.active, "expected": w.expected, "p_value": w.p_value,
+    }  # fmt: skip
+    if row["status"] == "open":
+        values["open_key"] = f"outage:{w.scope_key}"
+    conn.execute(incidents_t.update().where(incidents_t.c.id == row["id"]).values(**values))
     incidents.release_outside(conn, row["id"], w.scope_key, row["started_at"], row["last_hit_at"])
 
 
