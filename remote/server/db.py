@@ -105,6 +105,8 @@ bundles = sa.Table(
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("clock_flag", sa.String(8)),  # ahead | behind: created_at implausible at receipt
     sa.Index("ix_bundles_created", "created_at", "id"),
+    # the home page's day of bundles by verdict and failing terminals per hour, from the index alone
+    sa.Index("ix_bundles_created_verdict", "created_at", "verdict", "terminal_id"),
     sa.Index("ix_bundles_terminal", "terminal_id", "created_at"),
     sa.Index("ix_bundles_code", "code", "created_at"),
     sa.Index("ix_bundles_cause", "top_cause", "created_at"),
