@@ -18,6 +18,7 @@ def test_faults_by_default_outcomes_on_their_tab(server):
         for _ in range(2):
             bundle_id, body = make_bundle(token, tid, code=code, cause=cause, category=category, verdict=verdict, model=model)
             assert server.upload(token, body, bundle_id).status_code == 201
+    server.counted()  # the pages read what the fleet queue's worker has counted
     session = signed_in(server)
     page = lambda **q: session.get(f"{server.url}/problems", params=dict(q, model=model), timeout=30).text  # noqa: E731
     default = page()
