@@ -21,8 +21,22 @@ def csrf_of(html: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
 
 
+class CountedSession(requests.Session):
+    """A signed-in browser session that, like server.get, reads only after the fleet queue's
+    worker has counted every upload answered so far: what a support user reads next shows them."""
+
+    def __init__(self, server) -> None:
+        super().__init__()
+        self.server = server
+
+    def request(self, *args, **kwargs) -> requests.Response:  # type: ignore[override]
+        if hasattr(self.server, "counted"):
+            self.server.counted()
+        return super().request(*args, **kwargs)
+
+
 def signed_in(server, user: str = "support") -> requests.Session:
-    session = requests.Session()
+    session = CountedSession(server)
     page = session.get(server.url + "/login", timeout=10)
     done = session.post(
         server.url + "/login",
