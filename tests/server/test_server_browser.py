@@ -256,7 +256,7 @@ def test_every_page_in_chromium_in_both_languages(server, browser):
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.wait import WebDriverWait
-    from test_server_home import ALLOWED, SENT, every_page
+    from test_server_home import SENT, english_words, every_page
     from test_server_incident_actions import outage
 
     import probes
@@ -297,6 +297,6 @@ def test_every_page_in_chromium_in_both_languages(server, browser):
             browser.save_screenshot(str(shots / f"{file}-{lang}.png"))
             if lang == "zh":
                 text = browser.execute_script(shown_text)
-                english = set(re.findall(r"(?<![\w.=/-])[A-Za-z][A-Za-z']{2,}(?![\w.=/-])", text)) - ALLOWED
+                english = english_words(text)
                 stray = {w for w in english if w.lower() not in names}
                 assert not stray, f"{path}: " + "; ".join(text[max(0, text.find(w) - 60) : text.find(w) + 60].replace("\n", " ") for w in sorted(stray))

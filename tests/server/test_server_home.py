@@ -100,6 +100,11 @@ SENT = {"paper", "end", "sensor"}  # what make_bundle's printer finding and log 
 ALLOWED = {"posdiag", "support", "English", "ISO", "UTC", "Webhook", "MiB", "dBm", "eMMC", "acquirer", "region", "east", "west", "host", "printer"}  # brand, switch, units, data
 
 
+def english_words(text: str) -> set[str]:
+    """The English words of a page's text a reader of 中文 would meet, but the allowed ones."""
+    return set(re.findall(r"(?<![\w.=/-])[A-Za-z][A-Za-z']{2,}(?![\w.=/-])", text)) - ALLOWED
+
+
 def every_page() -> list[str]:
     """The paths of every page the server serves (its routers', not a copy): GET routes
     left out of the API schema, but the static script."""
@@ -133,6 +138,6 @@ def test_every_page_speaks_chinese_throughout(fleet):
         assert answer.status_code == 200, path
         words = re.sub(r"<code[^>]*>.*?</code>", "", answer.text, flags=re.S)  # keys, ids and values: machine text
         text = visible_text(words).replace("&nbsp;", " ")
-        english = set(re.findall(r"(?<![\w.=/-])[A-Za-z][A-Za-z']{2,}(?![\w.=/-])", text)) - ALLOWED
+        english = english_words(text)
         english -= set(probes.probe_modules()) | {"admin", "technician", "server"} | SENT  # probe names are ids; the users' names; the config section [server]
         assert not english, f"{path}: {sorted(english)}"
