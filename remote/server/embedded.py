@@ -32,9 +32,9 @@ def serving(app: FastAPI, host: str = "127.0.0.1", tls: tuple[str, str] | None =
     from remote.server.connections import GuardedProtocol
 
     certfile, keyfile = tls or (None, None)
-    config = uvicorn.Config(
+    config = uvicorn.Config(  # a browser's open connection holds no stop for long
         app, log_level="warning", access_log=False, lifespan="on", http=GuardedProtocol,
-        ssl_certfile=certfile, ssl_keyfile=keyfile,
+        ssl_certfile=certfile, ssl_keyfile=keyfile, timeout_graceful_shutdown=5,
     )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="support-server")
