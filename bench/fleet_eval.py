@@ -98,6 +98,8 @@ def main() -> int:
                 print(f"    wrong scope: {what}", file=sys.stderr, flush=True)
             for what in one.missed:
                 print(f"    missed: {what}", file=sys.stderr, flush=True)
+            for what in one.narrow:
+                print(f"    left out (one or two merchants' or sites'): {what}", file=sys.stderr, flush=True)
             for what in one.slow:
                 print(f"    slow: {what}", file=sys.stderr, flush=True)
             for what in one.hold_detail if args.holds else ():
@@ -117,7 +119,8 @@ def report(backend: str, args: argparse.Namespace, s: Score) -> None:
     print(f"== {backend}: {args.seeds} seeds x {args.terminals} terminals x {args.hours:g} h ({s.terminal_days:.0f} terminal-days), "
           f"heartbeats every {args.heartbeat_minutes:g} min")  # fmt: skip
     print(f"  outage recall, right scope:     {sum(s.found.values())}/{sum(s.outages.values())} = {s.recall:.2f}  "
-          f"(wrong scope {len(s.wrong_scope)}; {s.undetectable} with fewer than the minimum of failing terminals left out)")  # fmt: skip
+          f"(wrong scope {len(s.wrong_scope)}; left out: {s.undetectable} with fewer than the minimum of failing terminals, "
+          f"{len(s.narrow)} whose failing terminals are one or two merchants' or sites')")  # fmt: skip
     for kind in sorted(s.outages):
         print(f"    {kind:<20} {s.found[kind]}/{s.outages[kind]}")
     print(f"  detection delay (event time):   median {minutes(s.delay(0.5))}, p90 {minutes(s.delay(0.9))}; "

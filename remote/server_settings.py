@@ -67,6 +67,7 @@ class FleetSettings:
     observed_label_max_changes: int = bounded(0, 10000)
     observed_label_window_hours: float = bounded(0.1, 720)
     outage_window_minutes: float = bounded(1, 1440)
+    outage_long_window_minutes: float = bounded(1, 1440)
     outage_baseline_days: float = bounded(0.1, 365)
     outage_baseline_floor_per_terminal_hour: float = bounded(0, 1)
     outage_min_terminals: int = bounded(2, 100000)
@@ -76,6 +77,7 @@ class FleetSettings:
     outage_young_p_value: float = bounded(0, 1)
     outage_close_after_minutes: float = bounded(1, 10080)
     outage_explain_fraction: float = bounded(0.5, 1)
+    outage_widen_min_share: float = bounded(0.1, 10)
     outage_new_terminal_hours: float = bounded(0, 24 * 365)
     outage_spread_labels: list[str]
     outage_min_spread: int = bounded(1, 1000)

@@ -455,11 +455,17 @@ class FleetGen:
 
     # -- sending --------------------------------------------------------------------------
 
-    def run(self, progress: Callable[[int, int], None] | None = None, workers: int = 1, bucket_minutes: float = 5.0) -> Sent:
+    def run(
+        self, progress: Callable[[int, int], None] | None = None, workers: int = 1, bucket_minutes: float = 5.0,
+        settle: Callable[[], None] | None = None,
+    ) -> Sent:  # fmt: skip
         """Send every event in arrival order: with several workers, the events of one bucket of
         arrival time at once (terminals do not queue behind each other), bucket after bucket.
         Which arrival was sent at which wall time is kept, to turn an incident's detected_at
-        into event time."""
+        into event time. `settle`, called after each bucket, stands for the minutes of real
+        time between two buckets (the server's fleet queue drains in them): without it a
+        busy machine's queue lag, an hour of event time per second, would be measured as the
+        detectors' delay."""
         sents: list[Sent] = []
         local = threading.local()
         lock = threading.Lock()
@@ -480,6 +486,8 @@ class FleetGen:
             for bucket in self._buckets(timedelta(minutes=bucket_minutes)):
                 self.wall.append((time.time(), bucket[0].arrival))
                 list(pool.map(send, bucket))
+                if settle:
+                    settle()
                 done += len(bucket)
                 if progress:
                     progress(done, len(self.events))

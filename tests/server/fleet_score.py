@@ -5,10 +5,14 @@ regressions and at-risk terminals. Scores of several seeds add up (Score.add); r
 taken over the sum, never averaged per seed.
 
 An injected outage counts (is detectable) when at least outage_min_terminals distinct
-terminals failed inside it: a night outage with three shops awake is not one anyone could
-call. An outage incident matches an injected outage when its span meets the outage's
+terminals failed inside it, spread as the detector's trust rule asks (over
+outage_min_spread merchants or sites, docs/fleet.md "Breadth and holds"): a night outage
+with three shops awake, or one whose only awake terminals are one merchant's, is not one
+anyone could call apart from that merchant's own network. An outage incident matches an injected outage when its span meets the outage's
 (from 10 minutes before to 30 after) and its scope holds a terminal that failed in it; it
-is found with the right scope when its scope is the outage's. An incident that matches no
+is found with the right scope when its scope is the outage's, or another name of the same
+terminals (an acquirer whose terminals all lie in one region is also that acquirer in that
+region, and the detector names one set of terminals by its most specific scope). An incident that matches no
 injected outage is false. A host or network bundle lies inside an outage when its terminal
 is in the outage's scope and its event time in the outage's span.
 """
@@ -29,6 +33,7 @@ from server_bundles import PASSWORD
 from server_harness import start_server
 
 from remote.server import db
+from remote.server.fleet import breadth
 from remote.server.fleet.schema import bundle_fleet
 
 BEFORE, AFTER = timedelta(minutes=10), timedelta(minutes=30)
@@ -39,7 +44,8 @@ class Score:
     terminal_days: float = 0.0
     outages: Counter = field(default_factory=Counter)  # kind -> detectable injected outages
     found: Counter = field(default_factory=Counter)  # kind -> found with the right scope
-    undetectable: int = 0
+    undetectable: int = 0  # fewer than outage_min_terminals failing
+    narrow: list[str] = field(default_factory=list)  # enough failing, but not spread over outage_min_spread merchants or sites
     wrong_scope: list[str] = field(default_factory=list)  # injected outages found only with another scope
     missed: list[str] = field(default_factory=list)  # detectable injected outages no incident met
     slow: list[str] = field(default_factory=list)  # on-time outages found more than 10 minutes after they began
@@ -128,7 +134,7 @@ def run_seed(db_url: str, data_dir: Path, backend: str, cfg: GenConfig, settings
     server = next(servers)
     try:
         gen = FleetGen(server.url, server.service.engine, cfg, ("support", PASSWORD), server.service.settings.fleet)
-        sent = gen.run(workers=workers)
+        sent = gen.run(workers=workers, settle=server.counted)
         server.counted()  # the fleet queue counts uploads after their answer
         server.service.fleet.sweep()  # the background sweep runs every sweep_seconds; no waiting here
         with server.service.engine.connect() as conn:
@@ -168,8 +174,11 @@ def score(gen: FleetGen, sent: Sent, incidents: list[dict[str, Any]], held: dict
         if len(tr.failing) < settings.outage_min_terminals:
             s.undetectable += 1
             continue
+        if not breadth.spread_enough({t: members[t].t.labels for t in tr.failing}, settings):
+            s.narrow.append(_outage(gen, tr))
+            continue
         s.outages[tr.name] += 1
-        right = sorted((i for i in matched[id(tr)] if i["scope"] == tr.scope), key=lambda i: i["detected_at"])
+        right = sorted((i for i in matched[id(tr)] if _same_scope(gen, i["scope"], tr.scope)), key=lambda i: i["detected_at"])
         if not right:
             if matched[id(tr)]:
                 s.wrong_scope.append(f"{_outage(gen, tr)} opened as {[_incident(i) for i in matched[id(tr)]]}")
@@ -194,6 +203,10 @@ def score(gen: FleetGen, sent: Sent, incidents: list[dict[str, Any]], held: dict
     wear = set().union(*(tr.failing for tr in gen.truth if tr.kind == "wear"))
     s.at_risk_truth, s.at_risk_found, s.at_risk_extra = len(wear), len(wear & at_risk), len(at_risk - wear)
     return s
+
+
+def _same_scope(gen: FleetGen, found: dict[str, str], injected: dict[str, str]) -> bool:
+    return found == injected or {m.t.id for m in gen.in_scope(found)} == {m.t.id for m in gen.in_scope(injected)}
 
 
 def _outage(gen: FleetGen, tr: Truth) -> str:

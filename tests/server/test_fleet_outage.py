@@ -355,3 +355,64 @@ def test_no_two_open_outages_cover_the_same_failing_terminals(db_url):
     for i, tid in enumerate([t for t in c if f.labels[t]["region"] == "north"][:3]):
         f.fail(tid, 5 + i)
     assert [o["scope"] for o in f.outages()] == [{"acquirer": "B"}]
+
+
+@pytest.mark.parametrize("long_minutes", [60.0, 10.0])
+def test_a_night_trickle_opens_over_the_long_window(db_url, long_minutes):
+    """Six of carrier X's twelve northern terminals fail one every twelve minutes (a DNS
+    outage at night: never two in one 10-minute window). The long window sees the six in an
+    hour and opens `carrier=X&region=north`, its expected count per short window; with the
+    long window as short as the short one (none), nothing opens."""
+    f = Fleetlet(db_url, outage_long_window_minutes=long_minutes)
+    x_north = f.enrol(12, prefix="X", carrier="X", region="north")
+    f.enrol(10, prefix="XS", carrier="X", region="south")
+    f.enrol(30, prefix="Y", carrier="Y")
+    trickle = [f.fail(tid, 12 * i) for i, tid in enumerate(x_north[:6])]
+    if long_minutes == 10.0:
+        assert f.outages() == []
+        return
+    (outage,) = f.outages()
+    assert outage["scope"] == {"carrier": "X", "region": "north"}
+    assert outage["terminals_affected"] == 6 and outage["started_at"] == f.at(0)
+    assert outage["expected"] == pytest.approx(0.002 * 12 / 6, rel=0.05)  # floor rate x 12 terminals x 10 minutes
+    assert f.held(trickle) == set(trickle)
+
+
+def test_an_outage_split_over_two_regions_widens_to_their_acquirer(db_url):
+    """A slow host degradation: acquirer B's north fails first (6 of its 20: `acquirer=B&
+    region=north` opens), then its south (6 of 20) while the north goes on (8 failing). B
+    fails 14 of 40, a little less than its north's 8 of 20 in the same minutes: about as much,
+    and the outage widens to `acquirer=B` (a strictly larger share left it split)."""
+    f = Fleetlet(db_url)
+    b = f.enrol(40)
+    f.enrol(40, prefix="C", acquirer="C")
+    north = [t for t in b if f.labels[t]["region"] == "north"]
+    south = [t for t in b if f.labels[t]["region"] == "south"]
+    for i, tid in enumerate(north[:6]):
+        f.fail(tid, i)
+    assert [o["scope"] for o in f.outages()] == [{"acquirer": "B", "region": "north"}]
+    for i, tid in enumerate(south[:6] + north[6:8]):
+        f.fail(tid, 6 + i / 2)
+    assert [o["scope"] for o in f.outages()] == [{"acquirer": "B"}]
+
+
+def test_late_uploads_widening_into_a_scope_open_already_join_it(db_url):
+    """Acquirer B's outage is open from minute 30; late uploads from before it then arrive:
+    five of its northern terminals at minutes 0-2 (`acquirer=B&region=north` opens: B's open
+    outage began too late to be near), then four southern ones. Their window widens the
+    northern outage to B, whose outage is open already: the window joins that one (re-scoping
+    the northern one to B broke the one-open-outage-per-scope rule and dropped the upload)."""
+    f = Fleetlet(db_url)
+    b = f.enrol(20)
+    f.enrol(20, prefix="C", acquirer="C")
+    north = [t for t in b if f.labels[t]["region"] == "north"]
+    south = [t for t in b if f.labels[t]["region"] == "south"]
+    for i, tid in enumerate(north[5:8] + south[5:8]):
+        f.fail(tid, 30 + i / 2)
+    assert [o["scope"] for o in f.outages()] == [{"acquirer": "B"}]
+    for i, tid in enumerate(north[:5]):
+        f.fail(tid, i / 2)
+    for i, tid in enumerate(south[:4]):
+        f.fail(tid, 3 + i / 2)
+    (whole,) = [o for o in f.outages() if o["scope"] == {"acquirer": "B"}]
+    assert whole["started_at"] == f.at(0)

@@ -18,6 +18,14 @@ of distinct failing terminals is at most a Poisson(μ) count: P(X' ≥ X) ≤ po
 A window opens an incident when that tail is below outage_p_value (small: many scopes and
 windows are tested), X ≥ outage_min_terminals and X ≥ outage_min_ratio · μ.
 
+A trickle (a night DNS outage whose few awake terminals fail one by one over an hour, never
+outage_min_terminals in one window) is seen by a second, longer window of
+outage_long_window_minutes, tested the same way where the short ones open nothing and the
+scope expects at most outage_min_terminals / outage_min_ratio failing terminals in it (small
+scopes, quiet hours) and has a day of history: above that, a long window opens only with
+more failing terminals than the minimum, a burst the short windows see. An incident's `expected` is always per short
+window, whichever window opened or grew it.
+
 A window first loses the terminals that an outage of another scope, failing at the same
 time and reaching beyond the window's scope, explains (the most significant explanation
 first, the rest tested again). Of the scopes that still pass, the one that explains the
@@ -63,6 +71,11 @@ class Window:
     expected: float
     p_value: float
     young: bool = False
+
+    def expected_per_window(self, settings: FleetSettings) -> float:
+        """μ scaled to outage_window_minutes (what an incident's `expected` is)."""
+        minutes = timing.hours_between(self.start, self.end) * 60
+        return self.expected * settings.outage_window_minutes / max(minutes, 1e-9)
 
 
 def _failing(conn: sa.Connection, scope_key: str, start: str, end: str) -> tuple[set[str], str | None]:
@@ -170,8 +183,8 @@ def _preferred(b: Window, a: Window, scopes: dict[str, set[str]]) -> bool:
     over the failing terminals of both (precision: B's failing of its active terminals;
     recall: the failing terminals of both that lie in B), then the more surprising (smaller
     tail), then fewer active terminals, then more labels (one set of terminals is named by its
-    most specific scope, as before: an acquirer whose terminals all lie in one region is the
-    acquirer in that region).
+    most specific scope: an acquirer whose terminals all lie in one region is the acquirer in
+    that region).
 
     Decision: fit before size (the explanatory power of multi-dimensional root-cause
     localization: Adtributor, HotSpot, RiskLoc). Fewer terminals first (the rule before) took
@@ -225,21 +238,41 @@ def repeats(conn: sa.Connection, terminal_id: str, t: str, settings: FleetSettin
     return conn.execute(near.limit(1)).first() is not None
 
 
+def _best_window(conn: sa.Connection, key: str, t: str, width: float, trust: breadth.Trust, settings: FleetSettings) -> tuple[Window | None, ScopeCounts]:
+    """Of the windows of `width` minutes ending at t, t + width/2 and t + width, the most
+    significant that opens one (None when none does), and the scope's counts around t: one
+    read for the three windows (failures in (t - width, t + width], N at t, the baseline
+    before t - width)."""
+    best = None
+    early, late = timing.shift(t, minutes=-width), timing.shift(t, minutes=width)
+    base = ScopeCounts(conn, key, t, early, settings, span=(early, late))
+    for end in (t, timing.shift(t, minutes=width / 2), late):
+        w = _trusted(test_window(conn, key, timing.shift(end, minutes=-width), end, settings, settings.outage_min_terminals, base), trust, settings)
+        if w and opens(w, settings) and (best is None or w.p_value < best.p_value):
+            best = w
+    return best, base
+
+
+def _trickles(base: ScopeCounts, settings: FleetSettings) -> bool:
+    """The scope has a day of history and expects few enough failing terminals in a long
+    window for a trickle to stand out there (two small reads, cached for the short windows:
+    N and the baseline). A young scope's baseline is a guess, the floor at first: stretched
+    over an hour it opened outages from five ordinary failures in fleets' first evenings."""
+    if base.young:
+        return False
+    expected = base.rate(base.active) * max(base.active, 1) * settings.outage_long_window_minutes / 60
+    return expected <= settings.outage_min_terminals / settings.outage_min_ratio
+
+
 def evaluate(conn: sa.Connection, scope_keys: list[str], t: str, settings: FleetSettings, now: str) -> list[tuple[str, bool]]:
     """Test the windows around event time t for these scopes; open, join or widen outages.
     Returns (incident id, newly opened) of every outage touched."""
-    width = settings.outage_window_minutes
     trust = breadth.Trust(conn, t, settings)
     windows: list[Window] = []
     for key in scope_keys:
-        best = None
-        # one read for the three windows: failures in (t - W, t + W], N at t, baseline before t - W
-        early, late = timing.shift(t, minutes=-width), timing.shift(t, minutes=width)
-        base = ScopeCounts(conn, key, t, early, settings, span=(early, late))
-        for end in (t, timing.shift(t, minutes=width / 2), timing.shift(t, minutes=width)):
-            w = _trusted(test_window(conn, key, timing.shift(end, minutes=-width), end, settings, settings.outage_min_terminals, base), trust, settings)
-            if w and opens(w, settings) and (best is None or w.p_value < best.p_value):
-                best = w
+        best, base = _best_window(conn, key, t, settings.outage_window_minutes, trust, settings)
+        if best is None and settings.outage_long_window_minutes > settings.outage_window_minutes and _trickles(base, settings):
+            best, _ = _best_window(conn, key, t, settings.outage_long_window_minutes, trust, settings)
         if best and trust.spread(best.scope_key, best.failing):
             windows.append(best)
     if not windows:
@@ -294,25 +327,31 @@ def _foreign_removed(
     conn: sa.Connection, w: Window, rows: list[Any], scopes: dict[str, set[str]], trust: breadth.Trust, settings: FleetSettings,
 ) -> Window | None:  # fmt: skip
     """The window without the terminals that outages of other scopes explain: those failing
-    in the window's time inside an outage whose failures reach beyond the window's scope, or
-    lie inside it while a larger share of the outage's scope fails than of the window's (one
-    the window fails less than cannot be widened into it, _precision). None when what is left
-    opens nothing (too few, not significant, not spread).
+    in the window's time inside an outage whose failures reach beyond the window's scope
+    while its scope fails about as much as the window's (not less than
+    outage_widen_min_share of it), or lie inside the window's scope while that fails clearly
+    less (one it cannot be widened into, _widens). None when what is left opens nothing (too
+    few, not significant, not spread).
 
     The most significant explanation first, then the rest tested again: during an
     acquirer's host outage, its cellular terminals and a carrier's late uploads together
     looked like `link=cellular` spread over three carriers, and widened the carrier's outage
-    into it."""
+    into it. A scope that fails clearly more keeps its terminals: a carrier's late link
+    outage (all ten of its terminals failing) lost the three of them that an acquirer's host
+    outage at the same time (a third of that acquirer failing) also held, and opened only as
+    fragments."""
     covered: set[str] = set()
     for row in rows:
         if row["scope_key"] == w.scope_key or not _overlaps(row, w) or not any(row["scope_key"] in scopes.get(t, ()) for t in w.failing):
             continue  # nothing of the window in it: its span is not read
         failing = _span_failing(conn, row["scope_key"], row["started_at"], row["last_hit_at"])
         _known(conn, scopes, failing, settings)
+        now = test_window(conn, row["scope_key"], w.start, w.end, settings, 1)
         if failing and _share_in(failing, w.scope_key, scopes) >= settings.outage_explain_fraction:
-            now = test_window(conn, row["scope_key"], w.start, w.end, settings, 1)
-            if now is None or _precision(w) > _precision(now):
-                continue  # inside the window's scope, which fails more: the window may widen it
+            if now is None or _widens(w, now, settings):
+                continue  # inside the window's scope, which fails about as much: the window may widen it
+        elif now is None or not _widens(now, w, settings):
+            continue  # reaching beyond, but the window's scope fails clearly more: its terminals are its own
         covered |= w.failing & _span_failing(conn, row["scope_key"], max(row["started_at"], w.start), min(row["last_hit_at"], w.end))
     if not covered:
         return w
@@ -325,10 +364,15 @@ def _foreign_removed(
 
 def _explained_away(conn: sa.Connection, w: Window, rows: list[Any], settings: FleetSettings) -> Window | None:
     """The window without the terminals that outages failing at the same time already
-    cover, if it still opens one: no two outages cover the same failing terminals."""
+    cover, if it still opens one: no outage opens from failing terminals another explains
+    as well (an outage whose scope fails clearly less than the window's, _widens, explains
+    none of them)."""
     covered: set[str] = set()
     for row in rows:
         if _overlaps(row, w):
+            now = test_window(conn, row["scope_key"], w.start, w.end, settings, 1)
+            if now is None or not _widens(now, w, settings):
+                continue
             covered |= _span_failing(conn, row["scope_key"], row["started_at"], max(row["last_hit_at"], w.end)) & w.failing
     if not covered:
         return w
@@ -370,10 +414,13 @@ def _related(
         now = test_window(conn, row["scope_key"], w.start, w.end, settings, 1)  # the outage's scope over the same minutes
         if inside:  # each holds the other's: the better fit
             better = now is None or _preferred(w, now, scopes)
-        else:  # the window reaches beyond: wider, if the wider scope is the more failing one
-            better = now is None or _precision(w) > _precision(now)
+        else:  # the window reaches beyond: wider, if the wider scope fails about as much
+            better = now is None or _widens(w, now, settings)
         if better:
-            _rescope(conn, row, w)
+            taken = conn.execute(sa.select(incidents_t).where(incidents_t.c.open_key == f"outage:{w.scope_key}")).mappings().first()
+            if taken is not None:
+                return taken  # the window's scope is open already (an outage begun later than t): the window joins it
+            _rescope(conn, row, w, settings)
             row = conn.execute(sa.select(incidents_t).where(incidents_t.c.id == row["id"])).mappings().one()
         return row
     if row["last_hit_at"] < w.start:
@@ -381,22 +428,30 @@ def _related(
     return row
 
 
+def _widens(wide: Window, narrow: Window, settings: FleetSettings) -> bool:
+    """The wider scope fails about as large a share as the narrower one (_precision)."""
+    return _precision(wide) >= settings.outage_widen_min_share * _precision(narrow)
+
+
 def _precision(w: Window) -> float:
     """The share of the scope's active terminals failing in the window.
 
-    Decision: a wider scope takes an outage over only when a larger share of it fails. A
-    carrier's outage first opened as an acquirer (its first late uploads, a fifth of the
-    acquirer) widens to the carrier, all of whose terminals fail; an acquirer's certificate
-    expiry (all of it failing) beside a carrier's outage, or beside a few ordinary failures, on
-    cellular stays the acquirer's: `link=cellular` fails less than either."""
+    Decision: a wider scope takes an outage over only when about as large a share of it fails
+    (outage_widen_min_share of the outage's scope's share, 0.8). A carrier's outage first
+    opened as an acquirer (its first late uploads, a fifth of the acquirer) widens to the
+    carrier, all of whose terminals fail; a host degradation that opened as one of its
+    acquirer's two regions widens to the acquirer, which fails about as much (a strictly
+    larger share left it split in two); an acquirer's certificate expiry (all of it failing)
+    beside a carrier's outage, or beside a few ordinary failures, on cellular stays the
+    acquirer's: `link=cellular` fails a third as much or less."""
     return len(w.failing) / max(w.active, len(w.failing), 1)
 
 
-def _rescope(conn: sa.Connection, row: Any, w: Window) -> None:
+def _rescope(conn: sa.Connection, row: Any, w: Window, settings: FleetSettings) -> None:
     """Re-scope in place: the new scope's figures, and no hold its scope does not cover."""
     values = {
         "scope_key": w.scope_key, "scope": json.dumps(inventory.parse_scope_key(w.scope_key), sort_keys=True),
-        "terminals_in_scope": w.active, "expected": w.expected, "p_value": w.p_value,
+        "terminals_in_scope": w.active, "expected": w.expected_per_window(settings), "p_value": w.p_value,
     }  # fmt: skip
     if row["status"] == "open":
         values["open_key"] = f"outage:{w.scope_key}"
@@ -408,8 +463,8 @@ def _values(w: Window, now: str, settings: FleetSettings) -> dict[str, Any]:
     return {
         "scope": json.dumps(inventory.parse_scope_key(w.scope_key), sort_keys=True), "categories": "[]", "codes": "[]",
         "started_at": w.first_at, "detected_at": now, "last_hit_at": w.end, "terminals_affected": len(w.failing),
-        "terminals_in_scope": w.active, "bundles": 0, "expected": w.expected, "p_value": w.p_value,
-        "summary": json.dumps(summary(w.scope_key, len(w.failing), w.active, w.expected, settings), ensure_ascii=False),
+        "terminals_in_scope": w.active, "bundles": 0, "expected": w.expected_per_window(settings), "p_value": w.p_value,
+        "summary": json.dumps(summary(w.scope_key, len(w.failing), w.active, w.expected_per_window(settings), settings), ensure_ascii=False),
     }  # fmt: skip
 
 
@@ -433,7 +488,7 @@ def _extend(conn: sa.Connection, row: Any, w: Window, settings: FleetSettings, t
     if row["status"] == "closed":
         values["ended_at"] = max(row["ended_at"], last)
     if w.p_value < row["p_value"]:
-        values.update(p_value=w.p_value, expected=w.expected)
+        values.update(p_value=w.p_value, expected=w.expected_per_window(settings))
     conn.execute(incidents_t.update().where(incidents_t.c.id == row["id"]).values(**values))
     _hold(conn, row["id"], w.start, w.end, settings, trust)
 
