@@ -20,7 +20,9 @@ windows are tested), X ≥ outage_min_terminals and X ≥ outage_min_ratio · μ
 
 A trickle (a night DNS outage whose few awake terminals fail one by one over an hour, never
 outage_min_terminals in one window) is seen by a second, longer window of
-outage_long_window_minutes, tested the same way where the short ones open nothing and the
+outage_long_window_minutes, tested the same way (but with the stricter outage_young_p_value:
+an hour holds five ordinary failures far more often than ten minutes do, and at 1e-6 an
+acquirer's busy afternoon opened one) where the short ones open nothing and the
 scope expects at most outage_min_terminals / outage_min_ratio failing terminals in it (small
 scopes, quiet hours) and has a day of history: above that, a long window opens only with
 more failing terminals than the minimum, a burst the short windows see. An incident's `expected` is always per short
@@ -71,6 +73,7 @@ class Window:
     expected: float
     p_value: float
     young: bool = False
+    long: bool = False  # a long window (a trickle): the stricter outage_young_p_value applies
 
     def expected_per_window(self, settings: FleetSettings) -> float:
         """μ scaled to outage_window_minutes (what an incident's `expected` is)."""
@@ -152,7 +155,7 @@ def test_window(
 
 
 def opens(w: Window, settings: FleetSettings) -> bool:
-    threshold = settings.outage_young_p_value if w.young else settings.outage_p_value
+    threshold = settings.outage_young_p_value if w.young or w.long else settings.outage_p_value
     return w.p_value < threshold and len(w.failing) >= settings.outage_min_ratio * w.expected
 
 
@@ -248,6 +251,8 @@ def _best_window(conn: sa.Connection, key: str, t: str, width: float, trust: bre
     base = ScopeCounts(conn, key, t, early, settings, span=(early, late))
     for end in (t, timing.shift(t, minutes=width / 2), late):
         w = _trusted(test_window(conn, key, timing.shift(end, minutes=-width), end, settings, settings.outage_min_terminals, base), trust, settings)
+        if w and width > settings.outage_window_minutes:
+            w = dataclasses.replace(w, long=True)
         if w and opens(w, settings) and (best is None or w.p_value < best.p_value):
             best = w
     return best, base
