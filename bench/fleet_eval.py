@@ -18,9 +18,10 @@ outside true outages and which outages left bundles unheld; per database, the fi
 all seeds; the last line one summary. With --strict, the exit status is 1 when a target is
 missed.
 
-Detection delay is the event time sent when an incident was detected: on a busy machine the
-server's fleet queue falls behind the senders and the delay grows with that lag, which the
-detectors do not decide (48 hours of event time are sent in about half a minute).
+Detection delay is the event time sent when an incident was detected. After each bucket the
+bench waits for the server's fleet queue to count what it was sent, as the minutes between
+two buckets would let it in a real fleet: 48 hours of event time are sent in about half a
+minute, and a queue a second behind would be an hour of event time added to every delay.
 """
 
 from __future__ import annotations
