@@ -134,8 +134,7 @@ def run_seed(db_url: str, data_dir: Path, backend: str, cfg: GenConfig, settings
     server = next(servers)
     try:
         gen = FleetGen(server.url, server.service.engine, cfg, ("support", PASSWORD), server.service.settings.fleet)
-        sent = gen.run(workers=workers, settle=server.counted)
-        server.counted()  # the fleet queue counts uploads after their answer
+        sent = gen.run(workers=workers, settle=server.counted)  # the fleet queue counts uploads after their answer
         server.service.fleet.sweep()  # the background sweep runs every sweep_seconds; no waiting here
         with server.service.engine.connect() as conn:
             held = dict(conn.execute(sa.select(bundle_fleet.c.bundle_id, bundle_fleet.c.hold_incident).where(bundle_fleet.c.hold_incident.is_not(None))).all())
