@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 
 from remote.server import db, leases
 from remote.server.blobs import BlobError, BlobStore
@@ -30,23 +29,31 @@ class Refused(Exception):
     """A set-up `serve` will not run on; the message says why and what to do."""
 
 
+_RECORDED = sa.select(server_keys.c.value).where(server_keys.c.name == "blob_store")
+
+
 def recorded_store(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return conn.execute(sa.select(server_keys.c.value).where(server_keys.c.name == "blob_store")).scalar()
+        return conn.execute(_RECORDED).scalar()
 
 
 def verify_store(engine: Engine, blobs: BlobStore) -> str:
     """The store's id, recorded in the database on first use; Refused if it is not the
-    store the database's rows were written to."""
-    known = recorded_store(engine)
-    mark = blobs.marker(create=known is None)
-    if known is None and mark is not None:
-        try:
-            with engine.begin() as conn:
-                conn.execute(server_keys.insert().values(name="blob_store", value=mark))
-        except IntegrityError:
-            pass  # another server recorded its store first: compared below
-        known = recorded_store(engine)
+    store the database's rows were written to.
+
+    Servers started at once on a new database and store take turns here (a lock in the
+    database): two that each found neither an id nor a marker wrote a marker each, and one
+    of them then found the other's id recorded and refused to start."""
+    with db.writing(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(7263002)"))  # until this transaction ends
+        else:
+            db.lock_for_writing(conn)
+        known = conn.execute(_RECORDED).scalar()
+        mark = blobs.marker(create=known is None)
+        if known is None and mark is not None:
+            conn.execute(server_keys.insert().values(name="blob_store", value=mark))
+            known = mark
     if mark != known:
         raise Refused(
             f"the blob store {blobs.describe()} is not the one this database's bundles are in "

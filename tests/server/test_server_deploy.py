@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from server_bundles import make_bundle
 from server_harness import fresh_pg_database
 
-from remote.server import db, store
+from remote.server import db, preflight, store
+from remote.server.blobs import DirectoryBlobs
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "reliability"))
@@ -87,6 +88,39 @@ def test_server_on_an_unshared_directory_is_refused_and_the_shared_one_starts(tm
             shared.stop()
         finally:
             first.stop()
+
+
+class _SlowMarkerStore(DirectoryBlobs):
+    """A directory store whose marker write takes `delay`: servers starting together all
+    find no marker, then each writes its own at another moment (the race a CI run met once:
+    one server then found another's id recorded and refused to start)."""
+
+    def __init__(self, root, delay):
+        super().__init__(root)
+        self.delay = delay
+        self.first_look = True
+
+    def _read_marker(self):
+        if self.first_look:  # each server looks before any has written
+            self.first_look = False
+            time.sleep(0.3)
+        return super()._read_marker()
+
+    def _write_marker(self, value):
+        time.sleep(self.delay)
+        super()._write_marker(value)
+
+
+def test_servers_starting_together_on_a_new_store_agree_on_its_id(tmp_path):
+    with fresh_pg_database() as url:
+        engines = [db.make_engine(url) for _ in range(3)]
+        db.create_schema(engines[0])
+        stores = [_SlowMarkerStore(tmp_path / "shared", 0.3 * i) for i, _ in enumerate(engines)]
+        with ThreadPoolExecutor(3) as pool:
+            marks = list(pool.map(preflight.verify_store, engines, stores))
+        assert len(set(marks)) == 1 and preflight.recorded_store(engines[0]) == marks[0]
+        for engine in engines:
+            engine.dispose()
 
 
 def test_metrics_are_one_view_over_all_workers(tmp_path):
