@@ -265,7 +265,15 @@ PUBLIC_WORDS = frozenset({"kcv", "check", "checkvalue", "id", "type", "len", "le
 
 
 def secret_kind(name: str) -> str | None:
-    """The redaction kind for a key name, or None when its value may stay."""
+    """The redaction kind for a key name, or None when its value may stay. The keys of
+    what terminals send are few and repeat in every bundle: short ones are remembered."""
+    return _remembered_kind(name) if len(name) <= REMEMBERED_KEY_CHARS else _secret_kind(name)
+
+
+REMEMBERED_KEY_CHARS = 64
+
+
+def _secret_kind(name: str) -> str | None:
     iso = ISO_KEY.fullmatch(name)
     if iso:  # field 2's value is a PAN: the PAN pass masks it to first 6 / last 4
         return None if iso["n"] == "2" else ISO_KIND[int(iso["n"])]
@@ -277,6 +285,9 @@ def secret_kind(name: str) -> str | None:
         if kind:
             return kind
     return SECRET_PHRASES.get("".join(words))
+
+
+_remembered_kind = functools.lru_cache(maxsize=4096)(_secret_kind)
 
 
 def luhn_ok(digits: str) -> bool:

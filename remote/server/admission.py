@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from remote.server import quotas, store
+import sqlalchemy as sa
+
+from remote.server import auth, db, quotas
 from remote.server.ingest import IngestError
 
 if TYPE_CHECKING:
@@ -17,14 +19,23 @@ if TYPE_CHECKING:
 
 
 def uploader(srv: Service, token: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The token's active terminal and its quota counts (None when quotas are off), read in
-    one connection: an upload's only database visit before its body."""
+    """The token's active terminal and its quota counts (None when quotas are off), read by
+    one statement: an upload's only database visit before its body."""
     with srv.engine.connect() as conn:
-        terminal = store.terminal_of_token(conn, token)
-        limits = srv.quota_limits
-        counted = limits.bundles_per_hour or limits.bytes_per_day
-        found = quotas.usage_of(conn, terminal["id"], limits) if terminal is not None and counted else None
-    return terminal, found
+        rows = conn.execute(_UPLOADER, {"digest": auth.token_digest(token)}).all()
+    if not rows:
+        return None, None
+    limits = srv.quota_limits
+    counted = limits.bundles_per_hour or limits.bytes_per_day
+    return {"id": rows[0].id, "token_sha256": rows[0].token_sha256}, quotas.usage_in(rows, limits) if counted else None
+
+
+_t, _u = db.terminals.c, quotas.terminal_usage.c
+_UPLOADER = (
+    sa.select(_t.id, _t.token_sha256, _u.window, _u.started, _u.bundles, _u.bytes, _u.refused)
+    .select_from(db.terminals.outerjoin(quotas.terminal_usage, _u.terminal_id == _t.id))
+    .where(_t.token_sha256 == sa.bindparam("digest"), _t.revoked_at.is_(None))
+)  # fmt: skip  (built once: every upload runs it)
 
 
 def admit_upload(srv: Service, token: str, declared: int | None, bad_length: Exception | None) -> dict[str, Any]:

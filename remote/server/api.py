@@ -98,7 +98,8 @@ def _basic(request: Request) -> tuple[str, str] | None:
 
 async def terminal_auth(request: Request, _: Annotated[Any, Depends(bearer_scheme)]) -> dict[str, Any]:
     token = _bearer(request)
-    found = await run_in_threadpool(service(request).terminal_for_token, token) if token else None
+    srv = service(request)
+    found = await srv.for_terminal(srv.terminal_for_token, token) if token else None
     if found is None:
         raise ApiError(401, "bad_token", "missing, unknown or revoked terminal token", {"WWW-Authenticate": "Bearer"})
     return found
@@ -180,13 +181,12 @@ async def upload(
         except IngestError as exc:  # answered after the token: an unknown token is 401 whatever it sends
             declared, bad_length = None, exc
         async with srv.gate.turn():  # 401, then 400/413, then 503 or 429, all before the body
-            terminal = await run_in_threadpool(admission.admit_upload, srv, token, declared, bad_length)
+            terminal = await srv.for_terminal(admission.admit_upload, srv, token, declared, bad_length)
         size = declared or srv.settings.max_bundle_bytes
         async with srv.ingest_budget.held(size + srv.limits.held, srv.settings.ingest_wait_seconds):
             body = await read_capped(request, srv.settings.max_bundle_bytes)
-            prepared = await run_in_threadpool(srv.prepare_upload, body, terminal, idempotency_key)
-            async with srv.gate.turn():
-                record, new = await run_in_threadpool(srv.store_upload, prepared)
+            prepared = await srv.for_terminal(srv.prepare_upload, body, terminal, idempotency_key)
+        record, new = await srv.uploads.submit(prepared)  # written with the uploads gathered meanwhile (group_commit.py)
     except IngestError as exc:
         srv.metrics.reject(exc.code, time.perf_counter() - started)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -264,8 +264,8 @@ async def next_command(
     if terminal["id"] != terminal_id:
         raise ApiError(403, "wrong_terminal", "a terminal polls only its own queue")
     srv = service(request)
-    found = await run_in_threadpool(store.next_command, srv.engine, terminal_id, srv.settings.command_redeliver_seconds)
-    notices = await run_in_threadpool(srv.fleet.notices, terminal_id)
+    found = await srv.for_terminal(store.next_command, srv.engine, terminal_id, srv.settings.command_redeliver_seconds)
+    notices = await srv.for_terminal(srv.fleet.notices, terminal_id)
     headers = {"X-Posdiag-Incidents": fleet_incidents.header(notices)}
     if found is None:
         return Response(status_code=204, headers=headers)

@@ -27,13 +27,24 @@ def build(found: ingest.Scan, parsed: dict[str, Any] | None = None) -> str:
     kept, parsed = found.kept, parsed or {}
     member = lambda name, default: parsed[name] if name in parsed else _json(kept.get(name), default)  # noqa: E731
     view = {
-        "manifest": _cleaned(_manifest(kept.get(wire.MANIFEST))),
-        "diagnosis": _cleaned(again.data(member("diagnosis.json", {}))),
-        "probes": _cleaned(again.data(member("probes.json", None))),
-        "system": _cleaned(again.data(member("system.json", None))),
+        "manifest": _manifest(kept.get(wire.MANIFEST)),
+        "diagnosis": again.data(member("diagnosis.json", {})),
+        "probes": again.data(member("probes.json", None)),
+        "system": again.data(member("system.json", None)),
         "logs": _logs(found.logs),
     }
-    return json.dumps(view, ensure_ascii=False)
+    text = json.dumps(view, ensure_ascii=False)
+    if "\\u0000" in text or not _utf8(text):  # a NUL or a lone surrogate somewhere: clean every string
+        text = json.dumps(_cleaned(view), ensure_ascii=False)
+    return text
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 SHORT = 256  # strings up to this long are remembered when redaction leaves them as they are

@@ -71,22 +71,22 @@ async def heartbeat(
     event_at, clamped = srv.fleet.clamp(sent_at, received)
     try:
         srv.shed_when_behind()
+        # Acknowledged once durably queued (with the heartbeats gathered meanwhile, group_commit.py);
+        # folded into the inventory and trends by the fleet queue's worker.
+        await srv.heartbeats.submit(fleet_queue.heartbeat_entry(beat, event_at, clamped, received))
+        srv.fleet_queue.nudge()
         async with srv.gate.turn():
-            # Acknowledged once durably queued; folded into the inventory and trends by the fleet queue's worker.
-            entry = fleet_queue.heartbeat_entry(beat, event_at, clamped, received)
-            notices, command, learned = await run_in_threadpool(_take_heartbeat, srv, terminal["id"], beat, entry, poll)
+            notices, command, learned = await srv.for_terminal(_answer, srv, terminal["id"], beat, poll)
     except IngestError as exc:  # shed (shedding.py)
         raise ApiError(exc.status, exc.code, exc.detail, {"Retry-After": str(exc.retry_after)}) from None
     answer = HeartbeatAccepted(status="accepted", event_at=event_at, clock_clamped=clamped, incidents=notices, command=command, learned=learned)
     return JSONResponse(answer.model_dump(), status_code=202)
 
 
-def _take_heartbeat(srv: Any, terminal_id: str, beat: Heartbeat, entry: dict[str, Any], poll: bool) -> tuple[Any, Any, Any]:
-    """Queue the heartbeat durably, then read its answer: the open incidents covering the
-    terminal, its next probe request (poll), the learned table it should hold. One thread
-    hop for all of it (each hop cost a heartbeat a thread handover)."""
-    fleet_queue.enqueue(srv.engine, entry)
-    srv.fleet_queue.nudge()
+def _answer(srv: Any, terminal_id: str, beat: Heartbeat, poll: bool) -> tuple[Any, Any, Any]:
+    """A queued heartbeat's answer: the open incidents covering the terminal, its next probe
+    request (poll), the learned table it should hold. One thread hop for all of it (each hop
+    cost a heartbeat a thread handover)."""
     notices = srv.fleet.notices(terminal_id)
     command = None
     if poll:

@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,15 +93,16 @@ def _row(kind: str, terminal_id: str, payload: dict[str, Any]) -> dict[str, Any]
     return {"kind": kind, "terminal_id": terminal_id, "payload": json.dumps(payload), "enqueued_at": db.now()}
 
 
-def add(conn: sa.Connection, entry: dict[str, Any]) -> None:
-    conn.execute(fleet_queue.insert(), [entry])
+def add(conn: sa.Connection, entries: list[dict[str, Any]]) -> None:
+    conn.execute(fleet_queue.insert(), entries)
 
 
-def enqueue(engine: Engine, entry: dict[str, Any]) -> None:
-    """A heartbeat's durable write: once this returns, the heartbeat is folded in later even
-    if the server is killed now."""
+def enqueue(engine: Engine, entries: Sequence[dict[str, Any]]) -> list[None]:
+    """Heartbeats' durable write (group_commit.py): once this returns, they are folded in
+    later even if the server is killed now."""
     with db.writing(engine) as conn:
-        conn.execute(fleet_queue.insert(), [entry])
+        conn.execute(fleet_queue.insert(), list(entries))
+    return [None] * len(entries)
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,18 @@ class Metrics:
             "Queued arrivals the fleet could not count (an error, logged with the entry), dropped so the rest are counted.",
             registry=reg,
         )
+        self.ingest_transactions = Counter(
+            "posdiag_ingest_transactions",
+            "Transactions that wrote uploads or heartbeats (group commit), by kind.",
+            ["kind"],
+            registry=reg,
+        )
+        self.ingest_written = Counter(
+            "posdiag_ingest_written",
+            "Uploads or heartbeats written, by kind (over posdiag_ingest_transactions_total: how many one transaction wrote).",
+            ["kind"],
+            registry=reg,
+        )
         for outcome in ("new", "duplicate"):
             self.received.labels(outcome)
         for kind in ("rows", "blobs"):
@@ -105,6 +117,10 @@ class Metrics:
     def accepted(self, new: bool, seconds: float) -> None:
         self.received.labels("new" if new else "duplicate").inc()
         self.ingest.observe(seconds)
+
+    def group_committed(self, kind: str, transactions: int, items: int) -> None:
+        self.ingest_transactions.labels(kind).inc(transactions)
+        self.ingest_written.labels(kind).inc(items)
 
     def reject(self, reason: str, seconds: float) -> None:
         self.rejected.labels(reason).inc()

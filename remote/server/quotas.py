@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -86,39 +87,47 @@ def check_usage(found: dict[str, Any], size: int, limits: Limits, now: datetime 
         raise _refusal(limits, "bytes_per_day", hour_left, day_left)
 
 
-def take(conn: sa.Connection, terminal_id: str, size: int, limits: Limits, now: datetime | None = None) -> None:
-    """In the transaction that stores the bundle: one bundle of this hour and its `size`
-    bytes of today, or OverQuota (the caller's transaction then stores nothing). One
-    conditional upsert per window decides between uploads racing for the last slot, on any
-    server (a window begun anew starts from this bundle)."""
+def take(conn: sa.Connection, uploads: Sequence[tuple[str, int]], limits: Limits, now: datetime | None = None) -> None:
+    """In the transaction that stores the bundles (terminal id, size): one bundle of this hour
+    and its size in bytes of today for each, or OverQuota for the first terminal past a
+    quota (the caller's transaction then stores nothing). One conditional upsert per window
+    for all terminals decides between uploads racing for the last slot, on any server (a
+    window begun anew starts from these bundles)."""
     now = now or datetime.now(UTC)
     hour, day, hour_left, day_left = windows(now)
-    if limits.bytes_per_day and size > limits.bytes_per_day:
-        raise _refusal(limits, "bytes_per_day", hour_left, day_left)
-    if not _count_in(conn, terminal_id, "hour", hour, 1, 0, limits.bundles_per_hour):
-        raise _refusal(limits, "bundles_per_hour", hour_left, day_left)
-    if not _count_in(conn, terminal_id, "day", day, 0, size, limits.bytes_per_day):
-        raise _refusal(limits, "bytes_per_day", hour_left, day_left)
-
-
-def _count_in(conn: sa.Connection, terminal_id: str, window: str, started: str, bundles: int, size: int, limit: int) -> bool:
-    """Add to the terminal's row of `window` (a row of an older window starts over), when the
-    window was begun anew or it has room under `limit` (0: no limit); whether it was added."""
-    row = {"terminal_id": terminal_id, "window": window, "started": started, "bundles": bundles, "bytes": size, "refused": 0}
-    params = dict(row, room_limit=limit) if limit else row
-    return conn.execute(_counting(conn.dialect.name, window, bool(limit)), params).first() is not None
+    per_terminal: dict[str, list[int]] = {}
+    for terminal_id, size in uploads:
+        counts = per_terminal.setdefault(terminal_id, [0, 0])
+        counts[0] += 1
+        counts[1] += size
+        if limits.bundles_per_hour and counts[0] > limits.bundles_per_hour:  # more than a fresh window holds
+            raise _refusal(limits, "bundles_per_hour", hour_left, day_left)
+        if limits.bytes_per_day and counts[1] > limits.bytes_per_day:
+            raise _refusal(limits, "bytes_per_day", hour_left, day_left)
+    for window, started, limit, quota in (
+        ("hour", hour, limits.bundles_per_hour, "bundles_per_hour"),
+        ("day", day, limits.bytes_per_day, "bytes_per_day"),
+    ):
+        rows = [
+            {"terminal_id": tid, "window": window, "started": started, "bundles": n if window == "hour" else 0,
+             "bytes": size if window == "day" else 0, "refused": 0} | ({"room_limit": limit} if limit else {})
+            for tid, (n, size) in sorted(per_terminal.items())  # one order in every transaction: no deadlock
+        ]  # fmt: skip
+        added = {row.terminal_id for row in conn.execute(_counting(conn.dialect.name, window, bool(limit)), rows)}
+        if len(added) < len(rows):
+            raise _refusal(limits, quota, hour_left, day_left)
 
 
 @functools.lru_cache(maxsize=8)
 def _counting(dialect: str, window: str, limited: bool) -> Any:
-    """The conditional upsert of _count_in, made once (building it cost more than running it)."""
+    """take()'s conditional upsert, made once (building it cost more than running it)."""
     u = terminal_usage.c
     stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(terminal_usage)
     same = u.started == stmt.excluded.started
     if not limited:
         room = sa.true()
     elif window == "hour":
-        room = u.bundles < sa.bindparam("room_limit")
+        room = u.bundles + stmt.excluded.bundles <= sa.bindparam("room_limit")
     else:
         room = u.bytes + stmt.excluded.bytes <= sa.bindparam("room_limit")
     return stmt.on_conflict_do_update(
@@ -130,7 +139,7 @@ def _counting(dialect: str, window: str, limited: bool) -> Any:
             "refused": sa.case((same, u.refused), else_=0),
         },
         where=sa.or_(u.started != stmt.excluded.started, room),
-    ).returning(sa.literal(1))
+    ).returning(u.terminal_id)
 
 
 def count_refusal(engine: Engine, terminal_id: str, now: datetime | None = None) -> None:
@@ -164,9 +173,15 @@ def usage(engine: Engine, terminal_id: str, limits: Limits, now: datetime | None
 
 
 def usage_of(conn: sa.Connection, terminal_id: str, limits: Limits, now: datetime | None = None) -> dict[str, Any]:
-    hour, day, _, _ = windows(now or datetime.now(UTC))
     u = terminal_usage.c
-    rows = {r.window: r for r in conn.execute(sa.select(terminal_usage).where(u.terminal_id == terminal_id)).all()}
+    return usage_in(conn.execute(sa.select(terminal_usage).where(u.terminal_id == terminal_id)).all(), limits, now)
+
+
+def usage_in(found: Sequence[Any], limits: Limits, now: datetime | None = None) -> dict[str, Any]:
+    """usage() of the terminal's `terminal_usage` rows as read (window, started, bundles,
+    bytes, refused; a row of None for none)."""
+    hour, day, _, _ = windows(now or datetime.now(UTC))
+    rows = {r.window: r for r in found if r.window is not None}
     current = {w: rows[w] for w, started in (("hour", hour), ("day", day)) if w in rows and rows[w].started == started}
     hour_row, day_row = current.get("hour"), current.get("day")
     return {

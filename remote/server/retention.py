@@ -8,7 +8,7 @@ only inside a transaction that first locks its orphan record and finds no bundle
 
 An upload of the same bytes may have found its blob present just before retention deleted
 it: every bundle insert takes the digest's orphan record in its own transaction
-(`claim_blob`), waiting for a deletion in progress, and a record marked `deleted` tells it
+(`claim_blobs`), waiting for a deletion in progress, and a record marked `deleted` tells it
 to write the blob again before its row commits. So no committed row names a missing blob.
 """
 
@@ -52,13 +52,19 @@ class Plan:
         return self.by_age + self.by_count
 
 
-def claim_blob(conn: sa.Connection, digest: str) -> bool:
-    """In the transaction that inserts a row naming `digest`: True when retention may have
-    deleted that blob after the upload stored it, so it must be written again."""
-    gone = conn.execute(
-        blob_orphans.delete().where(blob_orphans.c.sha256 == digest).returning(blob_orphans.c.state)
-    ).scalar()
-    return gone == "deleted"
+def claim_blobs(conn: sa.Connection, digests: set[str]) -> set[str]:
+    """In the transaction that inserts rows naming `digests`: those retention may have
+    deleted after the uploads stored them, so they must be written again."""
+    if not digests:
+        return set()
+    return {digest for digest, state in conn.execute(_CLAIM, {"digests": sorted(digests)}) if state == "deleted"}
+
+
+_CLAIM = (
+    blob_orphans.delete()
+    .where(blob_orphans.c.sha256.in_(sa.bindparam("digests", expanding=True)))
+    .returning(blob_orphans.c.sha256, blob_orphans.c.state)
+)
 
 
 def _cutoff(days: int) -> str:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -18,10 +22,13 @@ from remote.server import admission, auth, budgets, bundleview, db, fleet_queue,
 from remote.server.blobs import BlobStore, Deadlines, open_store
 from remote.server.budget import ByteBudget
 from remote.server.fleet.engine import Fleet
+from remote.server.group_commit import GroupCommit
 from remote.server.metrics import Metrics
 from remote.server_settings import ServerSettings
 
 BASIC_CACHE_SECONDS = 60.0
+TERMINAL_THREADS = 16  # what uploads and heartbeats run in threads; each also waits its turn (shedding.py, ByteBudget)
+Result = TypeVar("Result")
 VIEW_BUILDERS = 2  # bundle views redacted at once (each may take ~50 MB and seconds of CPU)
 
 
@@ -53,6 +60,8 @@ class Service:
         self.fleet = Fleet(self.engine, settings, self.metrics)
         self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
         self.fleet_queue = fleet_queue.Drainer(self.engine, self.fleet, self.metrics, settings.fleet_queue_threads)
+        self.uploads = GroupCommit("uploads", self.store_uploads, settings, self.metrics)
+        self.heartbeats = GroupCommit("heartbeats", functools.partial(fleet_queue.enqueue, self.engine), settings, self.metrics)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, str, int]] = {}  # key -> (until, uid, generation)
         self._cache_lock = threading.Lock()
@@ -63,14 +72,26 @@ class Service:
         self.hash_pool = signin.BoundedPool(workers, queue, max(1, (workers + queue) // 2), lower_priority=True, name="scrypt")
         self.count_pool = signin.BoundedPool(1, signin.COUNTING_QUEUE, name="signin-count")
         self.health_pool = ThreadPoolExecutor(2, thread_name_prefix="healthz")
+        self.terminal_pool = ThreadPoolExecutor(TERMINAL_THREADS, thread_name_prefix="terminal")
 
     def close(self) -> None:
         self.hash_pool.close()
         self.count_pool.close()
         self.health_pool.shutdown(wait=False, cancel_futures=True)
+        self.terminal_pool.shutdown(wait=False, cancel_futures=True)
+        self.uploads.stop()
+        self.heartbeats.stop()
         self.fleet_queue.stop()
         self.fleet.stop()
         self.engine.dispose()
+
+    async def for_terminal(self, fn: Callable[..., Result], *args: Any) -> Result:
+        """`fn(*args)` in the terminals' own threads, in the request's context (its statement
+        timeout): uploads and heartbeats hop to a thread two or three times each, and
+        anyio's hop (run_in_threadpool) cost the event loop 7 % of an upload's CPU; a herd of
+        terminals also never takes the threads pages run in."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.terminal_pool, call)
 
     def ping(self) -> None:
         """SELECT 1, for /healthz."""
@@ -210,29 +231,41 @@ class Service:
         return PreparedUpload(body, terminal, bundle, index, view, digest, clamped, received)
 
     def store_upload(self, up: PreparedUpload) -> tuple[dict[str, Any], bool]:
-        """The prepared upload's rows, in one transaction; (record, True) when new."""
-        body, terminal, bundle, index, view, digest, clamped, received = (
-            up.body, up.terminal, up.bundle, up.index, up.view, up.digest, up.clamped, up.received,
-        )  # fmt: skip
+        """The prepared upload's rows in a transaction of its own; (record, True) when new."""
+        return self.uploads.write_now(up)
 
-        stamp = db.stamp(received)
-        entry = fleet_queue.bundle_entry(bundle, store.bundle_row(index, digest, len(body), stamp), clamped)  # made before the transaction
+    def store_uploads(self, ups: Sequence[PreparedUpload]) -> list[tuple[dict[str, Any], bool] | ingest.IngestError]:
+        """Prepared uploads' rows in one transaction (group_commit.py): per upload (record,
+        True) when new, (stored record, False) when its id was stored before, or the
+        IngestError it is answered with (409: another terminal's id)."""
+        new = []
+        for up in ups:
+            row = store.bundle_row(up.index, up.digest, len(up.body), db.stamp(up.received))
+            new.append(store.NewBundle(row, up.view, functools.partial(self.blobs.put, up.body)))
+        entries: dict[str, dict[str, Any]] = {}  # made before the transaction
+        for up, n in zip(ups, new, strict=True):
+            if n.row["id"] not in entries:  # of an id sent twice in the batch, the first is the one stored
+                entries[n.row["id"]] = fleet_queue.bundle_entry(up.bundle, n.row, up.clamped)
 
-        def counted(conn: sa.Connection, _record: dict[str, Any]) -> None:  # in the bundle's own transaction
-            quotas.take(conn, terminal["id"], len(body), self.quota_limits)
-            fleet_queue.add(conn, entry)
+        def counted(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:  # in the bundles' own transaction
+            quotas.take(conn, [(row["terminal_id"], row["size"]) for row in rows], self.quota_limits)
+            fleet_queue.add(conn, [entries[row["id"]] for row in rows])
 
         try:
-            existing, new = store.insert_bundle(
-                self.engine, index, digest, len(body), view, stamp, lambda: self.blobs.put(body), counted
-            )
-        except quotas.OverQuota as exc:  # another upload of the terminal took the last of its quota
-            admission.refused(self, terminal["id"], exc)
-        if existing["terminal_id"] != terminal["id"]:
-            raise ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id")
-        if new:  # counted by the fleet queue's worker, after the answer (fleet_queue.py)
+            stored = store.insert_bundles(self.engine, new, counted)
+        except quotas.OverQuota as exc:
+            if len(ups) > 1:
+                raise  # group_commit writes each alone: only the terminal past its quota is refused
+            admission.refused(self, ups[0].terminal["id"], exc)
+        answers: list[tuple[dict[str, Any], bool] | ingest.IngestError] = []
+        for up, (record, fresh) in zip(ups, stored, strict=True):
+            if record["terminal_id"] != up.terminal["id"]:
+                answers.append(ingest.IngestError(409, "bundle_id_taken", "another terminal's bundle has this id"))
+            else:
+                answers.append((record, fresh))
+        if any(fresh for _, fresh in stored):  # counted by the fleet queue's worker, after the answer (fleet_queue.py)
             self.fleet_queue.nudge()
-        return existing, new
+        return answers
 
     # -- reading a stored bundle ----------------------------------------------------------
 

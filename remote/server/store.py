@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -368,57 +368,85 @@ def session_revoked(engine: Engine, sid: str) -> bool:
 # -- bundles ------------------------------------------------------------------------------
 
 
-def insert_bundle(
-    engine: Engine,
-    index: dict[str, Any],
-    digest: str,
-    size: int,
-    view: str,
-    received_at: str,
-    rewrite_blob: Callable[[], object],
-    queue: Callable[[sa.Connection, dict[str, Any]], object] | None = None,
-) -> tuple[dict[str, Any], bool]:
-    """Store one bundle row and its view (bundleview.py); (record, True) if new, (stored record,
-    False) if its id exists.
+@dataclass(frozen=True)
+class NewBundle:
+    """An upload's rows as prepared before its transaction."""
 
-    The primary key decides under concurrency: of two servers inserting the same id at
-    once, one commits and the other gets an IntegrityError and reads the winner's row.
-    A probe request the bundle answers is closed in the same transaction, and so is the
-    blob's claim against retention (`rewrite_blob` runs if retention deleted it meanwhile),
-    and so is `queue(conn, record)` (the fleet's queue entry: counted once it is stored).
-    """
-    row = bundle_row(index, digest, size, received_at)
+    row: dict[str, Any]  # bundle_row(): the record the upload is answered with
+    view: str
+    rewrite_blob: Callable[[], object]  # writes the blob again (retention deleted it meanwhile)
+
+
+_STORED = sa.select(bundles).where(bundles.c.id.in_(sa.bindparam("ids", expanding=True)))
+
+
+def insert_bundles(
+    engine: Engine,
+    new: Sequence[NewBundle],
+    counted: Callable[[sa.Connection, list[dict[str, Any]]], object] | None = None,
+) -> list[tuple[dict[str, Any], bool]]:
+    """Store bundle rows and their views (bundleview.py) in one transaction, each statement
+    once for all rows (group_commit.py); per bundle (record, True) if new, (stored record,
+    False) if its id was stored before or earlier in `new`.
+
+    In the same transaction: the blobs' claims against retention (`rewrite_blob` runs for a
+    blob retention deleted meanwhile), the probe requests the bundles answer are closed,
+    `counted(conn, rows)` for the new rows (their quota and fleet queue entries: counted once
+    stored) and the day's counts. The primary key decides under concurrency: when another
+    server or process stores one of the ids between this transaction's look and its insert,
+    nothing is stored and IntegrityError is raised; a lone bundle instead reads the winner's
+    row and answers (record, False)."""
+    ids = [n.row["id"] for n in new]
+    fresh: dict[str, NewBundle] = {}
     try:
         with db.writing(engine) as conn:
-            conn.execute(bundles.insert(), row)  # values as parameters: the statement is built once
-            conn.execute(bundle_views.insert(), {"bundle_id": row["id"], "view": view})
-            if retention.claim_blob(conn, digest):
-                rewrite_blob()
-            if row["command_id"]:
-                conn.execute(
-                    commands.update()
-                    .where(
-                        commands.c.id == row["command_id"],
-                        commands.c.terminal_id == row["terminal_id"],
-                        commands.c.status != "done",
-                    )
-                    .values(status="done", done_at=row["received_at"], bundle_id=row["id"])
-                )
-            if queue is not None:
-                queue(conn, row)
-            # Last: every upload of a day adds to the same rows (the day's model, category, ...),
-            # and on PostgreSQL the next upload waits for their lock until this one commits.
-            daily.count(conn, [row])
+            stored = {r["id"]: dict(r) for r in conn.execute(_STORED, {"ids": ids}).mappings()}
+            for n in new:
+                if n.row["id"] not in stored:
+                    fresh.setdefault(n.row["id"], n)
+            if fresh:
+                _insert_new(conn, list(fresh.values()), counted)
     except IntegrityError:
-        existing = get_bundle(engine, row["id"])
+        existing = get_bundle(engine, ids[0]) if len(new) == 1 else None
         if existing is None:
             raise
-        return existing, False
-    return row, True
+        return [(existing, False)]
+    answers, answered = [], set()
+    for n in new:
+        bundle_id = n.row["id"]
+        if bundle_id in stored:
+            answers.append((stored[bundle_id], False))
+        else:
+            answers.append((fresh[bundle_id].row, bundle_id not in answered))
+            answered.add(bundle_id)
+    return answers
+
+
+def _insert_new(
+    conn: sa.Connection, new: list[NewBundle], counted: Callable[[sa.Connection, list[dict[str, Any]]], object] | None
+) -> None:
+    rows = [n.row for n in new]
+    conn.execute(bundles.insert(), rows)  # values as parameters: the statement is built once
+    conn.execute(bundle_views.insert(), [{"bundle_id": n.row["id"], "view": n.view} for n in new])
+    deleted = retention.claim_blobs(conn, {row["sha256"] for row in rows})
+    for digest in deleted:
+        next(n for n in new if n.row["sha256"] == digest).rewrite_blob()
+    for row in rows:
+        if row["command_id"]:
+            conn.execute(
+                commands.update()
+                .where(commands.c.id == row["command_id"], commands.c.terminal_id == row["terminal_id"], commands.c.status != "done")
+                .values(status="done", done_at=row["received_at"], bundle_id=row["id"])
+            )
+    if counted is not None:
+        counted(conn, rows)
+    # Last: every upload of a day adds to the same rows (the day's model, category, ...),
+    # and on PostgreSQL the next upload waits for their lock until this one commits.
+    daily.count(conn, rows)
 
 
 def bundle_row(index: dict[str, Any], digest: str, size: int, received_at: str) -> dict[str, Any]:
-    """The bundles row insert_bundle stores (the record an upload is answered with)."""
+    """The bundles row insert_bundles stores (the record an upload is answered with)."""
     return dict(index, sha256=digest, size=size, received_at=received_at)
 
 

@@ -155,10 +155,8 @@ def test_an_upload_that_found_its_blob_before_retention_deleted_it_writes_it_aga
         done = retention.run_pass(server.service.engine, server.service.blobs, settings.retention)
         assert (done.rows, done.blobs) == (1, 1) and not server.service.blobs.exists(record["sha256"])
         # ... and only then does the upload insert its row: the blob is written again first.
-        index = {k: v for k, v in record.items() if k not in ("sha256", "size", "received_at")}
         written = []
-        store.insert_bundle(server.service.engine, index, record["sha256"], record["size"], "{}", record["received_at"],
-                            lambda: written.append(server.service.blobs.put(body)))  # fmt: skip
+        store.insert_bundles(server.service.engine, [store.NewBundle(record, "{}", lambda: written.append(server.service.blobs.put(body)))])
         assert written == [record["sha256"]]
         assert server.get(f"/api/v1/bundles/{bundle_id}/download").content == body
 

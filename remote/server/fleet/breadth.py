@@ -30,18 +30,6 @@ from remote.server.fleet.schema import dismissed_terminals, fleet_terminals, inc
 from remote.server_settings import FleetSettings
 
 
-_NOTE_SEEN = (
-    fleet_terminals.update()
-    .where(fleet_terminals.c.id == sa.bindparam("tid"), sa.or_(fleet_terminals.c.first_seen_at.is_(None), fleet_terminals.c.first_seen_at > sa.bindparam("at")))
-    .values(first_seen_at=sa.bindparam("at"))
-)  # fmt: skip  (built once: every arrival runs it)
-
-
-def note_seen(conn: sa.Connection, terminal_id: str, event_at: str) -> None:
-    """Keep the terminal's oldest event time (one conditional write, none for most sightings)."""
-    conn.execute(_NOTE_SEEN, {"tid": terminal_id, "at": event_at})
-
-
 def fill_first_seen(conn: sa.Connection) -> None:
     """A database made before first_seen_at: each terminal's first active day."""
     first = sa.select(sa.func.min(terminal_days.c.day)).where(terminal_days.c.terminal_id == fleet_terminals.c.id).scalar_subquery()

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from remote.server import db, ingest
-from remote.server.fleet import baseline, breadth, incidents, inventory, outage, problems, regression, signal, sql, timing, webhooks
+from remote.server.fleet import baseline, incidents, inventory, outage, problems, regression, signal, sql, timing, webhooks
 from remote.server.fleet.models import Heartbeat
 from remote.server.fleet.schema import bundle_fleet, fleet_terminals, outage_events
 from remote.server.metrics import Metrics
@@ -200,7 +200,6 @@ class Counting:
         if not sql.insert_new(conn, bundle_fleet, ["bundle_id"], [row]):
             return  # counted before
         labels = inventory.record(conn, seen, s)
-        breadth.note_seen(conn, record["terminal_id"], t)
         if text:
             problems.add(conn, text, record, t, labels, self.rollups)
         if (row["excluded"] is None and record["top_category"] in s.outage_categories
@@ -225,7 +224,6 @@ class Counting:
             {k: ingest.shown(v) for k, v in beat.labels.items()} or None, clamped, received_at, heartbeat=True,
         )  # fmt: skip
         inventory.record(conn, seen, fleet.settings)
-        breadth.note_seen(conn, beat.terminal_id, event_at)
         inventory.add_heartbeat(conn, seen, beat.health.model_dump(), beat.counters.model_dump())
         before = conn.execute(sa.select(fleet_terminals.c.risk_metric).where(fleet_terminals.c.id == beat.terminal_id)).scalar()
         risk = inventory.assess_risk(conn, beat.terminal_id, fleet.settings)

@@ -76,6 +76,8 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
             model=seen.model, firmware=seen.firmware, app_version=seen.app_version,
             agent_version=seen.agent_version, claimed_labels=json.dumps(claimed, sort_keys=True), last_seen_at=seen.event_at,
         )  # fmt: skip
+    if row["first_seen_at"] is None or seen.event_at < row["first_seen_at"]:  # its oldest event time (breadth.py)
+        values["first_seen_at"] = seen.event_at
     if seen.heartbeat and (row["last_heartbeat_at"] is None or seen.event_at > row["last_heartbeat_at"]):
         values["last_heartbeat_at"] = seen.event_at
     if seen.clamped:
