@@ -127,14 +127,20 @@ def _bundle_of(payload: dict[str, Any]) -> ingest.Bundle:
     return ingest.Bundle(manifest, raw, {}, db.parse_time(manifest.created_at), scan)
 
 
-def _folded(conn: sa.Connection, payload: dict[str, Any]) -> bool:
-    """The heartbeat is in `heartbeats` already (counted, its queue row not yet deleted)."""
+def _folded(conn: sa.Connection, rows: list[Any]) -> set[tuple[str, str, str]]:
+    """Of the rows' heartbeats, those in `heartbeats` already (counted, their queue rows not
+    yet deleted), as (terminal, event time, receipt time): one read for a chunk."""
+    beats = [json.loads(row["payload"]) for row in rows if row["kind"] == "heartbeat"]
+    if not beats:
+        return set()
     h = heartbeats.c
-    tid = payload["beat"]["terminal_id"]
     found = conn.execute(
-        sa.select(h.id).where(h.terminal_id == tid, h.sent_at == payload["event_at"], h.received_at == payload["received_at"]).limit(1)
-    ).first()  # fmt: skip
-    return found is not None
+        sa.select(h.terminal_id, h.sent_at, h.received_at).where(
+            h.terminal_id.in_(sorted({b["beat"]["terminal_id"] for b in beats})),
+            h.received_at.in_(sorted({b["received_at"] for b in beats})),
+        )
+    )  # fmt: skip
+    return {tuple(r) for r in found}
 
 
 class Drainer:
@@ -245,8 +251,9 @@ class Drainer:
         ids = [row["id"] for row in rows]
 
         def work(counting: Counting) -> None:
+            folded = _folded(counting.conn, rows)
             for row in rows:
-                self._count(counting, row)
+                self._count(counting, row, folded)
             counting.conn.execute(fleet_queue.delete().where(fleet_queue.c.id.in_(ids)))
 
         try:
@@ -264,7 +271,7 @@ class Drainer:
     def _apply(self, row: Any) -> None:
         """Count one row in a transaction of its own (not deleted: the caller does)."""
         try:
-            self.fleet.count(lambda counting: self._count(counting, row))
+            self.fleet.count(lambda counting: self._count(counting, row, _folded(counting.conn, [row])))
             self.counted += 1
         except sa.exc.OperationalError:
             raise  # the database, not the row: keep it for the next round
@@ -274,11 +281,11 @@ class Drainer:
                 self.metrics.fleet_queue_dropped.inc()
             log.exception("fleet queue: entry %s (%s of %s) dropped", row["id"], row["kind"], row["terminal_id"])
 
-    def _count(self, counting: Counting, row: Any) -> None:
+    def _count(self, counting: Counting, row: Any, folded: set[tuple[str, str, str]]) -> None:
         payload = json.loads(row["payload"])
         if row["kind"] == "bundle":
             counting.bundle(_bundle_of(payload), payload["record"], payload["clamped"])
-        elif not _folded(counting.conn, payload):
+        elif (payload["beat"]["terminal_id"], payload["event_at"], payload["received_at"]) not in folded:
             beat = Heartbeat.model_validate(payload["beat"])
             counting.heartbeat(beat, payload["event_at"], payload["clamped"], payload["received_at"])
 

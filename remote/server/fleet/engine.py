@@ -199,7 +199,7 @@ class Counting:
             self._close_quiet()  # the outage detector may read the open outages: as the arrivals before left them
         if not sql.insert_new(conn, bundle_fleet, ["bundle_id"], [row]):
             return  # counted before
-        labels = inventory.record(conn, seen, s)
+        labels, _ = inventory.record(conn, seen, s)
         if text:
             problems.add(conn, text, record, t, labels, self.rollups)
         if (row["excluded"] is None and record["top_category"] in s.outage_categories
@@ -222,12 +222,12 @@ class Counting:
             beat.terminal_id, event_at, ingest.shown(beat.model), ingest.shown(beat.firmware),
             ingest.shown(beat.app_version), ingest.shown(beat.agent_version),
             {k: ingest.shown(v) for k, v in beat.labels.items()} or None, clamped, received_at, heartbeat=True,
+            health=beat.health.model_dump(),
         )  # fmt: skip
-        inventory.record(conn, seen, fleet.settings)
-        inventory.add_heartbeat(conn, seen, beat.health.model_dump(), beat.counters.model_dump())
-        before = conn.execute(sa.select(fleet_terminals.c.risk_metric).where(fleet_terminals.c.id == beat.terminal_id)).scalar()
-        risk = inventory.assess_risk(conn, beat.terminal_id, fleet.settings)
-        if risk and not before:
+        _, before = inventory.record(conn, seen, fleet.settings)
+        inventory.add_heartbeat(conn, seen, beat.counters.model_dump())
+        risk = inventory.assess_risk(conn, beat.terminal_id, fleet.settings, before["risk"])
+        if risk and not before["risk_metric"]:
             webhooks.enqueue(conn, fleet.hooks, "terminal.at_risk", f"{beat.terminal_id}:{risk['metric']}:{risk['projected_at'][:10]}",
                              {"terminal_id": beat.terminal_id, "risk": risk})  # fmt: skip
         self.quiet_unchecked = True

@@ -38,6 +38,7 @@ class Sighting:
     clamped: bool
     received_at: str
     heartbeat: bool
+    health: dict[str, Any] | None = None  # a heartbeat's health readings (the HEALTH_COLUMNS)
 
 
 def scope_key(scope: dict[str, str]) -> str:
@@ -57,10 +58,12 @@ def scopes_of(labels: dict[str, str], settings: FleetSettings) -> list[str]:
     return out
 
 
-def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict[str, str]:
+def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> tuple[dict[str, str], Any]:
     """Update the terminal's row if this sighting is its newest; the labels now in force
-    (the operator's and the observed, labels.py): what it is filtered and cut into scopes by.
-    The row is locked first, as relabel() locks it: the two never rewrite its scopes at once."""
+    (the operator's and the observed, labels.py): what it is filtered and cut into scopes by,
+    and the row as it was. The row is locked first, as relabel() locks it: the two never
+    rewrite its scopes at once. A heartbeat's health becomes the row's when the heartbeat is
+    the terminal's newest."""
     row = _locked_row(conn, seen.terminal_id)
     stored_labels = json.loads(row["labels"] or "{}")
     stored_claims, changes = labels.stored(row)
@@ -78,8 +81,10 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
         )  # fmt: skip
     if row["first_seen_at"] is None or seen.event_at < row["first_seen_at"]:  # its oldest event time (breadth.py)
         values["first_seen_at"] = seen.event_at
-    if seen.heartbeat and (row["last_heartbeat_at"] is None or seen.event_at > row["last_heartbeat_at"]):
-        values["last_heartbeat_at"] = seen.event_at
+    if seen.heartbeat and (row["last_heartbeat_at"] is None or seen.event_at >= row["last_heartbeat_at"]):
+        if seen.event_at != row["last_heartbeat_at"]:
+            values["last_heartbeat_at"] = seen.event_at
+        values["health"] = json.dumps({k: (seen.health or {}).get(k) for k in HEALTH_COLUMNS})
     if seen.clamped:
         values["clock_flagged_at"] = seen.received_at
     in_force = labels.in_force(labels.operator_of(conn, seen.terminal_id), claimed, settings)
@@ -96,7 +101,7 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
         [{"terminal_id": seen.terminal_id, "day": timing.day(seen.event_at), "model": seen.model,
           "firmware": seen.firmware, "app_version": seen.app_version}],
     )  # fmt: skip
-    return in_force
+    return in_force, row
 
 
 # Statements every arrival runs, built once with their values as parameters (building one
@@ -104,8 +109,6 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> dict
 # bundle and heartbeat inside the write lock).
 _LOCKED_ROW = sa.select(fleet_terminals).where(fleet_terminals.c.id == sa.bindparam("tid")).with_for_update()
 _UPDATE_ROW = fleet_terminals.update().where(fleet_terminals.c.id == sa.bindparam("tid"))
-_LAST_HEARTBEAT = sa.select(fleet_terminals.c.last_heartbeat_at).where(fleet_terminals.c.id == sa.bindparam("tid"))
-_SET_HEALTH = fleet_terminals.update().where(fleet_terminals.c.id == sa.bindparam("tid")).values(health=sa.bindparam("b_health"))
 _SET_RISK = (
     fleet_terminals.update().where(fleet_terminals.c.id == sa.bindparam("tid"))
     .values(risk=sa.bindparam("b_risk"), risk_metric=sa.bindparam("b_risk_metric"))
@@ -205,23 +208,21 @@ def label_terminal(engine: Engine, terminal_id: str, changes: dict[str, str | No
 counts_toward_outages = labels.counts_toward_outages  # what the engine asks before an outage event
 
 
-def add_heartbeat(conn: sa.Connection, seen: Sighting, health: dict[str, Any], counters: dict[str, Any]) -> None:
-    row = {k: health.get(k) for k in HEALTH_COLUMNS}
+def add_heartbeat(conn: sa.Connection, seen: Sighting, counters: dict[str, Any]) -> None:
+    """The heartbeat's row (its health readings, for the trends); record() set the terminal's."""
     conn.execute(heartbeats.insert(), dict(
-        row, terminal_id=seen.terminal_id, sent_at=seen.event_at, received_at=seen.received_at,
-        clock_clamped=seen.clamped, counters=json.dumps(counters),
+        {k: (seen.health or {}).get(k) for k in HEALTH_COLUMNS}, terminal_id=seen.terminal_id, sent_at=seen.event_at,
+        received_at=seen.received_at, clock_clamped=seen.clamped, counters=json.dumps(counters),
     ))  # fmt: skip
-    current = conn.execute(_LAST_HEARTBEAT, {"tid": seen.terminal_id}).scalar()
-    if current == seen.event_at:
-        conn.execute(_SET_HEALTH, {"tid": seen.terminal_id, "b_health": json.dumps(row)})
 
 
 # -- trends -------------------------------------------------------------------------------
 
 
-def assess_risk(conn: sa.Connection, terminal_id: str, settings: FleetSettings) -> dict[str, Any] | None:
+def assess_risk(conn: sa.Connection, terminal_id: str, settings: FleetSettings, stored: str | None) -> dict[str, Any] | None:
     """Fit each trend rule on the terminal's newest heartbeats; the earliest projected
-    crossing within the horizon (or a value already past its threshold), else None."""
+    crossing within the horizon (or a value already past its threshold), else None; written
+    to the terminal's row when it differs from what the row holds (`stored`)."""
     columns = [heartbeats.c.sent_at] + [heartbeats.c[r.metric] for r in settings.trends if r.metric in heartbeats.c]
     rows = conn.execute(
         sa.select(*columns).where(heartbeats.c.terminal_id == terminal_id)
@@ -229,7 +230,9 @@ def assess_risk(conn: sa.Connection, terminal_id: str, settings: FleetSettings) 
     ).mappings().all()  # fmt: skip
     found = [risk for rule in settings.trends if (risk := _project(rule, rows, settings.at_risk_horizon_days))]
     risk = min(found, key=lambda r: r["projected_at"], default=None)
-    conn.execute(_SET_RISK, {"tid": terminal_id, "b_risk": json.dumps(risk, ensure_ascii=False) if risk else None, "b_risk_metric": risk["metric"] if risk else None})
+    text = json.dumps(risk, ensure_ascii=False) if risk else None
+    if text != stored:
+        conn.execute(_SET_RISK, {"tid": terminal_id, "b_risk": text, "b_risk_metric": risk["metric"] if risk else None})
     return risk
 
 
