@@ -96,11 +96,12 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> tupl
         _move_scopes(conn, {seen.terminal_id: in_force}, {seen.terminal_id: row["last_seen_at"]}, settings)
     if newest:
         baseline.see(conn, seen.terminal_id, seen.event_at, settings)
-    sql.insert_new(
-        conn, terminal_days, ["terminal_id", "day"],
-        [{"terminal_id": seen.terminal_id, "day": timing.day(seen.event_at), "model": seen.model,
-          "firmware": seen.firmware, "app_version": seen.app_version}],
-    )  # fmt: skip
+    day = timing.day(seen.event_at)
+    if row["last_seen_at"] is None or timing.day(row["last_seen_at"]) != day:  # the day of its last sighting has its row
+        sql.insert_new(
+            conn, terminal_days, ["terminal_id", "day"],
+            [{"terminal_id": seen.terminal_id, "day": day, "model": seen.model, "firmware": seen.firmware, "app_version": seen.app_version}],
+        )  # fmt: skip
     return in_force, row
 
 

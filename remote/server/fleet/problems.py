@@ -4,6 +4,7 @@ errors), with rollups kept as bundles arrive so that no page counts bundles."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from collections import Counter, defaultdict
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from remote.server.db import bundles
@@ -86,10 +88,16 @@ def problem_id(text: str) -> str:
 
 
 _h = problem_hits.c
-_HIT_AGAIN = (
-    problem_hits.update().where(_h.problem_id == sa.bindparam("pid"), _h.terminal_id == sa.bindparam("tid"), _h.day == sa.bindparam("b_day"))
-    .values(bundles=_h.bundles + 1)
-)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=2)
+def _hitting(dialect: str) -> Any:
+    """One more bundle of a problem, terminal and day; the day's bundles after it (1: the
+    first). One statement, not an insert-if-new and an update."""
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(problem_hits)
+    return stmt.on_conflict_do_update(index_elements=["problem_id", "terminal_id", "day"], set_={"bundles": _h.bundles + 1}).returning(_h.bundles)
+
+
 _OTHER_DAY = sa.select(sa.literal(1)).where(_h.problem_id == sa.bindparam("pid"), _h.terminal_id == sa.bindparam("tid"), _h.day != sa.bindparam("b_day")).limit(1)
 _pc = problem_counts.c
 _BREAKDOWN = sa.select(problems.c.breakdown).where(problems.c.id == sa.bindparam("pid"))
@@ -113,12 +121,12 @@ def add(
     pending = pending or Pending()
     pid = problem_id(text)
     terminal, day = index["terminal_id"], timing.day(event_at)
-    new_terminal = sql.insert_new(
-        conn, problem_hits, ["problem_id", "terminal_id", "day"],
-        [{"problem_id": pid, "terminal_id": terminal, "day": day, "model": index["model"], "firmware": index["firmware"], "bundles": 0}],
-    )  # fmt: skip
+    bundles = conn.execute(
+        _hitting(conn.dialect.name),
+        {"problem_id": pid, "terminal_id": terminal, "day": day, "model": index["model"], "firmware": index["firmware"], "bundles": 1},
+    ).scalar_one()  # fmt: skip
+    new_terminal = bundles == 1  # the terminal's first bundle of the problem that day
     hit = {"pid": pid, "tid": terminal, "b_day": day}
-    conn.execute(_HIT_AGAIN, hit)
     if new_terminal:  # a new day for this problem and terminal: it may be its newest
         _newest_day(conn, pid, terminal, day, pending)
     first_for_terminal = bool(new_terminal) and not conn.execute(_OTHER_DAY, hit).first()
