@@ -27,7 +27,7 @@ def build(found: ingest.Scan, parsed: dict[str, Any] | None = None) -> str:
     kept, parsed = found.kept, parsed or {}
     member = lambda name, default: parsed[name] if name in parsed else _json(kept.get(name), default)  # noqa: E731
     view = {
-        "manifest": _manifest(kept.get(wire.MANIFEST)),
+        "manifest": _manifest(member(wire.MANIFEST, {})),
         "diagnosis": again.data(member("diagnosis.json", {})),
         "probes": again.data(member("probes.json", None)),
         "system": again.data(member("system.json", None)),
@@ -98,11 +98,11 @@ def _cleaned(value: Any) -> Any:
     return value
 
 
-def _manifest(data: bytes | None) -> Any:
+def _manifest(manifest: Any) -> Any:
     """The manifest with its terminal's free text masked like the stored record (the rest
     is ids, hashes and counts, which Redactor.data would take for secrets by their keys)."""
-    manifest = _json(data, {})
     if isinstance(manifest, dict) and isinstance(manifest.get("terminal"), dict):
+        manifest = dict(manifest)  # ingest's parsed manifest stays as sent
         manifest["terminal"] = {
             k: ingest.shown(v) if isinstance(v, str) else v for k, v in manifest["terminal"].items()
         }

@@ -86,7 +86,7 @@ class Bundle:
     diagnosis: dict[str, Any]
     created: datetime
     scan: Scan
-    parsed: dict[str, Any] = field(default_factory=dict)  # the JSON members as read once (bundleview uses them)
+    parsed: dict[str, Any] = field(default_factory=dict)  # manifest.json and the JSON members as read once (bundleview uses them)
 
     @property
     def id(self) -> str:
@@ -416,7 +416,7 @@ def validate(body: bytes, token_sha256: str, terminal_id: str, limits: Limits) -
     _check_files(manifest, found.digests)
     if "diagnosis.json" not in found.kept:
         raise IngestError(422, "missing_member", "diagnosis.json is missing")
-    parsed = {}
+    parsed = {wire.MANIFEST: raw}
     for name in JSON_MEMBERS:
         if name in found.kept:
             try:
