@@ -45,6 +45,7 @@ class GroupCommit(Generic[Item, Result]):
         write: Callable[[Sequence[Item]], Sequence[Result | BaseException]],
         settings: Any,
         metrics: Metrics | None = None,
+        writers: int = 1,
         max_batch: int = 64,
     ) -> None:
         self.name = name
@@ -55,7 +56,8 @@ class GroupCommit(Generic[Item, Result]):
         self.items = 0
         self._write = write
         self._queue: queue.SimpleQueue[tuple[Item, concurrent.futures.Future[Result]] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self.writers = writers
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     @property
@@ -86,17 +88,20 @@ class GroupCommit(Generic[Item, Result]):
         return result
 
     def stop(self) -> None:
-        if self._thread is not None:
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for _ in threads:
             self._queue.put(None)
-            self._thread.join(10)
-            self._thread = None
+        for thread in threads:
+            thread.join(10)
 
     def _start(self) -> None:
-        if self._thread is None:
+        if not self._threads:
             with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, daemon=True, name=f"group-commit-{self.name}")
-                    self._thread.start()
+                while len(self._threads) < self.writers:
+                    thread = threading.Thread(target=self._run, daemon=True, name=f"group-commit-{self.name}")
+                    thread.start()
+                    self._threads.append(thread)
 
     def _run(self) -> None:
         budgets.REQUEST_STATEMENT_SECONDS.set(self.settings.statement_timeout_seconds)  # its transactions are requests'

@@ -60,8 +60,9 @@ class Service:
         self.fleet = Fleet(self.engine, settings, self.metrics)
         self.metrics.gauge("posdiag_fleet_incidents_open", "Open fleet incidents, by kind.", self.fleet.open_counts)
         self.fleet_queue = fleet_queue.Drainer(self.engine, self.fleet, self.metrics, settings.fleet_queue_threads)
-        self.uploads = GroupCommit("uploads", self.store_uploads, settings, self.metrics)
-        self.heartbeats = GroupCommit("heartbeats", functools.partial(fleet_queue.enqueue, self.engine), settings, self.metrics)
+        writers = 1 if self.engine.dialect.name == "sqlite" else settings.ingest_slots  # SQLite admits one writer
+        self.uploads = GroupCommit("uploads", self.store_uploads, settings, self.metrics, writers)
+        self.heartbeats = GroupCommit("heartbeats", functools.partial(fleet_queue.enqueue, self.engine), settings, self.metrics, writers)
         self.signer = auth.Signer(store.server_secret(self.engine))
         self._basic_cache: dict[str, tuple[float, str, int]] = {}  # key -> (until, uid, generation)
         self._cache_lock = threading.Lock()
