@@ -1,20 +1,20 @@
 """Group commit (issue 22): the writes of many uploads, or of many heartbeats, in one
-transaction of one writer thread per process.
+transaction of one of a process's writer threads.
 
 An upload's own transaction was seven statements and a commit, each statement paid for in
 SQLAlchemy's Python, and every upload took a turn at the database (on SQLite, at its one
-write lock). Here a request hands its prepared rows to the writer and awaits the result;
-the writer takes whatever has gathered while the previous transaction ran (at most
+write lock). Here a request hands its prepared rows to the writers and awaits the result;
+a writer takes whatever has gathered while its previous transaction ran (at most
 `max_batch`) and writes it at once: one commit, and each statement executed once for all
 rows. No request waits for a batch to fill: a lone upload is written alone.
 
-`write` is given the batch and returns one result (or exception) per item, or raises: then every item is
-written again on its own (`write` with a batch of one), so one bad item, an id another
-server stored meanwhile or a quota race, costs only itself.
+`write` is given the batch and returns one result (or exception) per item, or raises: then
+every item is written again on its own (`write` with a batch of one), so one bad item, an
+id another server stored meanwhile or a quota race, costs only itself.
 
-Bounded: more than `max_waiting` items waiting is answered 503 `busy` at once, and an item
-not yet taken after `wait_seconds` is withdrawn and answered 503 `busy` (neither is
-written; the agent retries after Retry-After).
+Bounded: with `[server] ingest_max_waiting` items waiting, the next is answered 503 `busy`
+at once, and an item not taken within `ingest_wait_seconds` is withdrawn and answered 503
+`busy` (neither is written; the agent retries after Retry-After).
 """
 
 from __future__ import annotations
