@@ -27,7 +27,11 @@ from remote.server.metrics import Metrics
 from remote.server_settings import ServerSettings
 
 BASIC_CACHE_SECONDS = 60.0
-TERMINAL_THREADS = 16  # what uploads and heartbeats run in threads; each also waits its turn (shedding.py, ByteBudget)
+# Threads for uploads' and heartbeats' blocking parts (each also waits its turn: shedding.py,
+# ByteBudget). As many as anyio's pool they ran in before: a silent blob store holds one per
+# upload for its deadline, and with 16, uploads queued behind them waited a second deadline
+# (6 s, tests/reliability/test_blob_store_hangs.py).
+TERMINAL_THREADS = 40
 Result = TypeVar("Result")
 VIEW_BUILDERS = 2  # bundle views redacted at once (each may take ~50 MB and seconds of CPU)
 
