@@ -127,10 +127,9 @@ def _bundle_of(payload: dict[str, Any]) -> ingest.Bundle:
     return ingest.Bundle(manifest, raw, {}, db.parse_time(manifest.created_at), scan)
 
 
-def _folded(conn: sa.Connection, rows: list[Any]) -> set[tuple[str, str, str]]:
-    """Of the rows' heartbeats, those in `heartbeats` already (counted, their queue rows not
-    yet deleted), as (terminal, event time, receipt time): one read for a chunk."""
-    beats = [json.loads(row["payload"]) for row in rows if row["kind"] == "heartbeat"]
+def _folded(conn: sa.Connection, beats: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """Of the heartbeats (queue payloads), those in `heartbeats` already (counted, their
+    queue rows not yet deleted), as (terminal, event time, receipt time): one read for a chunk."""
     if not beats:
         return set()
     h = heartbeats.c
@@ -251,9 +250,7 @@ class Drainer:
         ids = [row["id"] for row in rows]
 
         def work(counting: Counting) -> None:
-            folded = _folded(counting.conn, rows)
-            for row in rows:
-                self._count(counting, row, folded)
+            self._count(counting, rows)
             counting.conn.execute(fleet_queue.delete().where(fleet_queue.c.id.in_(ids)))
 
         try:
@@ -271,7 +268,7 @@ class Drainer:
     def _apply(self, row: Any) -> None:
         """Count one row in a transaction of its own (not deleted: the caller does)."""
         try:
-            self.fleet.count(lambda counting: self._count(counting, row, _folded(counting.conn, [row])))
+            self.fleet.count(lambda counting: self._count(counting, [row]))
             self.counted += 1
         except sa.exc.OperationalError:
             raise  # the database, not the row: keep it for the next round
@@ -281,13 +278,16 @@ class Drainer:
                 self.metrics.fleet_queue_dropped.inc()
             log.exception("fleet queue: entry %s (%s of %s) dropped", row["id"], row["kind"], row["terminal_id"])
 
-    def _count(self, counting: Counting, row: Any, folded: set[tuple[str, str, str]]) -> None:
-        payload = json.loads(row["payload"])
-        if row["kind"] == "bundle":
-            counting.bundle(_bundle_of(payload), payload["record"], payload["clamped"])
-        elif (payload["beat"]["terminal_id"], payload["event_at"], payload["received_at"]) not in folded:
-            beat = Heartbeat.model_validate(payload["beat"])
-            counting.heartbeat(beat, payload["event_at"], payload["clamped"], payload["received_at"])
+    def _count(self, counting: Counting, rows: list[Any]) -> None:
+        """Count the rows in order, each payload read once; a heartbeat already folded is skipped."""
+        payloads = [(row["kind"], json.loads(row["payload"])) for row in rows]
+        folded = _folded(counting.conn, [payload for kind, payload in payloads if kind == "heartbeat"])
+        for kind, payload in payloads:
+            if kind == "bundle":
+                counting.bundle(_bundle_of(payload), payload["record"], payload["clamped"])
+            elif (payload["beat"]["terminal_id"], payload["event_at"], payload["received_at"]) not in folded:
+                beat = Heartbeat.model_validate(payload["beat"])
+                counting.heartbeat(beat, payload["event_at"], payload["clamped"], payload["received_at"])
 
     def wait_drained(self, timeout: float = 30.0) -> bool:
         """True once nothing waits in the queue (tests, and a server shutting down)."""

@@ -38,7 +38,11 @@ class Sighting:
     clamped: bool
     received_at: str
     heartbeat: bool
-    health: dict[str, Any] | None = None  # a heartbeat's health readings (the HEALTH_COLUMNS)
+    health: dict[str, Any] | None = None  # a heartbeat's health readings
+
+    def health_row(self) -> dict[str, Any]:
+        """The readings as the HEALTH_COLUMNS of `heartbeats` and the terminal's row hold them."""
+        return {k: (self.health or {}).get(k) for k in HEALTH_COLUMNS}
 
 
 def scope_key(scope: dict[str, str]) -> str:
@@ -84,7 +88,7 @@ def record(conn: sa.Connection, seen: Sighting, settings: FleetSettings) -> tupl
     if seen.heartbeat and (row["last_heartbeat_at"] is None or seen.event_at >= row["last_heartbeat_at"]):
         if seen.event_at != row["last_heartbeat_at"]:
             values["last_heartbeat_at"] = seen.event_at
-        values["health"] = json.dumps({k: (seen.health or {}).get(k) for k in HEALTH_COLUMNS})
+        values["health"] = json.dumps(seen.health_row())
     if seen.clamped:
         values["clock_flagged_at"] = seen.received_at
     in_force = labels.in_force(labels.operator_of(conn, seen.terminal_id), claimed, settings)
@@ -212,7 +216,7 @@ counts_toward_outages = labels.counts_toward_outages  # what the engine asks bef
 def add_heartbeat(conn: sa.Connection, seen: Sighting, counters: dict[str, Any]) -> None:
     """The heartbeat's row (its health readings, for the trends); record() set the terminal's."""
     conn.execute(heartbeats.insert(), dict(
-        {k: (seen.health or {}).get(k) for k in HEALTH_COLUMNS}, terminal_id=seen.terminal_id, sent_at=seen.event_at,
+        seen.health_row(), terminal_id=seen.terminal_id, sent_at=seen.event_at,
         received_at=seen.received_at, clock_clamped=seen.clamped, counters=json.dumps(counters),
     ))  # fmt: skip
 
