@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import sqlalchemy as sa
 
-from remote.server import auth, db, quotas
+from remote.server import auth, db, quotas, store
 from remote.server.ingest import IngestError
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _t, _u = db.terminals.c, quotas.terminal_usage.c
 _UPLOADER = (
     sa.select(_t.id, _t.token_sha256, _u.window, _u.started, _u.bundles, _u.bytes, _u.refused)
     .select_from(db.terminals.outerjoin(quotas.terminal_usage, _u.terminal_id == _t.id))
-    .where(_t.token_sha256 == sa.bindparam("digest"), _t.revoked_at.is_(None))
+    .where(store.ACTIVE_TOKEN)
 )  # fmt: skip  (built once: every upload runs it)
 
 

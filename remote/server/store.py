@@ -162,12 +162,13 @@ def terminal_for_token(engine: Engine, token: str) -> dict[str, Any] | None:
         return terminal_of_token(conn, token)
 
 
+# The active terminal a token's digest (the parameter `digest`) names: every request of a terminal asks it.
+ACTIVE_TOKEN = sa.and_(terminals.c.token_sha256 == sa.bindparam("digest"), terminals.c.revoked_at.is_(None))
+_TERMINAL_OF_TOKEN = sa.select(terminals.c.id, terminals.c.token_sha256).where(ACTIVE_TOKEN)
+
+
 def terminal_of_token(conn: sa.Connection, token: str) -> dict[str, Any] | None:
-    digest = auth.token_digest(token)
-    query = sa.select(terminals.c.id, terminals.c.token_sha256).where(
-        terminals.c.token_sha256 == digest, terminals.c.revoked_at.is_(None)
-    )
-    row = conn.execute(query).mappings().first()
+    row = conn.execute(_TERMINAL_OF_TOKEN, {"digest": auth.token_digest(token)}).mappings().first()
     return dict(row) if row else None
 
 
